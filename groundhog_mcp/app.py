@@ -1,0 +1,156 @@
+"""Wiring: configuration (flags > GROUNDHOG_* env > TOML), logging, and the server lifespan."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+import structlog
+from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from groundhog_mcp import __version__
+from groundhog_mcp.errors import InitializationError
+from groundhog_mcp.models import Principal
+from groundhog_mcp.server import AppContext, Notifier, build_server
+from groundhog_mcp.service import Limits, StateManager
+from groundhog_mcp.store import open_store
+
+__all__ = [
+    "Settings",
+    "configure_logging",
+    "create_server",
+    "default_config_path",
+    "default_database",
+    "load_settings",
+    "open_manager",
+]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def default_database() -> Path:
+    return Path(platformdirs.user_data_dir("groundhog-mcp", appauthor=False)) / "groundhog.sqlite"
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "config.toml"
+
+
+class Settings(BaseModel):
+    """Every setting, with its default. Env: ``GROUNDHOG_<NAME>``; TOML: ``<name> = ...``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database: str = Field(default_factory=lambda: str(default_database()))
+    log_level: LogLevel = "INFO"
+    busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    max_state_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_depth: int = Field(default=64, ge=2, le=1000)
+    principal: str = Field(default="local", min_length=1, max_length=128)
+    namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+
+    def limits(self) -> Limits:
+        return Limits(max_state_bytes=self.max_state_bytes, max_depth=self.max_depth)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merge TOML, then ``GROUNDHOG_*`` environment variables, then flags (highest wins)."""
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    path = Path(config_file) if config_file else Path(env["GROUNDHOG_CONFIG"]) if env.get("GROUNDHOG_CONFIG") else None
+    if path is None and default_config_path().is_file():
+        path = default_config_path()
+    if path is not None:
+        try:
+            merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise InitializationError(f"config: file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InitializationError(f"config: {path} is not valid TOML ({exc})") from None
+    for field in Settings.model_fields:
+        value = env.get(f"GROUNDHOG_{field.upper()}")
+        if value is not None and value != "":
+            merged[field] = value
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InitializationError(f"config: {problems}") from None
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """structlog JSON lines on stderr, for our loggers and the SDK's (stdout is the protocol's)."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.dict_tracebacks,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def open_manager(settings: Settings) -> StateManager:
+    """A state manager over the configured database (not started yet)."""
+    return StateManager(
+        open_store(settings.database, busy_timeout_ms=settings.busy_timeout_ms, synchronous=settings.synchronous),
+        limits=settings.limits(),
+        principal=Principal(name=settings.principal, namespace=settings.namespace),
+    )
+
+
+def create_server(settings: Settings, manager: StateManager | None = None) -> MCPServer[AppContext]:
+    """The MCP server. With ``manager`` the caller owns it (already started); otherwise the
+    lifespan opens and closes one from ``settings``."""
+
+    @asynccontextmanager
+    async def lifespan(
+        server: MCPServer[AppContext], subscriptions: InMemorySubscriptionBus
+    ) -> AsyncGenerator[AppContext]:
+        own = manager is None
+        active = open_manager(settings) if manager is None else manager
+        if own:
+            await active.start()
+        notifier = Notifier(active.bus, subscriptions)
+        await notifier.start()
+        try:
+            yield AppContext(manager=active, notifier=notifier)
+        finally:
+            await notifier.stop()
+            if own:
+                await active.close()
+
+    return build_server(lifespan, version=__version__)

@@ -1,0 +1,233 @@
+"""The ``groundhog-mcp`` command: ``serve`` (the default, stdio) and maintenance subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from groundhog_mcp import __version__
+from groundhog_mcp.app import Settings, configure_logging, create_server, load_settings, open_manager
+from groundhog_mcp.errors import ContextError
+from groundhog_mcp.models import dumps
+from groundhog_mcp.service import StateManager
+from groundhog_mcp.store import open_store
+
+__all__ = ["main"]
+
+log = structlog.get_logger("groundhog_mcp.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database",
+        default=argparse.SUPPRESS,
+        help="SQLite file (default: user data dir; env GROUNDHOG_DATABASE)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="stderr log level (env GROUNDHOG_LOG_LEVEL)",
+    )
+    common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (env GROUNDHOG_CONFIG)")
+    common.add_argument("--busy-timeout-ms", type=int, default=argparse.SUPPRESS, help="SQLite busy timeout")
+
+    parser = argparse.ArgumentParser(
+        prog="groundhog-mcp",
+        description="Durable, shared, versioned context state for LLM agents, as an MCP server.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"groundhog-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the MCP server (default)")
+    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="only stdio in this version")
+
+    contexts = commands.add_parser("contexts", parents=[common], help="list or show contexts")
+    contexts_commands = contexts.add_subparsers(dest="contexts_command", metavar="ACTION", required=True)
+    listing = contexts_commands.add_parser("list", parents=[common], help="list contexts")
+    listing.add_argument("--prefix", default="", help="only names starting with this")
+    show = contexts_commands.add_parser("show", parents=[common], help="show one context and its state")
+    show.add_argument("name")
+
+    export = commands.add_parser("export", parents=[common], help="write every context with history as JSON Lines")
+    export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+
+    importing = commands.add_parser("import", parents=[common], help="load an export into an empty database")
+    importing.add_argument("file", help="JSON Lines file written by export ('-' for stdin)")
+
+    backup = commands.add_parser("backup", parents=[common], help="online, consistent copy of the database")
+    backup.add_argument("destination", help="new file to write")
+
+    db = commands.add_parser("db", parents=[common], help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_commands.add_parser("status", parents=[common], help="schema version, pending migrations, size")
+    db_commands.add_parser("migrate", parents=[common], help="apply pending schema migrations")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    flags = {
+        "database": getattr(args, "database", None),
+        "log_level": getattr(args, "log_level", None),
+        "busy_timeout_ms": getattr(args, "busy_timeout_ms", None),
+    }
+    try:
+        settings = load_settings(flags, config_file=getattr(args, "config", None))
+    except ContextError as exc:
+        print(f"groundhog-mcp: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    command = args.command or "serve"
+    try:
+        if command == "serve":
+            return asyncio.run(_serve(settings))
+        return asyncio.run(_run_command(command, args, settings))
+    except ContextError as exc:
+        print(f"groundhog-mcp: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(settings: Settings) -> int:
+    """Open the database first (so a bad file fails before the protocol starts), then serve stdio."""
+    manager = open_manager(settings)
+    await manager.start()
+    log.info("serving", transport="stdio", database=settings.database, version=__version__)
+    server = create_server(settings, manager)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        if not stopping and main_task is not None:
+            stopping = True
+            main_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    try:
+        await server.run_stdio_async()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    finally:
+        # Writes already handed to the store finish and commit before the file is closed.
+        await manager.close()
+        log.info("stopped")
+    return 0
+
+
+@asynccontextmanager
+async def _manager(settings: Settings, *, auto_migrate: bool = True) -> AsyncGenerator[StateManager]:
+    manager = (
+        open_manager(settings)
+        if auto_migrate
+        else StateManager(open_store(settings.database, busy_timeout_ms=settings.busy_timeout_ms, auto_migrate=False))
+    )
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+async def _run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
+    if command == "db" and args.db_command == "status":
+        if not Path(settings.database).exists():
+            print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
+            return 1
+        async with _manager(settings, auto_migrate=False) as manager:
+            status = await manager.store.status()
+            _print_json(status.__dict__)
+        return 0
+    if command == "db" and args.db_command == "migrate":
+        async with _manager(settings, auto_migrate=False) as manager:
+            applied = await manager.store.migrate()
+            status = await manager.store.status()
+        _print_json({"applied": applied, "schema_version": status.schema_version})
+        return 0
+    if command == "import":
+        return await _import(args.file, settings)
+    async with _manager(settings) as manager:
+        if command == "contexts" and args.contexts_command == "list":
+            cursor: str | None = None
+            while True:
+                page = await manager.list(prefix=args.prefix, cursor=cursor, limit=manager.limits.max_page)
+                for ctx in page.contexts:
+                    print(f"{ctx.name}\trevision {ctx.revision}\t{ctx.state_size} bytes\t{ctx.updated_at.isoformat()}")
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        elif command == "contexts" and args.contexts_command == "show":
+            ctx = await manager.get(args.name)
+            _print_json(
+                {
+                    "id": str(ctx.id),
+                    "name": ctx.name,
+                    "namespace": ctx.namespace,
+                    "version": ctx.version,
+                    "revision": ctx.revision,
+                    "metadata": ctx.metadata,
+                    "settings": ctx.settings,
+                    "schema": ctx.schema,
+                    "state": ctx.state.to_json(),
+                }
+            )
+        elif command == "export":
+            await _export(manager, args.output)
+        elif command == "backup":
+            destination = Path(args.destination)
+            await manager.store.backup(destination)
+            print(f"backup written to {destination}", file=sys.stderr)
+    return 0
+
+
+async def _export(manager: StateManager, output: str) -> None:
+    out: TextIO = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
+    count = 0
+    try:
+        async for record in manager.store.export_records():
+            out.write(dumps(record) + "\n")
+            count += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} records", file=sys.stderr)
+
+
+async def _import(file: str, settings: Settings) -> int:
+    source: TextIO = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    records: list[Any] = []
+    try:
+        for number, line in enumerate(source, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    print(f"groundhog-mcp: import: {file} line {number}: not JSON ({exc.msg})", file=sys.stderr)
+                    return 1
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    async with _manager(settings) as manager:
+        imported = await manager.store.import_records(records)
+    print(f"imported {imported} contexts into {settings.database}", file=sys.stderr)
+    return 0

@@ -1,0 +1,188 @@
+"""The error tree of groundhog-mcp.
+
+Every error a caller can act on is a :class:`ContextError`; its message names the
+field, the rule and the limit, and its attributes carry what a program needs::
+
+    ContextError                      base of every expected failure
+    ├── InitializationError           context not set up / database unusable
+    ├── StateUpdateError              a write could not be applied
+    │   └── ConflictError             expected_revision did not match (current revision + missed diff)
+    ├── EventHandlingError            an event handler failed
+    ├── StateValidationError          a state broke a limit or the context's JSON Schema
+    ├── NotFoundError                 no such context or revision (also: not visible to you)
+    │   └── CompactedError            the revision was pruned by history retention
+    ├── AccessDeniedError             the principal lacks a grant
+    ├── LimitExceededError            a request exceeded a configured limit
+    └── StoreBusyError                the database stayed locked past the busy timeout (retryable)
+
+Anything that is not a ``ContextError`` is a bug: the server logs it with a traceback on
+stderr and answers with a short generic message and an error id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AccessDeniedError",
+    "CompactedError",
+    "ConflictError",
+    "ContextError",
+    "EventHandlingError",
+    "InitializationError",
+    "LimitExceededError",
+    "NotFoundError",
+    "StateUpdateError",
+    "StateValidationError",
+    "StoreBusyError",
+    "ValidationIssue",
+]
+
+# A conflict message carries the diff the caller missed, but never megabytes of it.
+_MAX_DIFF_CHARS_IN_MESSAGE = 4000
+
+
+class ContextError(Exception):
+    """Base of every expected, user-facing failure."""
+
+    retryable: bool = False
+
+
+class InitializationError(ContextError):
+    """A context or the store could not be initialised."""
+
+
+class StateUpdateError(ContextError):
+    """A write could not be applied; the previous revision is intact."""
+
+
+class ConflictError(StateUpdateError):
+    """``expected_revision`` did not match the context's current revision."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        name: str,
+        expected_revision: int | None,
+        current_revision: int | None,
+        missed_patch: Sequence[dict[str, Any]] | None = None,
+        detail: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.name = name
+        self.expected_revision = expected_revision
+        self.current_revision = current_revision
+        self.missed_patch = list(missed_patch) if missed_patch is not None else None
+        super().__init__(message or self._message(detail))
+
+    @classmethod
+    def already_exists(cls, name: str, current_revision: int) -> ConflictError:
+        return cls(
+            name,
+            0,
+            current_revision,
+            message=(
+                f"name: a context named {name!r} already exists (revision {current_revision}); "
+                "pass if_exists='return' to use it, or choose another name"
+            ),
+        )
+
+    def _message(self, detail: str | None) -> str:
+        if self.current_revision is None:
+            head = (
+                f"expected_revision: conflict, context {self.name!r} does not exist "
+                f"(expected revision {self.expected_revision})"
+            )
+        elif self.expected_revision == 0:
+            head = (
+                f"expected_revision: conflict, 0 means create-only but context {self.name!r} "
+                f"already exists at revision {self.current_revision}"
+            )
+        else:
+            head = (
+                f"expected_revision: conflict, expected revision {self.expected_revision} "
+                f"but context {self.name!r} is at revision {self.current_revision}"
+            )
+        if detail:
+            head += f"; {detail}"
+        if self.missed_patch is None:
+            return head + "; re-read the state and retry with the current revision"
+        diff = json.dumps(self.missed_patch, ensure_ascii=False, separators=(",", ":"))
+        if len(diff) > _MAX_DIFF_CHARS_IN_MESSAGE:
+            diff = (
+                f"{len(self.missed_patch)} operations, too long to show; call diff_states with "
+                f"from_revision={self.expected_revision} to_revision={self.current_revision}"
+            )
+        return (
+            f"{head}; changes since revision {self.expected_revision} (RFC 6902): {diff}; "
+            "re-read the state and retry with the current revision"
+        )
+
+
+class EventHandlingError(ContextError):
+    """An event could not be handled."""
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """One reason a state is invalid: where (JSON Pointer), which rule, and the limit."""
+
+    pointer: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.pointer or '/'}: {self.message}"
+
+
+class StateValidationError(ContextError):
+    """A state broke a built-in limit or the context's JSON Schema."""
+
+    def __init__(self, issues: Sequence[ValidationIssue], field: str = "state") -> None:
+        self.issues = list(issues)
+        self.field = field
+        shown = "; ".join(f"{field}{_dotted(i.pointer)}: {i.message}" for i in self.issues[:10])
+        more = f" (and {len(self.issues) - 10} more)" if len(self.issues) > 10 else ""
+        super().__init__(shown + more)
+
+
+class NotFoundError(ContextError):
+    """No such context or revision, or none the caller may see (the two are indistinguishable)."""
+
+
+class CompactedError(NotFoundError):
+    """The revision existed but history retention pruned it."""
+
+    def __init__(self, name: str, revision: int, oldest_available: int) -> None:
+        self.name = name
+        self.revision = revision
+        self.oldest_available = oldest_available
+        super().__init__(
+            f"revision: compacted, revision {revision} of context {name!r} was pruned by history "
+            f"retention; the oldest available revision is {oldest_available}"
+        )
+
+
+class AccessDeniedError(ContextError):
+    """The principal lacks the grant an operation needs."""
+
+
+class LimitExceededError(ContextError):
+    """A request exceeded a configured limit (the message names field, limit and value)."""
+
+
+class StoreBusyError(ContextError):
+    """The database stayed locked by another process past the busy timeout."""
+
+    retryable = True
+
+
+def _dotted(pointer: str) -> str:
+    """``/a/b/0`` → ``.a.b.0`` for messages like ``state.data.a.b: ...``."""
+    if not pointer:
+        return ""
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+    return "".join("." + p for p in parts)

@@ -1,0 +1,205 @@
+"""Value types shared by every layer: ContextState, ContextConfig, ContextInfo and friends.
+
+Plain frozen dataclasses: validation happens at the edges (pydantic tool inputs, the
+service's limit and schema checks), these only carry values.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "NAME_PATTERN",
+    "SEMVER_PATTERN",
+    "Change",
+    "ContextConfig",
+    "ContextId",
+    "ContextInfo",
+    "ContextState",
+    "HistoryEntry",
+    "JSONObject",
+    "Principal",
+    "dumps",
+    "format_timestamp",
+    "is_semver",
+    "json_diff",
+    "parse_timestamp",
+    "utcnow",
+]
+
+JSONObject = dict[str, Any]
+ContextId = uuid.UUID
+
+DEFAULT_NAMESPACE = "default"
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# semver.org 2.0.0, the official regular expression.
+SEMVER_PATTERN = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+_SEMVER = re.compile(SEMVER_PATTERN)
+
+Operation = Literal["register", "update", "rollback", "unregister", "merge", "event", "migrate", "import"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(ts: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z``: sortable and exact on round trip."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone; RFC 3339 needs one")
+    return ts.astimezone(UTC)
+
+
+def dumps(value: Any) -> str:
+    """The one canonical JSON encoding: compact, UTF-8, no NaN/Infinity."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def is_semver(text: str) -> bool:
+    return bool(_SEMVER.match(text))
+
+
+@dataclass(frozen=True)
+class ContextState:
+    """The state of a context: ``{data, metadata, timestamp, version}``.
+
+    ``version`` is the *state format* version (semver) used by migrations. Instances are
+    immutable values: ``with_data``/``with_metadata`` return new states, and two states
+    are equal when all four fields are equal.
+    """
+
+    data: JSONObject = field(default_factory=dict[str, Any])
+    metadata: JSONObject = field(default_factory=dict[str, Any])
+    timestamp: datetime = field(default_factory=utcnow)
+    version: str = "1.0.0"
+
+    def __post_init__(self) -> None:
+        if self.timestamp.tzinfo is None:
+            raise ValueError("ContextState.timestamp must be time-zone aware (UTC)")
+        if self.timestamp.utcoffset() != UTC.utcoffset(None):
+            object.__setattr__(self, "timestamp", self.timestamp.astimezone(UTC))
+        if not is_semver(self.version):
+            raise ValueError(f"ContextState.version: {self.version!r} is not a semantic version (x.y.z)")
+
+    @classmethod
+    def new(cls) -> ContextState:
+        """An empty state stamped now, format version 1.0.0."""
+        return cls()
+
+    def with_data(self, key: str, value: Any) -> ContextState:
+        data = copy.deepcopy(self.data)
+        data[key] = copy.deepcopy(value)
+        return replace(self, data=data)
+
+    def with_metadata(self, key: str, value: Any) -> ContextState:
+        metadata = copy.deepcopy(self.metadata)
+        metadata[key] = copy.deepcopy(value)
+        return replace(self, metadata=metadata)
+
+    def document(self) -> JSONObject:
+        """The part of a state that diffs compare: everything but the timestamp."""
+        return {"data": self.data, "metadata": self.metadata, "version": self.version}
+
+    def to_json(self) -> JSONObject:
+        return {
+            "data": self.data,
+            "metadata": self.metadata,
+            "timestamp": format_timestamp(self.timestamp),
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ContextState:
+        timestamp = obj.get("timestamp")
+        return cls(
+            data=dict(obj.get("data") or {}),
+            metadata=dict(obj.get("metadata") or {}),
+            timestamp=parse_timestamp(timestamp) if isinstance(timestamp, str) else utcnow(),
+            version=str(obj.get("version") or "1.0.0"),
+        )
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """How to create a context: name, definition version, optional initial state, settings."""
+
+    name: str
+    version: str = "1.0.0"
+    state: ContextState | None = None
+    settings: JSONObject = field(default_factory=dict[str, Any])
+
+
+@dataclass(frozen=True)
+class ContextInfo:
+    """What ``list_contexts`` tells about a context."""
+
+    id: ContextId
+    name: str
+    version: str
+    state: ContextState
+    metadata: JSONObject
+    revision: int
+    namespace: str = DEFAULT_NAMESPACE
+    settings: JSONObject = field(default_factory=dict[str, Any])
+    schema: JSONObject | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a name for the audit trail, bound to one namespace."""
+
+    name: str = "local"
+    namespace: str = DEFAULT_NAMESPACE
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed write, as published on the change feed after commit."""
+
+    sequence: int
+    context_id: ContextId
+    namespace: str
+    name: str
+    revision: int
+    op: str
+    actor: str
+    timestamp: datetime
+    patch: list[JSONObject] | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One revision in a context's history."""
+
+    revision: int
+    sequence: int
+    op: str
+    actor: str
+    timestamp: datetime
+    size: int
+
+
+def json_diff(source: Any, target: Any) -> list[JSONObject]:
+    """The RFC 6902 patch that turns ``source`` into ``target``."""
+    import jsonpatch  # local: keeps `import groundhog_mcp.models` light
+
+    return list(jsonpatch.make_patch(source, target).patch)

@@ -1,0 +1,76 @@
+"""Assembles the MCPServer: tools, resources, notifications, session tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.resources import register_resources
+from groundhog_mcp.server.tools import register_tools
+
+__all__ = ["INSTRUCTIONS", "build_server"]
+
+INSTRUCTIONS = """\
+groundhog-mcp keeps durable, versioned JSON state in named contexts that survive restarts and are
+shared with other agents. Typical use: register_context once (if_exists='return' makes it
+get-or-create), get_state to read (note the revision), update_state with expected_revision set to
+that revision. If the write conflicts, someone else changed the context: the error tells you the
+current revision and what changed; re-read and retry. get_history, diff_states and rollback_state
+show and undo past changes. Resources groundhog://contexts/{name}/state mirror the state."""
+
+
+async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Remember handshake-era sessions so register/unregister can reach them with list_changed."""
+    app = ctx.lifespan_context
+    if isinstance(app, AppContext) and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        app.notifier.track(ctx.session)
+    return await call_next(ctx)
+
+
+def build_server(
+    lifespan: Callable[[MCPServer[AppContext], InMemorySubscriptionBus], AbstractAsyncContextManager[AppContext]],
+    *,
+    version: str,
+) -> MCPServer[AppContext]:
+    """An MCPServer whose lifespan yields the AppContext (given the subscription bus it should use)."""
+    subscriptions = InMemorySubscriptionBus()
+
+    def bound_lifespan(server: MCPServer[AppContext]) -> AbstractAsyncContextManager[AppContext]:
+        return lifespan(server, subscriptions)
+
+    server: MCPServer[AppContext] = MCPServer(
+        "groundhog-mcp",
+        title="groundhog-mcp",
+        description="Durable, shared, versioned context state for LLM agents",
+        instructions=INSTRUCTIONS,
+        version=version,
+        lifespan=bound_lifespan,
+        subscriptions=subscriptions,
+        middleware=[_track_sessions],
+    )
+    register_tools(server)
+    register_resources(server)
+    _advertise_list_changed(server)
+    return server
+
+
+def _advertise_list_changed(server: MCPServer[AppContext]) -> None:
+    """Handshake-era clients learn of ``resources.listChanged`` only from the init options,
+    which every transport builds with ``create_initialization_options()``: default ours."""
+    lowlevel = server._lowlevel_server  # pyright: ignore[reportPrivateUsage]
+    original = lowlevel.create_initialization_options
+
+    def create_initialization_options(
+        notification_options: NotificationOptions | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        return original(notification_options or NotificationOptions(resources_changed=True), *args, **kwargs)
+
+    lowlevel.create_initialization_options = create_initialization_options  # type: ignore[method-assign]

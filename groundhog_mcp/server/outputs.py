@@ -1,0 +1,182 @@
+"""Structured tool outputs (pydantic), one shape per tool result."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from groundhog_mcp.models import ContextState, HistoryEntry, format_timestamp
+from groundhog_mcp.service import WriteResult
+from groundhog_mcp.store.base import StoredContext
+
+__all__ = [
+    "ContextOut",
+    "ContextSummary",
+    "DiffOut",
+    "HistoryOut",
+    "ListOut",
+    "RevisionOut",
+    "StateOut",
+    "StateValue",
+    "UnregisterOut",
+    "ValidationOut",
+    "WriteOut",
+]
+
+
+class StateValue(BaseModel):
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    timestamp: str = Field(description="RFC 3339 UTC time of the write")
+    version: str = Field(description="state format version (semver)")
+
+    @classmethod
+    def of(cls, state: ContextState) -> StateValue:
+        return cls(
+            data=state.data,
+            metadata=state.metadata,
+            timestamp=format_timestamp(state.timestamp),
+            version=state.version,
+        )
+
+
+class ContextSummary(BaseModel):
+    id: str
+    name: str
+    version: str = Field(description="version of the context's definition (semver)")
+    revision: int
+    state_size: int = Field(description="serialised state size in bytes")
+    updated_at: str
+
+
+class ContextOut(ContextSummary):
+    namespace: str
+    metadata: dict[str, Any]
+    settings: dict[str, Any]
+    json_schema: dict[str, Any] | None = Field(default=None, description="JSON Schema the state data must satisfy")
+    created_at: str
+    state_version: str = Field(description="format version of the current state")
+    created: bool | None = Field(
+        default=None, description="register_context: false when an existing context was returned"
+    )
+    sequence: int | None = Field(default=None, description="change-feed sequence of the registration")
+
+    @classmethod
+    def of(cls, ctx: StoredContext, *, created: bool | None = None, sequence: int | None = None) -> ContextOut:
+        return cls(
+            id=str(ctx.id),
+            name=ctx.name,
+            version=ctx.version,
+            revision=ctx.revision,
+            state_size=ctx.state_size,
+            updated_at=format_timestamp(ctx.updated_at),
+            namespace=ctx.namespace,
+            metadata=ctx.metadata,
+            settings=ctx.settings,
+            json_schema=ctx.schema,
+            created_at=format_timestamp(ctx.created_at),
+            state_version=ctx.state.version,
+            created=created,
+            sequence=sequence,
+        )
+
+
+def summary_of(ctx: StoredContext) -> ContextSummary:
+    return ContextSummary(
+        id=str(ctx.id),
+        name=ctx.name,
+        version=ctx.version,
+        revision=ctx.revision,
+        state_size=ctx.state_size,
+        updated_at=format_timestamp(ctx.updated_at),
+    )
+
+
+class ListOut(BaseModel):
+    contexts: list[ContextSummary]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
+
+
+class StateOut(BaseModel):
+    name: str
+    revision: int = Field(description="the revision returned")
+    current_revision: int
+    path: str | None = Field(default=None, description="the JSON Pointer read, when one was given")
+    value: Any = Field(default=None, description="the value at path (only when path was given)")
+    state: StateValue | None = Field(default=None, description="the whole state (when no path was given)")
+
+
+class WriteOut(BaseModel):
+    name: str
+    revision: int = Field(description="the new revision; pass it as expected_revision on your next write")
+    previous_revision: int | None
+    sequence: int = Field(description="store-wide change sequence of this write")
+    timestamp: str
+    op: str
+    patch: list[dict[str, Any]] = Field(description="RFC 6902 diff applied, from the previous revision")
+
+    @classmethod
+    def of(cls, result: WriteResult) -> WriteOut:
+        return cls(
+            name=result.context.name,
+            revision=result.context.revision,
+            previous_revision=result.previous_revision,
+            sequence=result.change.sequence,
+            timestamp=format_timestamp(result.change.timestamp),
+            op=result.change.op,
+            patch=result.change.patch or [],
+        )
+
+
+class UnregisterOut(BaseModel):
+    name: str
+    unregistered: Literal[True] = True
+    revision: int = Field(description="revision of the unregistration (never reused by this name)")
+    sequence: int
+    purged: bool
+
+
+class ValidationIssueOut(BaseModel):
+    pointer: str = Field(description="JSON Pointer into the state document (/data/..., /metadata/...)")
+    message: str
+
+
+class ValidationOut(BaseModel):
+    name: str
+    valid: bool
+    errors: list[ValidationIssueOut]
+
+
+class RevisionOut(BaseModel):
+    revision: int
+    sequence: int
+    op: str
+    actor: str
+    timestamp: str
+    size: int
+
+    @classmethod
+    def of(cls, entry: HistoryEntry) -> RevisionOut:
+        return cls(
+            revision=entry.revision,
+            sequence=entry.sequence,
+            op=entry.op,
+            actor=entry.actor,
+            timestamp=format_timestamp(entry.timestamp),
+            size=entry.size,
+        )
+
+
+class HistoryOut(BaseModel):
+    name: str
+    current_revision: int
+    revisions: list[RevisionOut] = Field(description="newest first")
+    next_before: int | None = Field(description="pass as before for older revisions; null when none are left")
+
+
+class DiffOut(BaseModel):
+    name: str
+    from_revision: int
+    to_revision: int
+    patch: list[dict[str, Any]] = Field(description="RFC 6902 operations turning from_revision into to_revision")

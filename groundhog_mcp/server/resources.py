@@ -1,0 +1,168 @@
+"""MCP resources: contexts, their state, history and past revisions as JSON documents."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ListResourcesResult, PaginatedRequestParams, Resource
+
+from groundhog_mcp.errors import ContextError, NotFoundError
+from groundhog_mcp.models import dumps
+from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.notify import state_uri
+from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, summary_of
+
+__all__ = ["register_resources"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+AppCtx = Context[AppContext, Any]
+JSON = "application/json"
+_HISTORY_IN_RESOURCE = 20
+
+
+def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    import functools
+
+    @functools.wraps(fn)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except NotFoundError as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        except ContextError as exc:
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+
+    return guarded
+
+
+def _app(ctx: AppCtx) -> AppContext:
+    return ctx.request_context.lifespan_context
+
+
+@_resource_errors
+async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
+    manager = _app(ctx).manager
+    page = await manager.list(cursor=cursor, limit=manager.limits.max_page)
+    return dumps(
+        {
+            "contexts": [summary_of(c).model_dump() for c in page.contexts],
+            "next_cursor": page.next_cursor,
+            "next": f"groundhog://contexts?cursor={page.next_cursor}" if page.next_cursor else None,
+        }
+    )
+
+
+@_resource_errors
+async def context_resource(name: str, ctx: AppCtx) -> str:
+    return ContextOut.of(await _app(ctx).manager.get(name)).model_dump_json()
+
+
+@_resource_errors
+async def state_resource(name: str, ctx: AppCtx) -> str:
+    _, revision, state = await _app(ctx).manager.read(name)
+    return dumps({"name": name, "revision": revision, "state": StateValue.of(state).model_dump()})
+
+
+@_resource_errors
+async def history_resource(name: str, ctx: AppCtx) -> str:
+    manager = _app(ctx).manager
+    context = await manager.get(name)
+    entries = await manager.history(name, limit=_HISTORY_IN_RESOURCE)
+    return dumps(
+        {
+            "name": name,
+            "current_revision": context.revision,
+            "revisions": [RevisionOut.of(e).model_dump() for e in entries],
+        }
+    )
+
+
+@_resource_errors
+async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
+    if not revision.isdigit() or int(revision) < 1 or len(revision) > 18:
+        raise MCPError(code=INVALID_PARAMS, message=f"revision: must be a positive integer; got {revision[:40]!r}")
+    _, at, state = await _app(ctx).manager.read(name, int(revision))
+    return dumps({"name": name, "revision": at, "state": StateValue.of(state).model_dump()})
+
+
+async def _list_resources(
+    ctx: ServerRequestContext[AppContext, Any], params: PaginatedRequestParams | None
+) -> ListResourcesResult:
+    """``groundhog://contexts`` plus one state resource per context, a page at a time."""
+    manager = ctx.lifespan_context.manager
+    cursor = params.cursor if params is not None else None
+    try:
+        page = await manager.list(cursor=cursor, limit=manager.limits.max_page)
+    except ContextError as exc:
+        raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+    resources: list[Resource] = []
+    if cursor is None:
+        resources.append(
+            Resource(
+                uri="groundhog://contexts",
+                name="contexts",
+                title="All contexts",
+                description="Your contexts: name, revision, size (first page)",
+                mime_type=JSON,
+            )
+        )
+    resources += [
+        Resource(
+            uri=state_uri(c.name),
+            name=c.name,
+            title=f"State of {c.name}",
+            description=f"Current state of context {c.name} (revision {c.revision}, {c.state_size} bytes)",
+            mime_type=JSON,
+            size=c.state_size,
+        )
+        for c in page.contexts
+    ]
+    return ListResourcesResult(resources=resources, next_cursor=page.next_cursor)
+
+
+def register_resources(server: MCPServer[AppContext]) -> None:
+    # A template with an optional query variable, so plain groundhog://contexts reads the first page.
+    server.resource(
+        "groundhog://contexts{?cursor}",
+        name="contexts",
+        title="All contexts",
+        description="Your contexts: name, revision, size; pages via ?cursor=",
+        mime_type=JSON,
+    )(contexts_resource)
+    server.resource(
+        "groundhog://contexts/{name}",
+        name="context",
+        title="Context",
+        description="One context: id, versions, revision, metadata, settings, schema",
+        mime_type=JSON,
+    )(context_resource)
+    server.resource(
+        "groundhog://contexts/{name}/state",
+        name="context-state",
+        title="Context state",
+        description="The current state of a context with its revision",
+        mime_type=JSON,
+    )(state_resource)
+    server.resource(
+        "groundhog://contexts/{name}/history",
+        name="context-history",
+        title="Context history",
+        description=f"The last {_HISTORY_IN_RESOURCE} revisions of a context, newest first",
+        mime_type=JSON,
+    )(history_resource)
+    server.resource(
+        "groundhog://contexts/{name}/revisions/{revision}",
+        name="context-revision",
+        title="Context revision",
+        description="The state of a context at a past revision",
+        mime_type=JSON,
+    )(revision_resource)
+    server._lowlevel_server.add_request_handler(  # pyright: ignore[reportPrivateUsage]
+        "resources/list", PaginatedRequestParams, _list_resources
+    )

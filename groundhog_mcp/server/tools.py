@@ -1,0 +1,335 @@
+"""The MCP tools: thin wrappers that validate input, call the state manager, shape output."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+import structlog
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field
+
+from groundhog_mcp.errors import ContextError
+from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState
+from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.outputs import (
+    ContextOut,
+    DiffOut,
+    HistoryOut,
+    ListOut,
+    RevisionOut,
+    StateOut,
+    StateValue,
+    UnregisterOut,
+    ValidationIssueOut,
+    ValidationOut,
+    WriteOut,
+    summary_of,
+)
+from groundhog_mcp.service import WriteResult
+from groundhog_mcp.service.patching import resolve_pointer
+
+__all__ = ["register_tools"]
+
+log = structlog.get_logger("groundhog_mcp.tools")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+AppCtx = Context[AppContext, Any]
+
+Name = Annotated[
+    str,
+    Field(
+        description="Context name: 1-128 characters of A-Z a-z 0-9 . _ - (unique in your namespace)",
+        pattern=NAME_PATTERN,
+        min_length=1,
+        max_length=128,
+    ),
+]
+ExpectedRevision = Annotated[
+    int | None,
+    Field(
+        description=(
+            "Compare-and-set token: the revision you last read. The write fails with a conflict "
+            "(giving the current revision and what changed) if the context moved on. "
+            "null = write unconditionally; 0 = the context must not exist yet."
+        ),
+        ge=0,
+    ),
+]
+Revision = Annotated[int, Field(description="A revision number of this context (1 = first)", ge=1)]
+JSONObjectArg = dict[str, Any]
+
+
+class StateInput(BaseModel):
+    """An initial state for register_context."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: JSONObjectArg = Field(default_factory=dict, description="the state's JSON object")
+    metadata: JSONObjectArg = Field(default_factory=dict, description="free-form metadata about the state")
+    version: str = Field(default="1.0.0", description="state format version (semver)", pattern=SEMVER_PATTERN)
+
+
+class PatchOperation(BaseModel):
+    """One RFC 6902 operation."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    op: Literal["add", "remove", "replace", "move", "copy", "test"]
+    path: str = Field(description="JSON Pointer into the data object, e.g. /items/0")
+    value: Any = Field(default=None, description="for add, replace and test")
+    from_: str | None = Field(default=None, alias="from", description="source pointer for move and copy")
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_unset=True)
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Expected errors become tool errors with their precise message; bugs get an error id."""
+
+    @functools.wraps(fn)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except ContextError as exc:
+            raise ToolError(str(exc)) from None
+        except ToolError:
+            raise
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("tool failed unexpectedly", tool=fn.__name__, error_id=error_id)
+            raise ToolError(
+                f"internal error {error_id} in {fn.__name__}: this is a bug in groundhog-mcp, not in your "
+                "request; the server log has the details under this id"
+            ) from None
+
+    return guarded
+
+
+def _app(ctx: AppCtx) -> AppContext:
+    return ctx.request_context.lifespan_context
+
+
+def _write_out(result: WriteResult) -> WriteOut:
+    return WriteOut.of(result)
+
+
+@tool_errors
+async def register_context(
+    name: Name,
+    ctx: AppCtx,
+    version: Annotated[
+        str, Field(description="Version of the context's definition (semver)", pattern=SEMVER_PATTERN)
+    ] = "1.0.0",
+    state: Annotated[StateInput | None, Field(description="Initial state; empty when omitted")] = None,
+    metadata: Annotated[JSONObjectArg | None, Field(description="Metadata about the context itself")] = None,
+    settings: Annotated[JSONObjectArg | None, Field(description="Free-form settings stored with the context")] = None,
+    json_schema: Annotated[
+        JSONObjectArg | None,
+        Field(description="JSON Schema (draft 2020-12) every state's data must satisfy; checked on every write"),
+    ] = None,
+    if_exists: Annotated[
+        Literal["error", "return"],
+        Field(description="When the name is taken: 'error' (default) or 'return' the existing context unchanged"),
+    ] = "error",
+) -> ContextOut:
+    """Create a named context to hold JSON state that survives restarts and is shared with other
+    agents. Revision 1 is the initial state. Use if_exists='return' to get-or-create."""
+    initial = (
+        ContextState(data=state.data, metadata=state.metadata, version=state.version) if state is not None else None
+    )
+    result = await _app(ctx).manager.register(
+        name,
+        version=version,
+        state=initial,
+        metadata=metadata,
+        settings=settings,
+        schema=json_schema,
+        if_exists=if_exists,
+    )
+    if isinstance(result, WriteResult):
+        return ContextOut.of(result.context, created=True, sequence=result.change.sequence)
+    return ContextOut.of(result, created=False)
+
+
+@tool_errors
+async def unregister_context(
+    name: Name,
+    ctx: AppCtx,
+    expected_revision: ExpectedRevision = None,
+    purge: Annotated[
+        bool, Field(description="Also delete the history now (default: history is kept until retention)")
+    ] = False,
+) -> UnregisterOut:
+    """Remove a context. Its history is kept unless purge=true. The name can be registered again;
+    revisions of the new context continue after the old ones, never reusing a number."""
+    change = await _app(ctx).manager.unregister(name, expected_revision=expected_revision, purge=purge)
+    return UnregisterOut(name=name, revision=change.revision, sequence=change.sequence, purged=purge)
+
+
+@tool_errors
+async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
+    """Describe one context: id, versions, current revision, state size, metadata, settings, schema."""
+    return ContextOut.of(await _app(ctx).manager.get(name))
+
+
+@tool_errors
+async def list_contexts(
+    ctx: AppCtx,
+    prefix: Annotated[str, Field(description="Only names starting with this", max_length=128)] = "",
+    cursor: Annotated[str | None, Field(description="next_cursor from the previous page", max_length=400)] = None,
+    limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
+) -> ListOut:
+    """List your contexts by name, a page at a time."""
+    page = await _app(ctx).manager.list(prefix=prefix, cursor=cursor, limit=limit)
+    return ListOut(contexts=[summary_of(c) for c in page.contexts], next_cursor=page.next_cursor)
+
+
+@tool_errors
+async def get_state(
+    name: Name,
+    ctx: AppCtx,
+    revision: Annotated[int | None, Field(description="A past revision to read; current when omitted", ge=1)] = None,
+    path: Annotated[
+        str | None,
+        Field(
+            description="JSON Pointer into the data object (e.g. /tasks/0) to read only that part",
+            max_length=4096,
+        ),
+    ] = None,
+) -> StateOut:
+    """Read a context's state (data, metadata, timestamp, format version) and its revision.
+    Keep the revision: pass it as expected_revision when you write."""
+    context, at, state = await _app(ctx).manager.read(name, revision)
+    if path is not None:
+        value = resolve_pointer(state.data, path)
+        return StateOut(name=name, revision=at, current_revision=context.revision, path=path, value=value)
+    return StateOut(name=name, revision=at, current_revision=context.revision, state=StateValue.of(state))
+
+
+@tool_errors
+async def update_state(
+    name: Name,
+    ctx: AppCtx,
+    expected_revision: ExpectedRevision = None,
+    data: Annotated[JSONObjectArg | None, Field(description="Replace the whole data object with this")] = None,
+    merge_patch: Annotated[
+        JSONObjectArg | None,
+        Field(description="RFC 7396 merge patch: objects merge, null deletes a key, other values replace"),
+    ] = None,
+    patch: Annotated[
+        list[PatchOperation] | None,
+        Field(description="RFC 6902 operations applied atomically; a failing 'test' op aborts the whole write"),
+    ] = None,
+    metadata: Annotated[
+        JSONObjectArg | None, Field(description="RFC 7396 merge patch applied to the state's metadata")
+    ] = None,
+) -> WriteOut:
+    """Change a context's state as one new revision. Give exactly one of data, merge_patch or patch
+    (metadata may come alone or with one). Pass the revision you read as expected_revision so a
+    concurrent writer's change is never silently overwritten; on conflict, re-read and retry."""
+    result = await _app(ctx).manager.update(
+        name,
+        data=data,
+        merge_patch_=merge_patch,
+        patch=[p.as_json() for p in patch] if patch is not None else None,
+        metadata=metadata,
+        expected_revision=expected_revision,
+    )
+    return _write_out(result)
+
+
+@tool_errors
+async def validate_state(
+    name: Name,
+    ctx: AppCtx,
+    data: Annotated[
+        JSONObjectArg | None, Field(description="Candidate data to check; the current data when omitted")
+    ] = None,
+    metadata: Annotated[JSONObjectArg | None, Field(description="Candidate metadata to check")] = None,
+) -> ValidationOut:
+    """Check a candidate (or the current) state against the context's JSON Schema and the server's
+    limits without writing. Returns every problem with its JSON Pointer."""
+    _, issues = await _app(ctx).manager.check(name, data=data, metadata=metadata)
+    return ValidationOut(
+        name=name,
+        valid=not issues,
+        errors=[ValidationIssueOut(pointer=i.pointer, message=i.message) for i in issues],
+    )
+
+
+@tool_errors
+async def get_history(
+    name: Name,
+    ctx: AppCtx,
+    before: Annotated[int | None, Field(description="Only revisions older than this (for paging)", ge=1)] = None,
+    limit: Annotated[int, Field(description="How many revisions, 1-100", ge=1, le=100)] = 20,
+) -> HistoryOut:
+    """List a context's revisions, newest first: who wrote each, when, how, and its size."""
+    manager = _app(ctx).manager
+    context = await manager.get(name)
+    entries = await manager.history(name, before=before, limit=limit)
+    next_before = entries[-1].revision if len(entries) == limit and entries[-1].revision > 1 else None
+    return HistoryOut(
+        name=name,
+        current_revision=context.revision,
+        revisions=[RevisionOut.of(e) for e in entries],
+        next_before=next_before,
+    )
+
+
+@tool_errors
+async def diff_states(
+    name: Name,
+    from_revision: Revision,
+    ctx: AppCtx,
+    to_revision: Annotated[int | None, Field(description="Target revision; current when omitted", ge=1)] = None,
+) -> DiffOut:
+    """The RFC 6902 patch between two revisions of a context (paths start with /data, /metadata)."""
+    manager = _app(ctx).manager
+    context = await manager.get(name)
+    patch = await manager.diff(name, from_revision, to_revision)
+    return DiffOut(name=name, from_revision=from_revision, to_revision=to_revision or context.revision, patch=patch)
+
+
+@tool_errors
+async def rollback_state(
+    name: Name,
+    revision: Revision,
+    ctx: AppCtx,
+    expected_revision: ExpectedRevision = None,
+) -> WriteOut:
+    """Undo: restore an earlier revision's data and metadata as a new revision (history is never
+    rewritten, so the rollback itself can be undone)."""
+    return _write_out(await _app(ctx).manager.rollback(name, revision, expected_revision=expected_revision))
+
+
+_READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+_DESTRUCTIVE = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+)
+
+_TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations], ...] = (
+    (register_context, "Register context", _WRITE),
+    (unregister_context, "Unregister context", _DESTRUCTIVE),
+    (get_context, "Get context", _READ_ONLY),
+    (list_contexts, "List contexts", _READ_ONLY),
+    (get_state, "Get state", _READ_ONLY),
+    (update_state, "Update state", _WRITE),
+    (validate_state, "Validate state", _READ_ONLY),
+    (get_history, "Get history", _READ_ONLY),
+    (diff_states, "Diff revisions", _READ_ONLY),
+    (rollback_state, "Roll back state", _DESTRUCTIVE),
+)
+
+
+def register_tools(server: MCPServer[AppContext]) -> None:
+    for fn, title, hints in _TOOLS:
+        server.add_tool(fn, title=title, annotations=hints, structured_output=True)

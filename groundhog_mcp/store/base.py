@@ -1,0 +1,173 @@
+"""The storage contract every backend implements (SQLite, PostgreSQL).
+
+A backend owns durability and atomicity; it knows nothing of merge strategies, schemas
+or MCP. Every write is one transaction: the backend locks the context, checks
+``expected_revision``, calls the service's pure ``Mutator`` with the current record,
+writes the new state, its history snapshot and its change row, and commits. The
+mutator may raise a :class:`~groundhog_mcp.errors.ContextError`; the transaction then
+rolls back and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject
+
+__all__ = [
+    "Mutation",
+    "Mutator",
+    "NewContext",
+    "Store",
+    "StoreStatus",
+    "StoredContext",
+    "StoredRevision",
+]
+
+
+@dataclass(frozen=True)
+class StoredContext:
+    """A context row with its current state."""
+
+    id: ContextId
+    namespace: str
+    name: str
+    version: str
+    metadata: JSONObject
+    settings: JSONObject
+    schema: JSONObject | None
+    handlers: JSONObject
+    revision: int
+    state: ContextState
+    state_size: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewContext:
+    """Everything ``register`` needs to create a context at its first revision."""
+
+    id: ContextId
+    namespace: str
+    name: str
+    version: str
+    metadata: JSONObject
+    settings: JSONObject
+    schema: JSONObject | None
+    handlers: JSONObject
+    state: ContextState
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """What a mutator returns: the new state and the RFC 6902 patch from the current one."""
+
+    state: ContextState
+    patch: list[JSONObject]
+    op: str = "update"
+
+
+Mutator = Callable[[StoredContext], Mutation]
+"""Runs inside the write transaction (off the event loop); pure: no I/O, may raise ContextError."""
+
+
+@dataclass(frozen=True)
+class StoredRevision:
+    """One history snapshot."""
+
+    context_id: ContextId
+    entry: HistoryEntry
+    state: ContextState
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    backend: str
+    location: str
+    schema_version: int
+    latest_schema_version: int
+    pending_migrations: list[int]
+    contexts: int
+    last_sequence: int
+    size_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
+
+
+class Store(Protocol):
+    """The backend contract. Names are unique per namespace among live contexts."""
+
+    backend: str
+
+    async def open(self) -> None:
+        """Connect, refuse a newer schema, apply pending migrations."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def register(
+        self, new: NewContext, *, actor: str, if_exists: Literal["error", "return"]
+    ) -> tuple[StoredContext, Change | None]:
+        """Create a context at its first revision; with ``if_exists="return"`` an existing
+        live context of that name is returned unchanged (and no change)."""
+        ...
+
+    async def mutate(
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        mutator: Mutator,
+        *,
+        actor: str,
+    ) -> tuple[StoredContext, Change]:
+        """One CAS write: check ``expected_revision``, apply ``mutator``, commit."""
+        ...
+
+    async def unregister(
+        self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
+    ) -> Change:
+        """Remove a live context; history stays unless ``purge``."""
+        ...
+
+    async def get(self, namespace: str, name: str) -> StoredContext | None: ...
+
+    async def get_by_id(self, context_id: ContextId) -> StoredContext | None: ...
+
+    async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        """Live contexts ordered by name, names > ``after``, starting with ``prefix``."""
+        ...
+
+    async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
+        """The snapshot, or the oldest available revision when this one was pruned, or None."""
+        ...
+
+    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
+        """Newest first, revisions < ``before``."""
+        ...
+
+    async def changes_after(self, sequence: int, *, limit: int) -> list[Change]: ...
+
+    async def last_sequence(self) -> int: ...
+
+    async def status(self) -> StoreStatus: ...
+
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; returns the versions applied."""
+        ...
+
+    def export_records(self) -> AsyncIterator[JSONObject]:
+        """Every context and revision snapshot as JSON records (for ``export``), read in pages."""
+        ...
+
+    async def import_records(self, records: Iterable[JSONObject]) -> int:
+        """Load what ``export_records`` produced, in one transaction; returns contexts imported."""
+        ...
+
+    async def backup(self, destination: Path) -> None:
+        """An online, consistent copy of the database."""
+        ...

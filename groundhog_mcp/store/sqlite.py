@@ -1,0 +1,825 @@
+"""SQLite backend: one file, WAL, ``BEGIN IMMEDIATE``, ``synchronous=FULL``.
+
+All database work runs on one thread this store owns; a write is a single function on
+that thread (lock, check, mutate, write state + history + change, commit), so a tool
+call costs one thread hop instead of one per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from groundhog_mcp.errors import (
+    ConflictError,
+    InitializationError,
+    NotFoundError,
+    StateUpdateError,
+    StoreBusyError,
+)
+from groundhog_mcp.models import (
+    Change,
+    ContextId,
+    ContextState,
+    HistoryEntry,
+    JSONObject,
+    dumps,
+    format_timestamp,
+    json_diff,
+    parse_timestamp,
+    utcnow,
+)
+from groundhog_mcp.store.base import Mutator, NewContext, StoredContext, StoredRevision, StoreStatus
+from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+
+__all__ = ["SQLiteStore"]
+
+_T = TypeVar("_T")
+
+_CONTEXT_COLUMNS = (
+    "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
+    "state_size, created_at, updated_at"
+)
+_EXPORT_PAGE = 500
+EXPORT_FORMAT = "groundhog-export"
+EXPORT_FORMAT_VERSION = 1
+
+
+def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
+    (
+        cid,
+        namespace,
+        name,
+        version,
+        metadata,
+        settings,
+        schema,
+        handlers,
+        revision,
+        state,
+        size,
+        created,
+        updated,
+    ) = tuple(row)
+    return StoredContext(
+        id=uuid.UUID(cid),
+        namespace=namespace,
+        name=name,
+        version=version,
+        metadata=json.loads(metadata),
+        settings=json.loads(settings),
+        schema=json.loads(schema) if schema is not None else None,
+        handlers=json.loads(handlers),
+        revision=revision,
+        state=ContextState.from_json(json.loads(state)),
+        state_size=size,
+        created_at=parse_timestamp(created),
+        updated_at=parse_timestamp(updated),
+    )
+
+
+def _compress(text: str) -> bytes:
+    return zlib.compress(text.encode("utf-8"), 6)
+
+
+def _decompress(blob: bytes) -> str:
+    return zlib.decompress(blob).decode("utf-8")
+
+
+def _change_from_row(row: tuple[Any, ...]) -> Change:
+    sequence, cid, namespace, name, revision, op, actor, ts, patch = row
+    return Change(
+        sequence=sequence,
+        context_id=uuid.UUID(cid),
+        namespace=namespace,
+        name=name,
+        revision=revision,
+        op=op,
+        actor=actor,
+        timestamp=parse_timestamp(ts),
+        patch=json.loads(patch) if patch is not None else None,
+    )
+
+
+class SQLiteStore:
+    """The default backend: one SQLite file shared safely by several processes."""
+
+    backend = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
+        auto_migrate: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.auto_migrate = auto_migrate
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._thread_id: int | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            raise InitializationError("database: the store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise InitializationError("database: the store is not open")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Generator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; any exception rolls back and is translated."""
+        conn = self._db
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise self._translate(exc) from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._translate(exc) from exc
+            raise
+
+    def _translate(self, exc: sqlite3.Error) -> Exception:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return StoreBusyError(
+                f"database: locked by another process for more than busy_timeout={self.busy_timeout_ms} ms; "
+                "nothing was written, retry the call"
+            )
+        if "full" in text:
+            return StateUpdateError(
+                f"database: disk full while writing {self.path}; nothing was written, the previous "
+                "state is intact; free space and retry"
+            )
+        if "readonly" in text or "read-only" in text:
+            return StateUpdateError(
+                f"database: {self.path} is read-only; nothing was written (check file and directory permissions)"
+            )
+        return StateUpdateError(f"database: {text}; nothing was written")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="groundhog-sqlite")
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=self.busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise InitializationError(f"database: cannot open {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            version = self._schema_version(conn)
+            if version > LATEST_SCHEMA_VERSION:
+                raise InitializationError(
+                    f"database: {self.path} has schema version {version}, newer than this groundhog-mcp "
+                    f"supports ({LATEST_SCHEMA_VERSION}); upgrade groundhog-mcp. The file was not modified."
+                )
+            self._enable_wal(conn)
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            if self.auto_migrate:
+                self._migrate_sync(conn)
+        except InitializationError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise InitializationError(
+                f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc})"
+            ) from exc
+        self._conn = conn
+        self._thread_id = threading.get_ident()
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        """Read-only probe; raises sqlite3.DatabaseError on a corrupt or foreign file."""
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+            ).fetchone()
+            if not exists:
+                return 0
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            return int(row[0] or 0)
+        except sqlite3.DatabaseError as exc:
+            raise InitializationError(
+                f"database: {self.path} is not a usable SQLite database ({exc}); the file was not modified"
+            ) from exc
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Several processes opening a fresh file at once can see "locked" here even with a
+        # busy timeout (the switch needs an exclusive lock): retry within the timeout.
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _migrate_sync(self, conn: sqlite3.Connection | None = None) -> list[int]:
+        conn = conn or self._db
+        if self._schema_version(conn) >= LATEST_SCHEMA_VERSION:
+            return []
+        applied: list[int] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            current = self._schema_version(conn)  # re-read under the lock: another process may have won
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                for statement in _statements(migration.sqlite):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, format_timestamp(utcnow())),
+                )
+                applied.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return applied
+
+    async def migrate(self) -> list[int]:
+        return await self._call(self._migrate_sync)
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._call(self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            # Fold the WAL back so a copied file is complete on its own.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+            self._conn = None
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def register(
+        self, new: NewContext, *, actor: str, if_exists: Literal["error", "return"]
+    ) -> tuple[StoredContext, Change | None]:
+        return await self._call(self._register_sync, new, actor, if_exists)
+
+    def _register_sync(
+        self, new: NewContext, actor: str, if_exists: Literal["error", "return"]
+    ) -> tuple[StoredContext, Change | None]:
+        with self._write_transaction() as conn:
+            existing = self._live_row(conn, new.namespace, new.name)
+            if existing is not None:
+                if if_exists == "return":
+                    return _decode_context(existing), None
+                raise ConflictError.already_exists(new.name, existing[8])
+            row = conn.execute(
+                "SELECT last_revision FROM name_revisions WHERE namespace = ? AND name = ?",
+                (new.namespace, new.name),
+            ).fetchone()
+            revision = (row[0] if row else 0) + 1
+            now = format_timestamp(utcnow())
+            state_text = dumps(new.state.to_json())
+            conn.execute(
+                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    str(new.id),
+                    new.namespace,
+                    new.name,
+                    new.version,
+                    dumps(new.metadata),
+                    dumps(new.settings),
+                    dumps(new.schema) if new.schema is not None else None,
+                    dumps(new.handlers),
+                    revision,
+                    state_text,
+                    len(state_text.encode("utf-8")),
+                    now,
+                    now,
+                ),
+            )
+            stored = StoredContext(
+                id=new.id,
+                namespace=new.namespace,
+                name=new.name,
+                version=new.version,
+                metadata=new.metadata,
+                settings=new.settings,
+                schema=new.schema,
+                handlers=new.handlers,
+                revision=revision,
+                state=new.state,
+                state_size=len(state_text.encode("utf-8")),
+                created_at=parse_timestamp(now),
+                updated_at=parse_timestamp(now),
+            )
+            change = self._record(conn, stored, "register", actor, now, None, state_text)
+            return stored, change
+
+    async def mutate(
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        mutator: Mutator,
+        *,
+        actor: str,
+    ) -> tuple[StoredContext, Change]:
+        return await self._call(self._mutate_sync, namespace, name, expected_revision, mutator, actor)
+
+    def _mutate_sync(
+        self, namespace: str, name: str, expected_revision: int | None, mutator: Mutator, actor: str
+    ) -> tuple[StoredContext, Change]:
+        with self._write_transaction() as conn:
+            row = self._live_row(conn, namespace, name)
+            if row is None:
+                raise NotFoundError(f"name: no context named {name!r}")
+            current = _decode_context(row)
+            self._check_expected(conn, current, expected_revision)
+            mutation = mutator(current)
+            state_text = dumps(mutation.state.to_json())
+            size = len(state_text.encode("utf-8"))
+            now = format_timestamp(utcnow())
+            revision = current.revision + 1
+            conn.execute(
+                "UPDATE contexts SET revision = ?, state = ?, state_size = ?, updated_at = ? WHERE id = ?",
+                (revision, state_text, size, now, str(current.id)),
+            )
+            stored = dataclasses.replace(
+                current, revision=revision, state=mutation.state, state_size=size, updated_at=parse_timestamp(now)
+            )
+            change = self._record(conn, stored, mutation.op, actor, now, mutation.patch, state_text)
+            return stored, change
+
+    async def unregister(
+        self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
+    ) -> Change:
+        return await self._call(self._unregister_sync, namespace, name, expected_revision, purge, actor)
+
+    def _unregister_sync(
+        self, namespace: str, name: str, expected_revision: int | None, purge: bool, actor: str
+    ) -> Change:
+        with self._write_transaction() as conn:
+            row = self._live_row(conn, namespace, name)
+            if row is None:
+                raise NotFoundError(f"name: no context named {name!r}")
+            current = _decode_context(row)
+            self._check_expected(conn, current, expected_revision)
+            now = format_timestamp(utcnow())
+            stored = dataclasses.replace(current, revision=current.revision + 1)
+            change = self._record(conn, stored, "unregister", actor, now, None, None)
+            if purge:
+                conn.execute("DELETE FROM history WHERE context_id = ?", (str(current.id),))
+                conn.execute("DELETE FROM contexts WHERE id = ?", (str(current.id),))
+            else:
+                conn.execute(
+                    "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ? WHERE id = ?",
+                    (now, current.revision + 1, now, str(current.id)),
+                )
+            return change
+
+    def _live_row(self, conn: sqlite3.Connection, namespace: str, name: str) -> tuple[Any, ...] | None:
+        return conn.execute(
+            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND name = ? AND deleted_at IS NULL",
+            (namespace, name),
+        ).fetchone()
+
+    def _check_expected(self, conn: sqlite3.Connection, current: StoredContext, expected: int | None) -> None:
+        if expected is None or expected == current.revision:
+            return
+        missed: list[JSONObject] | None = None
+        if 0 < expected < current.revision:
+            row = conn.execute(
+                "SELECT snapshot FROM history WHERE context_id = ? AND revision = ?",
+                (str(current.id), expected),
+            ).fetchone()
+            if row is not None:
+                missed = json_diff(
+                    ContextState.from_json(json.loads(_decompress(row[0]))).document(),
+                    current.state.document(),
+                )
+        raise ConflictError(current.name, expected, current.revision, missed)
+
+    def _record(
+        self,
+        conn: sqlite3.Connection,
+        ctx: StoredContext,
+        op: str,
+        actor: str,
+        now: str,
+        patch: list[JSONObject] | None,
+        state_text: str | None,
+    ) -> Change:
+        """Write the change row, the history snapshot and the name's revision high-water mark."""
+        cursor = conn.execute(
+            "INSERT INTO changes (context_id, namespace, name, revision, op, actor, timestamp, patch)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (
+                str(ctx.id),
+                ctx.namespace,
+                ctx.name,
+                ctx.revision,
+                op,
+                actor,
+                now,
+                dumps(patch) if patch is not None else None,
+            ),
+        )
+        sequence = int(cursor.lastrowid or 0)
+        if state_text is not None:
+            conn.execute(
+                "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    str(ctx.id),
+                    ctx.revision,
+                    sequence,
+                    op,
+                    actor,
+                    now,
+                    len(state_text.encode("utf-8")),
+                    _compress(state_text),
+                ),
+            )
+        conn.execute(
+            "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (?, ?, ?)"
+            " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
+            (ctx.namespace, ctx.name, ctx.revision),
+        )
+        return Change(
+            sequence=sequence,
+            context_id=ctx.id,
+            namespace=ctx.namespace,
+            name=ctx.name,
+            revision=ctx.revision,
+            op=op,
+            actor=actor,
+            timestamp=parse_timestamp(now),
+            patch=patch,
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, namespace: str, name: str) -> StoredContext | None:
+        return await self._call(self._get_sync, namespace, name)
+
+    def _get_sync(self, namespace: str, name: str) -> StoredContext | None:
+        row = self._live_row(self._db, namespace, name)
+        return _decode_context(row) if row is not None else None
+
+    async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
+        return await self._call(self._get_by_id_sync, context_id)
+
+    def _get_by_id_sync(self, context_id: ContextId) -> StoredContext | None:
+        row = self._db.execute(
+            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
+        ).fetchone()
+        return _decode_context(row) if row is not None else None
+
+    async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        return await self._call(self._list_sync, namespace, prefix, after, limit)
+
+    def _list_sync(self, namespace: str, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
+        rows = self._db.execute(
+            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND deleted_at IS NULL"
+            " AND name >= ? AND name < ? AND name > ? ORDER BY name LIMIT ?",
+            (namespace, prefix, prefix + "~", after or "", limit),
+        ).fetchall()
+        return [_decode_context(r) for r in rows]
+
+    async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
+        return await self._call(self._read_revision_sync, context_id, revision)
+
+    def _read_revision_sync(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
+        conn = self._db
+        row = conn.execute(
+            "SELECT revision, sequence, op, actor, timestamp, size, snapshot FROM history"
+            " WHERE context_id = ? AND revision = ?",
+            (str(context_id), revision),
+        ).fetchone()
+        if row is None:
+            oldest = conn.execute(
+                "SELECT min(revision) FROM history WHERE context_id = ?", (str(context_id),)
+            ).fetchone()[0]
+            if oldest is not None and revision < oldest:
+                return int(oldest)
+            return None
+        rev, sequence, op, actor, ts, size, snapshot = row
+        return StoredRevision(
+            context_id=context_id,
+            entry=HistoryEntry(rev, sequence, op, actor, parse_timestamp(ts), size),
+            state=ContextState.from_json(json.loads(_decompress(snapshot))),
+        )
+
+    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
+        return await self._call(self._history_sync, context_id, before, limit)
+
+    def _history_sync(self, context_id: ContextId, before: int | None, limit: int) -> list[HistoryEntry]:
+        rows = self._db.execute(
+            "SELECT revision, sequence, op, actor, timestamp, size FROM history"
+            " WHERE context_id = ? AND revision < ? ORDER BY revision DESC LIMIT ?",
+            (str(context_id), before if before is not None else 2**62, limit),
+        ).fetchall()
+        return [HistoryEntry(r[0], r[1], r[2], r[3], parse_timestamp(r[4]), r[5]) for r in rows]
+
+    async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
+        return await self._call(self._changes_after_sync, sequence, limit)
+
+    def _changes_after_sync(self, sequence: int, limit: int) -> list[Change]:
+        rows = self._db.execute(
+            "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
+            " FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            (sequence, limit),
+        ).fetchall()
+        return [_change_from_row(r) for r in rows]
+
+    async def last_sequence(self) -> int:
+        return await self._call(self._last_sequence_sync)
+
+    def _last_sequence_sync(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    async def status(self) -> StoreStatus:
+        return await self._call(self._status_sync)
+
+    def _status_sync(self) -> StoreStatus:
+        conn = self._db
+        version = self._schema_version(conn)
+        contexts = conn.execute("SELECT count(*) FROM contexts WHERE deleted_at IS NULL").fetchone()[0]
+        page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        return StoreStatus(
+            backend=self.backend,
+            location=str(self.path),
+            schema_version=version,
+            latest_schema_version=LATEST_SCHEMA_VERSION,
+            pending_migrations=[m.version for m in MIGRATIONS if m.version > version],
+            contexts=int(contexts),
+            last_sequence=self._last_sequence_sync(),
+            size_bytes=int(page_count) * int(page_size),
+            extra={"journal_mode": journal, "synchronous": self.synchronous},
+        )
+
+    # -- export / import / backup -----------------------------------------------------------
+
+    async def export_records(self) -> AsyncGenerator[JSONObject]:
+        yield {
+            "type": "header",
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "schema_version": LATEST_SCHEMA_VERSION,
+            "exported_at": format_timestamp(utcnow()),
+        }
+        after = ""
+        while True:
+            page = await self._call(self._export_contexts_page, after)
+            if not page:
+                break
+            for record in page:
+                yield record
+            after = page[-1]["id"]
+        key: tuple[str, int] = ("", 0)
+        while True:
+            page, key = await self._call(self._export_history_page, key)
+            if not page:
+                break
+            for record in page:
+                yield record
+        for record in await self._call(self._export_name_revisions):
+            yield record
+        after_seq = 0
+        while True:
+            changes = await self._call(self._changes_after_sync, after_seq, _EXPORT_PAGE)
+            if not changes:
+                break
+            for change in changes:
+                yield {
+                    "type": "change",
+                    "sequence": change.sequence,
+                    "context_id": str(change.context_id),
+                    "namespace": change.namespace,
+                    "name": change.name,
+                    "revision": change.revision,
+                    "op": change.op,
+                    "actor": change.actor,
+                    "timestamp": format_timestamp(change.timestamp),
+                    "patch": change.patch,
+                }
+            after_seq = changes[-1].sequence
+
+    def _export_contexts_page(self, after: str) -> list[JSONObject]:
+        rows = self._db.execute(
+            f"SELECT {_CONTEXT_COLUMNS}, deleted_at FROM contexts WHERE id > ? ORDER BY id LIMIT ?",
+            (after, _EXPORT_PAGE),
+        ).fetchall()
+        records: list[JSONObject] = []
+        for row in rows:
+            ctx = _decode_context(row[:-1])
+            records.append(
+                {
+                    "type": "context",
+                    "id": str(ctx.id),
+                    "namespace": ctx.namespace,
+                    "name": ctx.name,
+                    "version": ctx.version,
+                    "metadata": ctx.metadata,
+                    "settings": ctx.settings,
+                    "schema": ctx.schema,
+                    "handlers": ctx.handlers,
+                    "revision": ctx.revision,
+                    "state": ctx.state.to_json(),
+                    "created_at": format_timestamp(ctx.created_at),
+                    "updated_at": format_timestamp(ctx.updated_at),
+                    "deleted_at": row[-1],
+                }
+            )
+        return records
+
+    def _export_history_page(self, after: tuple[str, int]) -> tuple[list[JSONObject], tuple[str, int]]:
+        rows = self._db.execute(
+            "SELECT context_id, revision, sequence, op, actor, timestamp, snapshot FROM history"
+            " WHERE (context_id, revision) > (?, ?) ORDER BY context_id, revision LIMIT ?",
+            (after[0], after[1], _EXPORT_PAGE),
+        ).fetchall()
+        records: list[JSONObject] = [
+            {
+                "type": "revision",
+                "context_id": r[0],
+                "revision": r[1],
+                "sequence": r[2],
+                "op": r[3],
+                "actor": r[4],
+                "timestamp": r[5],
+                "state": json.loads(_decompress(r[6])),
+            }
+            for r in rows
+        ]
+        return records, ((rows[-1][0], rows[-1][1]) if rows else after)
+
+    def _export_name_revisions(self) -> list[JSONObject]:
+        rows = self._db.execute("SELECT namespace, name, last_revision FROM name_revisions").fetchall()
+        return [{"type": "name_revision", "namespace": r[0], "name": r[1], "last_revision": r[2]} for r in rows]
+
+    async def import_records(self, records: Iterable[JSONObject]) -> int:
+        return await self._call(self._import_sync, list(records))
+
+    def _import_sync(self, records: list[JSONObject]) -> int:
+        with self._write_transaction() as conn:
+            existing = conn.execute("SELECT count(*) FROM contexts").fetchone()[0]
+            changes = conn.execute("SELECT count(*) FROM changes").fetchone()[0]
+            if existing or changes:
+                raise StateUpdateError(
+                    f"import: the target database {self.path} is not empty ({existing} contexts, "
+                    f"{changes} changes); import into a new database file"
+                )
+            imported = 0
+            for record in records:
+                kind = record.get("type")
+                if kind == "header":
+                    if record.get("format") != EXPORT_FORMAT:
+                        raise StateUpdateError(f"import: not a {EXPORT_FORMAT} file (format={record.get('format')!r})")
+                    if int(record.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
+                        raise StateUpdateError(
+                            f"import: format_version {record.get('format_version')} is newer than "
+                            f"{EXPORT_FORMAT_VERSION}; upgrade groundhog-mcp"
+                        )
+                elif kind == "context":
+                    state_text = dumps(record["state"])
+                    conn.execute(
+                        f"INSERT INTO contexts ({_CONTEXT_COLUMNS}, deleted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            record["id"],
+                            record["namespace"],
+                            record["name"],
+                            record["version"],
+                            dumps(record["metadata"]),
+                            dumps(record["settings"]),
+                            dumps(record["schema"]) if record.get("schema") is not None else None,
+                            dumps(record.get("handlers") or {}),
+                            record["revision"],
+                            state_text,
+                            len(state_text.encode("utf-8")),
+                            record["created_at"],
+                            record["updated_at"],
+                            record.get("deleted_at"),
+                        ),
+                    )
+                    imported += 1
+                elif kind == "revision":
+                    state_text = dumps(record["state"])
+                    conn.execute(
+                        "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
+                        " VALUES (?,?,?,?,?,?,?,?)",
+                        (
+                            record["context_id"],
+                            record["revision"],
+                            record["sequence"],
+                            record["op"],
+                            record["actor"],
+                            record["timestamp"],
+                            len(state_text.encode("utf-8")),
+                            _compress(state_text),
+                        ),
+                    )
+                elif kind == "name_revision":
+                    conn.execute(
+                        "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (?,?,?)",
+                        (record["namespace"], record["name"], record["last_revision"]),
+                    )
+                elif kind == "change":
+                    conn.execute(
+                        "INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor,"
+                        " timestamp, patch) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            record["sequence"],
+                            record["context_id"],
+                            record["namespace"],
+                            record["name"],
+                            record["revision"],
+                            record["op"],
+                            record["actor"],
+                            record["timestamp"],
+                            dumps(record["patch"]) if record.get("patch") is not None else None,
+                        ),
+                    )
+                else:
+                    raise StateUpdateError(f"import: unknown record type {kind!r}")
+            return imported
+
+    async def backup(self, destination: Path) -> None:
+        await self._call(self._backup_sync, destination)
+
+    def _backup_sync(self, destination: Path) -> None:
+        if destination.exists():
+            raise StateUpdateError(f"backup: {destination} already exists; choose a new file name")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        target = sqlite3.connect(str(destination))
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
