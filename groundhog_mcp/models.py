@@ -73,7 +73,7 @@ def dumps(value: Any) -> str:
 
 
 def is_semver(text: str) -> bool:
-    return bool(_SEMVER.match(text))
+    return bool(_SEMVER.fullmatch(text))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ from groundhog_mcp.app import Settings, create_server
 from groundhog_mcp.server import AppContext
 
 
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "groundhog.sqlite"

@@ -11,6 +11,7 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, ListResourcesResult, PaginatedRequestParams, Resource
 
+from groundhog_mcp import schemas
 from groundhog_mcp.errors import ContextError, NotFoundError
 from groundhog_mcp.models import dumps
 from groundhog_mcp.server.app_context import AppContext
@@ -91,6 +92,13 @@ async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
     return dumps({"name": name, "revision": at, "state": StateValue.of(state).model_dump()})
 
 
+async def schema_resource(name: str) -> str:
+    """The packaged JSON Schemas (ContextState, ContextConfig) the server validates with."""
+    if name not in schemas.SCHEMA_NAMES:
+        raise ResourceNotFoundError(f"name: no schema {name[:60]!r}; known: {', '.join(schemas.SCHEMA_NAMES)}")
+    return dumps(schemas.load_schema(name))
+
+
 async def _list_resources(
     ctx: ServerRequestContext[AppContext, Any], params: PaginatedRequestParams | None
 ) -> ListResourcesResult:
@@ -163,6 +171,13 @@ def register_resources(server: MCPServer[AppContext]) -> None:
         description="The state of a context at a past revision",
         mime_type=JSON,
     )(revision_resource)
+    server.resource(
+        "groundhog://schemas/{name}",
+        name="schema",
+        title="Document schema",
+        description=f"JSON Schema of a groundhog-mcp document: {', '.join(schemas.SCHEMA_NAMES)}",
+        mime_type="application/schema+json",
+    )(schema_resource)
     server._lowlevel_server.add_request_handler(  # pyright: ignore[reportPrivateUsage]
         "resources/list", PaginatedRequestParams, _list_resources
     )

@@ -135,7 +135,7 @@ def check_schema_definition(schema: JSONObject) -> None:
 
 
 def check_name(name: str, field: str = "name") -> None:
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
         shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
         raise StateValidationError(
             [

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from groundhog_mcp import schemas
 from groundhog_mcp.errors import (
     ConflictError,
     InitializationError,
@@ -588,6 +589,9 @@ class SQLiteStore:
         return await self._call(self._last_sequence_sync)
 
     def _last_sequence_sync(self) -> int:
+        exists = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone()
+        if not exists:  # a database whose migrations have not run yet (db status / db migrate)
+            return 0
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
         return int(row[0]) if row else 0
 
@@ -726,8 +730,16 @@ class SQLiteStore:
                     f"{changes} changes); import into a new database file"
                 )
             imported = 0
-            for record in records:
+            state_schema = schemas.validator("context_state")
+            for number, record in enumerate(records, start=1):
                 kind = record.get("type")
+                if kind in ("context", "revision"):
+                    problem = next(iter(state_schema.iter_errors(record.get("state"))), None)
+                    if problem is not None:
+                        where = "".join(f"/{p}" for p in problem.absolute_path)
+                        raise StateUpdateError(
+                            f"import: record {number} ({kind}): state{where}: {problem.message}; nothing was imported"
+                        )
                 if kind == "header":
                     if record.get("format") != EXPORT_FORMAT:
                         raise StateUpdateError(f"import: not a {EXPORT_FORMAT} file (format={record.get('format')!r})")
