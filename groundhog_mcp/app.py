@@ -115,6 +115,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The SDK logs every failed tool call at INFO with its text, which can quote state values;
+    # our own tool boundary logs failures without contents. Its bug reports (ERROR) still pass.
+    logging.getLogger("mcp.server.mcpserver.server").setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncGenerator, Sequence
@@ -17,7 +18,7 @@ import structlog
 from groundhog_mcp import __version__
 from groundhog_mcp.app import Settings, configure_logging, create_server, load_settings, open_manager
 from groundhog_mcp.errors import ContextError
-from groundhog_mcp.models import dumps
+from groundhog_mcp.models import dumps, format_timestamp
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.store import open_store
 
@@ -102,32 +103,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    """Open the database first (so a bad file fails before the protocol starts), then serve stdio."""
+    """Open the database first (so a bad file fails before the protocol starts), then serve stdio.
+
+    SIGTERM/SIGINT stop it gracefully: no new requests, writes already handed to the store
+    commit, the file is closed, then the process exits.
+    """
     manager = open_manager(settings)
     await manager.start()
     log.info("serving", transport="stdio", database=settings.database, version=__version__)
     server = create_server(settings, manager)
     loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        if not stopping and main_task is not None:
-            stopping = True
-            main_task.cancel()
-
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop)
+        loop.add_signal_handler(signum, stop.set)
+    serving = asyncio.create_task(server.run_stdio_async(), name="stdio")
+    stopping = asyncio.create_task(stop.wait(), name="signals")
     try:
-        await server.run_stdio_async()
-    except asyncio.CancelledError:
-        if not stopping:
-            raise
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        # Writes already handed to the store finish and commit before the file is closed.
+        stopping.cancel()
+        if not serving.done():
+            serving.cancel()
+            # The SDK reads stdin on a worker thread that a cancellation cannot interrupt.
+            await asyncio.wait({serving}, timeout=1.0)
         await manager.close()
-        log.info("stopped")
+        log.info("stopped", signal=stop.is_set())
+    if stop.is_set():
+        sys.stderr.flush()
+        os._exit(0)  # the stdin reader thread would otherwise keep the process alive
+    serving.result()
     return 0
 
 
@@ -136,7 +140,14 @@ async def _manager(settings: Settings, *, auto_migrate: bool = True) -> AsyncGen
     manager = (
         open_manager(settings)
         if auto_migrate
-        else StateManager(open_store(settings.database, busy_timeout_ms=settings.busy_timeout_ms, auto_migrate=False))
+        else StateManager(
+            open_store(
+                settings.database,
+                busy_timeout_ms=settings.busy_timeout_ms,
+                synchronous=settings.synchronous,
+                auto_migrate=False,
+            )
+        )
     )
     await manager.start()
     try:
@@ -172,7 +183,8 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             while True:
                 page = await manager.list(prefix=args.prefix, cursor=cursor, limit=manager.limits.max_page)
                 for ctx in page.contexts:
-                    print(f"{ctx.name}\trevision {ctx.revision}\t{ctx.state_size} bytes\t{ctx.updated_at.isoformat()}")
+                    updated = format_timestamp(ctx.updated_at)
+                    print(f"{ctx.name}\trevision {ctx.revision}\t{ctx.state_size} bytes\t{updated}")
                 if page.next_cursor is None:
                     break
                 cursor = page.next_cursor
@@ -187,7 +199,7 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
                     "revision": ctx.revision,
                     "metadata": ctx.metadata,
                     "settings": ctx.settings,
-                    "schema": ctx.schema,
+                    "json_schema": ctx.schema,
                     "state": ctx.state.to_json(),
                 }
             )

@@ -8,11 +8,15 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp_types import CallToolResult, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.arguments import describe_validation_error
 from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.tools import register_tools
 
@@ -31,8 +35,34 @@ async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNe
     """Remember handshake-era sessions so register/unregister can reach them with list_changed."""
     app = ctx.lifespan_context
     if isinstance(app, AppContext) and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-        app.notifier.track(ctx.session)
+        # The per-request ServerSession wraps the long-lived Connection; only the latter can
+        # carry notifications after this request has been answered.
+        app.notifier.track(ctx.session._connection)  # pyright: ignore[reportPrivateUsage]
     return await call_next(ctx)
+
+
+class GroundhogServer(MCPServer[AppContext]):
+    """MCPServer with argument errors phrased as ``field: rule (got …)``."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AppContext, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)  # pyright: ignore[reportPrivateUsage]
+        if tool is not None:
+            accepted = tool.parameters.get("properties", {})
+            unknown = sorted(key for key in arguments if key not in accepted)
+            if unknown:
+                raise ToolError(
+                    f"Error executing tool {name}: invalid arguments: {', '.join(unknown)[:200]}: not accepted by "
+                    f"{name} (accepted: {', '.join(accepted)})"
+                )
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError) and not isinstance(exc, UnexpectedToolError):
+                raise ToolError(f"Error executing tool {name}: {describe_validation_error(cause)}") from cause
+            raise
 
 
 def build_server(
@@ -46,7 +76,7 @@ def build_server(
     def bound_lifespan(server: MCPServer[AppContext]) -> AbstractAsyncContextManager[AppContext]:
         return lifespan(server, subscriptions)
 
-    server: MCPServer[AppContext] = MCPServer(
+    server = GroundhogServer(
         "groundhog-mcp",
         title="groundhog-mcp",
         description="Durable, shared, versioned context state for LLM agents",

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from typing import Any
 
 import structlog
-from mcp.server.session import ServerSession
+from mcp.server.connection import Connection
 from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, SubscriptionBus
 
 from groundhog_mcp.models import Change
@@ -36,12 +35,15 @@ class Notifier:
     def __init__(self, bus: ChangeBus, subscriptions: SubscriptionBus) -> None:
         self._bus = bus
         self._subscriptions = subscriptions
-        self._sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        self._connections: set[Connection] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def track(self, session: ServerSession) -> None:
-        """Remember a handshake-era session so it hears about list changes."""
-        self._sessions.add(session)
+    def track(self, connection: Connection) -> None:
+        """Remember a handshake-era client connection (until it closes) so it hears about changes."""
+        if connection in self._connections:
+            return
+        self._connections.add(connection)
+        connection.exit_stack.callback(self._connections.discard, connection)
 
     async def start(self) -> None:
         subscription = self._bus.subscribe()
@@ -72,9 +74,9 @@ class Notifier:
 
     async def _list_changed(self) -> None:
         await self._subscriptions.publish(ResourcesListChanged())
-        for session in list(self._sessions):
+        for connection in list(self._connections):
             try:
-                await session.send_resource_list_changed()
-            except Exception:  # a closed session must not stop delivery to the others
-                self._sessions.discard(session)
-                log.debug("dropped a closed session from notifications")
+                await connection.send_resource_list_changed()
+            except Exception:  # a closed connection must not stop delivery to the others
+                self._connections.discard(connection)
+                log.debug("dropped a closed connection from notifications", exc_info=True)

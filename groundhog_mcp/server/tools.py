@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -98,6 +99,8 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except ContextError as exc:
+            # The message may quote state values: log only what failed, never the text.
+            log.info("tool error", tool=fn.__name__, error=type(exc).__name__)
             raise ToolError(str(exc)) from None
         except ToolError:
             raise
@@ -164,7 +167,7 @@ async def unregister_context(
     ctx: AppCtx,
     expected_revision: ExpectedRevision = None,
     purge: Annotated[
-        bool, Field(description="Also delete the history now (default: history is kept until retention)")
+        bool, Field(description="Also delete the history and the diffs in the change feed (default: keep history)")
     ] = False,
 ) -> UnregisterOut:
     """Remove a context. Its history is kept unless purge=true. The name can be registered again;
@@ -332,4 +335,5 @@ _TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations], ...] =
 
 def register_tools(server: MCPServer[AppContext]) -> None:
     for fn, title, hints in _TOOLS:
-        server.add_tool(fn, title=title, annotations=hints, structured_output=True)
+        description = inspect.cleandoc(fn.__doc__ or "")
+        server.add_tool(fn, title=title, description=description, annotations=hints, structured_output=True)

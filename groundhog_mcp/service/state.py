@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 from groundhog_mcp.errors import (
     CompactedError,
+    ConflictError,
     NotFoundError,
     StateValidationError,
     ValidationIssue,
@@ -33,6 +34,7 @@ from groundhog_mcp.models import (
     utcnow,
 )
 from groundhog_mcp.service.bus import ChangeBus
+from groundhog_mcp.service.feed import ChangeFeed
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.validation import (
     Limits,
@@ -96,11 +98,13 @@ class StateManager:
         limits: Limits | None = None,
         principal: Principal | None = None,
         bus: ChangeBus | None = None,
+        poll_interval: float = 0.05,
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.principal = principal or Principal()
         self.bus = bus or ChangeBus()
+        self.feed = ChangeFeed(store, self.bus, interval=poll_interval)
         self._pending: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -115,12 +119,15 @@ class StateManager:
             await manager.close()
 
     async def start(self) -> None:
+        """Open the store and follow its change feed from the current sequence."""
         await self.store.open()
         self.bus.last_sequence = await self.store.last_sequence()
+        await self.feed.start(self.bus.last_sequence)
 
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.feed.stop()
         await self.store.close()
 
     # -- the specification's API ------------------------------------------------------------
@@ -336,7 +343,10 @@ class StateManager:
             if patch is not None:
                 data = apply_json_patch({}, patch)
         state = ContextState(data=data or {}, metadata=merge_patch(None, metadata or {}), version=version or "1.0.0")
-        result = await self.register(name, state=state, if_exists="error")
+        try:
+            result = await self.register(name, state=state, if_exists="error")
+        except ConflictError as exc:
+            raise ConflictError(name, 0, exc.current_revision) from None
         assert isinstance(result, WriteResult)  # if_exists="error" never returns an existing context
         return result
 
@@ -428,17 +438,16 @@ class StateManager:
         return WriteResult(stored, change, change.revision - 1)
 
     async def _committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
-        """Run a write to completion even if the caller is cancelled, then publish its change.
+        """Run a write to completion even if the caller is cancelled, then wake the change feed.
 
         A cancelled client must not leave a committed change unannounced, so the write
-        and its notification run in their own task.
+        and the wake-up run in their own task; the feed publishes changes in sequence order.
         """
 
         async def write_then_publish() -> _T:
             result = await write
-            change = change_of(result)
-            if change is not None:
-                self.bus.publish(change)
+            if change_of(result) is not None:
+                self.feed.wake()
             return result
 
         task = asyncio.ensure_future(write_then_publish())

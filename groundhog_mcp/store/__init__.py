@@ -17,12 +17,25 @@ def open_store(
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
     auto_migrate: bool = True,
 ) -> Store:
-    """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL."""
+    """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL.
+
+    A URL may name the PostgreSQL schema to use: ``postgresql://host/db?schema=groundhog``.
+    ``busy_timeout_ms`` is the lock wait on both backends; ``synchronous`` is SQLite's only
+    (PostgreSQL durability is the server's ``synchronous_commit``).
+    """
     text = str(database)
     if text.startswith(("postgresql://", "postgres://")):
-        raise InitializationError(
-            "database: the PostgreSQL backend is not available in this version; use a SQLite file path"
-        )
+        try:
+            # Imported here: psycopg is the optional extra [postgres].
+            from groundhog_mcp.store.postgres import PostgresStore
+        except ImportError as exc:
+            if not (exc.name or "").startswith("psycopg"):
+                raise
+            raise InitializationError(
+                f"database: the PostgreSQL backend needs psycopg ({exc.name} is not installed); "
+                "install groundhog-mcp[postgres]"
+            ) from exc
+        return PostgresStore(text, busy_timeout_ms=busy_timeout_ms, auto_migrate=auto_migrate)
     return SQLiteStore(
         Path(text).expanduser(),
         busy_timeout_ms=busy_timeout_ms,

@@ -1,11 +1,14 @@
 """Numbered schema migrations, applied in order at start and recorded in ``schema_migrations``.
 
-Append only: a released migration is never edited. Each entry carries the SQL per backend.
+Append only: a released migration is never edited. Each entry carries the SQL per backend:
+``sqlite`` (run statement by statement) and ``postgres`` (one script, run in the migration
+transaction with ``search_path`` set to the store's schema, so names stay unqualified).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import LiteralString
 
 __all__ = ["LATEST_SCHEMA_VERSION", "MIGRATIONS", "Migration"]
 
@@ -15,6 +18,7 @@ class Migration:
     version: int
     name: str
     sqlite: str
+    postgres: LiteralString
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -72,6 +76,72 @@ MIGRATIONS: tuple[Migration, ...] = (
             timestamp   TEXT NOT NULL,
             patch       TEXT
         );
+        """,
+        # JSON columns are `json`, not `jsonb`: `json` keeps the exact text (key order, number
+        # spelling, "\u0000"), so both backends return what was stored. Names are COLLATE "C"
+        # so list order and the prefix range scan are bytewise, as in SQLite.
+        postgres="""
+        CREATE TABLE contexts (
+            id          UUID PRIMARY KEY,
+            namespace   TEXT COLLATE "C" NOT NULL,
+            name        TEXT COLLATE "C" NOT NULL,
+            version     TEXT NOT NULL,
+            metadata    JSON NOT NULL,
+            settings    JSON NOT NULL,
+            schema      JSON,
+            handlers    JSON NOT NULL,
+            revision    BIGINT NOT NULL,
+            state       JSON NOT NULL,
+            state_size  INTEGER NOT NULL,
+            created_at  TIMESTAMPTZ NOT NULL,
+            updated_at  TIMESTAMPTZ NOT NULL,
+            deleted_at  TIMESTAMPTZ
+        );
+        CREATE UNIQUE INDEX contexts_live_name ON contexts (namespace, name) WHERE deleted_at IS NULL;
+
+        -- The highest revision ever given to a name, so a re-registered name never reuses one.
+        -- Its row is also the lock that serialises registrations of one name across instances.
+        CREATE TABLE name_revisions (
+            namespace     TEXT COLLATE "C" NOT NULL,
+            name          TEXT COLLATE "C" NOT NULL,
+            last_revision BIGINT NOT NULL,
+            PRIMARY KEY (namespace, name)
+        );
+
+        CREATE TABLE history (
+            context_id  UUID NOT NULL,
+            revision    BIGINT NOT NULL,
+            sequence    BIGINT NOT NULL,
+            op          TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            timestamp   TIMESTAMPTZ NOT NULL,
+            size        INTEGER NOT NULL,
+            snapshot    BYTEA NOT NULL,
+            PRIMARY KEY (context_id, revision)
+        );
+        -- Snapshots are zlib-compressed already: store them out of line without pglz.
+        ALTER TABLE history ALTER COLUMN snapshot SET STORAGE EXTERNAL;
+
+        CREATE TABLE changes (
+            sequence    BIGINT PRIMARY KEY,
+            context_id  UUID NOT NULL,
+            namespace   TEXT COLLATE "C" NOT NULL,
+            name        TEXT COLLATE "C" NOT NULL,
+            revision    BIGINT NOT NULL,
+            op          TEXT NOT NULL,
+            actor       TEXT NOT NULL,
+            timestamp   TIMESTAMPTZ NOT NULL,
+            patch       JSON
+        );
+
+        -- The store-wide sequence. A counter row, not a PostgreSQL SEQUENCE: nextval() skips
+        -- values on rollback and hands them out in an order other than commit order. The row
+        -- lock is held to commit, so sequences are gap-free and committed in order.
+        CREATE TABLE store_counter (
+            name   TEXT PRIMARY KEY,
+            value  BIGINT NOT NULL
+        );
+        INSERT INTO store_counter (name, value) VALUES ('sequence', 0);
         """,
     ),
 )

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import sqlite3
-import threading
 import time
 import uuid
 import zlib
@@ -133,7 +132,7 @@ class SQLiteStore:
         self.synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._thread_id: int | None = None
+        self._data_version: int | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -231,7 +230,6 @@ class SQLiteStore:
                 f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc})"
             ) from exc
         self._conn = conn
-        self._thread_id = threading.get_ident()
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
         """Read-only probe; raises sqlite3.DatabaseError on a corrupt or foreign file."""
@@ -420,7 +418,9 @@ class SQLiteStore:
             stored = dataclasses.replace(current, revision=current.revision + 1)
             change = self._record(conn, stored, "unregister", actor, now, None, None)
             if purge:
+                # Purge removes the content everywhere: snapshots and the diffs in the change feed.
                 conn.execute("DELETE FROM history WHERE context_id = ?", (str(current.id),))
+                conn.execute("UPDATE changes SET patch = NULL WHERE context_id = ?", (str(current.id),))
                 conn.execute("DELETE FROM contexts WHERE id = ?", (str(current.id),))
             else:
                 conn.execute(
@@ -551,10 +551,11 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             oldest = conn.execute(
-                "SELECT min(revision) FROM history WHERE context_id = ?", (str(context_id),)
-            ).fetchone()[0]
-            if oldest is not None and revision < oldest:
-                return int(oldest)
+                "SELECT revision, op FROM history WHERE context_id = ? ORDER BY revision LIMIT 1", (str(context_id),)
+            ).fetchone()
+            # Below the registration snapshot lies an earlier context of the same name, not pruned history.
+            if oldest is not None and revision < oldest[0] and oldest[1] != "register":
+                return int(oldest[0])
             return None
         rev, sequence, op, actor, ts, size, snapshot = row
         return StoredRevision(
@@ -585,6 +586,17 @@ class SQLiteStore:
         ).fetchall()
         return [_change_from_row(r) for r in rows]
 
+    async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
+        return await self._call(self._poll_changes_sync, sequence, limit, force)
+
+    def _poll_changes_sync(self, sequence: int, limit: int, force: bool) -> list[Change]:
+        # data_version moves only when *another* connection commits; our own writes come with force.
+        data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if not force and data_version == self._data_version:
+            return []
+        self._data_version = data_version
+        return self._changes_after_sync(sequence, limit)
+
     async def last_sequence(self) -> int:
         return await self._call(self._last_sequence_sync)
 
@@ -601,7 +613,9 @@ class SQLiteStore:
     def _status_sync(self) -> StoreStatus:
         conn = self._db
         version = self._schema_version(conn)
-        contexts = conn.execute("SELECT count(*) FROM contexts WHERE deleted_at IS NULL").fetchone()[0]
+        contexts = (
+            conn.execute("SELECT count(*) FROM contexts WHERE deleted_at IS NULL").fetchone()[0] if version else 0
+        )
         page_count = conn.execute("PRAGMA page_count").fetchone()[0]
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]

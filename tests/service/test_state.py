@@ -234,3 +234,13 @@ def test_context_state_values() -> None:
     with pytest.raises(ValueError, match="semantic version"):
         ContextState(version="1.0")
     assert ContextState.from_json(changed.to_json()) == changed
+
+
+async def test_revision_of_an_earlier_registration_is_not_called_compacted(manager: StateManager) -> None:
+    await _register(manager, "b", {"v": 1})
+    await manager.update("b", data={"v": 2})
+    await manager.unregister("b")
+    await _register(manager, "b", {"v": "new"})
+    with pytest.raises(NotFoundError, match="belongs to an earlier registration") as caught:
+        await manager.read("b", 2)
+    assert "compacted" not in str(caught.value)

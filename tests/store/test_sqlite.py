@@ -85,8 +85,7 @@ async def test_revisions_never_reused_across_reregistration(manager: StateManage
 async def test_sequence_never_decreases_after_reopen(db_path: Path) -> None:
     async with StateManager.open(db_path) as manager:
         await manager.register("c")
-        await manager.update("c", data={"a": 1})
-        last = manager.bus.last_sequence
+        last = (await manager.update("c", data={"a": 1})).change.sequence
     async with StateManager.open(db_path) as manager:
         assert manager.bus.last_sequence == last
         result = await manager.update("c", data={"a": 2})

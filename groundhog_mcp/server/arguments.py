@@ -1,0 +1,75 @@
+"""Argument errors in the house style: ``field: rule (limit)``, without pydantic's noise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN
+
+__all__ = ["describe_validation_error"]
+
+_MAX_ERRORS = 10
+_PATTERN_RULES = {
+    SEMVER_PATTERN: "must be a semantic version like 1.0.0",
+    NAME_PATTERN: f"must match {NAME_PATTERN} (1-128 of A-Z a-z 0-9 . _ -)",
+}
+# Union members, model names and validator wrappers that pydantic puts in ``loc`` but a caller never wrote.
+_NOISE = ("int", "str", "float", "bool", "dict[str,any]", "list", "none", "function-after", "json-or-python")
+_MODEL_NAMES = frozenset({"StateInput", "PatchOperation"})
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        text = str(part)
+        lowered = text.replace(" ", "").lower()
+        if text in _MODEL_NAMES or (isinstance(part, str) and any(lowered.startswith(n) for n in _NOISE)):
+            continue
+        parts.append(text)
+    return ".".join(parts) or "arguments"
+
+
+def _describe_input(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return repr(shown)
+    if isinstance(value, int | float):
+        return repr(value) if len(repr(value)) <= 40 else "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One ``field: rule (got …)`` clause per problem, at most ten."""
+    clauses: list[str] = []
+    seen: set[str] = set()
+    for item in error.errors(include_url=False):
+        where = _location(item["loc"])
+        kind = item["type"]
+        context = item.get("ctx") or {}
+        if kind == "missing":
+            rule = "is required"
+        elif kind == "extra_forbidden":
+            rule = "is not an accepted field"
+        elif kind == "string_pattern_mismatch":
+            rule = _PATTERN_RULES.get(str(context.get("pattern")), item["msg"])
+        else:
+            rule = item["msg"][:1].lower() + item["msg"][1:]
+        clause = f"{where}: {rule}"
+        if kind not in ("missing", "extra_forbidden"):
+            clause += f" (got {_describe_input(item.get('input'))})"
+        if clause not in seen:
+            seen.add(clause)
+            clauses.append(clause)
+    shown = clauses[:_MAX_ERRORS]
+    more = f"; and {len(clauses) - _MAX_ERRORS} more" if len(clauses) > _MAX_ERRORS else ""
+    return "invalid arguments: " + "; ".join(shown) + more

@@ -1,0 +1,90 @@
+"""Follows the store's change feed and publishes every committed change on the bus, in order.
+
+All changes reach the bus through here, local and foreign alike: a local write wakes the
+feed at once; a write by another process is noticed by a cheap poll (SQLite's
+``PRAGMA data_version`` changes only when another connection commits), every
+``interval`` seconds. The feed reads from the last ``sequence`` it published, so
+subscribers see each change once, in ``sequence`` order, whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from groundhog_mcp.errors import ContextError
+from groundhog_mcp.service.bus import ChangeBus
+from groundhog_mcp.store.base import Store
+
+__all__ = ["ChangeFeed"]
+
+log = structlog.get_logger("groundhog_mcp.feed")
+
+_PAGE = 500
+
+
+class ChangeFeed:
+    def __init__(self, store: Store, bus: ChangeBus, *, interval: float = 0.05) -> None:
+        self._store = store
+        self._bus = bus
+        self.interval = interval
+        self.cursor = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Condition()
+
+    async def start(self, cursor: int) -> None:
+        self.cursor = cursor
+        self._task = asyncio.create_task(self._run(), name="groundhog-change-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """A local write committed: read the feed now instead of at the next poll."""
+        self._wake.set()
+
+    async def wait_published(self, sequence: int) -> None:
+        """Return once the change with ``sequence`` (or a later one) has been published."""
+        async with self._caught_up:
+            await self._caught_up.wait_for(lambda: self.cursor >= sequence)
+
+    async def _run(self) -> None:
+        force = True
+        while True:
+            try:
+                await self._drain(force)
+            except asyncio.CancelledError:
+                raise
+            except ContextError as exc:
+                # A busy or unreachable database: keep following, say so once per failure.
+                log.warning("change feed read failed; retrying", error=str(exc))
+            except Exception:
+                log.exception("change feed read failed unexpectedly; retrying")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the wake-up, and stop() would wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            force = self._wake.is_set()
+            self._wake.clear()
+
+    async def _drain(self, force: bool) -> None:
+        while True:
+            changes = await self._store.poll_changes(self.cursor, limit=_PAGE, force=force)
+            if not changes:
+                return
+            for change in changes:
+                self._bus.publish(change)
+            async with self._caught_up:
+                self.cursor = changes[-1].sequence
+                self._caught_up.notify_all()
+            if len(changes) < _PAGE:
+                return
+            force = True

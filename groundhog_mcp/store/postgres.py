@@ -1,0 +1,1126 @@
+"""PostgreSQL backend: a psycopg 3 async pool, one transaction per write, safe behind pgbouncer.
+
+``PostgresStore("postgresql://user@host:5432/db?schema=groundhog")``: the ``schema`` query
+parameter (or ``pg_schema=``, which wins) names the PostgreSQL schema holding the tables;
+it is created at the first migration when missing. Without it the server's
+``search_path`` decides. Every other URL parameter goes to libpq unchanged.
+
+No session state outlives a transaction, so pgbouncer in ``pool_mode = transaction``
+works: statements are never prepared server-side (``prepare_threshold=None``) and each
+transaction starts with ``set_config(…, true)`` for ``search_path``, ``statement_timeout``,
+``lock_timeout`` and ``idle_in_transaction_session_timeout`` (transaction-local).
+
+A write is one transaction: ``SELECT … FOR UPDATE`` on the live context row (a register
+locks the name's ``name_revisions`` row instead), check ``expected_revision``, run the
+mutator in a thread, write the state, take the store ``sequence`` from the
+``store_counter`` row, write the change and the history snapshot, commit. The counter row
+is the last lock a write takes and it is held to commit, so sequences are gap-free, never
+reused, and committed in order: a reader that sees ``sequence`` n has seen every change
+before it.
+
+Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
+server-side timeouts above bound every call. A connection lost before commit is replaced
+and the call retried once; a connection lost during commit is reported as such, because
+the outcome is then unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+import zlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal, LiteralString, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg.types.string import TextLoader
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from groundhog_mcp import schemas
+from groundhog_mcp.errors import (
+    ConflictError,
+    ContextError,
+    InitializationError,
+    NotFoundError,
+    StateUpdateError,
+    StoreBusyError,
+)
+from groundhog_mcp.models import (
+    Change,
+    ContextId,
+    ContextState,
+    HistoryEntry,
+    JSONObject,
+    dumps,
+    format_timestamp,
+    json_diff,
+    parse_timestamp,
+    utcnow,
+)
+from groundhog_mcp.store.base import Mutation, Mutator, NewContext, StoredContext, StoredRevision, StoreStatus
+from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+
+__all__ = ["PostgresStore"]
+
+_T = TypeVar("_T")
+_Cursor = AsyncCursor[TupleRow]
+_Connection = AsyncConnection[TupleRow]
+
+_CONTEXT_COLUMNS: Final = (
+    "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
+    "state_size, created_at, updated_at"
+)
+_LIVE_ROW: Final = f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
+_MIGRATION_LOCK_CLASS = 0x67686D63
+# States larger than this are parsed, serialised and compressed off the event loop.
+_OFFLOAD_BYTES = 64 * 1024
+_EXPORT_PAGE = 500
+EXPORT_FORMAT = "groundhog-export"
+EXPORT_FORMAT_VERSION = 1
+
+
+def _compress(text: str) -> bytes:
+    return zlib.compress(text.encode("utf-8"), 6)
+
+
+def _decompress(blob: bytes) -> str:
+    return zlib.decompress(blob).decode("utf-8")
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC)
+
+
+def _decode_context(row: TupleRow) -> StoredContext:
+    (cid, namespace, name, version, metadata, settings, schema, handlers, revision, state, size, created, updated) = row
+    return StoredContext(
+        id=cid,
+        namespace=namespace,
+        name=name,
+        version=version,
+        metadata=json.loads(metadata),
+        settings=json.loads(settings),
+        schema=json.loads(schema) if schema is not None else None,
+        handlers=json.loads(handlers),
+        revision=revision,
+        state=ContextState.from_json(json.loads(state)),
+        state_size=size,
+        created_at=_utc(created),
+        updated_at=_utc(updated),
+    )
+
+
+def _decode_contexts(rows: list[TupleRow]) -> list[StoredContext]:
+    return [_decode_context(r) for r in rows]
+
+
+def _encode_state(state: ContextState) -> tuple[str, bytes]:
+    """The exact JSON text stored for a state, and its compressed history snapshot."""
+    text = dumps(state.to_json())
+    return text, _compress(text)
+
+
+def _apply(row: TupleRow, mutator: Mutator) -> tuple[StoredContext, Mutation, str, bytes]:
+    """Decode, mutate, serialise, compress: the CPU part of a write, run in one thread hop."""
+    current = _decode_context(row)
+    mutation = mutator(current)
+    text, snapshot = _encode_state(mutation.state)
+    return current, mutation, text, snapshot
+
+
+def _missed_patch(row: TupleRow, snapshot: bytes) -> list[JSONObject]:
+    then = ContextState.from_json(json.loads(_decompress(snapshot)))
+    return json_diff(then.document(), _decode_context(row).state.document())
+
+
+def _revision_state(snapshot: bytes) -> ContextState:
+    return ContextState.from_json(json.loads(_decompress(snapshot)))
+
+
+async def _off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
+    """Run ``fn`` in a thread when it handles a large state, inline otherwise (a hop costs more)."""
+    if size > _OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _change_from_row(row: TupleRow) -> Change:
+    sequence, cid, namespace, name, revision, op, actor, ts, patch = row
+    return Change(
+        sequence=sequence,
+        context_id=cid,
+        namespace=namespace,
+        name=name,
+        revision=revision,
+        op=op,
+        actor=actor,
+        timestamp=_utc(ts),
+        patch=json.loads(patch) if patch is not None else None,
+    )
+
+
+async def _configure(conn: _Connection) -> None:
+    # json columns arrive as their exact text: we choose where (and whether) to parse them.
+    conn.adapters.register_loader("json", TextLoader)
+
+
+class PostgresStore:
+    """Several groundhog-mcp instances on one PostgreSQL database (extra ``[postgres]``).
+
+    ``busy_timeout_ms`` bounds a wait for a row lock (``lock_timeout``), like SQLite's busy
+    timeout; ``statement_timeout_ms`` bounds any statement; ``connect_timeout_s`` bounds a
+    new connection and a wait for a pooled one is bounded by ``pool_timeout_s``.
+    """
+
+    backend = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pg_schema: str | None = None,
+        busy_timeout_ms: int = 5000,
+        statement_timeout_ms: int = 30_000,
+        connect_timeout_s: int = 5,
+        pool_min_size: int = 1,
+        pool_max_size: int = 4,
+        pool_timeout_s: float = 10.0,
+        auto_migrate: bool = True,
+    ) -> None:
+        libpq_url, url_schema = _split_schema(url)
+        schema = pg_schema if pg_schema is not None else url_schema
+        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+            raise InitializationError(
+                f"database: schema {schema!r} is not a plain PostgreSQL identifier "
+                "(letters, digits and _, starting with a letter or _, at most 63 characters)"
+            )
+        try:
+            params = conninfo_to_dict(libpq_url)
+        except psycopg.ProgrammingError as exc:
+            raise InitializationError(f"database: not a usable PostgreSQL connection string ({exc})") from exc
+        defaults: dict[str, Any] = {
+            "connect_timeout": max(2, int(connect_timeout_s)),
+            "application_name": "groundhog-mcp",
+            # A peer that vanished without a FIN is noticed in about a minute, not hours.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        self._conninfo = make_conninfo(libpq_url, **{k: v for k, v in defaults.items() if k not in params})
+        self.pg_schema = schema
+        self.location = _location(params, schema)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.statement_timeout_ms = statement_timeout_ms
+        self.connect_timeout_s = max(2, int(connect_timeout_s))
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.pool_timeout_s = pool_timeout_s
+        self.auto_migrate = auto_migrate
+        self._pool: AsyncConnectionPool[_Connection] | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _preamble(self, *, lock_timeout_ms: int, idle_timeout_ms: int) -> tuple[LiteralString, list[str]]:
+        """The first statement of every transaction: transaction-local settings only."""
+        query: LiteralString = (
+            "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
+            " set_config('idle_in_transaction_session_timeout', %s, true)"
+        )
+        params = [str(self.statement_timeout_ms), str(lock_timeout_ms), str(idle_timeout_ms)]
+        if self.pg_schema is not None:
+            query += ", set_config('search_path', %s, true)"
+            params.append(f'"{self.pg_schema}"')
+        return query, params
+
+    async def _begin(
+        self, cur: _Cursor, *, lock_timeout_ms: int | None = None, idle_timeout_ms: int | None = None
+    ) -> None:
+        query, params = self._preamble(
+            lock_timeout_ms=self.busy_timeout_ms if lock_timeout_ms is None else lock_timeout_ms,
+            idle_timeout_ms=self.statement_timeout_ms if idle_timeout_ms is None else idle_timeout_ms,
+        )
+        await cur.execute(query, params)
+
+    async def _connect(self) -> _Connection:
+        """A connection outside the pool (open, migrate): its failure says exactly what is wrong."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, prepare_threshold=None, autocommit=False)
+        except psycopg.Error as exc:
+            raise InitializationError(
+                f"database: cannot connect to PostgreSQL at {self.location}: {_first_line(exc)}"
+            ) from exc
+        await _configure(conn)
+        return conn
+
+    async def _run(self, work: Callable[[_Cursor], Awaitable[_T]], *, writing: bool) -> _T:
+        """Run ``work`` in one transaction on a pooled connection and commit.
+
+        A connection found dead before commit (server restart, ``pg_terminate_backend``,
+        network) is replaced and the transaction run again once: nothing of it was committed,
+        and a mutator is pure, so that is safe.
+        """
+        if self._pool is None:
+            raise InitializationError("database: the store is not open")
+        pool = self._pool
+        for attempt in (1, 2):
+            committing = False
+            conn: _Connection | None = None
+            try:
+                async with pool.connection() as conn:
+                    async with conn.cursor() as cur:
+                        await self._begin(cur)
+                        result = await work(cur)
+                    committing = True
+                    await conn.commit()
+                    return result
+            except PoolTimeout as exc:
+                raise StoreBusyError(
+                    f"database: no connection to PostgreSQL at {self.location} within "
+                    f"pool_timeout={self.pool_timeout_s:g} s (server unreachable, or all {self.pool_max_size} "
+                    f"pooled connections busy); {_nothing(writing)}, retry the call"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                lost = conn is None or conn.broken or conn.closed
+                if lost and committing and writing:
+                    raise StateUpdateError(
+                        f"database: the connection to PostgreSQL at {self.location} was lost while committing "
+                        f"({_first_line(exc)}); the write may or may not have been applied: re-read the "
+                        "context before retrying"
+                    ) from exc
+                if lost and attempt == 1:
+                    await pool.check()  # drop every dead idle connection, not just this one
+                    continue
+                raise self._translate(exc, writing) from exc
+            except psycopg.Error as exc:
+                raise self._translate(exc, writing) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, exc: psycopg.Error, writing: bool) -> ContextError:
+        nothing = _nothing(writing)
+        if isinstance(exc, errors.LockNotAvailable):
+            return StoreBusyError(
+                f"database: locked by another writer for more than busy_timeout={self.busy_timeout_ms} ms; "
+                f"{nothing}, retry the call"
+            )
+        if isinstance(exc, errors.QueryCanceled):
+            return StoreBusyError(
+                f"database: a statement ran longer than statement_timeout={self.statement_timeout_ms} ms; "
+                f"{nothing}, retry the call"
+            )
+        if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected):
+            return StoreBusyError(f"database: {_first_line(exc)}; {nothing}, retry the call")
+        if isinstance(exc, errors.UndefinedTable):
+            return InitializationError(
+                f"database: the groundhog-mcp tables are missing at {self.location} (schema not migrated); "
+                "run `groundhog-mcp db migrate`"
+            )
+        if isinstance(exc, errors.DiskFull):
+            return StateUpdateError(
+                f"database: disk full on the PostgreSQL server at {self.location}; {nothing}, the previous "
+                "state is intact; free space and retry"
+            )
+        if isinstance(exc, errors.ReadOnlySqlTransaction):
+            return StateUpdateError(
+                f"database: PostgreSQL at {self.location} is read-only (a standby?); {nothing}; connect to the primary"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return StoreBusyError(
+                f"database: PostgreSQL at {self.location} is unavailable ({_first_line(exc)}); {nothing}, "
+                "retry the call"
+            )
+        return StateUpdateError(f"database: {_first_line(exc)}; {nothing}")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        conn = await self._connect()
+        try:
+            encoding = await _scalar(conn, "SHOW server_encoding")
+            if str(encoding).upper() not in ("UTF8", "UTF-8"):
+                raise InitializationError(
+                    f"database: {self.location} uses server encoding {encoding}; groundhog-mcp needs a UTF8 database"
+                )
+            version = await self._probe(conn)
+            await conn.commit()
+            if version > LATEST_SCHEMA_VERSION:
+                raise _newer_schema(self.location, version)
+            if self.auto_migrate and version < LATEST_SCHEMA_VERSION:
+                await self._migrate_on(conn)
+        except psycopg.Error as exc:
+            raise InitializationError(
+                f"database: cannot open {self.location}: {_first_line(exc)}; nothing was modified"
+            ) from exc
+        finally:
+            await conn.close()
+        pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=self.pool_min_size,
+            max_size=self.pool_max_size,
+            kwargs={"prepare_threshold": None, "autocommit": False},
+            configure=_configure,
+            open=False,
+            timeout=self.pool_timeout_s,
+            name="groundhog-mcp",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.pool_timeout_s)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise InitializationError(
+                f"database: cannot fill the connection pool for {self.location} within {self.pool_timeout_s:g} s"
+            ) from exc
+        self._pool = pool
+
+    async def _probe(self, conn: _Connection) -> int:
+        """The recorded schema version (0 for an empty schema); reads only."""
+        async with conn.cursor() as cur:
+            await self._begin(cur)
+            return await self._schema_version(cur)
+
+    async def _schema_version(self, cur: _Cursor) -> int:
+        await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        row = await cur.fetchone()
+        if row is None or not row[0]:
+            return 0
+        await cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate_on(self, conn: _Connection) -> list[int]:
+        """Apply pending migrations in one transaction, under an advisory lock per schema."""
+        applied: list[int] = []
+        async with conn.cursor() as cur:
+            # A first start may wait for another instance's migration: allow it the statement timeout.
+            await self._begin(cur, lock_timeout_ms=self.statement_timeout_ms)
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(coalesce(%s, current_schema(), '')))",
+                (_MIGRATION_LOCK_CLASS, self.pg_schema),
+            )
+            if self.pg_schema is not None:
+                await cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.pg_schema,))
+                if await cur.fetchone() is None:
+                    await cur.execute(f'CREATE SCHEMA "{_literal_identifier(self.pg_schema)}"')
+            current = await self._schema_version(cur)  # re-read under the lock: another instance may have won
+            if current > LATEST_SCHEMA_VERSION:
+                await conn.rollback()
+                raise _newer_schema(self.location, current)
+            await cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                await cur.execute(migration.postgres)
+                await cur.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, utcnow()),
+                )
+                applied.append(migration.version)
+        await conn.commit()
+        return applied
+
+    async def migrate(self) -> list[int]:
+        conn = await self._connect()
+        try:
+            return await self._migrate_on(conn)
+        except psycopg.Error as exc:
+            raise InitializationError(
+                f"database: migrating {self.location} failed: {_first_line(exc)}; nothing was modified"
+            ) from exc
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        await pool.close()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def register(
+        self, new: NewContext, *, actor: str, if_exists: Literal["error", "return"]
+    ) -> tuple[StoredContext, Change | None]:
+        async def work(cur: _Cursor) -> tuple[StoredContext, Change | None]:
+            # The name's row in name_revisions is the lock that serialises registrations of one
+            # name across instances (there is no live context row to lock yet).
+            await cur.execute(
+                "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, 0)"
+                " ON CONFLICT (namespace, name) DO NOTHING",
+                (new.namespace, new.name),
+            )
+            await cur.execute(
+                "SELECT last_revision FROM name_revisions WHERE namespace = %s AND name = %s FOR UPDATE",
+                (new.namespace, new.name),
+            )
+            last = await cur.fetchone()
+            await cur.execute(_LIVE_ROW, (new.namespace, new.name))
+            existing = await cur.fetchone()
+            if existing is not None:
+                if if_exists == "return":
+                    return await _off_loop(len(existing[9]), _decode_context, existing), None
+                raise ConflictError.already_exists(new.name, existing[8])
+            revision = (last[0] if last else 0) + 1
+            text, snapshot = await asyncio.to_thread(_encode_state, new.state)
+            now = utcnow()
+            await cur.execute(
+                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    new.id,
+                    new.namespace,
+                    new.name,
+                    new.version,
+                    dumps(new.metadata),
+                    dumps(new.settings),
+                    dumps(new.schema) if new.schema is not None else None,
+                    dumps(new.handlers),
+                    revision,
+                    text,
+                    len(text.encode("utf-8")),
+                    now,
+                    now,
+                ),
+            )
+            stored = StoredContext(
+                id=new.id,
+                namespace=new.namespace,
+                name=new.name,
+                version=new.version,
+                metadata=new.metadata,
+                settings=new.settings,
+                schema=new.schema,
+                handlers=new.handlers,
+                revision=revision,
+                state=new.state,
+                state_size=len(text.encode("utf-8")),
+                created_at=now,
+                updated_at=now,
+            )
+            change = await self._record(cur, stored.id, new.namespace, new.name, revision, "register", actor, now)
+            await self._snapshot(cur, change, snapshot, len(text.encode("utf-8")))
+            return stored, change
+
+        return await self._run(work, writing=True)
+
+    async def mutate(
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        mutator: Mutator,
+        *,
+        actor: str,
+    ) -> tuple[StoredContext, Change]:
+        async def work(cur: _Cursor) -> tuple[StoredContext, Change]:
+            row = await self._lock_live_row(cur, namespace, name)
+            await self._check_expected(cur, row, expected_revision)
+            # The mutator runs off the event loop, as the protocol promises (it may be slow).
+            current, mutation, text, snapshot = await asyncio.to_thread(_apply, row, mutator)
+            size = len(text.encode("utf-8"))
+            now = utcnow()
+            revision = current.revision + 1
+            await cur.execute(
+                "UPDATE contexts SET revision = %s, state = %s, state_size = %s, updated_at = %s WHERE id = %s",
+                (revision, text, size, now, current.id),
+            )
+            stored = StoredContext(
+                id=current.id,
+                namespace=current.namespace,
+                name=current.name,
+                version=current.version,
+                metadata=current.metadata,
+                settings=current.settings,
+                schema=current.schema,
+                handlers=current.handlers,
+                revision=revision,
+                state=mutation.state,
+                state_size=size,
+                created_at=current.created_at,
+                updated_at=now,
+            )
+            change = await self._record(
+                cur, current.id, namespace, current.name, revision, mutation.op, actor, now, mutation.patch
+            )
+            await self._snapshot(cur, change, snapshot, size)
+            return stored, change
+
+        return await self._run(work, writing=True)
+
+    async def unregister(
+        self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
+    ) -> Change:
+        async def work(cur: _Cursor) -> Change:
+            row = await self._lock_live_row(cur, namespace, name)
+            await self._check_expected(cur, row, expected_revision)
+            context_id: ContextId = row[0]
+            revision = int(row[8]) + 1
+            now = utcnow()
+            if purge:
+                await cur.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
+                await cur.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
+            else:
+                await cur.execute(
+                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
+                    (now, revision, now, context_id),
+                )
+            return await self._record(cur, context_id, namespace, row[2], revision, "unregister", actor, now)
+
+        return await self._run(work, writing=True)
+
+    async def _lock_live_row(self, cur: _Cursor, namespace: str, name: str) -> TupleRow:
+        await cur.execute(_LIVE_ROW + " FOR UPDATE", (namespace, name))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"name: no context named {name!r}")
+        return row
+
+    async def _check_expected(self, cur: _Cursor, row: TupleRow, expected: int | None) -> None:
+        current_revision = int(row[8])
+        if expected is None or expected == current_revision:
+            return
+        missed: list[JSONObject] | None = None
+        if 0 < expected < current_revision:
+            await cur.execute(
+                "SELECT snapshot FROM history WHERE context_id = %s AND revision = %s", (row[0], expected)
+            )
+            found = await cur.fetchone()
+            if found is not None:
+                missed = await _off_loop(len(row[9]), _missed_patch, row, found[0])
+        raise ConflictError(row[2], expected, current_revision, missed)
+
+    async def _record(
+        self,
+        cur: _Cursor,
+        context_id: ContextId,
+        namespace: str,
+        name: str,
+        revision: int,
+        op: str,
+        actor: str,
+        now: datetime,
+        patch: list[JSONObject] | None = None,
+    ) -> Change:
+        """The name's revision high-water mark, then the sequence, then the change row."""
+        await cur.execute(
+            "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, %s)"
+            " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
+            (namespace, name, revision),
+        )
+        # Last lock of the transaction, held to commit: see the module docstring.
+        await cur.execute("UPDATE store_counter SET value = value + 1 WHERE name = 'sequence' RETURNING value")
+        counter = await cur.fetchone()
+        if counter is None:
+            raise InitializationError(f"database: the store_counter row is missing at {self.location}")
+        sequence = int(counter[0])
+        await cur.execute(
+            "INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                sequence,
+                context_id,
+                namespace,
+                name,
+                revision,
+                op,
+                actor,
+                now,
+                dumps(patch) if patch is not None else None,
+            ),
+        )
+        return Change(
+            sequence=sequence,
+            context_id=context_id,
+            namespace=namespace,
+            name=name,
+            revision=revision,
+            op=op,
+            actor=actor,
+            timestamp=now,
+            patch=patch,
+        )
+
+    async def _snapshot(self, cur: _Cursor, change: Change, snapshot: bytes, size: int) -> None:
+        await cur.execute(
+            "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                change.context_id,
+                change.revision,
+                change.sequence,
+                change.op,
+                change.actor,
+                change.timestamp,
+                size,
+                snapshot,
+            ),
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, namespace: str, name: str) -> StoredContext | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute(_LIVE_ROW, (namespace, name))
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return await _off_loop(len(row[9]), _decode_context, row) if row is not None else None
+
+    async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute(
+                f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+            )
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return await _off_loop(len(row[9]), _decode_context, row) if row is not None else None
+
+    async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        async def work(cur: _Cursor) -> list[TupleRow]:
+            # Names are ASCII and COLLATE "C": the prefix range scan is exact, `~` sorts after all of them.
+            await cur.execute(
+                f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                " AND name >= %s AND name < %s AND name > %s ORDER BY name LIMIT %s",
+                (namespace, prefix, prefix + "~", after or "", limit),
+            )
+            return await cur.fetchall()
+
+        rows = await self._run(work, writing=False)
+        return await _off_loop(sum(len(r[9]) for r in rows), _decode_contexts, rows)
+
+    async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
+        async def work(cur: _Cursor) -> TupleRow | int | None:
+            await cur.execute(
+                "SELECT revision, sequence, op, actor, timestamp, size, snapshot FROM history"
+                " WHERE context_id = %s AND revision = %s",
+                (context_id, revision),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return row
+            await cur.execute("SELECT min(revision) FROM history WHERE context_id = %s", (context_id,))
+            oldest = await cur.fetchone()
+            if oldest is not None and oldest[0] is not None and revision < oldest[0]:
+                return int(oldest[0])
+            return None
+
+        found = await self._run(work, writing=False)
+        if found is None or isinstance(found, int):
+            return found
+        rev, sequence, op, actor, ts, size, snapshot = found
+        return StoredRevision(
+            context_id=context_id,
+            entry=HistoryEntry(rev, sequence, op, actor, _utc(ts), size),
+            state=await _off_loop(size, _revision_state, snapshot),
+        )
+
+    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
+        async def work(cur: _Cursor) -> list[TupleRow]:
+            await cur.execute(
+                "SELECT revision, sequence, op, actor, timestamp, size FROM history"
+                " WHERE context_id = %s AND revision < %s ORDER BY revision DESC LIMIT %s",
+                (context_id, before if before is not None else 2**62, limit),
+            )
+            return await cur.fetchall()
+
+        rows = await self._run(work, writing=False)
+        return [HistoryEntry(r[0], r[1], r[2], r[3], _utc(r[4]), r[5]) for r in rows]
+
+    async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
+        async def work(cur: _Cursor) -> list[TupleRow]:
+            await cur.execute(
+                "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
+                " FROM changes WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                (sequence, limit),
+            )
+            return await cur.fetchall()
+
+        return [_change_from_row(r) for r in await self._run(work, writing=False)]
+
+    async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
+        # An index range probe on the changes primary key is as cheap as any "anything new?"
+        # check would be, so ``force`` changes nothing here (LISTEN/NOTIFY comes later).
+        return await self.changes_after(sequence, limit=limit)
+
+    async def last_sequence(self) -> int:
+        async def work(cur: _Cursor) -> int:
+            if await self._schema_version(cur) == 0:  # not migrated yet (db status / db migrate)
+                return 0
+            await cur.execute("SELECT value FROM store_counter WHERE name = 'sequence'")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(work, writing=False)
+
+    async def status(self) -> StoreStatus:
+        async def work(cur: _Cursor) -> StoreStatus:
+            version = await self._schema_version(cur)
+            contexts = last = 0
+            size: int | None = None
+            if version > 0:
+                await cur.execute(
+                    "SELECT (SELECT count(*) FROM contexts WHERE deleted_at IS NULL),"
+                    " (SELECT value FROM store_counter WHERE name = 'sequence')"
+                )
+                row = await cur.fetchone()
+                if row is not None:
+                    contexts, last = int(row[0]), int(row[1] or 0)
+                await cur.execute(
+                    "SELECT sum(pg_total_relation_size(to_regclass(t)))::bigint FROM unnest(%s::text[]) AS t",
+                    (["contexts", "name_revisions", "history", "changes", "store_counter", "schema_migrations"],),
+                )
+                total = await cur.fetchone()
+                size = int(total[0]) if total and total[0] is not None else None
+            await cur.execute("SELECT current_schema(), current_setting('server_version')")
+            info = await cur.fetchone()
+            return StoreStatus(
+                backend=self.backend,
+                location=self.location,
+                schema_version=version,
+                latest_schema_version=LATEST_SCHEMA_VERSION,
+                pending_migrations=[m.version for m in MIGRATIONS if m.version > version],
+                contexts=contexts,
+                last_sequence=last,
+                size_bytes=size,
+                extra={"schema": info[0] if info else None, "server_version": info[1] if info else None},
+            )
+
+        return await self._run(work, writing=False)
+
+    # -- export / import / backup -----------------------------------------------------------
+
+    async def export_records(self) -> AsyncGenerator[JSONObject]:
+        """Every record, read in pages inside one REPEATABLE READ snapshot: a consistent export."""
+        if self._pool is None:
+            raise InitializationError("database: the store is not open")
+        yield {
+            "type": "header",
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "schema_version": LATEST_SCHEMA_VERSION,
+            "exported_at": format_timestamp(utcnow()),
+        }
+        try:
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # The consumer may be slow (a pipe): no idle-in-transaction limit here.
+                await self._begin(cur, idle_timeout_ms=0)
+                async for record in self._export_pages(cur):
+                    yield record
+                await conn.commit()
+        except PoolTimeout as exc:
+            raise StoreBusyError(
+                f"database: no connection to PostgreSQL at {self.location} within {self.pool_timeout_s:g} s; "
+                "nothing was exported, retry"
+            ) from exc
+        except psycopg.Error as exc:
+            raise self._translate(exc, False) from exc
+
+    async def _export_pages(self, cur: _Cursor) -> AsyncGenerator[JSONObject]:
+        after_id = uuid.UUID(int=0)
+        first = True
+        while True:
+            await cur.execute(
+                f"SELECT {_CONTEXT_COLUMNS}, deleted_at FROM contexts WHERE id > %s OR %s ORDER BY id LIMIT %s",
+                (after_id, first, _EXPORT_PAGE),
+            )
+            rows = await cur.fetchall()
+            first = False
+            if not rows:
+                break
+            for row in rows:
+                ctx = await _off_loop(len(row[9]), _decode_context, row[:-1])
+                yield {
+                    "type": "context",
+                    "id": str(ctx.id),
+                    "namespace": ctx.namespace,
+                    "name": ctx.name,
+                    "version": ctx.version,
+                    "metadata": ctx.metadata,
+                    "settings": ctx.settings,
+                    "schema": ctx.schema,
+                    "handlers": ctx.handlers,
+                    "revision": ctx.revision,
+                    "state": ctx.state.to_json(),
+                    "created_at": format_timestamp(ctx.created_at),
+                    "updated_at": format_timestamp(ctx.updated_at),
+                    "deleted_at": format_timestamp(row[-1]) if row[-1] is not None else None,
+                }
+            after_id = rows[-1][0]
+        key: tuple[uuid.UUID, int] = (uuid.UUID(int=0), -1)
+        while True:
+            await cur.execute(
+                "SELECT context_id, revision, sequence, op, actor, timestamp, size, snapshot FROM history"
+                " WHERE (context_id, revision) > (%s, %s) ORDER BY context_id, revision LIMIT %s",
+                (key[0], key[1], _EXPORT_PAGE),
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                break
+            for r in rows:
+                yield {
+                    "type": "revision",
+                    "context_id": str(r[0]),
+                    "revision": r[1],
+                    "sequence": r[2],
+                    "op": r[3],
+                    "actor": r[4],
+                    "timestamp": format_timestamp(r[5]),
+                    "state": await _off_loop(r[6], _snapshot_json, r[7]),
+                }
+            key = (rows[-1][0], rows[-1][1])
+        await cur.execute("SELECT namespace, name, last_revision FROM name_revisions ORDER BY namespace, name")
+        for r in await cur.fetchall():
+            yield {"type": "name_revision", "namespace": r[0], "name": r[1], "last_revision": r[2]}
+        after_seq = 0
+        while True:
+            await cur.execute(
+                "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
+                " FROM changes WHERE sequence > %s ORDER BY sequence LIMIT %s",
+                (after_seq, _EXPORT_PAGE),
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                break
+            for change in map(_change_from_row, rows):
+                yield {
+                    "type": "change",
+                    "sequence": change.sequence,
+                    "context_id": str(change.context_id),
+                    "namespace": change.namespace,
+                    "name": change.name,
+                    "revision": change.revision,
+                    "op": change.op,
+                    "actor": change.actor,
+                    "timestamp": format_timestamp(change.timestamp),
+                    "patch": change.patch,
+                }
+            after_seq = rows[-1][0]
+
+    async def import_records(self, records: Iterable[JSONObject]) -> int:
+        rows = await asyncio.to_thread(_import_rows, list(records))
+
+        async def work(cur: _Cursor) -> int:
+            # The counter row first: a concurrent writer or importer waits for this import.
+            await cur.execute("SELECT value FROM store_counter WHERE name = 'sequence' FOR UPDATE")
+            await cur.execute("SELECT (SELECT count(*) FROM contexts), (SELECT count(*) FROM changes)")
+            counts = await cur.fetchone()
+            existing, changes = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+            if existing or changes:
+                raise StateUpdateError(
+                    f"import: the target database {self.location} is not empty ({existing} contexts, "
+                    f"{changes} changes); import into a new, empty database or schema"
+                )
+            await cur.executemany(
+                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}, deleted_at)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                rows.contexts,
+            )
+            await cur.executemany(
+                "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                rows.history,
+            )
+            await cur.executemany(
+                "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s,%s,%s)", rows.name_revisions
+            )
+            await cur.executemany(
+                "INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                rows.changes,
+            )
+            # The sequence continues after everything imported; it never goes back.
+            await cur.execute(
+                "UPDATE store_counter SET value = greatest(value,"
+                " (SELECT coalesce(max(sequence), 0) FROM changes),"
+                " (SELECT coalesce(max(sequence), 0) FROM history)) WHERE name = 'sequence'"
+            )
+            return len(rows.contexts)
+
+        return await self._run(work, writing=True)
+
+    async def backup(self, destination: Path) -> None:
+        """A consistent export (one snapshot) as JSON lines; restore it with ``groundhog-mcp import``.
+
+        A physical copy of a PostgreSQL database is ``pg_dump``'s job, not ours.
+        """
+        try:
+            out = await asyncio.to_thread(_create_exclusive, destination)
+        except FileExistsError:
+            raise StateUpdateError(f"backup: {destination} already exists; choose a new file name") from None
+        try:
+            buffer: list[str] = []
+            async for record in self.export_records():
+                buffer.append(dumps(record) + "\n")
+                if len(buffer) >= _EXPORT_PAGE:
+                    await asyncio.to_thread(out.writelines, buffer)
+                    buffer = []
+            await asyncio.to_thread(out.writelines, buffer)
+        finally:
+            await asyncio.to_thread(out.close)
+
+
+class _ImportRows:
+    def __init__(self) -> None:
+        self.contexts: list[tuple[Any, ...]] = []
+        self.history: list[tuple[Any, ...]] = []
+        self.name_revisions: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[Any, ...]] = []
+
+
+def _import_rows(records: list[JSONObject]) -> _ImportRows:
+    """Validate every record and turn it into a row; raises before anything is written."""
+    rows = _ImportRows()
+    state_schema = schemas.validator("context_state")
+    for number, record in enumerate(records, start=1):
+        kind = record.get("type")
+        if kind in ("context", "revision"):
+            problem = next(iter(state_schema.iter_errors(record.get("state"))), None)
+            if problem is not None:
+                where = "".join(f"/{p}" for p in problem.absolute_path)
+                raise StateUpdateError(
+                    f"import: record {number} ({kind}): state{where}: {problem.message}; nothing was imported"
+                )
+        try:
+            if kind == "header":
+                if record.get("format") != EXPORT_FORMAT:
+                    raise StateUpdateError(f"import: not a {EXPORT_FORMAT} file (format={record.get('format')!r})")
+                if int(record.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
+                    raise StateUpdateError(
+                        f"import: format_version {record.get('format_version')} is newer than "
+                        f"{EXPORT_FORMAT_VERSION}; upgrade groundhog-mcp"
+                    )
+            elif kind == "context":
+                text = dumps(record["state"])
+                rows.contexts.append(
+                    (
+                        uuid.UUID(record["id"]),
+                        record["namespace"],
+                        record["name"],
+                        record["version"],
+                        dumps(record["metadata"]),
+                        dumps(record["settings"]),
+                        dumps(record["schema"]) if record.get("schema") is not None else None,
+                        dumps(record.get("handlers") or {}),
+                        record["revision"],
+                        text,
+                        len(text.encode("utf-8")),
+                        parse_timestamp(record["created_at"]),
+                        parse_timestamp(record["updated_at"]),
+                        parse_timestamp(record["deleted_at"]) if record.get("deleted_at") is not None else None,
+                    )
+                )
+            elif kind == "revision":
+                text = dumps(record["state"])
+                rows.history.append(
+                    (
+                        uuid.UUID(record["context_id"]),
+                        record["revision"],
+                        record["sequence"],
+                        record["op"],
+                        record["actor"],
+                        parse_timestamp(record["timestamp"]),
+                        len(text.encode("utf-8")),
+                        _compress(text),
+                    )
+                )
+            elif kind == "name_revision":
+                rows.name_revisions.append((record["namespace"], record["name"], record["last_revision"]))
+            elif kind == "change":
+                rows.changes.append(
+                    (
+                        record["sequence"],
+                        uuid.UUID(record["context_id"]),
+                        record["namespace"],
+                        record["name"],
+                        record["revision"],
+                        record["op"],
+                        record["actor"],
+                        parse_timestamp(record["timestamp"]),
+                        dumps(record["patch"]) if record.get("patch") is not None else None,
+                    )
+                )
+            else:
+                raise StateUpdateError(f"import: unknown record type {kind!r}")
+        except KeyError as exc:
+            raise StateUpdateError(
+                f"import: record {number} ({kind}): missing field {exc.args[0]!r}; nothing was imported"
+            ) from None
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StateUpdateError(f"import: record {number} ({kind}): {exc}; nothing was imported") from None
+    return rows
+
+
+def _snapshot_json(blob: bytes) -> Any:
+    return json.loads(_decompress(blob))
+
+
+def _create_exclusive(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("x", encoding="utf-8")
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """Take our ``schema`` query parameter out of a URL (libpq would reject it)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url, None
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    if schema is None:
+        return url, None
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _location(params: dict[str, Any], schema: str | None) -> str:
+    """Where the store is, for messages and ``status``: never the password."""
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = params.get("host") or "localhost"
+    port = f":{params['port']}" if params.get("port") else ""
+    where = f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+    return where + (f"?schema={schema}" if schema else "")
+
+
+def _literal_identifier(name: str) -> LiteralString:
+    """A schema name already checked against ``_SCHEMA_NAME``, quoted as an identifier."""
+    if not _SCHEMA_NAME.fullmatch(name):  # pragma: no cover - checked in __init__
+        raise InitializationError(f"database: schema {name!r} is not a plain identifier")
+    return name  # type: ignore[return-value]  # validated: letters, digits and _ only
+
+
+def _newer_schema(location: str, version: int) -> InitializationError:
+    return InitializationError(
+        f"database: {location} has schema version {version}, newer than this groundhog-mcp supports "
+        f"({LATEST_SCHEMA_VERSION}); upgrade groundhog-mcp. The database was not modified."
+    )
+
+
+def _nothing(writing: bool) -> str:
+    return "nothing was written" if writing else "nothing was read"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _scalar(conn: _Connection, query: LiteralString) -> Any:
+    async with conn.cursor() as cur:
+        await cur.execute(query)
+        row = await cur.fetchone()
+    return row[0] if row else None
