@@ -147,7 +147,7 @@ def create_server(settings: Settings, manager: StateManager | None = None) -> MC
         active = open_manager(settings) if manager is None else manager
         if own:
             await active.start()
-        notifier = Notifier(active.bus, subscriptions)
+        notifier = Notifier(active.bus, subscriptions, namespace=active.principal.namespace)
         await notifier.start()
         try:
             yield AppContext(manager=active, notifier=notifier)

@@ -17,6 +17,8 @@ from pydantic import ValidationError
 
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.arguments import describe_validation_error
+from groundhog_mcp.server.prompts import register_prompts
+from groundhog_mcp.server.protocol import register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.tools import register_tools
 
@@ -88,6 +90,8 @@ def build_server(
     )
     register_tools(server)
     register_resources(server)
+    register_prompts(server)
+    register_protocol_handlers(server)
     _advertise_list_changed(server)
     return server
 

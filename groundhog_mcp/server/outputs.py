@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from groundhog_mcp.models import ContextState, HistoryEntry, format_timestamp
+from groundhog_mcp.models import Change, ContextState, HistoryEntry, format_timestamp
 from groundhog_mcp.service import WriteResult
 from groundhog_mcp.store.base import StoredContext
 
@@ -180,3 +180,32 @@ class DiffOut(BaseModel):
     from_revision: int
     to_revision: int
     patch: list[dict[str, Any]] = Field(description="RFC 6902 operations turning from_revision into to_revision")
+
+
+class ChangeOut(BaseModel):
+    sequence: int = Field(description="store-wide change sequence")
+    context: str
+    revision: int
+    op: str
+    actor: str
+    timestamp: str
+    paths: list[str] = Field(description="JSON Pointers the change touched (first 20)")
+
+    @classmethod
+    def of(cls, change: Change) -> ChangeOut:
+        paths = [str(op.get("path", "")) for op in (change.patch or [])]
+        return cls(
+            sequence=change.sequence,
+            context=change.name,
+            revision=change.revision,
+            op=change.op,
+            actor=change.actor,
+            timestamp=format_timestamp(change.timestamp),
+            paths=paths[:20],
+        )
+
+
+class ChangesOut(BaseModel):
+    changes: list[ChangeOut]
+    cursor: int = Field(description="pass as after_sequence on your next call")
+    timed_out: bool = Field(description="true when the timeout passed with no change")

@@ -18,6 +18,8 @@ from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.outputs import (
+    ChangeOut,
+    ChangesOut,
     ContextOut,
     DiffOut,
     HistoryOut,
@@ -313,6 +315,31 @@ async def rollback_state(
     return _write_out(await _app(ctx).manager.rollback(name, revision, expected_revision=expected_revision))
 
 
+@tool_errors
+async def wait_for_change(
+    ctx: AppCtx,
+    contexts: Annotated[
+        list[Name] | None, Field(description="Names to watch; all of your contexts when omitted", max_length=100)
+    ] = None,
+    after_sequence: Annotated[
+        int | None,
+        Field(
+            description="Return changes after this sequence (a cursor from a previous call); from now when omitted",
+            ge=0,
+        ),
+    ] = None,
+    timeout: Annotated[float, Field(description="Seconds to wait for a change, 0-60", ge=0, le=60)] = 30,  # noqa: ASYNC109
+    limit: Annotated[int, Field(description="At most this many changes, 1-100", ge=1, le=100)] = 100,
+) -> ChangesOut:
+    """Wait until a context changes (written by you, another agent or another process), then return
+    the changes. Returns an empty list when timeout passes first. Pass the returned cursor as
+    after_sequence next time so no change is missed or seen twice."""
+    changes, cursor = await _app(ctx).manager.wait_for_changes(
+        contexts, after_sequence=after_sequence, timeout=timeout, limit=limit
+    )
+    return ChangesOut(changes=[ChangeOut.of(c) for c in changes], cursor=cursor, timed_out=not changes)
+
+
 _READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 _DESTRUCTIVE = ToolAnnotations(
@@ -330,6 +357,7 @@ _TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations], ...] =
     (get_history, "Get history", _READ_ONLY),
     (diff_states, "Diff revisions", _READ_ONLY),
     (rollback_state, "Roll back state", _DESTRUCTIVE),
+    (wait_for_change, "Wait for a change", _READ_ONLY),
 )
 
 

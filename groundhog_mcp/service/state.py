@@ -33,7 +33,7 @@ from groundhog_mcp.models import (
     json_diff,
     utcnow,
 )
-from groundhog_mcp.service.bus import ChangeBus
+from groundhog_mcp.service.bus import ChangeBus, Resync
 from groundhog_mcp.service.feed import ChangeFeed
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.validation import (
@@ -48,9 +48,13 @@ from groundhog_mcp.service.validation import (
 from groundhog_mcp.store.base import Mutation, NewContext, Store, StoredContext
 from groundhog_mcp.store.sqlite import SQLiteStore
 
-__all__ = ["ContextPage", "StateManager", "WriteResult"]
+__all__ = ["MAX_WAIT_SECONDS", "ContextPage", "StateManager", "WriteResult"]
 
 _T = TypeVar("_T")
+
+MAX_WAIT_SECONDS = 60.0
+_SCAN_PAGE = 500
+_MAX_SCAN_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,77 @@ class StateManager:
     async def changes_after(self, sequence: int, *, limit: int = 100) -> list[Change]:
         changes = await self.store.changes_after(sequence, limit=limit)
         return [c for c in changes if c.namespace == self.principal.namespace]
+
+    async def wait_for_changes(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        after_sequence: int | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the wait is the operation itself, bounded and validated here
+        limit: int = 100,
+    ) -> tuple[list[Change], int]:
+        """Changes after ``after_sequence`` to ``names`` (or to any of your contexts), waiting up
+        to ``timeout`` seconds for the first. Returns ``(changes, cursor)``; pass ``cursor`` as the
+        next ``after_sequence``. ``after_sequence=None`` means "from now"."""
+        wanted = set(names) if names else None
+        for name in wanted or ():
+            check_name(name, field="contexts")
+        if not 0 <= timeout <= MAX_WAIT_SECONDS:
+            raise StateValidationError(
+                [ValidationIssue("", f"must be between 0 and {MAX_WAIT_SECONDS} seconds; got {timeout}")],
+                field="timeout",
+            )
+        if not 1 <= limit <= self.limits.max_page:
+            raise StateValidationError(
+                [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
+            )
+
+        def matches(change: Change) -> bool:
+            return change.namespace == self.principal.namespace and (wanted is None or change.name in wanted)
+
+        subscription = self.bus.subscribe()
+        try:
+            # "From now" is the last committed change, which the feed may not have published yet.
+            cursor = await self.store.last_sequence() if after_sequence is None else after_sequence
+            found, cursor = await self._scan_feed(cursor, matches, limit)
+            if found:
+                return found, cursor
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        item = await subscription.get()
+                        if isinstance(item, Resync) or item.sequence > cursor + 1:
+                            # Fell behind, or missed something: read the feed itself.
+                            found, cursor = await self._scan_feed(cursor, matches, limit)
+                        elif item.sequence > cursor:
+                            cursor = item.sequence
+                            found = [item] if matches(item) else []
+                        if found:
+                            return found, cursor
+            except TimeoutError:
+                return [], cursor
+        finally:
+            subscription.close()
+
+    async def _scan_feed(self, cursor: int, matches: Callable[[Change], bool], limit: int) -> tuple[list[Change], int]:
+        """Matching changes after ``cursor`` up to what the feed has published (bounded pages)."""
+        found: list[Change] = []
+        head = self.feed.cursor
+        for _ in range(_MAX_SCAN_PAGES):
+            if cursor >= head:
+                break
+            page = await self.store.changes_after(cursor, limit=_SCAN_PAGE)
+            if not page:
+                break
+            for change in page:
+                if change.sequence > head:
+                    return found, cursor
+                cursor = change.sequence
+                if matches(change):
+                    found.append(change)
+                    if len(found) >= limit:
+                        return found, cursor
+        return found, cursor
 
     # -- internals --------------------------------------------------------------------------
 

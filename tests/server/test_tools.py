@@ -21,6 +21,7 @@ TOOLS = {
     "get_history",
     "diff_states",
     "rollback_state",
+    "wait_for_change",
 }
 
 
