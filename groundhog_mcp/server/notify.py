@@ -8,7 +8,6 @@ stream through the SDK's subscription bus.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import Any
 
@@ -18,6 +17,7 @@ from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, Subs
 
 from groundhog_mcp.models import Change
 from groundhog_mcp.service import ChangeBus, Resync
+from groundhog_mcp.service.bus import cancel_and_wait
 
 __all__ = ["Notifier", "context_uris", "is_subscribable", "state_uri"]
 
@@ -81,11 +81,8 @@ class Notifier:
         self._task = asyncio.create_task(self._run(subscription), name="groundhog-notifier")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self, subscription: Any) -> None:
         try:

@@ -8,12 +8,22 @@ and must read the change feed from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from groundhog_mcp.models import Change
 
-__all__ = ["ChangeBus", "Resync", "Subscription"]
+__all__ = ["ChangeBus", "Resync", "Subscription", "cancel_and_wait"]
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Stop a background follower task and wait until it has unwound."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import contextlib
 import structlog
 
 from groundhog_mcp.errors import ContextError
-from groundhog_mcp.service.bus import ChangeBus
+from groundhog_mcp.service.bus import ChangeBus, cancel_and_wait
 from groundhog_mcp.store.base import Store
 
 __all__ = ["ChangeFeed"]
@@ -40,11 +40,8 @@ class ChangeFeed:
         self._task = asyncio.create_task(self._run(), name="groundhog-change-feed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def wake(self) -> None:
         """A local write committed: read the feed now instead of at the next poll."""

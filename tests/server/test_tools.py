@@ -8,21 +8,10 @@ import pytest
 from mcp import Client
 
 from groundhog_mcp import StateManager
+from tests.e2e.harness import TOOL_NAMES
 from tests.server.conftest import call, fail
 
-TOOLS = {
-    "register_context",
-    "unregister_context",
-    "get_context",
-    "list_contexts",
-    "get_state",
-    "update_state",
-    "validate_state",
-    "get_history",
-    "diff_states",
-    "rollback_state",
-    "wait_for_change",
-}
+TOOLS = TOOL_NAMES
 
 
 async def test_tools_are_listed_with_annotations_and_schemas(client: Client) -> None:
