@@ -135,6 +135,45 @@ def open_manager(settings: Settings) -> StateManager:
     )
 
 
+async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0) -> str:
+    """The Prometheus exposition of ``collect_metrics`` (extra ``[metrics]``: prometheus-client)."""
+    try:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+    except ImportError:
+        raise InitializationError(
+            "metrics: the Prometheus exposition needs prometheus-client; pip install 'groundhog-mcp[metrics]'"
+        ) from None
+    server, contexts = await manager.collect_metrics(limit=manager.limits.max_page)
+    registry = CollectorRegistry()
+    labels = ["context"]
+    gauges = {
+        "revision": Gauge("groundhog_context_revision", "Current revision", labels, registry=registry),
+        "state_size": Gauge("groundhog_context_state_bytes", "Serialised state size", labels, registry=registry),
+        "dead_letters": Gauge("groundhog_context_dead_letters", "Open dead letters", labels, registry=registry),
+        "write_p95": Gauge(
+            "groundhog_context_write_p95_seconds", "p95 write latency (this process)", labels, registry=registry
+        ),
+    }
+    updates = Counter("groundhog_context_state_updates", "Committed writes", labels, registry=registry)
+    events = Counter("groundhog_context_events_handled", "Events handled", labels, registry=registry)
+    for ctx in contexts:
+        gauges["revision"].labels(ctx.name).set(ctx.revision)
+        gauges["state_size"].labels(ctx.name).set(ctx.state_size)
+        gauges["dead_letters"].labels(ctx.name).set(ctx.dead_letters)
+        gauges["write_p95"].labels(ctx.name).set(ctx.write_latency.p95_ms / 1000)
+        updates.labels(ctx.name).inc(ctx.state_updates)
+        events.labels(ctx.name).inc(ctx.event_count)
+    Gauge("groundhog_uptime_seconds", "Server uptime", registry=registry).set(server["uptime_seconds"])
+    Gauge("groundhog_database_bytes", "Database size", registry=registry).set(server["database_bytes"] or 0)
+    Gauge("groundhog_rss_bytes", "Resident memory", registry=registry).set(server["rss_bytes"] or 0)
+    Gauge("groundhog_open_subscriptions", "Open resource subscriptions", registry=registry).set(open_subscriptions)
+    Gauge("groundhog_last_sequence", "Last change sequence", registry=registry).set(server["last_sequence"])
+    errors = Counter("groundhog_errors", "Errors answered to clients", ["error"], registry=registry)
+    for error_class, count in server["errors"].items():
+        errors.labels(error_class).inc(count)
+    return generate_latest(registry).decode()
+
+
 def create_server(settings: Settings, manager: StateManager | None = None) -> MCPServer[AppContext]:
     """The MCP server. With ``manager`` the caller owns it (already started); otherwise the
     lifespan opens and closes one from ``settings``."""

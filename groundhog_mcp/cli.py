@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import structlog
 
 from groundhog_mcp import __version__
-from groundhog_mcp.app import Settings, configure_logging, create_server, load_settings, open_manager
+from groundhog_mcp.app import Settings, configure_logging, create_server, load_settings, open_manager, prometheus_text
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import dumps, format_timestamp
 from groundhog_mcp.service import StateManager
@@ -69,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
 
     backup = commands.add_parser("backup", parents=[common], help="online, consistent copy of the database")
     backup.add_argument("destination", help="new file to write")
+
+    letters = commands.add_parser("dead-letters", parents=[common], help="events whose handler kept failing")
+    letters_commands = letters.add_subparsers(dest="letters_command", metavar="ACTION", required=True)
+    letters_list = letters_commands.add_parser("list", parents=[common], help="list open dead letters")
+    letters_list.add_argument("--context", default=None, help="only this context's")
+    letters_list.add_argument("--all", action="store_true", help="include replayed ones")
+    replay = letters_commands.add_parser("replay", parents=[common], help="handle a dead-lettered event again")
+    replay.add_argument("id", type=int)
+
+    commands.add_parser(
+        "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
+    )
 
     db = commands.add_parser("db", parents=[common], help="database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -205,6 +217,19 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             )
         elif command == "export":
             await _export(manager, args.output)
+        elif command == "dead-letters" and args.letters_command == "list":
+            letters = await manager.list_dead_letters(
+                name=args.context, limit=manager.limits.max_page, include_replayed=args.all
+            )
+            for letter in letters:
+                replayed = f"replayed at revision {letter.replay_revision}" if letter.replayed_at else "open"
+                print(f"#{letter.id}\t{letter.name}\t{letter.type}\t{letter.attempts} attempts\t{replayed}")
+                print(f"\tlast error: {letter.last_error}")
+        elif command == "dead-letters" and args.letters_command == "replay":
+            result = await manager.replay_dead_letter(args.id)
+            print(f"dead letter #{args.id} applied to {result.name} as revision {result.revision}")
+        elif command == "metrics":
+            sys.stdout.write(await prometheus_text(manager))
         elif command == "backup":
             destination = Path(args.destination)
             await manager.store.backup(destination)

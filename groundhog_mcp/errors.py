@@ -6,7 +6,8 @@ field, the rule and the limit, and its attributes carry what a program needs::
     ContextError                      base of every expected failure
     ├── InitializationError           context not set up / database unusable
     ├── StateUpdateError              a write could not be applied
-    │   └── ConflictError             expected_revision did not match (current revision + missed diff)
+    │   ├── ConflictError             expected_revision did not match (current revision + missed diff)
+    │   └── MergeConflictError        a merge found conflicting changes and on_conflict is 'fail'
     ├── EventHandlingError            an event handler failed
     ├── StateValidationError          a state broke a limit or the context's JSON Schema
     ├── NotFoundError                 no such context or revision (also: not visible to you)
@@ -34,6 +35,8 @@ __all__ = [
     "EventHandlingError",
     "InitializationError",
     "LimitExceededError",
+    "MergeConflict",
+    "MergeConflictError",
     "NotFoundError",
     "StateUpdateError",
     "StateValidationError",
@@ -43,6 +46,9 @@ __all__ = [
 
 # A conflict message carries the diff the caller missed, but never megabytes of it.
 _MAX_DIFF_CHARS_IN_MESSAGE = 4000
+# A merge conflict message shows the first few conflicts, each value cut short.
+_MAX_CONFLICTS_IN_MESSAGE = 10
+_MAX_VALUE_CHARS_IN_MESSAGE = 60
 
 
 class ContextError(Exception):
@@ -120,6 +126,51 @@ class ConflictError(StateUpdateError):
         return (
             f"{head}; changes since revision {self.expected_revision} (RFC 6902): {diff}; "
             "re-read the state and retry with the current revision"
+        )
+
+
+@dataclass(frozen=True)
+class MergeConflict:
+    """One path both sides of a merge changed in incompatible ways.
+
+    ``path`` is a JSON Pointer into the state document (``/data/...``, ``/metadata/...``).
+    ``kind`` is ``both_modified``, ``modify_delete``, ``add_add`` or ``type_mismatch``. A value
+    that does not exist on a side is ``None`` there and that side is listed in ``absent``.
+    """
+
+    path: str
+    kind: str
+    base: Any
+    ours: Any
+    theirs: Any
+    absent: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        sides = ", ".join(f"{side} {self._shown(side)}" for side in ("base", "ours", "theirs"))
+        return f"{self.path} {self.kind} ({sides})"
+
+    def _shown(self, side: str) -> str:
+        if side in self.absent:
+            return "absent"
+        text = json.dumps(getattr(self, side), ensure_ascii=False, separators=(",", ":"))
+        if len(text) > _MAX_VALUE_CHARS_IN_MESSAGE:
+            text = text[: _MAX_VALUE_CHARS_IN_MESSAGE - 3] + "..."
+        return text
+
+
+class MergeConflictError(StateUpdateError):
+    """A merge found conflicts and ``on_conflict`` was ``'fail'``; nothing was merged or written."""
+
+    def __init__(self, conflicts: Sequence[MergeConflict]) -> None:
+        self.conflicts = list(conflicts)
+        shown = "; ".join(c.describe() for c in self.conflicts[:_MAX_CONFLICTS_IN_MESSAGE])
+        more = len(self.conflicts) - _MAX_CONFLICTS_IN_MESSAGE
+        if more > 0:
+            shown += f"; and {more} more (a dry run lists them all)"
+        count = f"{len(self.conflicts)} conflict{'s' if len(self.conflicts) != 1 else ''}"
+        super().__init__(
+            f"on_conflict: 'fail' and the merge found {count}: {shown}; pass on_conflict='ours' or "
+            "'theirs' to pick a side, or a reducer for the path; nothing was merged or written"
         )
 
 

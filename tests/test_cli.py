@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from groundhog_mcp import ContextState, StateManager
+from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
 
 SCRIPT = str(Path(sys.executable).parent / "groundhog-mcp")
 
@@ -85,7 +86,8 @@ def test_db_status_and_migrate(populated: Path, tmp_path: Path) -> None:
     migrated = json.loads(run("--database", str(populated), "db", "migrate").stdout)
     assert migrated["applied"] == []
     fresh = tmp_path / "fresh.sqlite"
-    assert json.loads(run("--database", str(fresh), "db", "migrate").stdout)["applied"] == [1]
+    applied = json.loads(run("--database", str(fresh), "db", "migrate").stdout)["applied"]
+    assert applied == list(range(1, LATEST_SCHEMA_VERSION + 1))
     missing = run("--database", str(tmp_path / "none.sqlite"), "db", "status", check=False)
     assert missing.returncode == 1 and "no database at" in missing.stderr
 

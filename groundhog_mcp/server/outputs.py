@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from groundhog_mcp.models import Change, ContextState, HistoryEntry, format_timestamp
-from groundhog_mcp.service import WriteResult
-from groundhog_mcp.store.base import StoredContext
+from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
+from groundhog_mcp.store.base import DeadLetter, StoredContext
 
 __all__ = [
     "ContextOut",
@@ -209,3 +209,110 @@ class ChangesOut(BaseModel):
     changes: list[ChangeOut]
     cursor: int = Field(description="pass as after_sequence on your next call")
     timed_out: bool = Field(description="true when the timeout passed with no change")
+
+
+class EventOut(BaseModel):
+    name: str
+    type: str
+    revision: int = Field(description="the revision the event produced (for a repeat: the first one)")
+    sequence: int
+    duplicate: bool = Field(description="true when this idempotency_key was already handled: nothing new applied")
+    patch: list[dict[str, Any]] = Field(description="RFC 6902 diff the event applied (empty for a repeat)")
+
+    @classmethod
+    def of(cls, result: EventResult) -> EventOut:
+        return cls(
+            name=result.name,
+            type=result.type,
+            revision=result.revision,
+            sequence=result.sequence,
+            duplicate=result.duplicate,
+            patch=result.patch,
+        )
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    context: str
+    type: str
+    payload: dict[str, Any]
+    idempotency_key: str | None
+    attempts: int
+    last_error: str
+    created_at: str
+    replayed_at: str | None
+    replay_revision: int | None
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> DeadLetterOut:
+        return cls(
+            id=letter.id,
+            context=letter.name,
+            type=letter.type,
+            payload=letter.payload,
+            idempotency_key=letter.idempotency_key,
+            attempts=letter.attempts,
+            last_error=letter.last_error,
+            created_at=format_timestamp(letter.created_at),
+            replayed_at=format_timestamp(letter.replayed_at) if letter.replayed_at else None,
+            replay_revision=letter.replay_revision,
+        )
+
+
+class DeadLettersOut(BaseModel):
+    dead_letters: list[DeadLetterOut]
+    next_after_id: int | None = Field(description="pass as after_id for the next page; null on the last page")
+
+
+class LatencyOut(BaseModel):
+    count: int
+    average_ms: float
+    p95_ms: float
+
+
+class ContextMetricsOut(BaseModel):
+    name: str
+    revision: int
+    state_updates: int = Field(description="committed writes after registration (stored: survives restarts)")
+    events_handled: int
+    dead_letters: int = Field(description="open (not yet replayed) dead letters")
+    state_size: int = Field(description="bytes")
+    write_latency: LatencyOut = Field(description="this server process, last 1000 writes")
+    handler_latency: LatencyOut
+    errors: dict[str, int] = Field(description="errors by class in this server process")
+
+
+class ServerMetricsOut(BaseModel):
+    uptime_seconds: float
+    rss_bytes: int | None
+    database_bytes: int | None
+    backend: str
+    contexts: int
+    last_sequence: int
+    open_subscriptions: int
+    errors: dict[str, int]
+
+
+class MetricsOut(BaseModel):
+    server: ServerMetricsOut
+    contexts: list[ContextMetricsOut]
+
+    @classmethod
+    def of(cls, server: dict[str, Any], contexts: list[ContextMetrics]) -> MetricsOut:
+        return cls(
+            server=ServerMetricsOut(**server),
+            contexts=[
+                ContextMetricsOut(
+                    name=c.name,
+                    revision=c.revision,
+                    state_updates=c.state_updates,
+                    events_handled=c.event_count,
+                    dead_letters=c.dead_letters,
+                    state_size=c.state_size,
+                    write_latency=LatencyOut(**c.write_latency.__dict__),
+                    handler_latency=LatencyOut(**c.handler_latency.__dict__),
+                    errors=c.errors,
+                )
+                for c in contexts
+            ],
+        )

@@ -21,9 +21,13 @@ from groundhog_mcp.server.outputs import (
     ChangeOut,
     ChangesOut,
     ContextOut,
+    DeadLetterOut,
+    DeadLettersOut,
     DiffOut,
+    EventOut,
     HistoryOut,
     ListOut,
+    MetricsOut,
     RevisionOut,
     StateOut,
     StateValue,
@@ -33,7 +37,7 @@ from groundhog_mcp.server.outputs import (
     WriteOut,
     summary_of,
 )
-from groundhog_mcp.service import WriteResult
+from groundhog_mcp.service import Event, WriteResult
 from groundhog_mcp.service.patching import resolve_pointer
 
 __all__ = ["register_tools"]
@@ -67,6 +71,9 @@ ExpectedRevision = Annotated[
 ]
 Revision = Annotated[int, Field(description="A revision number of this context (1 = first)", ge=1)]
 JSONObjectArg = dict[str, Any]
+EventType = Annotated[
+    str, Field(description="Event type; the context needs a handler for it", min_length=1, max_length=128)
+]
 
 
 class StateInput(BaseModel):
@@ -103,6 +110,9 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except ContextError as exc:
             # The message may quote state values: log only what failed, never the text.
             log.info("tool error", tool=fn.__name__, error=type(exc).__name__)
+            app_ctx = kwargs.get("ctx")
+            if isinstance(app_ctx, Context):
+                _app(app_ctx).manager.metrics.count_error(type(exc).__name__)
             raise ToolError(str(exc)) from None
         except ToolError:
             raise
@@ -143,6 +153,16 @@ async def register_context(
         Literal["error", "return"],
         Field(description="When the name is taken: 'error' (default) or 'return' the existing context unchanged"),
     ] = "error",
+    event_handlers: Annotated[
+        dict[str, dict[str, Any]] | None,
+        Field(
+            description=(
+                "Handlers per event type for emit_event. Declarative: {action: set|merge|append|increment|remove, "
+                "path: JSON Pointer into data, value_from?: JSON Pointer into the payload, value?: literal, "
+                "payload_schema?: JSON Schema, max_attempts?: 1-10}; or {plugin: entry point name}"
+            )
+        ),
+    ] = None,
 ) -> ContextOut:
     """Create a named context to hold JSON state that survives restarts and is shared with other
     agents. Revision 1 is the initial state. Use if_exists='return' to get-or-create."""
@@ -156,6 +176,7 @@ async def register_context(
         metadata=metadata,
         settings=settings,
         schema=json_schema,
+        handlers=event_handlers,
         if_exists=if_exists,
     )
     if isinstance(result, WriteResult):
@@ -340,6 +361,72 @@ async def wait_for_change(
     return ChangesOut(changes=[ChangeOut.of(c) for c in changes], cursor=cursor, timed_out=not changes)
 
 
+@tool_errors
+async def emit_event(
+    name: Name,
+    type: Annotated[
+        str, Field(description="Event type; the context needs a handler for it", min_length=1, max_length=128)
+    ],
+    ctx: AppCtx,
+    payload: Annotated[JSONObjectArg | None, Field(description="Event data (a JSON object, at most 256 KiB)")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Field(description="Send the same key again (e.g. on retry) and the event applies only once", max_length=200),
+    ] = None,
+) -> EventOut:
+    """Send an event to a context. Its handler turns it into a state change that commits atomically
+    with the event record. With idempotency_key, a repeat returns the first result instead of
+    applying twice. A handler that keeps failing leaves the state unchanged and the event in the
+    dead letters (list_dead_letters, replay_dead_letter)."""
+    result = await _app(ctx).manager.emit_event(
+        name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key)
+    )
+    return EventOut.of(result)
+
+
+@tool_errors
+async def list_dead_letters(
+    ctx: AppCtx,
+    name: Annotated[str | None, Field(description="Only this context's", pattern=NAME_PATTERN)] = None,
+    after_id: Annotated[int, Field(description="Only ids above this (for paging)", ge=0)] = 0,
+    limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
+    include_replayed: Annotated[bool, Field(description="Also those already replayed")] = False,
+) -> DeadLettersOut:
+    """Events whose handler kept failing, with the last error: fix the cause, then replay them."""
+    letters = await _app(ctx).manager.list_dead_letters(
+        name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
+    )
+    return DeadLettersOut(
+        dead_letters=[DeadLetterOut.of(d) for d in letters],
+        next_after_id=letters[-1].id if len(letters) == limit else None,
+    )
+
+
+@tool_errors
+async def replay_dead_letter(
+    id: Annotated[int, Field(description="The dead letter's id", ge=1)],
+    ctx: AppCtx,
+) -> EventOut:
+    """Handle a dead-lettered event again. It applies at most once, even if you replay it twice."""
+    return EventOut.of(await _app(ctx).manager.replay_dead_letter(id))
+
+
+@tool_errors
+async def get_metrics(
+    ctx: AppCtx,
+    names: Annotated[list[Name] | None, Field(description="Only these contexts", max_length=100)] = None,
+    prefix: Annotated[str, Field(description="Only contexts whose name starts with this", max_length=128)] = "",
+    limit: Annotated[int, Field(description="At most this many contexts, 1-100", ge=1, le=100)] = 100,
+) -> MetricsOut:
+    """Metrics: per context, state updates, events handled, open dead letters, state size, write and
+    handler latency (average, p95, this server process) and errors by class; for the server, uptime,
+    memory, database size, open subscriptions and errors."""
+    app = _app(ctx)
+    server, contexts = await app.manager.collect_metrics(names, prefix=prefix, limit=limit)
+    server["open_subscriptions"] = app.notifier.subscription_count()
+    return MetricsOut.of(server, contexts)
+
+
 _READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 _DESTRUCTIVE = ToolAnnotations(
@@ -358,6 +445,10 @@ _TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations], ...] =
     (diff_states, "Diff revisions", _READ_ONLY),
     (rollback_state, "Roll back state", _DESTRUCTIVE),
     (wait_for_change, "Wait for a change", _READ_ONLY),
+    (emit_event, "Emit event", _WRITE),
+    (list_dead_letters, "List dead letters", _READ_ONLY),
+    (replay_dead_letter, "Replay dead letter", _WRITE),
+    (get_metrics, "Get metrics", _READ_ONLY),
 )
 
 

@@ -4,7 +4,7 @@ from groundhog_mcp.service.bus import ChangeBus, Resync, Subscription
 from groundhog_mcp.service.events import Event, EventHandler
 from groundhog_mcp.service.metrics import ContextMetrics
 from groundhog_mcp.service.registry import Context, ContextRegistry, ContextTemplate, info_of
-from groundhog_mcp.service.state import ContextPage, StateManager, WriteResult
+from groundhog_mcp.service.state import ContextPage, EventResult, StateManager, WriteResult
 from groundhog_mcp.service.validation import Limits
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ContextTemplate",
     "Event",
     "EventHandler",
+    "EventResult",
     "Limits",
     "Resync",
     "StateManager",

@@ -1,15 +1,89 @@
-"""Per-context metrics, as the specification's ``ContextMetrics`` collects them."""
+"""Metrics: counters derived from the store (they survive restarts) and per-process latencies."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
 
-__all__ = ["ContextMetrics"]
+__all__ = ["ContextMetrics", "LatencySummary", "MetricsRecorder", "process_rss_bytes"]
+
+_WINDOW = 1000  # latencies kept per context, newest last
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    count: int
+    average_ms: float
+    p95_ms: float
+
+    @classmethod
+    def of(cls, samples: deque[float] | None) -> LatencySummary:
+        if not samples:
+            return cls(0, 0.0, 0.0)
+        ordered = sorted(samples)
+        p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+        return cls(len(ordered), round(sum(ordered) / len(ordered) * 1000, 3), round(p95 * 1000, 3))
 
 
 @dataclass(frozen=True)
 class ContextMetrics:
+    """The specification's ``ContextMetrics`` for one context."""
+
+    name: str
+    revision: int
     state_updates: int
     event_count: int
-    average_latency_ms: float
+    dead_letters: int
     state_size: int
+    average_latency_ms: float
+    write_latency: LatencySummary
+    handler_latency: LatencySummary
+    errors: dict[str, int] = field(default_factory=dict[str, int])
+
+
+class MetricsRecorder:
+    """What this process measured: write and handler latencies, errors by class."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._writes: dict[str, deque[float]] = {}
+        self._handlers: dict[str, deque[float]] = {}
+        self.errors: Counter[str] = Counter()
+        self.context_errors: dict[str, Counter[str]] = {}
+
+    def observe_write(self, name: str, seconds: float) -> None:
+        self._writes.setdefault(name, deque(maxlen=_WINDOW)).append(seconds)
+
+    def observe_handler(self, name: str, seconds: float) -> None:
+        self._handlers.setdefault(name, deque(maxlen=_WINDOW)).append(seconds)
+
+    def count_error(self, error_class: str, name: str | None = None) -> None:
+        """With ``name``: a failed write of that context; without: an error answered to a client."""
+        if name is None:
+            self.errors[error_class] += 1
+        else:
+            self.context_errors.setdefault(name, Counter())[error_class] += 1
+
+    def write_latency(self, name: str) -> LatencySummary:
+        return LatencySummary.of(self._writes.get(name))
+
+    def handler_latency(self, name: str) -> LatencySummary:
+        return LatencySummary.of(self._handlers.get(name))
+
+    def uptime_seconds(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+def process_rss_bytes() -> int | None:
+    """Resident set size of this process (Linux /proc), or None where unavailable."""
+    try:
+        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

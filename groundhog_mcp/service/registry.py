@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from groundhog_mcp.errors import EventHandlingError, InitializationError, NotFoundError
 from groundhog_mcp.models import ContextConfig, ContextId, ContextInfo, ContextState, JSONObject
 from groundhog_mcp.service.events import Event, EventHandler
-from groundhog_mcp.service.state import StateManager, WriteResult
+from groundhog_mcp.service.state import EventResult, StateManager, WriteResult
 from groundhog_mcp.store.base import StoredContext
 
-__all__ = ["Context", "ContextRegistry", "ContextTemplate", "info_of"]
+__all__ = ["Context", "ContextRegistry", "ContextTemplate", "StagedContext", "info_of"]
 
 
 class Context:
@@ -44,21 +44,17 @@ class Context:
         manager, context_id = self._require_bound()
         return await manager.load_state(context_id)
 
-    async def update_state(self, state: ContextState, *, expected_revision: int | None = None) -> WriteResult:
+    async def update_state(self, state: ContextState, *, expected_revision: int | None = None) -> WriteResult | None:
+        """Write ``state`` as a new revision (inside an event handler: staged, committed with the event)."""
         manager, context_id = self._require_bound()
         return await manager.save_state(context_id, state, expected_revision=expected_revision)
 
-    async def handle_event(self, event: Event) -> None:
-        """Run this context's handler for ``event.type``: validate, then handle."""
-        self._require_bound()
-        handler = self.event_handlers.get(event.type)
-        if handler is None:
-            known = ", ".join(sorted(self.event_handlers)) or "none"
-            raise EventHandlingError(
-                f"type: context {self.name!r} has no handler for event type {event.type!r} (handlers: {known})"
-            )
-        await handler.validate_event(event)
-        await handler.handle_event(event, self)
+    async def handle_event(self, event: Event) -> EventResult:
+        """Handle ``event`` with this context's handler for its type (in-process handlers first, then
+        the declarative or plugin handlers stored with the context), atomically, with retries and
+        dead letters as for ``emit_event``."""
+        manager, _ = self._require_bound()
+        return await manager.emit_event(self.name, event, handlers=self.event_handlers)
 
     async def cleanup(self) -> None:
         """Release this handle. The stored context stays until it is unregistered."""
@@ -77,6 +73,27 @@ class Context:
         if self._manager is None or self.id is None:
             raise InitializationError("context: not registered (or cleaned up); register it with a ContextRegistry")
         return self._manager, self.id
+
+
+class StagedContext(Context):
+    """What a handler sees while an event is processed: reads the state as of the attempt,
+    and ``update_state`` stages the new state, which commits together with the event record."""
+
+    def __init__(self, stored: StoredContext) -> None:
+        super().__init__(ContextConfig(name=stored.name, version=stored.version), schema=stored.schema)
+        self.id = stored.id
+        self._current = stored.state
+        self.staged: ContextState | None = None
+
+    async def get_state(self) -> ContextState:
+        return self.staged or self._current
+
+    async def update_state(self, state: ContextState, *, expected_revision: int | None = None) -> WriteResult | None:
+        self.staged = state
+        return None
+
+    async def handle_event(self, event: Event) -> EventResult:
+        raise EventHandlingError("event: a handler cannot emit events on the context it is handling")
 
 
 class ContextTemplate(Context):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ from typing import Any, Literal, TypeVar
 from groundhog_mcp.errors import (
     CompactedError,
     ConflictError,
+    ContextError,
+    EventHandlingError,
     NotFoundError,
+    StateUpdateError,
     StateValidationError,
     ValidationIssue,
 )
@@ -30,11 +34,27 @@ from groundhog_mcp.models import (
     HistoryEntry,
     JSONObject,
     Principal,
+    dumps,
     json_diff,
     utcnow,
 )
 from groundhog_mcp.service.bus import ChangeBus, Resync
+from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec, parse_handler_specs
 from groundhog_mcp.service.feed import ChangeFeed
+from groundhog_mcp.service.merge import (
+    ContextRef,
+    MergeConflictError,
+    MergeOutcome,
+    MergeResult,
+    MergeSource,
+    OnConflict,
+    SourceInfo,
+    Strategy,
+    check_merge_arguments,
+    compute_merge,
+    parse_source,
+)
+from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder, process_rss_bytes
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.validation import (
     Limits,
@@ -45,14 +65,25 @@ from groundhog_mcp.service.validation import (
     inspect_state,
     raise_if_invalid,
 )
-from groundhog_mcp.store.base import Mutation, NewContext, Store, StoredContext
+from groundhog_mcp.store.base import (
+    DeadLetter,
+    EventAlreadyHandled,
+    EventRecord,
+    Mutation,
+    NewContext,
+    Store,
+    StoredContext,
+)
 from groundhog_mcp.store.sqlite import SQLiteStore
 
-__all__ = ["MAX_WAIT_SECONDS", "ContextPage", "StateManager", "WriteResult"]
+__all__ = ["MAX_WAIT_SECONDS", "ContextPage", "EventResult", "StateManager", "WriteResult"]
 
 _T = TypeVar("_T")
 
 MAX_WAIT_SECONDS = 60.0
+_BACKOFF_BASE = 0.05
+_BACKOFF_CAP = 1.0
+_MAX_EVENT_RACES = 50
 _SCAN_PAGE = 500
 _MAX_SCAN_PAGES = 20
 
@@ -64,6 +95,18 @@ class WriteResult:
     context: StoredContext
     change: Change
     previous_revision: int | None
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What handling an event did: the revision it produced (or, for a repeat, the first one)."""
+
+    name: str
+    type: str
+    revision: int
+    sequence: int
+    patch: list[JSONObject]
+    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,12 +146,15 @@ class StateManager:
         principal: Principal | None = None,
         bus: ChangeBus | None = None,
         poll_interval: float = 0.05,
+        event_max_attempts: int = 3,
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.principal = principal or Principal()
         self.bus = bus or ChangeBus()
         self.feed = ChangeFeed(store, self.bus, interval=poll_interval)
+        self.event_max_attempts = event_max_attempts
+        self.metrics = MetricsRecorder()
         self._pending: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -176,19 +222,26 @@ class StateManager:
             raise NotFoundError(f"context_id: no context with id {context_id}")
         return stored.state
 
-    async def merge_states(self, states: Sequence[ContextState]) -> ContextState:
-        """Fold ``states`` in order with RFC 7396 (later wins); metadata merges the same way."""
-        if len(states) < 2:
-            raise StateValidationError(
-                [ValidationIssue("", f"merge needs at least 2 states, got {len(states)}")], field="states"
-            )
-        data: Any = {}
-        metadata: Any = {}
-        for state in states:
-            data = merge_patch(data, state.data)
-            metadata = merge_patch(metadata, state.metadata)
-        version = max((s.version for s in states), key=_semver_key)
-        return ContextState(data=data, metadata=metadata, timestamp=utcnow(), version=version)
+    async def merge_states(
+        self,
+        states: Sequence[ContextState],
+        *,
+        strategy: Strategy = "ordered",
+        base: ContextState | None = None,
+        reducers: Mapping[str, str] | None = None,
+        on_conflict: OnConflict = "fail",
+    ) -> ContextState:
+        """Merge 2+ states; by default an RFC 7396 fold in order (later wins), metadata the same way.
+
+        ``strategy="three_way"`` needs ``base``; ``reducers`` maps JSON Pointers into the state
+        document (``/data/tags``) to ``append|union|sum|max|min|last``; ``on_conflict`` is
+        ``fail|ours|theirs`` (see :mod:`groundhog_mcp.service.merge`). For conflicts, provenance,
+        inputs named by context and revision, or writing the result, use :meth:`merge`.
+        """
+        result = await asyncio.to_thread(
+            compute_merge, states, strategy=strategy, base=base, reducers=reducers, on_conflict=on_conflict
+        )
+        return result.state
 
     async def validate_state(self, state: ContextState, *, schema: JSONObject | None = None) -> None:
         """Raise :class:`StateValidationError` listing every problem; return None if valid."""
@@ -222,6 +275,9 @@ class StateManager:
         if schema is not None:
             raise_if_invalid(inspect_json(schema, self.limits), "schema")
             check_schema_definition(schema)
+        if handlers:
+            raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
+            parse_handler_specs(handlers)
         state = state or ContextState.new()
         self._raise_if_invalid_state(state, schema)
         new = NewContext(
@@ -473,6 +529,205 @@ class StateManager:
                         return found, cursor
         return found, cursor
 
+    # -- metrics ----------------------------------------------------------------------------
+
+    async def collect_metrics(
+        self, names: Sequence[str] | None = None, *, prefix: str = "", limit: int = 100
+    ) -> tuple[dict[str, Any], list[ContextMetrics]]:
+        """Server metrics and per-context metrics (counts from the store, latencies of this process)."""
+        if names:
+            contexts = [await self.get(name) for name in names[: self.limits.max_page]]
+        else:
+            contexts = (await self.list(prefix=prefix, limit=min(limit, self.limits.max_page))).contexts
+        counts = await self.store.context_counts([c.id for c in contexts])
+        per_context: list[ContextMetrics] = []
+        for ctx in contexts:
+            updates, events, letters = counts.get(ctx.id, (0, 0, 0))
+            writes = self.metrics.write_latency(ctx.name)
+            per_context.append(
+                ContextMetrics(
+                    name=ctx.name,
+                    revision=ctx.revision,
+                    state_updates=updates,
+                    event_count=events,
+                    dead_letters=letters,
+                    state_size=ctx.state_size,
+                    average_latency_ms=writes.average_ms,
+                    write_latency=writes,
+                    handler_latency=self.metrics.handler_latency(ctx.name),
+                    errors=dict(self.metrics.context_errors.get(ctx.name, {})),
+                )
+            )
+        status = await self.store.status()
+        server: dict[str, Any] = {
+            "uptime_seconds": self.metrics.uptime_seconds(),
+            "rss_bytes": process_rss_bytes(),
+            "database_bytes": status.size_bytes,
+            "backend": status.backend,
+            "contexts": status.contexts,
+            "last_sequence": status.last_sequence,
+            "errors": dict(self.metrics.errors),
+        }
+        return server, per_context
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def emit_event(
+        self,
+        name: str,
+        event: Event,
+        *,
+        handlers: Mapping[str, EventHandler] | None = None,
+        dead_letter: DeadLetter | None = None,
+    ) -> EventResult:
+        """Handle ``event`` on context ``name``: validate, run the handler, commit the state change
+        and the event record in one transaction. A repeated ``idempotency_key`` returns the first
+        result; a failing handler is retried with backoff, then the event is dead-lettered."""
+        check_name(name)
+        self._check_event(event)
+        context = await self.get(name)
+        if event.idempotency_key is not None:
+            seen = await self.store.find_event(context.id, event.idempotency_key)
+            if seen is not None:
+                return EventResult(context.name, event.type, seen.revision, seen.sequence, [], duplicate=True)
+        handler, attempts = self._handler_for(context, event.type, handlers)
+        try:
+            await handler.validate_event(event)
+        except ContextError:
+            raise
+        except Exception as exc:
+            raise EventHandlingError(
+                f"payload: the {event.type!r} handler rejected the event ({type(exc).__name__}: {exc}); "
+                "nothing was changed"
+            ) from None
+        last_error = ""
+        attempt = races = 0
+        while attempt < attempts:
+            current = await self.get(name)
+            try:
+                started = time.perf_counter()
+                try:
+                    staged = await _run_handler(handler, event, current)
+                finally:
+                    self.metrics.observe_handler(name, time.perf_counter() - started)
+                result = await self._mutate(
+                    name, current.revision, self._event_mutator(staged), event=_record_of(event)
+                )
+                return EventResult(
+                    name, event.type, result.context.revision, result.change.sequence, result.change.patch or []
+                )
+            except ConflictError:
+                races += 1  # another writer got in between: not the handler's fault, try again
+                if races > _MAX_EVENT_RACES:
+                    raise
+                continue
+            except EventAlreadyHandled as done:
+                return EventResult(name, event.type, done.event.revision, done.event.sequence, [], duplicate=True)
+            except (HandlerFailure, StateValidationError, StateUpdateError, EventHandlingError) as exc:
+                last_error = str(exc)
+            attempt += 1
+            if attempt < attempts:
+                await asyncio.sleep(min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
+        letter = await self.store.add_dead_letter(
+            dead_letter
+            or DeadLetter(
+                id=0,
+                namespace=context.namespace,
+                context_id=context.id,
+                name=context.name,
+                type=event.type,
+                payload=event.payload,
+                idempotency_key=event.idempotency_key,
+                attempts=attempts,
+                last_error=last_error[:2000],
+                created_at=utcnow(),
+            )
+        )
+        raise EventHandlingError(
+            f"type: the {event.type!r} handler of context {name!r} failed {attempts} time(s); the state is "
+            f"unchanged and the event is dead letter #{letter.id} (last error: {last_error[:500]}); "
+            "fix the cause, then replay_dead_letter"
+        )
+
+    async def list_dead_letters(
+        self, *, name: str | None = None, after_id: int = 0, limit: int = 50, include_replayed: bool = False
+    ) -> list[DeadLetter]:
+        if name is not None:
+            check_name(name)
+        if not 1 <= limit <= self.limits.max_page:
+            raise StateValidationError(
+                [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
+            )
+        return await self.store.list_dead_letters(
+            self.principal.namespace, name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
+        )
+
+    async def replay_dead_letter(
+        self, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
+    ) -> EventResult:
+        """Handle a dead-lettered event again; applied once even if replayed twice."""
+        letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
+        if letter is None:
+            raise NotFoundError(f"id: no dead letter #{letter_id}")
+        if letter.replayed_at is not None:
+            raise StateUpdateError(
+                f"id: dead letter #{letter_id} was already replayed (revision {letter.replay_revision}); "
+                "it is applied only once"
+            )
+        # A key makes the replay exactly-once even if this call is retried.
+        key = letter.idempotency_key or f"dead-letter-{letter.id}"
+        event = Event(type=letter.type, payload=letter.payload, idempotency_key=key)
+        result = await self.emit_event(letter.name, event, handlers=handlers, dead_letter=letter)
+        await self.store.mark_replayed(letter.id, result.revision)
+        return result
+
+    def _check_event(self, event: Event) -> None:
+        if not 1 <= len(event.type) <= 128:
+            raise StateValidationError(
+                [ValidationIssue("", f"must be 1-128 characters; got {len(event.type)}")], field="type"
+            )
+        if event.idempotency_key is not None and not 1 <= len(event.idempotency_key) <= 200:
+            raise StateValidationError(
+                [ValidationIssue("", f"must be 1-200 characters; got {len(event.idempotency_key)}")],
+                field="idempotency_key",
+            )
+        raise_if_invalid(inspect_json(event.payload, self.limits), "payload")
+        size = len(dumps(event.payload).encode("utf-8"))
+        if size > self.limits.max_event_payload_bytes:
+            raise StateValidationError(
+                [
+                    ValidationIssue(
+                        "", f"serialised size {size} bytes exceeds limit {self.limits.max_event_payload_bytes} bytes"
+                    )
+                ],
+                field="payload",
+            )
+
+    def _event_mutator(self, staged: ContextState) -> Callable[[StoredContext], Mutation]:
+        def apply(current: StoredContext) -> Mutation:
+            state = ContextState(data=staged.data, metadata=staged.metadata, timestamp=utcnow(), version=staged.version)
+            self._raise_if_invalid_state(state, current.schema)
+            return Mutation(state, json_diff(current.state.document(), state.document()), op="event")
+
+        return apply
+
+    def _handler_for(
+        self, context: StoredContext, event_type: str, handlers: Mapping[str, EventHandler] | None
+    ) -> tuple[EventHandler, int]:
+        spec = context.handlers.get(event_type)
+        attempts = self.event_max_attempts
+        if isinstance(spec, dict) and isinstance(spec.get("max_attempts"), int):
+            attempts = int(spec["max_attempts"])  # pyright: ignore[reportUnknownArgumentType]
+        if handlers and event_type in handlers:
+            return handlers[event_type], attempts
+        if spec is not None:
+            return handler_from_spec(event_type, spec), attempts
+        known: list[str] = sorted({*context.handlers, *(handlers or {})})
+        raise EventHandlingError(
+            f"type: context {context.name!r} has no handler for event type {event_type!r} "
+            f"(handlers: {', '.join(known) or 'none'}); register the context with event_handlers"
+        )
+
     # -- internals --------------------------------------------------------------------------
 
     def _raise_if_invalid_state(self, state: ContextState, schema: JSONObject | None) -> None:
@@ -504,10 +759,34 @@ class StateManager:
         return WriteResult(stored, change, None)
 
     async def _mutate(
-        self, name: str, expected_revision: int | None, mutator: Callable[[StoredContext], Mutation]
+        self,
+        name: str,
+        expected_revision: int | None,
+        mutator: Callable[[StoredContext], Mutation],
+        *,
+        event: EventRecord | None = None,
+    ) -> WriteResult:
+        started = time.perf_counter()
+        try:
+            return await self._mutate_timed(name, expected_revision, mutator, event=event)
+        except ContextError as exc:
+            self.metrics.count_error(type(exc).__name__, name)
+            raise
+        finally:
+            self.metrics.observe_write(name, time.perf_counter() - started)
+
+    async def _mutate_timed(
+        self,
+        name: str,
+        expected_revision: int | None,
+        mutator: Callable[[StoredContext], Mutation],
+        *,
+        event: EventRecord | None = None,
     ) -> WriteResult:
         stored, change = await self._committed(
-            self.store.mutate(self.principal.namespace, name, expected_revision, mutator, actor=self.principal.name),
+            self.store.mutate(
+                self.principal.namespace, name, expected_revision, mutator, actor=self.principal.name, event=event
+            ),
             lambda r: r[1],
         )
         return WriteResult(stored, change, change.revision - 1)
@@ -530,6 +809,147 @@ class StateManager:
         task.add_done_callback(self._pending.discard)
         return await asyncio.shield(task)
 
+    # -- merge (appended: keep at the end of the class) -------------------------------------
+
+    async def merge(
+        self,
+        inputs: Sequence[MergeSource | Mapping[str, Any]],
+        *,
+        strategy: Strategy = "ordered",
+        base: MergeSource | Mapping[str, Any] | None = None,
+        reducers: Mapping[str, str] | None = None,
+        on_conflict: OnConflict = "fail",
+        target: str | None = None,
+        expected_revision: int | None = None,
+        dry_run: bool = False,
+    ) -> MergeOutcome:
+        """Merge 2+ inputs, each ``{"context": name, "revision": n | None}`` (None: current) or an
+        inline state, and optionally write the result to ``target`` as one new revision (op ``merge``).
+
+        ``three_way`` without ``base``: when every input is a revision of one context, the base is
+        the lowest revision given, their common ancestor in the context's linear history. With
+        ``target`` the result is validated against the target's schema and limits and written
+        through the usual compare-and-set (``expected_revision``; ``0`` creates the target); an
+        input naming the target's current state is re-read inside the write transaction, so a
+        write that lands meanwhile is merged in, never overwritten. ``dry_run`` runs every check
+        but writes nothing, and lists conflicts instead of raising them.
+        """
+        check_merge_arguments(
+            count=len(inputs),
+            strategy=strategy,
+            on_conflict=on_conflict,
+            reducers=reducers,
+            base_given=base is not None,
+        )
+        sources = [parse_source(item, f"inputs[{i}]") for i, item in enumerate(inputs)]
+        base_source = parse_source(base, "base") if base is not None else None
+        if target is not None:
+            check_name(target, field="target")
+        elif expected_revision is not None:
+            raise StateValidationError(
+                [ValidationIssue("", "only used with target (the context the merged state is written to)")],
+                field="expected_revision",
+            )
+        contexts: dict[str, StoredContext] = {}
+
+        async def resolve(source: MergeSource, field: str) -> tuple[ContextState, SourceInfo]:
+            if isinstance(source, ContextState):
+                raise_if_invalid(inspect_state(source, self.limits, None), field)
+                return source, SourceInfo()
+            context = contexts.get(source.context) or await self.store.get(self.principal.namespace, source.context)
+            if context is None:
+                raise NotFoundError(f"{field}.context: no context named {source.context!r}")
+            contexts[source.context] = context
+            revision = source.revision or context.revision
+            return await self._revision_state(context, revision, field=f"{field}.revision"), SourceInfo(
+                source.context, revision
+            )
+
+        resolved = [await resolve(s, f"inputs[{i}]") for i, s in enumerate(sources)]
+        states = [state for state, _ in resolved]
+        infos = [info for _, info in resolved]
+        refs = [s for s in sources if isinstance(s, ContextRef)]
+        one_context = len(refs) == len(sources) and len({r.context for r in refs}) == 1
+        if strategy == "three_way" and base_source is None and one_context:
+            base_source = ContextRef(refs[0].context, min(i.revision or 0 for i in infos))
+        base_state, base_info = await resolve(base_source, "base") if base_source is not None else (None, None)
+
+        def run(given: list[ContextState]) -> MergeResult:
+            result = compute_merge(
+                given, strategy=strategy, base=base_state, reducers=reducers, on_conflict=on_conflict, field="inputs"
+            )
+            if target is None:
+                raise_if_invalid(inspect_state(result.state, self.limits, None), "merged")
+            return result
+
+        try:
+            result = await asyncio.to_thread(run, states)
+        except MergeConflictError as exc:
+            if not dry_run:
+                raise
+            return MergeOutcome(None, exc.conflicts, [], strategy, infos, base_info, dry_run=True)
+
+        def outcome(result: MergeResult, write: WriteResult | None = None) -> MergeOutcome:
+            return MergeOutcome(
+                result.state, result.conflicts, result.provenance, strategy, infos, base_info, write, dry_run
+            )
+
+        if target is None:
+            return outcome(result)
+        missing = f"target: no context named {target!r}; register it first, or pass expected_revision=0 to create it"
+        if dry_run:
+            current = await self.store.get(self.principal.namespace, target)
+            if current is None and expected_revision != 0:
+                raise NotFoundError(missing)
+            if current is not None and expected_revision is not None and expected_revision != current.revision:
+                raise ConflictError(target, expected_revision, current.revision)
+            await asyncio.to_thread(
+                self._raise_if_invalid_state, result.state, current.schema if current is not None else None
+            )
+            return outcome(result)
+        if expected_revision == 0:
+            try:
+                created = await self.register(target, state=result.state, if_exists="error")
+            except ConflictError as exc:
+                raise ConflictError(target, 0, exc.current_revision) from None
+            assert isinstance(created, WriteResult)  # if_exists="error" never returns an existing context
+            return outcome(result, created)
+
+        live = [i for i, s in enumerate(sources) if s == ContextRef(target)]
+        latest = [result]
+
+        def apply(current: StoredContext) -> Mutation:
+            if live and current.revision != infos[live[0]].revision:
+                # The target moved since it was read: merge its state as of this transaction.
+                latest[0] = run([current.state if i in live else s for i, s in enumerate(states)])
+            state = latest[0].state
+            self._raise_if_invalid_state(state, current.schema)
+            return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")
+
+        try:
+            write = await self._mutate(target, expected_revision, apply)
+        except NotFoundError:
+            raise NotFoundError(missing) from None
+        return outcome(latest[0], write)
+
+
+def _record_of(event: Event) -> EventRecord:
+    return EventRecord(type=event.type, payload=event.payload, idempotency_key=event.idempotency_key)
+
+
+async def _run_handler(handler: EventHandler, event: Event, current: StoredContext) -> ContextState:
+    """Run a handler against a staging view of the context; returns the state it wants written."""
+    from groundhog_mcp.service.registry import StagedContext  # registry builds on this module
+
+    staged = StagedContext(current)
+    try:
+        await handler.handle_event(event, staged)
+    except (HandlerFailure, ContextError):
+        raise
+    except Exception as exc:
+        raise HandlerFailure(f"{type(exc).__name__}: {exc}") from exc
+    return staged.staged or current.state
+
 
 def _check_prefix(prefix: str) -> None:
     if len(prefix) > 128 or any(not (c.isascii() and (c.isalnum() or c in "._-")) for c in prefix):
@@ -541,10 +961,3 @@ def _check_prefix(prefix: str) -> None:
             ],
             field="prefix",
         )
-
-
-def _semver_key(version: str) -> tuple[int, int, int, int, str]:
-    core, _, pre = version.split("+")[0].partition("-")
-    major, minor, patch = (int(p) for p in core.split("."))
-    # A pre-release sorts before its release.
-    return major, minor, patch, 0 if pre else 1, pre

@@ -15,7 +15,15 @@ from jsonschema.exceptions import SchemaError
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import NAME_PATTERN, ContextState, JSONObject, dumps, is_semver
 
-__all__ = ["Limits", "check_name", "check_schema_definition", "check_semver", "inspect_json", "inspect_state"]
+__all__ = [
+    "Limits",
+    "check_name",
+    "check_schema_definition",
+    "check_semver",
+    "inspect_json",
+    "inspect_state",
+    "schema_issues",
+]
 
 _NAME = re.compile(NAME_PATTERN)
 _MAX_ISSUES = 50
@@ -102,11 +110,11 @@ def inspect_state(state: ContextState, limits: Limits, schema: JSONObject | None
     if size > limits.max_state_bytes:
         issues.append(ValidationIssue("", f"serialised size {size} bytes exceeds limit {limits.max_state_bytes} bytes"))
     if schema is not None:
-        issues += [ValidationIssue("/data" + i.pointer, i.message) for i in _schema_issues(schema, state.data)]
+        issues += [ValidationIssue("/data" + i.pointer, i.message) for i in schema_issues(schema, state.data)]
     return issues
 
 
-def _schema_issues(schema: JSONObject, data: JSONObject) -> Iterator[ValidationIssue]:
+def schema_issues(schema: JSONObject, data: JSONObject) -> Iterator[ValidationIssue]:
     validator = _validator(dumps(schema))
     for count, error in enumerate(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))):
         if count >= _MAX_ISSUES:

@@ -19,12 +19,16 @@ from typing import Any, Literal, Protocol
 from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject
 
 __all__ = [
+    "DeadLetter",
+    "EventAlreadyHandled",
+    "EventRecord",
     "Mutation",
     "Mutator",
     "NewContext",
     "Store",
     "StoreStatus",
     "StoredContext",
+    "StoredEvent",
     "StoredRevision",
 ]
 
@@ -70,6 +74,54 @@ class Mutation:
     state: ContextState
     patch: list[JSONObject]
     op: str = "update"
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event whose state change is being committed; written in the same transaction."""
+
+    type: str
+    payload: JSONObject
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """A handled event as recorded: what its idempotency key answers on a repeat."""
+
+    id: int
+    context_id: ContextId
+    type: str
+    idempotency_key: str | None
+    revision: int
+    sequence: int
+    created_at: datetime
+
+
+class EventAlreadyHandled(Exception):
+    """The idempotency key was seen before: nothing was written; ``event`` is the first result."""
+
+    def __init__(self, event: StoredEvent) -> None:
+        super().__init__(f"event with idempotency key {event.idempotency_key!r} already handled")
+        self.event = event
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event whose handler kept failing; kept with its last error until replayed."""
+
+    id: int
+    namespace: str
+    context_id: ContextId
+    name: str
+    type: str
+    payload: JSONObject
+    idempotency_key: str | None
+    attempts: int
+    last_error: str
+    created_at: datetime
+    replayed_at: datetime | None = None
+    replay_revision: int | None = None
 
 
 Mutator = Callable[[StoredContext], Mutation]
@@ -124,8 +176,30 @@ class Store(Protocol):
         mutator: Mutator,
         *,
         actor: str,
+        event: EventRecord | None = None,
     ) -> tuple[StoredContext, Change]:
-        """One CAS write: check ``expected_revision``, apply ``mutator``, commit."""
+        """One CAS write: check ``expected_revision``, apply ``mutator``, commit. With ``event`` the
+        event record commits in the same transaction; a repeated idempotency key raises
+        :class:`EventAlreadyHandled` and writes nothing."""
+        ...
+
+    async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...
+
+    async def add_dead_letter(self, letter: DeadLetter) -> DeadLetter:
+        """Store a dead letter (``id`` is assigned; pass 0) or, with an existing ``id``, update its
+        attempts and last error."""
+        ...
+
+    async def list_dead_letters(
+        self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
+    ) -> list[DeadLetter]: ...
+
+    async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None: ...
+
+    async def mark_replayed(self, letter_id: int, revision: int) -> None: ...
+
+    async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
+        """Per context: (state updates after registration, events handled, open dead letters)."""
         ...
 
     async def unregister(

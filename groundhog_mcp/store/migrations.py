@@ -144,6 +144,74 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO store_counter (name, value) VALUES ('sequence', 0);
         """,
     ),
+    Migration(
+        2,
+        "events (idempotency), dead letters, per-context change index",
+        sqlite="""
+        CREATE TABLE events (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            context_id      TEXT NOT NULL,
+            type            TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            idempotency_key TEXT,
+            revision        INTEGER NOT NULL,
+            sequence        INTEGER NOT NULL,
+            created_at      TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX events_idempotency ON events (context_id, idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX events_context ON events (context_id, id);
+
+        CREATE TABLE dead_letters (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace       TEXT NOT NULL,
+            context_id      TEXT NOT NULL,
+            name            TEXT NOT NULL,
+            type            TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            idempotency_key TEXT,
+            attempts        INTEGER NOT NULL,
+            last_error      TEXT NOT NULL,
+            created_at      TEXT NOT NULL,
+            replayed_at     TEXT,
+            replay_revision INTEGER
+        );
+        CREATE INDEX dead_letters_namespace ON dead_letters (namespace, id);
+        CREATE INDEX changes_context ON changes (context_id, sequence);
+        """,
+        postgres="""
+        CREATE TABLE events (
+            id              BIGSERIAL PRIMARY KEY,
+            context_id      UUID NOT NULL,
+            type            TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            idempotency_key TEXT,
+            revision        BIGINT NOT NULL,
+            sequence        BIGINT NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL
+        );
+        CREATE UNIQUE INDEX events_idempotency ON events (context_id, idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX events_context ON events (context_id, id);
+
+        CREATE TABLE dead_letters (
+            id              BIGSERIAL PRIMARY KEY,
+            namespace       TEXT NOT NULL,
+            context_id      UUID NOT NULL,
+            name            TEXT NOT NULL,
+            type            TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            idempotency_key TEXT,
+            attempts        INTEGER NOT NULL,
+            last_error      TEXT NOT NULL,
+            created_at      TIMESTAMPTZ NOT NULL,
+            replayed_at     TIMESTAMPTZ,
+            replay_revision BIGINT
+        );
+        CREATE INDEX dead_letters_namespace ON dead_letters (namespace, id);
+        CREATE INDEX changes_context ON changes (context_id, sequence);
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

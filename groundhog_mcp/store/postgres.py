@@ -27,6 +27,7 @@ the outcome is then unknown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import uuid
@@ -42,7 +43,7 @@ from psycopg import AsyncConnection, AsyncCursor, errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg.types.string import TextLoader
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from groundhog_mcp import schemas
 from groundhog_mcp.errors import (
@@ -65,7 +66,18 @@ from groundhog_mcp.models import (
     parse_timestamp,
     utcnow,
 )
-from groundhog_mcp.store.base import Mutation, Mutator, NewContext, StoredContext, StoredRevision, StoreStatus
+from groundhog_mcp.store.base import (
+    DeadLetter,
+    EventAlreadyHandled,
+    EventRecord,
+    Mutation,
+    Mutator,
+    NewContext,
+    StoredContext,
+    StoredEvent,
+    StoredRevision,
+    StoreStatus,
+)
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 
 __all__ = ["PostgresStore"]
@@ -79,6 +91,10 @@ _CONTEXT_COLUMNS: Final = (
     "state_size, created_at, updated_at"
 )
 _LIVE_ROW: Final = f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
+_DEAD_LETTER_COLUMNS: Final = (
+    "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
+    " replayed_at, replay_revision"
+)
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
 _MIGRATION_LOCK_CLASS = 0x67686D63
@@ -138,13 +154,13 @@ def _apply(row: TupleRow, mutator: Mutator) -> tuple[StoredContext, Mutation, st
     return current, mutation, text, snapshot
 
 
-def _missed_patch(row: TupleRow, snapshot: bytes) -> list[JSONObject]:
-    then = ContextState.from_json(json.loads(_decompress(snapshot)))
-    return json_diff(then.document(), _decode_context(row).state.document())
-
-
 def _revision_state(snapshot: bytes) -> ContextState:
     return ContextState.from_json(json.loads(_decompress(snapshot)))
+
+
+def _missed_patch(row: TupleRow, snapshot: bytes) -> list[JSONObject]:
+    """What happened between the snapshot the caller expected and the current state."""
+    return json_diff(_revision_state(snapshot).document(), _decode_context(row).state.document())
 
 
 async def _off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
@@ -197,17 +213,19 @@ class PostgresStore:
         pool_timeout_s: float = 10.0,
         auto_migrate: bool = True,
     ) -> None:
-        libpq_url, url_schema = _split_schema(url)
+        try:
+            libpq_url, url_schema = _split_schema(url)
+            params = conninfo_to_dict(libpq_url)
+        except (psycopg.ProgrammingError, ValueError) as exc:
+            raise InitializationError(
+                f"database: not a usable PostgreSQL connection string ({_first_line(exc)})"
+            ) from exc
         schema = pg_schema if pg_schema is not None else url_schema
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise InitializationError(
                 f"database: schema {schema!r} is not a plain PostgreSQL identifier "
                 "(letters, digits and _, starting with a letter or _, at most 63 characters)"
             )
-        try:
-            params = conninfo_to_dict(libpq_url)
-        except psycopg.ProgrammingError as exc:
-            raise InitializationError(f"database: not a usable PostgreSQL connection string ({exc})") from exc
         defaults: dict[str, Any] = {
             "connect_timeout": max(2, int(connect_timeout_s)),
             "application_name": "groundhog-mcp",
@@ -284,6 +302,8 @@ class PostgresStore:
                     committing = True
                     await conn.commit()
                     return result
+            except PoolClosed as exc:
+                raise InitializationError("database: the store is not open (it was closed)") from exc
             except PoolTimeout as exc:
                 raise StoreBusyError(
                     f"database: no connection to PostgreSQL at {self.location} within "
@@ -291,7 +311,7 @@ class PostgresStore:
                     f"pooled connections busy); {_nothing(writing)}, retry the call"
                 ) from exc
             except psycopg.OperationalError as exc:
-                lost = conn is None or conn.broken or conn.closed
+                lost = conn is not None and (conn.broken or conn.closed)
                 if lost and committing and writing:
                     raise StateUpdateError(
                         f"database: the connection to PostgreSQL at {self.location} was lost while committing "
@@ -524,9 +544,15 @@ class PostgresStore:
         mutator: Mutator,
         *,
         actor: str,
+        event: EventRecord | None = None,
     ) -> tuple[StoredContext, Change]:
         async def work(cur: _Cursor) -> tuple[StoredContext, Change]:
             row = await self._lock_live_row(cur, namespace, name)
+            if event is not None and event.idempotency_key is not None:
+                # Under the context's row lock: a second instance handling the same event waits, then sees it.
+                seen = await self._find_event(cur, row[0], event.idempotency_key)
+                if seen is not None:
+                    raise EventAlreadyHandled(seen)
             await self._check_expected(cur, row, expected_revision)
             # The mutator runs off the event loop, as the protocol promises (it may be slow).
             current, mutation, text, snapshot = await asyncio.to_thread(_apply, row, mutator)
@@ -556,9 +582,122 @@ class PostgresStore:
                 cur, current.id, namespace, current.name, revision, mutation.op, actor, now, mutation.patch
             )
             await self._snapshot(cur, change, snapshot, size)
+            if event is not None:
+                await cur.execute(
+                    "INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                    (
+                        current.id,
+                        event.type,
+                        dumps(event.payload),
+                        event.idempotency_key,
+                        revision,
+                        change.sequence,
+                        now,
+                    ),
+                )
             return stored, change
 
         return await self._run(work, writing=True)
+
+    # -- events and dead letters ------------------------------------------------------------
+
+    async def _find_event(self, cur: _Cursor, context_id: ContextId, key: str) -> StoredEvent | None:
+        await cur.execute(
+            "SELECT id, type, revision, sequence, created_at FROM events"
+            " WHERE context_id = %s AND idempotency_key = %s",
+            (context_id, key),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        return StoredEvent(row[0], context_id, row[1], key, row[2], row[3], _utc(row[4]))
+
+    async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
+        async def work(cur: _Cursor) -> StoredEvent | None:
+            return await self._find_event(cur, context_id, idempotency_key)
+
+        return await self._run(work, writing=False)
+
+    async def add_dead_letter(self, letter: DeadLetter) -> DeadLetter:
+        async def work(cur: _Cursor) -> DeadLetter:
+            if letter.id:
+                await cur.execute(
+                    "UPDATE dead_letters SET attempts = attempts + %s, last_error = %s WHERE id = %s",
+                    (letter.attempts, letter.last_error, letter.id),
+                )
+                return letter
+            await cur.execute(
+                "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
+                " last_error, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+                (
+                    letter.namespace,
+                    letter.context_id,
+                    letter.name,
+                    letter.type,
+                    dumps(letter.payload),
+                    letter.idempotency_key,
+                    letter.attempts,
+                    letter.last_error,
+                    letter.created_at,
+                ),
+            )
+            row = await cur.fetchone()
+            return dataclasses.replace(letter, id=int(row[0]) if row else 0)
+
+        return await self._run(work, writing=True)
+
+    async def list_dead_letters(
+        self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
+    ) -> list[DeadLetter]:
+        async def work(cur: _Cursor) -> list[TupleRow]:
+            await cur.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = %s AND id > %s"
+                " AND (%s::text IS NULL OR name = %s) AND (%s OR replayed_at IS NULL) ORDER BY id LIMIT %s",
+                (namespace, after_id, name, name, include_replayed, limit),
+            )
+            return await cur.fetchall()
+
+        return [_dead_letter(r) for r in await self._run(work, writing=False)]
+
+    async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = %s AND id = %s",
+                (namespace, letter_id),
+            )
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return _dead_letter(row) if row is not None else None
+
+    async def mark_replayed(self, letter_id: int, revision: int) -> None:
+        async def work(cur: _Cursor) -> None:
+            await cur.execute(
+                "UPDATE dead_letters SET replayed_at = %s, replay_revision = %s WHERE id = %s",
+                (utcnow(), revision, letter_id),
+            )
+
+        await self._run(work, writing=True)
+
+    async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
+        """Per context: (state updates after registration, events handled, open dead letters)."""
+
+        async def work(cur: _Cursor) -> list[TupleRow]:
+            await cur.execute(
+                "SELECT i.id,"
+                " (SELECT count(*) FROM changes c"
+                "  WHERE c.context_id = i.id AND c.op NOT IN ('register', 'unregister')),"
+                " (SELECT count(*) FROM events e WHERE e.context_id = i.id),"
+                " (SELECT count(*) FROM dead_letters d WHERE d.context_id = i.id AND d.replayed_at IS NULL)"
+                " FROM unnest(%s::uuid[]) WITH ORDINALITY AS i(id, n) ORDER BY i.n",
+                (context_ids,),
+            )
+            return await cur.fetchall()
+
+        if not context_ids:
+            return {}
+        return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in await self._run(work, writing=False)}
 
     async def unregister(
         self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
@@ -570,7 +709,11 @@ class PostgresStore:
             revision = int(row[8]) + 1
             now = utcnow()
             if purge:
+                # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
                 await cur.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
+                await cur.execute("UPDATE changes SET patch = NULL WHERE context_id = %s", (context_id,))
+                await cur.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
+                await cur.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
                 await cur.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
             else:
                 await cur.execute(
@@ -712,9 +855,12 @@ class PostgresStore:
             row = await cur.fetchone()
             if row is not None:
                 return row
-            await cur.execute("SELECT min(revision) FROM history WHERE context_id = %s", (context_id,))
+            await cur.execute(
+                "SELECT revision, op FROM history WHERE context_id = %s ORDER BY revision LIMIT 1", (context_id,)
+            )
             oldest = await cur.fetchone()
-            if oldest is not None and oldest[0] is not None and revision < oldest[0]:
+            # Below the registration snapshot lies an earlier context of the same name, not pruned history.
+            if oldest is not None and revision < oldest[0] and oldest[1] != "register":
                 return int(oldest[0])
             return None
 
@@ -1063,6 +1209,23 @@ def _import_rows(records: list[JSONObject]) -> _ImportRows:
         except (ValueError, TypeError, AttributeError) as exc:
             raise StateUpdateError(f"import: record {number} ({kind}): {exc}; nothing was imported") from None
     return rows
+
+
+def _dead_letter(row: TupleRow) -> DeadLetter:
+    return DeadLetter(
+        id=row[0],
+        namespace=row[1],
+        context_id=row[2],
+        name=row[3],
+        type=row[4],
+        payload=json.loads(row[5]),
+        idempotency_key=row[6],
+        attempts=row[7],
+        last_error=row[8],
+        created_at=_utc(row[9]),
+        replayed_at=_utc(row[10]) if row[10] is not None else None,
+        replay_revision=row[11],
+    )
 
 
 def _snapshot_json(blob: bytes) -> Any:

@@ -41,7 +41,17 @@ from groundhog_mcp.models import (
     parse_timestamp,
     utcnow,
 )
-from groundhog_mcp.store.base import Mutator, NewContext, StoredContext, StoredRevision, StoreStatus
+from groundhog_mcp.store.base import (
+    DeadLetter,
+    EventAlreadyHandled,
+    EventRecord,
+    Mutator,
+    NewContext,
+    StoredContext,
+    StoredEvent,
+    StoredRevision,
+    StoreStatus,
+)
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 
 __all__ = ["SQLiteStore"]
@@ -373,17 +383,28 @@ class SQLiteStore:
         mutator: Mutator,
         *,
         actor: str,
+        event: EventRecord | None = None,
     ) -> tuple[StoredContext, Change]:
-        return await self._call(self._mutate_sync, namespace, name, expected_revision, mutator, actor)
+        return await self._call(self._mutate_sync, namespace, name, expected_revision, mutator, actor, event)
 
     def _mutate_sync(
-        self, namespace: str, name: str, expected_revision: int | None, mutator: Mutator, actor: str
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        mutator: Mutator,
+        actor: str,
+        event: EventRecord | None = None,
     ) -> tuple[StoredContext, Change]:
         with self._write_transaction() as conn:
             row = self._live_row(conn, namespace, name)
             if row is None:
                 raise NotFoundError(f"name: no context named {name!r}")
             current = _decode_context(row)
+            if event is not None and event.idempotency_key is not None:
+                seen = self._find_event(conn, current.id, event.idempotency_key)
+                if seen is not None:
+                    raise EventAlreadyHandled(seen)
             self._check_expected(conn, current, expected_revision)
             mutation = mutator(current)
             state_text = dumps(mutation.state.to_json())
@@ -398,7 +419,138 @@ class SQLiteStore:
                 current, revision=revision, state=mutation.state, state_size=size, updated_at=parse_timestamp(now)
             )
             change = self._record(conn, stored, mutation.op, actor, now, mutation.patch, state_text)
+            if event is not None:
+                conn.execute(
+                    "INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (
+                        str(stored.id),
+                        event.type,
+                        dumps(event.payload),
+                        event.idempotency_key,
+                        revision,
+                        change.sequence,
+                        now,
+                    ),
+                )
             return stored, change
+
+    # -- events and dead letters ------------------------------------------------------------
+
+    def _find_event(self, conn: sqlite3.Connection, context_id: ContextId, key: str) -> StoredEvent | None:
+        row = conn.execute(
+            "SELECT id, type, revision, sequence, created_at FROM events WHERE context_id = ? AND idempotency_key = ?",
+            (str(context_id), key),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredEvent(row[0], context_id, row[1], key, row[2], row[3], parse_timestamp(row[4]))
+
+    async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
+        return await self._call(lambda: self._find_event(self._db, context_id, idempotency_key))
+
+    async def add_dead_letter(self, letter: DeadLetter) -> DeadLetter:
+        return await self._call(self._add_dead_letter_sync, letter)
+
+    def _add_dead_letter_sync(self, letter: DeadLetter) -> DeadLetter:
+        with self._write_transaction() as conn:
+            if letter.id:
+                conn.execute(
+                    "UPDATE dead_letters SET attempts = attempts + ?, last_error = ? WHERE id = ?",
+                    (letter.attempts, letter.last_error, letter.id),
+                )
+                return letter
+            cursor = conn.execute(
+                "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
+                " last_error, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    letter.namespace,
+                    str(letter.context_id),
+                    letter.name,
+                    letter.type,
+                    dumps(letter.payload),
+                    letter.idempotency_key,
+                    letter.attempts,
+                    letter.last_error,
+                    format_timestamp(letter.created_at),
+                ),
+            )
+            return dataclasses.replace(letter, id=int(cursor.lastrowid or 0))
+
+    _DEAD_LETTER_COLUMNS = (
+        "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
+        " replayed_at, replay_revision"
+    )
+
+    @staticmethod
+    def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+        return DeadLetter(
+            id=row[0],
+            namespace=row[1],
+            context_id=uuid.UUID(row[2]),
+            name=row[3],
+            type=row[4],
+            payload=json.loads(row[5]),
+            idempotency_key=row[6],
+            attempts=row[7],
+            last_error=row[8],
+            created_at=parse_timestamp(row[9]),
+            replayed_at=parse_timestamp(row[10]) if row[10] else None,
+            replay_revision=row[11],
+        )
+
+    async def list_dead_letters(
+        self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
+    ) -> list[DeadLetter]:
+        def run() -> list[DeadLetter]:
+            sql = f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id > ?"
+            params: list[Any] = [namespace, after_id]
+            if name is not None:
+                sql += " AND name = ?"
+                params.append(name)
+            if not include_replayed:
+                sql += " AND replayed_at IS NULL"
+            rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+            return [self._dead_letter(r) for r in rows]
+
+        return await self._call(run)
+
+    async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
+        def run() -> DeadLetter | None:
+            row = self._db.execute(
+                f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id = ?",
+                (namespace, letter_id),
+            ).fetchone()
+            return self._dead_letter(row) if row is not None else None
+
+        return await self._call(run)
+
+    async def mark_replayed(self, letter_id: int, revision: int) -> None:
+        def run() -> None:
+            with self._write_transaction() as conn:
+                conn.execute(
+                    "UPDATE dead_letters SET replayed_at = ?, replay_revision = ? WHERE id = ?",
+                    (format_timestamp(utcnow()), revision, letter_id),
+                )
+
+        await self._call(run)
+
+    async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
+        def run() -> dict[ContextId, tuple[int, int, int]]:
+            counts: dict[ContextId, tuple[int, int, int]] = {}
+            for context_id in context_ids:
+                key = (str(context_id),)
+                updates = self._db.execute(
+                    "SELECT count(*) FROM changes WHERE context_id = ? AND op NOT IN ('register', 'unregister')", key
+                ).fetchone()[0]
+                events = self._db.execute("SELECT count(*) FROM events WHERE context_id = ?", key).fetchone()[0]
+                letters = self._db.execute(
+                    "SELECT count(*) FROM dead_letters WHERE context_id = ? AND replayed_at IS NULL", key
+                ).fetchone()[0]
+                counts[context_id] = (int(updates), int(events), int(letters))
+            return counts
+
+        return await self._call(run)
 
     async def unregister(
         self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
@@ -421,6 +573,8 @@ class SQLiteStore:
                 # Purge removes the content everywhere: snapshots and the diffs in the change feed.
                 conn.execute("DELETE FROM history WHERE context_id = ?", (str(current.id),))
                 conn.execute("UPDATE changes SET patch = NULL WHERE context_id = ?", (str(current.id),))
+                conn.execute("DELETE FROM events WHERE context_id = ?", (str(current.id),))
+                conn.execute("DELETE FROM dead_letters WHERE context_id = ?", (str(current.id),))
                 conn.execute("DELETE FROM contexts WHERE id = ?", (str(current.id),))
             else:
                 conn.execute(

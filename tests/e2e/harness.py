@@ -59,6 +59,10 @@ TOOL_NAMES = frozenset(
         "diff_states",
         "rollback_state",
         "wait_for_change",
+        "emit_event",
+        "list_dead_letters",
+        "replay_dead_letter",
+        "get_metrics",
     }
 )
 

@@ -1,0 +1,230 @@
+"""The ``merge_states`` tool: merge contexts at revisions and inline states, optionally into a target."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field
+
+from groundhog_mcp.errors import MergeConflict, StateValidationError, ValidationIssue
+from groundhog_mcp.models import format_timestamp
+from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.outputs import StateValue
+from groundhog_mcp.server.tools import AppCtx, ExpectedRevision, Name, StateInput, _app, tool_errors  # pyright: ignore[reportPrivateUsage]
+from groundhog_mcp.service.merge import MAX_MERGE_INPUTS, MAX_REDUCERS, MergeOutcome, Provenance, SourceInfo
+
+__all__ = ["MAX_LISTED", "ConflictOut", "MergeInput", "MergeOut", "ProvenanceOut", "SourceOut", "register_merge_tool"]
+
+# Conflicts and provenance of a large merge can run to thousands: the tool lists the first ones.
+MAX_LISTED = 100
+
+StrategyArg = Literal["ordered", "three_way", "reducers"]
+ReducerArg = Literal["append", "union", "sum", "max", "min", "last"]
+OnConflictArg = Literal["fail", "ours", "theirs"]
+
+
+class MergeInput(BaseModel):
+    """One state to merge: a context at a revision, or an inline state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: Name | None = Field(default=None, description="a context's name: merge its state")
+    revision: int | None = Field(
+        default=None, ge=1, description="with context: the revision to take (current when omitted)"
+    )
+    state: StateInput | None = Field(default=None, description="instead of context: an inline state {data, ...}")
+
+    def as_source(self, field: str) -> dict[str, Any]:
+        if (self.context is None) == (self.state is None):
+            raise StateValidationError(
+                [ValidationIssue("", "give exactly one of context (a context at a revision) or state (inline)")],
+                field=field,
+            )
+        if self.state is not None:
+            if self.revision is not None:
+                raise StateValidationError(
+                    [ValidationIssue("", "revision goes with context, not with an inline state")], field=field
+                )
+            return {"state": self.state.model_dump()}
+        return {"context": self.context, "revision": self.revision}
+
+
+class SourceOut(BaseModel):
+    context: str | None = Field(description="the context read; null for an inline state")
+    revision: int | None = Field(description="the revision read; null for an inline state")
+
+    @classmethod
+    def of(cls, info: SourceInfo) -> SourceOut:
+        return cls(context=info.context, revision=info.revision)
+
+
+class ConflictOut(BaseModel):
+    path: str = Field(description="JSON Pointer into the state document (/data/..., /metadata/...)")
+    kind: str = Field(description="both_modified | modify_delete | add_add | type_mismatch")
+    base: Any = Field(description="value in the base (null when absent there)")
+    ours: Any = Field(description="value on our side: the earlier input, or the merge of the earlier inputs")
+    theirs: Any = Field(description="value on their side: the later input")
+    absent: list[str] = Field(description="sides where the path does not exist (base, ours, theirs)")
+
+    @classmethod
+    def of(cls, conflict: MergeConflict) -> ConflictOut:
+        return cls(
+            path=conflict.path,
+            kind=conflict.kind,
+            base=conflict.base,
+            ours=conflict.ours,
+            theirs=conflict.theirs,
+            absent=list(conflict.absent),
+        )
+
+
+class ProvenanceOut(BaseModel):
+    path: str = Field(description="a top-level path (/data/key or /metadata/key) more than one input set")
+    inputs: list[int] = Field(description="indexes (from 0) of the inputs that set or changed it")
+    winner: int | None = Field(description="the input whose value the result holds; null when combined from several")
+
+    @classmethod
+    def of(cls, provenance: Provenance) -> ProvenanceOut:
+        return cls(path=provenance.path, inputs=list(provenance.inputs), winner=provenance.winner)
+
+
+class MergeOut(BaseModel):
+    strategy: str
+    state: StateValue | None = Field(
+        description="the merged state; null only when a dry run found conflicts and on_conflict is 'fail'"
+    )
+    conflicts: list[ConflictOut] = Field(description=f"conflicts found (first {MAX_LISTED}), resolved by on_conflict")
+    conflict_count: int
+    provenance: list[ProvenanceOut] = Field(description=f"who won each contested top-level path (first {MAX_LISTED})")
+    provenance_count: int
+    inputs: list[SourceOut] = Field(description="what each input resolved to, in order")
+    base: SourceOut | None = Field(description="the base of a three_way merge")
+    dry_run: bool
+    written: bool = Field(description="true when the result was written to target as a new revision")
+    target: str | None = None
+    revision: int | None = Field(default=None, description="the target's new revision; use as expected_revision next")
+    previous_revision: int | None = None
+    sequence: int | None = Field(default=None, description="store-wide change sequence of the write")
+    timestamp: str | None = None
+    changed_paths: list[str] = Field(default_factory=list, description="JSON Pointers the write changed (first 20)")
+
+    @classmethod
+    def of(cls, outcome: MergeOutcome, target: str | None) -> MergeOut:
+        out = cls(
+            strategy=outcome.strategy,
+            state=StateValue.of(outcome.state) if outcome.state is not None else None,
+            conflicts=[ConflictOut.of(c) for c in outcome.conflicts[:MAX_LISTED]],
+            conflict_count=len(outcome.conflicts),
+            provenance=[ProvenanceOut.of(p) for p in outcome.provenance[:MAX_LISTED]],
+            provenance_count=len(outcome.provenance),
+            inputs=[SourceOut.of(i) for i in outcome.inputs],
+            base=SourceOut.of(outcome.base) if outcome.base is not None else None,
+            dry_run=outcome.dry_run,
+            written=outcome.write is not None,
+            target=target,
+        )
+        if outcome.write is not None:
+            change = outcome.write.change
+            out.revision = outcome.write.context.revision
+            out.previous_revision = outcome.write.previous_revision
+            out.sequence = change.sequence
+            out.timestamp = format_timestamp(change.timestamp)
+            out.changed_paths = [str(op.get("path", "")) for op in (change.patch or [])][:20]
+        return out
+
+
+@tool_errors
+async def merge_states(
+    ctx: AppCtx,
+    inputs: Annotated[
+        list[MergeInput],
+        Field(
+            description=(
+                "2-16 states in order: {context, revision?} (revision omitted = current) or "
+                "{state: {data, metadata?, version?}}"
+            ),
+            min_length=2,
+            max_length=MAX_MERGE_INPUTS,
+        ),
+    ],
+    strategy: Annotated[
+        StrategyArg,
+        Field(
+            description=(
+                "ordered: RFC 7396 fold, later inputs win; three_way: merge each input's changes since base; "
+                "reducers: key-by-key, the same however inputs are batched"
+            )
+        ),
+    ] = "ordered",
+    base: Annotated[
+        MergeInput | None,
+        Field(
+            description=(
+                "three_way only: the state the inputs started from, e.g. {context, revision} you read; "
+                "default: the lowest revision given when all inputs are revisions of one context"
+            )
+        ),
+    ] = None,
+    reducers: Annotated[
+        dict[str, ReducerArg] | None,
+        Field(
+            description=(
+                "JSON Pointer into the state (/data/... or /metadata/...) -> append | union | sum | max | min | "
+                'last, e.g. {"/data/log": "append", "/data/visits": "sum"}; other arrays are replaced whole'
+            ),
+            max_length=MAX_REDUCERS,
+        ),
+    ] = None,
+    on_conflict: Annotated[
+        OnConflictArg,
+        Field(description="three_way/reducers conflicts: fail (error listing them), ours (earlier) or theirs (later)"),
+    ] = "fail",
+    target: Annotated[
+        Name | None, Field(description="write the merged state to this context as a new revision")
+    ] = None,
+    expected_revision: ExpectedRevision = None,
+    dry_run: Annotated[bool, Field(description="compute and check everything, list conflicts, write nothing")] = False,
+) -> MergeOut:
+    """Merge two or more JSON states into one: contexts at revisions ({context, revision?}) and/or
+    inline states ({state: {data, metadata?, version?}}); data and metadata merge alike.
+    strategy 'ordered' (default) applies each input over the previous one as an RFC 7396 merge
+    patch: objects merge key by key, null deletes, later inputs win; provenance says which input
+    won each top-level key. 'three_way' merges what each input changed since a common base: pass
+    base (usually {context, revision} of the revision you started from); when all inputs are
+    revisions of one context the lowest one is the base. Changes to different keys combine; a key
+    both sides changed differently is a conflict {path, kind, base, ours, theirs}, and
+    on_conflict decides: 'fail' (default: an error listing them), 'ours' (earlier input) or
+    'theirs' (later input). 'reducers' merges key by key, last input wins, with the same result
+    however the inputs are batched. reducers (any strategy) combine values at given paths instead:
+    append, union, sum, max, min, last. Give target and expected_revision (the target's revision
+    you read) to write the result as one new revision; dry_run=true previews the result and its
+    conflicts without writing."""
+    sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
+    outcome = await _app(ctx).manager.merge(
+        sources,
+        strategy=strategy,
+        base=base.as_source("base") if base is not None else None,
+        reducers=reducers,
+        on_conflict=on_conflict,
+        target=target,
+        expected_revision=expected_revision,
+        dry_run=dry_run,
+    )
+    return MergeOut.of(outcome, target)
+
+
+_MERGE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+
+
+def register_merge_tool(server: MCPServer[AppContext]) -> None:
+    """Add ``merge_states`` to ``server`` (called by :func:`groundhog_mcp.server.build.build_server`)."""
+    server.add_tool(
+        merge_states,
+        title="Merge states",
+        description=inspect.cleandoc(merge_states.__doc__ or ""),
+        annotations=_MERGE,
+        structured_output=True,
+    )
