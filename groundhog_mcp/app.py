@@ -56,11 +56,14 @@ class Settings(BaseModel):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     max_state_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_depth: int = Field(default=64, ge=2, le=1000)
+    max_read_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
     principal: str = Field(default="local", min_length=1, max_length=128)
     namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,128}$")
 
     def limits(self) -> Limits:
-        return Limits(max_state_bytes=self.max_state_bytes, max_depth=self.max_depth)
+        return Limits(
+            max_state_bytes=self.max_state_bytes, max_depth=self.max_depth, max_read_bytes=self.max_read_bytes
+        )
 
 
 def load_settings(

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from groundhog_mcp.models import Change, ContextState, HistoryEntry, format_timestamp
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
+from groundhog_mcp.service.reading import TooLarge
 from groundhog_mcp.store.base import DeadLetter, StoredContext
 
 __all__ = [
@@ -98,6 +99,30 @@ class ListOut(BaseModel):
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 
 
+class PartOut(BaseModel):
+    path: str = Field(description="JSON Pointer to pass as path")
+    type: str
+    bytes: int
+
+
+class TooLargeOut(BaseModel):
+    bytes: int = Field(description="size of the value that was not returned")
+    limit: int = Field(description="the server's read limit (max_read_bytes)")
+    parts: list[PartOut] = Field(description="its children with their sizes (first 50)")
+    more_parts: int = Field(description="children not listed")
+    hint: str
+
+    @classmethod
+    def of(cls, too_large: TooLarge, hint: str) -> TooLargeOut:
+        return cls(
+            bytes=too_large.bytes,
+            limit=too_large.limit,
+            parts=[PartOut(**p) for p in too_large.parts],
+            more_parts=too_large.more_parts,
+            hint=too_large.hint(hint),
+        )
+
+
 class StateOut(BaseModel):
     name: str
     revision: int = Field(description="the revision returned")
@@ -105,6 +130,9 @@ class StateOut(BaseModel):
     path: str | None = Field(default=None, description="the JSON Pointer read, when one was given")
     value: Any = Field(default=None, description="the value at path (only when path was given)")
     state: StateValue | None = Field(default=None, description="the whole state (when no path was given)")
+    too_large: TooLargeOut | None = Field(
+        default=None, description="set instead of value/state when it exceeds the read limit: read its parts by path"
+    )
 
 
 class WriteOut(BaseModel):

@@ -13,10 +13,11 @@ from mcp_types import INVALID_PARAMS, ListResourcesResult, PaginatedRequestParam
 
 from groundhog_mcp import schemas
 from groundhog_mcp.errors import ContextError, NotFoundError
-from groundhog_mcp.models import dumps
+from groundhog_mcp.models import ContextState, dumps
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.notify import state_uri
-from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, summary_of
+from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, TooLargeOut, summary_of
+from groundhog_mcp.service.reading import TooLarge, bounded
 
 __all__ = ["register_resources"]
 
@@ -64,10 +65,21 @@ async def context_resource(name: str, ctx: AppCtx) -> str:
     return ContextOut.of(await _app(ctx).manager.get(name)).model_dump_json()
 
 
+def _state_document(name: str, revision: int, state: ContextState, limit: int) -> str:
+    if bounded(state.to_json(), "", limit) is None:
+        return dumps({"name": name, "revision": revision, "state": StateValue.of(state).model_dump()})
+    outline = bounded(state.data, "", 0)
+    assert outline is not None  # a limit of 0 always outlines
+    too_large = TooLarge(len(dumps(state.to_json()).encode("utf-8")), limit, outline.parts, outline.more_parts)
+    hint = f"call get_state(name={name!r}, revision={revision}, path=<a part's path>)"
+    return dumps({"name": name, "revision": revision, "too_large": TooLargeOut.of(too_large, hint).model_dump()})
+
+
 @_resource_errors
 async def state_resource(name: str, ctx: AppCtx) -> str:
-    _, revision, state = await _app(ctx).manager.read(name)
-    return dumps({"name": name, "revision": revision, "state": StateValue.of(state).model_dump()})
+    manager = _app(ctx).manager
+    _, revision, state = await manager.read(name)
+    return _state_document(name, revision, state, manager.limits.max_read_bytes)
 
 
 @_resource_errors
@@ -88,8 +100,9 @@ async def history_resource(name: str, ctx: AppCtx) -> str:
 async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
     if not revision.isdigit() or int(revision) < 1 or len(revision) > 18:
         raise MCPError(code=INVALID_PARAMS, message=f"revision: must be a positive integer; got {revision[:40]!r}")
-    _, at, state = await _app(ctx).manager.read(name, int(revision))
-    return dumps({"name": name, "revision": at, "state": StateValue.of(state).model_dump()})
+    manager = _app(ctx).manager
+    _, at, state = await manager.read(name, int(revision))
+    return _state_document(name, at, state, manager.limits.max_read_bytes)
 
 
 async def schema_resource(name: str) -> str:

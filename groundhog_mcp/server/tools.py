@@ -31,6 +31,7 @@ from groundhog_mcp.server.outputs import (
     RevisionOut,
     StateOut,
     StateValue,
+    TooLargeOut,
     UnregisterOut,
     ValidationIssueOut,
     ValidationOut,
@@ -39,6 +40,7 @@ from groundhog_mcp.server.outputs import (
 )
 from groundhog_mcp.service import Event, WriteResult
 from groundhog_mcp.service.patching import resolve_pointer
+from groundhog_mcp.service.reading import TooLarge, bounded
 
 __all__ = ["register_tools"]
 
@@ -231,12 +233,32 @@ async def get_state(
     ] = None,
 ) -> StateOut:
     """Read a context's state (data, metadata, timestamp, format version) and its revision.
-    Keep the revision: pass it as expected_revision when you write."""
-    context, at, state = await _app(ctx).manager.read(name, revision)
+    Keep the revision: pass it as expected_revision when you write. A state larger than the
+    server's read limit comes back as too_large, listing its parts: read those with path."""
+    manager = _app(ctx).manager
+    context, at, state = await manager.read(name, revision)
+    limit = manager.limits.max_read_bytes
+    out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
+    revision_arg = f", revision={at}" if revision is not None else ""
     if path is not None:
         value = resolve_pointer(state.data, path)
-        return StateOut(name=name, revision=at, current_revision=context.revision, path=path, value=value)
-    return StateOut(name=name, revision=at, current_revision=context.revision, state=StateValue.of(state))
+        too_large = bounded(value, path, limit)
+        if too_large is not None:
+            out.too_large = TooLargeOut.of(too_large, f"get_state(name={name!r}, path=<a part's path>{revision_arg})")
+        else:
+            out.value = value
+        return out
+    too_large = bounded(state.to_json(), "", limit)
+    if too_large is not None:
+        data_outline = bounded(state.data, "", 0)
+        assert data_outline is not None  # a limit of 0 always outlines
+        out.too_large = TooLargeOut.of(
+            TooLarge(too_large.bytes, limit, data_outline.parts, data_outline.more_parts),
+            f"get_state(name={name!r}, path=<a part's path>{revision_arg})",
+        )
+    else:
+        out.state = StateValue.of(state)
+    return out
 
 
 @tool_errors

@@ -39,6 +39,7 @@ class Limits:
     max_page: int = 100
     max_history_page: int = 100
     max_event_payload_bytes: int = 256 * 1024
+    max_read_bytes: int = 256 * 1024
 
 
 def _escape(key: str) -> str:

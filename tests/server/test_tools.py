@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -205,3 +206,24 @@ async def test_argument_errors_name_field_and_rule_without_noise(client: Client)
         text = await fail(client, tool, **arguments)
         assert expected in text, text
         assert "pydantic" not in text and "input_value" not in text
+
+
+async def test_large_states_are_read_in_parts(client: Client) -> None:
+    big = {"notes": "n" * 200_000, "log": ["x" * 1000] * 100, "small": {"a": 1}}
+    await call(client, "register_context", name="big", state={"data": big})
+    whole = await call(client, "get_state", name="big")
+    assert whole["state"] is None and whole["revision"] == 1
+    too_large = whole["too_large"]
+    assert too_large["limit"] == 256 * 1024 and too_large["bytes"] > too_large["limit"]
+    assert {p["path"]: p["type"] for p in too_large["parts"]} == {
+        "/notes": "string",
+        "/log": "array",
+        "/small": "object",
+    }
+    assert "read its parts one at a time" in too_large["hint"] and "path=" in too_large["hint"]
+    part = await call(client, "get_state", name="big", path="/small")
+    assert part["value"] == {"a": 1} and part["too_large"] is None
+    assert (await call(client, "get_state", name="big", path="/log/3"))["value"] == "x" * 1000
+    resource = await client.read_resource("groundhog://contexts/big/state")
+    document = json.loads(resource.contents[0].text)  # type: ignore[union-attr]
+    assert "state" not in document and document["too_large"]["parts"][0]["path"] == "/notes"

@@ -1,0 +1,63 @@
+"""Bounded reads: a value too large to return is described by its parts instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from groundhog_mcp.models import dumps
+
+__all__ = ["TooLarge", "bounded"]
+
+_MAX_PARTS = 50
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool) or value is None:
+        return "boolean" if isinstance(value, bool) else "null"
+    return "number"
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """What a client gets instead of a value larger than ``limit``: sizes of its parts."""
+
+    bytes: int
+    limit: int
+    parts: list[dict[str, Any]]
+    more_parts: int
+
+    def hint(self, tool_hint: str) -> str:
+        return (
+            f"the value is {self.bytes} bytes, more than the read limit of {self.limit} bytes; "
+            f"read its parts one at a time: {tool_hint}"
+        )
+
+
+def bounded(value: Any, base_pointer: str, limit: int) -> TooLarge | None:
+    """None when ``value`` fits in ``limit`` bytes; otherwise an outline of its children."""
+    size = len(dumps(value).encode("utf-8"))
+    if size <= limit:
+        return None
+    children: list[tuple[str, Any]]
+    if isinstance(value, dict):
+        children = [(f"{base_pointer}/{_escape(k)}", v) for k, v in value.items()]  # pyright: ignore[reportUnknownVariableType]
+    elif isinstance(value, list):
+        children = [(f"{base_pointer}/{i}", v) for i, v in enumerate(value)]  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+    else:
+        children = []
+    parts = [
+        {"path": pointer, "type": _kind(child), "bytes": len(dumps(child).encode("utf-8"))}
+        for pointer, child in children[:_MAX_PARTS]
+    ]
+    return TooLarge(bytes=size, limit=limit, parts=parts, more_parts=max(0, len(children) - _MAX_PARTS))
