@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import sys
 import tomllib
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
 import structlog
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from mcp.server.subscriptions import InMemorySubscriptionBus
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import InitializationError
 from groundhog_mcp.models import Principal
+from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server import AppContext, Notifier, build_server
+from groundhog_mcp.server.http import HttpConfig, HttpServer, bind_socket, refuse_unauthenticated_bind, token_auth
+from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.service import Limits, StateManager
-from groundhog_mcp.store import open_store
+from groundhog_mcp.store import Retention, open_store
 
 __all__ = [
     "Settings",
@@ -30,11 +37,15 @@ __all__ = [
     "create_server",
     "default_config_path",
     "default_database",
+    "default_token_file",
     "load_settings",
     "open_manager",
+    "serve_http",
 ]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+log = structlog.get_logger("groundhog_mcp.app")
 
 
 def default_database() -> Path:
@@ -43,6 +54,10 @@ def default_database() -> Path:
 
 def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "config.toml"
+
+
+def default_token_file() -> Path:
+    return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "tokens.json"
 
 
 class Settings(BaseModel):
@@ -57,8 +72,26 @@ class Settings(BaseModel):
     max_state_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_depth: int = Field(default=64, ge=2, le=1000)
     max_read_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    keep_revisions: int = Field(default=100, ge=0, description="history revisions kept per context; 0 keeps all")
+    keep_days: float | None = Field(default=None, gt=0, description="drop history older than this many days")
     principal: str = Field(default="local", min_length=1, max_length=128)
     namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    # The HTTP transports (docs/http.md). Lists from the environment are comma-separated.
+    transport: Literal["stdio", "http", "sse"] = "stdio"
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    port: int = Field(default=8765, ge=0, le=65535, description="0: any free port (logged at start)")
+    allowed_hosts: list[str] = Field(default_factory=list[str], description="Host headers to accept besides localhost")
+    allowed_origins: list[str] = Field(default_factory=list[str], description="Origin headers to accept")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    token_file: str = Field(default_factory=lambda: str(default_token_file()))
+    insecure_no_auth: bool = False
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     def limits(self) -> Limits:
         return Limits(
@@ -132,7 +165,12 @@ def configure_logging(level: str = "INFO") -> None:
 def open_manager(settings: Settings) -> StateManager:
     """A state manager over the configured database (not started yet)."""
     return StateManager(
-        open_store(settings.database, busy_timeout_ms=settings.busy_timeout_ms, synchronous=settings.synchronous),
+        open_store(
+            settings.database,
+            busy_timeout_ms=settings.busy_timeout_ms,
+            synchronous=settings.synchronous,
+            retention=Retention(keep_revisions=settings.keep_revisions, keep_days=settings.keep_days),
+        ),
         limits=settings.limits(),
         principal=Principal(name=settings.principal, namespace=settings.namespace),
     )
@@ -177,13 +215,20 @@ async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0)
     return generate_latest(registry).decode()
 
 
-def create_server(settings: Settings, manager: StateManager | None = None) -> MCPServer[AppContext]:
+def create_server(
+    settings: Settings,
+    manager: StateManager | None = None,
+    *,
+    token_verifier: TokenVerifier | None = None,
+    auth: AuthSettings | None = None,
+) -> MCPServer[AppContext]:
     """The MCP server. With ``manager`` the caller owns it (already started); otherwise the
-    lifespan opens and closes one from ``settings``."""
+    lifespan opens and closes one from ``settings``. With ``token_verifier`` and ``auth`` (HTTP
+    only) every request needs a bearer token and runs as the token's principal."""
 
     @asynccontextmanager
     async def lifespan(
-        server: MCPServer[AppContext], subscriptions: InMemorySubscriptionBus
+        server: MCPServer[AppContext], subscriptions: NamespacedSubscriptionBus
     ) -> AsyncGenerator[AppContext]:
         own = manager is None
         active = open_manager(settings) if manager is None else manager
@@ -192,10 +237,80 @@ def create_server(settings: Settings, manager: StateManager | None = None) -> MC
         notifier = Notifier(active.bus, subscriptions, namespace=active.principal.namespace)
         await notifier.start()
         try:
-            yield AppContext(manager=active, notifier=notifier)
+            yield AppContext(manager=active, notifier=notifier, authenticated=token_verifier is not None)
         finally:
             await notifier.stop()
             if own:
                 await active.close()
 
-    return build_server(lifespan, version=__version__)
+    return build_server(lifespan, version=__version__, token_verifier=token_verifier, auth=auth)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def serve_http(settings: Settings) -> None:
+    """Serve ``settings.transport`` (``http`` or ``sse``) until SIGTERM/SIGINT.
+
+    Stopping: uvicorn stops accepting, event streams end, requests in flight get a bounded
+    time to finish; then the state manager closes, which waits for every write already handed
+    to the store, so nothing is left half-written.
+    """
+    transport: Literal["http", "sse"] = "sse" if settings.transport == "sse" else "http"
+    store = TokenStore(settings.token_file)
+    authenticated = not settings.insecure_no_auth and await asyncio.to_thread(store.exists)
+    wanted = HttpConfig(
+        transport=transport,
+        host=settings.host,
+        port=settings.port,
+        allowed_hosts=tuple(settings.allowed_hosts),
+        allowed_origins=tuple(settings.allowed_origins),
+        max_body_bytes=settings.max_body_bytes,
+    )
+    refuse_unauthenticated_bind(wanted, authenticated=authenticated, insecure_no_auth=settings.insecure_no_auth)
+    if settings.insecure_no_auth:
+        log.warning(
+            "authentication is OFF (insecure_no_auth): requests are not checked for a bearer token",
+            token_file_ignored=await asyncio.to_thread(store.exists),
+        )
+    elif authenticated:
+        tokens = await asyncio.to_thread(store.list)
+        if not any(not t.revoked for t in tokens):
+            log.warning(
+                "the token file holds no active token: every request will be refused", token_file=str(store.path)
+            )
+        problem = await asyncio.to_thread(store.permission_problem)
+        if problem:
+            log.warning(problem)
+    else:
+        log.info("no token file: requests are not authenticated (loopback only)", token_file=str(store.path))
+    sock = bind_socket(settings.host, settings.port)
+    loop = asyncio.get_running_loop()
+    http: HttpServer | None = None
+    try:
+        config = replace(wanted, port=sock.getsockname()[1])
+        manager = open_manager(settings)
+        await manager.start()
+        try:
+            verifier, auth = token_auth(store, config) if authenticated else (None, None)
+            http = HttpServer(create_server(settings, manager, token_verifier=verifier, auth=auth), config)
+            for signum in _STOP_SIGNALS:
+                loop.add_signal_handler(signum, http.stop)
+            log.info(
+                "serving",
+                transport=transport,
+                url=config.url,
+                port=config.port,
+                authenticated=authenticated,
+                database=settings.database,
+                version=__version__,
+            )
+            await http.serve(sock)
+        finally:
+            # The handlers stay until the writes have committed: a signal now changes nothing.
+            await manager.close()
+            log.info("stopped", signal=http is not None and http.stopping.is_set())
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        sock.close()

@@ -16,11 +16,20 @@ from typing import Any, TextIO
 import structlog
 
 from groundhog_mcp import __version__
-from groundhog_mcp.app import Settings, configure_logging, create_server, load_settings, open_manager, prometheus_text
+from groundhog_mcp.app import (
+    Settings,
+    configure_logging,
+    create_server,
+    load_settings,
+    open_manager,
+    prometheus_text,
+    serve_http,
+)
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import dumps, format_timestamp
+from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import open_store
+from groundhog_mcp.store import Store, open_store
 
 __all__ = ["main"]
 
@@ -32,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--database",
         default=argparse.SUPPRESS,
-        help="SQLite file (default: user data dir; env GROUNDHOG_DATABASE)",
+        help="SQLite file, or postgresql://user@host/db?schema=NAME (default: SQLite in the user data dir; "
+        "env GROUNDHOG_DATABASE)",
     )
     common.add_argument(
         "--log-level",
@@ -52,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the MCP server (default)")
-    serve.add_argument("--transport", choices=["stdio"], default="stdio", help="only stdio in this version")
+    _add_http_arguments(serve)
+    _add_token_commands(commands, common)
 
     contexts = commands.add_parser("contexts", parents=[common], help="list or show contexts")
     contexts_commands = contexts.add_subparsers(dest="contexts_command", metavar="ACTION", required=True)
@@ -96,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": getattr(args, "log_level", None),
         "busy_timeout_ms": getattr(args, "busy_timeout_ms", None),
     }
+    flags.update(_http_flags(args))
     try:
         settings = load_settings(flags, config_file=getattr(args, "config", None))
     except ContextError as exc:
@@ -104,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     command = args.command or "serve"
     try:
+        if command == "tokens":
+            return _tokens(args, settings)
         if command == "serve":
             return asyncio.run(_serve(settings))
         return asyncio.run(_run_command(command, args, settings))
@@ -120,9 +134,12 @@ async def _serve(settings: Settings) -> int:
     SIGTERM/SIGINT stop it gracefully: no new requests, writes already handed to the store
     commit, the file is closed, then the process exits.
     """
+    if settings.transport != "stdio":
+        await serve_http(settings)
+        return 0
     manager = open_manager(settings)
     await manager.start()
-    log.info("serving", transport="stdio", database=settings.database, version=__version__)
+    log.info("serving", transport="stdio", database=(await manager.store.status()).location, version=__version__)
     server = create_server(settings, manager)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -148,24 +165,33 @@ async def _serve(settings: Settings) -> int:
 
 
 @asynccontextmanager
-async def _manager(settings: Settings, *, auto_migrate: bool = True) -> AsyncGenerator[StateManager]:
-    manager = (
-        open_manager(settings)
-        if auto_migrate
-        else StateManager(
-            open_store(
-                settings.database,
-                busy_timeout_ms=settings.busy_timeout_ms,
-                synchronous=settings.synchronous,
-                auto_migrate=False,
-            )
-        )
-    )
+async def _manager(settings: Settings) -> AsyncGenerator[StateManager]:
+    manager = open_manager(settings)
     await manager.start()
     try:
         yield manager
     finally:
         await manager.close()
+
+
+@asynccontextmanager
+async def _unmigrated_store(settings: Settings) -> AsyncGenerator[Store]:
+    """The store alone, as it is (no migration, no change feed): for ``db status`` and ``db migrate``."""
+    store = open_store(
+        settings.database,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        synchronous=settings.synchronous,
+        auto_migrate=False,
+    )
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _is_url(database: str) -> bool:
+    return database.startswith(("postgresql://", "postgres://"))
 
 
 def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
@@ -174,17 +200,18 @@ def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
 
 async def _run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
     if command == "db" and args.db_command == "status":
-        if not Path(settings.database).exists():
+        # Opening a missing SQLite file would create it; a server URL has nothing to check here.
+        if not _is_url(settings.database) and not Path(settings.database).expanduser().exists():
             print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
             return 1
-        async with _manager(settings, auto_migrate=False) as manager:
-            status = await manager.store.status()
+        async with _unmigrated_store(settings) as store:
+            status = await store.status()
             _print_json(status.__dict__)
         return 0
     if command == "db" and args.db_command == "migrate":
-        async with _manager(settings, auto_migrate=False) as manager:
-            applied = await manager.store.migrate()
-            status = await manager.store.status()
+        async with _unmigrated_store(settings) as store:
+            applied = await store.migrate()
+            status = await store.status()
         _print_json({"applied": applied, "schema_version": status.schema_version})
         return 0
     if command == "import":
@@ -266,5 +293,84 @@ async def _import(file: str, settings: Settings) -> int:
             source.close()
     async with _manager(settings) as manager:
         imported = await manager.store.import_records(records)
-    print(f"imported {imported} contexts into {settings.database}", file=sys.stderr)
+        location = (await manager.store.status()).location  # a URL without its password
+    print(f"imported {imported} contexts into {location}", file=sys.stderr)
+    return 0
+
+
+# -- HTTP transports and bearer tokens (docs/http.md) -----------------------------------------
+
+
+def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "http", "sse"],
+        default=argparse.SUPPRESS,
+        help="stdio (default), http (streamable HTTP at /mcp) or sse (legacy HTTP+SSE at /sse)",
+    )
+    serve.add_argument("--host", default=argparse.SUPPRESS, help="HTTP bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="HTTP port (default 8765; 0: any free)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        default=argparse.SUPPRESS,
+        metavar="HOST[:PORT]",
+        help="also accept this Host header (repeatable; e.g. the name a proxy forwards)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        default=argparse.SUPPRESS,
+        metavar="ORIGIN",
+        help="also accept this Origin header (repeatable; e.g. https://app.example.com)",
+    )
+    serve.add_argument("--token-file", default=argparse.SUPPRESS, help="bearer token file (env GROUNDHOG_TOKEN_FILE)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)",
+    )
+
+
+def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    shared = argparse.ArgumentParser(add_help=False, parents=[common])
+    shared.add_argument("--token-file", default=argparse.SUPPRESS, help="token file (env GROUNDHOG_TOKEN_FILE)")
+    tokens = commands.add_parser("tokens", parents=[shared], help="bearer tokens for the HTTP transports")
+    actions = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    create = actions.add_parser("create", parents=[shared], help="create a token; it is printed once")
+    create.add_argument("--principal", required=True, help="who the token acts as (shown in logs and history)")
+    create.add_argument("--namespace", default=None, help="the namespace it may use (default: the configured one)")
+    actions.add_parser("list", parents=[shared], help="list tokens (never the tokens themselves)")
+    revoke = actions.add_parser("revoke", parents=[shared], help="revoke a token at once")
+    revoke.add_argument("id", help="the token's id, as `tokens list` shows it")
+
+
+def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("transport", "host", "port", "allowed_hosts", "allowed_origins", "token_file", "insecure_no_auth")
+    return {name: getattr(args, name, None) for name in names}
+
+
+def _tokens(args: argparse.Namespace, settings: Settings) -> int:
+    store = TokenStore(settings.token_file)
+    if args.tokens_command == "create":
+        record, token = store.create(args.principal, args.namespace or settings.namespace)
+        print(token)
+        print(
+            f"created token {record.id} for principal {record.principal!r} in namespace {record.namespace!r} "
+            f"({store.path}); it is shown only this once: keep it now. Send it as 'Authorization: Bearer <token>'.",
+            file=sys.stderr,
+        )
+    elif args.tokens_command == "list":
+        for record in store.list():
+            status = f"revoked {format_timestamp(record.revoked_at)}" if record.revoked_at else "active"
+            if record.revoked and not record.revoked_at:
+                status = "revoked"
+            created = format_timestamp(record.created_at)
+            print(f"{record.id}\t{record.principal}\t{record.namespace}\tcreated {created}\t{status}")
+    elif args.tokens_command == "revoke":
+        record = store.revoke(args.id)
+        print(f"token {record.id} of {record.principal!r} is revoked", file=sys.stderr)
     return 0

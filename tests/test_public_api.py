@@ -22,6 +22,7 @@ EXPECTED = {
     "InitializationError",
     "LimitExceededError",
     "Limits",
+    "MergeConflictError",
     "NotFoundError",
     "Principal",
     "SQLiteStore",
@@ -46,6 +47,7 @@ def test_error_tree() -> None:
     for error in (g.InitializationError, g.StateUpdateError, g.EventHandlingError, g.StateValidationError):
         assert issubclass(error, g.ContextError)
     assert issubclass(g.ConflictError, g.StateUpdateError)
+    assert issubclass(g.MergeConflictError, g.StateUpdateError)
     assert issubclass(g.CompactedError, g.NotFoundError)
     for error in (g.NotFoundError, g.AccessDeniedError, g.LimitExceededError, g.StoreBusyError):
         assert issubclass(error, g.ContextError)

@@ -1,4 +1,9 @@
 """Security: principals and access (stdio runs as one local principal with all rights).
 
-Grants, tokens, encryption at rest and the audit log land here (see the security issue).
+Bearer tokens for the HTTP transports live in :mod:`groundhog_mcp.security.tokens`. Grants,
+encryption at rest and the audit log land here too (see the security issue).
 """
+
+from groundhog_mcp.security.tokens import TokenRecord, TokenStore
+
+__all__ = ["TokenRecord", "TokenStore"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from groundhog_mcp.errors import AccessDeniedError
+from groundhog_mcp.models import Principal
 from groundhog_mcp.server.notify import Notifier
+from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import StateManager
 
 __all__ = ["AppContext"]
@@ -12,5 +15,25 @@ __all__ = ["AppContext"]
 
 @dataclass
 class AppContext:
+    """``manager`` acts as the configured principal; handlers use :meth:`request_manager`,
+    which acts as the request's own (a bearer token's) when it has one."""
+
     manager: StateManager
     notifier: Notifier
+    # True when every request must carry a token: a request without one is then refused
+    # instead of running as the configured principal.
+    authenticated: bool = False
+
+    def manager_for(self, principal: Principal | None) -> StateManager:
+        """The manager acting as ``principal`` (None: the configured one)."""
+        if principal is None:
+            if self.authenticated:
+                raise AccessDeniedError("authorization: this request carries no authenticated principal")
+            return self.manager
+        if principal == self.manager.principal:
+            return self.manager
+        return self.manager.with_principal(principal)
+
+    def request_manager(self, request: object | None = None) -> StateManager:
+        """The manager for the current request (``request``: ``ctx.request_context.request``)."""
+        return self.manager_for(request_principal(request))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN
 
@@ -16,8 +17,21 @@ _PATTERN_RULES = {
     NAME_PATTERN: f"must match {NAME_PATTERN} (1-128 of A-Z a-z 0-9 . _ -)",
 }
 # Union members, model names and validator wrappers that pydantic puts in ``loc`` but a caller never wrote.
-_NOISE = ("int", "str", "float", "bool", "dict[str,any]", "list", "none", "function-after", "json-or-python")
-_MODEL_NAMES = frozenset({"StateInput", "PatchOperation"})
+_NOISE = frozenset({"int", "str", "float", "bool", "dict[str,any]", "list[any]", "none"})
+_NOISE_PREFIXES = ("function-after[", "function-before[", "json-or-python[", "list[", "dict[")
+
+
+@functools.cache
+def _model_names() -> frozenset[str]:
+    """Our input models' class names: pydantic puts them in ``loc`` for union members."""
+    names: set[str] = set()
+    pending: list[type[BaseModel]] = [BaseModel]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            pending.append(subclass)
+            if subclass.__module__.startswith("groundhog_mcp."):
+                names.add(subclass.__name__)
+    return frozenset(names)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -25,7 +39,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         text = str(part)
         lowered = text.replace(" ", "").lower()
-        if text in _MODEL_NAMES or (isinstance(part, str) and any(lowered.startswith(n) for n in _NOISE)):
+        noise = lowered in _NOISE or lowered.startswith(_NOISE_PREFIXES)
+        if text in _model_names() or (isinstance(part, str) and noise):
             continue
         parts.append(text)
     return ".".join(parts) or "arguments"

@@ -6,17 +6,21 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp_types import CallToolResult, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.arguments import describe_validation_error
+from groundhog_mcp.server.merge_tool import register_merge_tool
+from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
 from groundhog_mcp.server.protocol import register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
@@ -38,8 +42,13 @@ async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNe
     app = ctx.lifespan_context
     if isinstance(app, AppContext) and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
         # The per-request ServerSession wraps the long-lived Connection; only the latter can
-        # carry notifications after this request has been answered.
-        app.notifier.track(ctx.session._connection)  # pyright: ignore[reportPrivateUsage]
+        # carry notifications after this request has been answered. It hears about the
+        # namespace of the principal it authenticated as; without a principal, nothing.
+        try:
+            namespace = app.request_manager(ctx.request).principal.namespace
+        except ContextError:
+            return await call_next(ctx)
+        app.notifier.track(ctx.session._connection, namespace)  # pyright: ignore[reportPrivateUsage]
     return await call_next(ctx)
 
 
@@ -68,12 +77,17 @@ class GroundhogServer(MCPServer[AppContext]):
 
 
 def build_server(
-    lifespan: Callable[[MCPServer[AppContext], InMemorySubscriptionBus], AbstractAsyncContextManager[AppContext]],
+    lifespan: Callable[[MCPServer[AppContext], NamespacedSubscriptionBus], AbstractAsyncContextManager[AppContext]],
     *,
     version: str,
+    token_verifier: TokenVerifier | None = None,
+    auth: AuthSettings | None = None,
 ) -> MCPServer[AppContext]:
-    """An MCPServer whose lifespan yields the AppContext (given the subscription bus it should use)."""
-    subscriptions = InMemorySubscriptionBus()
+    """An MCPServer whose lifespan yields the AppContext (given the subscription bus it should use).
+
+    ``token_verifier`` with ``auth``: the HTTP transports require a bearer token on every request.
+    """
+    subscriptions = NamespacedSubscriptionBus()
 
     def bound_lifespan(server: MCPServer[AppContext]) -> AbstractAsyncContextManager[AppContext]:
         return lifespan(server, subscriptions)
@@ -87,8 +101,11 @@ def build_server(
         lifespan=bound_lifespan,
         subscriptions=subscriptions,
         middleware=[_track_sessions],
+        token_verifier=token_verifier,
+        auth=auth,
     )
     register_tools(server)
+    register_merge_tool(server)
     register_resources(server)
     register_prompts(server)
     register_protocol_handlers(server)

@@ -13,7 +13,7 @@ from groundhog_mcp.errors import MergeConflict, StateValidationError, Validation
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.outputs import StateValue
-from groundhog_mcp.server.tools import AppCtx, ExpectedRevision, Name, StateInput, _app, tool_errors  # pyright: ignore[reportPrivateUsage]
+from groundhog_mcp.server.tools import AppCtx, ExpectedRevision, Name, StateInput, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
 from groundhog_mcp.service.merge import MAX_MERGE_INPUTS, MAX_REDUCERS, MergeOutcome, Provenance, SourceInfo
 
 __all__ = ["MAX_LISTED", "ConflictOut", "MergeInput", "MergeOut", "ProvenanceOut", "SourceOut", "register_merge_tool"]
@@ -203,7 +203,7 @@ async def merge_states(
     you read) to write the result as one new revision; dry_run=true previews the result and its
     conflicts without writing."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
-    outcome = await _app(ctx).manager.merge(
+    outcome = await _manager(ctx).merge(
         sources,
         strategy=strategy,
         base=base.as_source("base") if base is not None else None,

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from mcp.server.connection import Connection
-from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, SubscriptionBus
+from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent, SubscriptionBus
 
+from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Change
+from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import ChangeBus, Resync
 from groundhog_mcp.service.bus import cancel_and_wait
 
-__all__ = ["Notifier", "context_uris", "is_subscribable", "state_uri"]
+__all__ = ["NamespacedSubscriptionBus", "Notifier", "context_uris", "is_subscribable", "state_uri"]
 
 log = structlog.get_logger("groundhog_mcp.notify")
 
@@ -43,31 +46,81 @@ def is_subscribable(uri: str) -> bool:
     return bool(_SUBSCRIBABLE.fullmatch(uri))
 
 
+# A listen stream whose request named no usable principal hears nothing namespaced.
+_NOWHERE = "\x00nowhere"
+
+
+class NamespacedSubscriptionBus:
+    """The SDK's in-process subscription bus, with each ``subscriptions/listen`` stream bound to
+    the namespace of the request that opened it (a bearer token's; None: the configured one).
+
+    :meth:`publish` reaches every stream (what the SDK itself publishes); :meth:`publish_in`
+    only the streams of one namespace, so a client never hears of another namespace's contexts.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: dict[object, tuple[str | None, Callable[[ServerEvent], None]]] = {}
+
+    async def publish(self, event: ServerEvent) -> None:
+        await self._deliver(event, lambda _: True)
+
+    async def publish_in(self, namespace: str, event: ServerEvent, *, configured: str) -> None:
+        """Deliver ``event`` to the streams of ``namespace`` (``configured``: the namespace of
+        streams opened without a token)."""
+        await self._deliver(event, lambda bound: (bound or configured) == namespace)
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        try:
+            principal = request_principal()
+            namespace = principal.namespace if principal is not None else None
+        except ContextError:
+            namespace = _NOWHERE
+        token = object()
+        self._listeners[token] = (namespace, listener)
+
+        def unsubscribe() -> None:
+            self._listeners.pop(token, None)
+
+        return unsubscribe
+
+    async def _deliver(self, event: ServerEvent, wanted: Callable[[str | None], bool]) -> None:
+        for namespace, listener in list(self._listeners.values()):
+            if not wanted(namespace):
+                continue
+            try:
+                listener(event)
+            except Exception:  # fan-out boundary: one bad listener must not starve the others
+                log.exception("subscription listener raised; continuing")
+        await asyncio.sleep(0)  # let listen streams drain between events
+
+
 class Notifier:
-    """Follows the change bus and tells connected clients what changed."""
+    """Follows the change bus and tells connected clients what changed, each client only about
+    the namespace it works in (``namespace``: the configured one, for clients without a token)."""
 
     def __init__(self, bus: ChangeBus, subscriptions: SubscriptionBus, *, namespace: str) -> None:
         self._bus = bus
         self._subscriptions = subscriptions
         self._namespace = namespace
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, str] = {}
         self._subscribed: dict[Connection, set[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def track(self, connection: Connection) -> None:
-        """Remember a handshake-era client connection (until it closes) so it hears about changes."""
+    def track(self, connection: Connection, namespace: str | None = None) -> None:
+        """Remember a handshake-era client connection (until it closes) so it hears about changes
+        in ``namespace`` (None: the configured one)."""
         if connection in self._connections:
             return
-        self._connections.add(connection)
+        self._connections[connection] = namespace or self._namespace
         connection.exit_stack.callback(self._forget, connection)
 
     def _forget(self, connection: Connection) -> None:
-        self._connections.discard(connection)
+        self._connections.pop(connection, None)
         self._subscribed.pop(connection, None)
 
-    def subscribe(self, connection: Connection, uri: str) -> None:
+    def subscribe(self, connection: Connection, uri: str, namespace: str | None = None) -> None:
         """``resources/subscribe`` (2024-11-05 … 2025-11-25): tell this connection when ``uri`` changes."""
-        self.track(connection)
+        self.track(connection, namespace)
         self._subscribed.setdefault(connection, set()).add(uri)
 
     def unsubscribe(self, connection: Connection, uri: str) -> None:
@@ -96,14 +149,15 @@ class Notifier:
             subscription.close()
 
     async def _deliver(self, change: Change) -> None:
-        if change.namespace != self._namespace:
-            return  # never tell a client about a context it cannot see
+        # Never tell a client about a context it cannot see: only its own namespace's changes.
         if change.op in _LIST_CHANGING_OPS:
-            await self._list_changed()
+            await self._list_changed(change.namespace)
         uris = context_uris(change.name)
         for uri in uris:
-            await self._subscriptions.publish(ResourceUpdated(uri=uri))
+            await self._publish(change.namespace, ResourceUpdated(uri=uri))
         for connection, subscribed in list(self._subscribed.items()):
+            if self._connections.get(connection) != change.namespace:
+                continue
             for uri in uris:
                 if uri in subscribed:
                     try:
@@ -113,11 +167,24 @@ class Notifier:
                         log.debug("dropped a closed connection from notifications", exc_info=True)
                         break
 
-    async def _list_changed(self) -> None:
-        await self._subscriptions.publish(ResourcesListChanged())
-        for connection in list(self._connections):
+    async def _publish(self, namespace: str, event: ServerEvent) -> None:
+        if isinstance(self._subscriptions, NamespacedSubscriptionBus):
+            await self._subscriptions.publish_in(namespace, event, configured=self._namespace)
+        elif namespace == self._namespace:  # a plain bus cannot tell its listeners apart
+            await self._subscriptions.publish(event)
+
+    async def _list_changed(self, namespace: str | None = None) -> None:
+        """Tell the clients of ``namespace`` (None: every client, after a resync) that the list
+        of resources changed."""
+        if namespace is None:
+            await self._subscriptions.publish(ResourcesListChanged())
+        else:
+            await self._publish(namespace, ResourcesListChanged())
+        for connection, bound in list(self._connections.items()):
+            if namespace is not None and bound != namespace:
+                continue
             try:
                 await connection.send_resource_list_changed()
             except Exception:  # a closed connection must not stop delivery to the others
-                self._connections.discard(connection)
+                self._connections.pop(connection, None)
                 log.debug("dropped a closed connection from notifications", exc_info=True)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from groundhog_mcp.models import Change, ContextState, HistoryEntry, format_timestamp
+from groundhog_mcp.models import Change, ContextState, HistoryEntry, dumps, format_timestamp
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
 from groundhog_mcp.service.reading import TooLarge
 from groundhog_mcp.store.base import DeadLetter, StoredContext
@@ -24,6 +24,17 @@ __all__ = [
     "ValidationOut",
     "WriteOut",
 ]
+
+
+ANSWER_PATCH_MAX_BYTES = 64 * 1024
+
+
+def answer_patch(patch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """A write's diff as returned to the client: whole up to 64 KiB, else its ops and paths only
+    (a replaced megabyte state must not come back as a megabyte answer)."""
+    if len(dumps(patch).encode("utf-8")) <= ANSWER_PATCH_MAX_BYTES:
+        return patch, False
+    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:1000]], True
 
 
 class StateValue(BaseModel):
@@ -143,9 +154,13 @@ class WriteOut(BaseModel):
     timestamp: str
     op: str
     patch: list[dict[str, Any]] = Field(description="RFC 6902 diff applied, from the previous revision")
+    patch_truncated: bool = Field(
+        default=False, description="true when the diff was too large to return: ops and paths only; see diff_states"
+    )
 
     @classmethod
     def of(cls, result: WriteResult) -> WriteOut:
+        patch, truncated = answer_patch(result.change.patch or [])
         return cls(
             name=result.context.name,
             revision=result.context.revision,
@@ -153,7 +168,8 @@ class WriteOut(BaseModel):
             sequence=result.change.sequence,
             timestamp=format_timestamp(result.change.timestamp),
             op=result.change.op,
-            patch=result.change.patch or [],
+            patch=patch,
+            patch_truncated=truncated,
         )
 
 
@@ -255,7 +271,7 @@ class EventOut(BaseModel):
             revision=result.revision,
             sequence=result.sequence,
             duplicate=result.duplicate,
-            patch=result.patch,
+            patch=answer_patch(result.patch)[0],
         )
 
 

@@ -50,7 +50,7 @@ def _bounded(value: Any, limit: int, how_to_read_all: str) -> str:
 @_prompt_errors
 async def resume_context(name: Annotated[str, Field(description="The context to pick back up")], ctx: AppCtx) -> str:
     """Pick up work on a context: its current state and its most recent changes."""
-    manager = ctx.request_context.lifespan_context.manager
+    manager = ctx.request_context.lifespan_context.request_manager(ctx.request_context.request)
     context = await manager.get(name)
     history = await manager.history(name, limit=_RECENT_REVISIONS)
     lines = [
@@ -90,7 +90,7 @@ async def summarize_changes(
             code=INVALID_PARAMS, message=f"since_revision: must be a positive integer; got {since_revision[:40]!r}"
         )
     since = int(since_revision)
-    manager = ctx.request_context.lifespan_context.manager
+    manager = ctx.request_context.lifespan_context.request_manager(ctx.request_context.request)
     context = await manager.get(name)
     if since >= context.revision:
         return f"Context {name!r} has not changed since revision {since} (current revision {context.revision})."

@@ -42,7 +42,11 @@ async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
             code=INVALID_PARAMS,
             message=f"uri: {uri[:200]!r} cannot be subscribed to; use groundhog://contexts/{{name}}[/state|/history]",
         )
-    ctx.lifespan_context.notifier.subscribe(_connection(ctx), uri)
+    try:
+        namespace = ctx.lifespan_context.request_manager(ctx.request).principal.namespace
+    except ContextError as exc:
+        raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+    ctx.lifespan_context.notifier.subscribe(_connection(ctx), uri, namespace)
     return EmptyResult()
 
 
@@ -56,8 +60,8 @@ async def _complete(ctx: Ctx, params: CompleteRequestParams) -> CompleteResult:
     if params.argument.name not in _NAME_ARGUMENTS:
         return CompleteResult(completion=Completion(values=[]))
     prefix = params.argument.value
-    manager = ctx.lifespan_context.manager
     try:
+        manager = ctx.lifespan_context.request_manager(ctx.request)
         page = await manager.list(prefix=prefix, limit=_MAX_COMPLETIONS)
     except ContextError:
         return CompleteResult(completion=Completion(values=[]))

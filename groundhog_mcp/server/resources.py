@@ -17,6 +17,7 @@ from groundhog_mcp.models import ContextState, dumps
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.notify import state_uri
 from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, TooLargeOut, summary_of
+from groundhog_mcp.service import StateManager
 from groundhog_mcp.service.reading import TooLarge, bounded
 
 __all__ = ["register_resources"]
@@ -43,13 +44,14 @@ def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
     return guarded
 
 
-def _app(ctx: AppCtx) -> AppContext:
-    return ctx.request_context.lifespan_context
+def _manager(ctx: AppCtx) -> StateManager:
+    """The state manager acting as this request's principal (a bearer token's, over HTTP)."""
+    return ctx.request_context.lifespan_context.request_manager(ctx.request_context.request)
 
 
 @_resource_errors
 async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     page = await manager.list(cursor=cursor, limit=manager.limits.max_page)
     return dumps(
         {
@@ -62,7 +64,7 @@ async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
 
 @_resource_errors
 async def context_resource(name: str, ctx: AppCtx) -> str:
-    return ContextOut.of(await _app(ctx).manager.get(name)).model_dump_json()
+    return ContextOut.of(await _manager(ctx).get(name)).model_dump_json()
 
 
 def _state_document(name: str, revision: int, state: ContextState, limit: int) -> str:
@@ -77,14 +79,14 @@ def _state_document(name: str, revision: int, state: ContextState, limit: int) -
 
 @_resource_errors
 async def state_resource(name: str, ctx: AppCtx) -> str:
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     _, revision, state = await manager.read(name)
     return _state_document(name, revision, state, manager.limits.max_read_bytes)
 
 
 @_resource_errors
 async def history_resource(name: str, ctx: AppCtx) -> str:
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     context = await manager.get(name)
     entries = await manager.history(name, limit=_HISTORY_IN_RESOURCE)
     return dumps(
@@ -100,7 +102,7 @@ async def history_resource(name: str, ctx: AppCtx) -> str:
 async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
     if not revision.isdigit() or int(revision) < 1 or len(revision) > 18:
         raise MCPError(code=INVALID_PARAMS, message=f"revision: must be a positive integer; got {revision[:40]!r}")
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     _, at, state = await manager.read(name, int(revision))
     return _state_document(name, at, state, manager.limits.max_read_bytes)
 
@@ -116,9 +118,9 @@ async def _list_resources(
     ctx: ServerRequestContext[AppContext, Any], params: PaginatedRequestParams | None
 ) -> ListResourcesResult:
     """``groundhog://contexts`` plus one state resource per context, a page at a time."""
-    manager = ctx.lifespan_context.manager
     cursor = params.cursor if params is not None else None
     try:
+        manager = ctx.lifespan_context.request_manager(ctx.request)
         page = await manager.list(cursor=cursor, limit=manager.limits.max_page)
     except ContextError as exc:
         raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None

@@ -38,7 +38,7 @@ from groundhog_mcp.server.outputs import (
     WriteOut,
     summary_of,
 )
-from groundhog_mcp.service import Event, WriteResult
+from groundhog_mcp.service import Event, StateManager, WriteResult
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
 
@@ -133,6 +133,11 @@ def _app(ctx: AppCtx) -> AppContext:
     return ctx.request_context.lifespan_context
 
 
+def _manager(ctx: AppCtx) -> StateManager:
+    """The state manager acting as this request's principal (a bearer token's, over HTTP)."""
+    return _app(ctx).request_manager(ctx.request_context.request)
+
+
 def _write_out(result: WriteResult) -> WriteOut:
     return WriteOut.of(result)
 
@@ -171,7 +176,7 @@ async def register_context(
     initial = (
         ContextState(data=state.data, metadata=state.metadata, version=state.version) if state is not None else None
     )
-    result = await _app(ctx).manager.register(
+    result = await _manager(ctx).register(
         name,
         version=version,
         state=initial,
@@ -197,14 +202,14 @@ async def unregister_context(
 ) -> UnregisterOut:
     """Remove a context. Its history is kept unless purge=true. The name can be registered again;
     revisions of the new context continue after the old ones, never reusing a number."""
-    change = await _app(ctx).manager.unregister(name, expected_revision=expected_revision, purge=purge)
+    change = await _manager(ctx).unregister(name, expected_revision=expected_revision, purge=purge)
     return UnregisterOut(name=name, revision=change.revision, sequence=change.sequence, purged=purge)
 
 
 @tool_errors
 async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
     """Describe one context: id, versions, current revision, state size, metadata, settings, schema."""
-    return ContextOut.of(await _app(ctx).manager.get(name))
+    return ContextOut.of(await _manager(ctx).get(name))
 
 
 @tool_errors
@@ -215,7 +220,7 @@ async def list_contexts(
     limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
 ) -> ListOut:
     """List your contexts by name, a page at a time."""
-    page = await _app(ctx).manager.list(prefix=prefix, cursor=cursor, limit=limit)
+    page = await _manager(ctx).list(prefix=prefix, cursor=cursor, limit=limit)
     return ListOut(contexts=[summary_of(c) for c in page.contexts], next_cursor=page.next_cursor)
 
 
@@ -235,7 +240,7 @@ async def get_state(
     """Read a context's state (data, metadata, timestamp, format version) and its revision.
     Keep the revision: pass it as expected_revision when you write. A state larger than the
     server's read limit comes back as too_large, listing its parts: read those with path."""
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     context, at, state = await manager.read(name, revision)
     limit = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
@@ -282,7 +287,7 @@ async def update_state(
     """Change a context's state as one new revision. Give exactly one of data, merge_patch or patch
     (metadata may come alone or with one). Pass the revision you read as expected_revision so a
     concurrent writer's change is never silently overwritten; on conflict, re-read and retry."""
-    result = await _app(ctx).manager.update(
+    result = await _manager(ctx).update(
         name,
         data=data,
         merge_patch_=merge_patch,
@@ -304,7 +309,7 @@ async def validate_state(
 ) -> ValidationOut:
     """Check a candidate (or the current) state against the context's JSON Schema and the server's
     limits without writing. Returns every problem with its JSON Pointer."""
-    _, issues = await _app(ctx).manager.check(name, data=data, metadata=metadata)
+    _, issues = await _manager(ctx).check(name, data=data, metadata=metadata)
     return ValidationOut(
         name=name,
         valid=not issues,
@@ -320,7 +325,7 @@ async def get_history(
     limit: Annotated[int, Field(description="How many revisions, 1-100", ge=1, le=100)] = 20,
 ) -> HistoryOut:
     """List a context's revisions, newest first: who wrote each, when, how, and its size."""
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     context = await manager.get(name)
     entries = await manager.history(name, before=before, limit=limit)
     next_before = entries[-1].revision if len(entries) == limit and entries[-1].revision > 1 else None
@@ -340,7 +345,7 @@ async def diff_states(
     to_revision: Annotated[int | None, Field(description="Target revision; current when omitted", ge=1)] = None,
 ) -> DiffOut:
     """The RFC 6902 patch between two revisions of a context (paths start with /data, /metadata)."""
-    manager = _app(ctx).manager
+    manager = _manager(ctx)
     context = await manager.get(name)
     patch = await manager.diff(name, from_revision, to_revision)
     return DiffOut(name=name, from_revision=from_revision, to_revision=to_revision or context.revision, patch=patch)
@@ -355,7 +360,7 @@ async def rollback_state(
 ) -> WriteOut:
     """Undo: restore an earlier revision's data and metadata as a new revision (history is never
     rewritten, so the rollback itself can be undone)."""
-    return _write_out(await _app(ctx).manager.rollback(name, revision, expected_revision=expected_revision))
+    return _write_out(await _manager(ctx).rollback(name, revision, expected_revision=expected_revision))
 
 
 @tool_errors
@@ -377,7 +382,7 @@ async def wait_for_change(
     """Wait until a context changes (written by you, another agent or another process), then return
     the changes. Returns an empty list when timeout passes first. Pass the returned cursor as
     after_sequence next time so no change is missed or seen twice."""
-    changes, cursor = await _app(ctx).manager.wait_for_changes(
+    changes, cursor = await _manager(ctx).wait_for_changes(
         contexts, after_sequence=after_sequence, timeout=timeout, limit=limit
     )
     return ChangesOut(changes=[ChangeOut.of(c) for c in changes], cursor=cursor, timed_out=not changes)
@@ -400,7 +405,7 @@ async def emit_event(
     with the event record. With idempotency_key, a repeat returns the first result instead of
     applying twice. A handler that keeps failing leaves the state unchanged and the event in the
     dead letters (list_dead_letters, replay_dead_letter)."""
-    result = await _app(ctx).manager.emit_event(
+    result = await _manager(ctx).emit_event(
         name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key)
     )
     return EventOut.of(result)
@@ -415,7 +420,7 @@ async def list_dead_letters(
     include_replayed: Annotated[bool, Field(description="Also those already replayed")] = False,
 ) -> DeadLettersOut:
     """Events whose handler kept failing, with the last error: fix the cause, then replay them."""
-    letters = await _app(ctx).manager.list_dead_letters(
+    letters = await _manager(ctx).list_dead_letters(
         name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
     )
     return DeadLettersOut(
@@ -430,7 +435,7 @@ async def replay_dead_letter(
     ctx: AppCtx,
 ) -> EventOut:
     """Handle a dead-lettered event again. It applies at most once, even if you replay it twice."""
-    return EventOut.of(await _app(ctx).manager.replay_dead_letter(id))
+    return EventOut.of(await _manager(ctx).replay_dead_letter(id))
 
 
 @tool_errors
@@ -444,7 +449,7 @@ async def get_metrics(
     handler latency (average, p95, this server process) and errors by class; for the server, uptime,
     memory, database size, open subscriptions and errors."""
     app = _app(ctx)
-    server, contexts = await app.manager.collect_metrics(names, prefix=prefix, limit=limit)
+    server, contexts = await _manager(ctx).collect_metrics(names, prefix=prefix, limit=limit)
     server["open_subscriptions"] = app.notifier.subscription_count()
     return MetricsOut.of(server, contexts)
 

@@ -3,8 +3,11 @@
 All changes reach the bus through here, local and foreign alike: a local write wakes the
 feed at once; a write by another process is noticed by a cheap poll (SQLite's
 ``PRAGMA data_version`` changes only when another connection commits), every
-``interval`` seconds. The feed reads from the last ``sequence`` it published, so
-subscribers see each change once, in ``sequence`` order, whoever wrote it.
+``interval`` seconds. A store that announces commits (a :class:`ChangeAnnouncer`:
+PostgreSQL ``LISTEN``/``NOTIFY``) wakes the feed too; while its announcements arrive, the
+poll is only the fallback and runs every ``announced_interval`` seconds. The feed reads
+from the last ``sequence`` it published, so subscribers see each change once, in
+``sequence`` order, whoever wrote it, and a lost announcement loses nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import structlog
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.service.bus import ChangeBus, cancel_and_wait
-from groundhog_mcp.store.base import Store
+from groundhog_mcp.store.base import ChangeAnnouncer, Store
 
 __all__ = ["ChangeFeed"]
 
@@ -26,22 +29,30 @@ _PAGE = 500
 
 
 class ChangeFeed:
-    def __init__(self, store: Store, bus: ChangeBus, *, interval: float = 0.05) -> None:
+    def __init__(
+        self, store: Store, bus: ChangeBus, *, interval: float = 0.05, announced_interval: float = 1.0
+    ) -> None:
         self._store = store
         self._bus = bus
         self.interval = interval
+        self.announced_interval = announced_interval
         self.cursor = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._announcer = store if isinstance(store, ChangeAnnouncer) else None
+        self._follower: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Condition()
 
     async def start(self, cursor: int) -> None:
         self.cursor = cursor
         self._task = asyncio.create_task(self._run(), name="groundhog-change-feed")
+        if self._announcer is not None:
+            self._follower = asyncio.create_task(self._follow(self._announcer), name="groundhog-change-announcements")
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._follower)
         await cancel_and_wait(self._task)
-        self._task = None
+        self._task = self._follower = None
 
     def wake(self) -> None:
         """A local write committed: read the feed now instead of at the next poll."""
@@ -67,10 +78,23 @@ class ChangeFeed:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # races with the wake-up, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
+                async with asyncio.timeout(self._poll_interval()):
                     await self._wake.wait()
             force = self._wake.is_set()
             self._wake.clear()
+
+    def _poll_interval(self) -> float:
+        follower, announcer = self._follower, self._announcer
+        if announcer is not None and follower is not None and not follower.done() and announcer.announcing:
+            return self.announced_interval
+        return self.interval
+
+    async def _follow(self, announcer: ChangeAnnouncer) -> None:
+        """Wake the feed on every announcement (commits by any instance, ours included)."""
+        seen = 0
+        while True:
+            seen = await announcer.wait_for_changes(seen)
+            self._wake.set()
 
     async def _drain(self, force: bool) -> None:
         while True:

@@ -33,9 +33,10 @@ Every path here is a JSON Pointer into the state document: ``/data/...`` or ``/m
 Reducers (``{"/data/tags": "union"}``) apply to all three strategies: ``append`` concatenates
 arrays, ``union`` concatenates without duplicates (first occurrence kept), ``sum``, ``max``,
 ``min`` combine numbers (``max``/``min`` also strings), ``last`` takes the last value whole.
-In ``three_way`` they combine the two sides' changes relative to the base: ``sum`` adds both
-deltas, ``append`` appends both sides' new items after the base's, ``union`` keeps items either
-side added and drops items either side removed.
+In ``three_way`` they combine the two sides' changes relative to the base, also when both sides
+made the same change: ``sum`` adds both deltas (two increments of 1 add 2), ``append`` appends
+both sides' new items after the base's, ``union`` keeps items either side added and drops items
+either side removed, ``max``/``min`` compare, ``last`` takes theirs.
 
 Unchanged subtrees of the result are shared with the inputs, never copied: states are values.
 """
@@ -375,14 +376,17 @@ def _kind(value: Any) -> str:
 
 def _same(a: Any, b: Any) -> bool:
     """JSON equality: like ``==`` but ``true`` is not ``1`` (``1`` and ``1.0`` are one number)."""
+    return a is b or (a == b and _booleans_match(a, b))
+
+
+def _booleans_match(a: Any, b: Any) -> bool:
+    """For values equal by ``==``: is every boolean in one a boolean in the other too?"""
     if a is b:
         return True
-    if a != b:
-        return False
     if isinstance(a, dict):
-        return all(_same(value, b[key]) for key, value in a.items())  # type: ignore[index]
+        return all(_booleans_match(value, b[key]) for key, value in a.items())  # type: ignore[index]
     if isinstance(a, list):
-        return all(_same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[arg-type]
+        return all(map(_booleans_match, a, b))  # type: ignore[arg-type]
     return isinstance(a, bool) == isinstance(b, bool)
 
 
@@ -563,17 +567,22 @@ class _Merge:
         return result
 
     def merge3_value(self, base: Any, ours: Any, theirs: Any, pointer: str, key: str) -> Any:
-        if _same(ours, theirs):
-            return ours
         if _same(ours, base):
             return theirs
         if _same(theirs, base):
             return ours
+        # Both sides changed it. A reducer counts both changes even when they are equal
+        # (two increments of 1 add 2), so reducers come before "same on both sides".
         path = f"{pointer}/{_escape(key)}"
         reducer = self.reducers.at.get(path)
         if reducer is not None:
             return self.reduce3(reducer, base, ours, theirs, path)
-        if isinstance(ours, dict) and isinstance(theirs, dict):
+        both_objects = isinstance(ours, dict) and isinstance(theirs, dict)
+        if both_objects and path in self.reducers.above:
+            return self.merge3(base if isinstance(base, dict) else {}, ours, theirs, path)  # type: ignore[arg-type]
+        if _same(ours, theirs):
+            return ours
+        if both_objects:
             return self.merge3(base if isinstance(base, dict) else {}, ours, theirs, path)  # type: ignore[arg-type]
         return self.conflict(path, base, ours, theirs)
 
@@ -610,10 +619,13 @@ def compute_merge(
     reducers: Mapping[str, str] | None = None,
     on_conflict: OnConflict = "fail",
     field: str = "states",
+    report_conflicts: bool = False,
 ) -> MergeResult:
     """Merge 2+ states (see the module docstring). Raises :class:`StateValidationError` for bad
     arguments, :class:`StateUpdateError` for values a reducer cannot combine, and
-    :class:`MergeConflictError` for conflicts when ``on_conflict`` is ``'fail'``."""
+    :class:`MergeConflictError` for conflicts when ``on_conflict`` is ``'fail'`` — unless
+    ``report_conflicts`` (a dry run): then they are returned, and the state, which holds
+    theirs at each conflict, is not a result to use."""
     checked = check_merge_arguments(
         count=len(states),
         strategy=strategy,
@@ -659,7 +671,7 @@ def compute_merge(
                 acc = merge.merge3(before, acc, doc, root)
             merged[section] = acc
             provenance += _provenance(root, docs, acc, before, null_deletes=False)
-    if merge.conflicts and on_conflict == "fail":
+    if merge.conflicts and on_conflict == "fail" and not report_conflicts:
         raise MergeConflictError(merge.conflicts)
     state = ContextState(
         data=merged["data"],

@@ -43,7 +43,6 @@ from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, ha
 from groundhog_mcp.service.feed import ChangeFeed
 from groundhog_mcp.service.merge import (
     ContextRef,
-    MergeConflictError,
     MergeOutcome,
     MergeResult,
     MergeSource,
@@ -272,6 +271,7 @@ class StateManager:
         settings = settings or {}
         raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
         raise_if_invalid(inspect_json(settings, self.limits), "settings")
+        _check_retention_settings(settings)
         if schema is not None:
             raise_if_invalid(inspect_json(schema, self.limits), "schema")
             check_schema_definition(schema)
@@ -854,12 +854,15 @@ class StateManager:
 
         async def resolve(source: MergeSource, field: str) -> tuple[ContextState, SourceInfo]:
             if isinstance(source, ContextState):
-                raise_if_invalid(inspect_state(source, self.limits, None), field)
+                raise_if_invalid(await asyncio.to_thread(inspect_state, source, self.limits, None), field)
                 return source, SourceInfo()
-            context = contexts.get(source.context) or await self.store.get(self.principal.namespace, source.context)
+            context = contexts.get(source.context)
             if context is None:
-                raise NotFoundError(f"{field}.context: no context named {source.context!r}")
-            contexts[source.context] = context
+                try:
+                    context = await self.get(source.context)  # reads as this principal, like get_state
+                except NotFoundError:
+                    raise NotFoundError(f"{field}.context: no context named {source.context!r}") from None
+                contexts[source.context] = context
             revision = source.revision or context.revision
             return await self._revision_state(context, revision, field=f"{field}.revision"), SourceInfo(
                 source.context, revision
@@ -876,18 +879,22 @@ class StateManager:
 
         def run(given: list[ContextState]) -> MergeResult:
             result = compute_merge(
-                given, strategy=strategy, base=base_state, reducers=reducers, on_conflict=on_conflict, field="inputs"
+                given,
+                strategy=strategy,
+                base=base_state,
+                reducers=reducers,
+                on_conflict=on_conflict,
+                field="inputs",
+                report_conflicts=dry_run,
             )
-            if target is None:
+            if target is None and not (dry_run and result.conflicts and on_conflict == "fail"):
                 raise_if_invalid(inspect_state(result.state, self.limits, None), "merged")
             return result
 
-        try:
-            result = await asyncio.to_thread(run, states)
-        except MergeConflictError as exc:
-            if not dry_run:
-                raise
-            return MergeOutcome(None, exc.conflicts, [], strategy, infos, base_info, dry_run=True)
+        result = await asyncio.to_thread(run, states)
+        if dry_run and result.conflicts and on_conflict == "fail":
+            # Listed instead of raised; there is no merged state (nor a winner) until they are resolved.
+            return MergeOutcome(None, result.conflicts, [], strategy, infos, base_info, dry_run=True)
 
         def outcome(result: MergeResult, write: WriteResult | None = None) -> MergeOutcome:
             return MergeOutcome(
@@ -898,7 +905,10 @@ class StateManager:
             return outcome(result)
         missing = f"target: no context named {target!r}; register it first, or pass expected_revision=0 to create it"
         if dry_run:
-            current = await self.store.get(self.principal.namespace, target)
+            try:
+                current: StoredContext | None = await self.get(target)
+            except NotFoundError:
+                current = None
             if current is None and expected_revision != 0:
                 raise NotFoundError(missing)
             if current is not None and expected_revision is not None and expected_revision != current.revision:
@@ -931,6 +941,33 @@ class StateManager:
         except NotFoundError:
             raise NotFoundError(missing) from None
         return outcome(latest[0], write)
+
+    # -- per-request principals (appended: keep at the end of the class) ---------------------
+
+    def with_principal(self, principal: Principal) -> StateManager:
+        """A view of this manager acting as ``principal``: same store, bus, feed, metrics and
+        pending writes (so :meth:`close` on this manager waits for the view's writes too).
+        Never start or close the view itself."""
+        import copy
+
+        view = copy.copy(self)  # shallow on purpose: the view shares the manager's parts
+        view.principal = principal
+        return view
+
+
+def _check_retention_settings(settings: JSONObject) -> None:
+    keep_revisions = settings.get("keep_revisions")
+    if keep_revisions is not None and (
+        isinstance(keep_revisions, bool) or not isinstance(keep_revisions, int) or keep_revisions < 0
+    ):
+        raise StateValidationError(
+            [ValidationIssue("", "must be an integer >= 0 (0 keeps every revision)")], field="settings.keep_revisions"
+        )
+    keep_days = settings.get("keep_days")
+    if keep_days is not None and (
+        isinstance(keep_days, bool) or not isinstance(keep_days, int | float) or keep_days <= 0
+    ):
+        raise StateValidationError([ValidationIssue("", "must be a number of days > 0")], field="settings.keep_days")
 
 
 def _record_of(event: Event) -> EventRecord:

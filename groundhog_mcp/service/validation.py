@@ -11,6 +11,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import NAME_PATTERN, ContextState, JSONObject, dumps, is_semver
@@ -117,18 +119,31 @@ def inspect_state(state: ContextState, limits: Limits, schema: JSONObject | None
 
 def schema_issues(schema: JSONObject, data: JSONObject) -> Iterator[ValidationIssue]:
     validator = _validator(dumps(schema))
-    for count, error in enumerate(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))):
+    try:
+        errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    except Unresolvable as exc:
+        yield ValidationIssue("", f"the context's JSON Schema has a $ref that cannot be resolved ({exc}); {_NO_REMOTE}")
+        return
+    for count, error in enumerate(errors):
         if count >= _MAX_ISSUES:
             break
         pointer = "".join(f"/{_escape(str(p))}" for p in error.absolute_path)
         yield ValidationIssue(pointer, f"{error.message} (JSON Schema rule '{error.validator}')")
 
 
+_NO_REMOTE = "schemas may only $ref their own parts (#/$defs/...); remote references are never fetched"
+
+
+def _refuse_remote(uri: str) -> Resource[Any]:
+    # A schema from a client must not make the server fetch URLs (SSRF) or read files.
+    raise NoSuchResource(ref=uri)
+
+
 @functools.lru_cache(maxsize=256)
 def _validator(schema_text: str) -> Draft202012Validator:
     import json
 
-    return Draft202012Validator(json.loads(schema_text))
+    return Draft202012Validator(json.loads(schema_text), registry=Registry(retrieve=_refuse_remote))
 
 
 def check_schema_definition(schema: JSONObject) -> None:

@@ -4,10 +4,10 @@ from pathlib import Path
 from typing import Literal
 
 from groundhog_mcp.errors import InitializationError
-from groundhog_mcp.store.base import Store, StoredContext, StoreStatus
+from groundhog_mcp.store.base import Retention, Store, StoredContext, StoreStatus
 from groundhog_mcp.store.sqlite import SQLiteStore
 
-__all__ = ["SQLiteStore", "Store", "StoreStatus", "StoredContext", "open_store"]
+__all__ = ["Retention", "SQLiteStore", "Store", "StoreStatus", "StoredContext", "open_store"]
 
 
 def open_store(
@@ -16,6 +16,7 @@ def open_store(
     busy_timeout_ms: int = 5000,
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
     auto_migrate: bool = True,
+    retention: Retention | None = None,
 ) -> Store:
     """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL.
 
@@ -41,4 +42,5 @@ def open_store(
         busy_timeout_ms=busy_timeout_ms,
         synchronous=synchronous,
         auto_migrate=auto_migrate,
+        retention=retention,
     )

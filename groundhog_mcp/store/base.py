@@ -14,22 +14,26 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject
+from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject, dumps
 
 __all__ = [
+    "FEED_PATCH_MAX_BYTES",
+    "ChangeAnnouncer",
     "DeadLetter",
     "EventAlreadyHandled",
     "EventRecord",
     "Mutation",
     "Mutator",
     "NewContext",
+    "Retention",
     "Store",
     "StoreStatus",
     "StoredContext",
     "StoredEvent",
     "StoredRevision",
+    "feed_patch",
 ]
 
 
@@ -250,3 +254,63 @@ class Store(Protocol):
     async def backup(self, destination: Path) -> None:
         """An online, consistent copy of the database."""
         ...
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much history a context keeps: the last ``keep_revisions`` revisions (0 = all) and, with
+    ``keep_days``, none older than that. The current revision is always kept. Applied in the write
+    path every ``prune_every`` revisions, by key range: never a full scan."""
+
+    keep_revisions: int = 100
+    keep_days: float | None = None
+    prune_every: int = 10
+
+    def for_context(self, settings: JSONObject) -> Retention:
+        """A context's own ``keep_revisions`` / ``keep_days`` settings override the server's."""
+        keep_revisions = settings.get("keep_revisions", self.keep_revisions)
+        keep_days = settings.get("keep_days", self.keep_days)
+        return Retention(
+            keep_revisions=keep_revisions if isinstance(keep_revisions, int) else self.keep_revisions,
+            keep_days=float(keep_days) if isinstance(keep_days, int | float) else self.keep_days,
+            prune_every=self.prune_every,
+        )
+
+    def due(self, revision: int) -> bool:
+        return revision % self.prune_every == 0
+
+
+@runtime_checkable
+class ChangeAnnouncer(Protocol):
+    """What a backend that hears of commits by every instance adds to :class:`Store`
+    (PostgreSQL: ``LISTEN``/``NOTIFY``). Optional: the change feed polls stores without it.
+
+    An announcement only says "read the change feed now": the feed still reads from its last
+    ``sequence``, so a lost announcement costs at most one fallback poll, never a change.
+    """
+
+    @property
+    def announcing(self) -> bool:
+        """True while announcements arrive; the feed then polls at its slow fallback rate."""
+        ...
+
+    async def wait_for_changes(self, seen: int) -> int:
+        """Wait until there have been more than ``seen`` announcements; return how many (bound the
+        wait with ``asyncio.timeout``). A (re)established channel counts as one: commits made
+        while it was down were not announced."""
+        ...
+
+
+FEED_PATCH_MAX_BYTES = 2048
+_FEED_PATCH_MAX_OPS = 100
+
+
+def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
+    """The diff a change row keeps: whole up to 2 KB; beyond that only each operation's ``op`` and
+    ``path`` (the first 100), so the change feed stays small. Values live in the history snapshots
+    (``diff_states``)."""
+    if patch is None:
+        return None
+    if len(dumps(patch).encode("utf-8")) <= FEED_PATCH_MAX_BYTES:
+        return patch
+    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]

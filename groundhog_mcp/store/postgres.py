@@ -3,7 +3,9 @@
 ``PostgresStore("postgresql://user@host:5432/db?schema=groundhog")``: the ``schema`` query
 parameter (or ``pg_schema=``, which wins) names the PostgreSQL schema holding the tables;
 it is created at the first migration when missing. Without it the server's
-``search_path`` decides. Every other URL parameter goes to libpq unchanged.
+``search_path`` decides. ``pool_max_size`` / ``pool_min_size`` (connections in the pool,
+default 4 / 1) and ``listen_url`` (below) are ours too, as URL parameters or arguments (an
+argument wins); every other URL parameter goes to libpq unchanged.
 
 No session state outlives a transaction, so pgbouncer in ``pool_mode = transaction``
 works: statements are never prepared server-side (``prepare_threshold=None``) and each
@@ -20,17 +22,28 @@ before it.
 
 Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
 server-side timeouts above bound every call. A connection lost before commit is replaced
-and the call retried once; a connection lost during commit is reported as such, because
-the outcome is then unknown.
+and the call retried (twice at most: after a server restart every pooled connection is dead,
+and one in use elsewhere comes back dead after the pool was checked); a connection lost
+during commit is reported as such, because the outcome is then unknown.
+
+Several instances on one database hear of each other's commits: every write sends
+``NOTIFY groundhog_changes, '<sequence>'`` in its transaction (delivered only if it
+commits), and every store ``LISTEN``s on a dedicated connection outside the pool, which it
+re-establishes with backoff when it drops. An announcement only wakes the change feed,
+which reads from its last ``sequence``: a lost one costs a fallback poll, never a change.
+``LISTEN`` needs a session that stays with this client, which pgbouncer in transaction mode
+does not give: point ``listen_url=`` (a URL parameter, or the argument) at the server
+itself or at a session-mode pool; by default it is the database URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import random
 import re
-import uuid
 import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -39,13 +52,13 @@ from typing import Any, Final, Literal, LiteralString, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import structlog
 from psycopg import AsyncConnection, AsyncCursor, errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from groundhog_mcp import schemas
 from groundhog_mcp.errors import (
     ConflictError,
     ContextError,
@@ -61,9 +74,7 @@ from groundhog_mcp.models import (
     HistoryEntry,
     JSONObject,
     dumps,
-    format_timestamp,
     json_diff,
-    parse_timestamp,
     utcnow,
 )
 from groundhog_mcp.store.base import (
@@ -79,8 +90,11 @@ from groundhog_mcp.store.base import (
     StoreStatus,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+from groundhog_mcp.store.records import EXPORT_KINDS, export_page, header_record, import_rows
 
-__all__ = ["PostgresStore"]
+__all__ = ["CHANGES_CHANNEL", "PostgresStore"]
+
+log = structlog.get_logger("groundhog_mcp.store.postgres")
 
 _T = TypeVar("_T")
 _Cursor = AsyncCursor[TupleRow]
@@ -95,14 +109,39 @@ _DEAD_LETTER_COLUMNS: Final = (
     "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
     " replayed_at, replay_revision"
 )
+# A change's rows in one statement: the sequence from the counter row, the change, the history
+# snapshot (when given), the event record (when given), and the NOTIFY, delivered on commit.
+_RECORD: Final = (
+    "WITH counter AS (UPDATE store_counter SET value = value + 1 WHERE name = 'sequence' RETURNING value),"
+    " change AS (INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch)"
+    "  SELECT value, %(id)s::uuid, %(namespace)s::text, %(name)s::text, %(revision)s::bigint, %(op)s::text,"
+    "  %(actor)s::text, %(now)s::timestamptz, %(patch)s::json FROM counter),"
+    " snapshot AS (INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
+    "  SELECT %(id)s::uuid, %(revision)s::bigint, value, %(op)s::text, %(actor)s::text, %(now)s::timestamptz,"
+    "  %(size)s::integer, %(snapshot)s::bytea FROM counter WHERE %(snapshot)s::bytea IS NOT NULL),"
+    " event AS (INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
+    "  SELECT %(id)s::uuid, %(event_type)s::text, %(payload)s::text, %(key)s::text, %(revision)s::bigint, value,"
+    "  %(now)s::timestamptz FROM counter WHERE %(event_type)s::text IS NOT NULL)"
+    " SELECT value, pg_notify(%(channel)s::text, value::text) FROM counter"
+)
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
 _MIGRATION_LOCK_CLASS = 0x67686D63
 # States larger than this are parsed, serialised and compressed off the event loop.
 _OFFLOAD_BYTES = 64 * 1024
 _EXPORT_PAGE = 500
-EXPORT_FORMAT = "groundhog-export"
-EXPORT_FORMAT_VERSION = 1
+# A transaction whose connection turned out dead before commit is run this many times at most.
+_ATTEMPTS = 3
+# Every write announces its sequence here; every instance listens (see the module docstring).
+CHANGES_CHANNEL: Final = "groundhog_changes"
+# The LISTEN session: reconnect after 0.1 s, doubling up to 10 s (with jitter); and check a
+# quiet session every 30 s, so a silently dropped one is noticed before TCP keepalives would.
+_LISTEN_RETRY_MIN_S = 0.1
+_LISTEN_RETRY_MAX_S = 10.0
+_LISTEN_CHECK_S = 30.0
+_MAX_OWN_SEQUENCES = 4096
+# Our URL parameters, taken out before the rest goes to libpq.
+_OUR_PARAMETERS = ("schema", "listen_url", "pool_min_size", "pool_max_size")
 
 
 def _compress(text: str) -> bytes:
@@ -208,19 +247,28 @@ class PostgresStore:
         busy_timeout_ms: int = 5000,
         statement_timeout_ms: int = 30_000,
         connect_timeout_s: int = 5,
-        pool_min_size: int = 1,
-        pool_max_size: int = 4,
+        pool_min_size: int | None = None,
+        pool_max_size: int | None = None,
         pool_timeout_s: float = 10.0,
         auto_migrate: bool = True,
+        listen_url: str | None = None,
     ) -> None:
         try:
-            libpq_url, url_schema = _split_schema(url)
+            libpq_url, ours = _split_parameters(url)
             params = conninfo_to_dict(libpq_url)
+            listen_libpq_url = _split_parameters(listen_url or ours.get("listen_url") or libpq_url)[0]
+            listen_params = conninfo_to_dict(listen_libpq_url)
         except (psycopg.ProgrammingError, ValueError) as exc:
             raise InitializationError(
                 f"database: not a usable PostgreSQL connection string ({_first_line(exc)})"
             ) from exc
-        schema = pg_schema if pg_schema is not None else url_schema
+        schema = pg_schema if pg_schema is not None else ours.get("schema")
+        pool_max_size = pool_max_size or _pool_size(ours, "pool_max_size", 4)
+        pool_min_size = pool_min_size or _pool_size(ours, "pool_min_size", 1)
+        if not 1 <= pool_min_size <= pool_max_size:
+            raise InitializationError(
+                f"database: pool_min_size={pool_min_size} must be between 1 and pool_max_size={pool_max_size}"
+            )
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise InitializationError(
                 f"database: schema {schema!r} is not a plain PostgreSQL identifier "
@@ -236,8 +284,12 @@ class PostgresStore:
             "keepalives_count": 3,
         }
         self._conninfo = make_conninfo(libpq_url, **{k: v for k, v in defaults.items() if k not in params})
+        self._listen_conninfo = make_conninfo(
+            listen_libpq_url, **{k: v for k, v in defaults.items() if k not in listen_params}
+        )
         self.pg_schema = schema
         self.location = _location(params, schema)
+        self.listen_location = _location(listen_params, None)
         self.busy_timeout_ms = busy_timeout_ms
         self.statement_timeout_ms = statement_timeout_ms
         self.connect_timeout_s = max(2, int(connect_timeout_s))
@@ -246,6 +298,13 @@ class PostgresStore:
         self.pool_timeout_s = pool_timeout_s
         self.auto_migrate = auto_migrate
         self._pool: AsyncConnectionPool[_Connection] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = False
+        self._announcements = 0
+        self._announced = asyncio.Event()
+        # Sequences this store committed: their NOTIFY comes back to us, but the change feed was
+        # woken by the write itself, so it is not announced again.
+        self._own_sequences: set[int] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -285,17 +344,19 @@ class PostgresStore:
         """Run ``work`` in one transaction on a pooled connection and commit.
 
         A connection found dead before commit (server restart, ``pg_terminate_backend``,
-        network) is replaced and the transaction run again once: nothing of it was committed,
-        and a mutator is pure, so that is safe.
+        network) is replaced and the transaction run again (at most twice): nothing of it was
+        committed, and a mutator is pure, so that is safe.
         """
         if self._pool is None:
             raise InitializationError("database: the store is not open")
         pool = self._pool
-        for attempt in (1, 2):
+        requested = _cancel_requests()
+        for attempt in range(1, _ATTEMPTS + 1):
             committing = False
             conn: _Connection | None = None
             try:
                 async with pool.connection() as conn:
+                    _deliver_swallowed_cancel(requested)
                     async with conn.cursor() as cur:
                         await self._begin(cur)
                         result = await work(cur)
@@ -318,7 +379,7 @@ class PostgresStore:
                         f"({_first_line(exc)}); the write may or may not have been applied: re-read the "
                         "context before retrying"
                     ) from exc
-                if lost and attempt == 1:
+                if lost and attempt < _ATTEMPTS:
                     await pool.check()  # drop every dead idle connection, not just this one
                     continue
                 raise self._translate(exc, writing) from exc
@@ -403,6 +464,13 @@ class PostgresStore:
                 f"database: cannot fill the connection pool for {self.location} within {self.pool_timeout_s:g} s"
             ) from exc
         self._pool = pool
+        tried = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(tried), name="groundhog-postgres-listen")
+        # Let the first LISTEN happen before the feed starts, so announcements flow from the
+        # start. A failure is logged and retried by the listener, not raised: the feed polls.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.connect_timeout_s + 1):
+                await tried.wait()
 
     async def _probe(self, conn: _Connection) -> int:
         """The recorded schema version (0 for an empty schema); reads only."""
@@ -467,8 +535,92 @@ class PostgresStore:
     async def close(self) -> None:
         if self._pool is None:
             return
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
         pool, self._pool = self._pool, None
         await pool.close()
+
+    # -- announcements (LISTEN / NOTIFY) ----------------------------------------------------
+
+    @property
+    def announcing(self) -> bool:
+        """True while the LISTEN session is up (see :class:`~groundhog_mcp.store.base.ChangeAnnouncer`)."""
+        return self._listening
+
+    async def wait_for_changes(self, seen: int) -> int:
+        while self._announcements <= seen:
+            await self._announced.wait()
+        return self._announcements
+
+    def _announce(self) -> None:
+        self._announcements += 1
+        self._announced.set()
+        self._announced = asyncio.Event()
+
+    def _own(self, payload: str) -> bool:
+        """Whether a notification is of our own write (its ``sequence`` is one we committed)."""
+        try:
+            sequence = int(payload)
+        except ValueError:
+            return False
+        if sequence not in self._own_sequences:
+            return False
+        self._own_sequences.discard(sequence)
+        return True
+
+    async def _listen(self, tried: asyncio.Event) -> None:
+        """Hold the LISTEN session for as long as the store is open, reconnecting with backoff;
+        ``tried`` is set once the first attempt succeeded or failed."""
+        delay = _LISTEN_RETRY_MIN_S
+        lost = False
+        while True:
+            _deliver_swallowed_cancel(0)  # nothing else cancels this task: close() did
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._listen_conninfo, autocommit=True, prepare_threshold=None
+                )
+            except psycopg.Error as exc:
+                log.warning(
+                    "change notifications: cannot connect the LISTEN session; polling meanwhile",
+                    location=self.listen_location,
+                    error=_first_line(exc),
+                    retry_in_s=round(delay, 2),
+                )
+                lost = True
+            else:
+                try:
+                    await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    self._listening = True
+                    delay = _LISTEN_RETRY_MIN_S
+                    if lost:
+                        log.info("change notifications: LISTEN session restored", location=self.listen_location)
+                    # Commits made while no session listened were not announced: say "read now".
+                    self._announce()
+                    tried.set()
+                    while True:
+                        async for notice in conn.notifies(timeout=_LISTEN_CHECK_S):
+                            if not self._own(notice.payload):
+                                self._announce()
+                        await conn.execute("SELECT 1")
+                except psycopg.Error as exc:
+                    log.warning(
+                        "change notifications: LISTEN session lost; polling until it is back",
+                        location=self.listen_location,
+                        error=_first_line(exc),
+                    )
+                    lost = True
+                except Exception:
+                    log.exception("change notifications: LISTEN session failed unexpectedly; polling meanwhile")
+                    lost = True
+                finally:
+                    self._listening = False
+                    await conn.close()
+            tried.set()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, _LISTEN_RETRY_MAX_S)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -496,6 +648,7 @@ class PostgresStore:
                 raise ConflictError.already_exists(new.name, existing[8])
             revision = (last[0] if last else 0) + 1
             text, snapshot = await asyncio.to_thread(_encode_state, new.state)
+            size = len(text.encode("utf-8"))
             now = utcnow()
             await cur.execute(
                 f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
@@ -510,7 +663,7 @@ class PostgresStore:
                     dumps(new.handlers),
                     revision,
                     text,
-                    len(text.encode("utf-8")),
+                    size,
                     now,
                     now,
                 ),
@@ -526,12 +679,13 @@ class PostgresStore:
                 handlers=new.handlers,
                 revision=revision,
                 state=new.state,
-                state_size=len(text.encode("utf-8")),
+                state_size=size,
                 created_at=now,
                 updated_at=now,
             )
-            change = await self._record(cur, stored.id, new.namespace, new.name, revision, "register", actor, now)
-            await self._snapshot(cur, change, snapshot, len(text.encode("utf-8")))
+            change = await self._record(
+                cur, stored.id, new.namespace, new.name, revision, "register", actor, now, snapshot=(snapshot, size)
+            )
             return stored, change
 
         return await self._run(work, writing=True)
@@ -579,23 +733,18 @@ class PostgresStore:
                 updated_at=now,
             )
             change = await self._record(
-                cur, current.id, namespace, current.name, revision, mutation.op, actor, now, mutation.patch
+                cur,
+                current.id,
+                namespace,
+                current.name,
+                revision,
+                mutation.op,
+                actor,
+                now,
+                mutation.patch,
+                snapshot=(snapshot, size),
+                event=event,
             )
-            await self._snapshot(cur, change, snapshot, size)
-            if event is not None:
-                await cur.execute(
-                    "INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
-                    " VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                    (
-                        current.id,
-                        event.type,
-                        dumps(event.payload),
-                        event.idempotency_key,
-                        revision,
-                        change.sequence,
-                        now,
-                    ),
-                )
             return stored, change
 
         return await self._run(work, writing=True)
@@ -756,34 +905,49 @@ class PostgresStore:
         actor: str,
         now: datetime,
         patch: list[JSONObject] | None = None,
+        *,
+        snapshot: tuple[bytes, int] | None = None,
+        event: EventRecord | None = None,
     ) -> Change:
-        """The name's revision high-water mark, then the sequence, then the change row."""
+        """The name's revision high-water mark; then, in one statement, the sequence, the change
+        row, the history snapshot (``(compressed, size)``) and the event record, and the NOTIFY.
+
+        The counter row is the last lock of the transaction and is held to commit (see the
+        module docstring): one statement, then the commit, keeps that critical section to two
+        round trips, which is what bounds the store's aggregate write rate.
+        """
         await cur.execute(
             "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, %s)"
             " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
             (namespace, name, revision),
         )
-        # Last lock of the transaction, held to commit: see the module docstring.
-        await cur.execute("UPDATE store_counter SET value = value + 1 WHERE name = 'sequence' RETURNING value")
+        blob, size = snapshot if snapshot is not None else (None, None)
+        await cur.execute(
+            _RECORD,
+            {
+                "id": context_id,
+                "namespace": namespace,
+                "name": name,
+                "revision": revision,
+                "op": op,
+                "actor": actor,
+                "now": now,
+                "patch": dumps(patch) if patch is not None else None,
+                "size": size,
+                "snapshot": blob,
+                "event_type": event.type if event is not None else None,
+                "payload": dumps(event.payload) if event is not None else None,
+                "key": event.idempotency_key if event is not None else None,
+                "channel": CHANGES_CHANNEL,
+            },
+        )
         counter = await cur.fetchone()
         if counter is None:
             raise InitializationError(f"database: the store_counter row is missing at {self.location}")
         sequence = int(counter[0])
-        await cur.execute(
-            "INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (
-                sequence,
-                context_id,
-                namespace,
-                name,
-                revision,
-                op,
-                actor,
-                now,
-                dumps(patch) if patch is not None else None,
-            ),
-        )
+        if len(self._own_sequences) >= _MAX_OWN_SEQUENCES:
+            self._own_sequences.clear()  # rolled-back writes never come back; costs a few extra reads
+        self._own_sequences.add(sequence)
         return Change(
             sequence=sequence,
             context_id=context_id,
@@ -794,22 +958,6 @@ class PostgresStore:
             actor=actor,
             timestamp=now,
             patch=patch,
-        )
-
-    async def _snapshot(self, cur: _Cursor, change: Change, snapshot: bytes, size: int) -> None:
-        await cur.execute(
-            "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-            (
-                change.context_id,
-                change.revision,
-                change.sequence,
-                change.op,
-                change.actor,
-                change.timestamp,
-                size,
-                snapshot,
-            ),
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -899,7 +1047,7 @@ class PostgresStore:
 
     async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
         # An index range probe on the changes primary key is as cheap as any "anything new?"
-        # check would be, so ``force`` changes nothing here (LISTEN/NOTIFY comes later).
+        # check would be, so ``force`` changes nothing here; announcements say when to call.
         return await self.changes_after(sequence, limit=limit)
 
     async def last_sequence(self) -> int:
@@ -927,7 +1075,18 @@ class PostgresStore:
                     contexts, last = int(row[0]), int(row[1] or 0)
                 await cur.execute(
                     "SELECT sum(pg_total_relation_size(to_regclass(t)))::bigint FROM unnest(%s::text[]) AS t",
-                    (["contexts", "name_revisions", "history", "changes", "store_counter", "schema_migrations"],),
+                    (
+                        [
+                            "contexts",
+                            "name_revisions",
+                            "history",
+                            "changes",
+                            "events",
+                            "dead_letters",
+                            "store_counter",
+                            "schema_migrations",
+                        ],
+                    ),
                 )
                 total = await cur.fetchone()
                 size = int(total[0]) if total and total[0] is not None else None
@@ -953,20 +1112,26 @@ class PostgresStore:
         """Every record, read in pages inside one REPEATABLE READ snapshot: a consistent export."""
         if self._pool is None:
             raise InitializationError("database: the store is not open")
-        yield {
-            "type": "header",
-            "format": EXPORT_FORMAT,
-            "format_version": EXPORT_FORMAT_VERSION,
-            "schema_version": LATEST_SCHEMA_VERSION,
-            "exported_at": format_timestamp(utcnow()),
-        }
+        yield header_record()
+        requested = _cancel_requests()
         try:
             async with self._pool.connection() as conn, conn.cursor() as cur:
+                _deliver_swallowed_cancel(requested)
                 await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 # The consumer may be slow (a pipe): no idle-in-transaction limit here.
                 await self._begin(cur, idle_timeout_ms=0)
-                async for record in self._export_pages(cur):
-                    yield record
+                for kind in EXPORT_KINDS:
+                    after: tuple[Any, ...] | None = None
+                    while True:
+                        await cur.execute(
+                            kind.select_page("%s", after=after is not None), (*(after or ()), _EXPORT_PAGE)
+                        )
+                        rows = await cur.fetchall()
+                        if not rows:
+                            break
+                        for record in await asyncio.to_thread(export_page, kind, rows):
+                            yield record
+                        after = kind.key_of(rows[-1])
                 await conn.commit()
         except PoolTimeout as exc:
             raise StoreBusyError(
@@ -976,89 +1141,8 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._translate(exc, False) from exc
 
-    async def _export_pages(self, cur: _Cursor) -> AsyncGenerator[JSONObject]:
-        after_id = uuid.UUID(int=0)
-        first = True
-        while True:
-            await cur.execute(
-                f"SELECT {_CONTEXT_COLUMNS}, deleted_at FROM contexts WHERE id > %s OR %s ORDER BY id LIMIT %s",
-                (after_id, first, _EXPORT_PAGE),
-            )
-            rows = await cur.fetchall()
-            first = False
-            if not rows:
-                break
-            for row in rows:
-                ctx = await _off_loop(len(row[9]), _decode_context, row[:-1])
-                yield {
-                    "type": "context",
-                    "id": str(ctx.id),
-                    "namespace": ctx.namespace,
-                    "name": ctx.name,
-                    "version": ctx.version,
-                    "metadata": ctx.metadata,
-                    "settings": ctx.settings,
-                    "schema": ctx.schema,
-                    "handlers": ctx.handlers,
-                    "revision": ctx.revision,
-                    "state": ctx.state.to_json(),
-                    "created_at": format_timestamp(ctx.created_at),
-                    "updated_at": format_timestamp(ctx.updated_at),
-                    "deleted_at": format_timestamp(row[-1]) if row[-1] is not None else None,
-                }
-            after_id = rows[-1][0]
-        key: tuple[uuid.UUID, int] = (uuid.UUID(int=0), -1)
-        while True:
-            await cur.execute(
-                "SELECT context_id, revision, sequence, op, actor, timestamp, size, snapshot FROM history"
-                " WHERE (context_id, revision) > (%s, %s) ORDER BY context_id, revision LIMIT %s",
-                (key[0], key[1], _EXPORT_PAGE),
-            )
-            rows = await cur.fetchall()
-            if not rows:
-                break
-            for r in rows:
-                yield {
-                    "type": "revision",
-                    "context_id": str(r[0]),
-                    "revision": r[1],
-                    "sequence": r[2],
-                    "op": r[3],
-                    "actor": r[4],
-                    "timestamp": format_timestamp(r[5]),
-                    "state": await _off_loop(r[6], _snapshot_json, r[7]),
-                }
-            key = (rows[-1][0], rows[-1][1])
-        await cur.execute("SELECT namespace, name, last_revision FROM name_revisions ORDER BY namespace, name")
-        for r in await cur.fetchall():
-            yield {"type": "name_revision", "namespace": r[0], "name": r[1], "last_revision": r[2]}
-        after_seq = 0
-        while True:
-            await cur.execute(
-                "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
-                " FROM changes WHERE sequence > %s ORDER BY sequence LIMIT %s",
-                (after_seq, _EXPORT_PAGE),
-            )
-            rows = await cur.fetchall()
-            if not rows:
-                break
-            for change in map(_change_from_row, rows):
-                yield {
-                    "type": "change",
-                    "sequence": change.sequence,
-                    "context_id": str(change.context_id),
-                    "namespace": change.namespace,
-                    "name": change.name,
-                    "revision": change.revision,
-                    "op": change.op,
-                    "actor": change.actor,
-                    "timestamp": format_timestamp(change.timestamp),
-                    "patch": change.patch,
-                }
-            after_seq = rows[-1][0]
-
     async def import_records(self, records: Iterable[JSONObject]) -> int:
-        rows = await asyncio.to_thread(_import_rows, list(records))
+        rows = await asyncio.to_thread(import_rows, list(records), identifier=_as_is, timestamp=_as_is)
 
         async def work(cur: _Cursor) -> int:
             # The counter row first: a concurrent writer or importer waits for this import.
@@ -1071,31 +1155,24 @@ class PostgresStore:
                     f"import: the target database {self.location} is not empty ({existing} contexts, "
                     f"{changes} changes); import into a new, empty database or schema"
                 )
-            await cur.executemany(
-                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}, deleted_at)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                rows.contexts,
-            )
-            await cur.executemany(
-                "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                rows.history,
-            )
-            await cur.executemany(
-                "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s,%s,%s)", rows.name_revisions
-            )
-            await cur.executemany(
-                "INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                rows.changes,
-            )
-            # The sequence continues after everything imported; it never goes back.
+            for kind, table_rows in rows.tables():
+                await cur.executemany(kind.insert("%s"), table_rows)
+            # The sequence and the event and dead letter ids continue after everything imported.
             await cur.execute(
                 "UPDATE store_counter SET value = greatest(value,"
                 " (SELECT coalesce(max(sequence), 0) FROM changes),"
                 " (SELECT coalesce(max(sequence), 0) FROM history)) WHERE name = 'sequence'"
+                " RETURNING pg_notify(%s, value::text)",
+                (CHANGES_CHANNEL,),
             )
-            return len(rows.contexts)
+            await cur.execute(
+                "SELECT setval(pg_get_serial_sequence('events', 'id'), max(id)) FROM events HAVING count(*) > 0"
+            )
+            await cur.execute(
+                "SELECT setval(pg_get_serial_sequence('dead_letters', 'id'), max(id)) FROM dead_letters"
+                " HAVING count(*) > 0"
+            )
+            return rows.contexts
 
         return await self._run(work, writing=True)
 
@@ -1120,97 +1197,6 @@ class PostgresStore:
             await asyncio.to_thread(out.close)
 
 
-class _ImportRows:
-    def __init__(self) -> None:
-        self.contexts: list[tuple[Any, ...]] = []
-        self.history: list[tuple[Any, ...]] = []
-        self.name_revisions: list[tuple[Any, ...]] = []
-        self.changes: list[tuple[Any, ...]] = []
-
-
-def _import_rows(records: list[JSONObject]) -> _ImportRows:
-    """Validate every record and turn it into a row; raises before anything is written."""
-    rows = _ImportRows()
-    state_schema = schemas.validator("context_state")
-    for number, record in enumerate(records, start=1):
-        kind = record.get("type")
-        if kind in ("context", "revision"):
-            problem = next(iter(state_schema.iter_errors(record.get("state"))), None)
-            if problem is not None:
-                where = "".join(f"/{p}" for p in problem.absolute_path)
-                raise StateUpdateError(
-                    f"import: record {number} ({kind}): state{where}: {problem.message}; nothing was imported"
-                )
-        try:
-            if kind == "header":
-                if record.get("format") != EXPORT_FORMAT:
-                    raise StateUpdateError(f"import: not a {EXPORT_FORMAT} file (format={record.get('format')!r})")
-                if int(record.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
-                    raise StateUpdateError(
-                        f"import: format_version {record.get('format_version')} is newer than "
-                        f"{EXPORT_FORMAT_VERSION}; upgrade groundhog-mcp"
-                    )
-            elif kind == "context":
-                text = dumps(record["state"])
-                rows.contexts.append(
-                    (
-                        uuid.UUID(record["id"]),
-                        record["namespace"],
-                        record["name"],
-                        record["version"],
-                        dumps(record["metadata"]),
-                        dumps(record["settings"]),
-                        dumps(record["schema"]) if record.get("schema") is not None else None,
-                        dumps(record.get("handlers") or {}),
-                        record["revision"],
-                        text,
-                        len(text.encode("utf-8")),
-                        parse_timestamp(record["created_at"]),
-                        parse_timestamp(record["updated_at"]),
-                        parse_timestamp(record["deleted_at"]) if record.get("deleted_at") is not None else None,
-                    )
-                )
-            elif kind == "revision":
-                text = dumps(record["state"])
-                rows.history.append(
-                    (
-                        uuid.UUID(record["context_id"]),
-                        record["revision"],
-                        record["sequence"],
-                        record["op"],
-                        record["actor"],
-                        parse_timestamp(record["timestamp"]),
-                        len(text.encode("utf-8")),
-                        _compress(text),
-                    )
-                )
-            elif kind == "name_revision":
-                rows.name_revisions.append((record["namespace"], record["name"], record["last_revision"]))
-            elif kind == "change":
-                rows.changes.append(
-                    (
-                        record["sequence"],
-                        uuid.UUID(record["context_id"]),
-                        record["namespace"],
-                        record["name"],
-                        record["revision"],
-                        record["op"],
-                        record["actor"],
-                        parse_timestamp(record["timestamp"]),
-                        dumps(record["patch"]) if record.get("patch") is not None else None,
-                    )
-                )
-            else:
-                raise StateUpdateError(f"import: unknown record type {kind!r}")
-        except KeyError as exc:
-            raise StateUpdateError(
-                f"import: record {number} ({kind}): missing field {exc.args[0]!r}; nothing was imported"
-            ) from None
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise StateUpdateError(f"import: record {number} ({kind}): {exc}; nothing was imported") from None
-    return rows
-
-
 def _dead_letter(row: TupleRow) -> DeadLetter:
     return DeadLetter(
         id=row[0],
@@ -1228,8 +1214,26 @@ def _dead_letter(row: TupleRow) -> DeadLetter:
     )
 
 
-def _snapshot_json(blob: bytes) -> Any:
-    return json.loads(_decompress(blob))
+def _cancel_requests() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _deliver_swallowed_cancel(requested: int) -> None:
+    """Raise the cancellation a library swallowed since ``_cancel_requests()`` gave ``requested``.
+
+    On Python 3.11, ``asyncio.wait_for`` (which psycopg_pool uses to wait for a connection)
+    drops a cancellation that arrives as the connection does: the task would carry on, and a
+    change feed or LISTEN loop being stopped would never stop. A cancellation that was
+    delivered, or an ``asyncio.timeout`` that expired and took its own back, leaves the count
+    where it was.
+    """
+    if _cancel_requests() > requested:
+        raise asyncio.CancelledError
+
+
+def _as_is(value: _T) -> _T:
+    return value
 
 
 def _create_exclusive(path: Path) -> Any:
@@ -1237,17 +1241,26 @@ def _create_exclusive(path: Path) -> Any:
     return path.open("x", encoding="utf-8")
 
 
-def _split_schema(url: str) -> tuple[str, str | None]:
-    """Take our ``schema`` query parameter out of a URL (libpq would reject it)."""
+def _split_parameters(url: str) -> tuple[str, dict[str, str]]:
+    """Take our query parameters (``schema``, ``listen_url``) out of a URL: libpq would reject them."""
     if not url.startswith(("postgresql://", "postgres://")):
-        return url, None
+        return url, {}
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    if schema is None:
-        return url, None
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
+    ours = {k: v for k, v in query if k in _OUR_PARAMETERS}
+    if not ours:
+        return url, {}
+    rest = urlencode([(k, v) for k, v in query if k not in _OUR_PARAMETERS])
+    return urlunsplit(parts._replace(query=rest)), ours
+
+
+def _pool_size(ours: dict[str, str], name: str, default: int) -> int:
+    text = ours.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise InitializationError(f"database: {name}={text!r} must be a whole number from 1 to 1000")
+    return int(text)
 
 
 def _location(params: dict[str, Any], schema: str | None) -> str:

@@ -18,10 +18,10 @@ import uuid
 import zlib
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from groundhog_mcp import schemas
 from groundhog_mcp.errors import (
     ConflictError,
     InitializationError,
@@ -47,12 +47,15 @@ from groundhog_mcp.store.base import (
     EventRecord,
     Mutator,
     NewContext,
+    Retention,
     StoredContext,
     StoredEvent,
     StoredRevision,
     StoreStatus,
+    feed_patch,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+from groundhog_mcp.store.records import EXPORT_KINDS, RecordKind, export_page, header_record, import_rows
 
 __all__ = ["SQLiteStore"]
 
@@ -63,8 +66,6 @@ _CONTEXT_COLUMNS = (
     "state_size, created_at, updated_at"
 )
 _EXPORT_PAGE = 500
-EXPORT_FORMAT = "groundhog-export"
-EXPORT_FORMAT_VERSION = 1
 
 
 def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
@@ -135,9 +136,11 @@ class SQLiteStore:
         busy_timeout_ms: int = 5000,
         synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
         auto_migrate: bool = True,
+        retention: Retention | None = None,
     ) -> None:
         self.path = Path(path)
         self.auto_migrate = auto_migrate
+        self.retention = retention or Retention()
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
@@ -540,9 +543,13 @@ class SQLiteStore:
             counts: dict[ContextId, tuple[int, int, int]] = {}
             for context_id in context_ids:
                 key = (str(context_id),)
-                updates = self._db.execute(
-                    "SELECT count(*) FROM changes WHERE context_id = ? AND op NOT IN ('register', 'unregister')", key
-                ).fetchone()[0]
+                # Revisions are consecutive from the registration on, so the count survives pruning.
+                row = self._db.execute(
+                    "SELECT c.revision - r.revision FROM contexts c JOIN changes r ON r.context_id = c.id"
+                    " WHERE c.id = ? AND r.op = 'register' ORDER BY r.sequence DESC LIMIT 1",
+                    key,
+                ).fetchone()
+                updates = row[0] if row is not None else 0
                 events = self._db.execute("SELECT count(*) FROM events WHERE context_id = ?", key).fetchone()[0]
                 letters = self._db.execute(
                     "SELECT count(*) FROM dead_letters WHERE context_id = ? AND replayed_at IS NULL", key
@@ -616,6 +623,7 @@ class SQLiteStore:
         state_text: str | None,
     ) -> Change:
         """Write the change row, the history snapshot and the name's revision high-water mark."""
+        stored_patch = feed_patch(patch)
         cursor = conn.execute(
             "INSERT INTO changes (context_id, namespace, name, revision, op, actor, timestamp, patch)"
             " VALUES (?,?,?,?,?,?,?,?)",
@@ -627,7 +635,7 @@ class SQLiteStore:
                 op,
                 actor,
                 now,
-                dumps(patch) if patch is not None else None,
+                dumps(stored_patch) if stored_patch is not None else None,
             ),
         )
         sequence = int(cursor.lastrowid or 0)
@@ -651,6 +659,9 @@ class SQLiteStore:
             " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
             (ctx.namespace, ctx.name, ctx.revision),
         )
+        retention = self.retention.for_context(ctx.settings)
+        if state_text is not None and retention.due(ctx.revision):
+            self._prune(conn, ctx, retention, now)
         return Change(
             sequence=sequence,
             context_id=ctx.id,
@@ -662,6 +673,37 @@ class SQLiteStore:
             timestamp=parse_timestamp(now),
             patch=patch,
         )
+
+    def _prune(self, conn: sqlite3.Connection, ctx: StoredContext, retention: Retention, now: str) -> None:
+        """Drop history beyond retention, and the diffs of the change rows that went with it."""
+        key = str(ctx.id)
+        oldest = conn.execute(
+            "SELECT sequence FROM history WHERE context_id = ? ORDER BY revision LIMIT 1", (key,)
+        ).fetchone()
+        if oldest is None:
+            return
+        if retention.keep_revisions > 0:
+            conn.execute(
+                "DELETE FROM history WHERE context_id = ? AND revision <= ?",
+                (key, ctx.revision - retention.keep_revisions),
+            )
+        if retention.keep_days is not None:
+            cutoff = format_timestamp(parse_timestamp(now) - timedelta(days=retention.keep_days))
+            conn.execute(
+                "DELETE FROM history WHERE context_id = ? AND revision < ? AND timestamp < ?",
+                (key, ctx.revision, cutoff),
+            )
+        kept = conn.execute(
+            "SELECT sequence FROM history WHERE context_id = ? ORDER BY revision LIMIT 1", (key,)
+        ).fetchone()
+        if kept is not None and kept[0] > oldest[0]:
+            # The change rows of pruned revisions go too (their diffs are state): rows shrunk in place
+            # would leave sparse pages behind, deleted ones free whole pages for reuse. The
+            # registration row stays: it anchors the count of updates.
+            conn.execute(
+                "DELETE FROM changes WHERE context_id = ? AND sequence >= ? AND sequence < ? AND op != 'register'",
+                (key, oldest[0], kept[0]),
+            )
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -788,107 +830,28 @@ class SQLiteStore:
     # -- export / import / backup -----------------------------------------------------------
 
     async def export_records(self) -> AsyncGenerator[JSONObject]:
-        yield {
-            "type": "header",
-            "format": EXPORT_FORMAT,
-            "format_version": EXPORT_FORMAT_VERSION,
-            "schema_version": LATEST_SCHEMA_VERSION,
-            "exported_at": format_timestamp(utcnow()),
-        }
-        after = ""
-        while True:
-            page = await self._call(self._export_contexts_page, after)
-            if not page:
-                break
-            for record in page:
-                yield record
-            after = page[-1]["id"]
-        key: tuple[str, int] = ("", 0)
-        while True:
-            page, key = await self._call(self._export_history_page, key)
-            if not page:
-                break
-            for record in page:
-                yield record
-        for record in await self._call(self._export_name_revisions):
-            yield record
-        after_seq = 0
-        while True:
-            changes = await self._call(self._changes_after_sync, after_seq, _EXPORT_PAGE)
-            if not changes:
-                break
-            for change in changes:
-                yield {
-                    "type": "change",
-                    "sequence": change.sequence,
-                    "context_id": str(change.context_id),
-                    "namespace": change.namespace,
-                    "name": change.name,
-                    "revision": change.revision,
-                    "op": change.op,
-                    "actor": change.actor,
-                    "timestamp": format_timestamp(change.timestamp),
-                    "patch": change.patch,
-                }
-            after_seq = changes[-1].sequence
+        yield header_record()
+        for kind in EXPORT_KINDS:
+            after: tuple[Any, ...] | None = None
+            while True:
+                page, after = await self._call(self._export_page, kind, after)
+                if not page:
+                    break
+                for record in page:
+                    yield record
 
-    def _export_contexts_page(self, after: str) -> list[JSONObject]:
-        rows = self._db.execute(
-            f"SELECT {_CONTEXT_COLUMNS}, deleted_at FROM contexts WHERE id > ? ORDER BY id LIMIT ?",
-            (after, _EXPORT_PAGE),
-        ).fetchall()
-        records: list[JSONObject] = []
-        for row in rows:
-            ctx = _decode_context(row[:-1])
-            records.append(
-                {
-                    "type": "context",
-                    "id": str(ctx.id),
-                    "namespace": ctx.namespace,
-                    "name": ctx.name,
-                    "version": ctx.version,
-                    "metadata": ctx.metadata,
-                    "settings": ctx.settings,
-                    "schema": ctx.schema,
-                    "handlers": ctx.handlers,
-                    "revision": ctx.revision,
-                    "state": ctx.state.to_json(),
-                    "created_at": format_timestamp(ctx.created_at),
-                    "updated_at": format_timestamp(ctx.updated_at),
-                    "deleted_at": row[-1],
-                }
-            )
-        return records
-
-    def _export_history_page(self, after: tuple[str, int]) -> tuple[list[JSONObject], tuple[str, int]]:
-        rows = self._db.execute(
-            "SELECT context_id, revision, sequence, op, actor, timestamp, snapshot FROM history"
-            " WHERE (context_id, revision) > (?, ?) ORDER BY context_id, revision LIMIT ?",
-            (after[0], after[1], _EXPORT_PAGE),
-        ).fetchall()
-        records: list[JSONObject] = [
-            {
-                "type": "revision",
-                "context_id": r[0],
-                "revision": r[1],
-                "sequence": r[2],
-                "op": r[3],
-                "actor": r[4],
-                "timestamp": r[5],
-                "state": json.loads(_decompress(r[6])),
-            }
-            for r in rows
-        ]
-        return records, ((rows[-1][0], rows[-1][1]) if rows else after)
-
-    def _export_name_revisions(self) -> list[JSONObject]:
-        rows = self._db.execute("SELECT namespace, name, last_revision FROM name_revisions").fetchall()
-        return [{"type": "name_revision", "namespace": r[0], "name": r[1], "last_revision": r[2]} for r in rows]
+    def _export_page(
+        self, kind: RecordKind, after: tuple[Any, ...] | None
+    ) -> tuple[list[JSONObject], tuple[Any, ...] | None]:
+        query = kind.select_page("?", after=after is not None)
+        rows = self._db.execute(query, (*(after or ()), _EXPORT_PAGE)).fetchall()
+        return export_page(kind, rows), (kind.key_of(rows[-1]) if rows else after)
 
     async def import_records(self, records: Iterable[JSONObject]) -> int:
         return await self._call(self._import_sync, list(records))
 
     def _import_sync(self, records: list[JSONObject]) -> int:
+        rows = import_rows(records, identifier=str, timestamp=format_timestamp)
         with self._write_transaction() as conn:
             existing = conn.execute("SELECT count(*) FROM contexts").fetchone()[0]
             changes = conn.execute("SELECT count(*) FROM changes").fetchone()[0]
@@ -897,87 +860,10 @@ class SQLiteStore:
                     f"import: the target database {self.path} is not empty ({existing} contexts, "
                     f"{changes} changes); import into a new database file"
                 )
-            imported = 0
-            state_schema = schemas.validator("context_state")
-            for number, record in enumerate(records, start=1):
-                kind = record.get("type")
-                if kind in ("context", "revision"):
-                    problem = next(iter(state_schema.iter_errors(record.get("state"))), None)
-                    if problem is not None:
-                        where = "".join(f"/{p}" for p in problem.absolute_path)
-                        raise StateUpdateError(
-                            f"import: record {number} ({kind}): state{where}: {problem.message}; nothing was imported"
-                        )
-                if kind == "header":
-                    if record.get("format") != EXPORT_FORMAT:
-                        raise StateUpdateError(f"import: not a {EXPORT_FORMAT} file (format={record.get('format')!r})")
-                    if int(record.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
-                        raise StateUpdateError(
-                            f"import: format_version {record.get('format_version')} is newer than "
-                            f"{EXPORT_FORMAT_VERSION}; upgrade groundhog-mcp"
-                        )
-                elif kind == "context":
-                    state_text = dumps(record["state"])
-                    conn.execute(
-                        f"INSERT INTO contexts ({_CONTEXT_COLUMNS}, deleted_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            record["id"],
-                            record["namespace"],
-                            record["name"],
-                            record["version"],
-                            dumps(record["metadata"]),
-                            dumps(record["settings"]),
-                            dumps(record["schema"]) if record.get("schema") is not None else None,
-                            dumps(record.get("handlers") or {}),
-                            record["revision"],
-                            state_text,
-                            len(state_text.encode("utf-8")),
-                            record["created_at"],
-                            record["updated_at"],
-                            record.get("deleted_at"),
-                        ),
-                    )
-                    imported += 1
-                elif kind == "revision":
-                    state_text = dumps(record["state"])
-                    conn.execute(
-                        "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
-                        " VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            record["context_id"],
-                            record["revision"],
-                            record["sequence"],
-                            record["op"],
-                            record["actor"],
-                            record["timestamp"],
-                            len(state_text.encode("utf-8")),
-                            _compress(state_text),
-                        ),
-                    )
-                elif kind == "name_revision":
-                    conn.execute(
-                        "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (?,?,?)",
-                        (record["namespace"], record["name"], record["last_revision"]),
-                    )
-                elif kind == "change":
-                    conn.execute(
-                        "INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor,"
-                        " timestamp, patch) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            record["sequence"],
-                            record["context_id"],
-                            record["namespace"],
-                            record["name"],
-                            record["revision"],
-                            record["op"],
-                            record["actor"],
-                            record["timestamp"],
-                            dumps(record["patch"]) if record.get("patch") is not None else None,
-                        ),
-                    )
-                else:
-                    raise StateUpdateError(f"import: unknown record type {kind!r}")
-            return imported
+            # Explicit ids and sequences: AUTOINCREMENT continues after the highest imported.
+            for kind, table_rows in rows.tables():
+                conn.executemany(kind.insert("?"), table_rows)
+            return rows.contexts
 
     async def backup(self, destination: Path) -> None:
         await self._call(self._backup_sync, destination)

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from groundhog_mcp import StateManager
-from groundhog_mcp.store import Store, open_store
+from groundhog_mcp.store import Retention, Store, open_store
 
 POSTGRES_URL = os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
@@ -42,6 +42,8 @@ class Backend:
 
     def store(self, **kwargs: Any) -> Store:
         """A new, unopened store instance on this database (as ``--database`` would build it)."""
+        # History retention is its own suite (tests/store/test_retention.py): here every revision stays.
+        kwargs.setdefault("retention", Retention(keep_revisions=0))
         return open_store(self.database, **kwargs)
 
     async def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -7,10 +7,13 @@ can't show (the migrations table, that a refused database was not modified).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+import re
 import uuid
 from typing import Any
 
+import anyio
 import pytest
 
 from groundhog_mcp import (
@@ -716,15 +719,28 @@ async def test_a_newer_schema_is_refused_and_not_modified(backend: Backend, auto
 
 
 async def populate(store: Store) -> None:
-    await register(
+    """Every kind of record: live, unregistered and purged contexts, events with and without an
+    idempotency key, open and replayed dead letters (the purged context's go with it)."""
+    a = await register(
         store, "a", {"n": 1, "ü": "\u0000"}, metadata={"m": 1e20}, schema={"type": "object"}, settings={"s": 1}
     )
-    await write(store, "a", {"n": 2})
-    await register(store, "gone", {"x": 1})
+    await store.mutate(NS, "a", None, set_data({"n": 2}, "event"), actor="t", event=EventRecord("set", {"n": 2}, "k-a"))
+    await store.mutate(NS, "a", None, set_data({"n": 3}, "event"), actor="t", event=EventRecord("set", {"n": 3}, None))
+    await store.add_dead_letter(letter(a, idempotency_key="k-dead"))
+    replayed = await store.add_dead_letter(letter(a, type="other", payload={}))
+    await store.mark_replayed(replayed.id, 3)
+    gone = await register(store, "gone", {"x": 1})
+    await store.add_dead_letter(letter(gone))
     await store.unregister(NS, "gone", None, purge=False, actor="t")
-    await register(store, "purged")
+    purged = await register(store, "purged")
+    await store.mutate(NS, "purged", None, set_data({}, "event"), actor="t", event=EventRecord("e", {}, "k-p"))
+    await store.add_dead_letter(letter(purged))
     await store.unregister(NS, "purged", None, purge=True, actor="t")
     await register(store, "a", {"other": True}, namespace="team-b")
+
+
+async def all_dead_letters(store: Store, namespace: str = NS) -> list[DeadLetter]:
+    return await store.list_dead_letters(namespace, name=None, after_id=0, limit=100, include_replayed=True)
 
 
 async def test_export_import_round_trip(backend: Backend, store: Store, make_backend: MakeBackend) -> None:
@@ -747,9 +763,104 @@ async def test_export_import_round_trip(backend: Backend, store: Store, make_bac
         again = await register(copy, "gone")
         assert again.revision == 3
         assert (await copy.changes_after(0, limit=100))[-1].sequence == await store.last_sequence() + 1
-        assert (await register(copy, "purged")).revision == 3
+        assert (await register(copy, "purged")).revision == 4
         with pytest.raises(StateUpdateError, match="not empty"):
             await copy.import_records(records)
+        # Events came along: a repeated idempotency key is still answered with the first result.
+        seen = await copy.find_event(source_a.id, "k-a")
+        assert seen is not None and seen == await store.find_event(source_a.id, "k-a")
+        with pytest.raises(EventAlreadyHandled) as repeat:
+            await copy.mutate(NS, "a", None, set_data({"n": 9}), actor="t", event=EventRecord("set", {}, "k-a"))
+        assert repeat.value.event == seen
+        # So did the dead letters, replayed or not; new ids continue after the imported ones.
+        letters = await all_dead_letters(copy)
+        assert letters == await all_dead_letters(store) and len(letters) == 3
+        assert [d.replay_revision for d in letters] == [None, 3, None]
+        assert (await copy.add_dead_letter(letter(source_a))).id > letters[-1].id
+        await copy.mutate(NS, "a", None, set_data({"n": 4}, "event"), actor="t", event=EventRecord("set", {}, "k-new"))
+        new_event = await copy.find_event(source_a.id, "k-new")
+        assert new_event is not None and new_event.id > seen.id
+    finally:
+        await copy.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("context", "name"),
+        ("context", "state"),
+        ("revision", "sequence"),
+        ("name_revision", "last_revision"),
+        ("change", "timestamp"),
+        ("change", "patch"),  # may be null, but not missing
+        ("event", "idempotency_key"),
+        ("event", "payload"),
+        ("dead_letter", "attempts"),
+        ("dead_letter", "replayed_at"),
+    ],
+)
+async def test_import_names_the_record_and_the_missing_field_and_writes_nothing(
+    backend: Backend, store: Store, make_backend: MakeBackend, kind: str, field: str
+) -> None:
+    await populate(store)
+    records = [r async for r in store.export_records()]
+    number = next(n for n, r in enumerate(records, start=1) if r["type"] == kind)
+    del records[number - 1][field]
+    copy = (await make_backend(backend.kind)).store()
+    await copy.open()
+    try:
+        expected = rf"^import: record {number} \({kind}\): missing field '{field}'; nothing was imported$"
+        with pytest.raises(StateUpdateError, match=expected):
+            await copy.import_records(records)
+        assert await exported(copy) == []
+    finally:
+        await copy.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "message"),
+    [
+        ("revision", "revision", "2", "field 'revision' must be an integer; got '2'"),
+        ("context", "id", "not-a-uuid", "field 'id' must be a UUID; got 'not-a-uuid'"),
+        ("event", "created_at", "2024-01-01 10:00", "field 'created_at' must be an RFC 3339 timestamp"),
+        ("dead_letter", "payload", [1], "field 'payload' must be a JSON object; got [1]"),
+        ("context", "namespace", None, "field 'namespace' must not be null"),
+    ],
+)
+async def test_import_names_a_field_of_the_wrong_type(
+    backend: Backend, store: Store, make_backend: MakeBackend, kind: str, field: str, value: Any, message: str
+) -> None:
+    await populate(store)
+    records = [r async for r in store.export_records()]
+    number = next(n for n, r in enumerate(records, start=1) if r["type"] == kind)
+    records[number - 1][field] = value
+    copy = (await make_backend(backend.kind)).store()
+    await copy.open()
+    try:
+        with pytest.raises(StateUpdateError, match=rf"^import: record {number} \({kind}\): {re.escape(message)}"):
+            await copy.import_records(records)
+        assert await exported(copy) == []
+    finally:
+        await copy.close()
+
+
+async def test_import_reads_format_version_1_and_refuses_a_newer_one(
+    backend: Backend, store: Store, make_backend: MakeBackend
+) -> None:
+    await populate(store)
+    header, *rest = [r async for r in store.export_records()]
+    assert (header["format"], header["format_version"]) == ("groundhog-export", 2)
+    # Version 1 had no event and dead letter records.
+    version_1 = [{**header, "format_version": 1}, *(r for r in rest if r["type"] not in ("event", "dead_letter"))]
+    copy = (await make_backend(backend.kind)).store()
+    await copy.open()
+    try:
+        with pytest.raises(StateUpdateError, match=r"format_version 3 is newer than 2; upgrade groundhog-mcp"):
+            await copy.import_records([{**header, "format_version": 3}, *rest])
+        with pytest.raises(StateUpdateError, match=r"^import: record 2: unknown record type 'audit'"):
+            await copy.import_records([header, {"type": "audit"}])
+        assert await copy.import_records(version_1) == 3
+        assert await exported(copy) == version_1[1:]
     finally:
         await copy.close()
 
@@ -793,18 +904,59 @@ async def test_sqlite_to_postgres_and_back_keeps_everything(make_backend: MakeBa
         for _ in range(3):
             await write(stores[0], "a", {"n": 3, "t": parse_timestamp("2024-02-29T23:59:59.999999Z").isoformat()})
         records = await exported(stores[0])
+        kinds = collections.Counter(r["type"] for r in records)
+        assert kinds == {
+            "context": 3,
+            "revision": 8,
+            "name_revision": 4,
+            "change": 12,
+            "event": 2,
+            "dead_letter": 3,
+        }
+        source_a = await stores[0].get(NS, "a")
+        assert source_a is not None
         for source, target in itertools.pairwise(stores):
             assert await target.import_records(await exported(source)) == 3
+            # Every context, revision snapshot, change, event and dead letter, exactly.
             assert await exported(target) == records
-            assert await target.get(NS, "a") == await stores[0].get(NS, "a")
+            assert await target.get(NS, "a") == source_a
             assert await all_changes(target) == await all_changes(stores[0])
             assert await target.last_sequence() == await stores[0].last_sequence()
+            for revision in range(1, source_a.revision + 1):
+                assert await target.read_revision(source_a.id, revision) == await stores[0].read_revision(
+                    source_a.id, revision
+                )
+            assert await target.find_event(source_a.id, "k-a") == await stores[0].find_event(source_a.id, "k-a")
+            assert await all_dead_letters(target) == await all_dead_letters(stores[0])
     finally:
         for s in stores:
             await s.close()
 
 
 # -- through the service -----------------------------------------------------------------------
+
+
+async def test_a_manager_publishes_every_change_of_another_instance_once_in_order(backend: Backend) -> None:
+    # SQLite notices the other instance by polling data_version, PostgreSQL by LISTEN/NOTIFY.
+    managers = [StateManager(backend.store()), StateManager(backend.store())]
+    for m in managers:
+        await m.start()
+    try:
+        listener, writer = managers
+        subscription = listener.bus.subscribe()
+        await writer.register("c", state=ContextState(data={"n": 0}))
+        for n in range(1, 20):
+            await writer.update("c", data={"n": n}, expected_revision=n)
+        received: list[Any] = []
+        with anyio.fail_after(15):
+            while len(received) < 20:
+                received.append(await subscription.get())
+        assert [(c.name, c.revision) for c in received] == [("c", r) for r in range(1, 21)]
+        assert [c.sequence for c in received] == sorted({c.sequence for c in received})
+        assert received == await all_changes(writer.store)
+    finally:
+        for m in managers:
+            await m.close()
 
 
 async def test_state_manager_works_unchanged(manager: StateManager) -> None:

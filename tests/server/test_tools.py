@@ -227,3 +227,12 @@ async def test_large_states_are_read_in_parts(client: Client) -> None:
     resource = await client.read_resource("groundhog://contexts/big/state")
     document = json.loads(resource.contents[0].text)  # type: ignore[union-attr]
     assert "state" not in document and document["too_large"]["parts"][0]["path"] == "/notes"
+
+
+async def test_a_huge_diff_is_answered_by_its_paths(client: Client) -> None:
+    await call(client, "register_context", name="h")
+    written = await call(client, "update_state", name="h", data={"blob": "y" * 100_000})
+    assert written["patch_truncated"] is True
+    assert written["patch"] == [{"op": "add", "path": "/data/blob"}]
+    small = await call(client, "update_state", name="h", merge_patch={"k": 1})
+    assert small["patch_truncated"] is False and small["patch"] == [{"op": "add", "path": "/data/k", "value": 1}]

@@ -244,3 +244,14 @@ async def test_revision_of_an_earlier_registration_is_not_called_compacted(manag
     with pytest.raises(NotFoundError, match="belongs to an earlier registration") as caught:
         await manager.read("b", 2)
     assert "compacted" not in str(caught.value)
+
+
+async def test_remote_schema_references_are_never_fetched(manager: StateManager) -> None:
+    schema = {"$ref": "http://127.0.0.1:9/never-fetched.json"}
+    refused = r"\$ref that cannot be resolved .* remote references are never fetched"
+    with pytest.raises(StateValidationError, match=refused):
+        await manager.register("c", schema=schema)
+    local = {"$defs": {"n": {"type": "integer"}}, "properties": {"n": {"$ref": "#/$defs/n"}}}
+    await manager.register("d", schema=local)
+    with pytest.raises(StateValidationError, match="'x' is not of type 'integer'"):
+        await manager.update("d", data={"n": "x"})

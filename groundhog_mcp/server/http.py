@@ -1,0 +1,380 @@
+"""The HTTP transports: streamable HTTP (``/mcp``) and the legacy HTTP+SSE pair (``/sse``,
+``/messages/``), served by uvicorn.
+
+What this module adds to the SDK's Starlette apps:
+
+- Host and Origin checks on **every** bind address, before authentication (the SDK turns its
+  own checks on only for loopback binds): a bad Host is answered 421, a bad Origin 403.
+- Bearer tokens from the token file (:class:`TokenFileVerifier`, the SDK's ``TokenVerifier``
+  protocol over :class:`~groundhog_mcp.security.tokens.TokenStore`): no or bad token → 401 with
+  ``WWW-Authenticate``.
+- The refusal to serve a non-loopback address without authentication.
+- A graceful stop: long-lived GET event streams are told the client left, requests in flight
+  get ``graceful_timeout`` seconds to finish, and writes already handed to the store commit
+  regardless (the caller closes the state manager after :meth:`HttpServer.serve` returns).
+- ``GET /healthz``: ``{"status": "ok"}``, without authentication or Host check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+import uvicorn
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from groundhog_mcp.errors import ContextError, InitializationError
+from groundhog_mcp.models import Principal
+from groundhog_mcp.security.tokens import TokenStore
+from groundhog_mcp.server.principals import principal_claims
+
+__all__ = [
+    "HEALTH_PATH",
+    "HttpConfig",
+    "HttpServer",
+    "TokenFileVerifier",
+    "bind_socket",
+    "is_loopback",
+    "refuse_unauthenticated_bind",
+    "token_auth",
+]
+
+log = structlog.get_logger("groundhog_mcp.http")
+
+HEALTH_PATH = "/healthz"
+Transport = Literal["http", "sse"]
+_LOCALHOST_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_MAX_SHOWN_HEADER = 200
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _authority(host: str, port: int) -> str:
+    """``host:port`` as a Host header spells it (IPv6 in brackets)."""
+    bare = host.strip("[]")
+    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Where and how to serve. ``allowed_hosts``/``allowed_origins`` extend the defaults: the
+    localhost forms and the bind address with the port, and ``http(s)://`` of every allowed host."""
+
+    transport: Transport = "http"
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    graceful_timeout: float = 10.0
+
+    @property
+    def authority(self) -> str:
+        return _authority(self.host, self.port)
+
+    @property
+    def path(self) -> str:
+        return "/mcp" if self.transport == "http" else "/sse"
+
+    @property
+    def url(self) -> str:
+        """The endpoint a client on this machine connects to."""
+        host = self.host if not _is_unspecified(self.host) else "127.0.0.1"
+        return f"http://{_authority(host, self.port)}{self.path}"
+
+    def hosts(self) -> list[str]:
+        hosts = [_authority(name, self.port) for name in _LOCALHOST_NAMES]
+        if not _is_unspecified(self.host):
+            hosts.append(self.authority)
+        return _unique([*hosts, *self.allowed_hosts])
+
+    def origins(self) -> list[str]:
+        derived = [f"{scheme}://{host}" for host in self.hosts() for scheme in ("http", "https")]
+        return _unique([*derived, *self.allowed_origins])
+
+    def transport_security(self) -> TransportSecuritySettings:
+        return TransportSecuritySettings(
+            enable_dns_rebinding_protection=True, allowed_hosts=self.hosts(), allowed_origins=self.origins()
+        )
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def refuse_unauthenticated_bind(config: HttpConfig, *, authenticated: bool, insecure_no_auth: bool) -> None:
+    """Refuse a non-loopback bind without authentication unless ``insecure_no_auth`` says so."""
+    if authenticated or is_loopback(config.host):
+        return
+    if insecure_no_auth:
+        log.warning(
+            "serving WITHOUT AUTHENTICATION on a non-loopback address: anyone who can reach it can read "
+            "and change every context in the namespace",
+            address=config.authority,
+            insecure_no_auth=True,
+        )
+        return
+    raise InitializationError(
+        f"refusing to serve {config.transport} on {config.authority} without authentication: anyone who can "
+        "reach that address could read and change every context. Create a token "
+        "(groundhog-mcp tokens create --principal NAME) so that requests need one, bind 127.0.0.1, or pass "
+        "--insecure-no-auth if something in front of this server authenticates requests"
+    )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), made before the database
+    opens so that a busy port fails fast."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bare, port))
+        # Listening at once: a client that connects while the server is still starting waits
+        # in the backlog instead of being refused.
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise InitializationError(f"port: cannot listen on {_authority(host, port)} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+# -- bearer tokens --------------------------------------------------------------------------
+
+
+class TokenFileVerifier(TokenVerifier):
+    """The SDK's ``TokenVerifier`` over the token file: an active token becomes an
+    ``AccessToken`` whose claims carry its principal and namespace."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            record = await asyncio.to_thread(self._store.verify, token)
+        except (ContextError, OSError) as exc:
+            log.error("token file unusable: every token is refused until it is fixed", problem=str(exc))
+            return None
+        if record is None:
+            log.debug("bearer token refused")
+            return None
+        return AccessToken(
+            token=token,
+            # One token, one session owner: another token of the same principal cannot take over
+            # a session this one opened.
+            client_id=record.id,
+            subject=record.principal,
+            scopes=[],
+            claims=principal_claims(Principal(name=record.principal, namespace=record.namespace)),
+        )
+
+
+def token_auth(store: TokenStore, config: HttpConfig) -> tuple[TokenVerifier, AuthSettings]:
+    """The ``MCPServer(token_verifier=..., auth=...)`` pair for tokens from ``store``.
+
+    A resource server of static tokens: no authorization server and no protected-resource
+    metadata to advertise (``resource_server_url`` unset), so a 401 says ``Bearer`` and why,
+    and does not send OAuth clients looking for an authorization server that does not exist.
+    """
+    issuer = AnyHttpUrl(f"http://{config.authority}")
+    return TokenFileVerifier(store), AuthSettings(issuer_url=issuer, resource_server_url=None)
+
+
+# -- the ASGI app ---------------------------------------------------------------------------
+
+
+def http_app(server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event) -> ASGIApp:
+    """The SDK's Starlette app for ``config.transport`` behind the Host/Origin guard."""
+
+    @server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)
+    async def healthz(request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
+        return JSONResponse({"status": "ok"})
+
+    security = config.transport_security()
+    if config.transport == "http":
+        app = server.streamable_http_app(
+            max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host
+        )
+    else:
+        app = server.sse_app(max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host)
+    return _Guard(app, config, stopping)
+
+
+class _Guard:
+    """Host/Origin checks ahead of authentication, and the end of event streams on stop."""
+
+    def __init__(self, app: ASGIApp, config: HttpConfig, stopping: asyncio.Event) -> None:
+        self._app = app
+        self._stopping = stopping
+        self._hosts = config.hosts()
+        self._origins = config.origins()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if scope["path"] != HEALTH_PATH:
+            refusal = self._refusal(Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        if scope["method"] != "GET":
+            await self._app(scope, receive, send)
+            return
+        # An event stream ends when its client leaves: on stop, tell its handler the client
+        # left, then end the response properly ourselves.
+        stream = _StreamUntilStop(receive, send, self._stopping)
+        await self._app(scope, stream.receive, stream.send)
+        await stream.finish(scope)
+
+    def _refusal(self, headers: Headers) -> Response | None:
+        host = headers.get("host")
+        if not host or not _matches(host, self._hosts):
+            shown = repr((host or "")[:_MAX_SHOWN_HEADER])
+            log.warning("refused a request with a bad Host header", host=shown)
+            return PlainTextResponse(
+                f"Misdirected request: Host {shown} is not one this server answers to "
+                "(configure allowed_hosts / --allowed-host)",
+                status_code=421,
+            )
+        origin = headers.get("origin")
+        if origin and not _matches(origin, self._origins):
+            shown = repr(origin[:_MAX_SHOWN_HEADER])
+            log.warning("refused a request with a bad Origin header", origin=shown)
+            return PlainTextResponse(
+                f"Forbidden: Origin {shown} is not allowed (configure allowed_origins / --allowed-origin)",
+                status_code=403,
+            )
+        return None
+
+
+class _StreamUntilStop:
+    """One GET request whose handler is told, on stop, that its client has gone.
+
+    From then on, like a server whose client really left, it drops what the handler still
+    sends; :meth:`finish` then completes the response for the client that is in fact there.
+    """
+
+    def __init__(self, receive: Receive, send: Send, stopping: asyncio.Event) -> None:
+        self._receive = receive
+        self._send = send
+        self._stopping = stopping
+        self._detached = False
+        self._started = False
+        self._complete = False
+
+    async def receive(self) -> Message:
+        if not self._stopping.is_set():
+            message = asyncio.ensure_future(self._receive())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({message, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if message.done():
+                return message.result()
+            message.cancel()
+        self._detached = True
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self._detached:
+            return
+        if message["type"] == "http.response.start":
+            self._started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._complete = True
+        await self._send(message)
+
+    async def finish(self, scope: Scope) -> None:
+        if not self._detached or self._complete:
+            return
+        if self._started:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            response = PlainTextResponse("Service unavailable: the server is stopping", status_code=503)
+            await response(scope, self._receive, self._send)
+
+
+def _matches(value: str, allowed: list[str]) -> bool:
+    """The SDK's rule: an exact entry, or ``base:*`` for ``base`` with any port."""
+    if value in allowed:
+        return True
+    return any(entry.endswith(":*") and value.startswith(entry[:-1]) for entry in allowed)
+
+
+# -- uvicorn --------------------------------------------------------------------------------
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None]:
+        # HttpServer.stop is the one way to stop: uvicorn must neither install its own signal
+        # handlers nor re-raise the signal after shutting down.
+        yield
+
+
+@dataclass
+class HttpServer:
+    """Serves an MCP server over HTTP until :meth:`stop`."""
+
+    server: MCPServer[Any]
+    config: HttpConfig
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _uvicorn: _Uvicorn | None = field(default=None, init=False)
+
+    async def serve(self, sock: socket.socket) -> None:
+        """Serve on a socket from :func:`bind_socket` (whose port ``config.port`` must be) until
+        :meth:`stop`; returns once uvicorn has shut down."""
+        uvicorn_config = uvicorn.Config(
+            http_app(self.server, self.config, self.stopping),
+            lifespan="on",
+            log_config=None,  # our logging (JSON lines on stderr) is configured already
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(self.config.graceful_timeout) or 1,
+        )
+        self._uvicorn = _Uvicorn(uvicorn_config)
+        if self.stopping.is_set():
+            return
+        await self._uvicorn.serve(sockets=[sock])
+
+    def stop(self) -> None:
+        """Stop gracefully; a second call stops at once (in-flight requests are cancelled, writes
+        already handed to the store still commit)."""
+        if self._uvicorn is not None and self._uvicorn.should_exit:
+            self._uvicorn.force_exit = True
+        self.stopping.set()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
