@@ -302,7 +302,7 @@ async def serve_http(settings: Settings) -> None:
                 url=config.url,
                 port=config.port,
                 authenticated=authenticated,
-                database=settings.database,
+                database=(await manager.store.status()).location,  # a URL without its password
                 version=__version__,
             )
             await http.serve(sock)

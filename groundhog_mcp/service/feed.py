@@ -18,6 +18,7 @@ import contextlib
 import structlog
 
 from groundhog_mcp.errors import ContextError
+from groundhog_mcp.models import Change
 from groundhog_mcp.service.bus import ChangeBus, cancel_and_wait
 from groundhog_mcp.store.base import ChangeAnnouncer, Store
 
@@ -41,7 +42,6 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._announcer = store if isinstance(store, ChangeAnnouncer) else None
         self._follower: asyncio.Task[None] | None = None
-        self._caught_up = asyncio.Condition()
 
     async def start(self, cursor: int) -> None:
         self.cursor = cursor
@@ -58,13 +58,21 @@ class ChangeFeed:
         """A local write committed: read the feed now instead of at the next poll."""
         self._wake.set()
 
-    async def wait_published(self, sequence: int) -> None:
-        """Return once the change with ``sequence`` (or a later one) has been published."""
-        async with self._caught_up:
-            await self._caught_up.wait_for(lambda: self.cursor >= sequence)
+    def committed(self, change: Change) -> None:
+        """A local write committed. When it is the next change, publish it now (no read back);
+        when another process's change may lie between, read the feed to keep sequence order."""
+        if change.sequence == self.cursor + 1:
+            self.cursor = change.sequence
+            self._bus.publish(change)
+        elif change.sequence > self.cursor:
+            self.wake()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         force = True
+        # Polls run at a fixed rate: a wake-up (a local write, an announcement) does not push the
+        # next poll back, so another process's change waits at most one interval.
+        next_poll = loop.time()
         while True:
             try:
                 await self._drain(force)
@@ -75,10 +83,12 @@ class ChangeFeed:
                 log.warning("change feed read failed; retrying", error=str(exc))
             except Exception:
                 log.exception("change feed read failed unexpectedly; retrying")
+            if loop.time() >= next_poll:
+                next_poll = loop.time() + self._poll_interval()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # races with the wake-up, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval()):
+                async with asyncio.timeout_at(next_poll):
                     await self._wake.wait()
             force = self._wake.is_set()
             self._wake.clear()
@@ -102,10 +112,9 @@ class ChangeFeed:
             if not changes:
                 return
             for change in changes:
-                self._bus.publish(change)
-            async with self._caught_up:
-                self.cursor = changes[-1].sequence
-                self._caught_up.notify_all()
+                if change.sequence > self.cursor:  # a local change may have been published meanwhile
+                    self.cursor = change.sequence
+                    self._bus.publish(change)
             if len(changes) < _PAGE:
                 return
             force = True

@@ -383,7 +383,10 @@ class StateManager:
                 timestamp=utcnow(),
                 version=version or current.state.version,
             )
-            self._raise_if_invalid_state(state, current.schema)
+            # A replace or merge only puts checked input values at the paths they had in the input
+            # (depth included): the structural walk can be skipped. A JSON Patch can move values
+            # anywhere, so its result is walked.
+            self._raise_if_invalid_state(state, current.schema, structure_known_valid=patch is None)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
         return await self._mutate(name, expected_revision, apply)
@@ -730,8 +733,12 @@ class StateManager:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _raise_if_invalid_state(self, state: ContextState, schema: JSONObject | None) -> None:
-        raise_if_invalid(inspect_state(state, self.limits, schema), "state")
+    def _raise_if_invalid_state(
+        self, state: ContextState, schema: JSONObject | None, *, structure_known_valid: bool = False
+    ) -> None:
+        raise_if_invalid(
+            inspect_state(state, self.limits, schema, structure_known_valid=structure_known_valid), "state"
+        )
 
     async def _revision_state(self, context: StoredContext, revision: int, field: str = "revision") -> ContextState:
         if revision == context.revision:
@@ -792,7 +799,7 @@ class StateManager:
         return WriteResult(stored, change, change.revision - 1)
 
     async def _committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
-        """Run a write to completion even if the caller is cancelled, then wake the change feed.
+        """Run a write to completion even if the caller is cancelled, then hand its change to the feed.
 
         A cancelled client must not leave a committed change unannounced, so the write
         and the wake-up run in their own task; the feed publishes changes in sequence order.
@@ -800,8 +807,9 @@ class StateManager:
 
         async def write_then_publish() -> _T:
             result = await write
-            if change_of(result) is not None:
-                self.feed.wake()
+            change = change_of(result)
+            if change is not None:
+                self.feed.committed(change)
             return result
 
         task = asyncio.ensure_future(write_then_publish())

@@ -100,15 +100,21 @@ def inspect_json(value: Any, limits: Limits, *, depth_offset: int = 0) -> list[V
     return issues
 
 
-def inspect_state(state: ContextState, limits: Limits, schema: JSONObject | None) -> list[ValidationIssue]:
+def inspect_state(
+    state: ContextState, limits: Limits, schema: JSONObject | None, *, structure_known_valid: bool = False
+) -> list[ValidationIssue]:
     """Every problem with a state: structure of data and metadata, total size, then the schema.
 
     Pointers are relative to the state document (``/data/...``, ``/metadata/...``).
+    ``structure_known_valid`` skips the structural walk when the caller has already checked
+    every value the state is made of (a replace or merge of checked input into a stored state).
     """
-    issues = [ValidationIssue("/data" + i.pointer, i.message) for i in inspect_json(state.data, limits)]
-    issues += [ValidationIssue("/metadata" + i.pointer, i.message) for i in inspect_json(state.metadata, limits)]
-    if issues:
-        return issues
+    issues: list[ValidationIssue] = []
+    if not structure_known_valid:
+        issues += [ValidationIssue("/data" + i.pointer, i.message) for i in inspect_json(state.data, limits)]
+        issues += [ValidationIssue("/metadata" + i.pointer, i.message) for i in inspect_json(state.metadata, limits)]
+        if issues:
+            return issues
     size = len(dumps(state.to_json()).encode("utf-8"))
     if size > limits.max_state_bytes:
         issues.append(ValidationIssue("", f"serialised size {size} bytes exceeds limit {limits.max_state_bytes} bytes"))
