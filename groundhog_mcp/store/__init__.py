@@ -36,7 +36,7 @@ def open_store(
                 f"database: the PostgreSQL backend needs psycopg ({exc.name} is not installed); "
                 "install groundhog-mcp[postgres]"
             ) from exc
-        return PostgresStore(text, busy_timeout_ms=busy_timeout_ms, auto_migrate=auto_migrate)
+        return PostgresStore(text, busy_timeout_ms=busy_timeout_ms, auto_migrate=auto_migrate, retention=retention)
     return SQLiteStore(
         Path(text).expanduser(),
         busy_timeout_ms=busy_timeout_ms,

@@ -46,7 +46,7 @@ import random
 import re
 import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, LiteralString, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -84,10 +84,12 @@ from groundhog_mcp.store.base import (
     Mutation,
     Mutator,
     NewContext,
+    Retention,
     StoredContext,
     StoredEvent,
     StoredRevision,
     StoreStatus,
+    feed_patch,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import EXPORT_KINDS, export_page, header_record, import_rows
@@ -252,7 +254,9 @@ class PostgresStore:
         pool_timeout_s: float = 10.0,
         auto_migrate: bool = True,
         listen_url: str | None = None,
+        retention: Retention | None = None,
     ) -> None:
+        self.retention = retention or Retention()
         try:
             libpq_url, ours = _split_parameters(url)
             params = conninfo_to_dict(libpq_url)
@@ -744,6 +748,7 @@ class PostgresStore:
                 mutation.patch,
                 snapshot=(snapshot, size),
                 event=event,
+                settings=current.settings,
             )
             return stored, change
 
@@ -835,8 +840,9 @@ class PostgresStore:
         async def work(cur: _Cursor) -> list[TupleRow]:
             await cur.execute(
                 "SELECT i.id,"
-                " (SELECT count(*) FROM changes c"
-                "  WHERE c.context_id = i.id AND c.op NOT IN ('register', 'unregister')),"
+                # Revisions are consecutive from the registration on, so the count survives pruning.
+                " COALESCE((SELECT x.revision - r.revision FROM contexts x JOIN changes r ON r.context_id = x.id"
+                "  WHERE x.id = i.id AND r.op = 'register' ORDER BY r.sequence DESC LIMIT 1), 0),"
                 " (SELECT count(*) FROM events e WHERE e.context_id = i.id),"
                 " (SELECT count(*) FROM dead_letters d WHERE d.context_id = i.id AND d.replayed_at IS NULL)"
                 " FROM unnest(%s::uuid[]) WITH ORDINALITY AS i(id, n) ORDER BY i.n",
@@ -908,6 +914,7 @@ class PostgresStore:
         *,
         snapshot: tuple[bytes, int] | None = None,
         event: EventRecord | None = None,
+        settings: JSONObject | None = None,
     ) -> Change:
         """The name's revision high-water mark; then, in one statement, the sequence, the change
         row, the history snapshot (``(compressed, size)``) and the event record, and the NOTIFY.
@@ -922,6 +929,7 @@ class PostgresStore:
             (namespace, name, revision),
         )
         blob, size = snapshot if snapshot is not None else (None, None)
+        stored_patch = feed_patch(patch)
         await cur.execute(
             _RECORD,
             {
@@ -932,7 +940,7 @@ class PostgresStore:
                 "op": op,
                 "actor": actor,
                 "now": now,
-                "patch": dumps(patch) if patch is not None else None,
+                "patch": dumps(stored_patch) if stored_patch is not None else None,
                 "size": size,
                 "snapshot": blob,
                 "event_type": event.type if event is not None else None,
@@ -948,6 +956,9 @@ class PostgresStore:
         if len(self._own_sequences) >= _MAX_OWN_SEQUENCES:
             self._own_sequences.clear()  # rolled-back writes never come back; costs a few extra reads
         self._own_sequences.add(sequence)
+        retention = self.retention.for_context(settings or {})
+        if snapshot is not None and retention.due(revision):
+            await self._prune(cur, context_id, revision, retention, now)
         return Change(
             sequence=sequence,
             context_id=context_id,
@@ -959,6 +970,33 @@ class PostgresStore:
             timestamp=now,
             patch=patch,
         )
+
+    async def _prune(
+        self, cur: _Cursor, context_id: ContextId, revision: int, retention: Retention, now: datetime
+    ) -> None:
+        """Drop history beyond retention and the change rows that went with it (as on SQLite)."""
+        oldest_query = "SELECT sequence FROM history WHERE context_id = %s ORDER BY revision LIMIT 1"
+        await cur.execute(oldest_query, (context_id,))
+        oldest = await cur.fetchone()
+        if oldest is None:
+            return
+        if retention.keep_revisions > 0:
+            await cur.execute(
+                "DELETE FROM history WHERE context_id = %s AND revision <= %s",
+                (context_id, revision - retention.keep_revisions),
+            )
+        if retention.keep_days is not None:
+            await cur.execute(
+                "DELETE FROM history WHERE context_id = %s AND revision < %s AND timestamp < %s",
+                (context_id, revision, now - timedelta(days=retention.keep_days)),
+            )
+        await cur.execute(oldest_query, (context_id,))
+        kept = await cur.fetchone()
+        if kept is not None and kept[0] > oldest[0]:
+            await cur.execute(
+                "DELETE FROM changes WHERE context_id = %s AND sequence >= %s AND sequence < %s AND op <> 'register'",
+                (context_id, oldest[0], kept[0]),
+            )
 
     # -- reads ------------------------------------------------------------------------------
 
