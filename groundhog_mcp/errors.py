@@ -195,7 +195,7 @@ class StateValidationError(ContextError):
     def __init__(self, issues: Sequence[ValidationIssue], field: str = "state") -> None:
         self.issues = list(issues)
         self.field = field
-        shown = "; ".join(f"{field}{_dotted(i.pointer)}: {i.message}" for i in self.issues[:10])
+        shown = "; ".join(_printable(f"{field}{_dotted(i.pointer)}: {i.message}") for i in self.issues[:10])
         more = f" (and {len(self.issues) - 10} more)" if len(self.issues) > 10 else ""
         super().__init__(shown + more)
 
@@ -237,3 +237,8 @@ def _dotted(pointer: str) -> str:
         return ""
     parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
     return "".join("." + p for p in parts)
+
+
+def _printable(text: str) -> str:
+    """Lone surrogates (from hostile keys) as ``\\udfff`` escapes: a message must always encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -41,7 +41,8 @@ def _prompt_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 def _bounded(value: Any, limit: int, how_to_read_all: str) -> str:
-    text = json.dumps(value, ensure_ascii=False, indent=2)
+    # ASCII escapes: bidi overrides and zero-width characters must not reach a model's context raw.
+    text = json.dumps(value, ensure_ascii=True, indent=2)
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n… (truncated at {limit} characters; {how_to_read_all})"

@@ -225,6 +225,8 @@ class SQLiteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             version = self._schema_version(conn)
+            if version == 0:
+                self._refuse_foreign(conn)
             if version > LATEST_SCHEMA_VERSION:
                 raise InitializationError(
                     f"database: {self.path} has schema version {version}, newer than this groundhog-mcp "
@@ -258,6 +260,21 @@ class SQLiteStore:
             raise InitializationError(
                 f"database: {self.path} is not a usable SQLite database ({exc}); the file was not modified"
             ) from exc
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Never add our tables to another application's SQLite file."""
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        if tables:
+            shown = ", ".join(tables[:5]) + (", …" if len(tables) > 5 else "")
+            raise InitializationError(
+                f"database: {self.path} is another application's SQLite database (tables: {shown}); "
+                "groundhog-mcp will not add its tables to it. Choose another file; this one was not modified."
+            )
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         # Several processes opening a fresh file at once can see "locked" here even with a

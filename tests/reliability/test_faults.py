@@ -340,11 +340,6 @@ async def test_corrupt_page_refuses_to_start(database: Path, raw_env: dict[str, 
     assert code != 0, f"the server started on a corrupt database; stderr:\n{stderr}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--database pointing at another application's SQLite file (tables, no schema_migrations) "
-    "silently adds groundhog's tables to it",
-)
 async def test_foreign_sqlite_file_is_refused_and_untouched(database: Path, raw_env: dict[str, str]) -> None:
     with contextlib.closing(sqlite3.connect(database)) as db:
         db.execute("CREATE TABLE bookmarks (url TEXT)")
@@ -368,11 +363,6 @@ async def test_empty_file_is_initialised(database: Path, raw_env: dict[str, str]
 # -- what an unexpected error leaves in the log ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unexpected exception is logged with structlog's dict_tracebacks, whose frame locals quote "
-    "state contents (e.g. the StoredContext being read) on stderr; DESIGN.md: state contents are never logged",
-)
 async def test_unexpected_errors_never_log_state_contents(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -190,11 +190,6 @@ async def test_prompts_quote_stored_text_as_bounded_json(
         await server.ensure_dead()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prompts quote stored text with json.dumps(ensure_ascii=False): bidi overrides (U+202E) and "
-    "zero-width characters reach the model's context raw, so what a user sees is not what the model reads",
-)
 async def test_prompts_escape_invisible_characters(database: Path, raw_env: dict[str, str], tmp_path: Path) -> None:
     server = await start_raw(database, env=raw_env, stderr_path=tmp_path / "prompts.stderr")
     try:
