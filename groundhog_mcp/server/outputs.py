@@ -45,7 +45,8 @@ class StateValue(BaseModel):
 
     @classmethod
     def of(cls, state: ContextState) -> StateValue:
-        return cls(
+        # Already-validated values: skip pydantic's walk (and copy) of the whole state.
+        return cls.model_construct(
             data=state.data,
             metadata=state.metadata,
             timestamp=format_timestamp(state.timestamp),
@@ -161,7 +162,8 @@ class WriteOut(BaseModel):
     @classmethod
     def of(cls, result: WriteResult) -> WriteOut:
         patch, truncated = answer_patch(result.change.patch or [])
-        return cls(
+        # Values the server produced itself: no validation walk over the diff.
+        return cls.model_construct(
             name=result.context.name,
             revision=result.context.revision,
             previous_revision=result.previous_revision,

@@ -253,7 +253,9 @@ async def get_state(
         else:
             out.value = value
         return out
-    too_large = bounded(state.to_json(), "", limit)
+    # The current state's serialised size is stored with it: no need to serialise it to measure.
+    fits = at == context.revision and context.state_size <= limit
+    too_large = None if fits else bounded(state.to_json(), "", limit)
     if too_large is not None:
         data_outline = bounded(state.data, "", 0)
         assert data_outline is not None  # a limit of 0 always outlines
