@@ -34,6 +34,7 @@ __all__ = [
     "StoredEvent",
     "StoredRevision",
     "feed_patch",
+    "registered",
 ]
 
 
@@ -69,6 +70,25 @@ class NewContext:
     schema: JSONObject | None
     handlers: JSONObject
     state: ContextState
+
+
+def registered(new: NewContext, *, revision: int, state_size: int, now: datetime) -> StoredContext:
+    """The stored record of a context just registered at ``revision``."""
+    return StoredContext(
+        id=new.id,
+        namespace=new.namespace,
+        name=new.name,
+        version=new.version,
+        metadata=new.metadata,
+        settings=new.settings,
+        schema=new.schema,
+        handlers=new.handlers,
+        revision=revision,
+        state=new.state,
+        state_size=state_size,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ from groundhog_mcp.store.base import (
     StoredRevision,
     StoreStatus,
     feed_patch,
+    registered,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import EXPORT_KINDS, export_page, header_record, import_rows
@@ -672,21 +673,7 @@ class PostgresStore:
                     now,
                 ),
             )
-            stored = StoredContext(
-                id=new.id,
-                namespace=new.namespace,
-                name=new.name,
-                version=new.version,
-                metadata=new.metadata,
-                settings=new.settings,
-                schema=new.schema,
-                handlers=new.handlers,
-                revision=revision,
-                state=new.state,
-                state_size=size,
-                created_at=now,
-                updated_at=now,
-            )
+            stored = registered(new, revision=revision, state_size=size, now=now)
             change = await self._record(
                 cur, stored.id, new.namespace, new.name, revision, "register", actor, now, snapshot=(snapshot, size)
             )

@@ -53,6 +53,7 @@ from groundhog_mcp.store.base import (
     StoredRevision,
     StoreStatus,
     feed_patch,
+    registered,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import EXPORT_KINDS, RecordKind, export_page, header_record, import_rows
@@ -377,20 +378,8 @@ class SQLiteStore:
                     now,
                 ),
             )
-            stored = StoredContext(
-                id=new.id,
-                namespace=new.namespace,
-                name=new.name,
-                version=new.version,
-                metadata=new.metadata,
-                settings=new.settings,
-                schema=new.schema,
-                handlers=new.handlers,
-                revision=revision,
-                state=new.state,
-                state_size=len(state_text.encode("utf-8")),
-                created_at=parse_timestamp(now),
-                updated_at=parse_timestamp(now),
+            stored = registered(
+                new, revision=revision, state_size=len(state_text.encode("utf-8")), now=parse_timestamp(now)
             )
             change = self._record(conn, stored, "register", actor, now, None, state_text)
             return stored, change
