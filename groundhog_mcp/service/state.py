@@ -546,7 +546,7 @@ class StateManager:
         per_context: list[ContextMetrics] = []
         for ctx in contexts:
             updates, events, letters = counts.get(ctx.id, (0, 0, 0))
-            writes = self.metrics.write_latency(ctx.name)
+            writes = self.metrics.write_latency(self._metric_key(ctx.name))
             per_context.append(
                 ContextMetrics(
                     name=ctx.name,
@@ -557,8 +557,8 @@ class StateManager:
                     state_size=ctx.state_size,
                     average_latency_ms=writes.average_ms,
                     write_latency=writes,
-                    handler_latency=self.metrics.handler_latency(ctx.name),
-                    errors=dict(self.metrics.context_errors.get(ctx.name, {})),
+                    handler_latency=self.metrics.handler_latency(self._metric_key(ctx.name)),
+                    errors=dict(self.metrics.context_errors.get(self._metric_key(ctx.name), {})),
                 )
             )
         status = await self.store.status()
@@ -612,7 +612,7 @@ class StateManager:
                 try:
                     staged = await _run_handler(handler, event, current)
                 finally:
-                    self.metrics.observe_handler(name, time.perf_counter() - started)
+                    self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
                     name, current.revision, self._event_mutator(staged), event=_record_of(event)
                 )
@@ -733,6 +733,11 @@ class StateManager:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _metric_key(self, name: str) -> str:
+        """Per-context measurements are kept per namespace: same-named contexts of two tenants
+        never share (or reveal) each other's figures."""
+        return f"{self.principal.namespace}/{name}"
+
     def _raise_if_invalid_state(
         self, state: ContextState, schema: JSONObject | None, *, structure_known_valid: bool = False
     ) -> None:
@@ -777,10 +782,10 @@ class StateManager:
         try:
             return await self._mutate_timed(name, expected_revision, mutator, event=event)
         except ContextError as exc:
-            self.metrics.count_error(type(exc).__name__, name)
+            self.metrics.count_error(type(exc).__name__, self._metric_key(name))
             raise
         finally:
-            self.metrics.observe_write(name, time.perf_counter() - started)
+            self.metrics.observe_write(self._metric_key(name), time.perf_counter() - started)
 
     async def _mutate_timed(
         self,
