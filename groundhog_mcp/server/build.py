@@ -12,7 +12,8 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp_types import CallToolResult, InputRequiredResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, GetPromptResult, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -74,6 +75,27 @@ class GroundhogServer(MCPServer[AppContext]):
             if isinstance(cause, ValidationError) and not isinstance(exc, UnexpectedToolError):
                 raise ToolError(f"Error executing tool {name}: {describe_validation_error(cause)}") from cause
             raise
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[AppContext, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        """Unknown prompts and missing arguments are invalid params (-32602) naming what is wrong;
+        the SDK would answer them with a bare error code 0."""
+        prompts = {prompt.name: prompt for prompt in await self.list_prompts()}
+        prompt = prompts.get(name)
+        if prompt is None:
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"name: no prompt {name[:80]!r}; the prompts are {', '.join(sorted(prompts))}",
+            )
+        given = arguments or {}
+        missing = [a.name for a in prompt.arguments or [] if a.required and a.name not in given]
+        if missing:
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"arguments.{missing[0]}: is required by prompt {name!r} (required: {', '.join(missing)})",
+            )
+        return await super().get_prompt(name, arguments, context)
 
 
 def build_server(

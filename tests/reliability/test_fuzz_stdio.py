@@ -388,11 +388,6 @@ async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     assert replies.get(_key(None), {}).get("error", {}).get("code") == -32600, replies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prompts/get for an unknown prompt or without a required argument answers JSON-RPC error code 0 "
-    "(not a JSON-RPC code; -32602 Invalid params expected) with 'Missing required arguments: {'name'}'",
-)
 async def test_prompt_errors_use_json_rpc_codes(stdio: Stdio) -> None:
     for request_id, params in (
         ("unknown-prompt", {"name": "no_such_prompt"}),
