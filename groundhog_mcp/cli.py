@@ -28,6 +28,7 @@ from groundhog_mcp.app import (
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import dumps, format_timestamp
 from groundhog_mcp.security.tokens import TokenStore
+from groundhog_mcp.server.stdio import run_stdio
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.store import Store, open_store
 
@@ -145,7 +146,7 @@ async def _serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    serving = asyncio.create_task(server.run_stdio_async(), name="stdio")
+    serving = asyncio.create_task(run_stdio(server), name="stdio")
     stopping = asyncio.create_task(stop.wait(), name="signals")
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

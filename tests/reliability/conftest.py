@@ -9,5 +9,3 @@ from tests.e2e.conftest import database, raw_env, sdk_env  # noqa: F401 - the sa
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reliability: the crash, contention, fuzz and fault battery (tests/reliability)")
-
-

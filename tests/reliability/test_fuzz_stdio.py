@@ -10,8 +10,10 @@
   as a non-protocol line.
 
 After every line the server answers a ``ping`` within 2 s and the stored state is unchanged.
-The ``xfail(strict=True)`` tests are server bugs: lines the MCP SDK's stdio transport drops
-without a reply (the client then waits forever). They flip to XPASS — and fail — when fixed.
+Lines the MCP SDK's strict parser refuses (lone surrogates, deep nesting, huge integers,
+malformed JSON) used to be dropped without a reply; groundhog's hardened stdio
+(groundhog_mcp/server/stdio.py) answers them, and ``test_dropped_line_is_answered`` checks it.
+The remaining ``xfail(strict=True)`` test is a known bug; it flips to XPASS, and fails, when fixed.
 """
 
 from __future__ import annotations
@@ -41,12 +43,6 @@ EXAMPLES = scaled(300, 5000)
 CASE_TIMEOUT_S = 20.0
 _ids = itertools.count(10_000)
 
-DROPPED_LINE_BUG = (
-    "the MCP SDK stdio transport drops a parseable JSON-RPC line that pydantic-core's JSON parser refuses "
-    "(a lone surrogate escape, nesting deeper than ~200, an integer over 4300 digits) with no reply: "
-    "the client waits forever"
-)
-PARSE_ERROR_BUG = "a line that is not JSON gets no JSON-RPC -32700 Parse error reply (JSON-RPC 2.0 section 5.1)"
 INVALID_REQUEST_BUG = (
     "a JSON object that is not a valid request (bad id type, no jsonrpc member, params not an object) gets "
     "no -32600/-32602 error reply; when it carries a usable id the client waits forever"
@@ -225,8 +221,8 @@ async def test_hostile_seeds(stdio: Stdio) -> None:
     for case in hostile_cases():
         before = StoreSnapshot.read(stdio.database)
         if case.stdio_dropped:
-            # Known SDK bug (see the xfail tests below): no reply comes. What must hold anyway:
-            # the server lives on and nothing was stored.
+            # The SDK's parser refuses these lines (test_dropped_line_is_answered checks the reply);
+            # here: the server lives on and nothing was stored.
             await stdio.send_line(tool_call_line(next(_ids), case.tool, case.arguments, case.raw))
             dropped += 1
         else:
@@ -241,14 +237,13 @@ async def test_hostile_seeds(stdio: Stdio) -> None:
             raise
         if case.stdio_dropped:
             assert StoreSnapshot.read(stdio.database) == before, f"{case.id}: a dropped line changed the store"
-    print(f"\nhostile seeds, {tally.summary('over stdio')}; {dropped} lines dropped by the SDK (xfail below)")
+    print(f"\nhostile seeds, {tally.summary('over stdio')}; {dropped} lines refused by the SDK's parser")
     tally.assert_clean()
 
 
 _DROPPED = sorted({case.stdio_dropped for case in hostile_cases() if case.stdio_dropped})
 
 
-@pytest.mark.xfail(strict=True, reason=DROPPED_LINE_BUG)
 @pytest.mark.parametrize("category", _DROPPED)
 async def test_dropped_line_is_answered(stdio: Stdio, category: str) -> None:
     cases = {next(_ids): case for case in hostile_cases() if case.stdio_dropped == category}
@@ -366,7 +361,6 @@ async def test_protocol_garbage(stdio: Stdio) -> None:
     assert not answered_wrongly, "\n".join(answered_wrongly)
 
 
-@pytest.mark.xfail(strict=True, reason=PARSE_ERROR_BUG)
 async def test_parse_error_is_answered(stdio: Stdio) -> None:
     await stdio.send_line('{"jsonrpc":"2.0","id":1,"method":"pi')
     reply = (await stdio.replies_to([None])).get(_key(None))
