@@ -780,27 +780,17 @@ class StateManager:
     ) -> WriteResult:
         started = time.perf_counter()
         try:
-            return await self._mutate_timed(name, expected_revision, mutator, event=event)
+            stored, change = await self._committed(
+                self.store.mutate(
+                    self.principal.namespace, name, expected_revision, mutator, actor=self.principal.name, event=event
+                ),
+                lambda r: r[1],
+            )
         except ContextError as exc:
             self.metrics.count_error(type(exc).__name__, self._metric_key(name))
             raise
         finally:
             self.metrics.observe_write(self._metric_key(name), time.perf_counter() - started)
-
-    async def _mutate_timed(
-        self,
-        name: str,
-        expected_revision: int | None,
-        mutator: Callable[[StoredContext], Mutation],
-        *,
-        event: EventRecord | None = None,
-    ) -> WriteResult:
-        stored, change = await self._committed(
-            self.store.mutate(
-                self.principal.namespace, name, expected_revision, mutator, actor=self.principal.name, event=event
-            ),
-            lambda r: r[1],
-        )
         return WriteResult(stored, change, change.revision - 1)
 
     async def _committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:

@@ -708,20 +708,8 @@ class PostgresStore:
                 "UPDATE contexts SET revision = %s, state = %s, state_size = %s, updated_at = %s WHERE id = %s",
                 (revision, text, size, now, current.id),
             )
-            stored = StoredContext(
-                id=current.id,
-                namespace=current.namespace,
-                name=current.name,
-                version=current.version,
-                metadata=current.metadata,
-                settings=current.settings,
-                schema=current.schema,
-                handlers=current.handlers,
-                revision=revision,
-                state=mutation.state,
-                state_size=size,
-                created_at=current.created_at,
-                updated_at=now,
+            stored = dataclasses.replace(
+                current, revision=revision, state=mutation.state, state_size=size, updated_at=now
             )
             change = await self._record(
                 cur,
