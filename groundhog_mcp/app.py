@@ -19,11 +19,12 @@ import structlog
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import InitializationError
 from groundhog_mcp.models import Principal
+from groundhog_mcp.security.audit import AuditKey, key_file_problem, load_or_create_key_file
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server import AppContext, Notifier, build_server
 from groundhog_mcp.server.http import HttpConfig, HttpServer, bind_socket, refuse_unauthenticated_bind, token_auth
@@ -33,6 +34,7 @@ from groundhog_mcp.store import Retention, open_store
 
 __all__ = [
     "Settings",
+    "audit_key",
     "configure_logging",
     "create_server",
     "default_config_path",
@@ -85,6 +87,12 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     token_file: str = Field(default_factory=lambda: str(default_token_file()))
     insecure_no_auth: bool = False
+    # The audit log (README "Audit log"): on unless turned off. The key comes from
+    # GROUNDHOG_AUDIT_KEY or audit_key_file (never a flag); without either, from a key file beside
+    # the SQLite database (created on first use, mode 0600), or in the config dir for PostgreSQL.
+    audit: bool = True
+    audit_key: SecretStr | None = Field(default=None, description="HMAC key of the audit chain, >= 32 characters")
+    audit_key_file: str | None = Field(default=None, description="file holding the audit key (created if missing)")
 
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod
@@ -165,6 +173,32 @@ def configure_logging(level: str = "INFO") -> None:
     )
 
 
+def default_audit_key_file(database: str) -> Path:
+    """Beside a SQLite file (``groundhog.sqlite.audit-key``); for PostgreSQL, in the config dir
+    (several machines on one database must share a key: configure it explicitly there)."""
+    if database.startswith(("postgresql://", "postgres://")):
+        return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "audit-key"
+    path = Path(database).expanduser()
+    return path.with_name(path.name + ".audit-key")
+
+
+def audit_key(settings: Settings) -> AuditKey | None:
+    """The audit chain's key, or None when the audit log is turned off (``audit = false``)."""
+    if not settings.audit:
+        return None
+    if settings.audit_key is not None:
+        return AuditKey(settings.audit_key.get_secret_value())
+    path = Path(settings.audit_key_file).expanduser() if settings.audit_key_file else None
+    path = path or default_audit_key_file(settings.database)
+    key, created = load_or_create_key_file(path)
+    if created:
+        log.info("audit: created a new audit key file; back it up with the database", path=str(path))
+    problem = key_file_problem(path)
+    if problem:
+        log.warning(problem)
+    return key
+
+
 def open_manager(settings: Settings) -> StateManager:
     """A state manager over the configured database (not started yet)."""
     return StateManager(
@@ -173,6 +207,7 @@ def open_manager(settings: Settings) -> StateManager:
             busy_timeout_ms=settings.busy_timeout_ms,
             synchronous=settings.synchronous,
             retention=Retention(keep_revisions=settings.keep_revisions, keep_days=settings.keep_days),
+            audit_signer=audit_key(settings),
         ),
         limits=settings.limits(),
         principal=Principal(name=settings.principal, namespace=settings.namespace),

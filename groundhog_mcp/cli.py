@@ -18,6 +18,7 @@ import structlog
 from groundhog_mcp import __version__
 from groundhog_mcp.app import (
     Settings,
+    audit_key,
     configure_logging,
     create_server,
     load_settings,
@@ -27,10 +28,12 @@ from groundhog_mcp.app import (
 )
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import dumps, format_timestamp
+from groundhog_mcp.security.audit import ChainVerifier
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.stdio import run_stdio
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.store import Store, open_store
+from groundhog_mcp.store.base import AuditQuery
 
 __all__ = ["main"]
 
@@ -93,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
     )
+
+    audit = commands.add_parser("audit", parents=[common], help="the tamper-evident audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    audit_commands.add_parser(
+        "verify", parents=[common], help="check the HMAC chain; name the first altered, removed or reordered row"
+    )
+    audit_export = audit_commands.add_parser("export", parents=[common], help="write the audit log as JSON Lines")
+    audit_export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
 
     db = commands.add_parser("db", parents=[common], help="database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -217,6 +228,8 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
         return 0
     if command == "import":
         return await _import(args.file, settings)
+    if command == "audit":
+        return await _audit(args, settings)
     async with _manager(settings) as manager:
         if command == "contexts" and args.contexts_command == "list":
             cursor: str | None = None
@@ -293,9 +306,85 @@ async def _import(file: str, settings: Settings) -> int:
         if source is not sys.stdin:
             source.close()
     async with _manager(settings) as manager:
-        imported = await manager.store.import_records(records)
+        imported = await manager.store.import_records(records, actor=manager.principal.name)
         location = (await manager.store.status()).location  # a URL without its password
     print(f"imported {imported} contexts into {location}", file=sys.stderr)
+    return 0
+
+
+# -- the audit log (README "Audit log") ---------------------------------------------------------
+
+_AUDIT_PAGE = 1000
+
+
+async def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    if not _is_url(settings.database) and not Path(settings.database).expanduser().exists():
+        print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
+        return 1
+    async with _unmigrated_store(settings) as store:
+        status = await store.status()
+        if status.schema_version < 3:  # the audit log's migration
+            print(
+                f"groundhog-mcp: audit: {status.location} has no audit log yet (schema version "
+                f"{status.schema_version}); run `groundhog-mcp db migrate` or start the server once",
+                file=sys.stderr,
+            )
+            return 1
+        if args.audit_command == "export":
+            return await _audit_export(store, args.output)
+        return await _audit_verify(store, settings)
+
+
+async def _audit_export(store: Store, output: str) -> int:
+    out: TextIO = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
+    count, after = 0, 0
+    try:
+        while page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE)):
+            out.writelines(dumps(record.to_json()) + "\n" for record in page)
+            count += len(page)
+            after = page[-1].sequence
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"exported {count} audit rows", file=sys.stderr)
+    return 0
+
+
+async def _audit_verify(store: Store, settings: Settings) -> int:
+    key = audit_key(settings)
+    if key is None:
+        print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
+        return 1
+    verifier = ChainVerifier(key)
+    after, last_hmac, done = 0, "", False
+    while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE))):
+        for record in page:
+            if verifier.problem is None:
+                if verifier.feed(record.content(), record.hmac):
+                    last_hmac = record.hmac
+                    continue
+                if not verifier.diagnosing:
+                    done = True
+                    break
+                verifier.start_diagnosis(record.hmac)
+            elif verifier.diagnose(record.content(), record.hmac):
+                done = True
+                break
+        after = page[-1].sequence
+    if verifier.problem is None:
+        verifier.check_tail(await store.last_sequence())
+    problem = verifier.problem
+    if problem is not None:
+        print(
+            f"audit log FAILED at row {problem.sequence} ({problem.kind}): {problem.message}; "
+            f"{verifier.rows} row(s) before it verified"
+        )
+        return 1
+    span = f" (rows 1-{verifier.rows})" if verifier.rows else ""
+    print(
+        f"audit log OK: {verifier.rows} row(s) verified{span}, key {key.key_id}"
+        + (f", head {last_hmac}" if last_hmac else "")
+    )
     return 0
 
 

@@ -220,6 +220,8 @@ class CompactedError(NotFoundError):
 class AccessDeniedError(ContextError):
     """The principal lacks the grant an operation needs."""
 
+    audited: bool = False  # set once the denial has its audit row (StateManager.audit_denied)
+
 
 class LimitExceededError(ContextError):
     """A request exceeded a configured limit (the message names field, limit and value)."""

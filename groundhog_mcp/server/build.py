@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.arguments import describe_validation_error
+from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
@@ -128,6 +129,7 @@ def build_server(
     )
     register_tools(server)
     register_merge_tool(server)
+    register_audit_tool(server)
     register_resources(server)
     register_prompts(server)
     register_protocol_handlers(server)

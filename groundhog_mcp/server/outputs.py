@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from groundhog_mcp.models import Change, ContextState, HistoryEntry, dumps, format_timestamp
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
 from groundhog_mcp.service.reading import TooLarge
-from groundhog_mcp.store.base import DeadLetter, StoredContext
+from groundhog_mcp.store.base import AuditRecord, DeadLetter, StoredContext
 
 __all__ = [
     "ContextOut",
@@ -362,3 +362,42 @@ class MetricsOut(BaseModel):
                 for c in contexts
             ],
         )
+
+
+class AuditEntryOut(BaseModel):
+    """One audit row: who did what to which context, when, and the outcome. Never state contents."""
+
+    sequence: int = Field(description="position in the audit log (the HMAC chain's order)")
+    timestamp: str
+    principal: str
+    operation: str = Field(
+        description="register, update, rollback, merge, event, migrate, unregister, dead_letter, import; "
+        "for a denied request, the operation refused"
+    )
+    outcome: Literal["ok", "denied"] | str
+    context: str | None
+    revision: int | None = Field(description="the revision the write produced")
+    change_sequence: int | None = Field(description="the change-feed sequence of the write")
+    request_id: str | None = Field(description="the MCP request that made it")
+    detail: str | None
+
+    @classmethod
+    def of(cls, record: AuditRecord) -> AuditEntryOut:
+        return cls(
+            sequence=record.sequence,
+            timestamp=format_timestamp(record.timestamp),
+            principal=record.principal,
+            operation=record.operation,
+            outcome=record.outcome,
+            context=record.context,
+            revision=record.revision,
+            change_sequence=record.change_sequence,
+            request_id=record.request_id,
+            detail=record.detail,
+        )
+
+
+class AuditLogOut(BaseModel):
+    namespace: str
+    entries: list[AuditEntryOut]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")

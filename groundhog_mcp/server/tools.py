@@ -14,8 +14,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from groundhog_mcp.errors import ContextError
-from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState
+from groundhog_mcp.errors import AccessDeniedError, ContextError
+from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.outputs import (
     ChangeOut,
@@ -38,7 +38,9 @@ from groundhog_mcp.server.outputs import (
     WriteOut,
     summary_of,
 )
+from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import Event, StateManager, WriteResult
+from groundhog_mcp.service.audit import current_request_id
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
 
@@ -107,14 +109,18 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        app_ctx = kwargs.get("ctx")
+        # Every audit row written while serving this call carries its JSON-RPC request id.
+        token = current_request_id.set(app_ctx.request_id if isinstance(app_ctx, Context) else None)
         try:
             return await fn(*args, **kwargs)
         except ContextError as exc:
             # The message may quote state values: log only what failed, never the text.
             log.info("tool error", tool=fn.__name__, error=type(exc).__name__)
-            app_ctx = kwargs.get("ctx")
             if isinstance(app_ctx, Context):
                 _app(app_ctx).manager.metrics.count_error(type(exc).__name__)
+                if isinstance(exc, AccessDeniedError):
+                    await _audit_denied(app_ctx, fn.__name__, kwargs.get("name"), exc)
             raise ToolError(str(exc)) from None
         except ToolError:
             raise
@@ -125,8 +131,27 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 f"internal error {error_id} in {fn.__name__}: this is a bug in groundhog-mcp, not in your "
                 "request; the server log has the details under this id"
             ) from None
+        finally:
+            current_request_id.reset(token)
 
     return guarded
+
+
+_ANONYMOUS = Principal(name="anonymous", namespace="")
+
+
+async def _audit_denied(ctx: AppCtx, tool: str, name: object, error: AccessDeniedError) -> None:
+    """A denial not yet recorded by the state manager (the request had no usable principal):
+    recorded here, as ``anonymous`` in no namespace when the request names nobody."""
+    if error.audited:
+        return
+    try:
+        principal = request_principal(ctx.request_context.request)
+    except AccessDeniedError:
+        principal = None
+    await _app(ctx).manager.audit_denied(
+        tool, name if isinstance(name, str) else None, error, principal=principal or _ANONYMOUS
+    )
 
 
 def _app(ctx: AppCtx) -> AppContext:

@@ -14,10 +14,14 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import structlog
+
 from groundhog_mcp.errors import (
+    AccessDeniedError,
     CompactedError,
     ConflictError,
     ContextError,
@@ -38,6 +42,7 @@ from groundhog_mcp.models import (
     json_diff,
     utcnow,
 )
+from groundhog_mcp.service.audit import AuditPage, current_request_id, decode_audit_cursor, encode_audit_cursor
 from groundhog_mcp.service.bus import ChangeBus, Resync
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec, parse_handler_specs
 from groundhog_mcp.service.feed import ChangeFeed
@@ -65,6 +70,10 @@ from groundhog_mcp.service.validation import (
     raise_if_invalid,
 )
 from groundhog_mcp.store.base import (
+    AUDIT_DENIED,
+    AuditEntry,
+    AuditNote,
+    AuditQuery,
     DeadLetter,
     EventAlreadyHandled,
     EventRecord,
@@ -78,6 +87,8 @@ from groundhog_mcp.store.sqlite import SQLiteStore
 __all__ = ["MAX_WAIT_SECONDS", "ContextPage", "EventResult", "StateManager", "WriteResult"]
 
 _T = TypeVar("_T")
+
+_log = structlog.get_logger("groundhog_mcp.state")
 
 MAX_WAIT_SECONDS = 60.0
 _BACKOFF_BASE = 0.05
@@ -297,7 +308,12 @@ class StateManager:
         check_name(name)
         change = await self._committed(
             self.store.unregister(
-                self.principal.namespace, name, expected_revision, purge=purge, actor=self.principal.name
+                self.principal.namespace,
+                name,
+                expected_revision,
+                purge=purge,
+                actor=self.principal.name,
+                audit=self._audit_note("purge" if purge else None),
             ),
             lambda c: c,
         )
@@ -389,7 +405,7 @@ class StateManager:
             self._raise_if_invalid_state(state, current.schema, structure_known_valid=patch is None)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
-        return await self._mutate(name, expected_revision, apply)
+        return await self._mutate(name, expected_revision, apply, detail=", ".join(given) or "metadata")
 
     async def _create_from_update(
         self,
@@ -455,7 +471,7 @@ class StateManager:
             self._raise_if_invalid_state(state, current.schema)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="rollback")
 
-        return await self._mutate(name, expected_revision, restore)
+        return await self._mutate(name, expected_revision, restore, detail=f"restores revision {revision}")
 
     async def changes_after(self, sequence: int, *, limit: int = 100) -> list[Change]:
         changes = await self.store.changes_after(sequence, limit=limit)
@@ -614,7 +630,11 @@ class StateManager:
                 finally:
                     self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
-                    name, current.revision, self._event_mutator(staged), event=_record_of(event)
+                    name,
+                    current.revision,
+                    self._event_mutator(staged),
+                    event=_record_of(event),
+                    detail=_event_detail(event, dead_letter),
                 )
                 return EventResult(
                     name, event.type, result.context.revision, result.change.sequence, result.change.patch or []
@@ -644,7 +664,9 @@ class StateManager:
                 attempts=attempts,
                 last_error=last_error[:2000],
                 created_at=utcnow(),
-            )
+            ),
+            actor=self.principal.name,
+            audit=self._audit_note(_event_detail(event, dead_letter)),
         )
         raise EventHandlingError(
             f"type: the {event.type!r} handler of context {name!r} failed {attempts} time(s); the state is "
@@ -764,7 +786,8 @@ class StateManager:
 
     async def _register(self, new: NewContext, *, if_exists: Literal["error", "return"]) -> WriteResult | StoredContext:
         stored, change = await self._committed(
-            self.store.register(new, actor=self.principal.name, if_exists=if_exists), lambda r: r[1]
+            self.store.register(new, actor=self.principal.name, if_exists=if_exists, audit=self._audit_note()),
+            lambda r: r[1],
         )
         if change is None:
             return stored
@@ -777,12 +800,19 @@ class StateManager:
         mutator: Callable[[StoredContext], Mutation],
         *,
         event: EventRecord | None = None,
+        detail: str | None = None,
     ) -> WriteResult:
         started = time.perf_counter()
         try:
             stored, change = await self._committed(
                 self.store.mutate(
-                    self.principal.namespace, name, expected_revision, mutator, actor=self.principal.name, event=event
+                    self.principal.namespace,
+                    name,
+                    expected_revision,
+                    mutator,
+                    actor=self.principal.name,
+                    event=event,
+                    audit=self._audit_note(detail),
                 ),
                 lambda r: r[1],
             )
@@ -940,7 +970,7 @@ class StateManager:
             return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")
 
         try:
-            write = await self._mutate(target, expected_revision, apply)
+            write = await self._mutate(target, expected_revision, apply, detail=f"strategy {strategy}")
         except NotFoundError:
             raise NotFoundError(missing) from None
         return outcome(latest[0], write)
@@ -957,6 +987,88 @@ class StateManager:
         view.principal = principal
         return view
 
+    # -- the audit log (appended: keep at the end of the class) ------------------------------
+
+    def _audit_note(self, detail: str | None = None) -> AuditNote:
+        """What a write adds to its audit row: the request it serves, and ``detail``."""
+        return AuditNote(request_id=current_request_id.get(), detail=detail)
+
+    async def audit_denied(
+        self, operation: str, name: str | None, error: AccessDeniedError, *, principal: Principal | None = None
+    ) -> None:
+        """Record a denied request (as ``principal``, default this manager's) in the audit log,
+        in its own transaction; call it where :class:`AccessDeniedError` is raised, then raise.
+
+        Recorded once per error (``error.audited``). A failure to record is logged, never raised
+        instead of the denial."""
+        if error.audited:
+            return
+        error.audited = True
+        who = principal or self.principal
+        entry = AuditEntry(
+            principal=who.name,
+            namespace=who.namespace,
+            operation=operation,
+            outcome=AUDIT_DENIED,
+            context=name,
+            request_id=current_request_id.get(),
+            detail=str(error)[:500],
+        )
+        task = asyncio.ensure_future(self.store.append_audit(entry))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        try:
+            await asyncio.shield(task)
+        except ContextError as exc:
+            _log.error("audit: could not record a denied request", operation=operation, error=str(exc))
+
+    async def audit_log(
+        self,
+        *,
+        context: str | None = None,
+        prefix: str = "",
+        principal: str | None = None,
+        operation: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        newest_first: bool = True,
+    ) -> AuditPage:
+        """The audit rows of this principal's namespace, a page at a time, filtered by context
+        (exact name or name prefix), principal, operation and time (``since`` ≤ t < ``until``).
+
+        For admins: access control checks the ``admin`` grant on ``context or prefix`` here."""
+        if context is not None:
+            check_name(context, field="context")
+        if prefix:
+            _check_prefix(prefix)
+        if not 1 <= limit <= self.limits.max_page:
+            raise StateValidationError(
+                [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
+            )
+        if since is not None and until is not None and until <= since:
+            raise StateValidationError([ValidationIssue("", "must be later than since")], field="until")
+        position = decode_audit_cursor(cursor) if cursor else None
+        records = await self.store.read_audit(
+            AuditQuery(
+                namespace=self.principal.namespace,
+                context=context,
+                prefix=prefix or None,
+                principal=principal,
+                operation=operation,
+                since=since,
+                until=until,
+                after=None if newest_first else position,
+                before=position if newest_first else None,
+                newest_first=newest_first,
+                limit=limit + 1,
+            )
+        )
+        more = len(records) > limit
+        records = records[:limit]
+        return AuditPage(records, encode_audit_cursor(records[-1].sequence) if more else None)
+
 
 def _check_retention_settings(settings: JSONObject) -> None:
     keep_revisions = settings.get("keep_revisions")
@@ -971,6 +1083,14 @@ def _check_retention_settings(settings: JSONObject) -> None:
         isinstance(keep_days, bool) or not isinstance(keep_days, int | float) or keep_days <= 0
     ):
         raise StateValidationError([ValidationIssue("", "must be a number of days > 0")], field="settings.keep_days")
+
+
+def _event_detail(event: Event, dead_letter: DeadLetter | None) -> str:
+    """An event's audit note: its type (never its payload), and the dead letter it replays."""
+    detail = f"event type {event.type!r}"
+    if dead_letter is not None and dead_letter.id:
+        detail += f", replay of dead letter #{dead_letter.id}"
+    return detail
 
 
 def _record_of(event: Event) -> EventRecord:

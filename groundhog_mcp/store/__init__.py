@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Literal
 
 from groundhog_mcp.errors import InitializationError
-from groundhog_mcp.store.base import Retention, Store, StoredContext, StoreStatus
+from groundhog_mcp.store.base import AuditSigner, Retention, Store, StoredContext, StoreStatus
 from groundhog_mcp.store.sqlite import SQLiteStore
 
 __all__ = ["Retention", "SQLiteStore", "Store", "StoreStatus", "StoredContext", "open_store"]
@@ -17,12 +17,14 @@ def open_store(
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
     auto_migrate: bool = True,
     retention: Retention | None = None,
+    audit_signer: AuditSigner | None = None,
 ) -> Store:
     """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL.
 
     A URL may name the PostgreSQL schema to use: ``postgresql://host/db?schema=groundhog``.
     ``busy_timeout_ms`` is the lock wait on both backends; ``synchronous`` is SQLite's only
-    (PostgreSQL durability is the server's ``synchronous_commit``).
+    (PostgreSQL durability is the server's ``synchronous_commit``). ``audit_signer`` turns the
+    audit log on: every write appends its signed row in its own transaction.
     """
     text = str(database)
     if text.startswith(("postgresql://", "postgres://")):
@@ -36,11 +38,18 @@ def open_store(
                 f"database: the PostgreSQL backend needs psycopg ({exc.name} is not installed); "
                 "install groundhog-mcp[postgres]"
             ) from exc
-        return PostgresStore(text, busy_timeout_ms=busy_timeout_ms, auto_migrate=auto_migrate, retention=retention)
+        return PostgresStore(
+            text,
+            busy_timeout_ms=busy_timeout_ms,
+            auto_migrate=auto_migrate,
+            retention=retention,
+            audit_signer=audit_signer,
+        )
     return SQLiteStore(
         Path(text).expanduser(),
         busy_timeout_ms=busy_timeout_ms,
         synchronous=synchronous,
         auto_migrate=auto_migrate,
         retention=retention,
+        audit_signer=audit_signer,
     )

@@ -10,16 +10,32 @@ rolls back and nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject, dumps
+from groundhog_mcp.models import (
+    Change,
+    ContextId,
+    ContextState,
+    HistoryEntry,
+    JSONObject,
+    dumps,
+    format_timestamp,
+)
 
 __all__ = [
+    "AUDIT_DENIED",
+    "AUDIT_OK",
     "FEED_PATCH_MAX_BYTES",
+    "AuditEntry",
+    "AuditNote",
+    "AuditQuery",
+    "AuditRecord",
+    "AuditSigner",
     "ChangeAnnouncer",
     "DeadLetter",
     "EventAlreadyHandled",
@@ -186,10 +202,19 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def register(
-        self, new: NewContext, *, actor: str, if_exists: Literal["error", "return"]
+        self,
+        new: NewContext,
+        *,
+        actor: str,
+        if_exists: Literal["error", "return"],
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change | None]:
         """Create a context at its first revision; with ``if_exists="return"`` an existing
-        live context of that name is returned unchanged (and no change)."""
+        live context of that name is returned unchanged (and no change).
+
+        Every committed write (here, in ``mutate``, ``unregister``, ``add_dead_letter`` and
+        ``import_records``) appends its audit row in the same transaction when the store has
+        an audit signer; ``audit`` adds the request id and a note to it."""
         ...
 
     async def mutate(
@@ -201,6 +226,7 @@ class Store(Protocol):
         *,
         actor: str,
         event: EventRecord | None = None,
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change]:
         """One CAS write: check ``expected_revision``, apply ``mutator``, commit. With ``event`` the
         event record commits in the same transaction; a repeated idempotency key raises
@@ -209,7 +235,9 @@ class Store(Protocol):
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...
 
-    async def add_dead_letter(self, letter: DeadLetter) -> DeadLetter:
+    async def add_dead_letter(
+        self, letter: DeadLetter, *, actor: str = "local", audit: AuditNote | None = None
+    ) -> DeadLetter:
         """Store a dead letter (``id`` is assigned; pass 0) or, with an existing ``id``, update its
         attempts and last error."""
         ...
@@ -227,9 +255,16 @@ class Store(Protocol):
         ...
 
     async def unregister(
-        self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        *,
+        purge: bool,
+        actor: str,
+        audit: AuditNote | None = None,
     ) -> Change:
-        """Remove a live context; history stays unless ``purge``."""
+        """Remove a live context; history stays unless ``purge`` (audit rows always stay)."""
         ...
 
     async def get(self, namespace: str, name: str) -> StoredContext | None: ...
@@ -267,8 +302,17 @@ class Store(Protocol):
         """Every context and revision snapshot as JSON records (for ``export``), read in pages."""
         ...
 
-    async def import_records(self, records: Iterable[JSONObject]) -> int:
-        """Load what ``export_records`` produced, in one transaction; returns contexts imported."""
+    async def import_records(self, records: Iterable[JSONObject], *, actor: str = "local") -> int:
+        """Load what ``export_records`` produced, in one transaction; returns contexts imported.
+        Audit rows are never imported (nobody can forge a chain): the import is one audit row."""
+        ...
+
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        """Append one audit row in its own transaction (a denied request); None when audit is off."""
+        ...
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit rows in sequence order (``newest_first``: descending)."""
         ...
 
     async def backup(self, destination: Path) -> None:
@@ -334,3 +378,165 @@ def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
     if len(dumps(patch).encode("utf-8")) <= FEED_PATCH_MAX_BYTES:
         return patch
     return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]
+
+
+# -- the audit log ------------------------------------------------------------------------------
+
+AUDIT_OK = "ok"
+AUDIT_DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class AuditNote:
+    """What the service adds to the audit row of a write: the request it served (the MCP request
+    id) and a short note (``"merge_patch"``, ``"dead letter #3 replayed"``). Never state contents."""
+
+    request_id: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit row before it is chained: who did what to which context, and the outcome."""
+
+    principal: str
+    namespace: str
+    operation: str
+    outcome: str
+    context: str | None = None
+    context_id: ContextId | None = None
+    revision: int | None = None
+    change_sequence: int | None = None
+    request_id: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def of_change(cls, change: Change, note: AuditNote | None) -> AuditEntry:
+        """The row of a committed change."""
+        return cls(
+            principal=change.actor,
+            namespace=change.namespace,
+            operation=change.op,
+            outcome=AUDIT_OK,
+            context=change.name,
+            context_id=change.context_id,
+            revision=change.revision,
+            change_sequence=change.sequence,
+            request_id=note.request_id if note is not None else None,
+            detail=note.detail if note is not None else None,
+        )
+
+    @classmethod
+    def of_dead_letter(cls, letter: DeadLetter, actor: str, note: AuditNote | None) -> AuditEntry:
+        """The row of a dead letter written or updated (its payload is not in it)."""
+        what = f"event {letter.type!r} failed {letter.attempts} time(s): dead letter #{letter.id}"
+        return cls(
+            principal=actor,
+            namespace=letter.namespace,
+            operation="dead_letter",
+            outcome=AUDIT_OK,
+            context=letter.name,
+            context_id=letter.context_id,
+            request_id=note.request_id if note is not None else None,
+            detail=what if note is None or note.detail is None else f"{note.detail}; {what}",
+        )
+
+
+AuditValue = str | int | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """A stored audit row: ``hmac`` covers :meth:`content` and the previous row's ``hmac``."""
+
+    sequence: int
+    timestamp: datetime
+    principal: str
+    namespace: str
+    operation: str
+    outcome: str
+    context: str | None
+    context_id: ContextId | None
+    revision: int | None
+    change_sequence: int | None
+    request_id: str | None
+    detail: str | None
+    key_id: str
+    hmac: str
+
+    def content(self) -> dict[str, AuditValue]:
+        """Every field but the HMAC, as the signer sees it (ids and times as text)."""
+        return {
+            "sequence": self.sequence,
+            "timestamp": format_timestamp(self.timestamp),
+            "principal": self.principal,
+            "namespace": self.namespace,
+            "operation": self.operation,
+            "outcome": self.outcome,
+            "context": self.context,
+            "context_id": str(self.context_id) if self.context_id is not None else None,
+            "revision": self.revision,
+            "change_sequence": self.change_sequence,
+            "request_id": self.request_id,
+            "detail": self.detail,
+            "key_id": self.key_id,
+        }
+
+    def to_json(self) -> JSONObject:
+        return {**self.content(), "hmac": self.hmac}
+
+    @classmethod
+    def chained(
+        cls, entry: AuditEntry, *, sequence: int, timestamp: datetime, signer: AuditSigner, previous: str
+    ) -> AuditRecord:
+        """The row that follows the one whose HMAC is ``previous`` ("" before the first row)."""
+        unsigned = cls(
+            sequence=sequence,
+            timestamp=timestamp,
+            principal=entry.principal,
+            namespace=entry.namespace,
+            operation=entry.operation,
+            outcome=entry.outcome,
+            context=entry.context,
+            context_id=entry.context_id,
+            revision=entry.revision,
+            change_sequence=entry.change_sequence,
+            request_id=entry.request_id,
+            detail=entry.detail,
+            key_id=signer.key_id,
+            hmac="",
+        )
+        return dataclasses.replace(unsigned, hmac=signer.sign(unsigned.content(), previous))
+
+
+class AuditSigner(Protocol):
+    """Signs audit rows (implemented by :class:`groundhog_mcp.security.audit.AuditKey`; injected
+    into a store, which has no business knowing keys). A store without one writes no audit rows."""
+
+    @property
+    def key_id(self) -> str:
+        """A short public fingerprint of the key, stored with every row it signs."""
+        ...
+
+    def sign(self, content: Mapping[str, AuditValue], previous: str) -> str:
+        """The row's HMAC (hex) over ``content`` and the previous row's HMAC."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """A page of audit rows. ``namespace`` None: every namespace (maintenance commands only).
+    ``after`` / ``before`` bound the sequence (exclusive); ``since`` / ``until`` the time
+    (inclusive / exclusive)."""
+
+    namespace: str | None = None
+    context: str | None = None
+    prefix: str | None = None
+    principal: str | None = None
+    operation: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after: int | None = None
+    before: int | None = None
+    newest_first: bool = False
+    limit: int = 100

@@ -212,6 +212,77 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX changes_context ON changes (context_id, sequence);
         """,
     ),
+    Migration(
+        3,
+        "tamper-evident audit log",
+        # One row per committed mutation and per denied request; never state contents. Rows are
+        # chained by HMAC (groundhog_mcp.security.audit); the triggers make the table append-only.
+        sqlite="""
+        CREATE TABLE audit_log (
+            sequence        INTEGER PRIMARY KEY,
+            timestamp       TEXT NOT NULL,
+            principal       TEXT NOT NULL,
+            namespace       TEXT NOT NULL,
+            operation       TEXT NOT NULL,
+            outcome         TEXT NOT NULL,
+            context         TEXT,
+            context_id      TEXT,
+            revision        INTEGER,
+            change_sequence INTEGER,
+            request_id      TEXT,
+            detail          TEXT,
+            key_id          TEXT NOT NULL,
+            hmac            TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_namespace ON audit_log (namespace, sequence);
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN
+            SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE is not allowed');
+        END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN
+            SELECT RAISE(ABORT, 'audit_log is append-only: DELETE is not allowed');
+        END;
+        """,
+        postgres="""
+        CREATE TABLE audit_log (
+            sequence        BIGINT PRIMARY KEY,
+            timestamp       TIMESTAMPTZ NOT NULL,
+            principal       TEXT NOT NULL,
+            namespace       TEXT COLLATE "C" NOT NULL,
+            operation       TEXT NOT NULL,
+            outcome         TEXT NOT NULL,
+            context         TEXT COLLATE "C",
+            context_id      UUID,
+            revision        BIGINT,
+            change_sequence BIGINT,
+            request_id      TEXT,
+            detail          TEXT,
+            key_id          TEXT NOT NULL,
+            hmac            TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_namespace ON audit_log (namespace, sequence);
+
+        -- The chain head: the last row's sequence and HMAC. Its row lock orders the appends of
+        -- every instance (taken with the store_counter lock by writes, alone by denials).
+        CREATE TABLE audit_head (
+            id        INTEGER PRIMARY KEY CHECK (id = 1),
+            sequence  BIGINT NOT NULL,
+            hmac      TEXT NOT NULL
+        );
+        INSERT INTO audit_head (id, sequence, hmac) VALUES (1, 0, '');
+
+        CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP;
+        END
+        $$;
+        CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log
+            FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+        CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -78,6 +78,11 @@ from groundhog_mcp.models import (
     utcnow,
 )
 from groundhog_mcp.store.base import (
+    AuditEntry,
+    AuditNote,
+    AuditQuery,
+    AuditRecord,
+    AuditSigner,
     DeadLetter,
     EventAlreadyHandled,
     EventRecord,
@@ -93,7 +98,7 @@ from groundhog_mcp.store.base import (
     registered,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
-from groundhog_mcp.store.records import EXPORT_KINDS, export_page, header_record, import_rows
+from groundhog_mcp.store.records import EXPORT_KINDS, export_page, header_record, import_entries, import_rows
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
 
@@ -124,9 +129,23 @@ _RECORD: Final = (
     "  %(size)s::integer, %(snapshot)s::bytea FROM counter WHERE %(snapshot)s::bytea IS NOT NULL),"
     " event AS (INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
     "  SELECT %(id)s::uuid, %(event_type)s::text, %(payload)s::text, %(key)s::text, %(revision)s::bigint, value,"
-    "  %(now)s::timestamptz FROM counter WHERE %(event_type)s::text IS NOT NULL)"
-    " SELECT value, pg_notify(%(channel)s::text, value::text) FROM counter"
+    "  %(now)s::timestamptz FROM counter WHERE %(event_type)s::text IS NOT NULL),"
+    # The audit chain head, locked after the counter row and held to commit (when audit is on).
+    " head AS (UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 AND %(audit)s::boolean"
+    "  RETURNING sequence, hmac)"
+    " SELECT value, pg_notify(%(channel)s::text, value::text), head.sequence, head.hmac FROM counter"
+    " LEFT JOIN head ON true"
 )
+_AUDIT_COLUMNS: Final = (
+    "sequence, timestamp, principal, namespace, operation, outcome, context, context_id, revision, "
+    "change_sequence, request_id, detail, key_id, hmac"
+)
+# The row, and the head's new HMAC, in one statement (the head's row lock is already held).
+_AUDIT_APPEND: Final = (
+    "WITH head AS (UPDATE audit_head SET hmac = %s WHERE id = 1)"
+    f" INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+)
+_AUDIT_LOCK_HEAD: Final = "UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence, hmac"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
 _MIGRATION_LOCK_CLASS = 0x67686D63
@@ -256,8 +275,10 @@ class PostgresStore:
         auto_migrate: bool = True,
         listen_url: str | None = None,
         retention: Retention | None = None,
+        audit_signer: AuditSigner | None = None,
     ) -> None:
         self.retention = retention or Retention()
+        self.audit_signer = audit_signer
         try:
             libpq_url, ours = _split_parameters(url)
             params = conninfo_to_dict(libpq_url)
@@ -630,7 +651,12 @@ class PostgresStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def register(
-        self, new: NewContext, *, actor: str, if_exists: Literal["error", "return"]
+        self,
+        new: NewContext,
+        *,
+        actor: str,
+        if_exists: Literal["error", "return"],
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change | None]:
         async def work(cur: _Cursor) -> tuple[StoredContext, Change | None]:
             # The name's row in name_revisions is the lock that serialises registrations of one
@@ -675,7 +701,16 @@ class PostgresStore:
             )
             stored = registered(new, revision=revision, state_size=size, now=now)
             change = await self._record(
-                cur, stored.id, new.namespace, new.name, revision, "register", actor, now, snapshot=(snapshot, size)
+                cur,
+                stored.id,
+                new.namespace,
+                new.name,
+                revision,
+                "register",
+                actor,
+                now,
+                snapshot=(snapshot, size),
+                audit=audit,
             )
             return stored, change
 
@@ -690,6 +725,7 @@ class PostgresStore:
         *,
         actor: str,
         event: EventRecord | None = None,
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change]:
         async def work(cur: _Cursor) -> tuple[StoredContext, Change]:
             row = await self._lock_live_row(cur, namespace, name)
@@ -724,6 +760,7 @@ class PostgresStore:
                 snapshot=(snapshot, size),
                 event=event,
                 settings=current.settings,
+                audit=audit,
             )
             return stored, change
 
@@ -748,13 +785,16 @@ class PostgresStore:
 
         return await self._run(work, writing=False)
 
-    async def add_dead_letter(self, letter: DeadLetter) -> DeadLetter:
+    async def add_dead_letter(
+        self, letter: DeadLetter, *, actor: str = "local", audit: AuditNote | None = None
+    ) -> DeadLetter:
         async def work(cur: _Cursor) -> DeadLetter:
             if letter.id:
                 await cur.execute(
                     "UPDATE dead_letters SET attempts = attempts + %s, last_error = %s WHERE id = %s",
                     (letter.attempts, letter.last_error, letter.id),
                 )
+                await self._append_audit(cur, AuditEntry.of_dead_letter(letter, actor, audit))
                 return letter
             await cur.execute(
                 "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
@@ -772,7 +812,9 @@ class PostgresStore:
                 ),
             )
             row = await cur.fetchone()
-            return dataclasses.replace(letter, id=int(row[0]) if row else 0)
+            stored = dataclasses.replace(letter, id=int(row[0]) if row else 0)
+            await self._append_audit(cur, AuditEntry.of_dead_letter(stored, actor, audit))
+            return stored
 
         return await self._run(work, writing=True)
 
@@ -830,7 +872,14 @@ class PostgresStore:
         return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in await self._run(work, writing=False)}
 
     async def unregister(
-        self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        *,
+        purge: bool,
+        actor: str,
+        audit: AuditNote | None = None,
     ) -> Change:
         async def work(cur: _Cursor) -> Change:
             row = await self._lock_live_row(cur, namespace, name)
@@ -850,7 +899,9 @@ class PostgresStore:
                     "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
                     (now, revision, now, context_id),
                 )
-            return await self._record(cur, context_id, namespace, row[2], revision, "unregister", actor, now)
+            return await self._record(
+                cur, context_id, namespace, row[2], revision, "unregister", actor, now, audit=audit
+            )
 
         return await self._run(work, writing=True)
 
@@ -890,6 +941,7 @@ class PostgresStore:
         snapshot: tuple[bytes, int] | None = None,
         event: EventRecord | None = None,
         settings: JSONObject | None = None,
+        audit: AuditNote | None = None,
     ) -> Change:
         """The name's revision high-water mark; then, in one statement, the sequence, the change
         row, the history snapshot (``(compressed, size)``) and the event record, and the NOTIFY.
@@ -922,19 +974,21 @@ class PostgresStore:
                 "payload": dumps(event.payload) if event is not None else None,
                 "key": event.idempotency_key if event is not None else None,
                 "channel": CHANGES_CHANNEL,
+                "audit": self.audit_signer is not None,
             },
         )
         counter = await cur.fetchone()
         if counter is None:
             raise InitializationError(f"database: the store_counter row is missing at {self.location}")
         sequence = int(counter[0])
+        head = (int(counter[2]), str(counter[3])) if counter[2] is not None else None
         if len(self._own_sequences) >= _MAX_OWN_SEQUENCES:
             self._own_sequences.clear()  # rolled-back writes never come back; costs a few extra reads
         self._own_sequences.add(sequence)
         retention = self.retention.for_context(settings or {})
         if snapshot is not None and retention.due(revision):
             await self._prune(cur, context_id, revision, retention, now)
-        return Change(
+        change = Change(
             sequence=sequence,
             context_id=context_id,
             namespace=namespace,
@@ -945,6 +999,93 @@ class PostgresStore:
             timestamp=now,
             patch=patch,
         )
+        if head is not None:
+            await self._write_audit(cur, AuditEntry.of_change(change, audit), head, now)
+        return change
+
+    # -- the audit log ----------------------------------------------------------------------
+
+    async def _append_audit(self, cur: _Cursor, entry: AuditEntry) -> AuditRecord | None:
+        """Chain ``entry`` to the last row: lock the chain head (held to commit), then append."""
+        if self.audit_signer is None:
+            return None
+        await cur.execute(_AUDIT_LOCK_HEAD)
+        head = await cur.fetchone()
+        if head is None:
+            raise InitializationError(f"database: the audit_head row is missing at {self.location}")
+        return await self._write_audit(cur, entry, (int(head[0]), str(head[1])), utcnow())
+
+    async def _write_audit(
+        self, cur: _Cursor, entry: AuditEntry, head: tuple[int, str], now: datetime
+    ) -> AuditRecord | None:
+        """Append the row numbered ``head[0]``, chained to ``head[1]`` (the head is locked)."""
+        signer = self.audit_signer
+        if signer is None:
+            return None
+        sequence, previous = head
+        record = AuditRecord.chained(entry, sequence=sequence, timestamp=now, signer=signer, previous=previous)
+        await cur.execute(
+            _AUDIT_APPEND,
+            (
+                record.hmac,
+                record.sequence,
+                now,
+                record.principal,
+                record.namespace,
+                record.operation,
+                record.outcome,
+                record.context,
+                record.context_id,
+                record.revision,
+                record.change_sequence,
+                record.request_id,
+                record.detail,
+                record.key_id,
+                record.hmac,
+            ),
+        )
+        return record
+
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        if self.audit_signer is None:
+            return None
+
+        async def work(cur: _Cursor) -> AuditRecord | None:
+            return await self._append_audit(cur, entry)
+
+        return await self._run(work, writing=True)
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        async def work(cur: _Cursor) -> list[TupleRow]:
+            await cur.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
+                " WHERE (%(namespace)s::text IS NULL OR namespace = %(namespace)s)"
+                " AND (%(context)s::text IS NULL OR context = %(context)s)"
+                " AND (%(prefix)s::text IS NULL OR (context >= %(prefix)s AND context < %(prefix)s || '~'))"
+                " AND (%(principal)s::text IS NULL OR principal = %(principal)s)"
+                " AND (%(operation)s::text IS NULL OR operation = %(operation)s)"
+                " AND (%(since)s::timestamptz IS NULL OR timestamp >= %(since)s)"
+                " AND (%(until)s::timestamptz IS NULL OR timestamp < %(until)s)"
+                " AND (%(after)s::bigint IS NULL OR sequence > %(after)s)"
+                " AND (%(before)s::bigint IS NULL OR sequence < %(before)s)"
+                + (" ORDER BY sequence DESC" if query.newest_first else " ORDER BY sequence")
+                + " LIMIT %(limit)s",
+                {
+                    "namespace": query.namespace,
+                    "context": query.context,
+                    "prefix": query.prefix or None,
+                    "principal": query.principal,
+                    "operation": query.operation,
+                    "since": query.since,
+                    "until": query.until,
+                    "after": query.after,
+                    "before": query.before,
+                    "limit": query.limit,
+                },
+            )
+            return await cur.fetchall()
+
+        return [_audit_record(r) for r in await self._run(work, writing=False)]
 
     async def _prune(
         self, cur: _Cursor, context_id: ContextId, revision: int, retention: Retention, now: datetime
@@ -1097,6 +1238,8 @@ class PostgresStore:
                             "events",
                             "dead_letters",
                             "store_counter",
+                            "audit_log",
+                            "audit_head",
                             "schema_migrations",
                         ],
                     ),
@@ -1154,7 +1297,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._translate(exc, False) from exc
 
-    async def import_records(self, records: Iterable[JSONObject]) -> int:
+    async def import_records(self, records: Iterable[JSONObject], *, actor: str = "local") -> int:
         rows = await asyncio.to_thread(import_rows, list(records), identifier=_as_is, timestamp=_as_is)
 
         async def work(cur: _Cursor) -> int:
@@ -1175,9 +1318,12 @@ class PostgresStore:
                 "UPDATE store_counter SET value = greatest(value,"
                 " (SELECT coalesce(max(sequence), 0) FROM changes),"
                 " (SELECT coalesce(max(sequence), 0) FROM history)) WHERE name = 'sequence'"
-                " RETURNING pg_notify(%s, value::text)",
+                " RETURNING value, pg_notify(%s, value::text)",
                 (CHANGES_CHANNEL,),
             )
+            counter = await cur.fetchone()
+            for entry in import_entries(rows, actor=actor, last_sequence=int(counter[0]) if counter else 0):
+                await self._append_audit(cur, entry)
             await cur.execute(
                 "SELECT setval(pg_get_serial_sequence('events', 'id'), max(id)) FROM events HAVING count(*) > 0"
             )
@@ -1208,6 +1354,26 @@ class PostgresStore:
             await asyncio.to_thread(out.writelines, buffer)
         finally:
             await asyncio.to_thread(out.close)
+
+
+def _audit_record(row: TupleRow) -> AuditRecord:
+    (seq, ts, principal, namespace, operation, outcome, context, cid, revision, change_seq, rid, detail, key, mac) = row
+    return AuditRecord(
+        sequence=seq,
+        timestamp=_utc(ts),
+        principal=principal,
+        namespace=namespace,
+        operation=operation,
+        outcome=outcome,
+        context=context,
+        context_id=cid,
+        revision=revision,
+        change_sequence=change_seq,
+        request_id=rid,
+        detail=detail,
+        key_id=key,
+        hmac=mac,
+    )
 
 
 def _dead_letter(row: TupleRow) -> DeadLetter:

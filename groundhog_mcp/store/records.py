@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, LiteralString
 from groundhog_mcp import schemas
 from groundhog_mcp.errors import StateUpdateError
 from groundhog_mcp.models import JSONObject, dumps, format_timestamp, parse_timestamp, utcnow
+from groundhog_mcp.store.base import AUDIT_OK, AuditEntry
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "RecordKind",
     "export_page",
     "header_record",
+    "import_entries",
     "import_rows",
 ]
 
@@ -279,6 +281,13 @@ class ImportRows:
     def contexts(self) -> int:
         return len(self.rows["context"])
 
+    def namespaces(self) -> dict[str, int]:
+        """Contexts imported per namespace."""
+        counts: dict[str, int] = {}
+        for row in self.rows["context"]:
+            counts[row[1]] = counts.get(row[1], 0) + 1  # (id, namespace, …): the context kind's order
+        return counts
+
     def tables(self) -> Iterable[tuple[RecordKind, list[tuple[Any, ...]]]]:
         """(kind, rows) in :data:`EXPORT_KINDS` order, the kinds with rows only."""
         return ((kind, self.rows[kind.type]) for kind in EXPORT_KINDS if self.rows[kind.type])
@@ -384,3 +393,20 @@ def _import_value(
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def import_entries(rows: ImportRows, *, actor: str, last_sequence: int) -> list[AuditEntry]:
+    """The audit rows of an import: one per namespace it filled. The exported audit rows of the
+    source are not part of an export (``groundhog-mcp audit export`` archives them): an import
+    cannot write rows into this database's chain that its key did not sign."""
+    return [
+        AuditEntry(
+            principal=actor,
+            namespace=namespace,
+            operation="import",
+            outcome=AUDIT_OK,
+            change_sequence=last_sequence,
+            detail=f"{count} context(s) imported",
+        )
+        for namespace, count in sorted(rows.namespaces().items())
+    ]

@@ -42,6 +42,11 @@ from groundhog_mcp.models import (
     utcnow,
 )
 from groundhog_mcp.store.base import (
+    AuditEntry,
+    AuditNote,
+    AuditQuery,
+    AuditRecord,
+    AuditSigner,
     DeadLetter,
     EventAlreadyHandled,
     EventRecord,
@@ -56,7 +61,14 @@ from groundhog_mcp.store.base import (
     registered,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
-from groundhog_mcp.store.records import EXPORT_KINDS, RecordKind, export_page, header_record, import_rows
+from groundhog_mcp.store.records import (
+    EXPORT_KINDS,
+    RecordKind,
+    export_page,
+    header_record,
+    import_entries,
+    import_rows,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -67,6 +79,10 @@ _CONTEXT_COLUMNS = (
     "state_size, created_at, updated_at"
 )
 _EXPORT_PAGE = 500
+_AUDIT_COLUMNS = (
+    "sequence, timestamp, principal, namespace, operation, outcome, context, context_id, revision, "
+    "change_sequence, request_id, detail, key_id, hmac"
+)
 
 
 def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
@@ -99,6 +115,26 @@ def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
         state_size=size,
         created_at=parse_timestamp(created),
         updated_at=parse_timestamp(updated),
+    )
+
+
+def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
+    (seq, ts, principal, namespace, operation, outcome, context, cid, revision, change_seq, rid, detail, key, mac) = row
+    return AuditRecord(
+        sequence=seq,
+        timestamp=parse_timestamp(ts),
+        principal=principal,
+        namespace=namespace,
+        operation=operation,
+        outcome=outcome,
+        context=context,
+        context_id=uuid.UUID(cid) if cid is not None else None,
+        revision=revision,
+        change_sequence=change_seq,
+        request_id=rid,
+        detail=detail,
+        key_id=key,
+        hmac=mac,
     )
 
 
@@ -138,8 +174,10 @@ class SQLiteStore:
         synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL",
         auto_migrate: bool = True,
         retention: Retention | None = None,
+        audit_signer: AuditSigner | None = None,
     ) -> None:
         self.path = Path(path)
+        self.audit_signer = audit_signer
         self.auto_migrate = auto_migrate
         self.retention = retention or Retention()
         self.busy_timeout_ms = busy_timeout_ms
@@ -340,12 +378,17 @@ class SQLiteStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def register(
-        self, new: NewContext, *, actor: str, if_exists: Literal["error", "return"]
+        self,
+        new: NewContext,
+        *,
+        actor: str,
+        if_exists: Literal["error", "return"],
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change | None]:
-        return await self._call(self._register_sync, new, actor, if_exists)
+        return await self._call(self._register_sync, new, actor, if_exists, audit)
 
     def _register_sync(
-        self, new: NewContext, actor: str, if_exists: Literal["error", "return"]
+        self, new: NewContext, actor: str, if_exists: Literal["error", "return"], audit: AuditNote | None = None
     ) -> tuple[StoredContext, Change | None]:
         with self._write_transaction() as conn:
             existing = self._live_row(conn, new.namespace, new.name)
@@ -381,7 +424,7 @@ class SQLiteStore:
             stored = registered(
                 new, revision=revision, state_size=len(state_text.encode("utf-8")), now=parse_timestamp(now)
             )
-            change = self._record(conn, stored, "register", actor, now, None, state_text)
+            change = self._record(conn, stored, "register", actor, now, None, state_text, audit)
             return stored, change
 
     async def mutate(
@@ -393,8 +436,9 @@ class SQLiteStore:
         *,
         actor: str,
         event: EventRecord | None = None,
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change]:
-        return await self._call(self._mutate_sync, namespace, name, expected_revision, mutator, actor, event)
+        return await self._call(self._mutate_sync, namespace, name, expected_revision, mutator, actor, event, audit)
 
     def _mutate_sync(
         self,
@@ -404,6 +448,7 @@ class SQLiteStore:
         mutator: Mutator,
         actor: str,
         event: EventRecord | None = None,
+        audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change]:
         with self._write_transaction() as conn:
             row = self._live_row(conn, namespace, name)
@@ -427,7 +472,7 @@ class SQLiteStore:
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=size, updated_at=parse_timestamp(now)
             )
-            change = self._record(conn, stored, mutation.op, actor, now, mutation.patch, state_text)
+            change = self._record(conn, stored, mutation.op, actor, now, mutation.patch, state_text, audit)
             if event is not None:
                 conn.execute(
                     "INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
@@ -458,16 +503,19 @@ class SQLiteStore:
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
         return await self._call(lambda: self._find_event(self._db, context_id, idempotency_key))
 
-    async def add_dead_letter(self, letter: DeadLetter) -> DeadLetter:
-        return await self._call(self._add_dead_letter_sync, letter)
+    async def add_dead_letter(
+        self, letter: DeadLetter, *, actor: str = "local", audit: AuditNote | None = None
+    ) -> DeadLetter:
+        return await self._call(self._add_dead_letter_sync, letter, actor, audit)
 
-    def _add_dead_letter_sync(self, letter: DeadLetter) -> DeadLetter:
+    def _add_dead_letter_sync(self, letter: DeadLetter, actor: str, audit: AuditNote | None) -> DeadLetter:
         with self._write_transaction() as conn:
             if letter.id:
                 conn.execute(
                     "UPDATE dead_letters SET attempts = attempts + ?, last_error = ? WHERE id = ?",
                     (letter.attempts, letter.last_error, letter.id),
                 )
+                self._append_audit(conn, AuditEntry.of_dead_letter(letter, actor, audit), format_timestamp(utcnow()))
                 return letter
             cursor = conn.execute(
                 "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
@@ -484,7 +532,9 @@ class SQLiteStore:
                     format_timestamp(letter.created_at),
                 ),
             )
-            return dataclasses.replace(letter, id=int(cursor.lastrowid or 0))
+            stored = dataclasses.replace(letter, id=int(cursor.lastrowid or 0))
+            self._append_audit(conn, AuditEntry.of_dead_letter(stored, actor, audit), format_timestamp(utcnow()))
+            return stored
 
     _DEAD_LETTER_COLUMNS = (
         "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
@@ -566,12 +616,25 @@ class SQLiteStore:
         return await self._call(run)
 
     async def unregister(
-        self, namespace: str, name: str, expected_revision: int | None, *, purge: bool, actor: str
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        *,
+        purge: bool,
+        actor: str,
+        audit: AuditNote | None = None,
     ) -> Change:
-        return await self._call(self._unregister_sync, namespace, name, expected_revision, purge, actor)
+        return await self._call(self._unregister_sync, namespace, name, expected_revision, purge, actor, audit)
 
     def _unregister_sync(
-        self, namespace: str, name: str, expected_revision: int | None, purge: bool, actor: str
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        purge: bool,
+        actor: str,
+        audit: AuditNote | None = None,
     ) -> Change:
         with self._write_transaction() as conn:
             row = self._live_row(conn, namespace, name)
@@ -581,7 +644,7 @@ class SQLiteStore:
             self._check_expected(conn, current, expected_revision)
             now = format_timestamp(utcnow())
             stored = dataclasses.replace(current, revision=current.revision + 1)
-            change = self._record(conn, stored, "unregister", actor, now, None, None)
+            change = self._record(conn, stored, "unregister", actor, now, None, None, audit)
             if purge:
                 # Purge removes the content everywhere: snapshots and the diffs in the change feed.
                 conn.execute("DELETE FROM history WHERE context_id = ?", (str(current.id),))
@@ -627,8 +690,10 @@ class SQLiteStore:
         now: str,
         patch: list[JSONObject] | None,
         state_text: str | None,
+        audit: AuditNote | None = None,
     ) -> Change:
-        """Write the change row, the history snapshot and the name's revision high-water mark."""
+        """Write the change row, the history snapshot, the name's revision high-water mark and
+        the audit row."""
         stored_patch = feed_patch(patch)
         cursor = conn.execute(
             "INSERT INTO changes (context_id, namespace, name, revision, op, actor, timestamp, patch)"
@@ -668,7 +733,7 @@ class SQLiteStore:
         retention = self.retention.for_context(ctx.settings)
         if state_text is not None and retention.due(ctx.revision):
             self._prune(conn, ctx, retention, now)
-        return Change(
+        change = Change(
             sequence=sequence,
             context_id=ctx.id,
             namespace=ctx.namespace,
@@ -679,6 +744,84 @@ class SQLiteStore:
             timestamp=parse_timestamp(now),
             patch=patch,
         )
+        self._append_audit(conn, AuditEntry.of_change(change, audit), now)
+        return change
+
+    # -- the audit log ----------------------------------------------------------------------
+
+    def _append_audit(self, conn: sqlite3.Connection, entry: AuditEntry, now: str) -> AuditRecord | None:
+        """Chain ``entry`` to the last row, inside the caller's write transaction (whose
+        ``BEGIN IMMEDIATE`` lock orders the appends of every process)."""
+        signer = self.audit_signer
+        if signer is None:
+            return None
+        last = conn.execute("SELECT sequence, hmac FROM audit_log ORDER BY sequence DESC LIMIT 1").fetchone()
+        record = AuditRecord.chained(
+            entry,
+            sequence=last[0] + 1 if last else 1,
+            timestamp=parse_timestamp(now),
+            signer=signer,
+            previous=last[1] if last else "",
+        )
+        conn.execute(
+            f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record.sequence,
+                now,
+                record.principal,
+                record.namespace,
+                record.operation,
+                record.outcome,
+                record.context,
+                str(record.context_id) if record.context_id is not None else None,
+                record.revision,
+                record.change_sequence,
+                record.request_id,
+                record.detail,
+                record.key_id,
+                record.hmac,
+            ),
+        )
+        return record
+
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        if self.audit_signer is None:
+            return None
+        return await self._call(self._append_audit_sync, entry)
+
+    def _append_audit_sync(self, entry: AuditEntry) -> AuditRecord | None:
+        with self._write_transaction() as conn:
+            return self._append_audit(conn, entry, format_timestamp(utcnow()))
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        return await self._call(self._read_audit_sync, query)
+
+    def _read_audit_sync(self, query: AuditQuery) -> list[AuditRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("namespace = ?", query.namespace),
+            ("context = ?", query.context),
+            ("principal = ?", query.principal),
+            ("operation = ?", query.operation),
+            ("timestamp >= ?", format_timestamp(query.since) if query.since else None),
+            ("timestamp < ?", format_timestamp(query.until) if query.until else None),
+            ("sequence > ?", query.after),
+            ("sequence < ?", query.before),
+        ):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        if query.prefix:
+            # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
+            where.append("context >= ? AND context < ?")
+            params.extend((query.prefix, query.prefix + "~"))
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY sequence {'DESC' if query.newest_first else 'ASC'} LIMIT ?"
+        rows = self._db.execute(sql, (*params, query.limit)).fetchall()
+        return [_audit_record(r) for r in rows]
 
     def _prune(self, conn: sqlite3.Connection, ctx: StoredContext, retention: Retention, now: str) -> None:
         """Drop history beyond retention, and the diffs of the change rows that went with it."""
@@ -853,10 +996,10 @@ class SQLiteStore:
         rows = self._db.execute(query, (*(after or ()), _EXPORT_PAGE)).fetchall()
         return export_page(kind, rows), (kind.key_of(rows[-1]) if rows else after)
 
-    async def import_records(self, records: Iterable[JSONObject]) -> int:
-        return await self._call(self._import_sync, list(records))
+    async def import_records(self, records: Iterable[JSONObject], *, actor: str = "local") -> int:
+        return await self._call(self._import_sync, list(records), actor)
 
-    def _import_sync(self, records: list[JSONObject]) -> int:
+    def _import_sync(self, records: list[JSONObject], actor: str = "local") -> int:
         rows = import_rows(records, identifier=str, timestamp=format_timestamp)
         with self._write_transaction() as conn:
             existing = conn.execute("SELECT count(*) FROM contexts").fetchone()[0]
@@ -869,6 +1012,9 @@ class SQLiteStore:
             # Explicit ids and sequences: AUTOINCREMENT continues after the highest imported.
             for kind, table_rows in rows.tables():
                 conn.executemany(kind.insert("?"), table_rows)
+            now = format_timestamp(utcnow())
+            for entry in import_entries(rows, actor=actor, last_sequence=self._last_sequence_sync()):
+                self._append_audit(conn, entry, now)
             return rows.contexts
 
     async def backup(self, destination: Path) -> None:

@@ -1,0 +1,218 @@
+"""The audit log's key, row signatures and chain verification.
+
+Every audit row carries ``HMAC-SHA256(key, previous row's HMAC || canonical JSON of the row)``
+(the first row chains to ``""``). The canonical JSON has sorted keys, no spaces and UTF-8 text,
+and covers every column but the HMAC itself, the row's sequence included. So a row whose
+content was changed, a row removed from the middle, and two rows swapped all break the chain
+at the first row concerned, and nobody without the key can write a row that verifies.
+
+The stores call :meth:`AuditKey.sign` inside their write transactions (they see it only as the
+``AuditSigner`` protocol of :mod:`groundhog_mcp.store.base`); :class:`ChainVerifier` walks the
+rows in sequence order for ``groundhog-mcp audit verify``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from groundhog_mcp.errors import InitializationError
+
+__all__ = ["MIN_KEY_CHARS", "AuditKey", "ChainProblem", "ChainVerifier", "load_or_create_key_file"]
+
+MIN_KEY_CHARS = 32
+_KEY_ID_DOMAIN = b"groundhog-mcp audit key id\n"
+
+AuditValue = str | int | None
+
+
+def canonical(content: Mapping[str, AuditValue]) -> bytes:
+    return json.dumps(dict(content), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class AuditKey:
+    """An HMAC-SHA256 key for the audit chain (separate from any encryption key).
+
+    ``secret`` is the key text: at least 32 characters (``GROUNDHOG_AUDIT_KEY``, or the content
+    of the audit key file; a generated one is 64 hex digits, 256 bits)."""
+
+    def __init__(self, secret: str) -> None:
+        text = secret.strip()
+        if len(text) < MIN_KEY_CHARS:
+            raise InitializationError(
+                f"audit_key: must be at least {MIN_KEY_CHARS} characters; got {len(text)} "
+                "(generate one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        self._key = text.encode("utf-8")
+        self._key_id = hashlib.sha256(_KEY_ID_DOMAIN + self._key).hexdigest()[:16]
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def sign(self, content: Mapping[str, AuditValue], previous: str) -> str:
+        return hmac.new(self._key, previous.encode("ascii") + b"\n" + canonical(content), hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:  # never the key itself
+        return f"AuditKey(key_id={self._key_id!r})"
+
+
+def load_or_create_key_file(path: Path) -> tuple[AuditKey, bool]:
+    """The key in ``path``; a missing file is created with a new random key, mode 0600.
+
+    Returns ``(key, created)``. Two processes creating it at once agree on one key: the file
+    appears complete (written aside, then hard-linked into place) or not at all.
+    """
+    try:
+        return AuditKey(path.read_text(encoding="utf-8")), False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise InitializationError(f"audit_key_file: cannot read {path}: {exc.strerror or exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_hex(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(aside, path)
+            created = True
+        except FileExistsError:
+            created = False  # another process won: use its key
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            aside.unlink()
+    return AuditKey(path.read_text(encoding="utf-8")), created
+
+
+def key_file_problem(path: Path) -> str | None:
+    """A warning when the key file can be read by others than its owner."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"audit key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
+    return None
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """The first row at which the chain breaks, and how."""
+
+    sequence: int
+    kind: str  # "altered" | "removed" | "reordered" | "foreign key" | "missing tail"
+    message: str
+
+
+class ChainVerifier:
+    """Feed it the rows (their ``content()`` and ``hmac``) in sequence order; it stops at the first
+    problem. Rows must be numbered 1, 2, 3, … without gaps."""
+
+    def __init__(self, key: AuditKey) -> None:
+        self.key = key
+        self.rows = 0
+        self.previous = ""
+        self.expected = 1
+        self.problem: ChainProblem | None = None
+        self.max_change_sequence = 0
+        # The row that broke the chain, kept to tell "altered" from "reordered" later.
+        self._suspect: tuple[Mapping[str, AuditValue], str] | None = None
+        self._last_hmac = ""
+
+    def feed(self, content: Mapping[str, AuditValue], row_hmac: str) -> bool:
+        """Check one row; False once the chain is broken (further rows are only used to
+        diagnose a reordering: pass them to :meth:`diagnose`)."""
+        if self.problem is not None:
+            return False
+        sequence = content.get("sequence")
+        if not isinstance(sequence, int) or sequence != self.expected:
+            if isinstance(sequence, int) and sequence > self.expected:
+                missing = (
+                    f"row {self.expected} is missing"
+                    if sequence == self.expected + 1
+                    else f"rows {self.expected}-{sequence - 1} are missing"
+                )
+                self.problem = ChainProblem(
+                    self.expected, "removed", f"{missing} (the log goes from row {self.expected - 1} to row {sequence})"
+                )
+            else:
+                self.problem = ChainProblem(
+                    self.expected, "reordered", f"row {sequence!r} appears where row {self.expected} belongs"
+                )
+            return False
+        if content.get("key_id") != self.key.key_id:
+            self.problem = ChainProblem(
+                sequence,
+                "foreign key",
+                f"row {sequence} was signed with audit key {content.get('key_id')!r}, not with the configured key "
+                f"{self.key.key_id!r} (wrong key configured, or the row was forged)",
+            )
+            return False
+        expected = self.key.sign(content, self.previous)
+        if not hmac.compare_digest(expected, row_hmac):
+            self.problem = ChainProblem(
+                sequence, "altered", f"row {sequence} was altered (its HMAC does not match its content)"
+            )
+            self._suspect = (content, row_hmac)
+            return False
+        self.rows += 1
+        self.previous = row_hmac
+        self.expected += 1
+        change_sequence = content.get("change_sequence")
+        if isinstance(change_sequence, int):
+            self.max_change_sequence = max(self.max_change_sequence, change_sequence)
+        return True
+
+    @property
+    def diagnosing(self) -> bool:
+        return self._suspect is not None and self.problem is not None and self.problem.kind == "altered"
+
+    def diagnose(self, content: Mapping[str, AuditValue], row_hmac: str) -> bool:
+        """Given the rows after the broken one (in order), tell whether the broken row holds
+        another row's content (the rows were reordered). True once decided."""
+        if self._suspect is None or self.problem is None:
+            return True
+        suspect, suspect_hmac = self._suspect
+        sequence = content.get("sequence")
+        # The suspect came from row `sequence` if it verifies as that row, chained to whatever
+        # preceded that row originally: the row now before it, or (adjacent swap) this row's own.
+        for previous in (self._last_hmac, row_hmac):
+            moved = {**suspect, "sequence": sequence}
+            if hmac.compare_digest(self.key.sign(moved, previous), suspect_hmac):
+                self.problem = ChainProblem(
+                    self.problem.sequence,
+                    "reordered",
+                    f"row {self.problem.sequence} holds the content of row {sequence}: rows were reordered",
+                )
+                self._suspect = None
+                return True
+        self._last_hmac = row_hmac
+        return False
+
+    def start_diagnosis(self, previous_row_hmac: str) -> None:
+        """The HMAC stored in the broken row itself: the 'row before' of the next one."""
+        self._last_hmac = previous_row_hmac
+
+    def check_tail(self, last_change_sequence: int) -> None:
+        """Every committed change has its audit row: a log whose last rows were deleted (which
+        the chain alone cannot show) ends before the store's last change."""
+        if self.problem is None and 0 < self.max_change_sequence < last_change_sequence:
+            self.problem = ChainProblem(
+                self.expected,
+                "missing tail",
+                f"the log ends at row {self.expected - 1}, but changes up to sequence {last_change_sequence} were "
+                f"committed and the last audited one is {self.max_change_sequence}: rows were removed from the "
+                "end of the log (or audit was turned off for those writes)",
+            )
