@@ -64,6 +64,7 @@ TOOL_NAMES = frozenset(
         "replay_dead_letter",
         "get_metrics",
         "merge_states",
+        "audit_log",
     }
 )
 
