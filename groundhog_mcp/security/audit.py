@@ -77,23 +77,29 @@ def load_or_create_key_file(path: Path) -> tuple[AuditKey, bool]:
         pass
     except OSError as exc:
         raise InitializationError(f"audit_key_file: cannot read {path}: {exc.strerror or exc}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
     aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(secrets.token_hex(32) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.link(aside, path)
-            created = True
-        except FileExistsError:
-            created = False  # another process won: use its key
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            aside.unlink()
-    return AuditKey(path.read_text(encoding="utf-8")), created
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(secrets.token_hex(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(aside, path)
+                created = True
+            except FileExistsError:
+                created = False  # another process won: use its key
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                aside.unlink()
+        return AuditKey(path.read_text(encoding="utf-8")), created
+    except OSError as exc:
+        raise InitializationError(
+            f"audit_key_file: cannot create the audit key file {path}: {exc.strerror or exc}; nothing was "
+            "written. Make its directory writable, or set GROUNDHOG_AUDIT_KEY / audit_key_file"
+        ) from None
 
 
 def key_file_problem(path: Path) -> str | None:
