@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import InitializationError
 from groundhog_mcp.models import Principal
-from groundhog_mcp.security.audit import AuditKey, key_file_problem, load_or_create_key_file
+from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server import AppContext, Notifier, build_server
 from groundhog_mcp.server.http import HttpConfig, HttpServer, bind_socket, refuse_unauthenticated_bind, token_auth
@@ -182,17 +182,23 @@ def default_audit_key_file(database: str) -> Path:
     return path.with_name(path.name + ".audit-key")
 
 
-def audit_key(settings: Settings) -> AuditKey | None:
-    """The audit chain's key, or None when the audit log is turned off (``audit = false``)."""
+def audit_key(settings: Settings, *, create: bool = True) -> Signer | None:
+    """The audit chain's key, or None when the audit log is turned off (``audit = false``).
+
+    A missing key file is created at the first audited write (``create``), or refused."""
     if not settings.audit:
         return None
     if settings.audit_key is not None:
         return AuditKey(settings.audit_key.get_secret_value())
     path = Path(settings.audit_key_file).expanduser() if settings.audit_key_file else None
     path = path or default_audit_key_file(settings.database)
-    key, created = load_or_create_key_file(path)
-    if created:
-        log.info("audit: created a new audit key file; back it up with the database", path=str(path))
+    if not path.exists():
+        if not create:
+            raise InitializationError(
+                f"audit: no audit key: {path} does not exist (set GROUNDHOG_AUDIT_KEY or audit_key_file)"
+            )
+        return KeyFileSigner(path)
+    key, _ = load_or_create_key_file(path)
     problem = key_file_problem(path)
     if problem:
         log.warning(problem)

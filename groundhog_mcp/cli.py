@@ -351,7 +351,7 @@ async def _audit_export(store: Store, output: str) -> int:
 
 
 async def _audit_verify(store: Store, settings: Settings) -> int:
-    key = audit_key(settings)
+    key = audit_key(settings, create=False)
     if key is None:
         print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
         return 1

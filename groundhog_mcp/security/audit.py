@@ -20,13 +20,27 @@ import json
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import structlog
 
 from groundhog_mcp.errors import InitializationError
 
-__all__ = ["MIN_KEY_CHARS", "AuditKey", "ChainProblem", "ChainVerifier", "load_or_create_key_file"]
+__all__ = [
+    "MIN_KEY_CHARS",
+    "AuditKey",
+    "ChainProblem",
+    "ChainVerifier",
+    "KeyFileSigner",
+    "Signer",
+    "load_or_create_key_file",
+]
+
+log = structlog.get_logger("groundhog_mcp.audit")
 
 MIN_KEY_CHARS = 32
 _KEY_ID_DOMAIN = b"groundhog-mcp audit key id\n"
@@ -63,6 +77,43 @@ class AuditKey:
 
     def __repr__(self) -> str:  # never the key itself
         return f"AuditKey(key_id={self._key_id!r})"
+
+
+class Signer(Protocol):
+    @property
+    def key_id(self) -> str: ...
+
+    def sign(self, content: Mapping[str, AuditValue], previous: str) -> str: ...
+
+
+class KeyFileSigner:
+    """The key of a key file that does not exist yet: created (mode 0600) when the first row is
+    signed, so a server that refuses to start (a damaged or foreign database) leaves nothing
+    behind. Creation errors surface in that first write, which then rolls back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key: AuditKey | None = None
+        self._lock = threading.Lock()
+
+    def _loaded(self) -> AuditKey:
+        with self._lock:
+            if self._key is None:
+                key, created = load_or_create_key_file(self.path)
+                if created:
+                    log.info("audit: created a new audit key file; back it up with the database", path=str(self.path))
+                self._key = key
+            return self._key
+
+    @property
+    def key_id(self) -> str:
+        return self._loaded().key_id
+
+    def sign(self, content: Mapping[str, AuditValue], previous: str) -> str:
+        return self._loaded().sign(content, previous)
+
+    def __repr__(self) -> str:
+        return f"KeyFileSigner(path={str(self.path)!r})"
 
 
 def load_or_create_key_file(path: Path) -> tuple[AuditKey, bool]:
@@ -126,7 +177,7 @@ class ChainVerifier:
     """Feed it the rows (their ``content()`` and ``hmac``) in sequence order; it stops at the first
     problem. Rows must be numbered 1, 2, 3, … without gaps."""
 
-    def __init__(self, key: AuditKey) -> None:
+    def __init__(self, key: Signer) -> None:
         self.key = key
         self.rows = 0
         self.previous = ""

@@ -394,7 +394,11 @@ def test_key_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     settings = Settings(database=str(tmp_path / "db" / "g.sqlite"))
     first = audit_key(settings)
     path = tmp_path / "db" / "g.sqlite.audit-key"
-    assert first is not None and path.is_file()
+    # Created at the first signed row, not at start: a server that refuses to start leaves no file.
+    assert first is not None and not path.exists()
+    with pytest.raises(Exception, match=r"audit: no audit key: .*g\.sqlite\.audit-key does not exist"):
+        audit_key(settings, create=False)
+    assert first.key_id and path.is_file()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(path.read_text().strip()) == 64
     again = audit_key(settings)
