@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.models import Principal
 from groundhog_mcp.security.tokens import TokenStore
+from groundhog_mcp.server.event_store import BoundedEventStore
 from groundhog_mcp.server.principals import principal_claims
 
 __all__ = [
@@ -89,6 +90,8 @@ class HttpConfig:
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     graceful_timeout: float = 10.0
+    # The SSE ``retry`` a streamable-HTTP client is told to wait before reconnecting.
+    retry_interval_ms: int = 1000
 
     @property
     def authority(self) -> str:
@@ -224,7 +227,11 @@ def http_app(server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event
     security = config.transport_security()
     if config.transport == "http":
         app = server.streamable_http_app(
-            max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host
+            max_request_body_size=config.max_body_bytes,
+            transport_security=security,
+            host=config.host,
+            event_store=BoundedEventStore(),
+            retry_interval=config.retry_interval_ms,
         )
     else:
         app = server.sse_app(max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host)
