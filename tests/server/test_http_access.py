@@ -258,8 +258,7 @@ async def test_prometheus_metrics_need_an_admin_token(launcher: Launcher, transp
         reader = await http.get(url, headers={"Authorization": f"Bearer {tokens['R']}"})
         assert reader.status_code == 403
         assert reader.text == (
-            "Forbidden: /metrics needs the admin grant on every context of namespace 'team-x'; "
-            "principal 'R' lacks it"
+            "Forbidden: /metrics needs the admin grant on every context of namespace 'team-x'; principal 'R' lacks it"
         )
         admin = await http.get(url, headers={"Authorization": f"Bearer {tokens['A']}"})
         assert admin.status_code == 200 and admin.headers["content-type"].startswith("text/plain")

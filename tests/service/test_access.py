@@ -68,7 +68,7 @@ async def test_reader_reads_but_every_write_names_the_missing_grant(manager: Sta
 
     writer = manager.with_principal(principal("W", "write:team."))
     await writer.update("team.notes", merge_patch_={"n": 2})
-    with pytest.raises(AccessDeniedError, match="the admin grant on 'team.notes' is missing for principal 'W'"):
+    with pytest.raises(AccessDeniedError, match=r"the admin grant on 'team\.notes' is missing for principal 'W'"):
         await writer.unregister("team.notes")
     await manager.with_principal(principal("A", "admin:team.")).unregister("team.notes")
 
@@ -195,5 +195,5 @@ async def test_dead_letters_of_unreadable_contexts_are_missing(manager: StateMan
     with pytest.raises(NotFoundError) as absent:
         await reader.replay_dead_letter(999)
     assert str(hidden.value).replace(str(hidden_id), "N") == str(absent.value).replace("999", "N")
-    with pytest.raises(AccessDeniedError, match="the write grant on 'open.one' is missing for principal 'R'"):
+    with pytest.raises(AccessDeniedError, match=r"the write grant on 'open\.one' is missing for principal 'R'"):
         await reader.replay_dead_letter(open_id)
