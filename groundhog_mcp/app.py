@@ -368,6 +368,8 @@ async def serve_http(settings: Settings) -> None:
         max_body_bytes=settings.max_body_bytes,
     )
     refuse_unauthenticated_bind(wanted, authenticated=authenticated, insecure_no_auth=settings.insecure_no_auth)
+    if oauth and not settings.oauth_issuer_url:  # before the port and the database are touched
+        raise InitializationError("oauth_issuer_url: required with oauth_introspection_url (the authorization server)")
     if settings.insecure_no_auth:
         log.warning(
             "authentication is OFF (insecure_no_auth): requests are not checked for a bearer token",

@@ -198,6 +198,7 @@ def test_oauth_without_issuer_refuses_to_start(launcher: Launcher) -> None:
     server = launcher.start("http", env={"GROUNDHOG_OAUTH_INTROSPECTION_URL": "http://127.0.0.1:9/x"}, ready=False)
     assert server.proc.wait(timeout=30) != 0
     assert "oauth_issuer_url: required with oauth_introspection_url" in server.stderr()
+    assert not launcher.database.exists()  # refused before the database was touched
 
 
 def test_scopes_map_to_grants() -> None:
