@@ -120,6 +120,19 @@ async def _seed(a: Any) -> None:
         await ok(a, "update_state", name=name, merge_patch={"n": 1})
 
 
+async def _dead_letter(a: Any) -> int:
+    """A dead letter of a context only A may read (its handler cannot increment a string)."""
+    handlers = {"inc": {"action": "increment", "path": "/n", "max_attempts": 1}}
+    await ok(a, "register_context", name="letters", state={"data": {"n": "x"}}, event_handlers=handlers)
+    assert "dead letter #" in await error(a, "emit_event", name="letters", type="inc")
+    [letter] = (await ok(a, "list_dead_letters"))["dead_letters"]
+    return int(letter["id"])
+
+
+def _renamed(params: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(params).replace("secret", "never-made"))
+
+
 def _tokens(launcher: Launcher) -> dict[str, str]:
     tokens = launcher.tokens
     return {
@@ -134,18 +147,32 @@ async def test_foreign_and_unreadable_contexts_answer_exactly_like_missing_ones(
     server = launcher.start("http")
     async with connect(server.url, tokens["A"]) as a:
         await _seed(a)
+        letter = await _dead_letter(a)
+    register = "tools/call", {"name": "register_context", "arguments": {"name": "secret"}}
     async with httpx2.AsyncClient(timeout=CALL_TIMEOUT_S) as http:
         for who in ("B", "R"):
             session = RawSession(http, server, tokens[who])
             await session.open()
-            for (method, foreign), (_, missing) in zip(_calls("secret"), _calls("never-made"), strict=True):
+            # Dead letters are named by id: another tenant's id answers like one never issued.
+            replays = [
+                await session.request("tools/call", {"name": "replay_dead_letter", "arguments": {"id": n}})
+                for n in (letter, 999)
+            ]
+            assert replays[0].replace(f"#{letter}", "#N") == replays[1].replace("#999", "#N")
+            assert "no dead letter #999" in replays[1]
+            listed_letters = await session.request("tools/call", {"name": "list_dead_letters", "arguments": {}})
+            assert '"dead_letters":[]' in listed_letters.replace(" ", "")
+            # R may not write there: creating a name it may not read is refused whether it exists or not.
+            names = _calls("secret") + ([register] if who == "R" else [])
+            absent = _calls("never-made") + ([(register[0], _renamed(register[1]))] if who == "R" else [])
+            for (method, foreign), (_, missing) in zip(names, absent, strict=True):
                 hidden = await session.request(method, foreign)
                 absent = await session.request(method, missing)
                 assert hidden.replace("secret", "NAME") == absent.replace("never-made", "NAME"), (who, method, foreign)
                 tool = foreign.get("name")
                 if tool in ("get_state", "get_history", "diff_states") or (tool == "update_state" and who == "B"):
                     assert '"isError":true' in hidden.replace(" ", "") and "no context named 'secret'" in hidden
-                if tool == "update_state" and who == "R":
+                if tool in ("update_state", "register_context") and who == "R":
                     assert "access: the write grant on 'secret' is missing for principal 'R'" in hidden
                 if method == "resources/read":
                     assert '"error"' in hidden and "secret" in hidden
