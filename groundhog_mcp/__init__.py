@@ -17,7 +17,7 @@ from groundhog_mcp.errors import (
     StateValidationError,
     StoreBusyError,
 )
-from groundhog_mcp.models import ContextConfig, ContextId, ContextInfo, ContextState, Principal
+from groundhog_mcp.models import ContextConfig, ContextId, ContextInfo, ContextState, Grant, Principal
 from groundhog_mcp.service import (
     ChangeBus,
     Context,
@@ -51,6 +51,7 @@ __all__ = [
     "Event",
     "EventHandler",
     "EventHandlingError",
+    "Grant",
     "InitializationError",
     "LimitExceededError",
     "Limits",

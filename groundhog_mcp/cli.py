@@ -26,7 +26,7 @@ from groundhog_mcp.app import (
     serve_http,
 )
 from groundhog_mcp.errors import ContextError
-from groundhog_mcp.models import dumps, format_timestamp
+from groundhog_mcp.models import Grant, dumps, format_timestamp
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.stdio import run_stdio
 from groundhog_mcp.service import StateManager
@@ -334,6 +334,12 @@ def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)",
     )
+    serve.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="serve GET /metrics without a token (default: a token with the admin grant is needed)",
+    )
 
 
 def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -344,23 +350,47 @@ def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     create = actions.add_parser("create", parents=[shared], help="create a token; it is printed once")
     create.add_argument("--principal", required=True, help="who the token acts as (shown in logs and history)")
     create.add_argument("--namespace", default=None, help="the namespace it may use (default: the configured one)")
+    create.add_argument(
+        "--grant",
+        action="append",
+        dest="grants",
+        default=None,
+        metavar="RIGHT:PREFIX",
+        help="read|write|admin on context names starting with PREFIX (repeatable; e.g. read:notes. or write:); "
+        "default: admin on every context of the namespace",
+    )
     actions.add_parser("list", parents=[shared], help="list tokens (never the tokens themselves)")
     revoke = actions.add_parser("revoke", parents=[shared], help="revoke a token at once")
     revoke.add_argument("id", help="the token's id, as `tokens list` shows it")
 
 
 def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("transport", "host", "port", "allowed_hosts", "allowed_origins", "token_file", "insecure_no_auth")
+    names = (
+        "transport",
+        "host",
+        "port",
+        "allowed_hosts",
+        "allowed_origins",
+        "token_file",
+        "insecure_no_auth",
+        "metrics_public",
+    )
     return {name: getattr(args, name, None) for name in names}
 
 
 def _tokens(args: argparse.Namespace, settings: Settings) -> int:
     store = TokenStore(settings.token_file)
     if args.tokens_command == "create":
-        record, token = store.create(args.principal, args.namespace or settings.namespace)
+        try:
+            grants = tuple(Grant.parse(text) for text in args.grants) if args.grants else None
+        except ValueError as exc:
+            print(f"groundhog-mcp: tokens create: {exc}", file=sys.stderr)
+            return 1
+        record, token = store.create(args.principal, args.namespace or settings.namespace, grants)
         print(token)
         print(
             f"created token {record.id} for principal {record.principal!r} in namespace {record.namespace!r} "
+            f"with grants {' '.join(map(str, record.effective_grants))} "
             f"({store.path}); it is shown only this once: keep it now. Send it as 'Authorization: Bearer <token>'.",
             file=sys.stderr,
         )
@@ -370,7 +400,8 @@ def _tokens(args: argparse.Namespace, settings: Settings) -> int:
             if record.revoked and not record.revoked_at:
                 status = "revoked"
             created = format_timestamp(record.created_at)
-            print(f"{record.id}\t{record.principal}\t{record.namespace}\tcreated {created}\t{status}")
+            grants = " ".join(map(str, record.effective_grants))
+            print(f"{record.id}\t{record.principal}\t{record.namespace}\t{grants}\tcreated {created}\t{status}")
     elif args.tokens_command == "revoke":
         record = store.revoke(args.id)
         print(f"token {record.id} of {record.principal!r} is revoked", file=sys.stderr)

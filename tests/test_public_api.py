@@ -19,6 +19,7 @@ EXPECTED = {
     "Event",
     "EventHandler",
     "EventHandlingError",
+    "Grant",
     "InitializationError",
     "LimitExceededError",
     "Limits",

@@ -114,7 +114,12 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             log.info("tool error", tool=fn.__name__, error=type(exc).__name__)
             app_ctx = kwargs.get("ctx")
             if isinstance(app_ctx, Context):
-                _app(app_ctx).manager.metrics.count_error(type(exc).__name__)
+                app = _app(app_ctx)
+                try:
+                    namespace: str | None = _manager(app_ctx).principal.namespace
+                except ContextError:
+                    namespace = None
+                app.manager.metrics.count_error(type(exc).__name__, namespace=namespace)
             raise ToolError(str(exc)) from None
         except ToolError:
             raise
@@ -451,8 +456,9 @@ async def get_metrics(
     handler latency (average, p95, this server process) and errors by class; for the server, uptime,
     memory, database size, open subscriptions and errors."""
     app = _app(ctx)
-    server, contexts = await _manager(ctx).collect_metrics(names, prefix=prefix, limit=limit)
-    server["open_subscriptions"] = app.notifier.subscription_count()
+    manager = _manager(ctx)
+    server, contexts = await manager.collect_metrics(names, prefix=prefix, limit=limit)
+    server["open_subscriptions"] = app.notifier.subscription_count(manager.principal.namespace)
     return MetricsOut.of(server, contexts)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from groundhog_mcp.errors import (
+    AccessDeniedError,
     CompactedError,
     ConflictError,
     ContextError,
@@ -34,6 +35,7 @@ from groundhog_mcp.models import (
     HistoryEntry,
     JSONObject,
     Principal,
+    Right,
     dumps,
     json_diff,
     utcnow,
@@ -191,6 +193,7 @@ class StateManager:
         """
         await self.validate_state(state)
         existing = await self.store.get_by_id(context_id)
+        await self.authorize("write", existing.name if existing is not None else str(context_id))
         if existing is None:
             created = await self._register(
                 NewContext(
@@ -217,8 +220,10 @@ class StateManager:
 
     async def load_state(self, context_id: ContextId) -> ContextState:
         stored = await self.store.get_by_id(context_id)
+        missing = f"context_id: no context with id {context_id}"
         if stored is None or stored.namespace != self.principal.namespace:
-            raise NotFoundError(f"context_id: no context with id {context_id}")
+            raise NotFoundError(missing)
+        await self.authorize("read", stored.name, missing=missing)
         return stored.state
 
     async def merge_states(
@@ -266,6 +271,7 @@ class StateManager:
     ) -> WriteResult | StoredContext:
         """Create a context; with ``if_exists="return"`` an existing one is returned as is."""
         check_name(name)
+        await self.authorize("write", name)
         check_semver(version)
         metadata = metadata or {}
         settings = settings or {}
@@ -295,6 +301,7 @@ class StateManager:
 
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
         check_name(name)
+        await self.authorize("admin", name)
         change = await self._committed(
             self.store.unregister(
                 self.principal.namespace, name, expected_revision, purge=purge, actor=self.principal.name
@@ -306,8 +313,10 @@ class StateManager:
     async def get(self, name: str) -> StoredContext:
         check_name(name)
         stored = await self.store.get(self.principal.namespace, name)
+        # After the lookup, so that a context you may not read costs the same as a missing one.
+        await self.authorize("read", name)
         if stored is None:
-            raise NotFoundError(f"name: no context named {name!r}")
+            raise NotFoundError(_missing(name))
         return stored
 
     async def list(self, *, prefix: str = "", cursor: str | None = None, limit: int = 50) -> ContextPage:
@@ -319,7 +328,7 @@ class StateManager:
                 field="limit",
             )
         after = _decode_cursor(cursor) if cursor else None
-        rows = await self.store.list(self.principal.namespace, prefix=prefix, after=after, limit=limit + 1)
+        rows = await self._list_visible(prefix, after, limit + 1)
         next_cursor = _encode_cursor(rows[limit - 1].name) if len(rows) > limit else None
         return ContextPage(rows[:limit], next_cursor)
 
@@ -343,6 +352,7 @@ class StateManager:
     ) -> WriteResult:
         """Apply exactly one of ``data`` (replace), ``merge_patch_`` (RFC 7396), ``patch`` (RFC 6902)."""
         check_name(name)
+        await self.authorize("write", name)
         given = [f for f, v in (("data", data), ("merge_patch", merge_patch_), ("patch", patch)) if v is not None]
         if len(given) > 1 or (not given and metadata is None and version is None):
             raise StateValidationError(
@@ -447,6 +457,8 @@ class StateManager:
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
+        check_name(name)
+        await self.authorize("write", name)
         context = await self.get(name)
         old = await self._revision_state(context, revision)
 
@@ -459,7 +471,7 @@ class StateManager:
 
     async def changes_after(self, sequence: int, *, limit: int = 100) -> list[Change]:
         changes = await self.store.changes_after(sequence, limit=limit)
-        return [c for c in changes if c.namespace == self.principal.namespace]
+        return [c for c in changes if self._sees(c)]
 
     async def wait_for_changes(
         self,
@@ -486,7 +498,7 @@ class StateManager:
             )
 
         def matches(change: Change) -> bool:
-            return change.namespace == self.principal.namespace and (wanted is None or change.name in wanted)
+            return self._sees(change) and (wanted is None or change.name in wanted)
 
         subscription = self.bus.subscribe()
         try:
@@ -562,14 +574,20 @@ class StateManager:
                 )
             )
         status = await self.store.status()
+        # Counts of what this principal may read, never of the whole store: other namespaces'
+        # (and unreadable) contexts stay invisible here too.
+        visible, last_sequence = 0, 0
+        for visible_prefix in self._visible_prefixes(""):
+            count, last = await self.store.namespace_summary(self.principal.namespace, visible_prefix)
+            visible, last_sequence = visible + count, max(last_sequence, last)
         server: dict[str, Any] = {
             "uptime_seconds": self.metrics.uptime_seconds(),
             "rss_bytes": process_rss_bytes(),
             "database_bytes": status.size_bytes,
             "backend": status.backend,
-            "contexts": status.contexts,
-            "last_sequence": status.last_sequence,
-            "errors": dict(self.metrics.errors),
+            "contexts": visible,
+            "last_sequence": last_sequence,
+            "errors": dict(self.metrics.namespace_errors.get(self.principal.namespace, {})),
         }
         return server, per_context
 
@@ -587,6 +605,7 @@ class StateManager:
         and the event record in one transaction. A repeated ``idempotency_key`` returns the first
         result; a failing handler is retried with backoff, then the event is dead-lettered."""
         check_name(name)
+        await self.authorize("write", name)
         self._check_event(event)
         context = await self.get(name)
         if event.idempotency_key is not None:
@@ -661,17 +680,29 @@ class StateManager:
             raise StateValidationError(
                 [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
             )
-        return await self.store.list_dead_letters(
-            self.principal.namespace, name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
-        )
+        found: list[DeadLetter] = []
+        for _ in range(_MAX_SCAN_PAGES):
+            page = await self.store.list_dead_letters(
+                self.principal.namespace, name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
+            )
+            # Letters of contexts this principal may not read are left out, like missing ones.
+            found += [letter for letter in page if self.principal.allows("read", letter.name)]
+            if len(found) >= limit or len(page) < limit:
+                break
+            after_id = page[-1].id
+        return found[:limit]
 
     async def replay_dead_letter(
         self, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
     ) -> EventResult:
         """Handle a dead-lettered event again; applied once even if replayed twice."""
         letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
+        missing = f"id: no dead letter #{letter_id}"
+        if letter is not None:
+            await self.authorize("read", letter.name, missing=missing)
+            await self.authorize("write", letter.name)
         if letter is None:
-            raise NotFoundError(f"id: no dead letter #{letter_id}")
+            raise NotFoundError(missing)
         if letter.replayed_at is not None:
             raise StateUpdateError(
                 f"id: dead letter #{letter_id} was already replayed (revision {letter.replay_revision}); "
@@ -848,6 +879,7 @@ class StateManager:
         base_source = parse_source(base, "base") if base is not None else None
         if target is not None:
             check_name(target, field="target")
+            await self.authorize("write", target)
         elif expected_revision is not None:
             raise StateValidationError(
                 [ValidationIssue("", "only used with target (the context the merged state is written to)")],
@@ -945,6 +977,54 @@ class StateManager:
             raise NotFoundError(missing) from None
         return outcome(latest[0], write)
 
+    # -- access control (appended: keep at the end of the class) ----------------------------
+
+    async def authorize(self, right: Right, name: str, *, missing: str | None = None) -> None:
+        """The one place where a grant is checked: return if this principal has ``right`` on
+        context ``name``, raise otherwise. Every name-addressed operation calls it (reads need
+        ``read``; register, update, merge into a target, events, rollback and dead-letter replay
+        need ``write``; unregister and migrate need ``admin``).
+
+        A ``read`` the principal lacks raises exactly what a missing context raises
+        (:class:`NotFoundError` with ``missing``, by default the text of :meth:`get`): callers
+        check after the store lookup they would do anyway, so an unreadable context is
+        indistinguishable from a missing one. A lacking ``write``/``admin`` raises
+        :class:`AccessDeniedError` naming the grant, before any lookup: the answer depends on
+        the name only, never on whether the context exists.
+        """
+        if self.principal.allows(right, name):
+            return
+        if right == "read":
+            raise NotFoundError(missing or _missing(name))
+        raise AccessDeniedError(
+            f"access: the {right} grant on {name!r} is missing for principal {self.principal.name!r}"
+        )
+
+    def _sees(self, change: Change) -> bool:
+        """Whether a change on the feed is one this principal may hear about."""
+        return change.namespace == self.principal.namespace and self.principal.allows("read", change.name)
+
+    def _visible_prefixes(self, prefix: str) -> tuple[str, ...]:
+        """Disjoint name prefixes covering the readable contexts whose names start with ``prefix``."""
+        found: list[str] = []
+        for granted in self.principal.prefixes("read"):
+            if prefix.startswith(granted):
+                return (prefix,)  # one grant covers the whole requested range
+            if granted.startswith(prefix):
+                found.append(granted)
+        return tuple(found)
+
+    async def _list_visible(self, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        """Readable live contexts by name, names > ``after``: one store page per readable prefix,
+        merged in the store's (bytewise) name order."""
+        prefixes = self._visible_prefixes(prefix)
+        if len(prefixes) == 1:
+            return await self.store.list(self.principal.namespace, prefix=prefixes[0], after=after, limit=limit)
+        rows: list[StoredContext] = []
+        for visible in prefixes:
+            rows += await self.store.list(self.principal.namespace, prefix=visible, after=after, limit=limit)
+        return sorted(rows, key=lambda c: c.name.encode())[:limit]
+
     # -- per-request principals (appended: keep at the end of the class) ---------------------
 
     def with_principal(self, principal: Principal) -> StateManager:
@@ -956,6 +1036,10 @@ class StateManager:
         view = copy.copy(self)  # shallow on purpose: the view shares the manager's parts
         view.principal = principal
         return view
+
+
+def _missing(name: str) -> str:
+    return f"name: no context named {name!r}"
 
 
 def _check_retention_settings(settings: JSONObject) -> None:

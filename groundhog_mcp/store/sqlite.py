@@ -928,6 +928,22 @@ class SQLiteStore:
         finally:
             target.close()
 
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        return await self._call(self._namespace_summary_sync, namespace, prefix)
+
+    def _namespace_summary_sync(self, namespace: str, prefix: str) -> tuple[int, int]:
+        bounds = (namespace, prefix, prefix + "~")
+        count = self._db.execute(
+            "SELECT count(*) FROM contexts WHERE namespace = ? AND deleted_at IS NULL AND name >= ? AND name < ?",
+            bounds,
+        ).fetchone()[0]
+        last = self._db.execute(
+            "SELECT sequence FROM changes WHERE namespace = ? AND name >= ? AND name < ?"
+            " ORDER BY sequence DESC LIMIT 1",
+            bounds,
+        ).fetchone()
+        return int(count), int(last[0]) if last else 0
+
 
 def _statements(script: str) -> Iterator[str]:
     buffer = ""
