@@ -56,12 +56,10 @@ from groundhog_mcp.service.merge import (
 )
 from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder, process_rss_bytes
 from groundhog_mcp.service.migration import (
-    SETTINGS_KEY,
     MigrationReport,
     Progress,
     format_of,
     migrate_contexts,
-    parse_state_format,
     upcast,
 )
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
@@ -283,7 +281,7 @@ class StateManager:
         raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
         raise_if_invalid(inspect_json(settings, self.limits), "settings")
         _check_retention_settings(settings)
-        state_format = parse_state_format(settings[SETTINGS_KEY]) if SETTINGS_KEY in settings else None
+        state_format = format_of(settings)  # parsed and checked once per distinct declaration
         if state_format is not None:
             state_format.check_plugins()
         if schema is not None:
@@ -391,7 +389,8 @@ class StateManager:
             return await self._create_from_update(name, data, merge_patch_, patch, metadata, version)
 
         def apply(current: StoredContext) -> Mutation:
-            base = self._upcast(current, current.state)  # writes apply to what reads return
+            # Patches apply to what reads return; a replace needs no upcast (upcasters keep metadata).
+            base = current.state if data is not None else self._upcast(current, current.state)
             new_data: JSONObject = base.data
             if data is not None:
                 new_data = data
@@ -404,7 +403,7 @@ class StateManager:
                 data=new_data,
                 metadata=new_metadata,
                 timestamp=utcnow(),
-                version=version or base.version,
+                version=version or self._format_version(current) or base.version,
             )
             # A replace or merge only puts checked input values at the paths they had in the input
             # (depth included): the structural walk can be skipped. A JSON Patch can move values
@@ -807,6 +806,10 @@ class StateManager:
         if state_format is None or state.version == state_format.version:
             return state
         return upcast(state_format, state, context=context.name, limits=self.limits)[0]
+
+    def _format_version(self, context: StoredContext) -> str | None:
+        state_format = format_of(context.settings)
+        return state_format.version if state_format is not None else None
 
     def _upcast_context(self, context: StoredContext) -> StoredContext:
         state = self._upcast(context, context.state)
