@@ -99,7 +99,7 @@ def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table: what "nothing changed" is compared on."""
     with sqlite3.connect(path) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}  # noqa: S608
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +293,8 @@ async def test_a_class_upcaster_from_the_entry_point_group(manager: StateManager
     assert (await manager.read("people"))[2].data == {"first_name": "Ada", "last_name": "Lovelace"}
     with pytest.raises(StateValidationError, match=r"migrations\.0\.plugin: no upcaster plugin 'missing'"):
         await manager.register(
-            "x", settings={"state_format": {**fmt, "migrations": [{"from": "1.0.0", "to": "2.0.0", "plugin": "missing"}]}}
+            "x",
+            settings={"state_format": {**fmt, "migrations": [{"from": "1.0.0", "to": "2.0.0", "plugin": "missing"}]}},
         )
 
 
@@ -319,7 +320,7 @@ async def test_a_class_upcaster_from_the_entry_point_group(manager: StateManager
     ],
 )
 def test_a_broken_chain_is_an_error_at_registration(migrations: list[dict[str, Any]], message: str) -> None:
-    with pytest.raises(StateValidationError, match="settings.state_format") as failure:
+    with pytest.raises(StateValidationError, match=r"settings\.state_format") as failure:
         parse_state_format({"version": "3.0.0", "migrations": migrations})
     assert message in str(failure.value)
 
@@ -346,7 +347,9 @@ async def test_registration_checks_the_declaration_and_the_initial_state(manager
 
 @pytest.mark.anyio
 async def test_each_state_is_validated_against_the_schema_of_its_format_version(manager: StateManager) -> None:
-    await manager.register("t", settings={"state_format": DECLARATIVE}, schema=V3_SCHEMA, state=ContextState(data=v1(1)))
+    await manager.register(
+        "t", settings={"state_format": DECLARATIVE}, schema=V3_SCHEMA, state=ContextState(data=v1(1))
+    )
     # an old-format write is checked against its own version's schema ...
     with pytest.raises(StateValidationError, match=r"'title' is a required property"):
         await manager.update("t", data={"summary": "x", "owner": {}}, version="1.0.0")
@@ -379,7 +382,11 @@ async def test_migrate_to_an_intermediate_version_and_rollback_to_an_old_revisio
     report = await manager.migrate(name(3), to_version="2.0.0")
     assert report.contexts[0].to_version == "2.0.0"
     stored = await manager.get(name(3))
-    assert stored.state.version == "2.0.0" and stored.state.data == {"summary": "task 3", "owner": v1(3)["owner"], "n": 3}
+    assert stored.state.version == "2.0.0" and stored.state.data == {
+        "summary": "task 3",
+        "owner": v1(3)["owner"],
+        "n": 3,
+    }
     assert (await manager.read(name(3)))[2].data == v3(3)  # reads still upcast the rest of the way
     with pytest.raises(MigrationError, match=r"no migration path from format version 2\.0\.0 to 1\.0\.0"):
         await manager.migrate(name(3), to_version="1.0.0")
