@@ -292,7 +292,7 @@ async def _migrate_context(manager: StateManager, args: argparse.Namespace) -> N
     sys.stdout.write(dumps({"type": "summary", **summary}) + "\n")
     verb = "would migrate" if report.dry_run else "migrated"
     print(
-        f"migrate-context: {verb} {report.migrated} of {report.matched} contexts "
+        f"migrate-context: done, {verb} {report.migrated} of {report.matched} contexts "
         f"({report.unchanged} already current, {report.without_format} without a state format)",
         file=sys.stderr,
     )
