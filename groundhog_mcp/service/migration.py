@@ -495,7 +495,12 @@ async def migrate_contexts(
 
     if dry_run or not planned:
         if progress is not None:
-            await progress(matched, matched, f"checked {matched} contexts, {len(planned)} to migrate")
+            message = (
+                f"dry run: {len(planned)} of {matched} contexts to migrate"
+                if dry_run
+                else f"nothing to migrate among {matched} contexts"
+            )
+            await progress(matched, matched, message)
         return MigrationReport(dry_run, to_version, matched, len(planned), unchanged, without_format, planned)
 
     def mutator_for(plan: ContextMigration) -> Mutator:
