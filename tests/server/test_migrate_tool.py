@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,9 @@ async def test_read_upcasts_then_dry_run_then_migrate_with_progress(tasks: Path,
     assert state["upcast_from"] == "1.0.0"
     assert state["state"]["version"] == "3.0.0" and state["state"]["data"] == v3(7)
     assert state["revision"] == 1
+    resource = await client.read_resource("groundhog://contexts/task-007/state")
+    document = json.loads(resource.contents[0].text)  # type: ignore[union-attr]
+    assert document["state"]["version"] == "3.0.0" and document["state"]["data"] == v3(7)
 
     dry = await call(client, "migrate_context", prefix="task-", dry_run=True)
     assert (dry["dry_run"], dry["matched"], dry["migrated"], dry["unchanged"]) == (True, COUNT, COUNT, 0)
