@@ -478,7 +478,11 @@ async def get_metrics(
 
 
 def _current_format_state(state: ContextState, settings: dict[str, Any]) -> ContextState:
-    declared = format_of(settings)
+    try:
+        declared = format_of(settings)
+    except (ContextError, ValueError, RecursionError):
+        return state  # register() reports what is wrong with the declaration, by field
+
     return replace(state, version=declared.version) if declared is not None else state
 
 

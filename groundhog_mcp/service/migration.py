@@ -33,6 +33,7 @@ from importlib import metadata, resources
 from typing import TYPE_CHECKING, Any, cast
 
 import jsonpatch
+import jsonpointer
 
 from groundhog_mcp.errors import (
     ContextError,
@@ -205,8 +206,21 @@ def _build(spec: JSONObject, *, field: str, name: str | None = None) -> StateFor
         if patch is not None:
             try:
                 jsonpatch.JsonPatch(patch)
-            except (jsonpatch.InvalidJsonPatch, TypeError, ValueError) as exc:
+            except (
+                jsonpatch.InvalidJsonPatch,
+                jsonpointer.JsonPointerException,
+                TypeError,
+                ValueError,
+                KeyError,
+            ) as exc:
                 raise _invalid(f"{pointer}/patch", f"not a valid RFC 6902 patch ({exc})", field=field) from None
+            for number, operation in enumerate(cast(list[JSONObject], patch)):
+                needed = {"move": "from", "copy": "from", "add": "value", "replace": "value", "test": "value"}
+                key = needed.get(str(operation.get("op")))
+                if key is not None and key not in operation:
+                    raise _invalid(
+                        f"{pointer}/patch/{number}", f"a '{operation['op']}' operation needs '{key}'", field=field
+                    )
         steps[source] = Step(source, target, patch=patch, plugin=item.get("plugin"))
     schemas = cast(dict[str, JSONObject], spec.get("schemas", {}))
     for schema_version, schema in schemas.items():
