@@ -15,7 +15,18 @@ from typing import Any
 import anyio
 import pytest
 
-from groundhog_mcp import ContextState, MigrationError, SQLiteStore, StateManager, StateValidationError, WriteResult
+from groundhog_mcp import (
+    ContextConfig,
+    ContextRegistry,
+    ContextState,
+    ContextTemplate,
+    Event,
+    MigrationError,
+    SQLiteStore,
+    StateManager,
+    StateValidationError,
+    WriteResult,
+)
 from groundhog_mcp.service.migration import format_of, load_format_file, parse_state_format
 
 COUNT = 1000
@@ -420,3 +431,27 @@ async def test_selection_arguments_are_checked(manager: StateManager) -> None:
     await manager.register("plain")
     with pytest.raises(MigrationError, match="declares no state format"):
         await manager.migrate("plain")
+
+
+@pytest.mark.anyio
+async def test_events_and_the_library_api_see_the_upcast_state(manager: StateManager) -> None:
+    registry = ContextRegistry(manager)
+    context = ContextTemplate(
+        ContextConfig(name="lib", settings={"state_format": DECLARATIVE}, state=ContextState(data=v1(1)))
+    )
+    await registry.register_context(context)
+    assert (await context.get_state()).data == v3(1)
+    await manager.register(
+        "counted",
+        settings={"state_format": DECLARATIVE},
+        state=ContextState(data=v1(2)),
+        handlers={"bump": {"action": "increment", "path": "/n"}},
+    )
+    result = await manager.emit_event("counted", Event(type="bump"))
+    stored = await manager.get("counted")
+    assert result.revision == 2 and stored.state.version == "3.0.0" and stored.state.data == {**v3(2), "n": 3}
+    # save_state stores a state as given: an old format version is checked against its own schema
+    await manager.save_state(stored.id, ContextState(data=v1(5), version="1.0.0"))
+    assert (await manager.load_state(stored.id)).data == v3(5)
+    with pytest.raises(StateValidationError, match=r"state\.data: 'title' is a required property"):
+        await manager.save_state(stored.id, ContextState(data={}, version="1.0.0"))
