@@ -481,13 +481,20 @@ async def migrate_contexts(
                     steps=[s.label for s in steps],
                     revision=context.revision,
                     previous_revision=None,
-                    patch=json_diff(context.state.document(), new.document()),
+                    # A real run reports the diff each write made; only a dry run needs it now.
+                    patch=json_diff(context.state.document(), new.document()) if dry_run else [],
                 )
             )
         return found, same, plain
 
+    async def check_page(page: Sequence[StoredContext]) -> tuple[list[ContextMigration], int, int]:
+        try:
+            return await asyncio.to_thread(plan_page, page)
+        except MigrationError as exc:
+            raise MigrationError(exc.context, exc.step, exc.cause, note="; no context was written") from None
+
     if name is not None:
-        found, unchanged, without_format = await asyncio.to_thread(plan_page, [await get(name)])
+        found, unchanged, without_format = await check_page([await get(name)])
         planned += found
         matched = 1
     else:
@@ -496,7 +503,7 @@ async def migrate_contexts(
             page = await list_page(prefix or "", after, _PAGE)
             if not page:
                 break
-            found, same, plain = await asyncio.to_thread(plan_page, page)
+            found, same, plain = await check_page(page)
             planned += found
             unchanged += same
             without_format += plain
