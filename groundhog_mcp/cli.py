@@ -94,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
         "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
     )
 
+    migrate = commands.add_parser(
+        "migrate-context",
+        parents=[common],
+        help="rewrite contexts' states in their current state format version (see README: State format migrations)",
+    )
+    migrate.add_argument("name", nargs="?", default=None, help="the context to migrate (or use --prefix)")
+    migrate.add_argument("--prefix", default=None, help="every context whose name starts with this ('' = all)")
+    migrate.add_argument("--to", dest="to_version", default=None, help="target format version (default: current)")
+    migrate.add_argument("--dry-run", action="store_true", help="check and print the diff per context; write nothing")
+
     db = commands.add_parser("db", parents=[common], help="database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     db_commands.add_parser("status", parents=[common], help="schema version, pending migrations, size")
@@ -258,11 +268,34 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             print(f"dead letter #{args.id} applied to {result.name} as revision {result.revision}")
         elif command == "metrics":
             sys.stdout.write(await prometheus_text(manager))
+        elif command == "migrate-context":
+            await _migrate_context(manager, args)
         elif command == "backup":
             destination = Path(args.destination)
             await manager.store.backup(destination)
             print(f"backup written to {destination}", file=sys.stderr)
     return 0
+
+
+async def _migrate_context(manager: StateManager, args: argparse.Namespace) -> None:
+    """JSON Lines on stdout (one ``context`` record each, then a ``summary``); progress on stderr."""
+
+    async def progress(done: int, total: int | None, message: str) -> None:
+        print(f"migrate-context: {message}", file=sys.stderr, flush=True)
+
+    report = await manager.migrate(
+        args.name, prefix=args.prefix, to_version=args.to_version, dry_run=args.dry_run, progress=progress
+    )
+    for migration in report.contexts:
+        sys.stdout.write(dumps({"type": "context", **migration.__dict__}) + "\n")
+    summary = {k: v for k, v in report.__dict__.items() if k != "contexts"}
+    sys.stdout.write(dumps({"type": "summary", **summary}) + "\n")
+    verb = "would migrate" if report.dry_run else "migrated"
+    print(
+        f"migrate-context: done, {verb} {report.migrated} of {report.matched} contexts "
+        f"({report.unchanged} already current, {report.without_format} without a state format)",
+        file=sys.stderr,
+    )
 
 
 async def _export(manager: StateManager, output: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -56,6 +57,13 @@ from groundhog_mcp.service.merge import (
     parse_source,
 )
 from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder, process_rss_bytes
+from groundhog_mcp.service.migration import (
+    MigrationReport,
+    Progress,
+    format_of,
+    migrate_contexts,
+    upcast,
+)
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.validation import (
     Limits,
@@ -65,6 +73,7 @@ from groundhog_mcp.service.validation import (
     inspect_json,
     inspect_state,
     raise_if_invalid,
+    schema_issues,
 )
 from groundhog_mcp.store.base import (
     DeadLetter,
@@ -213,7 +222,7 @@ class StateManager:
             return created
 
         def replace_state(current: StoredContext) -> Mutation:
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
         return await self._mutate(existing.name, expected_revision, replace_state)
@@ -224,7 +233,7 @@ class StateManager:
         if stored is None or stored.namespace != self.principal.namespace:
             raise NotFoundError(missing)
         await self.authorize("read", stored.name, missing=missing)
-        return stored.state
+        return self._upcast(stored, stored.state)
 
     async def merge_states(
         self,
@@ -278,14 +287,17 @@ class StateManager:
         raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
         raise_if_invalid(inspect_json(settings, self.limits), "settings")
         _check_retention_settings(settings)
+        state_format = format_of(settings)  # parsed and checked once per distinct declaration
+        if state_format is not None:
+            state_format.check_plugins()
         if schema is not None:
             raise_if_invalid(inspect_json(schema, self.limits), "schema")
             check_schema_definition(schema)
         if handlers:
             raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
             parse_handler_specs(handlers)
-        state = state or ContextState.new()
-        self._raise_if_invalid_state(state, schema)
+        state = state or ContextState(version=state_format.version if state_format else "1.0.0")
+        raise_if_invalid(self._state_issues(state, schema, settings), "state")
         new = NewContext(
             id=context_id or uuid.uuid4(),
             namespace=self.principal.namespace,
@@ -333,11 +345,19 @@ class StateManager:
         return ContextPage(rows[:limit], next_cursor)
 
     async def read(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState]:
-        """The current state, or the state at ``revision``: ``(context, revision, state)``."""
+        """The current state, or the state at ``revision``: ``(context, revision, state)``; a state
+        stored in an older format version is upcast to the context's current one."""
+        context, at, state, _ = await self.read_upcast(name, revision)
+        return context, at, state
+
+    async def read_upcast(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState, str]:
+        """Like :meth:`read`, plus the format version the state is stored in."""
         context = await self.get(name)
         if revision is None or revision == context.revision:
-            return context, context.revision, context.state
-        return context, revision, await self._revision_state(context, revision)
+            at, stored = context.revision, context.state
+        else:
+            at, stored = revision, await self._revision_state(context, revision)
+        return context, at, self._upcast(context, stored), stored.version
 
     async def update(
         self,
@@ -379,24 +399,26 @@ class StateManager:
             return await self._create_from_update(name, data, merge_patch_, patch, metadata, version)
 
         def apply(current: StoredContext) -> Mutation:
-            new_data: JSONObject = current.state.data
+            # Patches apply to what reads return; a replace needs no upcast (upcasters keep metadata).
+            base = current.state if data is not None else self._upcast(current, current.state)
+            new_data: JSONObject = base.data
             if data is not None:
                 new_data = data
             elif merge_patch_ is not None:
-                new_data = merge_patch(current.state.data, merge_patch_)
+                new_data = merge_patch(base.data, merge_patch_)
             elif patch is not None:
-                new_data = apply_json_patch(current.state.data, patch)
-            new_metadata = current.state.metadata if metadata is None else merge_patch(current.state.metadata, metadata)
+                new_data = apply_json_patch(base.data, patch)
+            new_metadata = base.metadata if metadata is None else merge_patch(base.metadata, metadata)
             state = ContextState(
                 data=new_data,
                 metadata=new_metadata,
                 timestamp=utcnow(),
-                version=version or current.state.version,
+                version=version or self._format_version(current) or base.version,
             )
             # A replace or merge only puts checked input values at the paths they had in the input
             # (depth included): the structural walk can be skipped. A JSON Patch can move values
             # anywhere, so its result is walked.
-            self._raise_if_invalid_state(state, current.schema, structure_known_valid=patch is None)
+            self._check_written(state, current, structure_known_valid=patch is None)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
         return await self._mutate(name, expected_revision, apply)
@@ -428,13 +450,14 @@ class StateManager:
     ) -> tuple[StoredContext, list[ValidationIssue]]:
         """Validate a candidate (or the current) state of ``name`` without writing."""
         context = await self.get(name)
+        current = self._upcast(context, context.state)
         candidate = ContextState(
-            data=context.state.data if data is None else data,
-            metadata=context.state.metadata if metadata is None else metadata,
-            timestamp=context.state.timestamp,
-            version=context.state.version,
+            data=current.data if data is None else data,
+            metadata=current.metadata if metadata is None else metadata,
+            timestamp=current.timestamp,
+            version=current.version,
         )
-        return context, inspect_state(candidate, self.limits, context.schema)
+        return context, self._state_issues(candidate, context.schema, context.settings)
 
     async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
         if not 1 <= limit <= self.limits.max_history_page:
@@ -464,7 +487,7 @@ class StateManager:
 
         def restore(current: StoredContext) -> Mutation:
             state = ContextState(data=old.data, metadata=old.metadata, timestamp=utcnow(), version=old.version)
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="rollback")
 
         return await self._mutate(name, expected_revision, restore)
@@ -629,7 +652,7 @@ class StateManager:
             try:
                 started = time.perf_counter()
                 try:
-                    staged = await _run_handler(handler, event, current)
+                    staged = await _run_handler(handler, event, self._upcast_context(current))
                 finally:
                     self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
@@ -740,7 +763,7 @@ class StateManager:
     def _event_mutator(self, staged: ContextState) -> Callable[[StoredContext], Mutation]:
         def apply(current: StoredContext) -> Mutation:
             state = ContextState(data=staged.data, metadata=staged.metadata, timestamp=utcnow(), version=staged.version)
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="event")
 
         return apply
@@ -775,6 +798,53 @@ class StateManager:
         raise_if_invalid(
             inspect_state(state, self.limits, schema, structure_known_valid=structure_known_valid), "state"
         )
+
+    def _state_issues(
+        self,
+        state: ContextState,
+        schema: JSONObject | None,
+        settings: JSONObject,
+        *,
+        structure_known_valid: bool = False,
+    ) -> list[ValidationIssue]:
+        """Limits and schema; with a declared state format, the version must be one of the format's
+        and the data is checked against the schema(s) of that version."""
+        state_format = format_of(settings)
+        if state_format is None:
+            return inspect_state(state, self.limits, schema, structure_known_valid=structure_known_valid)
+        problem = state_format.version_problem(state.version)
+        if problem is not None:
+            return [ValidationIssue("/version", problem)]
+        schemas = state_format.schemas_for(state.version, schema)
+        issues = inspect_state(
+            state, self.limits, schemas[0] if schemas else None, structure_known_valid=structure_known_valid
+        )
+        for extra in schemas[1:]:
+            issues += [ValidationIssue("/data" + i.pointer, i.message) for i in schema_issues(extra, state.data)]
+        return issues
+
+    def _check_written(
+        self, state: ContextState, context: StoredContext, *, structure_known_valid: bool = False
+    ) -> None:
+        raise_if_invalid(
+            self._state_issues(state, context.schema, context.settings, structure_known_valid=structure_known_valid),
+            "state",
+        )
+
+    def _upcast(self, context: StoredContext, state: ContextState) -> ContextState:
+        """``state`` in the context's current format version (as is when it declares none)."""
+        state_format = format_of(context.settings)
+        if state_format is None or state.version == state_format.version:
+            return state
+        return upcast(state_format, state, context=context.name, limits=self.limits)[0]
+
+    def _format_version(self, context: StoredContext) -> str | None:
+        state_format = format_of(context.settings)
+        return state_format.version if state_format is not None else None
+
+    def _upcast_context(self, context: StoredContext) -> StoredContext:
+        state = self._upcast(context, context.state)
+        return context if state is context.state else dataclasses.replace(context, state=state)
 
     async def _revision_state(self, context: StoredContext, revision: int, field: str = "revision") -> ContextState:
         if revision == context.revision:
@@ -899,9 +969,9 @@ class StateManager:
                     raise NotFoundError(f"{field}.context: no context named {source.context!r}") from None
                 contexts[source.context] = context
             revision = source.revision or context.revision
-            return await self._revision_state(context, revision, field=f"{field}.revision"), SourceInfo(
-                source.context, revision
-            )
+            state = await self._revision_state(context, revision, field=f"{field}.revision")
+            # Inputs are merged in their context's current state format (the result's version is theirs).
+            return self._upcast(context, state), SourceInfo(source.context, revision)
 
         resolved = [await resolve(s, f"inputs[{i}]") for i, s in enumerate(sources)]
         states = [state for state, _ in resolved]
@@ -948,9 +1018,13 @@ class StateManager:
                 raise NotFoundError(missing)
             if current is not None and expected_revision is not None and expected_revision != current.revision:
                 raise ConflictError(target, expected_revision, current.revision)
-            await asyncio.to_thread(
-                self._raise_if_invalid_state, result.state, current.schema if current is not None else None
+            issues = await asyncio.to_thread(
+                self._state_issues,
+                result.state,
+                current.schema if current is not None else None,
+                current.settings if current is not None else {},
             )
+            raise_if_invalid(issues, "state")
             return outcome(result)
         if expected_revision == 0:
             try:
@@ -966,9 +1040,11 @@ class StateManager:
         def apply(current: StoredContext) -> Mutation:
             if live and current.revision != infos[live[0]].revision:
                 # The target moved since it was read: merge its state as of this transaction.
-                latest[0] = run([current.state if i in live else s for i, s in enumerate(states)])
+                latest[0] = run(
+                    [self._upcast(current, current.state) if i in live else s for i, s in enumerate(states)]
+                )
             state = latest[0].state
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")
 
         try:
@@ -1036,6 +1112,55 @@ class StateManager:
         view = copy.copy(self)  # shallow on purpose: the view shares the manager's parts
         view.principal = principal
         return view
+
+    # -- state format migration (appended: keep at the end of the class) ---------------------
+
+    async def migrate(
+        self,
+        name: str | None = None,
+        *,
+        prefix: str | None = None,
+        to_version: str | None = None,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        progress: Progress | None = None,
+    ) -> MigrationReport:
+        """Rewrite the state of context ``name``, or of every context whose name starts with
+        ``prefix``, in its current state format version (or ``to_version``), one new revision each
+        (op ``migrate``). Every selected context is upcast and validated before the first write: a
+        failing upcaster raises :class:`MigrationError` naming context, step and cause, and changes
+        nothing. ``dry_run`` only checks and reports the RFC 6902 diff per context. See
+        :func:`groundhog_mcp.service.migration.migrate_contexts`."""
+        if name is not None:
+            check_name(name)
+            await self.authorize("admin", name)
+        if prefix:
+            _check_prefix(prefix)
+
+        async def list_page(prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+            # Only contexts this principal may read are selected (the others stay invisible);
+            # among those, one it may not administer refuses the whole call before any write.
+            page = await self._list_visible(prefix, after, limit)
+            for context in page:
+                await self.authorize("admin", context.name)
+            return page
+
+        def check(state: ContextState, context: StoredContext) -> list[ValidationIssue]:
+            return self._state_issues(state, context.schema, context.settings)
+
+        return await migrate_contexts(
+            get=self.get,
+            list_page=list_page,
+            write=self._mutate,
+            check=check,
+            limits=self.limits,
+            name=name,
+            prefix=prefix,
+            to_version=to_version,
+            dry_run=dry_run,
+            expected_revision=expected_revision,
+            progress=progress,
+        )
 
 
 def _missing(name: str) -> str:

@@ -6,6 +6,7 @@ same store lookups); a readable one it may not write answers with the missing gr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,30 @@ async def test_dead_letters_of_unreadable_contexts_are_missing(manager: StateMan
     assert str(hidden.value).replace(str(hidden_id), "N") == str(absent.value).replace("999", "N")
     with pytest.raises(AccessDeniedError, match=r"the write grant on 'open\.one' is missing for principal 'R'"):
         await reader.replay_dead_letter(open_id)
+
+
+async def test_migrate_needs_admin_and_never_selects_what_it_cannot_read(manager: StateManager) -> None:
+    state_format = {
+        "version": "2.0.0",
+        "migrations": [{"from": "1.0.0", "to": "2.0.0", "patch": [{"op": "add", "path": "/v2", "value": True}]}],
+    }
+    for context in ("team.a", "team.b", "secret.c"):
+        await manager.register(
+            context, settings={"state_format": state_format}, state=ContextState(data={"n": 0}, version="1.0.0")
+        )
+    writer = manager.with_principal(principal("W", "write:team."))
+    with pytest.raises(AccessDeniedError, match=re.escape("the admin grant on 'team.a' is missing for principal 'W'")):
+        await writer.migrate("team.a")
+    with pytest.raises(AccessDeniedError, match=re.escape("admin grant on 'team.a'")):
+        await writer.migrate(prefix="team.")
+    # Admin on team.a only: a prefix that also selects the readable team.b is refused whole.
+    partial = manager.with_principal(principal("P", "admin:team.a", "read:team."))
+    with pytest.raises(AccessDeniedError, match=re.escape("admin grant on 'team.b'")):
+        await partial.migrate(prefix="")
+    assert (await manager.get("team.a")).revision == 1  # nothing was written
+    # Admin on team.: secret.c is not readable, so it is not selected, not refused, not migrated.
+    team_admin = manager.with_principal(principal("T", "admin:team."))
+    report = await team_admin.migrate(prefix="")
+    assert report.matched == 2 and report.migrated == 2, report
+    assert (await manager.get("secret.c")).revision == 1
+    assert [(await manager.get(n)).revision for n in ("team.a", "team.b")] == [2, 2]  # one migrate revision each
