@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.store.base import AuditRecord
 
-__all__ = ["AuditPage", "current_request_id", "decode_audit_cursor", "encode_audit_cursor"]
+__all__ = ["AuditPage", "current_operation", "current_request_id", "decode_audit_cursor", "encode_audit_cursor"]
 
 current_request_id: ContextVar[str | None] = ContextVar("groundhog_request_id", default=None)
 """The id of the request being served (the MCP JSON-RPC request id), set by the server layer;
 every audit row written while serving it carries it."""
+
+current_operation: ContextVar[str | None] = ContextVar("groundhog_operation", default=None)
+"""The operation being served (the MCP tool's name), set by the server layer: a denial's audit
+row names it (without one, the right that was missing)."""
 
 # Recorded operations: the change ops (register, update, rollback, merge, event, migrate,
 # unregister), dead_letter, import, and for denials the operation that was refused.

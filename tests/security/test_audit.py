@@ -23,8 +23,8 @@ from pydantic import AnyHttpUrl
 
 from groundhog_mcp import StateManager
 from groundhog_mcp.app import Settings, audit_key, create_server
-from groundhog_mcp.errors import AccessDeniedError, ConflictError, EventHandlingError
-from groundhog_mcp.models import ContextState, Principal, utcnow
+from groundhog_mcp.errors import AccessDeniedError, ConflictError, EventHandlingError, NotFoundError
+from groundhog_mcp.models import ContextState, Grant, Principal, utcnow
 from groundhog_mcp.security.audit import AuditKey, load_or_create_key_file
 from groundhog_mcp.service import Event
 from groundhog_mcp.service.registry import Context
@@ -515,3 +515,37 @@ async def test_a_request_without_a_principal_is_denied_and_audited(db_path: Path
     assert rows[0].detail == "authorization: this request carries no authenticated principal"
     assert all(r.request_id for r in rows)
     assert MARKER not in repr(rows)
+
+
+async def test_denials_by_grant_are_audited_and_audit_log_needs_admin(audited: StateManager) -> None:
+    await audited.register("notes.a")
+    reader = audited.with_principal(Principal("rita", "default", grants=(Grant("notes.", "read"),)))
+    writer = audited.with_principal(Principal("walt", "default", grants=(Grant("notes.", "write"),)))
+    notes_admin = audited.with_principal(Principal("ada", "default", grants=(Grant("notes.", "admin"),)))
+    with pytest.raises(AccessDeniedError, match=r"the write grant on 'notes\.a' is missing for principal 'rita'"):
+        await reader.update("notes.a", data={"x": MARKER})
+    with pytest.raises(NotFoundError):
+        await reader.get("other")  # a refused read answers "not found", and is still recorded
+    with pytest.raises(AccessDeniedError, match="the admin grant on '' is missing for principal 'walt'"):
+        await writer.audit_log()
+    await writer.update("notes.a", data={"x": 1})
+    rows = await all_rows(audited.store)
+    assert [(r.principal, r.operation, r.context, r.outcome) for r in rows] == [
+        ("local", "register", "notes.a", "ok"),
+        ("rita", "write", "notes.a", "denied"),
+        ("rita", "read", "other", "denied"),
+        ("walt", "admin", None, "denied"),
+        ("walt", "update", "notes.a", "ok"),
+    ]
+    assert MARKER not in repr(rows)
+    # An admin of a prefix sees that prefix's rows; the whole log needs admin on every context.
+    page = await notes_admin.audit_log(prefix="notes.", newest_first=False)
+    assert [(r.principal, r.operation) for r in page.records] == [
+        ("local", "register"),
+        ("rita", "write"),
+        ("walt", "update"),
+    ]
+    with pytest.raises(AccessDeniedError):
+        await notes_admin.audit_log()
+    last = (await audited.audit_log(limit=1)).records[0]
+    assert (last.sequence, last.principal, last.operation, last.outcome) == (6, "ada", "admin", "denied")
