@@ -935,6 +935,8 @@ class StateManager:
             if live and current.revision != infos[live[0]].revision:
                 # The target moved since it was read: merge its state as of this transaction.
                 latest[0] = run([current.state if i in live else s for i, s in enumerate(states)])
+                for i in live:  # and report the revision that was merged, not the one first read
+                    infos[i] = SourceInfo(target, current.revision)
             state = latest[0].state
             self._raise_if_invalid_state(state, current.schema)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")
