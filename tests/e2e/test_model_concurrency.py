@@ -8,8 +8,7 @@ a seeded random mix over three contexts: ``get_state`` (current and past revisio
 compare-and-set (``expected_revision``), ``rollback_state`` and ``merge_states`` into a target
 context. The test logs every acknowledged write, every read and every refusal with the client's
 send and receive times, then reads the whole history back through a fourth process (one that
-took no part in the workload) and checks
-the log against a model built in the test:
+took no part in the workload) and checks the log against a model built in the test:
 
 - every acknowledged write appears exactly once in ``get_history`` (same sequence and op), and
   history holds nothing that was not acknowledged (no lost write, no phantom write);
