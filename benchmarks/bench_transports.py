@@ -292,7 +292,7 @@ def render(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"{'ratio (same run)':<62}{'p50':>7}{'p99':>7}{'per-round p10-p90':>19}  {'ref. target (p50)':<18}",
+        f"{'ratio (same run)':<70}{'p50':>7}{'p99':>7}{'per-round p10-p90':>19}  {'ref. target (p50)':<18}",
     ]
     for r in results["ratios"]:
         spread = "{:.2f} - {:.2f}".format(*r["round_p10_p90"])
@@ -300,7 +300,7 @@ def render(results: dict[str, Any]) -> str:
         if r["reference_target"] is not None:
             reference = f"≤ {r['reference_target']} {'ok' if r['p50'] <= r['reference_target'] else 'over'}"
         lines.append(
-            f"{r['name'] + ': ' + r['formula']:<62}{r['p50']:>7.3f}{r['p99']:>7.3f}{spread:>19}  {reference:<18}"
+            f"{r['name'] + ': ' + r['formula']:<70}{r['p50']:>7.3f}{r['p99']:>7.3f}{spread:>19}  {reference:<18}"
         )
     startup = ", ".join(f"{k} {v:.0f}" for k, v in results["startup_ms"].items())
     lines += ["", f"start-up ms (spawn to initialized): {startup}"]

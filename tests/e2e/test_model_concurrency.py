@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
+import jsonpointer  # type: ignore[import-untyped]
 import pytest
 from mcp import Client
 
@@ -69,6 +70,8 @@ WHOLE_RUN_TIMEOUT_S = 120.0
 CONFLICT = re.compile(r"expected revision (\d+) but context '([^']+)' is at revision (\d+)")
 CONFLICT_DIFF = re.compile(r"changes since revision \d+ \(RFC 6902\): (\[.*\]); re-read", re.DOTALL)
 TEST_FAILED = "'test' operation failed"
+# A diff that does not fit the model's state fails in jsonpatch or, for a missing member, in jsonpointer.
+PATCH_ERRORS = (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException)
 
 Json = dict[str, Any]
 
@@ -167,7 +170,10 @@ def apply_json_patch(data: Json, operations: list[Json]) -> Json:
         elif operation["op"] == "add":
             result[key] = copy.deepcopy(operation["value"])
         elif operation["op"] == "copy":
-            result[key] = copy.deepcopy(result[operation["from"].removeprefix("/")])
+            source = operation["from"].removeprefix("/")
+            if source not in result:
+                raise ValueError(f"copy from a missing member {operation['from']}")
+            result[key] = copy.deepcopy(result[source])
         else:
             raise AssertionError(f"the model does not know op {operation['op']}")
     return result
@@ -293,7 +299,7 @@ def check(log: Log, view: ServerView) -> list[str]:
         if write.patch is not None and previous is not None:
             try:
                 patched = jsonpatch.apply_patch(previous, write.patch)
-            except jsonpatch.JsonPatchException as exc:  # type: ignore[misc]
+            except PATCH_ERRORS as exc:
                 problems.append(f"{label}: its returned patch does not apply to the previous revision ({exc})")
             else:
                 if patched != expected:
@@ -340,7 +346,7 @@ def check(log: Log, view: ServerView) -> list[str]:
         if diff is not None and expected in states:
             try:
                 patched = jsonpatch.apply_patch(states[expected], json.loads(diff.group(1)))
-            except jsonpatch.JsonPatchException as exc:  # type: ignore[misc]
+            except PATCH_ERRORS as exc:
                 patched = f"an error ({exc})"
             if patched != states[current]:
                 problems.append(
