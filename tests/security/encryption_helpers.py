@@ -83,3 +83,17 @@ def key_ids_in_use(database: Path) -> dict[str, set[str | None]]:
                 ids.add(value[4:8].hex() if sealed else None)
             used[f"{table}.{column}"] = ids
     return used
+
+
+def sealed_counts(database: Path) -> dict[str, dict[str | None, int]]:
+    """Per sealed column, how many values each key id seals (None: plaintext values)."""
+    counts: dict[str, dict[str | None, int]] = {}
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        for table, column in SEALED_COLUMNS:
+            per_key: dict[str | None, int] = {}
+            for (value,) in conn.execute(f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL"):
+                sealed = isinstance(value, bytes) and value[:4] == b"GHE1"
+                key = value[4:8].hex() if sealed else None
+                per_key[key] = per_key.get(key, 0) + 1
+            counts[f"{table}.{column}"] = per_key
+    return counts

@@ -146,14 +146,7 @@ async def test_wrong_or_missing_key_is_a_clear_error_and_changes_nothing(tmp_pat
     assert sha256(database) == before
 
     # The server itself (stdio) refuses before speaking the protocol.
-    served = subprocess.run(
-        [server_command(), "--database", str(database)],
-        input=b"",
-        capture_output=True,
-        timeout=60,
-        env=env_with(tmp_path, encryption_key=wrong),
-        check=False,
-    )
+    served = _serve_stdio(env_with(tmp_path, encryption_key=wrong), database)
     assert served.returncode == 1 and served.stdout == b""
     assert f"key id {key_id(right)}" in served.stderr.decode()
     assert sha256(database) == before
@@ -186,6 +179,18 @@ def test_keys_are_never_taken_from_the_command_line_or_the_config_file(tmp_path:
     config.write_text(f'encryption_key_file = "{key_file}"\ndatabase = "{tmp_path / "k.sqlite"}"\n')
     listed = run(env_with(tmp_path), "--config", str(config), "contexts", "list")
     assert f'"key_id": "{key_id(key)}"'.encode() in listed.stderr
+
+
+def _serve_stdio(env: dict[str, str], database: Path) -> subprocess.CompletedProcess[bytes]:
+    """``groundhog-mcp --database DATABASE`` (stdio serving) with an empty stdin."""
+    return subprocess.run(
+        [server_command(), "--database", str(database)],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def _swap(
