@@ -243,6 +243,30 @@ async def test_plaintext_database_with_a_key_encrypts_new_writes(tmp_path: Path)
     assert refused.returncode == 1 and b"no encryption key is configured" in refused.stderr
 
 
+async def test_import_into_an_encrypted_database_seals_what_it_loads(tmp_path: Path) -> None:
+    key = generate_key()
+    env = env_with(tmp_path, encryption_key=key)
+    source = tmp_path / "source.sqlite"
+    async with manager_for(source, env) as manager:
+        await manager.register("a", state=_state({"secret": MARKER}))
+        await manager.update("a", data={"secret": MARKER, "n": 1})
+        await manager.register("gone", state=_state({"secret": MARKER}))
+        await manager.unregister("gone")
+    dump = tmp_path / "dump.jsonl"
+    _run_export_import(env, source, dump, tmp_path / "copy.sqlite")
+    copy = tmp_path / "copy.sqlite"
+    assert MARKER.encode() in dump.read_bytes()
+    assert set().union(*key_ids_in_use(copy).values()) == {key_id(key)}
+    assert MARKER.encode() not in b"".join(database_files(copy).values())
+    again = run(env, "--database", str(copy), "export", "--plaintext").stdout.splitlines()[1:]
+    assert again == dump.read_bytes().splitlines()[1:]  # the same records, decrypted again
+
+
+def _run_export_import(env: dict[str, str], source: Path, dump: Path, target: Path) -> None:
+    run(env, "--database", str(source), "export", "--plaintext", "-o", str(dump))
+    run(env, "--database", str(target), "import", str(dump))
+
+
 def test_keyring_seal_and_open() -> None:
     text = generate_key()
     key = parse_key(text, source="test")

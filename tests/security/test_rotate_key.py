@@ -43,6 +43,9 @@ async def _populate(database: Path, env: dict[str, str], *, updates: int) -> Non
         )
         for n in range(updates):
             await manager.update("a", data={"secret": MARKER, "n": n})
+        # An unregistered context keeps its (last) state: sealed again for its final revision.
+        await manager.register("gone", state=ContextState(data={"secret": MARKER}))
+        await manager.unregister("gone")
         await manager.emit_event("a", Event(type="note", payload={"text": MARKER}))
         # A fresh idempotency key: the plugin counts attempts per key, per process.
         with pytest.raises(Exception, match="dead"):
