@@ -1024,8 +1024,21 @@ class SQLiteStore:
             contexts=int(contexts),
             last_sequence=self._last_sequence_sync(),
             size_bytes=int(page_count) * int(page_size),
-            extra={"journal_mode": journal, "synchronous": self.synchronous},
+            extra={
+                "journal_mode": journal,
+                "synchronous": self.synchronous,
+                # Encryption at rest: the ids of the keys values are sealed with (empty: plaintext).
+                "encryption_key_ids": self._sealing_key_ids(conn),
+            },
         )
+
+    def _sealing_key_ids(self, conn: sqlite3.Connection) -> list[str]:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'encryption_keys'"
+        ).fetchone()
+        if not exists:
+            return []
+        return [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
 
     # -- export / import / backup -----------------------------------------------------------
 

@@ -9,6 +9,7 @@ can fail.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import subprocess
 import uuid
@@ -265,6 +266,40 @@ async def test_import_into_an_encrypted_database_seals_what_it_loads(tmp_path: P
 def _run_export_import(env: dict[str, str], source: Path, dump: Path, target: Path) -> None:
     run(env, "--database", str(source), "export", "--plaintext", "-o", str(dump))
     run(env, "--database", str(target), "import", str(dump))
+
+
+def test_key_configuration_mistakes_are_clear(tmp_path: Path) -> None:
+    database = str(tmp_path / "db.sqlite")
+    key, other = generate_key(), generate_key()
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{key}\n{other}\n")
+    cases = [
+        ({"encryption_key": key, "encryption_key_file": str(key_file)}, "both GROUNDHOG_ENCRYPTION_KEY and"),
+        ({"encryption_key_file": str(key_file)}, "must hold exactly one key; it holds 2"),
+        ({"encryption_key_file": str(tmp_path / "missing")}, "cannot read encryption_key_file"),
+        ({"encryption_old_keys": other}, "old keys are configured"),
+        ({"encryption_key": key, "encryption_old_keys": f"{other},nope"}, "GROUNDHOG_ENCRYPTION_OLD_KEYS item 2"),
+        ({"encryption_key": key, "database": "postgresql://127.0.0.1/test"}, "not supported on the PostgreSQL"),
+    ]
+    for settings, expected in cases:
+        settings.setdefault("database", database)
+        refused = run(env_with(tmp_path, **settings), "contexts", "list", check=False)
+        text = refused.stderr.decode()
+        assert refused.returncode == 1 and expected in text, (settings, text)
+        assert key not in text and other not in text and "Traceback" not in text
+    assert not Path(database).exists()  # refused before anything was opened
+
+
+async def test_db_status_shows_the_key_ids(tmp_path: Path) -> None:
+    key = generate_key()
+    database = tmp_path / "db.sqlite"
+    async with manager_for(database, env_with(tmp_path, encryption_key=key)) as manager:
+        await manager.list()  # opened with a key, nothing written: nothing sealed yet
+        assert (await manager.store.status()).extra["encryption_key_ids"] == []
+        await manager.register("a", state=_state({"secret": MARKER}))
+    # `db status` reads without a key: it shows which key the database needs.
+    status = json.loads(run(env_with(tmp_path), "--database", str(database), "db", "status").stdout)
+    assert status["extra"]["encryption_key_ids"] == [key_id(key)]
 
 
 def test_keyring_seal_and_open() -> None:
