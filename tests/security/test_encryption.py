@@ -138,6 +138,7 @@ async def test_wrong_or_missing_key_is_a_clear_error_and_changes_nothing(tmp_pat
     assert f"was encrypted with key id {key_id(right)}, and the configured key has id {key_id(wrong)}" in text
     assert "The file was not modified" in text and "Traceback" not in text
     assert sha256(database) == before
+    assert not Path(f"{database}-wal").exists() and not Path(f"{database}-shm").exists()
 
     no_key = run(env_with(tmp_path), "--database", str(database), "contexts", "list", check=False)
     text = no_key.stderr.decode()
