@@ -615,6 +615,7 @@ class SQLiteStore:
                 error = self._seal(
                     "dead_letters.last_error", letter.namespace, str(letter.context_id), letter.id, letter.last_error
                 )
+                self._note_key(conn)
                 conn.execute(
                     "UPDATE dead_letters SET attempts = attempts + ?, last_error = ? WHERE id = ?",
                     (letter.attempts, error, letter.id),
@@ -770,7 +771,7 @@ class SQLiteStore:
                 conn.execute("DELETE FROM events WHERE context_id = ?", (str(current.id),))
                 conn.execute("DELETE FROM dead_letters WHERE context_id = ?", (str(current.id),))
                 conn.execute("DELETE FROM contexts WHERE id = ?", (str(current.id),))
-            else:
+            elif self._sealing or sealed_key_id(row[9]) is not None:
                 # The state's associated data names the revision: sealed again for the new one.
                 key = str(current.id)
                 state = self._seal("contexts.state", namespace, key, stored.revision, dumps(current.state.to_json()))
@@ -778,6 +779,11 @@ class SQLiteStore:
                 conn.execute(
                     "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ?, state = ? WHERE id = ?",
                     (now, stored.revision, now, state, key),
+                )
+            else:
+                conn.execute(
+                    "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ? WHERE id = ?",
+                    (now, current.revision + 1, now, str(current.id)),
                 )
             return change
 
