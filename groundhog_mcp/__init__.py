@@ -12,12 +12,13 @@ from groundhog_mcp.errors import (
     InitializationError,
     LimitExceededError,
     MergeConflictError,
+    MigrationError,
     NotFoundError,
     StateUpdateError,
     StateValidationError,
     StoreBusyError,
 )
-from groundhog_mcp.models import ContextConfig, ContextId, ContextInfo, ContextState, Principal
+from groundhog_mcp.models import ContextConfig, ContextId, ContextInfo, ContextState, Grant, Principal
 from groundhog_mcp.service import (
     ChangeBus,
     Context,
@@ -51,10 +52,12 @@ __all__ = [
     "Event",
     "EventHandler",
     "EventHandlingError",
+    "Grant",
     "InitializationError",
     "LimitExceededError",
     "Limits",
     "MergeConflictError",
+    "MigrationError",
     "NotFoundError",
     "Principal",
     "SQLiteStore",

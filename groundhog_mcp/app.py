@@ -19,16 +19,24 @@ import structlog
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import EncryptionKeyError, InitializationError
-from groundhog_mcp.models import Principal
+from groundhog_mcp.models import Grant, Principal
 from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, read_key_file
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server import AppContext, Notifier, build_server
-from groundhog_mcp.server.http import HttpConfig, HttpServer, bind_socket, refuse_unauthenticated_bind, token_auth
+from groundhog_mcp.server.http import (
+    HttpConfig,
+    HttpServer,
+    add_metrics_route,
+    bind_socket,
+    refuse_unauthenticated_bind,
+    token_auth,
+)
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
+from groundhog_mcp.server.oauth import IntrospectionConfig, IntrospectionVerifier
 from groundhog_mcp.service import Limits, StateManager
 from groundhog_mcp.store import Retention, open_store
 
@@ -87,6 +95,19 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     token_file: str = Field(default_factory=lambda: str(default_token_file()))
     insecure_no_auth: bool = False
+    # The local principal's grants (stdio, and HTTP without authentication): right:prefix.
+    grants: list[str] = Field(default_factory=lambda: ["admin:"], min_length=1)
+    metrics_public: bool = Field(default=False, description="serve /metrics without a token")
+    # OAuth 2.1 resource server (docs/http.md): on when oauth_introspection_url is set. The
+    # client secret comes from GROUNDHOG_OAUTH_CLIENT_SECRET or a file, never a flag.
+    oauth_issuer_url: str | None = None
+    oauth_introspection_url: str | None = None
+    oauth_resource_url: str | None = Field(default=None, description="this server's URL (tokens' aud); default: /mcp")
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = Field(default=None, repr=False)
+    oauth_client_secret_file: str | None = None
+    oauth_namespace_claim: str = Field(default="groundhog_namespace", min_length=1, max_length=128)
+    oauth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
     # Encryption at rest (README "Encryption at rest"). The keys themselves come from the
     # environment or from key files only: never a flag (process arguments are visible to every
     # user), never the TOML file (config files get copied around).
@@ -95,7 +116,20 @@ class Settings(BaseModel):
     encryption_old_keys: SecretStr | None = Field(default=None, description="comma-separated")
     encryption_old_keys_file: str | None = None
 
-    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @field_validator("grants")
+    @classmethod
+    def _valid_grants(cls, value: list[str]) -> list[str]:
+        for text in value:
+            Grant.parse(text)  # a ValueError names the grant and what is wrong with it
+        return value
+
+    def local_principal(self) -> Principal:
+        """The principal of stdio and of unauthenticated HTTP requests."""
+        return Principal(
+            name=self.principal, namespace=self.namespace, grants=tuple(Grant.parse(g) for g in self.grants)
+        )
+
+    @field_validator("allowed_hosts", "allowed_origins", "grants", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -240,7 +274,7 @@ def open_manager(settings: Settings) -> StateManager:
             cipher=keyring,
         ),
         limits=settings.limits(),
-        principal=Principal(name=settings.principal, namespace=settings.namespace),
+        principal=settings.local_principal(),
     )
 
 
@@ -294,27 +328,89 @@ def create_server(
     lifespan opens and closes one from ``settings``. With ``token_verifier`` and ``auth`` (HTTP
     only) every request needs a bearer token and runs as the token's principal."""
 
+    # The legacy SSE transport enters the lifespan once per connection (streamable HTTP once
+    # per app): every entry shares one AppContext, so there is one notifier, and a change is
+    # announced once on the shared subscription bus, however many clients are connected.
+    shared: list[AppContext] = []
+    entries = 0
+    entering = asyncio.Lock()
+
     @asynccontextmanager
     async def lifespan(
         server: MCPServer[AppContext], subscriptions: NamespacedSubscriptionBus
     ) -> AsyncGenerator[AppContext]:
-        own = manager is None
-        active = open_manager(settings) if manager is None else manager
-        if own:
-            await active.start()
-        notifier = Notifier(active.bus, subscriptions, namespace=active.principal.namespace)
-        await notifier.start()
+        nonlocal entries
+        async with entering:
+            if not shared:
+                active = open_manager(settings) if manager is None else manager
+                if manager is None:
+                    await active.start()
+                notifier = Notifier(active.bus, subscriptions, principal=active.principal)
+                await notifier.start()
+                shared.append(AppContext(manager=active, notifier=notifier, authenticated=token_verifier is not None))
+            entries += 1
         try:
-            yield AppContext(manager=active, notifier=notifier, authenticated=token_verifier is not None)
+            yield shared[0]
         finally:
-            await notifier.stop()
-            if own:
-                await active.close()
+            async with entering:
+                entries -= 1
+                if entries == 0:
+                    app = shared.pop()
+                    await app.notifier.stop()
+                    if manager is None:
+                        await app.manager.close()
 
     return build_server(lifespan, version=__version__, token_verifier=token_verifier, auth=auth)
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _read_text(path: str) -> str:
+    return Path(path).expanduser().read_text(encoding="utf-8")
+
+
+async def _oauth(settings: Settings, config: HttpConfig) -> tuple[IntrospectionVerifier, AuthSettings]:
+    """The OAuth resource-server pair: tokens checked at the introspection endpoint."""
+    if not settings.oauth_issuer_url:
+        raise InitializationError("oauth_issuer_url: required with oauth_introspection_url (the authorization server)")
+    assert settings.oauth_introspection_url is not None
+    secret = settings.oauth_client_secret
+    if settings.oauth_client_secret_file:
+        try:
+            text = await asyncio.to_thread(_read_text, settings.oauth_client_secret_file)
+        except OSError as exc:
+            raise InitializationError(
+                f"oauth_client_secret_file: cannot read {settings.oauth_client_secret_file} ({exc.strerror or exc})"
+            ) from None
+        secret = text.strip()
+    if settings.oauth_client_id and not secret:
+        raise InitializationError(
+            "oauth_client_secret: oauth_client_id is set but no secret (GROUNDHOG_OAUTH_CLIENT_SECRET or "
+            "oauth_client_secret_file)"
+        )
+    resource = settings.oauth_resource_url or config.url
+    try:
+        auth = AuthSettings(
+            issuer_url=AnyHttpUrl(settings.oauth_issuer_url),
+            resource_server_url=AnyHttpUrl(resource),
+            # The verifier checks the audience itself (aud against the resource URL).
+            validate_token_resource=False,
+        )
+    except ValidationError as exc:
+        raise InitializationError(f"oauth: {exc.errors()[0]['msg']} (issuer or resource URL)") from None
+    verifier = IntrospectionVerifier(
+        IntrospectionConfig(
+            issuer_url=settings.oauth_issuer_url,
+            introspection_url=settings.oauth_introspection_url,
+            resource_url=resource,
+            client_id=settings.oauth_client_id,
+            client_secret=secret,
+            namespace_claim=settings.oauth_namespace_claim,
+            cache_seconds=settings.oauth_cache_seconds,
+        )
+    )
+    return verifier, auth
 
 
 async def serve_http(settings: Settings) -> None:
@@ -326,7 +422,8 @@ async def serve_http(settings: Settings) -> None:
     """
     transport: Literal["http", "sse"] = "sse" if settings.transport == "sse" else "http"
     store = TokenStore(settings.token_file)
-    authenticated = not settings.insecure_no_auth and await asyncio.to_thread(store.exists)
+    oauth = settings.oauth_introspection_url is not None and not settings.insecure_no_auth
+    authenticated = oauth or (not settings.insecure_no_auth and await asyncio.to_thread(store.exists))
     wanted = HttpConfig(
         transport=transport,
         host=settings.host,
@@ -336,9 +433,17 @@ async def serve_http(settings: Settings) -> None:
         max_body_bytes=settings.max_body_bytes,
     )
     refuse_unauthenticated_bind(wanted, authenticated=authenticated, insecure_no_auth=settings.insecure_no_auth)
+    if oauth and not settings.oauth_issuer_url:  # before the port and the database are touched
+        raise InitializationError("oauth_issuer_url: required with oauth_introspection_url (the authorization server)")
     if settings.insecure_no_auth:
         log.warning(
             "authentication is OFF (insecure_no_auth): requests are not checked for a bearer token",
+            token_file_ignored=await asyncio.to_thread(store.exists),
+        )
+    elif oauth:
+        log.info(
+            "bearer tokens are checked by OAuth token introspection",
+            introspection_url=settings.oauth_introspection_url,
             token_file_ignored=await asyncio.to_thread(store.exists),
         )
     elif authenticated:
@@ -360,8 +465,18 @@ async def serve_http(settings: Settings) -> None:
         manager = open_manager(settings)
         await manager.start()
         try:
-            verifier, auth = token_auth(store, config) if authenticated else (None, None)
-            http = HttpServer(create_server(settings, manager, token_verifier=verifier, auth=auth), config)
+            if oauth:
+                verifier, auth = await _oauth(settings, config)
+            else:
+                verifier, auth = token_auth(store, config) if authenticated else (None, None)
+            server = create_server(settings, manager, token_verifier=verifier, auth=auth)
+
+            async def render_metrics(principal: Principal | None) -> str:
+                viewer = manager if principal is None else manager.with_principal(principal)
+                return await prometheus_text(viewer)
+
+            add_metrics_route(server, render_metrics, verifier=verifier, public=settings.metrics_public)
+            http = HttpServer(server, config)
             for signum in _STOP_SIGNALS:
                 loop.add_signal_handler(signum, http.stop)
             log.info(

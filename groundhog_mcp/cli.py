@@ -27,7 +27,7 @@ from groundhog_mcp.app import (
     serve_http,
 )
 from groundhog_mcp.errors import ContextError
-from groundhog_mcp.models import dumps, format_timestamp
+from groundhog_mcp.models import Grant, dumps, format_timestamp
 from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.stdio import run_stdio
@@ -103,6 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
     )
+
+    migrate = commands.add_parser(
+        "migrate-context",
+        parents=[common],
+        help="rewrite contexts' states in their current state format version (see README: State format migrations)",
+    )
+    migrate.add_argument("name", nargs="?", default=None, help="the context to migrate (or use --prefix)")
+    migrate.add_argument("--prefix", default=None, help="every context whose name starts with this ('' = all)")
+    migrate.add_argument("--to", dest="to_version", default=None, help="target format version (default: current)")
+    migrate.add_argument("--dry-run", action="store_true", help="check and print the diff per context; write nothing")
 
     db = commands.add_parser("db", parents=[common], help="database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
@@ -292,11 +302,34 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             print(f"dead letter #{args.id} applied to {result.name} as revision {result.revision}")
         elif command == "metrics":
             sys.stdout.write(await prometheus_text(manager))
+        elif command == "migrate-context":
+            await _migrate_context(manager, args)
         elif command == "backup":
             destination = Path(args.destination)
             await manager.store.backup(destination)
             print(f"backup written to {destination}", file=sys.stderr)
     return 0
+
+
+async def _migrate_context(manager: StateManager, args: argparse.Namespace) -> None:
+    """JSON Lines on stdout (one ``context`` record each, then a ``summary``); progress on stderr."""
+
+    async def progress(done: int, total: int | None, message: str) -> None:
+        print(f"migrate-context: {message}", file=sys.stderr, flush=True)
+
+    report = await manager.migrate(
+        args.name, prefix=args.prefix, to_version=args.to_version, dry_run=args.dry_run, progress=progress
+    )
+    for migration in report.contexts:
+        sys.stdout.write(dumps({"type": "context", **migration.__dict__}) + "\n")
+    summary = {k: v for k, v in report.__dict__.items() if k != "contexts"}
+    sys.stdout.write(dumps({"type": "summary", **summary}) + "\n")
+    verb = "would migrate" if report.dry_run else "migrated"
+    print(
+        f"migrate-context: done, {verb} {report.migrated} of {report.matched} contexts "
+        f"({report.unchanged} already current, {report.without_format} without a state format)",
+        file=sys.stderr,
+    )
 
 
 async def _export(manager: StateManager, output: str) -> None:
@@ -368,6 +401,12 @@ def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)",
     )
+    serve.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="serve GET /metrics without a token (default: a token with the admin grant is needed)",
+    )
 
 
 def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -378,23 +417,47 @@ def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     create = actions.add_parser("create", parents=[shared], help="create a token; it is printed once")
     create.add_argument("--principal", required=True, help="who the token acts as (shown in logs and history)")
     create.add_argument("--namespace", default=None, help="the namespace it may use (default: the configured one)")
+    create.add_argument(
+        "--grant",
+        action="append",
+        dest="grants",
+        default=None,
+        metavar="RIGHT:PREFIX",
+        help="read|write|admin on context names starting with PREFIX (repeatable; e.g. read:notes. or write:); "
+        "default: admin on every context of the namespace",
+    )
     actions.add_parser("list", parents=[shared], help="list tokens (never the tokens themselves)")
     revoke = actions.add_parser("revoke", parents=[shared], help="revoke a token at once")
     revoke.add_argument("id", help="the token's id, as `tokens list` shows it")
 
 
 def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("transport", "host", "port", "allowed_hosts", "allowed_origins", "token_file", "insecure_no_auth")
+    names = (
+        "transport",
+        "host",
+        "port",
+        "allowed_hosts",
+        "allowed_origins",
+        "token_file",
+        "insecure_no_auth",
+        "metrics_public",
+    )
     return {name: getattr(args, name, None) for name in names}
 
 
 def _tokens(args: argparse.Namespace, settings: Settings) -> int:
     store = TokenStore(settings.token_file)
     if args.tokens_command == "create":
-        record, token = store.create(args.principal, args.namespace or settings.namespace)
+        try:
+            grants = tuple(Grant.parse(text) for text in args.grants) if args.grants else None
+        except ValueError as exc:
+            print(f"groundhog-mcp: tokens create: {exc}", file=sys.stderr)
+            return 1
+        record, token = store.create(args.principal, args.namespace or settings.namespace, grants)
         print(token)
         print(
             f"created token {record.id} for principal {record.principal!r} in namespace {record.namespace!r} "
+            f"with grants {' '.join(map(str, record.effective_grants))} "
             f"({store.path}); it is shown only this once: keep it now. Send it as 'Authorization: Bearer <token>'.",
             file=sys.stderr,
         )
@@ -404,7 +467,8 @@ def _tokens(args: argparse.Namespace, settings: Settings) -> int:
             if record.revoked and not record.revoked_at:
                 status = "revoked"
             created = format_timestamp(record.created_at)
-            print(f"{record.id}\t{record.principal}\t{record.namespace}\tcreated {created}\t{status}")
+            grants = " ".join(map(str, record.effective_grants))
+            print(f"{record.id}\t{record.principal}\t{record.namespace}\t{grants}\tcreated {created}\t{status}")
     elif args.tokens_command == "revoke":
         record = store.revoke(args.id)
         print(f"token {record.id} of {record.principal!r} is revoked", file=sys.stderr)

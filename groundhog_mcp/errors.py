@@ -15,6 +15,7 @@ field, the rule and the limit, and its attributes carry what a program needs::
     │   └── CompactedError            the revision was pruned by history retention
     ├── AccessDeniedError             the principal lacks a grant
     ├── LimitExceededError            a request exceeded a configured limit
+    ├── MigrationError                an upcaster failed, or no migration path exists (names context, step)
     ├── StoreBusyError                the database stayed locked past the busy timeout (retryable)
     └── RecordIntegrityError          an encrypted record failed authentication (altered or moved)
 
@@ -40,6 +41,7 @@ __all__ = [
     "LimitExceededError",
     "MergeConflict",
     "MergeConflictError",
+    "MigrationError",
     "NotFoundError",
     "RecordIntegrityError",
     "StateUpdateError",
@@ -227,6 +229,19 @@ class AccessDeniedError(ContextError):
 
 class LimitExceededError(ContextError):
     """A request exceeded a configured limit (the message names field, limit and value)."""
+
+
+class MigrationError(ContextError):
+    """A state could not be upcast to another format version: an upcaster failed, its result broke
+    the target version's schema, or no chain of steps leads there. Names the context, the step
+    (``from -> to``) and the cause; nothing was changed."""
+
+    def __init__(self, context: str, step: tuple[str, str] | None, cause: str, *, note: str = "") -> None:
+        self.context = context
+        self.step = step
+        self.cause = cause
+        where = f"step {step[0]} -> {step[1]}" if step is not None else "no step"
+        super().__init__(_printable(f"migration: context {context!r}, {where}: {cause}{note}"))
 
 
 class StoreBusyError(ContextError):

@@ -16,17 +16,21 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = [
+    "ALL_RIGHTS",
     "DEFAULT_NAMESPACE",
     "NAME_PATTERN",
+    "RIGHTS",
     "SEMVER_PATTERN",
     "Change",
     "ContextConfig",
     "ContextId",
     "ContextInfo",
     "ContextState",
+    "Grant",
     "HistoryEntry",
     "JSONObject",
     "Principal",
+    "Right",
     "dumps",
     "format_timestamp",
     "is_semver",
@@ -163,12 +167,76 @@ class ContextInfo:
     updated_at: datetime | None = None
 
 
+Right = Literal["read", "write", "admin"]
+# Weakest first: each right includes the ones before it (admin ⊇ write ⊇ read).
+RIGHTS: tuple[Right, ...] = ("read", "write", "admin")
+_GRANT_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,128}$")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A right on every context whose name starts with ``prefix`` (``""``: every context).
+
+    Written ``right:prefix`` (``read:notes.``, ``write:``, ``admin:``); a bare right means every
+    context. Prefixes use the characters of context names, so ``/`` never matches anything and
+    is refused.
+    """
+
+    prefix: str
+    right: Right
+
+    def __post_init__(self) -> None:
+        if self.right not in RIGHTS:
+            raise ValueError(f"right: must be one of {', '.join(RIGHTS)}; got {self.right!r}")
+        if not _GRANT_PREFIX.fullmatch(self.prefix):
+            raise ValueError(
+                f"prefix: must be the start of a context name (A-Z a-z 0-9 . _ -, at most 128; "
+                f"names cannot contain '/'); got {self.prefix[:80]!r}"
+            )
+
+    def covers(self, right: Right, name: str) -> bool:
+        return RIGHTS.index(self.right) >= RIGHTS.index(right) and name.startswith(self.prefix)
+
+    @classmethod
+    def parse(cls, text: str) -> Grant:
+        """``right:prefix`` or a bare ``right``; raises ValueError naming what is wrong."""
+        right, _, prefix = text.partition(":")
+        if right not in RIGHTS:
+            raise ValueError(f"grant {text[:80]!r}: the right must be one of {', '.join(RIGHTS)} (as right:prefix)")
+        try:
+            return cls(prefix=prefix, right=right)  # pyright: ignore[reportArgumentType]
+        except ValueError as exc:
+            raise ValueError(f"grant {text[:80]!r}: {exc}") from None
+
+    def __str__(self) -> str:
+        return f"{self.right}:{self.prefix}"
+
+
+ALL_RIGHTS: tuple[Grant, ...] = (Grant(prefix="", right="admin"),)
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is asking: a name for the audit trail, bound to one namespace."""
+    """Who is asking: a name for the audit trail, bound to one namespace, with grants on
+    context name prefixes in it (by default admin on every context)."""
 
     name: str = "local"
     namespace: str = DEFAULT_NAMESPACE
+    grants: tuple[Grant, ...] = ALL_RIGHTS
+
+    def allows(self, right: Right, name: str) -> bool:
+        """Whether a grant gives ``right`` (or a stronger one) on context ``name``."""
+        return any(grant.covers(right, name) for grant in self.grants)
+
+    def prefixes(self, right: Right = "read") -> tuple[str, ...]:
+        """The fewest name prefixes covering every context this principal has ``right`` on
+        (sorted; none is a prefix of another)."""
+        given = sorted({g.prefix for g in self.grants if RIGHTS.index(g.right) >= RIGHTS.index(right)})
+        kept: list[str] = []
+        for prefix in given:  # sorted: a covering prefix comes before what it covers
+            if not any(prefix.startswith(k) for k in kept):
+                kept.append(prefix)
+        return tuple(kept)
 
 
 @dataclass(frozen=True)

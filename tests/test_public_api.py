@@ -19,10 +19,12 @@ EXPECTED = {
     "Event",
     "EventHandler",
     "EventHandlingError",
+    "Grant",
     "InitializationError",
     "LimitExceededError",
     "Limits",
     "MergeConflictError",
+    "MigrationError",
     "NotFoundError",
     "Principal",
     "SQLiteStore",
@@ -48,6 +50,7 @@ def test_error_tree() -> None:
         assert issubclass(error, g.ContextError)
     assert issubclass(g.ConflictError, g.StateUpdateError)
     assert issubclass(g.MergeConflictError, g.StateUpdateError)
+    assert issubclass(g.MigrationError, g.ContextError)
     assert issubclass(g.CompactedError, g.NotFoundError)
     for error in (g.NotFoundError, g.AccessDeniedError, g.LimitExceededError, g.StoreBusyError):
         assert issubclass(error, g.ContextError)

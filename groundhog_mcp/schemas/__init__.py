@@ -12,7 +12,7 @@ from referencing import Registry, Resource
 
 __all__ = ["SCHEMA_NAMES", "load_schema", "validator"]
 
-SCHEMA_NAMES = ("context_state", "context_config")
+SCHEMA_NAMES = ("context_state", "context_config", "state_format")
 
 
 @functools.cache

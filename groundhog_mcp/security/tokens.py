@@ -1,8 +1,10 @@
 """Bearer tokens for the HTTP transports, kept in a JSON token file as SHA-256 hashes.
 
 A token is shown once, when it is created; the file holds only its hash, so reading the file
-does not give anyone a usable token. Each token names the principal it acts as and the one
-namespace that principal is bound to. Revoking keeps the row (for the record) and stops the
+does not give anyone a usable token. Each token names the principal it acts as, the one
+namespace that principal is bound to, and its grants there (``read|write|admin`` on context
+name prefixes). A record without ``grants`` (written before grants existed) has every right in
+its namespace, as such tokens always had. Revoking keeps the row (for the record) and stops the
 token from verifying.
 
 The file is rewritten whole (temporary file, fsync, ``os.replace``, mode 0600), under an
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from groundhog_mcp.errors import InitializationError, NotFoundError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import DEFAULT_NAMESPACE, format_timestamp, parse_timestamp, utcnow
+from groundhog_mcp.models import ALL_RIGHTS, DEFAULT_NAMESPACE, Grant, format_timestamp, parse_timestamp, utcnow
 
 if sys.platform != "win32":
     import fcntl
@@ -60,12 +62,20 @@ class TokenRecord:
     sha256: str
     revoked: bool = False
     revoked_at: datetime | None = None
+    # None: a record from before grants existed, which has every right in its namespace.
+    grants: tuple[Grant, ...] | None = None
+
+    @property
+    def effective_grants(self) -> tuple[Grant, ...]:
+        return ALL_RIGHTS if self.grants is None else self.grants
 
     def to_json(self) -> dict[str, Any]:
+        grants = {} if self.grants is None else {"grants": [str(g) for g in self.grants]}
         return {
             "id": self.id,
             "principal": self.principal,
             "namespace": self.namespace,
+            **grants,
             "created_at": format_timestamp(self.created_at),
             "revoked": self.revoked,
             "revoked_at": format_timestamp(self.revoked_at) if self.revoked_at else None,
@@ -86,6 +96,7 @@ class TokenRecord:
                 sha256=str(obj["sha256"]),
                 revoked=bool(obj.get("revoked", False)),
                 revoked_at=parse_timestamp(str(revoked_at)) if revoked_at else None,
+                grants=_grants_from_json(obj.get("grants"), where=f"{where}: token {obj.get('id')!r}"),
             )
         except KeyError as exc:
             raise InitializationError(f"{where}: a token entry has no {exc.args[0]!r}") from None
@@ -111,18 +122,28 @@ class TokenStore:
 
     # -- the CLI's operations ---------------------------------------------------------------
 
-    def create(self, principal: str, namespace: str = DEFAULT_NAMESPACE) -> tuple[TokenRecord, str]:
-        """A new token for ``principal`` in ``namespace``: ``(record, token)``. The token is not
-        stored anywhere; show it to the user once."""
+    def create(
+        self, principal: str, namespace: str = DEFAULT_NAMESPACE, grants: tuple[Grant, ...] | None = None
+    ) -> tuple[TokenRecord, str]:
+        """A new token for ``principal`` in ``namespace`` with ``grants`` (default: admin on every
+        context of the namespace): ``(record, token)``. The token is not stored anywhere; show it
+        to the user once."""
         _check_principal(principal)
         _check_namespace(namespace)
+        if grants is not None and not grants:
+            raise StateValidationError([ValidationIssue("", "a token needs at least one grant")], field="grant")
         with self._locked():
             records = self._read()
             taken = {r.id for r in records}
             token_id = _new_id(taken)
             token = TOKEN_PREFIX + secrets.token_urlsafe(32)
             record = TokenRecord(
-                id=token_id, principal=principal, namespace=namespace, created_at=utcnow(), sha256=hash_token(token)
+                id=token_id,
+                principal=principal,
+                namespace=namespace,
+                created_at=utcnow(),
+                sha256=hash_token(token),
+                grants=ALL_RIGHTS if grants is None else tuple(grants),
             )
             self._write([*records, record])
         return record, token
@@ -252,6 +273,17 @@ def _new_id(taken: set[str]) -> str:
         candidate = "tok-" + secrets.token_hex(4)
         if candidate not in taken:
             return candidate
+
+
+def _grants_from_json(value: Any, *, where: str) -> tuple[Grant, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(g, str) for g in value):  # pyright: ignore[reportUnknownVariableType]
+        raise InitializationError(f'{where}: "grants" must be a list of strings like "read:notes."')
+    try:
+        return tuple(Grant.parse(g) for g in value)  # pyright: ignore[reportUnknownArgumentType]
+    except ValueError as exc:
+        raise InitializationError(f"{where}: {exc}") from None
 
 
 def _check_principal(principal: str) -> None:

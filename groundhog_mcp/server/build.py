@@ -43,13 +43,13 @@ async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNe
     app = ctx.lifespan_context
     if isinstance(app, AppContext) and ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
         # The per-request ServerSession wraps the long-lived Connection; only the latter can
-        # carry notifications after this request has been answered. It hears about the
-        # namespace of the principal it authenticated as; without a principal, nothing.
+        # carry notifications after this request has been answered. It hears about what the
+        # principal it authenticated as may read; without a principal, nothing.
         try:
-            namespace = app.request_manager(ctx.request).principal.namespace
+            principal = app.request_manager(ctx.request).principal
         except ContextError:
             return await call_next(ctx)
-        app.notifier.track(ctx.session._connection, namespace)  # pyright: ignore[reportPrivateUsage]
+        app.notifier.track(ctx.session._connection, principal)  # pyright: ignore[reportPrivateUsage]
     return await call_next(ctx)
 
 

@@ -13,6 +13,9 @@ What this module adds to the SDK's Starlette apps:
   get ``graceful_timeout`` seconds to finish, and writes already handed to the store commit
   regardless (the caller closes the state manager after :meth:`HttpServer.serve` returns).
 - ``GET /healthz``: ``{"status": "ok"}``, without authentication or Host check.
+- ``GET /metrics``: the Prometheus exposition for a bearer token with ``admin`` on its whole
+  namespace (401 without a valid token, 403 without that grant), or for anyone with
+  ``metrics_public`` (:func:`add_metrics_route`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,13 +43,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.models import Principal
 from groundhog_mcp.security.tokens import TokenStore
-from groundhog_mcp.server.principals import principal_claims
+from groundhog_mcp.server.event_store import BoundedEventStore
+from groundhog_mcp.server.principals import principal_claims, principal_of
 
 __all__ = [
     "HEALTH_PATH",
+    "METRICS_PATH",
     "HttpConfig",
     "HttpServer",
     "TokenFileVerifier",
+    "add_metrics_route",
     "bind_socket",
     "is_loopback",
     "refuse_unauthenticated_bind",
@@ -56,6 +62,7 @@ __all__ = [
 log = structlog.get_logger("groundhog_mcp.http")
 
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 Transport = Literal["http", "sse"]
 _LOCALHOST_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _MAX_SHOWN_HEADER = 200
@@ -89,6 +96,8 @@ class HttpConfig:
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     graceful_timeout: float = 10.0
+    # The SSE ``retry`` a streamable-HTTP client is told to wait before reconnecting.
+    retry_interval_ms: int = 1000
 
     @property
     def authority(self) -> str:
@@ -196,7 +205,9 @@ class TokenFileVerifier(TokenVerifier):
             client_id=record.id,
             subject=record.principal,
             scopes=[],
-            claims=principal_claims(Principal(name=record.principal, namespace=record.namespace)),
+            claims=principal_claims(
+                Principal(name=record.principal, namespace=record.namespace, grants=record.effective_grants)
+            ),
         )
 
 
@@ -209,6 +220,60 @@ def token_auth(store: TokenStore, config: HttpConfig) -> tuple[TokenVerifier, Au
     """
     issuer = AnyHttpUrl(f"http://{config.authority}")
     return TokenFileVerifier(store), AuthSettings(issuer_url=issuer, resource_server_url=None)
+
+
+# -- Prometheus /metrics ------------------------------------------------------------------
+
+
+def add_metrics_route(
+    server: MCPServer[Any],
+    render: Callable[[Principal | None], Awaitable[str]],
+    *,
+    verifier: TokenVerifier | None,
+    public: bool,
+) -> None:
+    """``GET /metrics`` on ``server``'s HTTP app: ``render(principal)`` as Prometheus text.
+
+    ``public``: anyone may scrape, and the figures are those of the configured principal
+    (``render(None)``). Otherwise a bearer token whose principal has ``admin`` on every context
+    of its namespace is needed; the figures are that namespace's. No or a bad token → 401 with
+    ``WWW-Authenticate``; a token without that grant → 403.
+    """
+
+    def unauthorized(reason: str) -> Response:
+        return PlainTextResponse(
+            f"Unauthorized: {reason}",
+            status_code=401,
+            headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{reason}"'},
+        )
+
+    @server.custom_route(METRICS_PATH, methods=["GET"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
+        principal: Principal | None = None
+        if not public:
+            if verifier is None:
+                return unauthorized("this server has no bearer tokens; serve /metrics with --metrics-public")
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return unauthorized("/metrics needs a bearer token with the admin grant")
+            access = await verifier.verify_token(token.strip())
+            if access is None:
+                return unauthorized("the bearer token is not valid")
+            try:
+                principal = principal_of(access)
+            except ContextError:
+                return unauthorized("the bearer token names no groundhog principal")
+            if not principal.allows("admin", ""):
+                return PlainTextResponse(
+                    f"Forbidden: /metrics needs the admin grant on every context of namespace "
+                    f"{principal.namespace!r}; principal {principal.name!r} lacks it",
+                    status_code=403,
+                )
+        try:
+            text = await render(principal)
+        except ContextError as exc:
+            return PlainTextResponse(f"Service unavailable: {exc}", status_code=503)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 # -- the ASGI app ---------------------------------------------------------------------------
@@ -224,7 +289,11 @@ def http_app(server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event
     security = config.transport_security()
     if config.transport == "http":
         app = server.streamable_http_app(
-            max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host
+            max_request_body_size=config.max_body_bytes,
+            transport_security=security,
+            host=config.host,
+            event_store=BoundedEventStore(),
+            retry_interval=config.retry_interval_ms,
         )
     else:
         app = server.sse_app(max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host)

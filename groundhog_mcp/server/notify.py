@@ -17,7 +17,7 @@ from mcp.server.connection import Connection
 from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent, SubscriptionBus
 
 from groundhog_mcp.errors import ContextError
-from groundhog_mcp.models import Change
+from groundhog_mcp.models import Change, Principal
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import ChangeBus, Resync
 from groundhog_mcp.service.bus import cancel_and_wait
@@ -47,45 +47,55 @@ def is_subscribable(uri: str) -> bool:
 
 
 # A listen stream whose request named no usable principal hears nothing namespaced.
-_NOWHERE = "\x00nowhere"
+_NOWHERE = Principal(name="\x00nobody", namespace="\x00nowhere", grants=())
 
 
 class NamespacedSubscriptionBus:
     """The SDK's in-process subscription bus, with each ``subscriptions/listen`` stream bound to
-    the namespace of the request that opened it (a bearer token's; None: the configured one).
+    the principal of the request that opened it (a bearer token's; None: the configured one).
 
     :meth:`publish` reaches every stream (what the SDK itself publishes); :meth:`publish_in`
-    only the streams of one namespace, so a client never hears of another namespace's contexts.
+    only the streams whose principal may read the context in question, so a client never hears
+    of another namespace's contexts, nor of contexts its grants do not let it read.
     """
 
     def __init__(self) -> None:
-        self._listeners: dict[object, tuple[str | None, Callable[[ServerEvent], None]]] = {}
+        self._listeners: dict[object, tuple[Principal | None, Callable[[ServerEvent], None]]] = {}
 
     async def publish(self, event: ServerEvent) -> None:
         await self._deliver(event, lambda _: True)
 
-    async def publish_in(self, namespace: str, event: ServerEvent, *, configured: str) -> None:
-        """Deliver ``event`` to the streams of ``namespace`` (``configured``: the namespace of
-        streams opened without a token)."""
-        await self._deliver(event, lambda bound: (bound or configured) == namespace)
+    async def publish_in(
+        self, namespace: str, event: ServerEvent, *, configured: str | Principal, name: str = ""
+    ) -> None:
+        """Deliver ``event`` to the streams that may read context ``name`` of ``namespace``
+        (``configured``: the principal, or just the namespace, of streams opened without a token)."""
+
+        def wanted(bound: Principal | None) -> bool:
+            if bound is None:
+                if isinstance(configured, str):
+                    return configured == namespace
+                bound = configured
+            return bound.namespace == namespace and (not name or bound.allows("read", name))
+
+        await self._deliver(event, wanted)
 
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
         try:
             principal = request_principal()
-            namespace = principal.namespace if principal is not None else None
         except ContextError:
-            namespace = _NOWHERE
+            principal = _NOWHERE
         token = object()
-        self._listeners[token] = (namespace, listener)
+        self._listeners[token] = (principal, listener)
 
         def unsubscribe() -> None:
             self._listeners.pop(token, None)
 
         return unsubscribe
 
-    async def _deliver(self, event: ServerEvent, wanted: Callable[[str | None], bool]) -> None:
-        for namespace, listener in list(self._listeners.values()):
-            if not wanted(namespace):
+    async def _deliver(self, event: ServerEvent, wanted: Callable[[Principal | None], bool]) -> None:
+        for principal, listener in list(self._listeners.values()):
+            if not wanted(principal):
                 continue
             try:
                 listener(event)
@@ -96,38 +106,58 @@ class NamespacedSubscriptionBus:
 
 class Notifier:
     """Follows the change bus and tells connected clients what changed, each client only about
-    the namespace it works in (``namespace``: the configured one, for clients without a token)."""
+    the contexts its principal may read (``principal``: the configured one, for clients without
+    a token; ``namespace`` alone means all rights in it)."""
 
-    def __init__(self, bus: ChangeBus, subscriptions: SubscriptionBus, *, namespace: str) -> None:
+    def __init__(
+        self,
+        bus: ChangeBus,
+        subscriptions: SubscriptionBus,
+        *,
+        namespace: str | None = None,
+        principal: Principal | None = None,
+    ) -> None:
         self._bus = bus
         self._subscriptions = subscriptions
-        self._namespace = namespace
-        self._connections: dict[Connection, str] = {}
+        if principal is None:
+            principal = Principal(namespace=namespace) if namespace else Principal()
+        self._principal = principal
+        self._namespace = self._principal.namespace
+        self._connections: dict[Connection, Principal] = {}
         self._subscribed: dict[Connection, set[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def track(self, connection: Connection, namespace: str | None = None) -> None:
+    def track(self, connection: Connection, principal: Principal | None = None) -> None:
         """Remember a handshake-era client connection (until it closes) so it hears about changes
-        in ``namespace`` (None: the configured one)."""
+        that ``principal`` (None: the configured one) may read."""
         if connection in self._connections:
             return
-        self._connections[connection] = namespace or self._namespace
+        self._connections[connection] = principal or self._principal
         connection.exit_stack.callback(self._forget, connection)
 
     def _forget(self, connection: Connection) -> None:
         self._connections.pop(connection, None)
         self._subscribed.pop(connection, None)
 
-    def subscribe(self, connection: Connection, uri: str, namespace: str | None = None) -> None:
+    def subscribe(self, connection: Connection, uri: str, principal: Principal | None = None) -> None:
         """``resources/subscribe`` (2024-11-05 … 2025-11-25): tell this connection when ``uri`` changes."""
-        self.track(connection, namespace)
+        self.track(connection, principal)
         self._subscribed.setdefault(connection, set()).add(uri)
 
     def unsubscribe(self, connection: Connection, uri: str) -> None:
         self._subscribed.get(connection, set()).discard(uri)
 
-    def subscription_count(self) -> int:
-        return sum(len(uris) for uris in self._subscribed.values())
+    def subscription_count(self, namespace: str | None = None) -> int:
+        """Open resource subscriptions (of connections in ``namespace``, when given)."""
+        return sum(
+            len(uris)
+            for connection, uris in self._subscribed.items()
+            if namespace is None or self._namespace_of(connection) == namespace
+        )
+
+    def _namespace_of(self, connection: Connection) -> str | None:
+        principal = self._connections.get(connection)
+        return principal.namespace if principal is not None else None
 
     async def start(self) -> None:
         subscription = self._bus.subscribe()
@@ -149,14 +179,14 @@ class Notifier:
             subscription.close()
 
     async def _deliver(self, change: Change) -> None:
-        # Never tell a client about a context it cannot see: only its own namespace's changes.
+        # Never tell a client about a context it cannot see: only changes its principal may read.
         if change.op in _LIST_CHANGING_OPS:
-            await self._list_changed(change.namespace)
+            await self._list_changed(change.namespace, change.name)
         uris = context_uris(change.name)
         for uri in uris:
-            await self._publish(change.namespace, ResourceUpdated(uri=uri))
+            await self._publish(change.namespace, ResourceUpdated(uri=uri), change.name)
         for connection, subscribed in list(self._subscribed.items()):
-            if self._connections.get(connection) != change.namespace:
+            if not _reads(self._connections.get(connection), change.namespace, change.name):
                 continue
             for uri in uris:
                 if uri in subscribed:
@@ -167,24 +197,28 @@ class Notifier:
                         log.debug("dropped a closed connection from notifications", exc_info=True)
                         break
 
-    async def _publish(self, namespace: str, event: ServerEvent) -> None:
+    async def _publish(self, namespace: str, event: ServerEvent, name: str) -> None:
         if isinstance(self._subscriptions, NamespacedSubscriptionBus):
-            await self._subscriptions.publish_in(namespace, event, configured=self._namespace)
-        elif namespace == self._namespace:  # a plain bus cannot tell its listeners apart
+            await self._subscriptions.publish_in(namespace, event, configured=self._principal, name=name)
+        elif _reads(self._principal, namespace, name):  # a plain bus cannot tell its listeners apart
             await self._subscriptions.publish(event)
 
-    async def _list_changed(self, namespace: str | None = None) -> None:
-        """Tell the clients of ``namespace`` (None: every client, after a resync) that the list
-        of resources changed."""
+    async def _list_changed(self, namespace: str | None = None, name: str = "") -> None:
+        """Tell the clients that may read context ``name`` of ``namespace`` (None: every client,
+        after a resync) that the list of resources changed."""
         if namespace is None:
             await self._subscriptions.publish(ResourcesListChanged())
         else:
-            await self._publish(namespace, ResourcesListChanged())
+            await self._publish(namespace, ResourcesListChanged(), name)
         for connection, bound in list(self._connections.items()):
-            if namespace is not None and bound != namespace:
+            if namespace is not None and not _reads(bound, namespace, name):
                 continue
             try:
                 await connection.send_resource_list_changed()
             except Exception:  # a closed connection must not stop delivery to the others
                 self._connections.pop(connection, None)
                 log.debug("dropped a closed connection from notifications", exc_info=True)
+
+
+def _reads(principal: Principal | None, namespace: str, name: str) -> bool:
+    return principal is not None and principal.namespace == namespace and principal.allows("read", name)

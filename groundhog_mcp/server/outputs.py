@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from groundhog_mcp.models import Change, ContextState, HistoryEntry, dumps, format_timestamp
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
+from groundhog_mcp.service.migration import ContextMigration, MigrationReport
 from groundhog_mcp.service.reading import TooLarge
 from groundhog_mcp.store.base import DeadLetter, StoredContext
 
@@ -17,6 +18,7 @@ __all__ = [
     "DiffOut",
     "HistoryOut",
     "ListOut",
+    "MigrateOut",
     "RevisionOut",
     "StateOut",
     "StateValue",
@@ -144,6 +146,11 @@ class StateOut(BaseModel):
     state: StateValue | None = Field(default=None, description="the whole state (when no path was given)")
     too_large: TooLargeOut | None = Field(
         default=None, description="set instead of value/state when it exceeds the read limit: read its parts by path"
+    )
+    upcast_from: str | None = Field(
+        default=None,
+        description="set when the stored state has an older format version: it was upcast on read from this "
+        "version (stored as is; migrate_context rewrites it)",
     )
 
 
@@ -361,4 +368,60 @@ class MetricsOut(BaseModel):
                 )
                 for c in contexts
             ],
+        )
+
+
+# -- migrate_context -----------------------------------------------------------------------------
+
+MIGRATIONS_LISTED = 100
+
+
+class ContextMigrationOut(BaseModel):
+    name: str
+    from_version: str = Field(description="the stored state's format version before")
+    to_version: str = Field(description="the format version after")
+    steps: list[str] = Field(description="upcasters run, as 'from -> to'")
+    revision: int = Field(description="the new revision (dry run: the revision checked)")
+    previous_revision: int | None = Field(description="the revision before (null in a dry run)")
+    patch: list[dict[str, Any]] = Field(description="RFC 6902 diff of the state document (/data, /metadata, /version)")
+    patch_truncated: bool = Field(default=False, description="true when the diff was too large: ops and paths only")
+
+    @classmethod
+    def of(cls, migration: ContextMigration) -> ContextMigrationOut:
+        patch, truncated = answer_patch(migration.patch)
+        return cls.model_construct(
+            name=migration.name,
+            from_version=migration.from_version,
+            to_version=migration.to_version,
+            steps=migration.steps,
+            revision=migration.revision,
+            previous_revision=migration.previous_revision,
+            patch=patch,
+            patch_truncated=truncated,
+        )
+
+
+class MigrateOut(BaseModel):
+    dry_run: bool
+    to_version: str | None = Field(description="the target asked for; null: each context's current format version")
+    matched: int = Field(description="contexts selected (by name or prefix)")
+    migrated: int = Field(description="contexts rewritten (dry run: that would be rewritten)")
+    unchanged: int = Field(description="contexts already at the target version")
+    without_format: int = Field(description="contexts that declare no state format (left alone)")
+    contexts: list[ContextMigrationOut] = Field(
+        description=f"the contexts rewritten (dry run: to be rewritten), the first {MIGRATIONS_LISTED}"
+    )
+    more_contexts: int = Field(default=0, description="how many more were rewritten than listed")
+
+    @classmethod
+    def of(cls, report: MigrationReport) -> MigrateOut:
+        return cls(
+            dry_run=report.dry_run,
+            to_version=report.to_version,
+            matched=report.matched,
+            migrated=report.migrated,
+            unchanged=report.unchanged,
+            without_format=report.without_format,
+            contexts=[ContextMigrationOut.of(m) for m in report.contexts[:MIGRATIONS_LISTED]],
+            more_contexts=max(0, len(report.contexts) - MIGRATIONS_LISTED),
         )

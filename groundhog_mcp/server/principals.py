@@ -7,23 +7,37 @@ namespace into the SDK's ``AccessToken`` claims; the tools read them back from t
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.requests import HTTPConnection
 
 from groundhog_mcp.errors import AccessDeniedError
-from groundhog_mcp.models import Principal
+from groundhog_mcp.models import Grant, Principal
 
-__all__ = ["NAMESPACE_CLAIM", "PRINCIPAL_CLAIM", "principal_claims", "principal_of", "request_principal"]
+__all__ = [
+    "GRANTS_CLAIM",
+    "NAMESPACE_CLAIM",
+    "PRINCIPAL_CLAIM",
+    "principal_claims",
+    "principal_of",
+    "request_principal",
+]
 
 PRINCIPAL_CLAIM = "groundhog_principal"
 NAMESPACE_CLAIM = "groundhog_namespace"
+GRANTS_CLAIM = "groundhog_grants"
 
 
-def principal_claims(principal: Principal) -> dict[str, str]:
-    """The ``AccessToken.claims`` that carry ``principal`` to the tools."""
-    return {PRINCIPAL_CLAIM: principal.name, NAMESPACE_CLAIM: principal.namespace}
+def principal_claims(principal: Principal) -> dict[str, Any]:
+    """The ``AccessToken.claims`` that carry ``principal`` (and its grants) to the tools."""
+    return {
+        PRINCIPAL_CLAIM: principal.name,
+        NAMESPACE_CLAIM: principal.namespace,
+        GRANTS_CLAIM: [str(g) for g in principal.grants],
+    }
 
 
 def principal_of(token: AccessToken) -> Principal:
@@ -33,7 +47,15 @@ def principal_of(token: AccessToken) -> Principal:
     name, namespace = claims.get(PRINCIPAL_CLAIM), claims.get(NAMESPACE_CLAIM)
     if not isinstance(name, str) or not isinstance(namespace, str):
         raise AccessDeniedError("authorization: the bearer token names no groundhog principal and namespace")
-    return Principal(name=name, namespace=namespace)
+    # Our verifiers always set the grants; a token without them gets none (fail closed).
+    listed = claims.get(GRANTS_CLAIM)
+    grants: list[Grant] = []
+    for text in listed if isinstance(listed, list) else []:  # pyright: ignore[reportUnknownVariableType]
+        try:
+            grants.append(Grant.parse(str(text)))  # pyright: ignore[reportUnknownArgumentType]
+        except ValueError:
+            continue
+    return Principal(name=name, namespace=namespace, grants=tuple(grants))
 
 
 def request_principal(request: object | None = None) -> Principal | None:

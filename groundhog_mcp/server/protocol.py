@@ -43,10 +43,10 @@ async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
             message=f"uri: {uri[:200]!r} cannot be subscribed to; use groundhog://contexts/{{name}}[/state|/history]",
         )
     try:
-        namespace = ctx.lifespan_context.request_manager(ctx.request).principal.namespace
+        principal = ctx.lifespan_context.request_manager(ctx.request).principal
     except ContextError as exc:
         raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
-    ctx.lifespan_context.notifier.subscribe(_connection(ctx), uri, namespace)
+    ctx.lifespan_context.notifier.subscribe(_connection(ctx), uri, principal)
     return EmptyResult()
 
 

@@ -6,14 +6,23 @@ it refuses (a lone-surrogate escape, nesting beyond the parser's limit, an integ
 second chance with Python's ``json`` module and, when that fails too, answers it with a
 JSON-RPC error (id recovered from the text when possible). A reply to a recovered request is
 made encodable (lone surrogates escaped) before it is written.
+
+It also answers what the SDK would take for something else: a request whose ``id`` is an
+object, array, boolean, null or fraction is parsed by the SDK as a *notification* (and never
+answered), and a valid JSON object that is no JSON-RPC message at all (no ``jsonrpc`` member,
+``params`` not an object, a batch array) is dropped. Both get ``-32600 Invalid request``,
+with the id when it is usable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from io import TextIOWrapper
 from typing import Any
 
 import anyio
@@ -28,6 +37,9 @@ __all__ = ["hardened_stdio", "recover_line", "run_stdio"]
 
 _ID = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,30})')
 _FRAGILE_IDS_KEPT = 1000
+# A top-level-looking ``"id"`` whose value cannot be a request id: only such lines are parsed
+# twice (the hint may also match inside params; the full parse then decides).
+_BAD_ID_HINT = re.compile(r'"id"\s*:\s*(?:[\[{tfn]|-?\d+[.eE])')
 
 
 def _error(request_id: Any, code: int, message: str) -> SessionMessage:
@@ -45,6 +57,86 @@ def _id_from_text(line: str) -> str | int | None:
     except ValueError:
         return None
     return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+def _usable_id(value: Any) -> str | int | None:
+    return value if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean", float: "a fraction", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def misread_request(line: str) -> SessionMessage | None:
+    """The ``-32600`` answer to a request line the SDK would misread as a notification
+    (an ``id`` that is neither a string nor an integer), else None."""
+    if _BAD_ID_HINT.search(line) is None:
+        return None
+    try:
+        parsed = json.loads(line)
+    except (ValueError, RecursionError):
+        return None  # the SDK's parser refuses it too; recover_line answers it
+    if not isinstance(parsed, dict) or "method" not in parsed or "id" not in parsed:
+        return None
+    request_id = parsed["id"]  # pyright: ignore[reportUnknownVariableType]
+    if _usable_id(request_id) is not None:
+        return None
+    return _error(
+        None, types.INVALID_REQUEST, f"Invalid request: id must be a string or an integer, not {_type_name(request_id)}"
+    )
+
+
+def invalid_message(error: ValidationError) -> SessionMessage | None:
+    """The ``-32600`` answer to valid JSON that is no JSON-RPC message (None for what looks like
+    a notification: those get no reply)."""
+    document: Any = None
+    for detail in error.errors():
+        if not detail["loc"][1:]:
+            document = detail.get("input")  # the whole message: a union member's own failure
+        elif isinstance(detail.get("input"), dict) and len(detail["loc"]) == 2 and detail["type"] == "missing":
+            document = detail["input"]
+        if document is not None:
+            break
+    if isinstance(document, dict) and "id" not in document:
+        return None
+    request_id = _usable_id(document.get("id")) if isinstance(document, dict) else None  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"][1:]) or "message"
+    return _error(request_id, types.INVALID_REQUEST, f"Invalid request: {where}: {first['msg']}"[:300])
+
+
+class _BorrowedText(TextIOWrapper):
+    """Text over stdin's buffer that leaves the buffer open when it is collected."""
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.detach()
+
+
+class _CheckedLines:
+    """stdin as the SDK's reader iterates it, minus the request lines it would misread; those
+    are answered through ``answer`` once the transport is up. (Handing the SDK our own stdin
+    means it does not point fd 0 at /dev/null while serving; groundhog starts no children.)"""
+
+    def __init__(self) -> None:
+        self._lines = anyio.wrap_file(_BorrowedText(sys.stdin.buffer, encoding="utf-8", errors="replace"))
+        self.answer: Callable[[SessionMessage], Awaitable[None]] | None = None
+        self.ready = anyio.Event()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._checked()
+
+    async def _checked(self) -> AsyncIterator[str]:
+        async for line in self._lines:
+            error = misread_request(line)
+            if error is None:
+                yield line
+                continue
+            await self.ready.wait()
+            assert self.answer is not None
+            await self.answer(error)
 
 
 def recover_line(line: str) -> tuple[SessionMessage | None, SessionMessage | None]:
@@ -91,7 +183,10 @@ async def hardened_stdio() -> AsyncGenerator[
     tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 ]:
     """The SDK's ``stdio_server`` streams, with refused lines answered instead of dropped."""
-    async with stdio_server() as (sdk_read, sdk_write):
+    lines = _CheckedLines()
+    async with stdio_server(stdin=lines) as (sdk_read, sdk_write):  # pyright: ignore[reportArgumentType]
+        lines.answer = sdk_write.send
+        lines.ready.set()
         inbound_send, inbound = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         outbound, outbound_receive = anyio.create_memory_object_stream[SessionMessage](0)
         fragile: list[str | int] = []
@@ -102,6 +197,11 @@ async def hardened_stdio() -> AsyncGenerator[
                     if isinstance(item, ValidationError):
                         errors = item.errors()
                         raw = errors[0].get("input") if errors and errors[0].get("type") == "json_invalid" else None
+                        if raw is None:
+                            answer = invalid_message(item)
+                            if answer is not None:
+                                await sdk_write.send(_encodable(answer))
+                            continue
                         if isinstance(raw, str):
                             message, error = recover_line(raw)
                             if error is not None:

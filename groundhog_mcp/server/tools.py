@@ -6,6 +6,7 @@ import functools
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import structlog
@@ -28,6 +29,7 @@ from groundhog_mcp.server.outputs import (
     HistoryOut,
     ListOut,
     MetricsOut,
+    MigrateOut,
     RevisionOut,
     StateOut,
     StateValue,
@@ -39,6 +41,7 @@ from groundhog_mcp.server.outputs import (
     summary_of,
 )
 from groundhog_mcp.service import Event, StateManager, WriteResult
+from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
 
@@ -114,7 +117,12 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             log.info("tool error", tool=fn.__name__, error=type(exc).__name__)
             app_ctx = kwargs.get("ctx")
             if isinstance(app_ctx, Context):
-                _app(app_ctx).manager.metrics.count_error(type(exc).__name__)
+                app = _app(app_ctx)
+                try:
+                    namespace: str | None = _manager(app_ctx).principal.namespace
+                except ContextError:
+                    namespace = None
+                app.manager.metrics.count_error(type(exc).__name__, namespace=namespace)
             raise ToolError(str(exc)) from None
         except ToolError:
             raise
@@ -170,12 +178,28 @@ async def register_context(
             )
         ),
     ] = None,
+    state_format: Annotated[
+        str | JSONObjectArg | None,
+        Field(
+            description=(
+                "State format versioning (stored as settings.state_format): a format file's name, or "
+                "{version: current format version, migrations?: [{from, to, patch: RFC 6902 ops on the data} | "
+                "{from, to, plugin: upcaster name}], schemas?: {version: JSON Schema of the data}}. "
+                "Older states are upcast on read; migrate_context rewrites them"
+            )
+        ),
+    ] = None,
 ) -> ContextOut:
     """Create a named context to hold JSON state that survives restarts and is shared with other
     agents. Revision 1 is the initial state. Use if_exists='return' to get-or-create."""
+    if state_format is not None:
+        settings = {**(settings or {}), "state_format": state_format}
     initial = (
         ContextState(data=state.data, metadata=state.metadata, version=state.version) if state is not None else None
     )
+    if initial is not None and state is not None and "version" not in state.model_fields_set:
+        # A state given without a version is in the declared format's current version.
+        initial = _current_format_state(initial, settings or {})
     result = await _manager(ctx).register(
         name,
         version=version,
@@ -241,9 +265,11 @@ async def get_state(
     Keep the revision: pass it as expected_revision when you write. A state larger than the
     server's read limit comes back as too_large, listing its parts: read those with path."""
     manager = _manager(ctx)
-    context, at, state = await manager.read(name, revision)
+    context, at, state, stored_version = await manager.read_upcast(name, revision)
     limit = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
+    if stored_version != state.version:
+        out.upcast_from = stored_version
     revision_arg = f", revision={at}" if revision is not None else ""
     if path is not None:
         value = resolve_pointer(state.data, path)
@@ -254,7 +280,7 @@ async def get_state(
             out.value = value
         return out
     # The current state's serialised size is stored with it: no need to serialise it to measure.
-    fits = at == context.revision and context.state_size <= limit
+    fits = state is context.state and context.state_size <= limit
     too_large = None if fits else bounded(state.to_json(), "", limit)
     if too_large is not None:
         data_outline = bounded(state.data, "", 0)
@@ -451,9 +477,59 @@ async def get_metrics(
     handler latency (average, p95, this server process) and errors by class; for the server, uptime,
     memory, database size, open subscriptions and errors."""
     app = _app(ctx)
-    server, contexts = await _manager(ctx).collect_metrics(names, prefix=prefix, limit=limit)
-    server["open_subscriptions"] = app.notifier.subscription_count()
+    manager = _manager(ctx)
+    server, contexts = await manager.collect_metrics(names, prefix=prefix, limit=limit)
+    server["open_subscriptions"] = app.notifier.subscription_count(manager.principal.namespace)
     return MetricsOut.of(server, contexts)
+
+
+def _current_format_state(state: ContextState, settings: dict[str, Any]) -> ContextState:
+    try:
+        declared = format_of(settings)
+    except (ContextError, ValueError, RecursionError):
+        return state  # register() reports what is wrong with the declaration, by field
+
+    return replace(state, version=declared.version) if declared is not None else state
+
+
+@tool_errors
+async def migrate_context(
+    ctx: AppCtx,
+    name: Annotated[str | None, Field(description="The context to migrate", pattern=NAME_PATTERN)] = None,
+    prefix: Annotated[
+        str | None,
+        Field(description="Instead of name: every context whose name starts with this ('' = all)", max_length=128),
+    ] = None,
+    to_version: Annotated[
+        str | None,
+        Field(
+            description="Target state format version; each context's current one when omitted", pattern=SEMVER_PATTERN
+        ),
+    ] = None,
+    dry_run: Annotated[bool, Field(description="Check and show the RFC 6902 diff per context; write nothing")] = False,
+    expected_revision: Annotated[
+        int | None, Field(description="With name: compare-and-set token, the revision you last read", ge=1)
+    ] = None,
+) -> MigrateOut:
+    """Rewrite contexts' states in their current state format version (declared with state_format at
+    registration), one new revision each; reads already upcast old states on the fly, this makes it
+    permanent (history keeps the old revisions). Every selected context is upcast and validated
+    before anything is written: if one fails, nothing changes and the error names the context, the
+    step and the cause. Use dry_run first to see the diff per context. Sends progress notifications
+    when the request has a progressToken."""
+
+    async def progress(done: int, total: int | None, message: str) -> None:
+        await ctx.report_progress(done, total, message)
+
+    report = await _manager(ctx).migrate(
+        name,
+        prefix=prefix,
+        to_version=to_version,
+        dry_run=dry_run,
+        expected_revision=expected_revision,
+        progress=progress,
+    )
+    return MigrateOut.of(report)
 
 
 _READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
@@ -478,6 +554,7 @@ _TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations], ...] =
     (list_dead_letters, "List dead letters", _READ_ONLY),
     (replay_dead_letter, "Replay dead letter", _WRITE),
     (get_metrics, "Get metrics", _READ_ONLY),
+    (migrate_context, "Migrate state format", _DESTRUCTIVE),
 )
 
 

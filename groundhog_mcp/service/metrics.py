@@ -53,6 +53,7 @@ class MetricsRecorder:
         self._handlers: dict[str, deque[float]] = {}
         self.errors: Counter[str] = Counter()
         self.context_errors: dict[str, Counter[str]] = {}
+        self.namespace_errors: dict[str, Counter[str]] = {}
 
     def observe_write(self, name: str, seconds: float) -> None:
         self._writes.setdefault(name, deque(maxlen=_WINDOW)).append(seconds)
@@ -60,10 +61,13 @@ class MetricsRecorder:
     def observe_handler(self, name: str, seconds: float) -> None:
         self._handlers.setdefault(name, deque(maxlen=_WINDOW)).append(seconds)
 
-    def count_error(self, error_class: str, name: str | None = None) -> None:
-        """With ``name``: a failed write of that context; without: an error answered to a client."""
+    def count_error(self, error_class: str, name: str | None = None, *, namespace: str | None = None) -> None:
+        """With ``name``: a failed write of that context; without: an error answered to a client
+        (of ``namespace``, when known: each namespace sees only its own error counts)."""
         if name is None:
             self.errors[error_class] += 1
+            if namespace is not None:
+                self.namespace_errors.setdefault(namespace, Counter())[error_class] += 1
         else:
             self.context_errors.setdefault(name, Counter())[error_class] += 1
 

@@ -175,6 +175,8 @@ class ContextRegistry:
 
     async def _stored(self, context_id: ContextId) -> StoredContext:
         stored = await self.state_manager.store.get_by_id(context_id)
+        missing = f"context_id: no context with id {context_id}"
         if stored is None or stored.namespace != self.state_manager.principal.namespace:
-            raise NotFoundError(f"context_id: no context with id {context_id}")
+            raise NotFoundError(missing)
+        await self.state_manager.authorize("read", stored.name, missing=missing)
         return stored

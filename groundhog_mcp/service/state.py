@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from groundhog_mcp.errors import (
+    AccessDeniedError,
     CompactedError,
     ConflictError,
     ContextError,
@@ -34,6 +36,7 @@ from groundhog_mcp.models import (
     HistoryEntry,
     JSONObject,
     Principal,
+    Right,
     dumps,
     json_diff,
     utcnow,
@@ -54,6 +57,13 @@ from groundhog_mcp.service.merge import (
     parse_source,
 )
 from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder, process_rss_bytes
+from groundhog_mcp.service.migration import (
+    MigrationReport,
+    Progress,
+    format_of,
+    migrate_contexts,
+    upcast,
+)
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.validation import (
     Limits,
@@ -63,6 +73,7 @@ from groundhog_mcp.service.validation import (
     inspect_json,
     inspect_state,
     raise_if_invalid,
+    schema_issues,
 )
 from groundhog_mcp.store.base import (
     DeadLetter,
@@ -191,6 +202,7 @@ class StateManager:
         """
         await self.validate_state(state)
         existing = await self.store.get_by_id(context_id)
+        await self.authorize("write", existing.name if existing is not None else str(context_id))
         if existing is None:
             created = await self._register(
                 NewContext(
@@ -210,16 +222,18 @@ class StateManager:
             return created
 
         def replace_state(current: StoredContext) -> Mutation:
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
         return await self._mutate(existing.name, expected_revision, replace_state)
 
     async def load_state(self, context_id: ContextId) -> ContextState:
         stored = await self.store.get_by_id(context_id)
+        missing = f"context_id: no context with id {context_id}"
         if stored is None or stored.namespace != self.principal.namespace:
-            raise NotFoundError(f"context_id: no context with id {context_id}")
-        return stored.state
+            raise NotFoundError(missing)
+        await self.authorize("read", stored.name, missing=missing)
+        return self._upcast(stored, stored.state)
 
     async def merge_states(
         self,
@@ -266,20 +280,24 @@ class StateManager:
     ) -> WriteResult | StoredContext:
         """Create a context; with ``if_exists="return"`` an existing one is returned as is."""
         check_name(name)
+        await self.authorize("write", name)
         check_semver(version)
         metadata = metadata or {}
         settings = settings or {}
         raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
         raise_if_invalid(inspect_json(settings, self.limits), "settings")
         _check_retention_settings(settings)
+        state_format = format_of(settings)  # parsed and checked once per distinct declaration
+        if state_format is not None:
+            state_format.check_plugins()
         if schema is not None:
             raise_if_invalid(inspect_json(schema, self.limits), "schema")
             check_schema_definition(schema)
         if handlers:
             raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
             parse_handler_specs(handlers)
-        state = state or ContextState.new()
-        self._raise_if_invalid_state(state, schema)
+        state = state or ContextState(version=state_format.version if state_format else "1.0.0")
+        raise_if_invalid(self._state_issues(state, schema, settings), "state")
         new = NewContext(
             id=context_id or uuid.uuid4(),
             namespace=self.principal.namespace,
@@ -295,6 +313,7 @@ class StateManager:
 
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
         check_name(name)
+        await self.authorize("admin", name)
         change = await self._committed(
             self.store.unregister(
                 self.principal.namespace, name, expected_revision, purge=purge, actor=self.principal.name
@@ -306,8 +325,10 @@ class StateManager:
     async def get(self, name: str) -> StoredContext:
         check_name(name)
         stored = await self.store.get(self.principal.namespace, name)
+        # After the lookup, so that a context you may not read costs the same as a missing one.
+        await self.authorize("read", name)
         if stored is None:
-            raise NotFoundError(f"name: no context named {name!r}")
+            raise NotFoundError(_missing(name))
         return stored
 
     async def list(self, *, prefix: str = "", cursor: str | None = None, limit: int = 50) -> ContextPage:
@@ -319,16 +340,24 @@ class StateManager:
                 field="limit",
             )
         after = _decode_cursor(cursor) if cursor else None
-        rows = await self.store.list(self.principal.namespace, prefix=prefix, after=after, limit=limit + 1)
+        rows = await self._list_visible(prefix, after, limit + 1)
         next_cursor = _encode_cursor(rows[limit - 1].name) if len(rows) > limit else None
         return ContextPage(rows[:limit], next_cursor)
 
     async def read(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState]:
-        """The current state, or the state at ``revision``: ``(context, revision, state)``."""
+        """The current state, or the state at ``revision``: ``(context, revision, state)``; a state
+        stored in an older format version is upcast to the context's current one."""
+        context, at, state, _ = await self.read_upcast(name, revision)
+        return context, at, state
+
+    async def read_upcast(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState, str]:
+        """Like :meth:`read`, plus the format version the state is stored in."""
         context = await self.get(name)
         if revision is None or revision == context.revision:
-            return context, context.revision, context.state
-        return context, revision, await self._revision_state(context, revision)
+            at, stored = context.revision, context.state
+        else:
+            at, stored = revision, await self._revision_state(context, revision)
+        return context, at, self._upcast(context, stored), stored.version
 
     async def update(
         self,
@@ -343,6 +372,7 @@ class StateManager:
     ) -> WriteResult:
         """Apply exactly one of ``data`` (replace), ``merge_patch_`` (RFC 7396), ``patch`` (RFC 6902)."""
         check_name(name)
+        await self.authorize("write", name)
         given = [f for f, v in (("data", data), ("merge_patch", merge_patch_), ("patch", patch)) if v is not None]
         if len(given) > 1 or (not given and metadata is None and version is None):
             raise StateValidationError(
@@ -369,24 +399,26 @@ class StateManager:
             return await self._create_from_update(name, data, merge_patch_, patch, metadata, version)
 
         def apply(current: StoredContext) -> Mutation:
-            new_data: JSONObject = current.state.data
+            # Patches apply to what reads return; a replace needs no upcast (upcasters keep metadata).
+            base = current.state if data is not None else self._upcast(current, current.state)
+            new_data: JSONObject = base.data
             if data is not None:
                 new_data = data
             elif merge_patch_ is not None:
-                new_data = merge_patch(current.state.data, merge_patch_)
+                new_data = merge_patch(base.data, merge_patch_)
             elif patch is not None:
-                new_data = apply_json_patch(current.state.data, patch)
-            new_metadata = current.state.metadata if metadata is None else merge_patch(current.state.metadata, metadata)
+                new_data = apply_json_patch(base.data, patch)
+            new_metadata = base.metadata if metadata is None else merge_patch(base.metadata, metadata)
             state = ContextState(
                 data=new_data,
                 metadata=new_metadata,
                 timestamp=utcnow(),
-                version=version or current.state.version,
+                version=version or self._format_version(current) or base.version,
             )
             # A replace or merge only puts checked input values at the paths they had in the input
             # (depth included): the structural walk can be skipped. A JSON Patch can move values
             # anywhere, so its result is walked.
-            self._raise_if_invalid_state(state, current.schema, structure_known_valid=patch is None)
+            self._check_written(state, current, structure_known_valid=patch is None)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
         return await self._mutate(name, expected_revision, apply)
@@ -418,13 +450,14 @@ class StateManager:
     ) -> tuple[StoredContext, list[ValidationIssue]]:
         """Validate a candidate (or the current) state of ``name`` without writing."""
         context = await self.get(name)
+        current = self._upcast(context, context.state)
         candidate = ContextState(
-            data=context.state.data if data is None else data,
-            metadata=context.state.metadata if metadata is None else metadata,
-            timestamp=context.state.timestamp,
-            version=context.state.version,
+            data=current.data if data is None else data,
+            metadata=current.metadata if metadata is None else metadata,
+            timestamp=current.timestamp,
+            version=current.version,
         )
-        return context, inspect_state(candidate, self.limits, context.schema)
+        return context, self._state_issues(candidate, context.schema, context.settings)
 
     async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
         if not 1 <= limit <= self.limits.max_history_page:
@@ -447,19 +480,21 @@ class StateManager:
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
+        check_name(name)
+        await self.authorize("write", name)
         context = await self.get(name)
         old = await self._revision_state(context, revision)
 
         def restore(current: StoredContext) -> Mutation:
             state = ContextState(data=old.data, metadata=old.metadata, timestamp=utcnow(), version=old.version)
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="rollback")
 
         return await self._mutate(name, expected_revision, restore)
 
     async def changes_after(self, sequence: int, *, limit: int = 100) -> list[Change]:
         changes = await self.store.changes_after(sequence, limit=limit)
-        return [c for c in changes if c.namespace == self.principal.namespace]
+        return [c for c in changes if self._sees(c)]
 
     async def wait_for_changes(
         self,
@@ -486,7 +521,7 @@ class StateManager:
             )
 
         def matches(change: Change) -> bool:
-            return change.namespace == self.principal.namespace and (wanted is None or change.name in wanted)
+            return self._sees(change) and (wanted is None or change.name in wanted)
 
         subscription = self.bus.subscribe()
         try:
@@ -562,14 +597,20 @@ class StateManager:
                 )
             )
         status = await self.store.status()
+        # Counts of what this principal may read, never of the whole store: other namespaces'
+        # (and unreadable) contexts stay invisible here too.
+        visible, last_sequence = 0, 0
+        for visible_prefix in self._visible_prefixes(""):
+            count, last = await self.store.namespace_summary(self.principal.namespace, visible_prefix)
+            visible, last_sequence = visible + count, max(last_sequence, last)
         server: dict[str, Any] = {
             "uptime_seconds": self.metrics.uptime_seconds(),
             "rss_bytes": process_rss_bytes(),
             "database_bytes": status.size_bytes,
             "backend": status.backend,
-            "contexts": status.contexts,
-            "last_sequence": status.last_sequence,
-            "errors": dict(self.metrics.errors),
+            "contexts": visible,
+            "last_sequence": last_sequence,
+            "errors": dict(self.metrics.namespace_errors.get(self.principal.namespace, {})),
         }
         return server, per_context
 
@@ -587,6 +628,7 @@ class StateManager:
         and the event record in one transaction. A repeated ``idempotency_key`` returns the first
         result; a failing handler is retried with backoff, then the event is dead-lettered."""
         check_name(name)
+        await self.authorize("write", name)
         self._check_event(event)
         context = await self.get(name)
         if event.idempotency_key is not None:
@@ -610,7 +652,7 @@ class StateManager:
             try:
                 started = time.perf_counter()
                 try:
-                    staged = await _run_handler(handler, event, current)
+                    staged = await _run_handler(handler, event, self._upcast_context(current))
                 finally:
                     self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
@@ -661,17 +703,29 @@ class StateManager:
             raise StateValidationError(
                 [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
             )
-        return await self.store.list_dead_letters(
-            self.principal.namespace, name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
-        )
+        found: list[DeadLetter] = []
+        for _ in range(_MAX_SCAN_PAGES):
+            page = await self.store.list_dead_letters(
+                self.principal.namespace, name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
+            )
+            # Letters of contexts this principal may not read are left out, like missing ones.
+            found += [letter for letter in page if self.principal.allows("read", letter.name)]
+            if len(found) >= limit or len(page) < limit:
+                break
+            after_id = page[-1].id
+        return found[:limit]
 
     async def replay_dead_letter(
         self, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
     ) -> EventResult:
         """Handle a dead-lettered event again; applied once even if replayed twice."""
         letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
+        missing = f"id: no dead letter #{letter_id}"
+        if letter is not None:
+            await self.authorize("read", letter.name, missing=missing)
+            await self.authorize("write", letter.name)
         if letter is None:
-            raise NotFoundError(f"id: no dead letter #{letter_id}")
+            raise NotFoundError(missing)
         if letter.replayed_at is not None:
             raise StateUpdateError(
                 f"id: dead letter #{letter_id} was already replayed (revision {letter.replay_revision}); "
@@ -709,7 +763,7 @@ class StateManager:
     def _event_mutator(self, staged: ContextState) -> Callable[[StoredContext], Mutation]:
         def apply(current: StoredContext) -> Mutation:
             state = ContextState(data=staged.data, metadata=staged.metadata, timestamp=utcnow(), version=staged.version)
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="event")
 
         return apply
@@ -744,6 +798,53 @@ class StateManager:
         raise_if_invalid(
             inspect_state(state, self.limits, schema, structure_known_valid=structure_known_valid), "state"
         )
+
+    def _state_issues(
+        self,
+        state: ContextState,
+        schema: JSONObject | None,
+        settings: JSONObject,
+        *,
+        structure_known_valid: bool = False,
+    ) -> list[ValidationIssue]:
+        """Limits and schema; with a declared state format, the version must be one of the format's
+        and the data is checked against the schema(s) of that version."""
+        state_format = format_of(settings)
+        if state_format is None:
+            return inspect_state(state, self.limits, schema, structure_known_valid=structure_known_valid)
+        problem = state_format.version_problem(state.version)
+        if problem is not None:
+            return [ValidationIssue("/version", problem)]
+        schemas = state_format.schemas_for(state.version, schema)
+        issues = inspect_state(
+            state, self.limits, schemas[0] if schemas else None, structure_known_valid=structure_known_valid
+        )
+        for extra in schemas[1:]:
+            issues += [ValidationIssue("/data" + i.pointer, i.message) for i in schema_issues(extra, state.data)]
+        return issues
+
+    def _check_written(
+        self, state: ContextState, context: StoredContext, *, structure_known_valid: bool = False
+    ) -> None:
+        raise_if_invalid(
+            self._state_issues(state, context.schema, context.settings, structure_known_valid=structure_known_valid),
+            "state",
+        )
+
+    def _upcast(self, context: StoredContext, state: ContextState) -> ContextState:
+        """``state`` in the context's current format version (as is when it declares none)."""
+        state_format = format_of(context.settings)
+        if state_format is None or state.version == state_format.version:
+            return state
+        return upcast(state_format, state, context=context.name, limits=self.limits)[0]
+
+    def _format_version(self, context: StoredContext) -> str | None:
+        state_format = format_of(context.settings)
+        return state_format.version if state_format is not None else None
+
+    def _upcast_context(self, context: StoredContext) -> StoredContext:
+        state = self._upcast(context, context.state)
+        return context if state is context.state else dataclasses.replace(context, state=state)
 
     async def _revision_state(self, context: StoredContext, revision: int, field: str = "revision") -> ContextState:
         if revision == context.revision:
@@ -848,6 +949,7 @@ class StateManager:
         base_source = parse_source(base, "base") if base is not None else None
         if target is not None:
             check_name(target, field="target")
+            await self.authorize("write", target)
         elif expected_revision is not None:
             raise StateValidationError(
                 [ValidationIssue("", "only used with target (the context the merged state is written to)")],
@@ -867,9 +969,9 @@ class StateManager:
                     raise NotFoundError(f"{field}.context: no context named {source.context!r}") from None
                 contexts[source.context] = context
             revision = source.revision or context.revision
-            return await self._revision_state(context, revision, field=f"{field}.revision"), SourceInfo(
-                source.context, revision
-            )
+            state = await self._revision_state(context, revision, field=f"{field}.revision")
+            # Inputs are merged in their context's current state format (the result's version is theirs).
+            return self._upcast(context, state), SourceInfo(source.context, revision)
 
         resolved = [await resolve(s, f"inputs[{i}]") for i, s in enumerate(sources)]
         states = [state for state, _ in resolved]
@@ -916,9 +1018,13 @@ class StateManager:
                 raise NotFoundError(missing)
             if current is not None and expected_revision is not None and expected_revision != current.revision:
                 raise ConflictError(target, expected_revision, current.revision)
-            await asyncio.to_thread(
-                self._raise_if_invalid_state, result.state, current.schema if current is not None else None
+            issues = await asyncio.to_thread(
+                self._state_issues,
+                result.state,
+                current.schema if current is not None else None,
+                current.settings if current is not None else {},
             )
+            raise_if_invalid(issues, "state")
             return outcome(result)
         if expected_revision == 0:
             try:
@@ -934,9 +1040,11 @@ class StateManager:
         def apply(current: StoredContext) -> Mutation:
             if live and current.revision != infos[live[0]].revision:
                 # The target moved since it was read: merge its state as of this transaction.
-                latest[0] = run([current.state if i in live else s for i, s in enumerate(states)])
+                latest[0] = run(
+                    [self._upcast(current, current.state) if i in live else s for i, s in enumerate(states)]
+                )
             state = latest[0].state
-            self._raise_if_invalid_state(state, current.schema)
+            self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")
 
         try:
@@ -944,6 +1052,54 @@ class StateManager:
         except NotFoundError:
             raise NotFoundError(missing) from None
         return outcome(latest[0], write)
+
+    # -- access control (appended: keep at the end of the class) ----------------------------
+
+    async def authorize(self, right: Right, name: str, *, missing: str | None = None) -> None:
+        """The one place where a grant is checked: return if this principal has ``right`` on
+        context ``name``, raise otherwise. Every name-addressed operation calls it (reads need
+        ``read``; register, update, merge into a target, events, rollback and dead-letter replay
+        need ``write``; unregister and migrate need ``admin``).
+
+        A ``read`` the principal lacks raises exactly what a missing context raises
+        (:class:`NotFoundError` with ``missing``, by default the text of :meth:`get`): callers
+        check after the store lookup they would do anyway, so an unreadable context is
+        indistinguishable from a missing one. A lacking ``write``/``admin`` raises
+        :class:`AccessDeniedError` naming the grant, before any lookup: the answer depends on
+        the name only, never on whether the context exists.
+        """
+        if self.principal.allows(right, name):
+            return
+        if right == "read":
+            raise NotFoundError(missing or _missing(name))
+        raise AccessDeniedError(
+            f"access: the {right} grant on {name!r} is missing for principal {self.principal.name!r}"
+        )
+
+    def _sees(self, change: Change) -> bool:
+        """Whether a change on the feed is one this principal may hear about."""
+        return change.namespace == self.principal.namespace and self.principal.allows("read", change.name)
+
+    def _visible_prefixes(self, prefix: str) -> tuple[str, ...]:
+        """Disjoint name prefixes covering the readable contexts whose names start with ``prefix``."""
+        found: list[str] = []
+        for granted in self.principal.prefixes("read"):
+            if prefix.startswith(granted):
+                return (prefix,)  # one grant covers the whole requested range
+            if granted.startswith(prefix):
+                found.append(granted)
+        return tuple(found)
+
+    async def _list_visible(self, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        """Readable live contexts by name, names > ``after``: one store page per readable prefix,
+        merged in the store's (bytewise) name order."""
+        prefixes = self._visible_prefixes(prefix)
+        if len(prefixes) == 1:
+            return await self.store.list(self.principal.namespace, prefix=prefixes[0], after=after, limit=limit)
+        rows: list[StoredContext] = []
+        for visible in prefixes:
+            rows += await self.store.list(self.principal.namespace, prefix=visible, after=after, limit=limit)
+        return sorted(rows, key=lambda c: c.name.encode())[:limit]
 
     # -- per-request principals (appended: keep at the end of the class) ---------------------
 
@@ -956,6 +1112,59 @@ class StateManager:
         view = copy.copy(self)  # shallow on purpose: the view shares the manager's parts
         view.principal = principal
         return view
+
+    # -- state format migration (appended: keep at the end of the class) ---------------------
+
+    async def migrate(
+        self,
+        name: str | None = None,
+        *,
+        prefix: str | None = None,
+        to_version: str | None = None,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        progress: Progress | None = None,
+    ) -> MigrationReport:
+        """Rewrite the state of context ``name``, or of every context whose name starts with
+        ``prefix``, in its current state format version (or ``to_version``), one new revision each
+        (op ``migrate``). Every selected context is upcast and validated before the first write: a
+        failing upcaster raises :class:`MigrationError` naming context, step and cause, and changes
+        nothing. ``dry_run`` only checks and reports the RFC 6902 diff per context. See
+        :func:`groundhog_mcp.service.migration.migrate_contexts`."""
+        if name is not None:
+            check_name(name)
+            await self.authorize("admin", name)
+        if prefix:
+            _check_prefix(prefix)
+
+        async def list_page(prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+            # Only contexts this principal may read are selected (the others stay invisible);
+            # among those, one it may not administer refuses the whole call before any write.
+            page = await self._list_visible(prefix, after, limit)
+            for context in page:
+                await self.authorize("admin", context.name)
+            return page
+
+        def check(state: ContextState, context: StoredContext) -> list[ValidationIssue]:
+            return self._state_issues(state, context.schema, context.settings)
+
+        return await migrate_contexts(
+            get=self.get,
+            list_page=list_page,
+            write=self._mutate,
+            check=check,
+            limits=self.limits,
+            name=name,
+            prefix=prefix,
+            to_version=to_version,
+            dry_run=dry_run,
+            expected_revision=expected_revision,
+            progress=progress,
+        )
+
+
+def _missing(name: str) -> str:
+    return f"name: no context named {name!r}"
 
 
 def _check_retention_settings(settings: JSONObject) -> None:

@@ -279,6 +279,11 @@ class Store(Protocol):
         """An online, consistent copy of the database."""
         ...
 
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        """``(live contexts, last change sequence)`` of the contexts of ``namespace`` whose names
+        start with ``prefix`` (the sequence is 0 when none ever changed)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Retention:

@@ -1209,6 +1209,26 @@ class PostgresStore:
         finally:
             await asyncio.to_thread(out.close)
 
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        bounds = (namespace, prefix, prefix + "~")
+
+        async def work(cur: _Cursor) -> tuple[int, int]:
+            await cur.execute(
+                "SELECT count(*) FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                " AND name >= %s AND name < %s",
+                bounds,
+            )
+            count = await cur.fetchone()
+            await cur.execute(
+                "SELECT sequence FROM changes WHERE namespace = %s AND name >= %s AND name < %s"
+                " ORDER BY sequence DESC LIMIT 1",
+                bounds,
+            )
+            last = await cur.fetchone()
+            return int(count[0]) if count else 0, int(last[0]) if last else 0
+
+        return await self._run(work, writing=False)
+
 
 def _dead_letter(row: TupleRow) -> DeadLetter:
     return DeadLetter(

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -21,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+import structlog
 
 from groundhog_mcp.errors import (
     ConflictError,
@@ -67,6 +70,9 @@ from groundhog_mcp.store.records import EXPORT_KINDS, RecordKind, export_page, h
 __all__ = ["RotationProgress", "SQLiteStore"]
 
 _T = TypeVar("_T")
+_log = structlog.get_logger("groundhog_mcp.store")
+# Start-up runs PRAGMA quick_check on files up to this size (~1 s of reading at worst here).
+QUICK_CHECK_MAX_BYTES = 512 * 1024 * 1024
 
 _CONTEXT_COLUMNS = (
     "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
@@ -200,7 +206,15 @@ class SQLiteStore:
         if self._executor is None:
             raise InitializationError("database: the store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.DatabaseError as exc:
+            if "malformed" not in str(exc):
+                raise
+            raise InitializationError(
+                f"database: {self.path} is corrupt ({exc}); nothing was changed. Restore it from a backup, "
+                "or salvage it with `sqlite3 FILE .recover`"
+            ) from exc
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -368,6 +382,8 @@ class SQLiteStore:
             version = self._schema_version(conn)
             if version == 0:
                 self._refuse_foreign(conn)
+            else:
+                self._check_pages(conn)
             if version > LATEST_SCHEMA_VERSION:
                 raise InitializationError(
                     f"database: {self.path} has schema version {version}, newer than this groundhog-mcp "
@@ -388,9 +404,36 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise InitializationError(
-                f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc})"
+                f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc}){self._read_only_cause()}"
             ) from exc
         self._conn = conn
+
+    def _read_only_cause(self) -> str:
+        """Why SQLite may have failed to open a file that is fine: it cannot write beside it."""
+        directory = self.path.parent
+        read_only_fs = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        if not read_only_fs and os.access(directory, os.W_OK):
+            return ""
+        where = "is on a read-only file system" if read_only_fs else "is in a directory this user cannot write"
+        return (
+            f": {directory} {where}, and SQLite's WAL mode must create {self.path.name}-wal and "
+            f"{self.path.name}-shm beside the database. Serve it from a writable place (copy it, or "
+            "use `groundhog-mcp backup` elsewhere first)"
+        )
+
+    def _check_pages(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA quick_check`` (read-only) on files up to QUICK_CHECK_MAX_BYTES: a damaged
+        table page behind a valid header is refused at start-up, not met by a request later."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size > QUICK_CHECK_MAX_BYTES:
+            _log.info("database.quick_check_skipped", path=str(self.path), size=size, limit=QUICK_CHECK_MAX_BYTES)
+            return
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise InitializationError(
+                f"database: {self.path} is corrupt (quick_check: {'; '.join(problems)[:300]}); the file was not "
+                "modified. Restore it from a backup, or salvage it with `sqlite3 FILE .recover`"
+            )
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
         """Read-only probe; raises sqlite3.DatabaseError on a corrupt or foreign file."""
@@ -405,6 +448,7 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise InitializationError(
                 f"database: {self.path} is not a usable SQLite database ({exc}); the file was not modified"
+                f"{self._read_only_cause()}"
             ) from exc
 
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
@@ -1245,6 +1289,22 @@ class SQLiteStore:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return True
+
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        return await self._call(self._namespace_summary_sync, namespace, prefix)
+
+    def _namespace_summary_sync(self, namespace: str, prefix: str) -> tuple[int, int]:
+        bounds = (namespace, prefix, prefix + "~")
+        count = self._db.execute(
+            "SELECT count(*) FROM contexts WHERE namespace = ? AND deleted_at IS NULL AND name >= ? AND name < ?",
+            bounds,
+        ).fetchone()[0]
+        last = self._db.execute(
+            "SELECT sequence FROM changes WHERE namespace = ? AND name >= ? AND name < ?"
+            " ORDER BY sequence DESC LIMIT 1",
+            bounds,
+        ).fetchone()
+        return int(count), int(last[0]) if last else 0
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -977,3 +977,28 @@ async def test_state_manager_works_unchanged(manager: StateManager) -> None:
     assert [h.revision for h in await manager.history("doc", limit=2)] == [4, 3]
     page = await manager.list(limit=1)
     assert [c.name for c in page.contexts] == ["doc"] and page.next_cursor is None
+
+
+# -- per-namespace summary (metrics of what a principal may read) -----------------------------
+
+
+async def test_namespace_summary_counts_live_contexts_and_the_last_change_under_a_prefix(store: Store) -> None:
+    assert await store.namespace_summary(NS, "") == (0, 0)
+    for name in ("team.a", "team.b", "teamwork", "other"):
+        await register(store, name)
+    await register(store, "team.x", namespace="elsewhere")
+    elsewhere_sequence = await store.last_sequence()
+    await write(store, "team.a", {"n": 1})
+    team_a_sequence = await store.last_sequence()
+    await write(store, "other", {"n": 1})
+    await register(store, "team.gone")
+    await store.unregister(NS, "team.gone", None, purge=False, actor="t")
+    gone_sequence = await store.last_sequence()
+    await write(store, "other", {"n": 2})  # the store's latest change, outside the prefix
+
+    assert await store.namespace_summary(NS, "team.") == (2, gone_sequence)
+    assert await store.namespace_summary(NS, "team.a") == (1, team_a_sequence)
+    assert await store.namespace_summary(NS, "team") == (3, gone_sequence)
+    assert await store.namespace_summary(NS, "") == (4, await store.last_sequence())
+    assert await store.namespace_summary("elsewhere", "") == (1, elsewhere_sequence)
+    assert await store.namespace_summary("nobody", "") == (0, 0)

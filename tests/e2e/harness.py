@@ -63,6 +63,7 @@ TOOL_NAMES = frozenset(
         "list_dead_letters",
         "replay_dead_letter",
         "get_metrics",
+        "migrate_context",
         "merge_states",
     }
 )

@@ -255,11 +255,6 @@ async def test_read_only_file_system_refuses_to_start(database: Path, raw_env: d
     assert _fingerprint(database.parent) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on a read-only file system the start error says 'not a usable SQLite database (unable to open "
-    "database file)': it blames the file instead of naming the read-only directory (WAL needs -wal/-shm)",
-)
 async def test_read_only_file_system_message_names_the_cause(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -267,7 +262,8 @@ async def test_read_only_file_system_message_names_the_cause(
     with read_only_view(database.parent, tmp_path / "ro") as view:
         code, stderr = await _run_once(view / database.name, raw_env)
     assert code != 0
-    assert "read-only" in stderr.lower() or "readonly" in stderr.lower(), stderr
+    assert "read-only file system" in stderr and f"{database.name}-wal" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
 
 
 # -- corrupt files ------------------------------------------------------------------------------
@@ -326,11 +322,6 @@ def _corrupt_contexts_page(database: Path) -> None:
         f.write(os.urandom(page_size))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a database with a corrupt table page (valid header) is opened and served: reads answer "
-    "'internal error … this is a bug in groundhog-mcp' instead of the server refusing to start",
-)
 async def test_corrupt_page_refuses_to_start(database: Path, raw_env: dict[str, str], tmp_path: Path) -> None:
     await _make_database(database)
     _corrupt_contexts_page(database)
@@ -338,6 +329,7 @@ async def test_corrupt_page_refuses_to_start(database: Path, raw_env: dict[str, 
     code, stderr = await _run_once(database, raw_env)
     assert _fingerprint(database.parent) == before
     assert code != 0, f"the server started on a corrupt database; stderr:\n{stderr}"
+    assert str(database) in stderr and "corrupt" in stderr and "Traceback" not in stderr, stderr
 
 
 async def test_foreign_sqlite_file_is_refused_and_untouched(database: Path, raw_env: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from groundhog_mcp.errors import InitializationError, NotFoundError, StateValidationError
+from groundhog_mcp.models import ALL_RIGHTS, Grant
 from groundhog_mcp.security.tokens import TOKEN_PREFIX, TokenStore, hash_token
 
 
@@ -35,8 +36,56 @@ def test_create_returns_the_token_once_and_stores_only_its_hash(store: TokenStor
         "revoked": False,
         "revoked_at": None,
         "sha256": hash_token(token),
+        "grants": ["admin:"],
     }
     assert store.verify(token) == record
+
+
+def test_grants_are_stored_and_read_back(store: TokenStore) -> None:
+    grants = (Grant.parse("read:notes."), Grant.parse("write:notes.mine"))
+    record, token = store.create("reader", "team-a", grants)
+    entry = json.loads(store.path.read_text(encoding="utf-8"))["tokens"][0]
+    assert entry["grants"] == ["read:notes.", "write:notes.mine"]
+    verified = store.verify(token)
+    assert verified is not None and verified.grants == grants and verified.effective_grants == grants
+    assert record.grants == grants
+    with pytest.raises(StateValidationError, match="at least one grant"):
+        store.create("nobody", "team-a", ())
+
+
+def test_a_record_without_grants_has_every_right_in_its_namespace(store: TokenStore) -> None:
+    """Token files written before grants existed keep working, with the rights they always had."""
+    _, token = store.create("alice", "team-a")
+    document = json.loads(store.path.read_text(encoding="utf-8"))
+    del document["tokens"][0]["grants"]
+    store.path.write_text(json.dumps(document), encoding="utf-8")
+    record = store.verify(token)
+    assert record is not None and record.grants is None
+    assert record.effective_grants == ALL_RIGHTS == (Grant(prefix="", right="admin"),)
+    assert "grants" not in record.to_json()  # rewritten as it was read
+
+
+def test_a_malformed_grant_in_the_file_fails_closed(store: TokenStore) -> None:
+    _, token = store.create("alice", "team-a")
+    document = json.loads(store.path.read_text(encoding="utf-8"))
+    document["tokens"][0]["grants"] = ["delete:everything"]
+    store.path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(InitializationError, match="the right must be one of read, write, admin"):
+        store.verify(token)
+    assert store.verify(token) is None
+
+
+def test_grant_syntax() -> None:
+    assert Grant.parse("read:notes.") == Grant("notes.", "read")
+    assert Grant.parse("write:") == Grant.parse("write") == Grant("", "write")
+    assert str(Grant.parse("admin")) == "admin:"
+    for bad, message in (
+        ("read:notes/", "names cannot contain '/'"),
+        ("owner:x", "the right must be one of"),
+        ("read:" + "x" * 129, "at most 128"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Grant.parse(bad)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")

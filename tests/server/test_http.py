@@ -561,8 +561,8 @@ def test_tokens_cli_shows_a_token_once_and_never_its_hash(launcher: Launcher) ->
     listed = launcher.cli("tokens", "list")
     assert listed.returncode == 0
     [line] = listed.stdout.splitlines()
-    token_id, principal, namespace, _, status = line.split("\t")
-    assert (principal, namespace, status) == ("ci bot", "builds", "active")
+    token_id, principal, namespace, grants, _, status = line.split("\t")
+    assert (principal, namespace, grants, status) == ("ci bot", "builds", "admin:", "active")
     assert token not in listed.stdout and launcher.tokens.list()[0].sha256 not in listed.stdout
     assert launcher.cli("tokens", "revoke", token_id).returncode == 0
     assert launcher.cli("tokens", "list").stdout.split("\t")[-1].startswith("revoked ")

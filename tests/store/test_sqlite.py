@@ -144,3 +144,24 @@ async def test_backup_is_a_consistent_copy(manager: StateManager, tmp_path: Path
         assert conn.execute("SELECT name, revision FROM contexts").fetchall() == [("a", 1)]
     with pytest.raises(StateUpdateError, match="already exists"):
         await manager.store.backup(destination)
+
+
+async def test_page_corrupted_while_serving_is_a_clear_error(tmp_path: Path) -> None:
+    """A table page damaged behind the server's back (start-up's quick_check saw it intact):
+    reads say the database is corrupt instead of failing as a bug, and name the file."""
+    path = tmp_path / "state.db"
+    async with StateManager.open(path) as manager:
+        await manager.register("a", state=ContextState(data={"v": 1}))
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            (page_size,) = db.execute("PRAGMA page_size").fetchone()
+            (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'contexts'").fetchone()
+        db.close()
+        with path.open("r+b") as f:
+            f.seek((root - 1) * page_size)
+            f.write(b"\xff" * page_size)
+            f.seek(24)  # the file change counter: the server's connection drops its page cache
+            f.write((0x7FFFFFFF).to_bytes(4, "big"))
+        with pytest.raises(InitializationError, match="is corrupt") as caught:
+            await manager.get("a")
+        assert str(path) in str(caught.value)

@@ -1,4 +1,5 @@
-"""Event handler plugins for groundhog-mcp's tests, found through the ``groundhog_mcp.handlers`` entry points."""
+"""Plugins for groundhog-mcp's tests, found through the ``groundhog_mcp.handlers`` and
+``groundhog_mcp.migrations`` entry points."""
 
 from __future__ import annotations
 
@@ -27,3 +28,25 @@ class FlakyCounter:
 
 class NotAHandler:
     """Has no handler methods: loading it must fail clearly."""
+
+
+def split_owner(data: dict[str, Any]) -> dict[str, Any]:
+    """State format upcaster 2.0.0 -> 3.0.0 of the tests' task format: ``owner: {name, email}`` becomes
+    ``owner_name`` and ``owner_email``; ``priority`` defaults to ``normal``. An owner without an email
+    is refused (the tests use that to make one context of a batch fail)."""
+    owner = data.pop("owner")
+    if "email" not in owner:
+        raise ValueError(f"owner {owner.get('name')!r} has no email")
+    data["owner_name"] = owner["name"]
+    data["owner_email"] = owner["email"]
+    data.setdefault("priority", "normal")
+    return data
+
+
+class SplitFullName:
+    """A class-based upcaster (instantiated once): ``name: "Ada Lovelace"`` becomes
+    ``first_name`` and ``last_name``."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        first, _, last = str(data.pop("name", "")).partition(" ")
+        return {**data, "first_name": first, "last_name": last}
