@@ -22,9 +22,10 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from groundhog_mcp import __version__
-from groundhog_mcp.errors import InitializationError
+from groundhog_mcp.errors import EncryptionKeyError, InitializationError
 from groundhog_mcp.models import Grant, Principal
 from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
+from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, read_key_file
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server import AppContext, Notifier, build_server
 from groundhog_mcp.server.http import (
@@ -48,6 +49,7 @@ __all__ = [
     "default_config_path",
     "default_database",
     "default_token_file",
+    "encryption_keyring",
     "load_settings",
     "open_manager",
     "serve_http",
@@ -114,6 +116,13 @@ class Settings(BaseModel):
     oauth_client_secret_file: str | None = None
     oauth_namespace_claim: str = Field(default="groundhog_namespace", min_length=1, max_length=128)
     oauth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # Encryption at rest (README "Encryption at rest"). The keys themselves come from the
+    # environment or from key files only: never a flag (process arguments are visible to every
+    # user), never the TOML file (config files get copied around).
+    encryption_key: SecretStr | None = None
+    encryption_key_file: str | None = None
+    encryption_old_keys: SecretStr | None = Field(default=None, description="comma-separated")
+    encryption_old_keys_file: str | None = None
 
     @field_validator("grants")
     @classmethod
@@ -160,16 +169,68 @@ def load_settings(
             raise InitializationError(f"config: file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise InitializationError(f"config: {path} is not valid TOML ({exc})") from None
+        for secret in _ENV_ONLY:
+            if secret in merged:
+                raise EncryptionKeyError(
+                    f"config: {path} sets {secret}; keys are not read from the config file. Put the key in a "
+                    f"file of its own (mode 0600) and set {secret}_file, or set GROUNDHOG_{secret.upper()}"
+                )
     for field in Settings.model_fields:
         value = env.get(f"GROUNDHOG_{field.upper()}")
         if value is not None and value != "":
             merged[field] = value
+    if any(secret in (flags or {}) for secret in _ENV_ONLY):
+        raise EncryptionKeyError("config: encryption keys are never taken from the command line")
     merged.update({k: v for k, v in (flags or {}).items() if v is not None})
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InitializationError(f"config: {problems}") from None
+
+
+_ENV_ONLY = ("encryption_key", "encryption_old_keys")
+
+
+def encryption_keyring(settings: Settings, *, decrypting: bool = False) -> Keyring | None:
+    """The configured encryption keys, or None when encryption at rest is off.
+
+    ``decrypting`` (``rotate-key --decrypt``): every configured key only reads, new values are
+    written as plaintext. Otherwise old keys without a current key are refused.
+    """
+    current: EncryptionKey | None = None
+    if settings.encryption_key is not None and settings.encryption_key_file:
+        raise EncryptionKeyError(
+            "encryption: both GROUNDHOG_ENCRYPTION_KEY and encryption_key_file are set; set only one"
+        )
+    if settings.encryption_key is not None:
+        current = parse_key(settings.encryption_key.get_secret_value(), source="GROUNDHOG_ENCRYPTION_KEY")
+    elif settings.encryption_key_file:
+        keys = read_key_file(settings.encryption_key_file, source="encryption_key_file")
+        if len(keys) != 1:
+            raise EncryptionKeyError(
+                f"encryption: encryption_key_file {settings.encryption_key_file} must hold exactly one key; "
+                f"it holds {len(keys)} (old keys go in encryption_old_keys_file)"
+            )
+        current = keys[0]
+    old: list[EncryptionKey] = []
+    if settings.encryption_old_keys is not None:
+        items = [item for item in settings.encryption_old_keys.get_secret_value().split(",") if item.strip()]
+        for number, item in enumerate(items, start=1):
+            old.append(parse_key(item, source=f"GROUNDHOG_ENCRYPTION_OLD_KEYS item {number}"))
+    if settings.encryption_old_keys_file:
+        old.extend(read_key_file(settings.encryption_old_keys_file, source="encryption_old_keys_file"))
+    if current is None and not old:
+        return None
+    if decrypting:
+        return Keyring(None, [*old, *([current] if current is not None else [])])
+    if current is None:
+        raise EncryptionKeyError(
+            "encryption: old keys are configured (GROUNDHOG_ENCRYPTION_OLD_KEYS / encryption_old_keys_file) but "
+            "no current key; set GROUNDHOG_ENCRYPTION_KEY or encryption_key_file (to turn encryption off, run "
+            "`groundhog-mcp rotate-key --decrypt` first)"
+        )
+    return Keyring(current, old)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -241,6 +302,9 @@ def audit_key(settings: Settings, *, create: bool = True) -> Signer | None:
 
 def open_manager(settings: Settings) -> StateManager:
     """A state manager over the configured database (not started yet)."""
+    keyring = encryption_keyring(settings)
+    if keyring is not None:
+        log.info("encryption at rest is on", key_id=keyring.key_id, readable_key_ids=sorted(keyring.readable_key_ids))
     return StateManager(
         open_store(
             settings.database,
@@ -248,6 +312,7 @@ def open_manager(settings: Settings) -> StateManager:
             synchronous=settings.synchronous,
             retention=Retention(keep_revisions=settings.keep_revisions, keep_days=settings.keep_days),
             audit_signer=audit_key(settings),
+            cipher=keyring,
         ),
         limits=settings.limits(),
         principal=settings.local_principal(),

@@ -21,6 +21,7 @@ from groundhog_mcp.app import (
     audit_key,
     configure_logging,
     create_server,
+    encryption_keyring,
     load_settings,
     open_manager,
     prometheus_text,
@@ -29,11 +30,13 @@ from groundhog_mcp.app import (
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
 from groundhog_mcp.security.audit import ChainVerifier
+from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.stdio import run_stdio
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import Store, open_store
+from groundhog_mcp.store import SQLiteStore, Store, open_store
 from groundhog_mcp.store.base import AuditQuery
+from groundhog_mcp.store.sqlite import RotationProgress
 
 __all__ = ["main"]
 
@@ -78,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", parents=[common], help="write every context with history as JSON Lines")
     export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    export.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="with encryption at rest on: write the decrypted contents anyway (refused without this flag)",
+    )
 
     importing = commands.add_parser("import", parents=[common], help="load an export into an empty database")
     importing.add_argument("file", help="JSON Lines file written by export ('-' for stdin)")
@@ -92,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     letters_list.add_argument("--all", action="store_true", help="include replayed ones")
     replay = letters_commands.add_parser("replay", parents=[common], help="handle a dead-lettered event again")
     replay.add_argument("id", type=int)
+
+    _add_encryption_commands(commands, common)
 
     commands.add_parser(
         "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
@@ -122,7 +132,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(a.startswith("--encryption") for a in arguments):
+        print(
+            "groundhog-mcp: encryption keys are never taken from the command line (any user can read a "
+            "process's arguments); set GROUNDHOG_ENCRYPTION_KEY, or encryption_key_file in the environment "
+            "(GROUNDHOG_ENCRYPTION_KEY_FILE) or the config file",
+            file=sys.stderr,
+        )
+        return 2
+    args = _parser().parse_args(arguments)
+    if args.command == "keygen":
+        return _keygen()
     flags = {
         "database": getattr(args, "database", None),
         "log_level": getattr(args, "log_level", None),
@@ -139,6 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "tokens":
             return _tokens(args, settings)
+        if command == "export" and not args.plaintext and encryption_keyring(settings) is not None:
+            print(
+                "groundhog-mcp: export: encryption at rest is on and an export is plaintext JSON; pass --plaintext "
+                "to write the decrypted contents anyway (keep that file as safe as the key), or use `backup` for "
+                "an encrypted copy. Nothing was written.",
+                file=sys.stderr,
+            )
+            return 1
+        if command == "rotate-key":
+            return asyncio.run(_rotate_key(args, settings))
         if command == "serve":
             return asyncio.run(_serve(settings))
         return asyncio.run(_run_command(command, args, settings))
@@ -266,6 +297,9 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
                 }
             )
         elif command == "export":
+            if args.plaintext and encryption_keyring(settings) is not None:
+                where = "stdout" if args.output == "-" else args.output
+                print(f"export: writing the DECRYPTED (plaintext) contents of the database to {where}", file=sys.stderr)
             await _export(manager, args.output)
         elif command == "dead-letters" and args.letters_command == "list":
             letters = await manager.list_dead_letters(
@@ -355,7 +389,7 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     async with _unmigrated_store(settings) as store:
         status = await store.status()
-        if status.schema_version < 3:  # the audit log's migration
+        if status.schema_version < 4:  # the audit log's migration
             print(
                 f"groundhog-mcp: audit: {status.location} has no audit log yet (schema version "
                 f"{status.schema_version}); run `groundhog-mcp db migrate` or start the server once",
@@ -526,4 +560,76 @@ def _tokens(args: argparse.Namespace, settings: Settings) -> int:
     elif args.tokens_command == "revoke":
         record = store.revoke(args.id)
         print(f"token {record.id} of {record.principal!r} is revoked", file=sys.stderr)
+    return 0
+
+
+# -- encryption at rest (README "Encryption at rest") -----------------------------------------
+
+
+def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    commands.add_parser(
+        "keygen", help="print a new random encryption key (base64url, 32 bytes) for GROUNDHOG_ENCRYPTION_KEY"
+    )
+    rotate = commands.add_parser(
+        "rotate-key",
+        parents=[common],
+        help="re-encrypt every record with the current key (GROUNDHOG_ENCRYPTION_KEY), reading with the old ones "
+        "(GROUNDHOG_ENCRYPTION_OLD_KEYS); also encrypts a plaintext database. Resumable.",
+    )
+    rotate.add_argument("--batch-size", type=int, default=500, help="records per transaction (default 500)")
+    rotate.add_argument(
+        "--decrypt",
+        action="store_true",
+        help="write every record as plaintext instead (all configured keys only read); turns encryption off",
+    )
+
+
+def _keygen() -> int:
+    key = generate_key()
+    print(key)
+    key_id = parse_key(key, source="the new key").key_id
+    print(
+        f"new encryption key, key id {key_id}. Keep it in a file only you can read (chmod 600) and set "
+        "GROUNDHOG_ENCRYPTION_KEY_FILE to it, or set GROUNDHOG_ENCRYPTION_KEY. Lose it and the data is lost.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    if args.batch_size < 1:
+        print("groundhog-mcp: rotate-key: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    keyring = encryption_keyring(settings, decrypting=args.decrypt)
+    if keyring is None:
+        print(
+            "groundhog-mcp: rotate-key: no encryption key is configured; set GROUNDHOG_ENCRYPTION_KEY (the new "
+            "key) and GROUNDHOG_ENCRYPTION_OLD_KEYS (the keys the database was written with)",
+            file=sys.stderr,
+        )
+        return 1
+    store = open_store(
+        settings.database, busy_timeout_ms=settings.busy_timeout_ms, synchronous=settings.synchronous, cipher=keyring
+    )
+    if not isinstance(store, SQLiteStore):
+        raise AssertionError("open_store refuses a cipher on other backends")
+    target = f"key id {keyring.key_id}" if keyring.key_id else "plaintext"
+
+    def progress(step: RotationProgress) -> None:
+        print(
+            f"rotate-key: {step.column}: {step.done}/{step.pending} rewritten to {target} (batch {step.batches})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    await store.open()
+    try:
+        print(f"rotate-key: rewriting every record to {target}, {args.batch_size} per batch", file=sys.stderr)
+        await store.rotate_keys(batch_size=args.batch_size, progress=progress)
+    finally:
+        await store.close()
+    old = sorted(keyring.readable_key_ids - {keyring.key_id} if keyring.key_id else keyring.readable_key_ids)
+    done = f"every record is sealed with key id {keyring.key_id}" if keyring.key_id else "every record is plaintext"
+    forget = f"; key ids {', '.join(old)} are no longer needed: remove them from the configuration" if old else ""
+    print(f"rotate-key: done: {done}{forget}", file=sys.stderr)
     return 0

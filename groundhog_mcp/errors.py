@@ -5,6 +5,7 @@ field, the rule and the limit, and its attributes carry what a program needs::
 
     ContextError                      base of every expected failure
     ├── InitializationError           context not set up / database unusable
+    │   └── EncryptionKeyError        encryption key missing, wrong or malformed (at start-up)
     ├── StateUpdateError              a write could not be applied
     │   ├── ConflictError             expected_revision did not match (current revision + missed diff)
     │   └── MergeConflictError        a merge found conflicting changes and on_conflict is 'fail'
@@ -15,7 +16,8 @@ field, the rule and the limit, and its attributes carry what a program needs::
     ├── AccessDeniedError             the principal lacks a grant
     ├── LimitExceededError            a request exceeded a configured limit
     ├── MigrationError                an upcaster failed, or no migration path exists (names context, step)
-    └── StoreBusyError                the database stayed locked past the busy timeout (retryable)
+    ├── StoreBusyError                the database stayed locked past the busy timeout (retryable)
+    └── RecordIntegrityError          an encrypted record failed authentication (altered or moved)
 
 Anything that is not a ``ContextError`` is a bug: the server logs it with a traceback on
 stderr and answers with a short generic message and an error id.
@@ -33,6 +35,7 @@ __all__ = [
     "CompactedError",
     "ConflictError",
     "ContextError",
+    "EncryptionKeyError",
     "EventHandlingError",
     "InitializationError",
     "LimitExceededError",
@@ -40,6 +43,7 @@ __all__ = [
     "MergeConflictError",
     "MigrationError",
     "NotFoundError",
+    "RecordIntegrityError",
     "StateUpdateError",
     "StateValidationError",
     "StoreBusyError",
@@ -246,6 +250,14 @@ class StoreBusyError(ContextError):
     """The database stayed locked by another process past the busy timeout."""
 
     retryable = True
+
+
+class EncryptionKeyError(InitializationError):
+    """Encryption at rest: a key is missing, malformed, or not the one the database was written with."""
+
+
+class RecordIntegrityError(ContextError):
+    """An encrypted record did not decrypt: altered, copied from another row, or under an unknown key."""
 
 
 def _dotted(pointer: str) -> str:

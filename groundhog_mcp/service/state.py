@@ -1078,6 +1078,8 @@ class StateManager:
                 latest[0] = run(
                     [self._upcast(current, current.state) if i in live else s for i, s in enumerate(states)]
                 )
+                for i in live:  # and report the revision that was merged, not the one first read
+                    infos[i] = SourceInfo(target, current.revision)
             state = latest[0].state
             self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")

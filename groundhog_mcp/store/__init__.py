@@ -4,10 +4,10 @@ from pathlib import Path
 from typing import Literal
 
 from groundhog_mcp.errors import InitializationError
-from groundhog_mcp.store.base import AuditSigner, Retention, Store, StoredContext, StoreStatus
+from groundhog_mcp.store.base import AuditSigner, RecordCipher, Retention, Store, StoredContext, StoreStatus
 from groundhog_mcp.store.sqlite import SQLiteStore
 
-__all__ = ["Retention", "SQLiteStore", "Store", "StoreStatus", "StoredContext", "open_store"]
+__all__ = ["RecordCipher", "Retention", "SQLiteStore", "Store", "StoreStatus", "StoredContext", "open_store"]
 
 
 def open_store(
@@ -18,16 +18,24 @@ def open_store(
     auto_migrate: bool = True,
     retention: Retention | None = None,
     audit_signer: AuditSigner | None = None,
+    cipher: RecordCipher | None = None,
 ) -> Store:
     """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL.
 
     A URL may name the PostgreSQL schema to use: ``postgresql://host/db?schema=groundhog``.
     ``busy_timeout_ms`` is the lock wait on both backends; ``synchronous`` is SQLite's only
     (PostgreSQL durability is the server's ``synchronous_commit``). ``audit_signer`` turns the
-    audit log on: every write appends its signed row in its own transaction.
+    audit log on: every write appends its signed row in its own transaction. ``cipher`` turns on
+    encryption at rest (SQLite only, for now).
     """
     text = str(database)
     if text.startswith(("postgresql://", "postgres://")):
+        if cipher is not None:
+            raise InitializationError(
+                "encryption: encryption at rest is not supported on the PostgreSQL backend yet; unset "
+                "GROUNDHOG_ENCRYPTION_KEY / encryption_key_file (and the old keys) to use PostgreSQL, or use SQLite. "
+                "Nothing was opened."
+            )
         try:
             # Imported here: psycopg is the optional extra [postgres].
             from groundhog_mcp.store.postgres import PostgresStore
@@ -52,4 +60,5 @@ def open_store(
         auto_migrate=auto_migrate,
         retention=retention,
         audit_signer=audit_signer,
+        cipher=cipher,
     )

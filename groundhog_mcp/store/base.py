@@ -31,6 +31,7 @@ __all__ = [
     "AUDIT_DENIED",
     "AUDIT_OK",
     "FEED_PATCH_MAX_BYTES",
+    "SEALED_MAGIC",
     "AuditEntry",
     "AuditNote",
     "AuditQuery",
@@ -43,6 +44,7 @@ __all__ = [
     "Mutation",
     "Mutator",
     "NewContext",
+    "RecordCipher",
     "Retention",
     "Store",
     "StoreStatus",
@@ -50,7 +52,9 @@ __all__ = [
     "StoredEvent",
     "StoredRevision",
     "feed_patch",
+    "record_aad",
     "registered",
+    "sealed_key_id",
 ]
 
 
@@ -545,3 +549,52 @@ class AuditQuery:
     before: int | None = None
     newest_first: bool = False
     limit: int = 100
+
+
+# -- encryption at rest -----------------------------------------------------------------------
+
+SEALED_MAGIC = b"GHE1"
+"""A sealed record starts with these 4 bytes, then the 4-byte key id, then what the cipher wrote.
+Plaintext columns are JSON text or zlib data (``0x78``): never confused with a sealed blob."""
+
+
+class RecordCipher(Protocol):
+    """Seals and opens record contents (encryption at rest); implemented in ``security.crypto``.
+
+    A sealed blob is ``SEALED_MAGIC + bytes.fromhex(key_id) + …``: the store reads the key id of a
+    row without opening it (start-up checks, ``rotate-key``). ``aad`` (see :func:`record_aad`)
+    binds a blob to its row: opened under another row's ``aad`` it fails.
+    """
+
+    @property
+    def key_id(self) -> str | None:
+        """The key new records are sealed with (8 hex digits); None: new records stay plaintext."""
+        ...
+
+    @property
+    def readable_key_ids(self) -> frozenset[str]:
+        """Every key id this cipher can open (the current key and the old ones)."""
+        ...
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt under the current key (fresh random nonce)."""
+        ...
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        """Decrypt a sealed blob; raises ``ValueError`` naming the problem (unknown key id, failed
+        authentication) without any of the contents."""
+        ...
+
+
+def sealed_key_id(value: object) -> str | None:
+    """The key id of a sealed column value, or None for a plaintext one."""
+    if isinstance(value, bytes) and len(value) >= 8 and value[:4] == SEALED_MAGIC:
+        return value[4:8].hex()
+    return None
+
+
+def record_aad(column: str, namespace: str, context_id: object, number: int) -> bytes:
+    """The associated data of one sealed column value: the column (``table.column``), the
+    context's namespace and id, and the row's revision (a dead letter: its id). A blob copied to
+    another column, context, namespace or revision fails to open."""
+    return f"groundhog-mcp/1\x00{column}\x00{namespace}\x00{context_id}\x00{number}".encode()

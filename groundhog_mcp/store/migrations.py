@@ -214,6 +214,26 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
+        "encryption at rest: ids of the keys records are sealed with",
+        # One row per key id that sealed a record and may still have records under it; the
+        # start-up check compares them with the configured keys (read-only), `rotate-key` deletes
+        # the old ids once no record is left under them. Sealed values live in the existing
+        # columns: SQLite stores a BLOB in a TEXT column as it is.
+        sqlite="""
+        CREATE TABLE encryption_keys (
+            key_id      TEXT PRIMARY KEY,
+            first_used  TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+        postgres="""
+        CREATE TABLE encryption_keys (
+            key_id      TEXT PRIMARY KEY,
+            first_used  TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        4,
         "tamper-evident audit log",
         # One row per committed mutation and per denied request; never state contents. Rows are
         # chained by HMAC (groundhog_mcp.security.audit); the triggers make the table append-only.

@@ -27,8 +27,10 @@ import structlog
 
 from groundhog_mcp.errors import (
     ConflictError,
+    EncryptionKeyError,
     InitializationError,
     NotFoundError,
+    RecordIntegrityError,
     StateUpdateError,
     StoreBusyError,
 )
@@ -45,6 +47,7 @@ from groundhog_mcp.models import (
     utcnow,
 )
 from groundhog_mcp.store.base import (
+    SEALED_MAGIC,
     AuditEntry,
     AuditNote,
     AuditQuery,
@@ -55,13 +58,16 @@ from groundhog_mcp.store.base import (
     EventRecord,
     Mutator,
     NewContext,
+    RecordCipher,
     Retention,
     StoredContext,
     StoredEvent,
     StoredRevision,
     StoreStatus,
     feed_patch,
+    record_aad,
     registered,
+    sealed_key_id,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import (
@@ -73,7 +79,7 @@ from groundhog_mcp.store.records import (
     import_rows,
 )
 
-__all__ = ["SQLiteStore"]
+__all__ = ["RotationProgress", "SQLiteStore"]
 
 _T = TypeVar("_T")
 _log = structlog.get_logger("groundhog_mcp.store")
@@ -91,7 +97,44 @@ _AUDIT_COLUMNS = (
 )
 
 
-def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
+@dataclasses.dataclass(frozen=True)
+class _SealedColumn:
+    """A column that holds state contents, sealed when a key is configured, and where the parts
+    of its associated data come from."""
+
+    table: str
+    column: str
+    key: tuple[str, ...]  # the primary key: rotate-key pages follow it
+    namespace: str | None  # the namespace column; None: looked up by context id
+    context: str  # the context id column
+    number: str  # the revision column (dead letters: their id)
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.column}"
+
+
+_SEALED_COLUMNS: tuple[_SealedColumn, ...] = (
+    _SealedColumn("contexts", "state", ("id",), "namespace", "id", "revision"),
+    _SealedColumn("history", "snapshot", ("context_id", "revision"), None, "context_id", "revision"),
+    _SealedColumn("changes", "patch", ("sequence",), "namespace", "context_id", "revision"),
+    _SealedColumn("events", "payload", ("id",), None, "context_id", "revision"),
+    _SealedColumn("dead_letters", "payload", ("id",), "namespace", "context_id", "id"),
+    _SealedColumn("dead_letters", "last_error", ("id",), "namespace", "context_id", "id"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationProgress:
+    """One committed ``rotate-key`` batch."""
+
+    column: str
+    done: int  # rows of this column rewritten so far in this run
+    pending: int  # rows of this column that needed it when this run started
+    batches: int  # batches committed so far in this run (all columns)
+
+
+def _decode_context(row: sqlite3.Row | tuple[Any, ...], state_text: str) -> StoredContext:
     (
         cid,
         namespace,
@@ -102,7 +145,7 @@ def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
         schema,
         handlers,
         revision,
-        state,
+        _state,
         size,
         created,
         updated,
@@ -117,7 +160,7 @@ def _decode_context(row: sqlite3.Row | tuple[Any, ...]) -> StoredContext:
         schema=json.loads(schema) if schema is not None else None,
         handlers=json.loads(handlers),
         revision=revision,
-        state=ContextState.from_json(json.loads(state)),
+        state=ContextState.from_json(json.loads(state_text)),
         state_size=size,
         created_at=parse_timestamp(created),
         updated_at=parse_timestamp(updated),
@@ -152,8 +195,8 @@ def _decompress(blob: bytes) -> str:
     return zlib.decompress(blob).decode("utf-8")
 
 
-def _change_from_row(row: tuple[Any, ...]) -> Change:
-    sequence, cid, namespace, name, revision, op, actor, ts, patch = row
+def _change_from_row(row: tuple[Any, ...], patch: str | None) -> Change:
+    sequence, cid, namespace, name, revision, op, actor, ts, _ = row
     return Change(
         sequence=sequence,
         context_id=uuid.UUID(cid),
@@ -181,9 +224,12 @@ class SQLiteStore:
         auto_migrate: bool = True,
         retention: Retention | None = None,
         audit_signer: AuditSigner | None = None,
+        cipher: RecordCipher | None = None,
     ) -> None:
         self.path = Path(path)
         self.audit_signer = audit_signer
+        self.cipher = cipher
+        self._namespaces: dict[str, str] = {}
         self.auto_migrate = auto_migrate
         self.retention = retention or Retention()
         self.busy_timeout_ms = busy_timeout_ms
@@ -251,6 +297,100 @@ class SQLiteStore:
             )
         return StateUpdateError(f"database: {text}; nothing was written")
 
+    # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
+
+    @property
+    def _sealing(self) -> bool:
+        return self.cipher is not None and self.cipher.key_id is not None
+
+    def _check_keys(self, conn: sqlite3.Connection) -> None:
+        """Refuse to open a database whose records are under a key the cipher does not have."""
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'encryption_keys'"
+        ).fetchone()
+        if not exists:
+            return
+        used = [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
+        readable = self.cipher.readable_key_ids if self.cipher is not None else frozenset[str]()
+        missing = [key_id for key_id in used if key_id not in readable]
+        if not missing:
+            return
+        ids = f"key id{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        unchanged = "The file was not modified."
+        if self.cipher is None:
+            raise EncryptionKeyError(
+                f"encryption: the database {self.path} is encrypted ({ids}) and no encryption key is configured; "
+                f"set GROUNDHOG_ENCRYPTION_KEY or encryption_key_file. {unchanged}"
+            )
+        current = self.cipher.key_id
+        configured = f"the configured key has id {current}" if current else "no current key is configured"
+        old = sorted(readable - {current} if current else readable)
+        if old:
+            configured += f" (old keys: {', '.join(old)})"
+        raise EncryptionKeyError(
+            f"encryption: the database {self.path} was encrypted with {ids}, and {configured}; configure that key "
+            f"(while rotate-key has not finished, list the previous key in GROUNDHOG_ENCRYPTION_OLD_KEYS). {unchanged}"
+        )
+
+    def _note_key(self, conn: sqlite3.Connection) -> None:
+        """Record the sealing key's id (in the write transaction that first uses it)."""
+        if self.cipher is not None and self.cipher.key_id is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO encryption_keys (key_id, first_used) VALUES (?, ?)",
+                (self.cipher.key_id, format_timestamp(utcnow())),
+            )
+
+    def _seal(self, column: str, namespace: str, context_id: str, number: int, plain: str | bytes) -> str | bytes:
+        """A column value as stored: sealed under the current key, or ``plain`` without one."""
+        if self.cipher is None or self.cipher.key_id is None:
+            return plain
+        data = plain.encode("utf-8") if isinstance(plain, str) else plain
+        return self.cipher.seal(data, record_aad(column, namespace, context_id, number))
+
+    def _open(self, column: str, namespace: str, context_id: str, number: int, value: Any) -> str | bytes:
+        """A stored column value as plaintext (bytes when it was sealed)."""
+        if sealed_key_id(value) is None:
+            return value
+        where = "dead letter" if column.startswith("dead_letters.") else "revision"
+        if self.cipher is None:
+            raise RecordIntegrityError(
+                f"encryption: {column} of context {context_id} {where} {number} is encrypted and no key is configured"
+            )
+        try:
+            return self.cipher.open(value, record_aad(column, namespace, context_id, number))
+        except ValueError as exc:
+            raise RecordIntegrityError(
+                f"encryption: {column} of context {context_id} {where} {number} does not decrypt: {exc}; "
+                "the record is left as it is"
+            ) from None
+
+    def _open_text(self, column: str, namespace: str, context_id: str, number: int, value: Any) -> str:
+        plain = self._open(column, namespace, context_id, number, value)
+        return plain.decode("utf-8") if isinstance(plain, bytes) else plain
+
+    def _open_snapshot(self, namespace: str, context_id: str, revision: int, value: bytes) -> str:
+        plain = self._open("history.snapshot", namespace, context_id, revision, value)
+        return _decompress(plain if isinstance(plain, bytes) else plain.encode("utf-8"))
+
+    def _namespace_of(self, conn: sqlite3.Connection, context_id: str) -> str:
+        """The namespace a context id belongs to (never changes): part of the history and event AAD."""
+        namespace = self._namespaces.get(context_id)
+        if namespace is None:
+            row = conn.execute("SELECT namespace FROM contexts WHERE id = ?", (context_id,)).fetchone()
+            if row is None:
+                return ""
+            namespace = self._namespaces[context_id] = str(row[0])
+        return namespace
+
+    def _context(self, row: tuple[Any, ...]) -> StoredContext:
+        return _decode_context(row, self._open_text("contexts.state", row[1], row[0], row[8], row[9]))
+
+    def _change(self, row: tuple[Any, ...]) -> Change:
+        patch = row[8]
+        if patch is not None:
+            patch = self._open_text("changes.patch", row[2], row[1], row[4], patch)
+        return _change_from_row(row, patch)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -287,6 +427,11 @@ class SQLiteStore:
                     f"database: {self.path} has schema version {version}, newer than this groundhog-mcp "
                     f"supports ({LATEST_SCHEMA_VERSION}); upgrade groundhog-mcp. The file was not modified."
                 )
+            if self.auto_migrate:
+                self._check_keys(conn)  # read-only: a wrong key leaves the file as it was
+            if self.cipher is not None:
+                # Freed pages and cells are zeroed, so replaced plaintext does not linger in the file.
+                conn.execute("PRAGMA secure_delete=ON")
             self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             if self.auto_migrate:
@@ -438,7 +583,7 @@ class SQLiteStore:
             existing = self._live_row(conn, new.namespace, new.name)
             if existing is not None:
                 if if_exists == "return":
-                    return _decode_context(existing), None
+                    return self._context(existing), None
                 raise ConflictError.already_exists(new.name, existing[8])
             row = conn.execute(
                 "SELECT last_revision FROM name_revisions WHERE namespace = ? AND name = ?",
@@ -447,6 +592,7 @@ class SQLiteStore:
             revision = (row[0] if row else 0) + 1
             now = format_timestamp(utcnow())
             state_text = dumps(new.state.to_json())
+            self._note_key(conn)
             conn.execute(
                 f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -459,7 +605,7 @@ class SQLiteStore:
                     dumps(new.schema) if new.schema is not None else None,
                     dumps(new.handlers),
                     revision,
-                    state_text,
+                    self._seal("contexts.state", new.namespace, str(new.id), revision, state_text),
                     len(state_text.encode("utf-8")),
                     now,
                     now,
@@ -498,7 +644,7 @@ class SQLiteStore:
             row = self._live_row(conn, namespace, name)
             if row is None:
                 raise NotFoundError(f"name: no context named {name!r}")
-            current = _decode_context(row)
+            current = self._context(row)
             if event is not None and event.idempotency_key is not None:
                 seen = self._find_event(conn, current.id, event.idempotency_key)
                 if seen is not None:
@@ -509,9 +655,11 @@ class SQLiteStore:
             size = len(state_text.encode("utf-8"))
             now = format_timestamp(utcnow())
             revision = current.revision + 1
+            key = str(current.id)
+            self._note_key(conn)
             conn.execute(
                 "UPDATE contexts SET revision = ?, state = ?, state_size = ?, updated_at = ? WHERE id = ?",
-                (revision, state_text, size, now, str(current.id)),
+                (revision, self._seal("contexts.state", namespace, key, revision, state_text), size, now, key),
             )
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=size, updated_at=parse_timestamp(now)
@@ -524,7 +672,7 @@ class SQLiteStore:
                     (
                         str(stored.id),
                         event.type,
-                        dumps(event.payload),
+                        self._seal("events.payload", namespace, key, revision, dumps(event.payload)),
                         event.idempotency_key,
                         revision,
                         change.sequence,
@@ -555,12 +703,18 @@ class SQLiteStore:
     def _add_dead_letter_sync(self, letter: DeadLetter, actor: str, audit: AuditNote | None) -> DeadLetter:
         with self._write_transaction() as conn:
             if letter.id:
+                error = self._seal(
+                    "dead_letters.last_error", letter.namespace, str(letter.context_id), letter.id, letter.last_error
+                )
+                self._note_key(conn)
                 conn.execute(
                     "UPDATE dead_letters SET attempts = attempts + ?, last_error = ? WHERE id = ?",
-                    (letter.attempts, letter.last_error, letter.id),
+                    (letter.attempts, error, letter.id),
                 )
                 self._append_audit(conn, AuditEntry.of_dead_letter(letter, actor, audit), format_timestamp(utcnow()))
                 return letter
+            if self._sealing:
+                return self._add_sealed_dead_letter(conn, letter)
             cursor = conn.execute(
                 "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
                 " last_error, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -580,23 +734,51 @@ class SQLiteStore:
             self._append_audit(conn, AuditEntry.of_dead_letter(stored, actor, audit), format_timestamp(utcnow()))
             return stored
 
+    def _add_sealed_dead_letter(self, conn: sqlite3.Connection, letter: DeadLetter) -> DeadLetter:
+        # The associated data names the letter's id, known after the insert: contents go in second.
+        cursor = conn.execute(
+            "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
+            " last_error, created_at) VALUES (?,?,?,?,X'',?,?,X'',?)",
+            (
+                letter.namespace,
+                str(letter.context_id),
+                letter.name,
+                letter.type,
+                letter.idempotency_key,
+                letter.attempts,
+                format_timestamp(letter.created_at),
+            ),
+        )
+        letter_id = int(cursor.lastrowid or 0)
+        key = str(letter.context_id)
+        self._note_key(conn)
+        conn.execute(
+            "UPDATE dead_letters SET payload = ?, last_error = ? WHERE id = ?",
+            (
+                self._seal("dead_letters.payload", letter.namespace, key, letter_id, dumps(letter.payload)),
+                self._seal("dead_letters.last_error", letter.namespace, key, letter_id, letter.last_error),
+                letter_id,
+            ),
+        )
+        return dataclasses.replace(letter, id=letter_id)
+
     _DEAD_LETTER_COLUMNS = (
         "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
         " replayed_at, replay_revision"
     )
 
-    @staticmethod
-    def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
+    def _dead_letter(self, row: tuple[Any, ...]) -> DeadLetter:
+        namespace, key = row[1], row[2]
         return DeadLetter(
             id=row[0],
             namespace=row[1],
             context_id=uuid.UUID(row[2]),
             name=row[3],
             type=row[4],
-            payload=json.loads(row[5]),
+            payload=json.loads(self._open_text("dead_letters.payload", namespace, key, row[0], row[5])),
             idempotency_key=row[6],
             attempts=row[7],
-            last_error=row[8],
+            last_error=self._open_text("dead_letters.last_error", namespace, key, row[0], row[8]),
             created_at=parse_timestamp(row[9]),
             replayed_at=parse_timestamp(row[10]) if row[10] else None,
             replay_revision=row[11],
@@ -684,7 +866,7 @@ class SQLiteStore:
             row = self._live_row(conn, namespace, name)
             if row is None:
                 raise NotFoundError(f"name: no context named {name!r}")
-            current = _decode_context(row)
+            current = self._context(row)
             self._check_expected(conn, current, expected_revision)
             now = format_timestamp(utcnow())
             stored = dataclasses.replace(current, revision=current.revision + 1)
@@ -696,6 +878,15 @@ class SQLiteStore:
                 conn.execute("DELETE FROM events WHERE context_id = ?", (str(current.id),))
                 conn.execute("DELETE FROM dead_letters WHERE context_id = ?", (str(current.id),))
                 conn.execute("DELETE FROM contexts WHERE id = ?", (str(current.id),))
+            elif self._sealing or sealed_key_id(row[9]) is not None:
+                # The state's associated data names the revision: sealed again for the new one.
+                key = str(current.id)
+                state = self._seal("contexts.state", namespace, key, stored.revision, dumps(current.state.to_json()))
+                self._note_key(conn)
+                conn.execute(
+                    "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ?, state = ? WHERE id = ?",
+                    (now, stored.revision, now, state, key),
+                )
             else:
                 conn.execute(
                     "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ? WHERE id = ?",
@@ -720,7 +911,9 @@ class SQLiteStore:
             ).fetchone()
             if row is not None:
                 missed = json_diff(
-                    ContextState.from_json(json.loads(_decompress(row[0]))).document(),
+                    ContextState.from_json(
+                        json.loads(self._open_snapshot(current.namespace, str(current.id), expected, row[0]))
+                    ).document(),
                     current.state.document(),
                 )
         raise ConflictError(current.name, expected, current.revision, missed)
@@ -750,7 +943,11 @@ class SQLiteStore:
                 op,
                 actor,
                 now,
-                dumps(stored_patch) if stored_patch is not None else None,
+                (
+                    self._seal("changes.patch", ctx.namespace, str(ctx.id), ctx.revision, dumps(stored_patch))
+                    if stored_patch is not None
+                    else None
+                ),
             ),
         )
         sequence = int(cursor.lastrowid or 0)
@@ -766,7 +963,7 @@ class SQLiteStore:
                     actor,
                     now,
                     len(state_text.encode("utf-8")),
-                    _compress(state_text),
+                    self._seal("history.snapshot", ctx.namespace, str(ctx.id), ctx.revision, _compress(state_text)),
                 ),
             )
         conn.execute(
@@ -905,7 +1102,7 @@ class SQLiteStore:
 
     def _get_sync(self, namespace: str, name: str) -> StoredContext | None:
         row = self._live_row(self._db, namespace, name)
-        return _decode_context(row) if row is not None else None
+        return self._context(row) if row is not None else None
 
     async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
         return await self._call(self._get_by_id_sync, context_id)
@@ -914,7 +1111,7 @@ class SQLiteStore:
         row = self._db.execute(
             f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
         ).fetchone()
-        return _decode_context(row) if row is not None else None
+        return self._context(row) if row is not None else None
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         return await self._call(self._list_sync, namespace, prefix, after, limit)
@@ -926,7 +1123,7 @@ class SQLiteStore:
             " AND name >= ? AND name < ? AND name > ? ORDER BY name LIMIT ?",
             (namespace, prefix, prefix + "~", after or "", limit),
         ).fetchall()
-        return [_decode_context(r) for r in rows]
+        return [self._context(r) for r in rows]
 
     async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
         return await self._call(self._read_revision_sync, context_id, revision)
@@ -947,10 +1144,13 @@ class SQLiteStore:
                 return int(oldest[0])
             return None
         rev, sequence, op, actor, ts, size, snapshot = row
+        key = str(context_id)
         return StoredRevision(
             context_id=context_id,
             entry=HistoryEntry(rev, sequence, op, actor, parse_timestamp(ts), size),
-            state=ContextState.from_json(json.loads(_decompress(snapshot))),
+            state=ContextState.from_json(
+                json.loads(self._open_snapshot(self._namespace_of(conn, key), key, rev, snapshot))
+            ),
         )
 
     async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
@@ -973,7 +1173,7 @@ class SQLiteStore:
             " FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
             (sequence, limit),
         ).fetchall()
-        return [_change_from_row(r) for r in rows]
+        return [self._change(r) for r in rows]
 
     async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
         return await self._call(self._poll_changes_sync, sequence, limit, force)
@@ -1017,8 +1217,21 @@ class SQLiteStore:
             contexts=int(contexts),
             last_sequence=self._last_sequence_sync(),
             size_bytes=int(page_count) * int(page_size),
-            extra={"journal_mode": journal, "synchronous": self.synchronous},
+            extra={
+                "journal_mode": journal,
+                "synchronous": self.synchronous,
+                # Encryption at rest: the ids of the keys values are sealed with (empty: plaintext).
+                "encryption_key_ids": self._sealing_key_ids(conn),
+            },
         )
+
+    def _sealing_key_ids(self, conn: sqlite3.Connection) -> list[str]:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'encryption_keys'"
+        ).fetchone()
+        if not exists:
+            return []
+        return [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
 
     # -- export / import / backup -----------------------------------------------------------
 
@@ -1038,7 +1251,38 @@ class SQLiteStore:
     ) -> tuple[list[JSONObject], tuple[Any, ...] | None]:
         query = kind.select_page("?", after=after is not None)
         rows = self._db.execute(query, (*(after or ()), _EXPORT_PAGE)).fetchall()
-        return export_page(kind, rows), (kind.key_of(rows[-1]) if rows else after)
+        columns = [f.select for f in kind.fields]
+        plain = [self._transcode_row(kind.table, columns, tuple(row), None) for row in rows]
+        return export_page(kind, plain), (kind.key_of(rows[-1]) if rows else after)
+
+    def _transcode_row(
+        self, table: str, columns: list[str], row: tuple[Any, ...], namespaces: dict[str, str] | None
+    ) -> tuple[Any, ...]:
+        """``row`` (values of ``columns``) with its sealed values opened (``namespaces`` is None)
+        or, with ``namespaces`` (context id → namespace of an import), plaintext values sealed."""
+        values = list(row)
+        for sealed in _SEALED_COLUMNS:
+            if sealed.table != table or sealed.column not in columns:
+                continue
+            index = columns.index(sealed.column)
+            if values[index] is None:
+                continue
+            key = str(values[columns.index(sealed.context)])
+            number = int(values[columns.index(sealed.number)])
+            if sealed.namespace is not None:
+                namespace = str(values[columns.index(sealed.namespace)])
+            elif namespaces is not None:
+                namespace = namespaces.get(key, "")
+            else:
+                namespace = self._namespace_of(self._db, key)
+            if namespaces is None:
+                opened = self._open(sealed.name, namespace, key, number, values[index])
+                if isinstance(opened, bytes) and sealed.name != "history.snapshot":
+                    opened = opened.decode("utf-8")
+                values[index] = opened
+            else:
+                values[index] = self._seal(sealed.name, namespace, key, number, values[index])
+        return tuple(values)
 
     async def import_records(self, records: Iterable[JSONObject], *, actor: str = "local") -> int:
         return await self._call(self._import_sync, list(records), actor)
@@ -1054,7 +1298,13 @@ class SQLiteStore:
                     f"{changes} changes); import into a new database file"
                 )
             # Explicit ids and sequences: AUTOINCREMENT continues after the highest imported.
+            namespaces = {str(row[0]): str(row[1]) for row in rows.rows["context"]}
+            if self._sealing:
+                self._note_key(conn)
             for kind, table_rows in rows.tables():
+                if self._sealing:
+                    columns = [c for f in kind.fields for c in f.columns]
+                    table_rows = [self._transcode_row(kind.table, columns, row, namespaces) for row in table_rows]
                 conn.executemany(kind.insert("?"), table_rows)
             now = format_timestamp(utcnow())
             for entry in import_entries(rows, actor=actor, last_sequence=self._last_sequence_sync()):
@@ -1073,6 +1323,118 @@ class SQLiteStore:
             self._db.backup(target)
         finally:
             target.close()
+
+    # -- rotate-key ---------------------------------------------------------------------------
+
+    async def rotate_keys(
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[RotationProgress], None] | None = None,
+        max_batches: int | None = None,
+    ) -> bool:
+        """Rewrite every sealed column value not under the cipher's current key: opened with any
+        configured key (or read as plaintext), sealed under the current key (or, without one,
+        written as plaintext). Each batch is its own transaction, so an interrupted run loses
+        nothing and the next run continues where it stopped; writers keep working meanwhile.
+
+        When no value is left under another key, the old key ids are forgotten (the database
+        then opens with the current key alone) and True is returned; False when ``max_batches``
+        stopped the run first.
+        """
+        batches = 0
+        while True:
+            pending = await self._call(self._rotation_pending)
+            if not any(pending.values()):
+                if await self._call(self._finish_rotation):
+                    return True
+                continue  # another process wrote under an old key meanwhile
+            for sealed in _SEALED_COLUMNS:
+                if not pending[sealed.name]:
+                    continue
+                after: tuple[Any, ...] | None = None
+                done = 0
+                while True:
+                    if max_batches is not None and batches >= max_batches:
+                        return False
+                    count, after = await self._call(self._rotate_batch, sealed, after, batch_size)
+                    if after is None:
+                        break
+                    batches += 1
+                    done += count
+                    if progress is not None:
+                        progress(RotationProgress(sealed.name, done, pending[sealed.name], batches))
+
+    def _stale(self, sealed: _SealedColumn) -> tuple[str, tuple[Any, ...]]:
+        """The SQL condition (and its parameters) of a value not stored the way the current key wants."""
+        column = sealed.column
+        if self.cipher is not None and self.cipher.key_id is not None:
+            prefix = SEALED_MAGIC + bytes.fromhex(self.cipher.key_id)
+            condition = f"{column} IS NOT NULL AND NOT (typeof({column}) = 'blob' AND substr({column}, 1, 8) = ?)"
+            return condition, (prefix,)
+        return f"typeof({column}) = 'blob' AND substr({column}, 1, 4) = ?", (SEALED_MAGIC,)
+
+    def _rotation_pending(self) -> dict[str, int]:
+        pending: dict[str, int] = {}
+        for sealed in _SEALED_COLUMNS:
+            condition, params = self._stale(sealed)
+            row = self._db.execute(f"SELECT count(*) FROM {sealed.table} WHERE {condition}", params).fetchone()
+            pending[sealed.name] = int(row[0])
+        return pending
+
+    def _rotate_batch(
+        self, sealed: _SealedColumn, after: tuple[Any, ...] | None, batch_size: int
+    ) -> tuple[int, tuple[Any, ...] | None]:
+        """Rewrite up to ``batch_size`` stale values after key ``after``, in one transaction;
+        returns how many and the last key (None when there were none left)."""
+        condition, params = self._stale(sealed)
+        keys = ", ".join(sealed.key)
+        namespace = sealed.namespace or "NULL"
+        where = f"({keys}) > ({', '.join('?' for _ in sealed.key)}) AND " if after is not None else ""
+        with self._write_transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {keys}, {namespace}, {sealed.context}, {sealed.number}, {sealed.column} FROM {sealed.table}"
+                f" WHERE {where}{condition} ORDER BY {keys} LIMIT ?",
+                (*(after or ()), *params, batch_size),
+            ).fetchall()
+            if not rows:
+                return 0, None
+            self._note_key(conn)
+            width = len(sealed.key)
+            for row in rows:
+                key_values = tuple(row[:width])
+                row_namespace, context_id, number, value = row[width:]
+                context_id = str(context_id)
+                if row_namespace is None:
+                    row_namespace = self._namespace_of(conn, context_id)
+                plain = self._open(sealed.name, row_namespace, context_id, int(number), value)
+                if self._sealing:
+                    new = self._seal(sealed.name, row_namespace, context_id, int(number), plain)
+                elif isinstance(plain, bytes) and sealed.name != "history.snapshot":
+                    new = plain.decode("utf-8")
+                else:
+                    new = plain
+                conn.execute(
+                    f"UPDATE {sealed.table} SET {sealed.column} = ? WHERE "
+                    + " AND ".join(f"{k} = ?" for k in sealed.key),
+                    (new, *key_values),
+                )
+            return len(rows), tuple(rows[-1][:width])
+
+    def _finish_rotation(self) -> bool:
+        """Under the write lock: if no value is left under another key, forget the old key ids."""
+        with self._write_transaction() as conn:
+            for sealed in _SEALED_COLUMNS:
+                condition, params = self._stale(sealed)
+                if conn.execute(f"SELECT 1 FROM {sealed.table} WHERE {condition} LIMIT 1", params).fetchone():
+                    return False
+            current = self.cipher.key_id if self.cipher is not None else None
+            conn.execute("DELETE FROM encryption_keys WHERE key_id IS NOT ?", (current,))
+            self._note_key(conn)
+        # Fold the WAL back: its frames may still hold the values as they were before.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
 
     async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
         return await self._call(self._namespace_summary_sync, namespace, prefix)

@@ -9,6 +9,7 @@ a backend that passed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -23,10 +24,13 @@ import psycopg
 import pytest
 
 from groundhog_mcp import StateManager
+from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.store import Retention, Store, open_store
 
 POSTGRES_URL = os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-BACKENDS = ["sqlite", "postgres"]
+# sqlite-encrypted: SQLite with encryption at rest on (README "Encryption at rest").
+BACKENDS = ["sqlite", "postgres", "sqlite-encrypted"]
+_KEYRING = Keyring(parse_key(generate_key(), source="the conformance suite's key"))
 
 Kind = Literal["sqlite", "postgres"]
 
@@ -39,11 +43,14 @@ class Backend:
     database: str
     path: Path | None = None
     pg_schema: str | None = None
+    cipher: Keyring | None = None
 
     def store(self, **kwargs: Any) -> Store:
         """A new, unopened store instance on this database (as ``--database`` would build it)."""
         # History retention is its own suite (tests/store/test_retention.py): here every revision stays.
         kwargs.setdefault("retention", Retention(keep_revisions=0))
+        if self.cipher is not None:
+            kwargs.setdefault("cipher", self.cipher)
         return open_store(self.database, **kwargs)
 
     async def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -112,6 +119,8 @@ async def make_backend(tmp_path: Path) -> AsyncGenerator[MakeBackend]:
 
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, make_backend: MakeBackend) -> Backend:
+    if request.param == "sqlite-encrypted":
+        return dataclasses.replace(await make_backend("sqlite"), cipher=_KEYRING)
     return await make_backend(request.param)
 
 

@@ -94,6 +94,8 @@ def _calls(name: str) -> list[tuple[str, dict[str, Any]]]:
         (tool, {"name": "rollback_state", "arguments": {"name": name, "revision": 1}}),
         (tool, {"name": "emit_event", "arguments": {"name": name, "type": "inc"}}),
         (tool, {"name": "unregister_context", "arguments": {"name": name}}),
+        (tool, {"name": "migrate_context", "arguments": {"name": name, "dry_run": True}}),
+        (tool, {"name": "migrate_context", "arguments": {"prefix": name}}),
         (tool, {"name": "get_metrics", "arguments": {"names": [name]}}),
         (tool, {"name": "list_contexts", "arguments": {"prefix": name}}),
         (tool, {"name": "list_dead_letters", "arguments": {"name": name}}),
