@@ -714,7 +714,9 @@ class SQLiteStore:
                 self._append_audit(conn, AuditEntry.of_dead_letter(letter, actor, audit), format_timestamp(utcnow()))
                 return letter
             if self._sealing:
-                return self._add_sealed_dead_letter(conn, letter)
+                sealed = self._add_sealed_dead_letter(conn, letter)
+                self._append_audit(conn, AuditEntry.of_dead_letter(sealed, actor, audit), format_timestamp(utcnow()))
+                return sealed
             cursor = conn.execute(
                 "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
                 " last_error, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
