@@ -494,6 +494,12 @@ class AuditRecord:
     def to_json(self) -> JSONObject:
         return {**self.content(), "hmac": self.hmac}
 
+    def stored_values(self) -> tuple[Any, ...]:
+        """The ``audit_log`` columns from ``principal`` to ``hmac``, in table order (the stores
+        write ``sequence`` and ``timestamp`` first, each in its own type)."""
+        content = self.content()
+        return (*(content[k] for k in list(content)[2:]), self.hmac)
+
     @classmethod
     def chained(
         cls, entry: AuditEntry, *, sequence: int, timestamp: datetime, signer: AuditSigner, previous: str

@@ -1026,23 +1026,7 @@ class PostgresStore:
         record = AuditRecord.chained(entry, sequence=sequence, timestamp=now, signer=signer, previous=previous)
         await cur.execute(
             _AUDIT_APPEND,
-            (
-                record.hmac,
-                record.sequence,
-                now,
-                record.principal,
-                record.namespace,
-                record.operation,
-                record.outcome,
-                record.context,
-                record.context_id,
-                record.revision,
-                record.change_sequence,
-                record.request_id,
-                record.detail,
-                record.key_id,
-                record.hmac,
-            ),
+            (record.hmac, record.sequence, now, *record.stored_values()),
         )
         return record
 

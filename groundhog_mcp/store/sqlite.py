@@ -1008,22 +1008,7 @@ class SQLiteStore:
         )
         conn.execute(
             f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.sequence,
-                now,
-                record.principal,
-                record.namespace,
-                record.operation,
-                record.outcome,
-                record.context,
-                str(record.context_id) if record.context_id is not None else None,
-                record.revision,
-                record.change_sequence,
-                record.request_id,
-                record.detail,
-                record.key_id,
-                record.hmac,
-            ),
+            (record.sequence, now, *record.stored_values()),
         )
         return record
 
