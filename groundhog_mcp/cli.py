@@ -612,7 +612,10 @@ async def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
         settings.database, busy_timeout_ms=settings.busy_timeout_ms, synchronous=settings.synchronous, cipher=keyring
     )
     if not isinstance(store, SQLiteStore):
-        raise AssertionError("open_store refuses a cipher on other backends")
+        from groundhog_mcp.store.postgres import PostgresStore  # psycopg: the optional extra
+
+        if not isinstance(store, PostgresStore):
+            raise AssertionError(f"rotate-key: no key rotation on the {store.backend} backend")
     target = f"key id {keyring.key_id}" if keyring.key_id else "plaintext"
 
     def progress(step: RotationProgress) -> None:

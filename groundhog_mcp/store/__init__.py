@@ -26,16 +26,10 @@ def open_store(
     ``busy_timeout_ms`` is the lock wait on both backends; ``synchronous`` is SQLite's only
     (PostgreSQL durability is the server's ``synchronous_commit``). ``audit_signer`` turns the
     audit log on: every write appends its signed row in its own transaction. ``cipher`` turns on
-    encryption at rest (SQLite only, for now).
+    encryption at rest (both backends).
     """
     text = str(database)
     if text.startswith(("postgresql://", "postgres://")):
-        if cipher is not None:
-            raise InitializationError(
-                "encryption: encryption at rest is not supported on the PostgreSQL backend yet; unset "
-                "GROUNDHOG_ENCRYPTION_KEY / encryption_key_file (and the old keys) to use PostgreSQL, or use SQLite. "
-                "Nothing was opened."
-            )
         try:
             # Imported here: psycopg is the optional extra [postgres].
             from groundhog_mcp.store.postgres import PostgresStore
@@ -52,6 +46,7 @@ def open_store(
             auto_migrate=auto_migrate,
             retention=retention,
             audit_signer=audit_signer,
+            cipher=cipher,
         )
     return SQLiteStore(
         Path(text).expanduser(),

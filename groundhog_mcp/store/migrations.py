@@ -303,6 +303,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
         """,
     ),
+    Migration(
+        5,
+        "encryption at rest on PostgreSQL: bytea columns for sealed values",
+        # PostgreSQL keeps state contents in json/text columns, which cannot hold a sealed blob: a
+        # sealed value goes in its own nullable bytea column and the plaintext column is NULL
+        # (history.snapshot is bytea already and holds either). Only catalog changes: no table
+        # rewrite. SQLite stores a BLOB in a TEXT column as it is: nothing to do there.
+        sqlite="",
+        postgres="""
+        ALTER TABLE contexts ALTER COLUMN state DROP NOT NULL;
+        ALTER TABLE contexts ADD COLUMN state_sealed BYTEA;
+        ALTER TABLE changes ADD COLUMN patch_sealed BYTEA;
+        ALTER TABLE events ALTER COLUMN payload DROP NOT NULL;
+        ALTER TABLE events ADD COLUMN payload_sealed BYTEA;
+        ALTER TABLE dead_letters ALTER COLUMN payload DROP NOT NULL;
+        ALTER TABLE dead_letters ALTER COLUMN last_error DROP NOT NULL;
+        ALTER TABLE dead_letters ADD COLUMN payload_sealed BYTEA;
+        ALTER TABLE dead_letters ADD COLUMN last_error_sealed BYTEA;
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

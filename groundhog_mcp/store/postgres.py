@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import re
@@ -62,8 +63,10 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from groundhog_mcp.errors import (
     ConflictError,
     ContextError,
+    EncryptionKeyError,
     InitializationError,
     NotFoundError,
+    RecordIntegrityError,
     StateUpdateError,
     StoreBusyError,
 )
@@ -78,6 +81,7 @@ from groundhog_mcp.models import (
     utcnow,
 )
 from groundhog_mcp.store.base import (
+    SEALED_MAGIC,
     AuditEntry,
     AuditNote,
     AuditQuery,
@@ -89,16 +93,27 @@ from groundhog_mcp.store.base import (
     Mutation,
     Mutator,
     NewContext,
+    RecordCipher,
     Retention,
     StoredContext,
     StoredEvent,
     StoredRevision,
     StoreStatus,
     feed_patch,
+    record_aad,
     registered,
+    sealed_key_id,
 )
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
-from groundhog_mcp.store.records import EXPORT_KINDS, export_page, header_record, import_entries, import_rows
+from groundhog_mcp.store.records import (
+    EXPORT_KINDS,
+    RecordKind,
+    export_page,
+    header_record,
+    import_entries,
+    import_rows,
+)
+from groundhog_mcp.store.sqlite import RotationProgress
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
 
@@ -112,24 +127,32 @@ _CONTEXT_COLUMNS: Final = (
     "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
     "state_size, created_at, updated_at"
 )
-_LIVE_ROW: Final = f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
+# Reads add the sealed state (encryption at rest): NULL on a plaintext row, then ``state`` holds it.
+_CONTEXT_SELECT: Final = _CONTEXT_COLUMNS + ", state_sealed"
+_LIVE_ROW: Final = f"SELECT {_CONTEXT_SELECT} FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
 _DEAD_LETTER_COLUMNS: Final = (
     "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
     " replayed_at, replay_revision"
 )
+_DEAD_LETTER_SELECT: Final = _DEAD_LETTER_COLUMNS + ", payload_sealed, last_error_sealed"
 # A change's rows in one statement: the sequence from the counter row, the change, the history
 # snapshot (when given), the event record (when given), and the NOTIFY, delivered on commit.
 _RECORD: Final = (
     "WITH counter AS (UPDATE store_counter SET value = value + 1 WHERE name = 'sequence' RETURNING value),"
-    " change AS (INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch)"
+    " change AS (INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch,"
+    "  patch_sealed)"
     "  SELECT value, %(id)s::uuid, %(namespace)s::text, %(name)s::text, %(revision)s::bigint, %(op)s::text,"
-    "  %(actor)s::text, %(now)s::timestamptz, %(patch)s::json FROM counter),"
+    "  %(actor)s::text, %(now)s::timestamptz, %(patch)s::json, %(patch_sealed)s::bytea FROM counter),"
     " snapshot AS (INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
     "  SELECT %(id)s::uuid, %(revision)s::bigint, value, %(op)s::text, %(actor)s::text, %(now)s::timestamptz,"
     "  %(size)s::integer, %(snapshot)s::bytea FROM counter WHERE %(snapshot)s::bytea IS NOT NULL),"
-    " event AS (INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
+    " event AS (INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at,"
+    "  payload_sealed)"
     "  SELECT %(id)s::uuid, %(event_type)s::text, %(payload)s::text, %(key)s::text, %(revision)s::bigint, value,"
-    "  %(now)s::timestamptz FROM counter WHERE %(event_type)s::text IS NOT NULL),"
+    "  %(now)s::timestamptz, %(payload_sealed)s::bytea FROM counter WHERE %(event_type)s::text IS NOT NULL),"
+    # Encryption at rest: the id of the key this write sealed with (no round trip of its own).
+    " sealing AS (INSERT INTO encryption_keys (key_id, first_used) SELECT %(key_id)s::text, %(now)s::timestamptz"
+    "  WHERE %(key_id)s::text IS NOT NULL ON CONFLICT (key_id) DO NOTHING),"
     # The audit chain head, locked after the counter row and held to commit (when audit is on).
     " head AS (UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 AND %(audit)s::boolean"
     "  RETURNING sequence, hmac)"
@@ -164,6 +187,61 @@ _LISTEN_CHECK_S = 30.0
 _MAX_OWN_SEQUENCES = 4096
 # Our URL parameters, taken out before the rest goes to libpq.
 _OUR_PARAMETERS = ("schema", "listen_url", "pool_min_size", "pool_max_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SealedColumn:
+    """A column that holds state contents, sealed when a key is configured: ``plain`` holds the
+    plaintext (json/text) and ``sealed`` (bytea) the sealed value, one of them NULL; history
+    snapshots are bytea already and hold either in place (``sealed == plain``)."""
+
+    table: LiteralString
+    column: LiteralString
+    plain: LiteralString
+    sealed: LiteralString
+    key: tuple[LiteralString, ...]  # the primary key: rotate-key pages follow it
+    namespace: LiteralString | None  # the namespace column; None: looked up by context id
+    context: LiteralString  # the context id column
+    number: LiteralString  # the revision column (dead letters: their id)
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.column}"
+
+    @property
+    def in_place(self) -> bool:
+        return self.sealed == self.plain
+
+
+# The same logical columns (and associated data) as the SQLite store's.
+_SEALED_COLUMNS: Final[tuple[_SealedColumn, ...]] = (
+    _SealedColumn("contexts", "state", "state", "state_sealed", ("id",), "namespace", "id", "revision"),
+    _SealedColumn(
+        "history", "snapshot", "snapshot", "snapshot", ("context_id", "revision"), None, "context_id", "revision"
+    ),
+    _SealedColumn("changes", "patch", "patch", "patch_sealed", ("sequence",), "namespace", "context_id", "revision"),
+    _SealedColumn("events", "payload", "payload", "payload_sealed", ("id",), None, "context_id", "revision"),
+    _SealedColumn("dead_letters", "payload", "payload", "payload_sealed", ("id",), "namespace", "context_id", "id"),
+    _SealedColumn(
+        "dead_letters", "last_error", "last_error", "last_error_sealed", ("id",), "namespace", "context_id", "id"
+    ),
+)
+
+
+def _sealed_of(table: str) -> list[_SealedColumn]:
+    return [c for c in _SEALED_COLUMNS if c.table == table]
+
+
+def _export_extras(kind: RecordKind) -> list[LiteralString]:
+    """The sealed columns an export reads after the record's own."""
+    return [c.sealed for c in _sealed_of(kind.table) if not c.in_place]
+
+
+def _export_select(kind: RecordKind, after: bool) -> LiteralString:
+    """``kind.select_page`` plus the sealed columns of its table."""
+    extras = "".join(", " + c for c in _export_extras(kind))
+    where: LiteralString = f" WHERE ({kind.order_by}) > ({', '.join('%s' for _ in kind.key)})" if after else ""
+    return f"SELECT {kind.select_list}{extras} FROM {kind.table}{where} ORDER BY {kind.order_by} LIMIT %s"
 
 
 def _compress(text: str) -> bytes:
@@ -276,9 +354,12 @@ class PostgresStore:
         listen_url: str | None = None,
         retention: Retention | None = None,
         audit_signer: AuditSigner | None = None,
+        cipher: RecordCipher | None = None,
     ) -> None:
         self.retention = retention or Retention()
         self.audit_signer = audit_signer
+        self.cipher = cipher
+        self._namespaces: dict[str, str] = {}  # context id -> namespace (never changes): history/event AAD
         try:
             libpq_url, ours = _split_parameters(url)
             params = conninfo_to_dict(libpq_url)
@@ -464,6 +545,8 @@ class PostgresStore:
             await conn.commit()
             if version > LATEST_SCHEMA_VERSION:
                 raise _newer_schema(self.location, version)
+            if self.auto_migrate:
+                await self._check_keys(conn)  # read-only: a wrong key leaves the database as it was
             if self.auto_migrate and version < LATEST_SCHEMA_VERSION:
                 await self._migrate_on(conn)
         except psycopg.Error as exc:
@@ -648,6 +731,130 @@ class PostgresStore:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, _LISTEN_RETRY_MAX_S)
 
+    # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
+
+    @property
+    def _sealing(self) -> bool:
+        return self.cipher is not None and self.cipher.key_id is not None
+
+    @property
+    def _sealing_key(self) -> str | None:
+        return self.cipher.key_id if self.cipher is not None else None
+
+    async def _check_keys(self, conn: _Connection) -> None:
+        """Refuse a database whose records are under a key the cipher does not have (reads only)."""
+        async with conn.cursor() as cur:
+            await self._begin(cur)
+            used = await self._sealing_key_ids(cur)
+        await conn.rollback()
+        readable = self.cipher.readable_key_ids if self.cipher is not None else frozenset[str]()
+        missing = [key_id for key_id in used if key_id not in readable]
+        if not missing:
+            return
+        ids = f"key id{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        unchanged = "Nothing was modified."
+        if self.cipher is None:
+            raise EncryptionKeyError(
+                f"encryption: the database {self.location} is encrypted ({ids}) and no encryption key is configured; "
+                f"set GROUNDHOG_ENCRYPTION_KEY or encryption_key_file. {unchanged}"
+            )
+        current = self.cipher.key_id
+        configured = f"the configured key has id {current}" if current else "no current key is configured"
+        old = sorted(readable - {current} if current else readable)
+        if old:
+            configured += f" (old keys: {', '.join(old)})"
+        raise EncryptionKeyError(
+            f"encryption: the database {self.location} was encrypted with {ids}, and {configured}; configure that "
+            "key (while rotate-key has not finished, list the previous key in GROUNDHOG_ENCRYPTION_OLD_KEYS). "
+            f"{unchanged}"
+        )
+
+    async def _sealing_key_ids(self, cur: _Cursor) -> list[str]:
+        await cur.execute("SELECT to_regclass('encryption_keys') IS NOT NULL")
+        exists = await cur.fetchone()
+        if exists is None or not exists[0]:
+            return []
+        await cur.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")
+        return [str(r[0]) for r in await cur.fetchall()]
+
+    async def _note_key(self, cur: _Cursor) -> None:
+        """Record the sealing key's id, in the transaction that uses it (``_record`` does it itself)."""
+        if self._sealing:
+            await cur.execute(
+                "INSERT INTO encryption_keys (key_id, first_used) VALUES (%s, %s) ON CONFLICT (key_id) DO NOTHING",
+                (self._sealing_key, utcnow()),
+            )
+
+    def _seal(self, column: str, namespace: str, context_id: Any, number: int, plain: str | bytes) -> bytes:
+        if self.cipher is None or self.cipher.key_id is None:
+            raise EncryptionKeyError("encryption: no current key configured to seal records with")
+        data = plain.encode("utf-8") if isinstance(plain, str) else plain
+        return self.cipher.seal(data, record_aad(column, namespace, str(context_id), number))
+
+    def _seal_pair(
+        self, column: str, namespace: str, context_id: Any, number: int, text: str | None
+    ) -> tuple[str | None, bytes | None]:
+        """(plaintext column, sealed column) as stored: sealed under the current key, or plaintext."""
+        if text is None or not self._sealing:
+            return text, None
+        return None, self._seal(column, namespace, context_id, number, text)
+
+    def _open(self, column: str, namespace: str, context_id: Any, number: int, value: bytes) -> bytes:
+        where = "dead letter" if column.startswith("dead_letters.") else "revision"
+        if self.cipher is None:
+            raise RecordIntegrityError(
+                f"encryption: {column} of context {context_id} {where} {number} is encrypted and no key is configured"
+            )
+        try:
+            return self.cipher.open(bytes(value), record_aad(column, namespace, str(context_id), number))
+        except ValueError as exc:
+            raise RecordIntegrityError(
+                f"encryption: {column} of context {context_id} {where} {number} does not decrypt: {exc}; "
+                "the record is left as it is"
+            ) from None
+
+    def _open_text(self, column: str, namespace: str, context_id: Any, number: int, value: bytes) -> str:
+        return self._open(column, namespace, context_id, number, value).decode("utf-8")
+
+    def _open_snapshot(self, namespace: str, context_id: Any, revision: int, value: bytes) -> bytes:
+        """A history snapshot as compressed plaintext (it is sealed in place: bytea either way)."""
+        if sealed_key_id(bytes(value[:8])) is None:
+            return value
+        return self._open("history.snapshot", namespace, context_id, revision, value)
+
+    def _context_row(self, row: TupleRow) -> TupleRow:
+        """A row read with ``_CONTEXT_SELECT`` as ``_CONTEXT_COLUMNS`` with the state in plaintext."""
+        sealed = row[13]
+        if sealed is None:
+            return row[:13]
+        return (*row[:9], self._open_text("contexts.state", row[1], row[0], int(row[8]), sealed), *row[10:13])
+
+    def _change_row(self, row: TupleRow) -> TupleRow:
+        """A change row read with ``patch, patch_sealed``: the patch in plaintext."""
+        sealed = row[9]
+        if sealed is None:
+            return row[:9]
+        return (*row[:8], self._open_text("changes.patch", row[2], row[1], int(row[4]), sealed))
+
+    def _dead_letter(self, row: TupleRow) -> DeadLetter:
+        payload, error = row[5], row[8]
+        if row[12] is not None:
+            payload = self._open_text("dead_letters.payload", row[1], row[2], int(row[0]), row[12])
+        if row[13] is not None:
+            error = self._open_text("dead_letters.last_error", row[1], row[2], int(row[0]), row[13])
+        return _dead_letter((*row[:5], payload, *row[6:8], error, *row[9:12]))
+
+    async def _namespace_of(self, cur: _Cursor, context_id: Any) -> str:
+        key = str(context_id)
+        namespace = self._namespaces.get(key)
+        if namespace is None:
+            await cur.execute("SELECT namespace FROM contexts WHERE id = %s", (context_id,))
+            row = await cur.fetchone()
+            if row is None:
+                return ""
+            namespace = self._namespaces[key] = str(row[0])
+        return namespace
+
     # -- writes -----------------------------------------------------------------------------
 
     async def register(
@@ -675,14 +882,17 @@ class PostgresStore:
             existing = await cur.fetchone()
             if existing is not None:
                 if if_exists == "return":
+                    existing = self._context_row(existing)
                     return await _off_loop(len(existing[9]), _decode_context, existing), None
                 raise ConflictError.already_exists(new.name, existing[8])
             revision = (last[0] if last else 0) + 1
             text, snapshot = await asyncio.to_thread(_encode_state, new.state)
             size = len(text.encode("utf-8"))
             now = utcnow()
+            state, state_sealed = self._seal_pair("contexts.state", new.namespace, new.id, revision, text)
             await cur.execute(
-                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}, state_sealed)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
                     new.id,
                     new.namespace,
@@ -693,10 +903,11 @@ class PostgresStore:
                     dumps(new.schema) if new.schema is not None else None,
                     dumps(new.handlers),
                     revision,
-                    text,
+                    state,
                     size,
                     now,
                     now,
+                    state_sealed,
                 ),
             )
             stored = registered(new, revision=revision, state_size=size, now=now)
@@ -740,9 +951,11 @@ class PostgresStore:
             size = len(text.encode("utf-8"))
             now = utcnow()
             revision = current.revision + 1
+            state, state_sealed = self._seal_pair("contexts.state", namespace, current.id, revision, text)
             await cur.execute(
-                "UPDATE contexts SET revision = %s, state = %s, state_size = %s, updated_at = %s WHERE id = %s",
-                (revision, text, size, now, current.id),
+                "UPDATE contexts SET revision = %s, state = %s, state_sealed = %s, state_size = %s, updated_at = %s"
+                " WHERE id = %s",
+                (revision, state, state_sealed, size, now, current.id),
             )
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=size, updated_at=now
@@ -790,12 +1003,21 @@ class PostgresStore:
     ) -> DeadLetter:
         async def work(cur: _Cursor) -> DeadLetter:
             if letter.id:
+                error, error_sealed = self._seal_pair(
+                    "dead_letters.last_error", letter.namespace, letter.context_id, letter.id, letter.last_error
+                )
+                await self._note_key(cur)
                 await cur.execute(
-                    "UPDATE dead_letters SET attempts = attempts + %s, last_error = %s WHERE id = %s",
-                    (letter.attempts, letter.last_error, letter.id),
+                    "UPDATE dead_letters SET attempts = attempts + %s, last_error = %s, last_error_sealed = %s"
+                    " WHERE id = %s",
+                    (letter.attempts, error, error_sealed, letter.id),
                 )
                 await self._append_audit(cur, AuditEntry.of_dead_letter(letter, actor, audit))
                 return letter
+            if self._sealing:
+                stored = await self._add_sealed_dead_letter(cur, letter)
+                await self._append_audit(cur, AuditEntry.of_dead_letter(stored, actor, audit))
+                return stored
             await cur.execute(
                 "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
                 " last_error, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
@@ -818,29 +1040,57 @@ class PostgresStore:
 
         return await self._run(work, writing=True)
 
+    async def _add_sealed_dead_letter(self, cur: _Cursor, letter: DeadLetter) -> DeadLetter:
+        # The associated data names the letter's id: taken from the sequence first.
+        await cur.execute("SELECT nextval(pg_get_serial_sequence('dead_letters', 'id'))")
+        row = await cur.fetchone()
+        letter_id = int(row[0]) if row else 0
+        await self._note_key(cur)
+        await cur.execute(
+            "INSERT INTO dead_letters (id, namespace, context_id, name, type, payload_sealed, idempotency_key,"
+            " attempts, last_error_sealed, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                letter_id,
+                letter.namespace,
+                letter.context_id,
+                letter.name,
+                letter.type,
+                self._seal(
+                    "dead_letters.payload", letter.namespace, letter.context_id, letter_id, dumps(letter.payload)
+                ),
+                letter.idempotency_key,
+                letter.attempts,
+                self._seal(
+                    "dead_letters.last_error", letter.namespace, letter.context_id, letter_id, letter.last_error
+                ),
+                letter.created_at,
+            ),
+        )
+        return dataclasses.replace(letter, id=letter_id)
+
     async def list_dead_letters(
         self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
     ) -> list[DeadLetter]:
         async def work(cur: _Cursor) -> list[TupleRow]:
             await cur.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = %s AND id > %s"
+                f"SELECT {_DEAD_LETTER_SELECT} FROM dead_letters WHERE namespace = %s AND id > %s"
                 " AND (%s::text IS NULL OR name = %s) AND (%s OR replayed_at IS NULL) ORDER BY id LIMIT %s",
                 (namespace, after_id, name, name, include_replayed, limit),
             )
             return await cur.fetchall()
 
-        return [_dead_letter(r) for r in await self._run(work, writing=False)]
+        return [self._dead_letter(r) for r in await self._run(work, writing=False)]
 
     async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
         async def work(cur: _Cursor) -> TupleRow | None:
             await cur.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = %s AND id = %s",
+                f"SELECT {_DEAD_LETTER_SELECT} FROM dead_letters WHERE namespace = %s AND id = %s",
                 (namespace, letter_id),
             )
             return await cur.fetchone()
 
         row = await self._run(work, writing=False)
-        return _dead_letter(row) if row is not None else None
+        return self._dead_letter(row) if row is not None else None
 
     async def mark_replayed(self, letter_id: int, revision: int) -> None:
         async def work(cur: _Cursor) -> None:
@@ -882,7 +1132,8 @@ class PostgresStore:
         audit: AuditNote | None = None,
     ) -> Change:
         async def work(cur: _Cursor) -> Change:
-            row = await self._lock_live_row(cur, namespace, name)
+            raw = await self._lock_live_row(cur, namespace, name, raw=True)
+            row = self._context_row(raw)
             await self._check_expected(cur, row, expected_revision)
             context_id: ContextId = row[0]
             revision = int(row[8]) + 1
@@ -890,10 +1141,20 @@ class PostgresStore:
             if purge:
                 # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
                 await cur.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
-                await cur.execute("UPDATE changes SET patch = NULL WHERE context_id = %s", (context_id,))
+                await cur.execute(
+                    "UPDATE changes SET patch = NULL, patch_sealed = NULL WHERE context_id = %s", (context_id,)
+                )
                 await cur.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
                 await cur.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
                 await cur.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
+            elif self._sealing or raw[13] is not None:
+                # The state's associated data names the revision: sealed again for the new one.
+                state, state_sealed = self._seal_pair("contexts.state", namespace, context_id, revision, row[9])
+                await cur.execute(
+                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s, state = %s,"
+                    " state_sealed = %s WHERE id = %s",
+                    (now, revision, now, state, state_sealed, context_id),
+                )
             else:
                 await cur.execute(
                     "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
@@ -905,12 +1166,13 @@ class PostgresStore:
 
         return await self._run(work, writing=True)
 
-    async def _lock_live_row(self, cur: _Cursor, namespace: str, name: str) -> TupleRow:
+    async def _lock_live_row(self, cur: _Cursor, namespace: str, name: str, *, raw: bool = False) -> TupleRow:
+        """The live row, locked; its state in plaintext (``raw``: as read, with ``state_sealed``)."""
         await cur.execute(_LIVE_ROW + " FOR UPDATE", (namespace, name))
         row = await cur.fetchone()
         if row is None:
             raise NotFoundError(f"name: no context named {name!r}")
-        return row
+        return row if raw else self._context_row(row)
 
     async def _check_expected(self, cur: _Cursor, row: TupleRow, expected: int | None) -> None:
         current_revision = int(row[8])
@@ -923,7 +1185,8 @@ class PostgresStore:
             )
             found = await cur.fetchone()
             if found is not None:
-                missed = await _off_loop(len(row[9]), _missed_patch, row, found[0])
+                snapshot = self._open_snapshot(row[1], row[0], expected, found[0])
+                missed = await _off_loop(len(row[9]), _missed_patch, row, snapshot)
         raise ConflictError(row[2], expected, current_revision, missed)
 
     async def _record(
@@ -957,6 +1220,14 @@ class PostgresStore:
         )
         blob, size = snapshot if snapshot is not None else (None, None)
         stored_patch = feed_patch(patch)
+        patch_text, patch_sealed = self._seal_pair(
+            "changes.patch", namespace, context_id, revision, dumps(stored_patch) if stored_patch is not None else None
+        )
+        payload, payload_sealed = self._seal_pair(
+            "events.payload", namespace, context_id, revision, dumps(event.payload) if event is not None else None
+        )
+        if blob is not None and self._sealing:
+            blob = self._seal("history.snapshot", namespace, context_id, revision, blob)
         await cur.execute(
             _RECORD,
             {
@@ -967,11 +1238,14 @@ class PostgresStore:
                 "op": op,
                 "actor": actor,
                 "now": now,
-                "patch": dumps(stored_patch) if stored_patch is not None else None,
+                "patch": patch_text,
+                "patch_sealed": patch_sealed,
                 "size": size,
                 "snapshot": blob,
                 "event_type": event.type if event is not None else None,
-                "payload": dumps(event.payload) if event is not None else None,
+                "payload": payload,
+                "payload_sealed": payload_sealed,
+                "key_id": self._sealing_key if self._sealing else None,
                 "key": event.idempotency_key if event is not None else None,
                 "channel": CHANGES_CHANNEL,
                 "audit": self.audit_signer is not None,
@@ -1106,29 +1380,35 @@ class PostgresStore:
             return await cur.fetchone()
 
         row = await self._run(work, writing=False)
-        return await _off_loop(len(row[9]), _decode_context, row) if row is not None else None
+        if row is None:
+            return None
+        row = self._context_row(row)
+        return await _off_loop(len(row[9]), _decode_context, row)
 
     async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
         async def work(cur: _Cursor) -> TupleRow | None:
             await cur.execute(
-                f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+                f"SELECT {_CONTEXT_SELECT} FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
             )
             return await cur.fetchone()
 
         row = await self._run(work, writing=False)
-        return await _off_loop(len(row[9]), _decode_context, row) if row is not None else None
+        if row is None:
+            return None
+        row = self._context_row(row)
+        return await _off_loop(len(row[9]), _decode_context, row)
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         async def work(cur: _Cursor) -> list[TupleRow]:
             # Names are ASCII and COLLATE "C": the prefix range scan is exact, `~` sorts after all of them.
             await cur.execute(
-                f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                f"SELECT {_CONTEXT_SELECT} FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
                 " AND name >= %s AND name < %s AND name > %s ORDER BY name LIMIT %s",
                 (namespace, prefix, prefix + "~", after or "", limit),
             )
             return await cur.fetchall()
 
-        rows = await self._run(work, writing=False)
+        rows = [self._context_row(r) for r in await self._run(work, writing=False)]
         return await _off_loop(sum(len(r[9]) for r in rows), _decode_contexts, rows)
 
     async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
@@ -1140,6 +1420,10 @@ class PostgresStore:
             )
             row = await cur.fetchone()
             if row is not None:
+                if sealed_key_id(bytes(row[6][:8])) is not None:
+                    # A sealed snapshot's associated data names the namespace: one more read.
+                    namespace = await self._namespace_of(cur, context_id)
+                    return (*row[:6], self._open_snapshot(namespace, context_id, int(row[0]), row[6]))
                 return row
             await cur.execute(
                 "SELECT revision, op FROM history WHERE context_id = %s ORDER BY revision LIMIT 1", (context_id,)
@@ -1175,13 +1459,13 @@ class PostgresStore:
     async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
         async def work(cur: _Cursor) -> list[TupleRow]:
             await cur.execute(
-                "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
+                "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch, patch_sealed"
                 " FROM changes WHERE sequence > %s ORDER BY sequence LIMIT %s",
                 (sequence, limit),
             )
             return await cur.fetchall()
 
-        return [_change_from_row(r) for r in await self._run(work, writing=False)]
+        return [_change_from_row(self._change_row(r)) for r in await self._run(work, writing=False)]
 
     async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
         # An index range probe on the changes primary key is as cheap as any "anything new?"
@@ -1222,6 +1506,7 @@ class PostgresStore:
                             "events",
                             "dead_letters",
                             "store_counter",
+                            "encryption_keys",
                             "audit_log",
                             "audit_head",
                             "schema_migrations",
@@ -1230,6 +1515,7 @@ class PostgresStore:
                 )
                 total = await cur.fetchone()
                 size = int(total[0]) if total and total[0] is not None else None
+            key_ids = await self._sealing_key_ids(cur) if version > 0 else []
             await cur.execute("SELECT current_schema(), current_setting('server_version')")
             info = await cur.fetchone()
             return StoreStatus(
@@ -1241,7 +1527,12 @@ class PostgresStore:
                 contexts=contexts,
                 last_sequence=last,
                 size_bytes=size,
-                extra={"schema": info[0] if info else None, "server_version": info[1] if info else None},
+                extra={
+                    "schema": info[0] if info else None,
+                    "server_version": info[1] if info else None,
+                    # Encryption at rest: the ids of the keys values are sealed with (empty: plaintext).
+                    "encryption_key_ids": key_ids,
+                },
             )
 
         return await self._run(work, writing=False)
@@ -1260,16 +1551,18 @@ class PostgresStore:
                 await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 # The consumer may be slow (a pipe): no idle-in-transaction limit here.
                 await self._begin(cur, idle_timeout_ms=0)
+                namespaces: dict[str, str] = {}
                 for kind in EXPORT_KINDS:
                     after: tuple[Any, ...] | None = None
                     while True:
-                        await cur.execute(
-                            kind.select_page("%s", after=after is not None), (*(after or ()), _EXPORT_PAGE)
-                        )
+                        await cur.execute(_export_select(kind, after is not None), (*(after or ()), _EXPORT_PAGE))
                         rows = await cur.fetchall()
                         if not rows:
                             break
-                        for record in await asyncio.to_thread(export_page, kind, rows):
+                        if kind.table == "contexts":
+                            namespaces.update((str(r[0]), str(r[1])) for r in rows)
+                        plain = [self._open_export_row(kind, r, namespaces) for r in rows]
+                        for record in await asyncio.to_thread(export_page, kind, plain):
                             yield record
                         after = kind.key_of(rows[-1])
                 await conn.commit()
@@ -1295,8 +1588,15 @@ class PostgresStore:
                     f"import: the target database {self.location} is not empty ({existing} contexts, "
                     f"{changes} changes); import into a new, empty database or schema"
                 )
+            namespaces = {str(row[0]): str(row[1]) for row in rows.rows["context"]}
+            if self._sealing:
+                await self._note_key(cur)
             for kind, table_rows in rows.tables():
-                await cur.executemany(kind.insert("%s"), table_rows)
+                if self._sealing and any(c.table == kind.table for c in _SEALED_COLUMNS):
+                    insert, sealed_rows = self._sealed_import(kind, table_rows, namespaces)
+                    await cur.executemany(insert, sealed_rows)
+                else:
+                    await cur.executemany(kind.insert("%s"), table_rows)
             # The sequence and the event and dead letter ids continue after everything imported.
             await cur.execute(
                 "UPDATE store_counter SET value = greatest(value,"
@@ -1338,6 +1638,179 @@ class PostgresStore:
             await asyncio.to_thread(out.writelines, buffer)
         finally:
             await asyncio.to_thread(out.close)
+
+    # -- encryption at rest: export, import, rotate-key --------------------------------------
+
+    def _open_export_row(self, kind: RecordKind, row: TupleRow, namespaces: dict[str, str]) -> tuple[Any, ...]:
+        """A row read with ``_export_select`` as ``kind.select_list`` would read it, in plaintext."""
+        columns = [f.select for f in kind.fields]
+        width = len(columns)
+        extras = _export_extras(kind)
+        values = list(row[:width])
+        for sealed in _sealed_of(kind.table):
+            index = columns.index(sealed.plain)
+            value = values[index] if sealed.in_place else row[width + extras.index(sealed.sealed)]
+            if value is None or sealed_key_id(bytes(value[:8])) is None:
+                continue
+            key = str(values[columns.index(sealed.context)])
+            number = int(values[columns.index(sealed.number)])
+            namespace = str(values[columns.index(sealed.namespace)]) if sealed.namespace else namespaces.get(key, "")
+            opened = self._open(sealed.name, namespace, key, number, value)
+            values[index] = opened if sealed.in_place else opened.decode("utf-8")
+        return tuple(values)
+
+    def _sealed_import(
+        self, kind: RecordKind, table_rows: list[tuple[Any, ...]], namespaces: dict[str, str]
+    ) -> tuple[LiteralString, list[tuple[Any, ...]]]:
+        """The insert of ``kind`` with its contents sealed, and its rows."""
+        columns: list[LiteralString] = [c for f in kind.fields for c in f.columns]
+        sealed_columns = _sealed_of(kind.table)
+        extras: list[LiteralString] = [c.sealed for c in sealed_columns if not c.in_place]
+        out: list[tuple[Any, ...]] = []
+        for row in table_rows:
+            values = list(row)
+            added: list[Any] = []
+            for sealed in sealed_columns:
+                index = columns.index(sealed.plain)
+                value = values[index]
+                if value is None:
+                    if not sealed.in_place:
+                        added.append(None)
+                    continue
+                key = str(values[columns.index(sealed.context)])
+                number = int(values[columns.index(sealed.number)])
+                namespace = (
+                    str(values[columns.index(sealed.namespace)]) if sealed.namespace else namespaces.get(key, "")
+                )
+                blob = self._seal(sealed.name, namespace, key, number, value)
+                if sealed.in_place:
+                    values[index] = blob
+                else:
+                    values[index] = None
+                    added.append(blob)
+            out.append((*values, *added))
+        names = ", ".join([*columns, *extras])
+        placeholders = ", ".join("%s" for _ in [*columns, *extras])
+        return f"INSERT INTO {kind.table} ({names}) VALUES ({placeholders})", out
+
+    async def rotate_keys(
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[RotationProgress], None] | None = None,
+        max_batches: int | None = None,
+    ) -> bool:
+        """Rewrite every sealed value not under the cipher's current key (see
+        ``SQLiteStore.rotate_keys``): each batch is its own transaction, its rows locked (a
+        concurrent write waits, or is waited for), so an interrupted run loses nothing and the
+        next run continues where it stopped. True when done, False when ``max_batches`` stopped it.
+        """
+        batches = 0
+        while True:
+            pending = await self._run(self._rotation_pending, writing=False)
+            if not any(pending.values()):
+                if await self._run(self._finish_rotation, writing=True):
+                    return True
+                continue  # another instance wrote under an old key meanwhile
+            for sealed in _SEALED_COLUMNS:
+                if not pending[sealed.name]:
+                    continue
+                after: tuple[Any, ...] | None = None
+                done = 0
+                while True:
+                    if max_batches is not None and batches >= max_batches:
+                        return False
+                    count, after = await self._run(
+                        functools.partial(self._rotate_batch, sealed=sealed, after=after, batch_size=batch_size),
+                        writing=True,
+                    )
+                    if after is None:
+                        break
+                    batches += 1
+                    done += count
+                    if progress is not None:
+                        progress(RotationProgress(sealed.name, done, pending[sealed.name], batches))
+
+    def _stale(self, sealed: _SealedColumn) -> tuple[LiteralString, tuple[Any, ...]]:
+        """The SQL condition (and its parameters) of a value not stored the way the current key wants."""
+        key_id = self._sealing_key
+        if key_id is not None:
+            prefix = SEALED_MAGIC + bytes.fromhex(key_id)
+            if sealed.in_place:
+                return f"substring({sealed.plain} FROM 1 FOR 8) <> %s", (prefix,)
+            return f"({sealed.plain} IS NOT NULL OR substring({sealed.sealed} FROM 1 FOR 8) <> %s)", (prefix,)
+        if sealed.in_place:
+            return f"substring({sealed.plain} FROM 1 FOR 4) = %s", (SEALED_MAGIC,)
+        return f"{sealed.sealed} IS NOT NULL", ()
+
+    async def _rotation_pending(self, cur: _Cursor) -> dict[str, int]:
+        pending: dict[str, int] = {}
+        for sealed in _SEALED_COLUMNS:
+            condition, params = self._stale(sealed)
+            await cur.execute(f"SELECT count(*) FROM {sealed.table} WHERE {condition}", params)
+            row = await cur.fetchone()
+            pending[sealed.name] = int(row[0]) if row else 0
+        return pending
+
+    async def _rotate_batch(
+        self, cur: _Cursor, *, sealed: _SealedColumn, after: tuple[Any, ...] | None, batch_size: int
+    ) -> tuple[int, tuple[Any, ...] | None]:
+        """Rewrite up to ``batch_size`` stale values after key ``after`` (rows locked); returns how
+        many and the last key (None when there were none left)."""
+        condition, params = self._stale(sealed)
+        keys = ", ".join(sealed.key)
+        namespace: LiteralString = sealed.namespace or "NULL"
+        where: LiteralString = f"({keys}) > ({', '.join('%s' for _ in sealed.key)}) AND " if after is not None else ""
+        value: LiteralString = sealed.plain if sealed.in_place else f"{sealed.plain}, {sealed.sealed}"
+        await cur.execute(
+            f"SELECT {keys}, {namespace}, {sealed.context}, {sealed.number}, {value} FROM {sealed.table}"
+            f" WHERE {where}{condition} ORDER BY {keys} LIMIT %s FOR UPDATE",
+            (*(after or ()), *params, batch_size),
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            return 0, None
+        await self._note_key(cur)
+        width = len(sealed.key)
+        updates: list[tuple[Any, ...]] = []
+        for row in rows:
+            key_values = tuple(row[:width])
+            row_namespace, context_id, number = row[width : width + 3]
+            if row_namespace is None:
+                row_namespace = await self._namespace_of(cur, context_id)
+            stored = row[width + 3] if sealed.in_place or row[width + 4] is None else row[width + 4]
+            if isinstance(stored, str):
+                plain: bytes = stored.encode("utf-8")
+            elif sealed_key_id(bytes(stored[:8])) is not None:
+                plain = self._open(sealed.name, row_namespace, context_id, int(number), stored)
+            else:
+                plain = bytes(stored)
+            if self._sealing:
+                blob = self._seal(sealed.name, row_namespace, context_id, int(number), plain)
+                updates.append((blob, *key_values) if sealed.in_place else (None, blob, *key_values))
+            elif sealed.in_place:
+                updates.append((plain, *key_values))
+            else:
+                updates.append((plain.decode("utf-8"), None, *key_values))
+        target: LiteralString = (
+            f"{sealed.plain} = %s" if sealed.in_place else f"{sealed.plain} = %s, {sealed.sealed} = %s"
+        )
+        match = " AND ".join(f"{k} = %s" for k in sealed.key)
+        await cur.executemany(f"UPDATE {sealed.table} SET {target} WHERE {match}", updates)
+        return len(rows), tuple(rows[-1][:width])
+
+    async def _finish_rotation(self, cur: _Cursor) -> bool:
+        """If no value is left under another key, forget the old key ids. The table lock makes a
+        concurrent write that seals (it records its key id) wait for, or be seen by, the check."""
+        await cur.execute("LOCK TABLE encryption_keys IN EXCLUSIVE MODE")
+        for sealed in _SEALED_COLUMNS:
+            condition, params = self._stale(sealed)
+            await cur.execute(f"SELECT 1 FROM {sealed.table} WHERE {condition} LIMIT 1", params)
+            if await cur.fetchone() is not None:
+                return False
+        await cur.execute("DELETE FROM encryption_keys WHERE key_id IS DISTINCT FROM %s", (self._sealing_key,))
+        await self._note_key(cur)
+        return True
 
     async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
         bounds = (namespace, prefix, prefix + "~")

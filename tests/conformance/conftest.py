@@ -28,8 +28,8 @@ from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.store import Retention, Store, open_store
 
 POSTGRES_URL = os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-# sqlite-encrypted: SQLite with encryption at rest on (README "Encryption at rest").
-BACKENDS = ["sqlite", "postgres", "sqlite-encrypted"]
+# sqlite-encrypted, postgres-encrypted: encryption at rest on (README "Encryption at rest").
+BACKENDS = ["sqlite", "postgres", "sqlite-encrypted", "postgres-encrypted"]
 _KEYRING = Keyring(parse_key(generate_key(), source="the conformance suite's key"))
 
 Kind = Literal["sqlite", "postgres"]
@@ -121,6 +121,8 @@ async def make_backend(tmp_path: Path) -> AsyncGenerator[MakeBackend]:
 async def backend(request: pytest.FixtureRequest, make_backend: MakeBackend) -> Backend:
     if request.param == "sqlite-encrypted":
         return dataclasses.replace(await make_backend("sqlite"), cipher=_KEYRING)
+    if request.param == "postgres-encrypted":
+        return dataclasses.replace(await make_backend("postgres"), cipher=_KEYRING)
     return await make_backend(request.param)
 
 
