@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 "groundhog-mcp: export: encryption at rest is on and an export is plaintext JSON; pass --plaintext "
                 "to write the decrypted contents anyway (keep that file as safe as the key), or use `backup` for "
-                "an encrypted copy. Nothing was written.",
+                "an encrypted copy (PostgreSQL: pg_dump). Nothing was written.",
                 file=sys.stderr,
             )
             return 1

@@ -1622,8 +1622,16 @@ class PostgresStore:
     async def backup(self, destination: Path) -> None:
         """A consistent export (one snapshot) as JSON lines; restore it with ``groundhog-mcp import``.
 
-        A physical copy of a PostgreSQL database is ``pg_dump``'s job, not ours.
+        A physical copy of a PostgreSQL database is ``pg_dump``'s job, not ours. With encryption
+        at rest on, the export would be the decrypted contents: refused (``export --plaintext``
+        says so explicitly; ``pg_dump`` copies the sealed values).
         """
+        if self.cipher is not None:
+            raise StateUpdateError(
+                "backup: on PostgreSQL a backup is a JSON export, which with encryption at rest on would hold the "
+                "decrypted contents; use pg_dump (it copies the encrypted values), or `export --plaintext` to "
+                "write them decrypted on purpose. Nothing was written."
+            )
         try:
             out = await asyncio.to_thread(_create_exclusive, destination)
         except FileExistsError:

@@ -280,7 +280,6 @@ def test_key_configuration_mistakes_are_clear(tmp_path: Path) -> None:
         ({"encryption_key_file": str(tmp_path / "missing")}, "cannot read encryption_key_file"),
         ({"encryption_old_keys": other}, "old keys are configured"),
         ({"encryption_key": key, "encryption_old_keys": f"{other},nope"}, "GROUNDHOG_ENCRYPTION_OLD_KEYS item 2"),
-        ({"encryption_key": key, "database": "postgresql://127.0.0.1/test"}, "not supported on the PostgreSQL"),
     ]
     for settings, expected in cases:
         settings.setdefault("database", database)
