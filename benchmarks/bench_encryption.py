@@ -8,6 +8,7 @@ States of 1 KB and 64 KB; every write sends a new value (a real revision with a 
 Target (issue 6): update_state p50 with encryption ≤ 1.15 x without.
 
     python benchmarks/bench_encryption.py [--rounds 20 --batch 50] [--output FILE]
+    python benchmarks/bench_encryption.py --postgres [URL]   # the same on PostgreSQL (two fresh schemas)
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def server(args: list[str], env: dict[str, str]) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=args, env=env, cwd=str(REPO))
 
 
+def database(args: argparse.Namespace, tmp: str, label: str, schema: str) -> str:
+    if args.postgres:
+        separator = "&" if "?" in args.postgres else "?"
+        return f"{args.postgres}{separator}schema={schema}"
+    return str(Path(tmp) / f"{label}.sqlite")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -53,8 +61,30 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "encryption.json")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=None,
+        help="run on PostgreSQL at this URL (default: the local test server) instead of SQLite files",
+    )
     args = parser.parse_args()
+    if args.output is None:
+        args.output = HERE / "results" / ("encryption_postgres.json" if args.postgres else "encryption.json")
+    schemas = [f"bench_enc_{label}_{os.getpid()}" for label in ("plain", "encrypted")]
+    try:
+        await run(args, schemas)
+    finally:
+        if args.postgres:
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(args.postgres, autocommit=True) as conn:
+                for schema in schemas:
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def run(args: argparse.Namespace, schemas: list[str]) -> None:
     sys.path.insert(0, str(REPO))
     from groundhog_mcp.security.crypto import generate_key
 
@@ -65,8 +95,8 @@ async def main() -> None:
         serve = ["-m", "groundhog_mcp", "--log-level", "WARNING", "--database"]
         async with (
             Client(server([str(HERE / "noop_server.py")], base), mode="legacy") as noop,
-            Client(server([*serve, str(Path(tmp) / "plain.sqlite")], base), mode="legacy") as plain,
-            Client(server([*serve, str(Path(tmp) / "encrypted.sqlite")], keyed), mode="legacy") as encrypted,
+            Client(server([*serve, database(args, tmp, "plain", schemas[0])], base), mode="legacy") as plain,
+            Client(server([*serve, database(args, tmp, "encrypted", schemas[1])], keyed), mode="legacy") as encrypted,
         ):
             servers = {"plain": plain, "encrypted": encrypted}
             revisions: dict[tuple[str, int], int] = {}
