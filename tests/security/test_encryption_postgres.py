@@ -295,3 +295,27 @@ async def test_import_into_encrypted_postgres_seals_what_it_loads(tmp_path: Path
     assert await _key_ids(schema) == {key_id(key)}
     again = run(env, "--database", url, "export", "--plaintext").stdout.splitlines()[1:]
     assert again == dump.read_bytes().splitlines()[1:]
+
+
+async def test_plaintext_postgres_with_a_key_encrypts_new_writes(tmp_path: Path, schema: str) -> None:
+    url = _url(schema)
+    manager = await _manager(url, env_with(tmp_path))
+    try:
+        await manager.register("old", state=ContextState(data={"v": MARKER}))
+    finally:
+        await manager.close()
+    assert await _key_ids(schema) == {None}
+    key = generate_key()
+    manager = await _manager(url, env_with(tmp_path, encryption_key=key))
+    try:
+        await manager.register("new", state=ContextState(data={"v": "fresh"}))
+        assert (await manager.get("old")).state.data == {"v": MARKER}  # plaintext rows still read
+        await manager.update("old", data={"v": "sealed now"})
+        assert (await manager.read("old", 1))[2].data == {"v": MARKER}  # the plaintext snapshot
+    finally:
+        await manager.close()
+    assert await _key_ids(schema) == {None, key_id(key)}  # mixed until `rotate-key`
+    states = await _sql(schema, "SELECT name, state IS NULL, state_sealed IS NULL FROM contexts ORDER BY name")
+    assert states == [("new", True, False), ("old", True, False)]
+    refused = run(env_with(tmp_path), "--database", url, "contexts", "list", check=False)
+    assert refused.returncode == 1 and b"no encryption key is configured" in refused.stderr
