@@ -319,3 +319,42 @@ async def test_plaintext_postgres_with_a_key_encrypts_new_writes(tmp_path: Path,
     assert states == [("new", True, False), ("old", True, False)]
     refused = run(env_with(tmp_path), "--database", url, "contexts", "list", check=False)
     assert refused.returncode == 1 and b"no encryption key is configured" in refused.stderr
+
+
+async def test_rotation_while_writing_loses_no_write(tmp_path: Path, schema: str) -> None:
+    """rotate-key locks each batch's rows: a write racing it is neither overwritten nor left under the old key."""
+    import asyncio
+
+    from groundhog_mcp.store.postgres import PostgresStore
+
+    old, new = generate_key(), generate_key()
+    url = _url(schema)
+    await _populate(url, env_with(tmp_path, encryption_key=old, keep_revisions="0"), updates=60)
+    rotating = env_with(tmp_path, encryption_key=new, encryption_old_keys=old)
+    writer = await _manager(url, rotating)
+    rotator = writer.store
+    assert isinstance(rotator, PostgresStore)
+    other = PostgresStore(url, cipher=rotator.cipher)
+    await other.open()
+    try:
+        written = 0
+        seen: list[int] = []  # writes done when each rotation batch committed
+
+        async def write() -> None:
+            nonlocal written
+            for n in range(40):
+                await writer.update("a", data={"secret": MARKER, "racing": n})
+                written += 1
+
+        done, _ = await asyncio.gather(
+            other.rotate_keys(batch_size=4, progress=lambda _: seen.append(written)), write()
+        )
+        assert done is True
+        assert any(0 < w < 40 for w in seen), seen  # the two really overlapped
+        assert (await writer.get("a")).state.data == {"secret": MARKER, "racing": 39}
+        assert (await writer.read("a", 1))[2].data == {"secret": MARKER}
+    finally:
+        await other.close()
+        await writer.close()
+    assert await _key_ids(schema) == {key_id(new)}
+    assert [r[0] for r in await _sql(schema, "SELECT key_id FROM encryption_keys")] == [key_id(new)]
