@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from groundhog_mcp.errors import EncryptionKeyError
 from groundhog_mcp.models import (
     Change,
     ContextId,
@@ -604,3 +605,27 @@ def record_aad(column: str, namespace: str, context_id: object, number: int) -> 
     context's namespace and id, and the row's revision (a dead letter: its id). A blob copied to
     another column, context, namespace or revision fails to open."""
     return f"groundhog-mcp/1\x00{column}\x00{namespace}\x00{context_id}\x00{number}".encode()
+
+
+def key_mismatch(cipher: RecordCipher | None, used: Iterable[str], where: str, unchanged: str) -> None:
+    """Raise :class:`EncryptionKeyError` when records of the database ``where`` are sealed under
+    key ids (``used``) that ``cipher`` cannot open; ``unchanged`` says what was left untouched."""
+    readable = cipher.readable_key_ids if cipher is not None else frozenset[str]()
+    missing = [key_id for key_id in used if key_id not in readable]
+    if not missing:
+        return
+    ids = f"key id{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    if cipher is None:
+        raise EncryptionKeyError(
+            f"encryption: the database {where} is encrypted ({ids}) and no encryption key is configured; "
+            f"set GROUNDHOG_ENCRYPTION_KEY or encryption_key_file. {unchanged}"
+        )
+    current = cipher.key_id
+    configured = f"the configured key has id {current}" if current else "no current key is configured"
+    old = sorted(readable - {current} if current else readable)
+    if old:
+        configured += f" (old keys: {', '.join(old)})"
+    raise EncryptionKeyError(
+        f"encryption: the database {where} was encrypted with {ids}, and {configured}; configure that key "
+        f"(while rotate-key has not finished, list the previous key in GROUNDHOG_ENCRYPTION_OLD_KEYS). {unchanged}"
+    )

@@ -100,6 +100,7 @@ from groundhog_mcp.store.base import (
     StoredRevision,
     StoreStatus,
     feed_patch,
+    key_mismatch,
     record_aad,
     registered,
     sealed_key_id,
@@ -747,27 +748,7 @@ class PostgresStore:
             await self._begin(cur)
             used = await self._sealing_key_ids(cur)
         await conn.rollback()
-        readable = self.cipher.readable_key_ids if self.cipher is not None else frozenset[str]()
-        missing = [key_id for key_id in used if key_id not in readable]
-        if not missing:
-            return
-        ids = f"key id{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-        unchanged = "Nothing was modified."
-        if self.cipher is None:
-            raise EncryptionKeyError(
-                f"encryption: the database {self.location} is encrypted ({ids}) and no encryption key is configured; "
-                f"set GROUNDHOG_ENCRYPTION_KEY or encryption_key_file. {unchanged}"
-            )
-        current = self.cipher.key_id
-        configured = f"the configured key has id {current}" if current else "no current key is configured"
-        old = sorted(readable - {current} if current else readable)
-        if old:
-            configured += f" (old keys: {', '.join(old)})"
-        raise EncryptionKeyError(
-            f"encryption: the database {self.location} was encrypted with {ids}, and {configured}; configure that "
-            "key (while rotate-key has not finished, list the previous key in GROUNDHOG_ENCRYPTION_OLD_KEYS). "
-            f"{unchanged}"
-        )
+        key_mismatch(self.cipher, used, str(self.location), "Nothing was modified.")
 
     async def _sealing_key_ids(self, cur: _Cursor) -> list[str]:
         await cur.execute("SELECT to_regclass('encryption_keys') IS NOT NULL")

@@ -27,7 +27,6 @@ import structlog
 
 from groundhog_mcp.errors import (
     ConflictError,
-    EncryptionKeyError,
     InitializationError,
     NotFoundError,
     RecordIntegrityError,
@@ -65,6 +64,7 @@ from groundhog_mcp.store.base import (
     StoredRevision,
     StoreStatus,
     feed_patch,
+    key_mismatch,
     record_aad,
     registered,
     sealed_key_id,
@@ -311,26 +311,7 @@ class SQLiteStore:
         if not exists:
             return
         used = [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
-        readable = self.cipher.readable_key_ids if self.cipher is not None else frozenset[str]()
-        missing = [key_id for key_id in used if key_id not in readable]
-        if not missing:
-            return
-        ids = f"key id{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
-        unchanged = "The file was not modified."
-        if self.cipher is None:
-            raise EncryptionKeyError(
-                f"encryption: the database {self.path} is encrypted ({ids}) and no encryption key is configured; "
-                f"set GROUNDHOG_ENCRYPTION_KEY or encryption_key_file. {unchanged}"
-            )
-        current = self.cipher.key_id
-        configured = f"the configured key has id {current}" if current else "no current key is configured"
-        old = sorted(readable - {current} if current else readable)
-        if old:
-            configured += f" (old keys: {', '.join(old)})"
-        raise EncryptionKeyError(
-            f"encryption: the database {self.path} was encrypted with {ids}, and {configured}; configure that key "
-            f"(while rotate-key has not finished, list the previous key in GROUNDHOG_ENCRYPTION_OLD_KEYS). {unchanged}"
-        )
+        key_mismatch(self.cipher, used, str(self.path), "The file was not modified.")
 
     def _note_key(self, conn: sqlite3.Connection) -> None:
         """Record the sealing key's id (in the write transaction that first uses it)."""
