@@ -95,6 +95,12 @@ class Settings(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=list[str], description="Host headers to accept besides localhost")
     allowed_origins: list[str] = Field(default_factory=list[str], description="Origin headers to accept")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    header_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for a request's headers to arrive")
+    body_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds for a request's body to arrive")
+    max_connections: int = Field(default=512, ge=1, le=100_000, description="HTTP connections served at once")
+    credential_recheck: float = Field(
+        default=5.0, gt=0, le=3600, description="seconds between checks that an open stream's token is still valid"
+    )
     token_file: str = Field(default_factory=lambda: str(default_token_file()))
     insecure_no_auth: bool = False
     # The audit log (README "Audit log"): on unless turned off. The key comes from
@@ -472,6 +478,10 @@ async def serve_http(settings: Settings) -> None:
         allowed_hosts=tuple(settings.allowed_hosts),
         allowed_origins=tuple(settings.allowed_origins),
         max_body_bytes=settings.max_body_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+        credential_recheck=settings.credential_recheck,
     )
     refuse_unauthenticated_bind(wanted, authenticated=authenticated, insecure_no_auth=settings.insecure_no_auth)
     if oauth and not settings.oauth_issuer_url:  # before the port and the database are touched
@@ -497,7 +507,10 @@ async def serve_http(settings: Settings) -> None:
         if problem:
             log.warning(problem)
     else:
-        log.info("no token file: requests are not authenticated (loopback only)", token_file=str(store.path))
+        log.info(
+            "no token file: requests are not authenticated (loopback only) until one is created",
+            token_file=str(store.path),
+        )
     sock = bind_socket(settings.host, settings.port)
     loop = asyncio.get_running_loop()
     http: HttpServer | None = None
@@ -506,10 +519,15 @@ async def serve_http(settings: Settings) -> None:
         manager = open_manager(settings)
         await manager.start()
         try:
+            verifier: TokenVerifier | None = None
+            auth: AuthSettings | None = None
             if oauth:
                 verifier, auth = await _oauth(settings, config)
-            else:
-                verifier, auth = token_auth(store, config) if authenticated else (None, None)
+            elif not settings.insecure_no_auth:
+                # Without a token file yet (loopback only: refused above otherwise), requests run as
+                # the local principal until the first token is created; from then on they need one.
+                anonymous = None if authenticated else settings.local_principal()
+                verifier, auth = token_auth(store, config, anonymous)
             server = create_server(settings, manager, token_verifier=verifier, auth=auth)
 
             async def render_metrics(principal: Principal | None) -> str:
@@ -517,7 +535,7 @@ async def serve_http(settings: Settings) -> None:
                 return await prometheus_text(viewer)
 
             add_metrics_route(server, render_metrics, verifier=verifier, public=settings.metrics_public)
-            http = HttpServer(server, config)
+            http = HttpServer(server, config, verifier)
             for signum in _STOP_SIGNALS:
                 loop.add_signal_handler(signum, http.stop)
             log.info(

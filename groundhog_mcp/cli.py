@@ -495,6 +495,13 @@ def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="serve GET /metrics without a token (default: a token with the admin grant is needed)",
     )
+    for flag, kind, text in (
+        ("--header-timeout", float, "seconds for a request's headers to arrive (default 10)"),
+        ("--body-timeout", float, "seconds for a request's body to arrive (default 30)"),
+        ("--max-connections", int, "HTTP connections served at once; beyond that 503 (default 512)"),
+        ("--credential-recheck", float, "seconds between checks that an open stream's token is valid (default 5)"),
+    ):
+        serve.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
 
 
 def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -529,6 +536,10 @@ def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
         "token_file",
         "insecure_no_auth",
         "metrics_public",
+        "header_timeout",
+        "body_timeout",
+        "max_connections",
+        "credential_recheck",
     )
     return {name: getattr(args, name, None) for name in names}
 
