@@ -1,7 +1,7 @@
 """Several groundhog-mcp instances on one PostgreSQL database, over real stdio (issue 7).
 
-    python benchmarks/bench_postgres.py            # ~1 minute
-    python benchmarks/bench_postgres.py --quick    # ~20 s
+    python benchmarks/bench_postgres.py            # ~1.5 minutes on a busy 2-CPU machine
+    python benchmarks/bench_postgres.py --quick    # ~1 minute there
     python benchmarks/bench_postgres.py --url postgresql://user@host/db
 
 Three measurements, every instance a real ``groundhog-mcp`` process driven by the MCP SDK
