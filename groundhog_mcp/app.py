@@ -331,7 +331,7 @@ async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0)
         from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
     except ImportError:
         raise InitializationError(
-            "metrics: the Prometheus exposition needs prometheus-client; pip install 'groundhog-mcp[metrics]'"
+            "metrics: the Prometheus exposition needs prometheus-client; pip install 'groundhog-context-mcp[metrics]'"
         ) from None
     server, contexts = await manager.collect_metrics(limit=manager.limits.max_page)
     registry = CollectorRegistry()
