@@ -344,6 +344,11 @@ class ServerMetricsOut(BaseModel):
     last_sequence: int
     open_subscriptions: int
     errors: dict[str, int]
+    denied_requests: dict[str, dict[str, int]] = Field(
+        default_factory=dict[str, dict[str, int]],
+        description="requests of your namespace refused for a missing grant, by principal and operation (exact, "
+        "this process; the audit log keeps at most one row per principal per minute)",
+    )
 
 
 class MetricsOut(BaseModel):
