@@ -22,7 +22,7 @@ from mcp.server.auth.settings import AuthSettings
 from pydantic import AnyHttpUrl
 
 from groundhog_mcp import StateManager
-from groundhog_mcp.app import Settings, audit_key, create_server
+from groundhog_mcp.app import Settings, audit_key, create_server, prometheus_text
 from groundhog_mcp.errors import AccessDeniedError, ConflictError, EventHandlingError, NotFoundError
 from groundhog_mcp.models import ContextState, Grant, Principal, utcnow
 from groundhog_mcp.security.audit import AuditKey, load_or_create_key_file
@@ -341,6 +341,9 @@ async def test_denials_are_one_row_per_principal_per_minute_and_counted_exactly(
             await eve.update("secret", data={})
         server, _ = await manager.collect_metrics()
         assert server["denied_requests"] == {"eve": {"write": 1}, "mallory": {"read": 1000}}
+        exposition = await prometheus_text(manager)
+        assert 'groundhog_denied_requests_total{operation="read",principal="mallory"} 1000.0' in exposition
+        assert 'groundhog_denied_requests_total{operation="write",principal="eve"} 1.0' in exposition
         during = await all_rows(manager.store)
     finally:
         await manager.close()  # a clean shutdown writes the counts still pending
