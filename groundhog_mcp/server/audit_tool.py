@@ -39,8 +39,9 @@ async def audit_log(
     limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
 ) -> AuditLogOut:
     """Admins: the audit log of your namespace: every committed write (who, which context, which
-    revision, when, from which request) and every denied request, a page at a time. It never holds
-    state contents. `groundhog-mcp audit verify` proves the log was not altered."""
+    revision, when, from which request) and denied requests (per principal the first of each
+    minute, then a count), a page at a time. It never holds state contents.
+    `groundhog-mcp audit verify` proves the log was not altered."""
     manager = _manager(ctx)
     page = await manager.audit_log(
         context=context,
