@@ -346,8 +346,8 @@ class ServerMetricsOut(BaseModel):
     errors: dict[str, int]
     denied_requests: dict[str, dict[str, int]] = Field(
         default_factory=dict[str, dict[str, int]],
-        description="requests of your namespace refused for a missing grant, by principal and operation (exact, "
-        "this process; the audit log keeps at most one row per principal per minute)",
+        description="requests refused for a missing grant, by principal and operation (exact, this process): "
+        "your own; every principal's of your namespace for an admin of all of it",
     )
 
 

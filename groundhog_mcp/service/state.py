@@ -647,9 +647,17 @@ class StateManager:
             "contexts": visible,
             "last_sequence": last_sequence,
             "errors": dict(self.metrics.namespace_errors.get(self.principal.namespace, {})),
-            "denied_requests": self.metrics.denied_in(self.principal.namespace),
+            "denied_requests": self._visible_denials(),
         }
         return server, per_context
+
+    def _visible_denials(self) -> dict[str, dict[str, int]]:
+        """Denied requests of this namespace by principal: every principal's for an admin of the
+        whole namespace (as the audit log), otherwise the caller's own."""
+        denied = self.metrics.denied_in(self.principal.namespace)
+        if self.principal.allows("admin", ""):
+            return denied
+        return {name: counts for name, counts in denied.items() if name == self.principal.name}
 
     # -- events -----------------------------------------------------------------------------
 

@@ -341,6 +341,8 @@ async def test_denials_are_one_row_per_principal_per_minute_and_counted_exactly(
             await eve.update("secret", data={})
         server, _ = await manager.collect_metrics()
         assert server["denied_requests"] == {"eve": {"write": 1}, "mallory": {"read": 1000}}
+        # Other principals' names and counts are for an admin of the whole namespace only.
+        assert (await eve.collect_metrics())[0]["denied_requests"] == {"eve": {"write": 1}}
         exposition = await prometheus_text(manager)
         assert 'groundhog_denied_requests_total{operation="read",principal="mallory"} 1000.0' in exposition
         assert 'groundhog_denied_requests_total{operation="write",principal="eve"} 1.0' in exposition
