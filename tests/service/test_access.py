@@ -19,7 +19,8 @@ from groundhog_mcp.errors import ContextError, EventHandlingError
 from groundhog_mcp.models import Grant, Principal
 from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.service import Event, WriteResult
-from groundhog_mcp.store import SQLiteStore
+from groundhog_mcp.store import SQLiteStore, Store
+from tests.conformance.conftest import Kind, MakeBackend
 
 
 def principal(name: str, *grants: str, namespace: str = "default") -> Principal:
@@ -95,11 +96,12 @@ class CountingStore:
     """A real SQLite store that records which of its methods were awaited, in order (and, when
     encrypted, every record it decrypts: the decoding work a call does)."""
 
-    def __init__(self, inner: SQLiteStore) -> None:
+    def __init__(self, inner: Store) -> None:
         self._inner = inner
         self.calls: list[str] = []
-        if inner.cipher is not None:
-            inner.cipher = CountingCipher(inner.cipher, self.calls)  # type: ignore[assignment]
+        cipher = getattr(inner, "cipher", None)
+        if cipher is not None:
+            inner.cipher = CountingCipher(cipher, self.calls)  # type: ignore[attr-defined]
 
     def __getattr__(self, attribute: str) -> Any:
         value = getattr(self._inner, attribute)
@@ -134,12 +136,16 @@ async def test_a_denied_write_looks_nothing_up(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize("itemized", [True, False], ids=["denial-itemized", "denial-counted"])
-async def test_a_denied_read_does_the_store_work_of_a_missing_one(db_path: Path, itemized: bool) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_denied_read_does_the_store_work_of_a_missing_one(
+    make_backend: MakeBackend, kind: Kind, itemized: bool
+) -> None:
     """Every read path checks the grant on the name before it reads anything: a large existing
     context the reader may not read is neither read nor decrypted, exactly like a missing name.
     (Itemized: each denial writes its audit row; counted: the principal's minute already has its
     row, so a denial touches no store at all.)"""
-    store = CountingStore(SQLiteStore(db_path, cipher=Keyring(parse_key(generate_key(), source="test"))))
+    backend = await make_backend(kind)
+    store = CountingStore(backend.store(cipher=Keyring(parse_key(generate_key(), source="test"))))
     owner = StateManager(store)  # type: ignore[arg-type]
     owner.denial_summary_interval = 3600  # no background summary row in the middle of a count
     await owner.start()
