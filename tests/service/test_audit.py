@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from groundhog_mcp import NotFoundError, StateManager
+from groundhog_mcp.models import Grant, Principal
+from groundhog_mcp.security.audit import AuditKey
 from groundhog_mcp.service.audit import DENIAL_SUMMARY_OPERATION, DenialLog
-from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry
+from groundhog_mcp.store import SQLiteStore
+from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditQuery, AuditRecord
 
 
 class Clock:
@@ -73,3 +83,46 @@ def test_summaries_are_bounded_and_idle_principals_forgotten() -> None:
     clock.now += 60
     assert log.due() == []
     assert log.admit(denial("m")) is not None  # forgotten while idle: itemized again
+
+
+class SummaryWatcher:
+    """A real store that sets ``written`` once a denial summary row has been appended."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self._inner = inner
+        self.written = asyncio.Event()
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._inner, attribute)
+
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        record = await self._inner.append_audit(entry)
+        if entry.operation == DENIAL_SUMMARY_OPERATION:
+            self.written.set()
+        return record
+
+
+async def test_a_running_manager_writes_the_count_once_the_minute_has_passed(db_path: Path) -> None:
+    store = SummaryWatcher(SQLiteStore(db_path, audit_signer=AuditKey("k" * 32)))
+    manager = StateManager(store)  # type: ignore[arg-type]
+    clock = Clock()
+    manager.denials = DenialLog(60.0, clock=clock)
+    manager.denial_summary_interval = 0.01
+    await manager.start()
+    try:
+        reader = manager.with_principal(Principal("r", "default", grants=(Grant.parse("read:open."),)))
+        for _ in range(3):
+            with pytest.raises(NotFoundError):
+                await reader.get("closed")
+        assert not store.written.is_set()
+        clock.now += 60  # the minute is over: the next look writes the count of the two not itemized
+        async with asyncio.timeout(5):
+            await store.written.wait()
+        rows = await store.read_audit(AuditQuery(limit=10))
+        assert [(r.principal, r.operation, r.context) for r in rows] == [
+            ("r", "read", "closed"),
+            ("r", DENIAL_SUMMARY_OPERATION, None),
+        ]
+        assert rows[1].detail is not None and rows[1].detail.endswith("(read 2)")
+    finally:
+        await manager.close()
