@@ -361,6 +361,15 @@ async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0)
     errors = Counter("groundhog_errors", "Errors answered to clients", ["error"], registry=registry)
     for error_class, count in server["errors"].items():
         errors.labels(error_class).inc(count)
+    denied = Counter(
+        "groundhog_denied_requests",
+        "Requests refused for a missing grant",
+        ["principal", "operation"],
+        registry=registry,
+    )
+    for principal, operations in server["denied_requests"].items():
+        for operation, count in operations.items():
+            denied.labels(principal, operation).inc(count)
     return generate_latest(registry).decode()
 
 

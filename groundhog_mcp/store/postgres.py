@@ -1073,6 +1073,14 @@ class PostgresStore:
         row = await self._run(work, writing=False)
         return self._dead_letter(row) if row is not None else None
 
+    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute("SELECT name FROM dead_letters WHERE namespace = %s AND id = %s", (namespace, letter_id))
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return str(row[0]) if row is not None else None
+
     async def mark_replayed(self, letter_id: int, revision: int) -> None:
         async def work(cur: _Cursor) -> None:
             await cur.execute(
@@ -1378,6 +1386,16 @@ class PostgresStore:
             return None
         row = self._context_row(row)
         return await _off_loop(len(row[9]), _decode_context, row)
+
+    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute(
+                "SELECT namespace, name FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+            )
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return (str(row[0]), str(row[1])) if row is not None else None
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         async def work(cur: _Cursor) -> list[TupleRow]:

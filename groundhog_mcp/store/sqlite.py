@@ -793,6 +793,15 @@ class SQLiteStore:
 
         return await self._call(run)
 
+    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
+        def run() -> str | None:
+            row = self._db.execute(
+                "SELECT name FROM dead_letters WHERE namespace = ? AND id = ?", (namespace, letter_id)
+            ).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._call(run)
+
     async def mark_replayed(self, letter_id: int, revision: int) -> None:
         def run() -> None:
             with self._write_transaction() as conn:
@@ -1080,6 +1089,15 @@ class SQLiteStore:
             f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
         ).fetchone()
         return self._context(row) if row is not None else None
+
+    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
+        def run() -> tuple[str, str] | None:
+            row = self._db.execute(
+                "SELECT namespace, name FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
+            ).fetchone()
+            return (str(row[0]), str(row[1])) if row is not None else None
+
+        return await self._call(run)
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         return await self._call(self._list_sync, namespace, prefix, after, limit)
