@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from groundhog_mcp.errors import InitializationError, NotFoundError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import ALL_RIGHTS, DEFAULT_NAMESPACE, Grant, format_timestamp, parse_timestamp, utcnow
+from groundhog_mcp.models import (
+    ALL_RIGHTS,
+    DEFAULT_NAMESPACE,
+    Grant,
+    check_namespace,
+    format_timestamp,
+    parse_timestamp,
+    utcnow,
+)
 
 if sys.platform != "win32":
     import fcntl
@@ -41,7 +49,6 @@ __all__ = ["TOKEN_PREFIX", "TokenRecord", "TokenStore", "hash_token"]
 
 TOKEN_PREFIX = "ghm_"
 _FILE_VERSION = 1
-_NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Longer than any token this module issues; bounds the hashing a request can ask for.
 _MAX_TOKEN_CHARS = 512
 
@@ -129,7 +136,7 @@ class TokenStore:
         context of the namespace): ``(record, token)``. The token is not stored anywhere; show it
         to the user once."""
         _check_principal(principal)
-        _check_namespace(namespace)
+        check_namespace(namespace)
         if grants is not None and not grants:
             raise StateValidationError([ValidationIssue("", "a token needs at least one grant")], field="grant")
         with self._locked():
@@ -290,14 +297,6 @@ def _check_principal(principal: str) -> None:
     if not 1 <= len(principal) <= 128 or any(not c.isprintable() for c in principal):
         raise StateValidationError(
             [ValidationIssue("", f"must be 1-128 printable characters; got {principal[:80]!r}")], field="principal"
-        )
-
-
-def _check_namespace(namespace: str) -> None:
-    if not _NAMESPACE.fullmatch(namespace):
-        raise StateValidationError(
-            [ValidationIssue("", f"must be 1-128 characters of A-Z a-z 0-9 . _ -; got {namespace[:80]!r}")],
-            field="namespace",
         )
 
 
