@@ -165,6 +165,10 @@ def load_settings(
             merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise InitializationError(f"config: file {path} does not exist") from None
+        except OSError as exc:
+            raise InitializationError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InitializationError(f"config: {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise InitializationError(f"config: {path} is not valid TOML ({exc})") from None
         for secret in _ENV_ONLY:

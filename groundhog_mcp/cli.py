@@ -14,7 +14,7 @@ import traceback
 from collections.abc import AsyncGenerator, Generator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import structlog
 
@@ -316,8 +316,8 @@ def _is_url(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 async def _run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
@@ -434,39 +434,38 @@ async def _export(manager: StateManager, output: str, *, force: bool) -> None:
     print(f"exported {count} records", file=sys.stderr)
 
 
+_NOTHING = "nothing was imported"
+
+
 async def _import(file: str, settings: Settings) -> int:
     where = "stdin" if file == "-" else file
     records: list[Any] = []
     lines: list[int] = []
     try:
-        source: TextIO = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+        source: BinaryIO = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
     except OSError as exc:
-        print(
-            f"groundhog-mcp: import: cannot read {file}: {exc.strerror or exc}; nothing was imported", file=sys.stderr
-        )
+        print(f"groundhog-mcp: import: cannot read {file}: {exc.strerror or exc}; {_NOTHING}", file=sys.stderr)
         return EXIT_FAILED
-    number = 0
     try:
-        for number, line in enumerate(source, start=1):
+        # Bytes a line at a time, decoded here: a bad line is named exactly.
+        for number, raw in enumerate(source, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                print(f"groundhog-mcp: import: {where} line {number}: not UTF-8 text; {_NOTHING}", file=sys.stderr)
+                return EXIT_FAILED
             if line.strip():
                 try:
                     records.append(json.loads(line))
-                    lines.append(number)
                 except json.JSONDecodeError as exc:
                     print(f"groundhog-mcp: import: {where} line {number}: not JSON ({exc.msg})", file=sys.stderr)
                     return EXIT_FAILED
-    except UnicodeDecodeError:
-        print(
-            f"groundhog-mcp: import: {where} line {number + 1}: not UTF-8 text; nothing was imported", file=sys.stderr
-        )
-        return EXIT_FAILED
+                lines.append(number)
     except OSError as exc:
-        print(
-            f"groundhog-mcp: import: cannot read {where}: {exc.strerror or exc}; nothing was imported", file=sys.stderr
-        )
+        print(f"groundhog-mcp: import: cannot read {where}: {exc.strerror or exc}; {_NOTHING}", file=sys.stderr)
         return EXIT_FAILED
     finally:
-        if source is not sys.stdin:
+        if file != "-":
             source.close()
     # Every record is checked before the database is opened: a refused file creates nothing.
     await asyncio.to_thread(

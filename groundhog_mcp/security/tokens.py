@@ -232,6 +232,10 @@ class TokenStore:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise InitializationError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InitializationError(f"{where}: not UTF-8 text") from None
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
