@@ -501,7 +501,9 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
         if args.audit_command == "head":
             newest = await store.read_audit(AuditQuery(newest_first=True, limit=1))
             head = AuditHead(newest[0].sequence, newest[0].hmac) if newest else AuditHead(0, "")
-            _print_json({**head.to_json(), "timestamp": format_timestamp(newest[0].timestamp) if newest else None})
+            stamp = format_timestamp(newest[0].timestamp) if newest else None
+            # One line: easy to append to a log or a ticket kept elsewhere.
+            sys.stdout.write(json.dumps({**head.to_json(), "timestamp": stamp}) + "\n")
             return 0
         return await _audit_verify(store, settings, _anchor(args.head))
 
