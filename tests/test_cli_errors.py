@@ -144,6 +144,7 @@ def test_an_unexpected_error_is_one_line_and_exit_70(
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUNDHOG_")}
     env["GROUNDHOG_TOKEN_FILE"] = str(tmp_path / "tokens.json")
+    env["GROUNDHOG_AUDIT_KEY"] = "audit-key-for-the-cli-tests-0123456789abcdef"
     return env
 
 
@@ -192,6 +193,11 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
         ["export", "-o", "{tmp}/export.jsonl"],
         ["backup", "{tmp}/backup.sqlite"],
         ["audit", "head"],
+        ["audit", "verify"],
+        ["import", "{tmp}/empty.jsonl"],
+        ["migrate-context", "--prefix", "", "--dry-run"],
+        ["dead-letters", "list"],
+        ["metrics"],
         ["keygen"],
     ],
     ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")),
@@ -205,6 +211,7 @@ def test_maintenance_commands_load_neither_the_sdk_nor_the_http_stack(tmp_path: 
         env=_env(tmp_path),
         timeout=60,
     )
+    (tmp_path / "empty.jsonl").write_text('{"type": "header", "format": "groundhog-export", "format_version": 2}\n')
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     result = subprocess.run(
         [sys.executable, "-c", _LOADED, "--database", str(database), *args],

@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 
 from groundhog_mcp.cli import main
-from tests.conformance.conftest import Backend, MakeBackend, make_backend
+from tests.conformance.conftest import Backend, MakeBackend
 from tests.security.test_audit import KEY, KEY_TEXT, drop_triggers, seeded
-
-__all__ = ["make_backend"]  # the fixture
 
 pytestmark = pytest.mark.anyio
 

@@ -3,6 +3,7 @@ write through a symlink nor over an existing file without ``--force`` (README "T
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from groundhog_mcp.cli import main
+from tests.conformance.conftest import MakeBackend
 
 # One subprocess under umask 022 (the usual default) creates every kind of file, through the
 # same code paths as the command line, and reports their modes.
@@ -21,6 +23,7 @@ import json, os, sqlite3, sys
 from pathlib import Path
 os.umask(0o022)
 from groundhog_mcp.cli import main
+from tests.conformance.conftest import MakeBackend
 
 work = Path(sys.argv[1])
 db = work / "new" / "groundhog.sqlite"
@@ -125,13 +128,32 @@ def test_backup_force_refuses_a_destination_with_a_wal(database: Path, tmp_path:
     assert digest(live) == before
 
 
-def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
+def test_an_existing_database_keeps_its_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The user's own file: warned about (stderr), never silently chmod-ed."""
     path = tmp_path / "shared.sqlite"
     assert main(["--database", str(path), "db", "migrate"]) == 0
+    assert "readable_by_others" not in capsys.readouterr().err
     path.chmod(0o640)
     assert main(["--database", str(path), "contexts", "list"]) == 0
     assert path.stat().st_mode & 0o777 == 0o640
+    warning = json.loads(next(line for line in capsys.readouterr().err.splitlines() if "readable_by_others" in line))
+    assert (warning["level"], warning["path"], warning["mode"]) == ("warning", str(path), "640")
+
+
+@pytest.mark.anyio
+async def test_postgres_backup_never_follows_a_symlink(make_backend: MakeBackend, tmp_path: Path) -> None:
+    backend = await make_backend("postgres")
+    assert await asyncio.to_thread(main, ["--database", backend.database, "db", "migrate"]) == 0
+    target = tmp_path / "target"
+    link = tmp_path / "backup.jsonl"
+    link.symlink_to(target)
+    argv = ["--database", backend.database, "backup", str(link)]
+    assert await asyncio.to_thread(main, argv) == 1
+    assert not target.exists() and link.is_symlink()
+    assert await asyncio.to_thread(main, [*argv, "--force"]) == 0
+    assert not target.exists() and not link.is_symlink()
+    assert json.loads(link.read_text().splitlines()[0])["type"] == "header"
+    assert link.stat().st_mode & 0o777 == 0o600
 
 
 def _argv(command: str, database: Path, output: Path) -> list[str]:
