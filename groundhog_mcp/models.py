@@ -37,6 +37,7 @@ __all__ = [
     "Right",
     "check_name",
     "check_namespace",
+    "check_principal",
     "dumps",
     "format_timestamp",
     "is_semver",
@@ -116,6 +117,18 @@ def check_name(name: str, field: str = "name") -> None:
                 )
             ],
             field=field,
+        )
+
+
+def check_principal(principal: str, field: str = "principal") -> None:
+    """A principal (who acted) as tokens and ``import`` accept one: 1-128 printable characters."""
+    if (
+        not isinstance(principal, str)  # pyright: ignore[reportUnnecessaryIsInstance]
+        or not 1 <= len(principal) <= 128
+        or not principal.isprintable()
+    ):
+        raise StateValidationError(
+            [ValidationIssue("", f"must be 1-128 printable characters; got {_shown(principal)}")], field=field
         )
 
 

@@ -37,6 +37,7 @@ from groundhog_mcp.models import (
     DEFAULT_NAMESPACE,
     Grant,
     check_namespace,
+    check_principal,
     format_timestamp,
     parse_timestamp,
     utcnow,
@@ -135,7 +136,7 @@ class TokenStore:
         """A new token for ``principal`` in ``namespace`` with ``grants`` (default: admin on every
         context of the namespace): ``(record, token)``. The token is not stored anywhere; show it
         to the user once."""
-        _check_principal(principal)
+        check_principal(principal)
         check_namespace(namespace)
         if grants is not None and not grants:
             raise StateValidationError([ValidationIssue("", "a token needs at least one grant")], field="grant")
@@ -295,13 +296,6 @@ def _grants_from_json(value: Any, *, where: str) -> tuple[Grant, ...] | None:
         return tuple(Grant.parse(g) for g in value)  # pyright: ignore[reportUnknownArgumentType]
     except ValueError as exc:
         raise InitializationError(f"{where}: {exc}") from None
-
-
-def _check_principal(principal: str) -> None:
-    if not 1 <= len(principal) <= 128 or any(not c.isprintable() for c in principal):
-        raise StateValidationError(
-            [ValidationIssue("", f"must be 1-128 printable characters; got {principal[:80]!r}")], field="principal"
-        )
 
 
 def _fsync_directory(directory: Path) -> None:

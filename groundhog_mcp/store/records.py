@@ -36,6 +36,7 @@ from groundhog_mcp.models import (
     JSONObject,
     check_name,
     check_namespace,
+    check_principal,
     dumps,
     format_timestamp,
     is_semver,
@@ -68,6 +69,7 @@ _INT64_MAX = 2**63 - 1  # both backends' integer columns
 # How a record value is checked and stored:
 #   text                a JSON string, stored as is
 #   name, namespace     a context name / namespace, checked as every tool checks one
+#   principal           who acted (``actor``): 1-128 printable characters, as a token's principal
 #   version             a state format version (semver), checked as register_context does
 #   count, positive     a JSON integer 0 … 2^63-1 / 1 … 2^63-1 (revisions, sequences, ids)
 #   id                  a UUID string; the backend's id type (TEXT or UUID)
@@ -77,7 +79,19 @@ _INT64_MAX = 2**63 - 1  # both backends' integer columns
 #   state               a context state (checked against its schema): columns state, state_size
 #   snapshot            a context state: columns size, snapshot (zlib-compressed JSON text)
 Codec = Literal[
-    "text", "name", "namespace", "version", "count", "positive", "id", "time", "object", "json", "state", "snapshot"
+    "text",
+    "name",
+    "namespace",
+    "principal",
+    "version",
+    "count",
+    "positive",
+    "id",
+    "time",
+    "object",
+    "json",
+    "state",
+    "snapshot",
 ]
 
 
@@ -178,7 +192,7 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
             _f("revision", "positive"),
             _f("sequence", "positive"),
             _f("op", "text"),
-            _f("actor", "text"),
+            _f("actor", "principal"),
             _f("timestamp", "time"),
             _f("state", "snapshot"),
         ),
@@ -200,7 +214,7 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
             _f("name", "name"),
             _f("revision", "positive"),
             _f("op", "text"),
-            _f("actor", "text"),
+            _f("actor", "principal"),
             _f("timestamp", "time"),
             _f("patch", "json", nullable=True),
         ),
@@ -374,7 +388,7 @@ def _import_value(
 ) -> tuple[Any, ...]:
     """The column value(s) of one record value, or :class:`_BadValue` saying what is wrong."""
     codec, key = field.codec, field.key
-    if codec in ("text", "name", "namespace", "version"):
+    if codec in ("text", "name", "namespace", "principal", "version"):
         if not isinstance(value, str):
             raise _BadValue(f"field {key!r} must be a string; got {_show(value)}")
         try:
@@ -382,6 +396,8 @@ def _import_value(
                 check_name(value, field=key)
             elif codec == "namespace":
                 check_namespace(value, field=key)
+            elif codec == "principal":
+                check_principal(value, field=key)
             elif codec == "version" and not is_semver(value):
                 raise _BadValue(f"field {key!r} must be a semantic version like 1.0.0; got {_show(value)}")
         except StateValidationError as exc:

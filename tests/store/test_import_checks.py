@@ -34,6 +34,8 @@ BAD_FIELDS: list[tuple[str, str, Any]] = [
     ("name_revision", "name", "a b"),
     ("change", "namespace", "groundhog://x"),
     ("dead_letter", "name", "x\ty"),
+    ("revision", "actor", "ann\nrevision 7 by root"),
+    ("change", "actor", ""),
     ("context", "version", "1.0"),
     ("context", "revision", 0),
     ("context", "revision", True),
