@@ -443,14 +443,19 @@ class SQLiteStore:
                 + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else "")
                 + "; nothing was written"
             ) from None
-        mode = loose_mode(self.path)
-        if mode is not None:
-            _log.warning(
-                "database.readable_by_others",
-                path=str(self.path),
-                mode=f"{mode:o}",
-                hint="chmod 600 the file (its -wal and -shm follow its mode)",
-            )
+        for path in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        ):
+            mode = loose_mode(path)
+            if mode is not None:
+                _log.warning(
+                    "database.readable_by_others",
+                    path=str(path),
+                    mode=f"{mode:o}",
+                    hint="chmod 600 it (new -wal and -shm files take the database file's mode)",
+                )
 
     def _read_only_cause(self) -> str:
         """Why SQLite may have failed to open a file that is fine: it cannot write beside it."""
