@@ -330,8 +330,9 @@ class Store(Protocol):
         """Audit rows in sequence order (``newest_first``: descending)."""
         ...
 
-    async def backup(self, destination: Path) -> None:
-        """An online, consistent copy of the database."""
+    async def backup(self, destination: Path, *, force: bool = False) -> None:
+        """An online, consistent copy of the database in a new owner-only file; an existing
+        ``destination`` is refused unless ``force`` (then replaced, a symlink never followed)."""
         ...
 
     async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:

@@ -70,6 +70,7 @@ from groundhog_mcp.errors import (
     StateUpdateError,
     StoreBusyError,
 )
+from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import (
     Change,
     ContextId,
@@ -1618,7 +1619,7 @@ class PostgresStore:
 
         return await self._run(work, writing=True)
 
-    async def backup(self, destination: Path) -> None:
+    async def backup(self, destination: Path, *, force: bool = False) -> None:
         """A consistent export (one snapshot) as JSON lines; restore it with ``groundhog-mcp import``.
 
         A physical copy of a PostgreSQL database is ``pg_dump``'s job, not ours. With encryption
@@ -1631,20 +1632,24 @@ class PostgresStore:
                 "decrypted contents; use pg_dump (it copies the encrypted values), or `export --plaintext` to "
                 "write them decrypted on purpose. Nothing was written."
             )
+        output = PrivateOutput(destination, force=force, what="backup")
+        aside = await asyncio.to_thread(output.start)
         try:
-            out = await asyncio.to_thread(_create_exclusive, destination)
-        except FileExistsError:
-            raise StateUpdateError(f"backup: {destination} already exists; choose a new file name") from None
-        try:
-            buffer: list[str] = []
-            async for record in self.export_records():
-                buffer.append(dumps(record) + "\n")
-                if len(buffer) >= _EXPORT_PAGE:
-                    await asyncio.to_thread(out.writelines, buffer)
-                    buffer = []
-            await asyncio.to_thread(out.writelines, buffer)
-        finally:
-            await asyncio.to_thread(out.close)
+            out = await asyncio.to_thread(aside.open, "w", encoding="utf-8")
+            try:
+                buffer: list[str] = []
+                async for record in self.export_records():
+                    buffer.append(dumps(record) + "\n")
+                    if len(buffer) >= _EXPORT_PAGE:
+                        await asyncio.to_thread(out.writelines, buffer)
+                        buffer = []
+                await asyncio.to_thread(out.writelines, buffer)
+            finally:
+                await asyncio.to_thread(out.close)
+            await asyncio.to_thread(output.commit)
+        except BaseException:
+            await asyncio.to_thread(output.discard)
+            raise
 
     # -- encryption at rest: export, import, rotate-key --------------------------------------
 
@@ -1897,11 +1902,6 @@ def _deliver_swallowed_cancel(requested: int) -> None:
 
 def _as_is(value: _T) -> _T:
     return value
-
-
-def _create_exclusive(path: Path) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("x", encoding="utf-8")
 
 
 def _split_parameters(url: str) -> tuple[str, dict[str, str]]:
