@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import NAME_PATTERN, ContextState, JSONObject, dumps, is_semver
+from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver
 
 __all__ = [
     "Limits",
@@ -27,7 +26,6 @@ __all__ = [
     "schema_issues",
 ]
 
-_NAME = re.compile(NAME_PATTERN)
 _MAX_ISSUES = 50
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
@@ -162,20 +160,6 @@ def check_schema_definition(schema: JSONObject) -> None:
             [ValidationIssue(pointer, f"not a valid JSON Schema (draft 2020-12): {exc.message}")],
             field="schema",
         ) from None
-
-
-def check_name(name: str, field: str = "name") -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
-        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
-        raise StateValidationError(
-            [
-                ValidationIssue(
-                    "",
-                    f"must match {NAME_PATTERN} (1-128 of A-Z a-z 0-9 . _ -, not '.' or '..'); got {shown}",
-                )
-            ],
-            field=field,
-        )
 
 
 def check_semver(version: str, field: str = "version") -> None:

@@ -12,8 +12,7 @@ import contextlib
 import socket
 import statistics
 import time
-from collections.abc import AsyncGenerator, Generator
-from pathlib import Path
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -29,20 +28,12 @@ from tests.server.test_http import (
     ok,
     post_initialize,
 )
+from tests.server.test_http import launcher as launcher  # the fixture
 
 pytestmark = pytest.mark.e2e
 
 _PROTOCOL = "2025-11-25"
 MARKER = "tenant-a-secret-7f3c91"
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Generator[Launcher]:
-    launched = Launcher(tmp_path)
-    try:
-        yield launched
-    finally:
-        launched.close()
 
 
 class Session:
