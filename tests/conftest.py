@@ -1,16 +1,86 @@
-"""Shared fixtures: a real SQLite file per test, a started StateManager, an in-memory MCP client."""
+"""Shared fixtures: a real SQLite file per test, a started StateManager, an in-memory MCP client.
+
+Also the isolation that lets pytest-xdist workers run side by side (``.ci/run`` uses ``-n``):
+files, ports and token files are per test already (``tmp_path``, port 0); PostgreSQL gets a
+private database per test process, so no LISTEN/NOTIFY announcement (one channel per database)
+from another worker, or from another run on the same server, can wake a store under test.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+import warnings
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 from mcp.server.mcpserver import MCPServer
 
 from groundhog_mcp import StateManager
 from groundhog_mcp.app import Settings, create_server
 from groundhog_mcp.server import AppContext
+
+POSTGRES_URL_VARIABLE = "GROUNDHOG_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+_private_database: tuple[str, str] | None = None  # (the server's URL, the database created on it)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point ``GROUNDHOG_TEST_POSTGRES_URL`` at a database of this test process's own.
+
+    Runs before any test module is imported, so the modules that read the variable at import
+    (tests/conformance/conftest.py) see the private database. The xdist controller runs no
+    test and gets none. An unreachable server changes nothing here: the PostgreSQL tests then
+    fail with their own message.
+    """
+    global _private_database
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None and getattr(config.option, "numprocesses", None):
+        return  # the xdist controller
+    base = os.environ.get(POSTGRES_URL_VARIABLE, DEFAULT_POSTGRES_URL)
+    name = f"gh_test_{worker or 'main'}_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if "permission denied" in str(exc):
+            _no_private_database(base, exc)
+        return  # unreachable: the PostgreSQL tests say so
+    except psycopg.Error as exc:
+        _no_private_database(base, exc)
+        return
+    _private_database = (base, name)
+    os.environ[POSTGRES_URL_VARIABLE] = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+
+
+def _no_private_database(base: str, exc: psycopg.Error) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        raise pytest.UsageError(
+            f"parallel tests (-n) need a PostgreSQL database per worker, but CREATE DATABASE on {base} failed "
+            f"({str(exc).strip()}); grant CREATEDB to that role or run without -n"
+        )
+    warnings.warn(f"tests share the database at {base}: CREATE DATABASE failed ({str(exc).strip()})", stacklevel=1)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the private database once every fixture is torn down.
+
+    Here rather than in ``pytest_unconfigure``: an xdist worker is shut down as soon as it
+    reports the end of its session, before it would unconfigure.
+    """
+    global _private_database
+    if _private_database is None:
+        return
+    base, name = _private_database
+    _private_database = None
+    with contextlib.suppress(psycopg.Error), psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

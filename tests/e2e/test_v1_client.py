@@ -2,8 +2,9 @@
 
 Agent frameworks such as langchain-mcp-adapters and mcp-use pin ``mcp<2``: their users reach
 groundhog-mcp through a v1 ``ClientSession``. The v1 SDK cannot share a venv with our v2, so
-a session fixture builds a separate venv once (cached by requirement under
-``.ci/v1-client-venv/``) and the test runs a client script with that venv's python.
+a session fixture builds a separate venv once (cached by requirement, Python version and platform
+under ``.ci/cache/v1-client-venv/``, ignored by git) and the test runs a client script with that
+venv's python.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.e2e.harness import HANDSHAKE_PROTOCOL_VERSION, TOOL_NAMES, json_log_l
 pytestmark = pytest.mark.e2e
 
 V1_REQUIREMENT = "mcp>=1.23,<2"
-VENV_ROOT = Path(__file__).resolve().parents[2] / ".ci" / "v1-client-venv"
+VENV_ROOT = Path(__file__).resolve().parents[2] / ".ci" / "cache" / "v1-client-venv"
 INSTALL_TIMEOUT_S = 600
 CLIENT_TIMEOUT_S = 120
 
