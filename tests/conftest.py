@@ -83,6 +83,42 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# Rough seconds per test of the longest files, with -n 2 on a 2-core machine: only their order
+# matters. .ci/run hands tests out one at a time (--dist load --maxschedchunk 1), longest first,
+# so the long ones start at once on different workers instead of last, running alone at the end.
+_LONG_FILES = {
+    "tests/reliability/test_official_tools.py": 140.0,
+    "tests/reliability/test_crash_injection.py": 60.0,
+    "tests/reliability/test_crash_events.py": 35.0,
+    "tests/e2e/test_postgres_instances.py": 15.0,
+    "tests/reliability/test_fuzz_memory.py": 15.0,
+    "tests/e2e/test_v1_client.py": 15.0,
+    "tests/reliability/test_contention.py": 11.0,
+    "tests/e2e/test_model_concurrency.py": 9.0,
+    "tests/reliability/test_faults.py": 7.0,
+    "tests/e2e/test_cross_process.py": 6.0,
+}
+_PROCESS_TEST_S = 2.0  # a test marked e2e starts server processes
+_IN_PROCESS_TEST_S = 0.1
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    path = item.nodeid.split("::", 1)[0]
+    if path in _LONG_FILES:
+        return _LONG_FILES[path]
+    return _PROCESS_TEST_S if item.get_closest_marker("e2e") else _IN_PROCESS_TEST_S
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first; and since xdist's first hand-out gives each worker two tests, deal the
+    first two rounds so that no worker starts with two of the longest."""
+    items.sort(key=_expected_seconds, reverse=True)  # stable: files and modules keep their order
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and 2 * workers <= len(items):
+        first, second = items[:workers], items[workers : 2 * workers]
+        items[: 2 * workers] = [item for pair in zip(first, second, strict=True) for item in pair]
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
