@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
 import subprocess
-import sys
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +27,7 @@ from groundhog_mcp.security.audit import AuditKey, load_or_create_key_file
 from groundhog_mcp.service import Event
 from groundhog_mcp.service.registry import Context
 from groundhog_mcp.store.base import AuditQuery, AuditRecord, Retention, Store
+from tests.cli_in_process import run_cli
 from tests.conformance.conftest import Backend
 from tests.server.conftest import call, fail
 
@@ -37,7 +36,6 @@ pytestmark = pytest.mark.anyio
 KEY_TEXT = "audit-test-key-0123456789abcdef0123456789abcdef"
 KEY = AuditKey(KEY_TEXT)
 MARKER = "SECRET-MARKER-7f3a9c"
-CLI = str(Path(sys.executable).with_name("groundhog-mcp"))
 
 
 def audited_store(backend: Backend, **kwargs: Any) -> Store:
@@ -249,19 +247,14 @@ async def _import(backend: Backend, records: list[dict[str, Any]]) -> int:
         await store.close()
 
 
-# -- audit verify / export (the CLI, as a process) ----------------------------------------------
+# -- audit verify / export (the CLI) -------------------------------------------------------------
 
 
 async def cli(backend: Backend, *args: str, key: str = KEY_TEXT) -> subprocess.CompletedProcess[str]:
-    """``groundhog-mcp --database … ARGS`` as its own process, with the audit key in its environment."""
+    """``groundhog-mcp --database … ARGS`` with the audit key in its environment, in the test
+    process (tests/cli_in_process.py), on a thread of its own."""
     return await asyncio.to_thread(
-        subprocess.run,
-        [CLI, "--database", backend.database, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "GROUNDHOG_AUDIT_KEY": key},
-        check=False,
+        run_cli, "--database", backend.database, *args, env={"GROUNDHOG_AUDIT_KEY": key}, check=False
     )
 
 
