@@ -242,7 +242,7 @@ async def test_long_conflict_lists_are_capped(client: Client) -> None:
         ),
         (
             {"inputs": [{"context": "plan"}, {"state": {"data": {"title": 1}}}], "reducers": {"/data/title": "sum"}},
-            "reducers./data/title: sum needs numbers, got 'b' in inputs[0]; nothing was merged",
+            "reducers./data/title: sum needs numbers, got a string in inputs[0]; nothing was merged",
         ),
         (
             {"inputs": [{"context": "plan"}, {"context": "plan"}], "target": "gone", "expected_revision": 1},

@@ -444,9 +444,9 @@ def test_reducers_strategy_type_mismatch_and_last() -> None:
         (
             {"reducers": {"/data/n": "sum"}},
             StateUpdateError,
-            "reducers./data/n: sum needs numbers, got 'x' in states[1]",
+            "reducers./data/n: sum needs numbers, got a string in states[1]",
         ),
-        ({"reducers": {"/data/n": "append"}}, StateUpdateError, "append needs arrays, got 1 in states[0]"),
+        ({"reducers": {"/data/n": "append"}}, StateUpdateError, "append needs arrays, got a number in states[0]"),
         ({"reducers": {"/data/n": "max"}}, StateUpdateError, "max compares values of one kind, got a number in"),
     ],
 )
