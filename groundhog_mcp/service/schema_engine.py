@@ -96,7 +96,7 @@ class spending:
 
     def __init__(self, steps: int) -> None:
         self.steps = steps
-        self._outer: tuple[int | None, int] = (None, 0)
+        self._outer: tuple[int | None, int, int, float] = (None, 0, 0, 0.0)
 
     def __enter__(self) -> None:
         self._outer = (_budget.remaining, _budget.total, _budget.clock_at, _budget.cpu_deadline)
