@@ -187,9 +187,17 @@ def _pattern_properties(validator: Any, value: Any, instance: Any, schema: Any) 
         for pattern, subschema in value.items():
             for key, child in instance.items():
                 if _search(pattern, key):
-                    yield from validator.descend(child, subschema, path=key, schema_path=pattern)
+                    yield from _descend(validator, child, subschema, key, pattern)
     except PatternProblem as problem:
         yield _unusable(problem.pattern, problem)
+
+
+def _descend(validator: Any, child: Any, subschema: Any, key: str, schema_path: str | None) -> Iterator[Any]:
+    # jsonschema's descend gives a `false` subschema's error no path: this one names the key.
+    if subschema is False:
+        yield ValidationError("is not allowed here (the schema is false)", validator="false", path=deque([key]))
+        return
+    yield from validator.descend(child, subschema, path=key, schema_path=schema_path)
 
 
 def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
@@ -214,7 +222,7 @@ def _additional_properties(validator: Any, value: Any, instance: Any, schema: An
         return
     if validator.is_type(value, "object"):
         for extra in extras:
-            yield from validator.descend(instance[extra], value, path=extra)
+            yield from _descend(validator, instance[extra], value, extra, None)
     elif not value and extras:
         yield from _not_allowed(extras, "additionalProperties is false")
 

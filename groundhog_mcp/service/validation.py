@@ -224,6 +224,7 @@ _SCHEMA_WORDED = {
     "unevaluatedProperties",
     "uniqueItems",
     "enum",
+    "false",
 }
 
 
@@ -238,7 +239,7 @@ def _rule_text(error: ValidationError) -> str:
     template = _RULE_TEXT.get(rule)
     if template is not None:
         return template.format(v=_short(error.validator_value))
-    if rule == "False":
+    if rule in ("None", "false"):  # a `false` (sub)schema
         return "is not allowed here (the schema is false)"
     return f"fails the schema's {rule!r} rule"
 
