@@ -410,9 +410,7 @@ def test_three_way_with_more_inputs_folds_pairwise_against_the_base() -> None:
 
 def test_reducers_strategy_type_mismatch_and_last() -> None:
     a, b = s({"cfg": {"x": 1}, "n": None}), s({"cfg": 5, "n": 1})
-    with pytest.raises(
-        MergeConflictError, match=r"/data/cfg type_mismatch \(absent in base\); pass"
-    ):
+    with pytest.raises(MergeConflictError, match=r"/data/cfg type_mismatch \(absent in base\); pass"):
         compute_merge([a, b], strategy="reducers")
     assert compute_merge([a, b], strategy="reducers", reducers={"/data/cfg": "last"}).state.data == {"cfg": 5, "n": 1}
     # null is a value here, not a deletion
