@@ -282,6 +282,9 @@ def _schema_error_text(exc: ValidationError) -> str:
         return f"{shown_pattern(exc.instance)} is not a valid {exc.validator_value} (rule 'format')"
     template = _RULE_TEXT.get(rule)
     text = template.format(v=_short(exc.validator_value)) if template else f"fails the meta-schema's {rule!r} rule"
+    if isinstance(exc.instance, str | int | float | bool):
+        # The schema's own (short) text, not state data: quoted so the client sees what to fix.
+        text = f"{_short(exc.instance, 60)} {text}"
     return f"{text} (rule {rule!r})"
 
 
