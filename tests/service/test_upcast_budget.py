@@ -84,7 +84,7 @@ def test_the_upcast_cache_is_bounded_by_entries_and_bytes() -> None:
 
 
 def test_every_upcast_is_bounded_by_the_state_size_limit() -> None:
-    doubling = parse_state_format(_chain(20, lambda i: [{"op": "copy", "from": "/d", "path": "/d/-"}]))
+    doubling = parse_state_format(_chain(12, lambda i: [{"op": "copy", "from": "/d", "path": "/d/-"}]))
     state = ContextState(data={"d": [SECRET[:200]]}, version="1.0.0")
     with pytest.raises(MigrationError) as refused:
         upcast(doubling, state, context="c", limits=Limits(max_state_bytes=50_000))
