@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_MESSAGE_CHARS",
     "AccessDeniedError",
     "CompactedError",
     "ConflictError",
