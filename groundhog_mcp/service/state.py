@@ -47,6 +47,7 @@ from groundhog_mcp.models import (
 )
 from groundhog_mcp.service.audit import (
     AuditPage,
+    DenialLog,
     current_operation,
     current_request_id,
     decode_audit_cursor,
@@ -185,7 +186,10 @@ class StateManager:
         self.event_max_attempts = event_max_attempts
         self.metrics = MetricsRecorder()
         self.upcasts = UpcastCache()
+        self.denials = DenialLog()
+        self.denial_summary_interval = 5.0  # seconds between looks for counts whose minute has passed
         self._pending: set[asyncio.Task[Any]] = set()
+        self._denial_flusher: asyncio.Task[None] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -203,10 +207,16 @@ class StateManager:
         await self.store.open()
         self.bus.last_sequence = await self.store.last_sequence()
         await self.feed.start(self.bus.last_sequence)
+        self._denial_flusher = asyncio.create_task(self._flush_denial_summaries_forever())
 
     async def close(self) -> None:
+        if self._denial_flusher is not None:
+            self._denial_flusher.cancel()
+            await asyncio.gather(self._denial_flusher, return_exceptions=True)
+            self._denial_flusher = None
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.flush_denials()  # a clean shutdown loses no count
         await self.feed.stop()
         await self.store.close()
 
@@ -221,9 +231,9 @@ class StateManager:
         specification's ``save_state`` on a fresh ``ContextId`` expects.
         """
         await self.validate_state(state)
-        existing = await self.store.get_by_id(context_id)
-        await self.authorize("write", existing.name if existing is not None else str(context_id))
-        if existing is None:
+        located = await self.store.locate(context_id)  # the name only: nothing decoded before the grant check
+        await self.authorize("write", located[1] if located is not None else str(context_id))
+        if located is None:
             created = await self._register(
                 NewContext(
                     id=context_id,
@@ -245,14 +255,18 @@ class StateManager:
             self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
-        return await self._mutate(existing.name, expected_revision, replace_state)
+        return await self._mutate(located[1], expected_revision, replace_state)
 
     async def load_state(self, context_id: ContextId) -> ContextState:
-        stored = await self.store.get_by_id(context_id)
         missing = f"context_id: no context with id {context_id}"
-        if stored is None or stored.namespace != self.principal.namespace:
+        # The name first (nothing decoded), the grant on it, and only then the context itself.
+        located = await self.store.locate(context_id)
+        if located is None or located[0] != self.principal.namespace:
             raise NotFoundError(missing)
-        await self.authorize("read", stored.name, missing=missing)
+        await self.authorize("read", located[1], missing=missing, itemize=False)
+        stored = await self.store.get_by_id(context_id)
+        if stored is None:  # unregistered in between
+            raise NotFoundError(missing)
         return await self._upcast_off_loop(stored, stored.state)
 
     async def merge_states(
@@ -358,9 +372,10 @@ class StateManager:
 
     async def get(self, name: str) -> StoredContext:
         check_name(name)
-        stored = await self.store.get(self.principal.namespace, name)
-        # After the lookup, so that a context you may not read costs the same as a missing one.
+        # Before the lookup: a context you may not read is never read nor decoded, so it costs
+        # exactly what a missing one costs (grants depend on the name only).
         await self.authorize("read", name)
+        stored = await self.store.get(self.principal.namespace, name)
         if stored is None:
             raise NotFoundError(_missing(name))
         return stored
@@ -650,8 +665,17 @@ class StateManager:
             "contexts": visible,
             "last_sequence": last_sequence,
             "errors": dict(self.metrics.namespace_errors.get(self.principal.namespace, {})),
+            "denied_requests": self._visible_denials(),
         }
         return server, per_context
+
+    def _visible_denials(self) -> dict[str, dict[str, int]]:
+        """Denied requests of this namespace by principal: every principal's for an admin of the
+        whole namespace (as the audit log), otherwise the caller's own."""
+        denied = self.metrics.denied_in(self.principal.namespace)
+        if self.principal.allows("admin", ""):
+            return denied
+        return {name: counts for name, counts in denied.items() if name == self.principal.name}
 
     # -- events -----------------------------------------------------------------------------
 
@@ -748,6 +772,8 @@ class StateManager:
             raise StateValidationError(
                 [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
             )
+        if name is not None and not self.principal.allows("read", name):
+            return []  # like a context without letters, and without reading any
         found: list[DeadLetter] = []
         for _ in range(_MAX_SCAN_PAGES):
             page = await self.store.list_dead_letters(
@@ -764,11 +790,14 @@ class StateManager:
         self, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
     ) -> EventResult:
         """Handle a dead-lettered event again; applied once even if replayed twice."""
-        letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
         missing = f"id: no dead letter #{letter_id}"
-        if letter is not None:
-            await self.authorize("read", letter.name, missing=missing)
-            await self.authorize("write", letter.name)
+        # The context's name first (nothing decoded), the grants on it, and only then the letter.
+        name = await self.store.dead_letter_name(self.principal.namespace, letter_id)
+        if name is None:
+            raise NotFoundError(missing)
+        await self.authorize("read", name, missing=missing, itemize=False)
+        await self.authorize("write", name)
+        letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
         if letter is None:
             raise NotFoundError(missing)
         if letter.replayed_at is not None:
@@ -1152,26 +1181,29 @@ class StateManager:
 
     # -- access control (appended: keep at the end of the class) ----------------------------
 
-    async def authorize(self, right: Right, name: str, *, missing: str | None = None) -> None:
+    async def authorize(self, right: Right, name: str, *, missing: str | None = None, itemize: bool = True) -> None:
         """The one place where a grant is checked: return if this principal has ``right`` on
         context ``name``, raise otherwise. Every name-addressed operation calls it (reads need
         ``read``; register, update, merge into a target, events, rollback and dead-letter replay
         need ``write``; unregister and migrate need ``admin``).
 
-        A ``read`` the principal lacks raises exactly what a missing context raises
-        (:class:`NotFoundError` with ``missing``, by default the text of :meth:`get`): callers
-        check after the store lookup they would do anyway, so an unreadable context is
-        indistinguishable from a missing one. A lacking ``write``/``admin`` raises
-        :class:`AccessDeniedError` naming the grant, before any lookup: the answer depends on
-        the name only, never on whether the context exists.
+        It runs before any read of the context (grants depend on the name only), so a denied
+        request does the same store work whether the context exists or not, and never reads or
+        decodes it. A ``read`` the principal lacks raises exactly what a missing context raises
+        (:class:`NotFoundError` with ``missing``, by default the text of :meth:`get`). A lacking
+        ``write``/``admin`` raises :class:`AccessDeniedError` naming the grant.
+
+        Every denial is counted in the metrics and the audit log (see :meth:`audit_denied`);
+        ``itemize=False`` (for a name the caller did not give but the store told: a context id,
+        a dead letter id) only counts it, so that answer too costs what a missing id costs.
         """
         if self.principal.allows(right, name):
             return
         denied = AccessDeniedError(
             f"access: the {right} grant on {name!r} is missing for principal {self.principal.name!r}"
         )
-        # Every denial has its audit row (the caller of a refused read sees only "not found").
-        await self.audit_denied(current_operation.get() or right, name or None, denied)
+        # Every denial is recorded (the caller of a refused read sees only "not found").
+        await self.audit_denied(current_operation.get() or right, name or None, denied, itemize=itemize)
         if right == "read":
             raise NotFoundError(missing or _missing(name))
         raise denied
@@ -1220,17 +1252,27 @@ class StateManager:
         return AuditNote(request_id=current_request_id.get(), detail=detail)
 
     async def audit_denied(
-        self, operation: str, name: str | None, error: AccessDeniedError, *, principal: Principal | None = None
+        self,
+        operation: str,
+        name: str | None,
+        error: AccessDeniedError,
+        *,
+        principal: Principal | None = None,
+        itemize: bool = True,
     ) -> None:
-        """Record a denied request (as ``principal``, default this manager's) in the audit log,
-        in its own transaction; call it where :class:`AccessDeniedError` is raised, then raise.
+        """Record a denied request (as ``principal``, default this manager's); call it where
+        :class:`AccessDeniedError` is raised, then raise.
 
-        Recorded once per error (``error.audited``). A failure to record is logged, never raised
-        instead of the denial."""
+        Counted exactly in the metrics. In the audit log a principal gets at most one row per
+        minute (:class:`~groundhog_mcp.service.audit.DenialLog`): the first denial of a minute is
+        written now, in its own transaction; the others are counted and their count written with
+        the principal's next row. Recorded once per error (``error.audited``). A failure to
+        record is logged, never raised instead of the denial."""
         if error.audited:
             return
         error.audited = True
         who = principal or self.principal
+        self.metrics.count_denied(who.namespace, who.name, operation)
         entry = AuditEntry(
             principal=who.name,
             namespace=who.namespace,
@@ -1240,13 +1282,41 @@ class StateManager:
             request_id=current_request_id.get(),
             detail=str(error)[:500],
         )
-        task = asyncio.ensure_future(self.store.append_audit(entry))
+        row = self.denials.admit(entry, itemize=itemize)
+        if row is not None:
+            await self._append_denial_rows([row])
+
+    async def _append_denial_rows(self, rows: list[AuditEntry]) -> None:
+        async def append_all() -> None:
+            for row in rows:
+                await self.store.append_audit(row)
+
+        task = asyncio.ensure_future(append_all())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         try:
             await asyncio.shield(task)
         except ContextError as exc:
-            _log.error("audit: could not record a denied request", operation=operation, error=str(exc))
+            _log.error("audit: could not record denied requests", rows=len(rows), error=str(exc))
+
+    async def flush_denials(self) -> None:
+        """Write the count of every denial not yet in the audit log now (one summary row per
+        principal with a count), whether or not its minute has passed."""
+        await self._write_denial_summaries(everything=True)
+
+    async def _write_denial_summaries(self, *, everything: bool = False) -> None:
+        rows = self.denials.due(everything=everything)
+        if rows:
+            await self._append_denial_rows(rows)
+
+    async def _flush_denial_summaries_forever(self) -> None:
+        """Counts of denials whose minute has passed get their summary row within a few seconds."""
+        while True:
+            await asyncio.sleep(self.denial_summary_interval)
+            try:
+                await self._write_denial_summaries()
+            except Exception:  # a bug here must not end the flushing, nor the server
+                _log.exception("audit: writing denial summaries failed")
 
     async def audit_log(
         self,

@@ -6,7 +6,6 @@ import functools
 import itertools
 import json
 import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import NAME_PATTERN, ContextState, JSONObject, dumps, is_semver
+from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver
 from groundhog_mcp.service.schema_engine import (
     BoundedValidator,
     WorkBudgetExceeded,
@@ -37,7 +36,6 @@ __all__ = [
     "schema_issues",
 ]
 
-_NAME = re.compile(NAME_PATTERN)
 _MAX_ISSUES = 50
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
@@ -286,20 +284,6 @@ def _schema_error_text(exc: ValidationError) -> str:
         # The schema's own (short) text, not state data: quoted so the client sees what to fix.
         text = f"{_short(exc.instance, 60)} {text}"
     return f"{text} (rule {rule!r})"
-
-
-def check_name(name: str, field: str = "name") -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
-        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
-        raise StateValidationError(
-            [
-                ValidationIssue(
-                    "",
-                    f"must match {NAME_PATTERN} (1-128 of A-Z a-z 0-9 . _ -, not '.' or '..'); got {shown}",
-                )
-            ],
-            field=field,
-        )
 
 
 def check_semver(version: str, field: str = "version") -> None:

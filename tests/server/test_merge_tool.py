@@ -210,7 +210,7 @@ async def test_long_conflict_lists_are_capped(client: Client) -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"inputs": [{"context": "plan"}]}, "invalid arguments: inputs: list should have at least 2 items"),
+        ({"inputs": [{"context": "plan"}]}, "invalid_argument: inputs: list should have at least 2 items"),
         (
             {"inputs": [{"context": "plan", "state": {"data": {}}}, {"context": "plan"}]},
             "inputs[0]: give exactly one of context (a context at a revision) or state (inline)",
@@ -238,7 +238,7 @@ async def test_long_conflict_lists_are_capped(client: Client) -> None:
         ),
         (
             {"inputs": [{"context": "plan"}, {"context": "plan"}], "reducers": {"/data/n": "avg"}},
-            "invalid arguments: reducers./data/n: input should be 'append', 'union', 'sum', 'max', 'min' or 'last'",
+            "invalid_argument: reducers./data/n: input should be 'append', 'union', 'sum', 'max', 'min' or 'last'",
         ),
         (
             {"inputs": [{"context": "plan"}, {"state": {"data": {"title": 1}}}], "reducers": {"/data/title": "sum"}},
