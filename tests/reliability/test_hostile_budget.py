@@ -27,7 +27,9 @@ from tests.server.test_http import Launcher, ServerProcess, connect, ok, text_of
 pytestmark = pytest.mark.e2e
 
 B_P99_BOUND_MS = 200.0  # issue 12: another tenant's get_state stays under 200 ms p99
-ATTACK_SECONDS = 1.5  # each case keeps attacking at least this long, so B measures under attack
+# Each case keeps attacking at least this long, so B takes a few hundred samples under attack and
+# its p99 is not just the one sample a busy shared machine delays.
+ATTACK_SECONDS = 2.5
 MIN_ROUNDS = 3
 MAX_ERROR_CHARS = 1024 + len("Error executing tool update_state: ")
 
@@ -96,6 +98,19 @@ def _report(case: str, latencies: list[float]) -> tuple[float, float]:
     p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
     print(f"\n{case}: B get_state n={len(latencies)} p50={p50:.1f} ms p99={p99:.1f} ms max={max(latencies):.1f} ms")
     return p50, p99
+
+
+async def test_control_b_latency_while_a_reads_its_own_context(clients: tuple[Client, Client]) -> None:
+    """The same loop with a harmless A, for comparison: what this machine gives without an attack."""
+    a, b = clients
+    await ok(a, "register_context", name="plain", state={"data": {"n": 1}}, if_exists="return")
+
+    async def attack() -> Any:
+        return await ok(a, "get_state", name="plain")
+
+    latencies, answers = await _under_attack(b, attack)
+    _report("control (no attack)", latencies)
+    assert all(answer["state"]["data"] == {"n": 1} for answer in answers)
 
 
 def _assert_bounded(text: str) -> None:
