@@ -94,7 +94,7 @@ class DeclarativeHandler:
 
     async def handle_event(self, event: Event, context: Context) -> None:
         state = await context.get_state()
-        data = self.apply(state.data, event)
+        data = await asyncio.to_thread(self.apply, state.data, event)  # copies the whole data
         await context.update_state(ContextState(data=data, metadata=state.metadata, version=state.version))
 
     def _payload_value(self, event: Event) -> Any:

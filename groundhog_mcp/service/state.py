@@ -530,7 +530,8 @@ class StateManager:
             if to_revision is None or to_revision == context.revision
             else await self._revision_state(context, to_revision, field="to_revision")
         )
-        return json_diff(source.document(), target.document())
+        # Proportional to two whole states: computed in a worker thread, not on the event loop.
+        return await asyncio.to_thread(json_diff, source.document(), target.document())
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
@@ -715,7 +716,8 @@ class StateManager:
             try:
                 started = time.perf_counter()
                 try:
-                    staged = await _run_handler(handler, event, self._upcast_context(current))
+                    upcast_current = await asyncio.to_thread(self._upcast_context, current)
+                    staged = await _run_handler(handler, event, upcast_current)
                 finally:
                     self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
