@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import dataclasses
 import time
 import uuid
@@ -71,6 +72,8 @@ from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder, proce
 from groundhog_mcp.service.migration import (
     MigrationReport,
     Progress,
+    UpcastCache,
+    dry_run_chains,
     format_of,
     migrate_contexts,
     upcast,
@@ -182,6 +185,7 @@ class StateManager:
         self.feed = ChangeFeed(store, self.bus, interval=poll_interval)
         self.event_max_attempts = event_max_attempts
         self.metrics = MetricsRecorder()
+        self.upcasts = UpcastCache()
         self.denials = DenialLog()
         self.denial_summary_interval = 5.0  # seconds between looks for counts whose minute has passed
         self._pending: set[asyncio.Task[Any]] = set()
@@ -263,7 +267,7 @@ class StateManager:
         stored = await self.store.get_by_id(context_id)
         if stored is None:  # unregistered in between
             raise NotFoundError(missing)
-        return self._upcast(stored, stored.state)
+        return await self._upcast_off_loop(stored, stored.state)
 
     async def merge_states(
         self,
@@ -288,7 +292,9 @@ class StateManager:
 
     async def validate_state(self, state: ContextState, *, schema: JSONObject | None = None) -> None:
         """Raise :class:`StateValidationError` listing every problem; return None if valid."""
-        self._raise_if_invalid_state(state, schema)
+        if schema is not None:
+            await asyncio.to_thread(check_schema_definition, schema)
+        await asyncio.to_thread(self._raise_if_invalid_state, state, schema)
 
     def check_state(self, state: ContextState, schema: JSONObject | None = None) -> list[ValidationIssue]:
         return inspect_state(state, self.limits, schema)
@@ -314,20 +320,27 @@ class StateManager:
         check_semver(version)
         metadata = metadata or {}
         settings = settings or {}
-        raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
-        raise_if_invalid(inspect_json(settings, self.limits), "settings")
-        _check_retention_settings(settings)
-        state_format = format_of(settings)  # parsed and checked once per distinct declaration
-        if state_format is not None:
-            state_format.check_plugins()
-        if schema is not None:
-            raise_if_invalid(inspect_json(schema, self.limits), "schema")
-            check_schema_definition(schema)
-        if handlers:
-            raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
-            parse_handler_specs(handlers)
-        state = state or ContextState(version=state_format.version if state_format else "1.0.0")
-        raise_if_invalid(self._state_issues(state, schema, settings), "state")
+
+        def checked_state() -> ContextState:
+            # Schemas, formats and states from a client: checked in a worker thread, never on the loop.
+            raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
+            raise_if_invalid(inspect_json(settings, self.limits), "settings")
+            _check_retention_settings(settings)
+            state_format = format_of(settings)  # parsed and checked once per distinct declaration
+            if schema is not None:
+                raise_if_invalid(inspect_json(schema, self.limits), "schema")
+                check_schema_definition(schema)
+            if handlers:
+                raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
+                parse_handler_specs(handlers)
+            initial = state or ContextState(version=state_format.version if state_format else "1.0.0")
+            if state_format is not None:
+                state_format.check_plugins()
+                dry_run_chains(state_format, self.limits, initial)
+            raise_if_invalid(self._state_issues(initial, schema, settings), "state")
+            return initial
+
+        state = await asyncio.to_thread(checked_state)
         new = NewContext(
             id=context_id or uuid.uuid4(),
             namespace=self.principal.namespace,
@@ -393,7 +406,7 @@ class StateManager:
             at, stored = context.revision, context.state
         else:
             at, stored = revision, await self._revision_state(context, revision)
-        return context, at, self._upcast(context, stored), stored.version
+        return context, at, await self._upcast_off_loop(context, stored, at), stored.version
 
     async def update(
         self,
@@ -421,14 +434,18 @@ class StateManager:
                 ],
                 field="update",
             )
-        for field, value in (
-            ("data", data),
-            ("merge_patch", merge_patch_),
-            ("patch", patch),
-            ("metadata", metadata),
-        ):
-            if value is not None:
-                raise_if_invalid(inspect_json(value, self.limits), field)
+
+        def check_inputs() -> None:
+            for field, value in (
+                ("data", data),
+                ("merge_patch", merge_patch_),
+                ("patch", patch),
+                ("metadata", metadata),
+            ):
+                if value is not None:
+                    raise_if_invalid(inspect_json(value, self.limits), field)
+
+        await asyncio.to_thread(check_inputs)
         if version is not None:
             check_semver(version)
         if expected_revision == 0:
@@ -443,7 +460,7 @@ class StateManager:
             elif merge_patch_ is not None:
                 new_data = merge_patch(base.data, merge_patch_)
             elif patch is not None:
-                new_data = apply_json_patch(base.data, patch)
+                new_data = apply_json_patch(base.data, patch, max_copy_bytes=self.limits.max_state_bytes)
             new_metadata = base.metadata if metadata is None else merge_patch(base.metadata, metadata)
             state = ContextState(
                 data=new_data,
@@ -472,7 +489,7 @@ class StateManager:
         if data is None:
             data = merge_patch(None, merge_patch_) if merge_patch_ is not None else {}
             if patch is not None:
-                data = apply_json_patch({}, patch)
+                data = apply_json_patch({}, patch, max_copy_bytes=self.limits.max_state_bytes)
         state = ContextState(data=data or {}, metadata=merge_patch(None, metadata or {}), version=version or "1.0.0")
         try:
             result = await self.register(name, state=state, if_exists="error")
@@ -486,14 +503,15 @@ class StateManager:
     ) -> tuple[StoredContext, list[ValidationIssue]]:
         """Validate a candidate (or the current) state of ``name`` without writing."""
         context = await self.get(name)
-        current = self._upcast(context, context.state)
+        current = await self._upcast_off_loop(context, context.state)
         candidate = ContextState(
             data=current.data if data is None else data,
             metadata=current.metadata if metadata is None else metadata,
             timestamp=current.timestamp,
             version=current.version,
         )
-        return context, self._state_issues(candidate, context.schema, context.settings)
+        issues = await asyncio.to_thread(self._state_issues, candidate, context.schema, context.settings)
+        return context, issues
 
     async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
         if not 1 <= limit <= self.limits.max_history_page:
@@ -512,7 +530,8 @@ class StateManager:
             if to_revision is None or to_revision == context.revision
             else await self._revision_state(context, to_revision, field="to_revision")
         )
-        return json_diff(source.document(), target.document())
+        # Proportional to two whole states: computed in a worker thread, not on the event loop.
+        return await asyncio.to_thread(json_diff, source.document(), target.document())
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
@@ -697,7 +716,8 @@ class StateManager:
             try:
                 started = time.perf_counter()
                 try:
-                    staged = await _run_handler(handler, event, self._upcast_context(current))
+                    upcast_current = await asyncio.to_thread(self._upcast_context, current)
+                    staged = await _run_handler(handler, event, upcast_current)
                 finally:
                     self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
@@ -887,12 +907,29 @@ class StateManager:
             "state",
         )
 
-    def _upcast(self, context: StoredContext, state: ContextState) -> ContextState:
-        """``state`` in the context's current format version (as is when it declares none)."""
+    def _upcast(self, context: StoredContext, state: ContextState, revision: int | None = None) -> ContextState:
+        """``state`` (of ``revision``, default the context's current one) in the context's current
+        format version (as is when it declares none). Results are cached per context id, revision
+        and version: reading an old state again does not rerun the chain."""
         state_format = format_of(context.settings)
         if state_format is None or state.version == state_format.version:
             return state
-        return upcast(state_format, state, context=context.name, limits=self.limits)[0]
+        key = (str(context.id), context.revision if revision is None else revision, state.version, state_format.version)
+        cached = self.upcasts.get(key)
+        if cached is not None:
+            return cached
+        result = upcast(state_format, state, context=context.name, limits=self.limits)[0]
+        self.upcasts.put(key, result, len(dumps(result.data)))
+        return result
+
+    async def _upcast_off_loop(
+        self, context: StoredContext, state: ContextState, revision: int | None = None
+    ) -> ContextState:
+        """:meth:`_upcast` in a worker thread unless there is nothing to run (no format, or cached)."""
+        state_format = format_of(context.settings)
+        if state_format is None or state.version == state_format.version:
+            return state
+        return await asyncio.to_thread(self._upcast, context, state, revision)
 
     def _format_version(self, context: StoredContext) -> str | None:
         state_format = format_of(context.settings)
@@ -900,7 +937,10 @@ class StateManager:
 
     def _upcast_context(self, context: StoredContext) -> StoredContext:
         state = self._upcast(context, context.state)
-        return context if state is context.state else dataclasses.replace(context, state=state)
+        if state is context.state:
+            return context
+        # A handler may change what it reads in place: give it its own copy, not the cached one.
+        return dataclasses.replace(context, state=copy.deepcopy(state))
 
     async def _revision_state(self, context: StoredContext, revision: int, field: str = "revision") -> ContextState:
         if revision == context.revision:
@@ -939,6 +979,7 @@ class StateManager:
     ) -> WriteResult:
         started = time.perf_counter()
         try:
+            mutator = await self._prepared(name, expected_revision, mutator)
             stored, change = await self._committed(
                 self.store.mutate(
                     self.principal.namespace,
@@ -957,6 +998,27 @@ class StateManager:
         finally:
             self.metrics.observe_write(self._metric_key(name), time.perf_counter() - started)
         return WriteResult(stored, change, change.revision - 1)
+
+    async def _prepared(
+        self, name: str, expected_revision: int | None, mutator: Callable[[StoredContext], Mutation]
+    ) -> Callable[[StoredContext], Mutation]:
+        """``mutator``, already run on the current state in a worker thread.
+
+        A mutator applies, validates and diffs a state: CPU work proportional to its size. Inside
+        the write transaction it would run on the database's thread (SQLite has one for every
+        request) and hold every other tenant's reads up. Run first here, its result is reused by
+        the transaction when the context is still at the revision it was computed on; only after
+        a race does the transaction run it again."""
+        current = await self.store.get(self.principal.namespace, name)
+        if current is None or (expected_revision is not None and expected_revision != current.revision):
+            return mutator  # the transaction raises the NotFoundError / ConflictError
+        mutation = await asyncio.to_thread(mutator, current)
+        seen = (current.id, current.revision)
+
+        def reuse(now: StoredContext) -> Mutation:
+            return mutation if (now.id, now.revision) == seen else mutator(now)
+
+        return reuse
 
     async def _committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
         """Run a write to completion even if the caller is cancelled, then hand its change to the feed.
@@ -1035,7 +1097,7 @@ class StateManager:
             revision = source.revision or context.revision
             state = await self._revision_state(context, revision, field=f"{field}.revision")
             # Inputs are merged in their context's current state format (the result's version is theirs).
-            return self._upcast(context, state), SourceInfo(source.context, revision)
+            return await self._upcast_off_loop(context, state, revision), SourceInfo(source.context, revision)
 
         resolved = [await resolve(s, f"inputs[{i}]") for i, s in enumerate(sources)]
         states = [state for state, _ in resolved]

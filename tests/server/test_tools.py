@@ -105,7 +105,7 @@ async def test_validation_errors_name_field_rule_and_limit(client: Client) -> No
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     await call(client, "register_context", name="c", state={"data": {"n": 1}}, json_schema=schema)
     text = await fail(client, "update_state", name="c", data={"n": "one"})
-    assert "state.data.n: 'one' is not of type 'integer' (JSON Schema rule 'type')" in text
+    assert "state.data.n: must be of type 'integer' (got a string) (JSON Schema rule 'type')" in text
     deep: dict[str, object] = {}
     for _ in range(64):
         deep = {"a": deep}
