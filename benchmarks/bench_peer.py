@@ -1,6 +1,6 @@
 """groundhog-mcp against its closest peer, mcpstate 0.2.0, over real stdio, in one run (issue 14).
 
-    python benchmarks/bench_peer.py              # 12 rounds, ~2-3 min (the first run also builds the peer venv)
+    python benchmarks/bench_peer.py              # 20 rounds, ~2.5-3.5 min (the first run also builds the peer venv)
     python benchmarks/bench_peer.py --quick      # 6 rounds
     python benchmarks/bench_peer.py --profile    # instead: where one write's and one read's time goes (py-spy)
 
@@ -95,7 +95,7 @@ class Mode:
     idle_s: float
 
 
-FULL = Mode("full", rounds=12, batch=40, per_task=8, warmup=100, startups=5, idle_s=2.0)
+FULL = Mode("full", rounds=20, batch=50, per_task=10, warmup=100, startups=5, idle_s=2.0)
 QUICK = Mode("quick", rounds=6, batch=40, per_task=6, warmup=60, startups=3, idle_s=1.0)
 
 
