@@ -438,6 +438,7 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     p50 = {k: v["p50_ms"] for k, v in summaries.items()}
     rounds = {s.key: s.round_p50s() for s in series}
     rates = {f.key: f.rates for f in inflight}
+    cpu = {k: v["server_cpu_ms_per_call"] for k, v in summaries.items() if v["server_cpu_ms_per_call"]}
 
     def latency(name: str, formula: str, target: float | None, fn: Callable[[dict[str, float]], float]) -> Ratio:
         per_round = [fn({k: v[r] for k, v in rounds.items()}) for r in range(mode.rounds)]
@@ -491,6 +492,21 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             None,
             "update_x8",
             "mcpstate_save_x8",
+        ),
+        # Server CPU per call (/proc, all threads) moves less with the machine's load than latency.
+        ratio(
+            "CPU per write vs mcpstate",
+            "server CPU per update_state / per state_save",
+            cpu["update_state"] / cpu["mcpstate_save"],
+            None,
+            "<=",
+        ),
+        ratio(
+            "CPU per read vs mcpstate",
+            "server CPU per get_state / per state_load",
+            cpu["get_state"] / cpu["mcpstate_load"],
+            None,
+            "<=",
         ),
         ratio("idle RSS", "groundhog RSS / noop RSS", rss_idle["groundhog"] / rss_idle["noop"], 1.2, "<="),
         ratio("mcpstate idle RSS", "mcpstate RSS / noop RSS", rss_idle["mcpstate"] / rss_idle["noop"], None, "<="),
