@@ -1,4 +1,9 @@
-"""The protocol floor for the benchmarks: an MCPServer with one no-op tool.
+"""The protocol floor for the benchmarks: an MCPServer with no-op tools.
+
+``noop`` returns a string (the floor of bench_core.py and the others); ``noop_dict`` a small
+dict (structured output, like groundhog-mcp's write answer: bench_peer.py's floor);
+``noop_state`` a dict shaped like a ``get_state`` answer with a ~1 KB state (information:
+what the SDK's structured-output path costs for a read's shape).
 
     python benchmarks/noop_server.py                                # stdio (bench_core.py)
     python benchmarks/noop_server.py --transport http --port 8001   # streamable HTTP at /mcp
@@ -9,10 +14,24 @@ uvicorn, loopback only, no access log), so the difference is groundhog-mcp's own
 """
 
 import argparse
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
 HOST = "127.0.0.1"
+# Built once, like a stored state: ~1 KB as compact JSON (benchmarks/populate.py's payload shape;
+# not imported from there, which would load groundhog_mcp into the floor's process).
+STATE: dict[str, Any] = {
+    "data": {
+        "title": "benchmark state",
+        "counter": 0,
+        "items": [{"id": k, "title": f"task number {k} of the plan", "done": k % 3 == 0} for k in range(12)],
+        "notes": "n" * 120,
+    },
+    "metadata": {},
+    "version": "1",
+    "timestamp": "2026-12-06T00:00:00.000000Z",
+}
 
 server = MCPServer("noop")
 
@@ -21,6 +40,18 @@ server = MCPServer("noop")
 async def noop() -> str:
     """Do nothing."""
     return "ok"
+
+
+@server.tool()
+async def noop_dict() -> dict[str, Any]:
+    """Return a small dict."""
+    return {"name": "noop", "revision": 1, "sequence": 1}
+
+
+@server.tool()
+async def noop_state() -> dict[str, Any]:
+    """Return a dict shaped like a get_state answer."""
+    return {"name": "noop", "revision": 1, "current_revision": 1, "state": STATE}
 
 
 if __name__ == "__main__":
