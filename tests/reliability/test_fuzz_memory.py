@@ -65,6 +65,11 @@ async def _alive(client: Client) -> None:
         await client.send_ping()
 
 
+# A planted unclear error: the tally lists it, the test fails at tally.assert_clean().
+_UNCLEAR = r"fuzz case\(s\) failed:.*an internal error instead of a refusal"
+
+
+@pytest.mark.broken_build("unclear_missing_context", match=_UNCLEAR)
 async def test_hostile_seeds(seeded: Client, db_path: Path) -> None:
     tools = {tool.name for tool in (await seeded.list_tools()).tools}
     call = memory_call(seeded)
@@ -166,6 +171,7 @@ def generated(db_path: Path) -> Iterator[GeneratedRun]:
     print(f"\n{run.summary('in memory')}")
 
 
+@pytest.mark.broken_build("unclear_missing_context", match=r"an internal error instead of a refusal")
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
