@@ -347,7 +347,9 @@ class RawServer:
     def kill(self) -> None:
         """SIGKILL: no handler, no flush, no cleanup."""
         if self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            # The process may have exited and been reaped before asyncio recorded its returncode.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
 
     async def wait(self) -> int:
         return await asyncio.wait_for(self.process.wait(), EXIT_TIMEOUT_S)

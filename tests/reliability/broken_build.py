@@ -209,6 +209,166 @@ def _readable(value, limit, how_to_read_all, prefix=""):
     in_process=True,
 )
 
+_SDK_STDIO = Defect(
+    "sdk_stdio",
+    "stdio is served by the SDK's plain stdio_server: lines its parser refuses are dropped without a reply",
+    "server/stdio.py",
+    """
+def _sdk_stdio():
+    return stdio_server()
+""",
+    (("", "hardened_stdio", "_sdk_stdio"),),
+)
+
+_CRASH_ON_UNUSABLE_ID = Defect(
+    "crash_on_unusable_id",
+    "the stdio reader exits on a request whose id is neither a string nor an integer",
+    "server/stdio.py",
+    """
+_real_misread_request = misread_request
+
+
+def _misread_or_die(line):
+    answer = _real_misread_request(line)
+    if answer is not None:
+        import os
+
+        os._exit(70)
+    return answer
+""",
+    (("", "misread_request", "_misread_or_die"),),
+)
+
+_SDK_PROMPT_ERRORS = Defect(
+    "sdk_prompt_errors",
+    "prompts/get errors are the SDK's own (no -32602 naming the unknown prompt or the missing argument)",
+    "server/build.py",
+    """
+_sdk_get_prompt = MCPServer.get_prompt
+""",
+    (("GroundhogServer", "get_prompt", "_sdk_get_prompt"),),
+)
+
+_NO_DEPTH_LIMIT = Defect(
+    "no_depth_limit",
+    "stored JSON is accepted at any nesting depth",
+    "service/state.py",
+    """
+_real_inspect_json = inspect_json
+
+
+def _inspect_json_any_depth(value, limits, *, depth_offset=0):
+    return _real_inspect_json(value, dataclasses.replace(limits, max_depth=10_000), depth_offset=depth_offset)
+""",
+    (("", "inspect_json", "_inspect_json_any_depth"),),
+)
+
+_FETCHES_REMOTE_REF = Defect(
+    "fetches_remote_ref",
+    "a JSON Schema $ref to a URL is fetched (jsonschema's old automatic retrieval)",
+    "service/validation.py",
+    """
+def _fetch_remote(uri):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(uri, timeout=2) as response:
+        return Resource.from_contents(json.loads(response.read()))
+""",
+    (("", "_refuse_remote", "_fetch_remote"),),
+    in_process=True,
+)
+
+_RAW_SURROGATES_IN_ERRORS = Defect(
+    "raw_surrogates_in_errors",
+    "error messages quote lone surrogates raw, so they cannot be encoded as UTF-8",
+    "errors.py",
+    """
+def _as_given(text):
+    return text
+""",
+    (("", "_printable", "_as_given"),),
+    in_process=True,
+)
+
+_NO_SURROGATE_CHECK = Defect(
+    "no_surrogate_check",
+    "strings with lone surrogates are not refused by the structural check",
+    "service/validation.py",
+    """
+def _never_lone(text):
+    return False
+""",
+    (("", "_lone_surrogate", "_never_lone"),),
+    in_process=True,
+)
+
+_START_ERRORS_UNHANDLED = Defect(
+    "start_errors_unhandled",
+    "a database the server cannot open ends it with a Python traceback instead of a message",
+    "store/sqlite.py",
+    """
+_real_open_sync = SQLiteStore._open_sync
+
+
+def _open_sync_unhandled(self):
+    try:
+        _real_open_sync(self)
+    except InitializationError as exc:
+        raise RuntimeError(f"start-up failed: {exc}") from None
+""",
+    (("SQLiteStore", "_open_sync", "_open_sync_unhandled"),),
+)
+
+_NO_QUICK_CHECK = Defect(
+    "no_quick_check",
+    "no PRAGMA quick_check at start-up: a corrupt table page behind a valid header is served",
+    "store/sqlite.py",
+    """
+def _pages_unchecked(self, conn):
+    return None
+""",
+    (("SQLiteStore", "_check_pages", "_pages_unchecked"),),
+)
+
+_ADOPTS_FOREIGN_FILE = Defect(
+    "adopts_foreign_file",
+    "another application's SQLite file gets groundhog's tables added",
+    "store/sqlite.py",
+    """
+def _foreign_welcome(self, conn):
+    return None
+""",
+    (("SQLiteStore", "_refuse_foreign", "_foreign_welcome"),),
+)
+
+_NO_READ_ONLY_CAUSE = Defect(
+    "no_read_only_cause",
+    "a start error on a read-only file system blames the file, not the directory WAL must write",
+    "store/sqlite.py",
+    """
+def _no_cause(self):
+    return ""
+""",
+    (("SQLiteStore", "_read_only_cause", "_no_cause"),),
+)
+
+_REFUSES_EMPTY_FILE = Defect(
+    "refuses_empty_file",
+    "a zero-byte file is refused as not a database",
+    "store/sqlite.py",
+    """
+_real_refuse_foreign = SQLiteStore._refuse_foreign
+
+
+def _refuse_foreign_or_empty(self, conn):
+    if self.path.exists() and self.path.stat().st_size == 0:
+        raise InitializationError(f"database: {self.path} is not a usable SQLite database (empty file)")
+    _real_refuse_foreign(self, conn)
+""",
+    (("SQLiteStore", "_refuse_foreign", "_refuse_foreign_or_empty"),),
+)
+
 DEFECTS: dict[str, Defect] = {
     d.name: d
     for d in (
@@ -221,6 +381,18 @@ DEFECTS: dict[str, Defect] = {
         _CRASH_ON_MISSING_CONTEXT,
         _LISTING_QUOTES_METADATA,
         _PROMPT_RENDERS_RAW_TEXT,
+        _SDK_STDIO,
+        _CRASH_ON_UNUSABLE_ID,
+        _SDK_PROMPT_ERRORS,
+        _NO_DEPTH_LIMIT,
+        _FETCHES_REMOTE_REF,
+        _RAW_SURROGATES_IN_ERRORS,
+        _NO_SURROGATE_CHECK,
+        _START_ERRORS_UNHANDLED,
+        _NO_QUICK_CHECK,
+        _ADOPTS_FOREIGN_FILE,
+        _NO_READ_ONLY_CAUSE,
+        _REFUSES_EMPTY_FILE,
     )
 }
 

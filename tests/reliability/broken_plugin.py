@@ -188,7 +188,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for key, value in report.user_properties:
         if key == "broken_build_caught" and report.when == "call" and report.passed:
             defect, first = value
-            _CAUGHT.append((report.nodeid.split("[")[0], defect, first))
+            test = report.nodeid.replace(f"broken-{defect}-", "").replace(f"-broken-{defect}", "")
+            _CAUGHT.append((test.replace(f"[broken-{defect}]", ""), defect, first))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -249,6 +249,7 @@ _DROPPED = sorted({case.stdio_dropped for case in hostile_cases() if case.stdio_
 
 
 @pytest.mark.parametrize("category", _DROPPED)
+@pytest.mark.broken_build("sdk_stdio", match=r"no reply within")
 async def test_dropped_line_is_answered(stdio: Stdio, category: str) -> None:
     cases = {next(_ids): case for case in hostile_cases() if case.stdio_dropped == category}
     before = StoreSnapshot.read(stdio.database)
@@ -341,6 +342,7 @@ GARBAGE: list[tuple[str, str | bytes, Any]] = [
 ]
 
 
+@pytest.mark.broken_build("crash_on_unusable_id", match=r"the server exited")
 async def test_protocol_garbage(stdio: Stdio) -> None:
     answered_wrongly: list[str] = []
     for label, line, expected_id in GARBAGE:
@@ -365,12 +367,15 @@ async def test_protocol_garbage(stdio: Stdio) -> None:
     assert not answered_wrongly, "\n".join(answered_wrongly)
 
 
+@pytest.mark.broken_build("sdk_stdio", match=r"no parse error \(-32700\) reply, got None")
 async def test_parse_error_is_answered(stdio: Stdio) -> None:
     await stdio.send_line('{"jsonrpc":"2.0","id":1,"method":"pi')
     reply = (await stdio.replies_to([None])).get(_key(None))
-    assert reply is not None and reply["error"]["code"] == -32700, f"got {reply}"
+    assert reply is not None and reply["error"]["code"] == -32700, f"no parse error (-32700) reply, got {reply}"
 
 
+@pytest.mark.broken_build("sdk_stdio", match=r"params-array: no invalid-request reply")
+@pytest.mark.broken_build("crash_on_unusable_id", match=r"the server exited")
 async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     lines = {
         "params-array": _request("params-array", "tools/call", params=[1, 2]),
@@ -379,8 +384,10 @@ async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     for line in lines.values():
         await stdio.send_line(line)
     replies = await stdio.replies_to(["params-array", "no-jsonrpc"])
-    assert replies.get(_key("params-array"), {}).get("error", {}).get("code") in (-32600, -32602), replies
-    assert "params" in replies[_key("params-array")]["error"]["message"], replies
+    assert replies.get(_key("params-array"), {}).get("error", {}).get("code") == -32600, (
+        f"params-array: no invalid-request reply: {replies}"
+    )
+    assert replies[_key("params-array")]["error"]["message"] == "Invalid request: params: Input should be an object"
     assert replies.get(_key("no-jsonrpc"), {}).get("error", {}).get("code") == -32600, replies
     assert "jsonrpc" in replies[_key("no-jsonrpc")]["error"]["message"], replies
     # The SDK would read these as notifications and never answer: each gets -32600 with id null.
@@ -395,6 +402,7 @@ async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     assert served is not None and "result" in served, served
 
 
+@pytest.mark.broken_build("sdk_prompt_errors", match=r"unknown-prompt: \{'code': 0")
 async def test_prompt_errors_use_json_rpc_codes(stdio: Stdio) -> None:
     for request_id, params in (
         ("unknown-prompt", {"name": "no_such_prompt"}),
@@ -408,8 +416,9 @@ async def test_prompt_errors_use_json_rpc_codes(stdio: Stdio) -> None:
             assert "name" in reply["error"]["message"] and "{" not in reply["error"]["message"], reply["error"]
 
 
+@pytest.mark.broken_build("no_depth_limit", match=r"data nested 150 deep was accepted")
 async def test_depth_150_over_stdio_is_refused_clearly(stdio: Stdio) -> None:
     """Below the SDK's parser limit the server's own rule speaks (a guard for the xfail above)."""
     reply = await stdio.call("update_state", {"name": "alpha", "data": nested(150)})
-    assert reply.is_error
+    assert reply.is_error, f"data nested 150 deep was accepted: {reply.text[:200]}"
     assert_clear_error(reply.text, "update_state", "data", "depth")
