@@ -25,6 +25,7 @@ import importlib
 import shutil
 import stat
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,11 @@ class Defect:
 
     def check_fits(self, text: str) -> None:
         for owner, attribute, _ in self.replaces:
-            for name in (f"class {owner}" if owner else "", f"def {attribute}" if owner else attribute):
+            if "." in owner:  # an attribute of a library module the package uses
+                names = (attribute,)
+            else:
+                names = (f"class {owner}" if owner else "", f"def {attribute}" if owner else attribute)
+            for name in names:
                 if name and name not in text:
                     raise RuntimeError(
                         f"the planted defect {self.name!r} no longer fits groundhog_mcp/{self.module} "
@@ -369,6 +374,19 @@ def _refuse_foreign_or_empty(self, conn):
     (("SQLiteStore", "_refuse_foreign", "_refuse_foreign_or_empty"),),
 )
 
+_LOGS_FRAME_LOCALS = Defect(
+    "logs_frame_locals",
+    "logged tracebacks carry every frame's local variables (state contents among them)",
+    "app.py",
+    """
+class _TransformerShowingLocals(structlog.tracebacks.ExceptionDictTransformer):
+    def __init__(self, *args, **kwargs):
+        kwargs["show_locals"] = True
+        super().__init__(*args, **kwargs)
+""",
+    (("structlog.tracebacks", "ExceptionDictTransformer", "_TransformerShowingLocals"),),
+)
+
 DEFECTS: dict[str, Defect] = {
     d.name: d
     for d in (
@@ -393,6 +411,7 @@ DEFECTS: dict[str, Defect] = {
         _ADOPTS_FOREIGN_FILE,
         _NO_READ_ONLY_CAUSE,
         _REFUSES_EMPTY_FILE,
+        _LOGS_FRAME_LOCALS,
     )
 }
 
@@ -414,15 +433,17 @@ runpy.run_module("groundhog_mcp", run_name="__main__", alter_sys=True)
 """
 
 
-def build(defect: Defect | str, destination: Path) -> Path:
-    """A copy of the installed package carrying ``defect``; returns its executable ``groundhog-mcp``."""
-    defect = DEFECTS[defect] if isinstance(defect, str) else defect
+def build(defects: Defect | str | Sequence[Defect | str], destination: Path) -> Path:
+    """A copy of the installed package carrying ``defects``; returns its executable ``groundhog-mcp``."""
+    chosen = [defects] if isinstance(defects, Defect | str) else list(defects)
     package = destination / "groundhog_mcp"
     shutil.copytree(Path(groundhog_mcp.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    module = package / defect.module
-    text = module.read_text(encoding="utf-8")
-    defect.check_fits(text)
-    module.write_text(text + defect.patch_source(), encoding="utf-8")
+    for defect in chosen:
+        defect = DEFECTS[defect] if isinstance(defect, str) else defect
+        module = package / defect.module
+        text = module.read_text(encoding="utf-8")
+        defect.check_fits(text)
+        module.write_text(text + defect.patch_source(), encoding="utf-8")
     launcher = destination / "groundhog-mcp"
     launcher.write_text(_LAUNCHER.format(python=sys.executable), encoding="utf-8")
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

@@ -29,6 +29,7 @@ from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
 from tests.e2e.harness import RawServer, assert_error_text, raw_result_text, server_command
 from tests.reliability.battery import REPLY_WITHIN_S, assert_clear_error, start_raw
 from tests.reliability.broken_build import build as build_copy
+from tests.reliability.broken_plugin import Build
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
@@ -390,14 +391,17 @@ async def test_empty_file_is_initialised(database: Path, raw_env: dict[str, str]
 # -- what an unexpected error leaves in the log ----------------------------------------------------
 
 
+@pytest.mark.broken_build("logs_frame_locals", match=r"^state contents were written to the log")
 async def test_unexpected_errors_never_log_state_contents(
-    database: Path, raw_env: dict[str, str], tmp_path: Path
+    database: Path, raw_env: dict[str, str], tmp_path: Path, build: Build
 ) -> None:
     secret = "TOPSECRET-" + os.urandom(8).hex()
     async with StateManager.open(database) as manager:
         await manager.register("a", state=ContextState(data={"secret": secret}))
         await manager.update("a", data={"secret": secret, "n": 2})
-    command = [str(build_copy("unexpected_read_error", tmp_path / "faulty"))]
+    # The unexpected error is this test's input: planted here, on top of the build under test.
+    planted = ["unexpected_read_error", *([build.defect] if build.defect else [])]
+    command = [str(build_copy(planted, tmp_path / "faulty"))]
     stderr_path = tmp_path / "faulty.stderr"
     server = await start_raw(database, env=raw_env, stderr_path=stderr_path, command=command)
     try:
