@@ -171,7 +171,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                 f"but not with {variant.fails_with.__name__} matching {variant.match!r}: "
                 f"{type(exc).__name__}: {str(exc)[:1500]}"
             ) from exc
-        first = str(matching[0]).strip().splitlines()[0][:200] if str(matching[0]).strip() else type(exc).__name__
+        lines = str(matching[0]).strip().splitlines() or [type(matching[0]).__name__]
+        first = next((line for line in lines if re.search(variant.match, line)), lines[0])[:200]
         item.user_properties.append(("broken_build_caught", (variant.defect.name, first)))
         return None
     finally:
