@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from bench_core import (
     start_server,
     update_series,
 )
+from populate import history_rows
 
 HERE = Path(__file__).resolve().parent
 TARGET = 1.2
@@ -71,24 +71,6 @@ SERVERS = {
     "shallow_keep_all": ("shallow", "0"),
     "deep_keep_all": ("deep", "0"),
 }
-
-
-def history_rows(path: Path) -> dict[str, int]:
-    """Snapshots kept per hot context (min and max over them) and their highest revision."""
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(
-            "SELECT count(h.revision), max(c.revision) FROM contexts c JOIN history h ON h.context_id = c.id"
-            f" WHERE c.name IN ({', '.join('?' for _ in HOT)}) GROUP BY c.id",
-            HOT,
-        ).fetchall()
-    finally:
-        conn.close()
-    return {
-        "snapshots_min": min(r[0] for r in rows),
-        "snapshots_max": max(r[0] for r in rows),
-        "revision_max": max(r[1] for r in rows),
-    }
 
 
 async def run(mode: Mode, workdir: Path) -> dict[str, Any]:

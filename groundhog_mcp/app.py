@@ -12,34 +12,32 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 import structlog
-from mcp.server.auth.provider import TokenVerifier
-from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import MCPServer
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import EncryptionKeyError, InitializationError
-from groundhog_mcp.models import Grant, Principal
+from groundhog_mcp.models import NAMESPACE_PATTERN, Grant, Principal
 from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
 from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, read_key_file
 from groundhog_mcp.security.tokens import TokenStore
-from groundhog_mcp.server import AppContext, Notifier, build_server
-from groundhog_mcp.server.http import (
-    HttpConfig,
-    HttpServer,
-    add_metrics_route,
-    bind_socket,
-    refuse_unauthenticated_bind,
-    token_auth,
-)
-from groundhog_mcp.server.notify import NamespacedSubscriptionBus
-from groundhog_mcp.server.oauth import IntrospectionConfig, IntrospectionVerifier
 from groundhog_mcp.service import Limits, StateManager
 from groundhog_mcp.store import Retention, open_store
+
+if TYPE_CHECKING:
+    # The MCP SDK and the HTTP stack are imported by the functions that serve (create_server,
+    # serve_http) only: the maintenance commands load neither (they start ~3x faster).
+    from mcp.server.auth.provider import TokenVerifier
+    from mcp.server.auth.settings import AuthSettings
+    from mcp.server.mcpserver import MCPServer
+
+    from groundhog_mcp.server import AppContext
+    from groundhog_mcp.server.http import HttpConfig
+    from groundhog_mcp.server.notify import NamespacedSubscriptionBus
+    from groundhog_mcp.server.oauth import IntrospectionVerifier
 
 __all__ = [
     "Settings",
@@ -87,7 +85,7 @@ class Settings(BaseModel):
     keep_revisions: int = Field(default=100, ge=0, description="history revisions kept per context; 0 keeps all")
     keep_days: float | None = Field(default=None, gt=0, description="drop history older than this many days")
     principal: str = Field(default="local", min_length=1, max_length=128)
-    namespace: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    namespace: str = Field(default="default", pattern=NAMESPACE_PATTERN)
     # The HTTP transports (docs/http.md). Lists from the environment are comma-separated.
     transport: Literal["stdio", "http", "sse"] = "stdio"
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
@@ -95,6 +93,12 @@ class Settings(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=list[str], description="Host headers to accept besides localhost")
     allowed_origins: list[str] = Field(default_factory=list[str], description="Origin headers to accept")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    header_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for a request's headers to arrive")
+    body_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds for a request's body to arrive")
+    max_connections: int = Field(default=512, ge=1, le=100_000, description="HTTP connections served at once")
+    credential_recheck: float = Field(
+        default=5.0, gt=0, le=3600, description="seconds between checks that an open stream's token is still valid"
+    )
     token_file: str = Field(default_factory=lambda: str(default_token_file()))
     insecure_no_auth: bool = False
     # The audit log (README "Audit log"): on unless turned off. The key comes from
@@ -167,6 +171,10 @@ def load_settings(
             merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise InitializationError(f"config: file {path} does not exist") from None
+        except OSError as exc:
+            raise InitializationError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InitializationError(f"config: {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise InitializationError(f"config: {path} is not valid TOML ({exc})") from None
         for secret in _ENV_ONLY:
@@ -325,7 +333,7 @@ async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0)
         from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
     except ImportError:
         raise InitializationError(
-            "metrics: the Prometheus exposition needs prometheus-client; pip install 'groundhog-mcp[metrics]'"
+            "metrics: the Prometheus exposition needs prometheus-client; pip install 'groundhog-context-mcp[metrics]'"
         ) from None
     server, contexts = await manager.collect_metrics(limit=manager.limits.max_page)
     registry = CollectorRegistry()
@@ -355,6 +363,15 @@ async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0)
     errors = Counter("groundhog_errors", "Errors answered to clients", ["error"], registry=registry)
     for error_class, count in server["errors"].items():
         errors.labels(error_class).inc(count)
+    denied = Counter(
+        "groundhog_denied_requests",
+        "Requests refused for a missing grant",
+        ["principal", "operation"],
+        registry=registry,
+    )
+    for principal, operations in server["denied_requests"].items():
+        for operation, count in operations.items():
+            denied.labels(principal, operation).inc(count)
     return generate_latest(registry).decode()
 
 
@@ -368,6 +385,7 @@ def create_server(
     """The MCP server. With ``manager`` the caller owns it (already started); otherwise the
     lifespan opens and closes one from ``settings``. With ``token_verifier`` and ``auth`` (HTTP
     only) every request needs a bearer token and runs as the token's principal."""
+    from groundhog_mcp.server import AppContext, Notifier, build_server
 
     # The legacy SSE transport enters the lifespan once per connection (streamable HTTP once
     # per app): every entry shares one AppContext, so there is one notifier, and a change is
@@ -413,6 +431,10 @@ def _read_text(path: str) -> str:
 
 async def _oauth(settings: Settings, config: HttpConfig) -> tuple[IntrospectionVerifier, AuthSettings]:
     """The OAuth resource-server pair: tokens checked at the introspection endpoint."""
+    from mcp.server.auth.settings import AuthSettings
+
+    from groundhog_mcp.server.oauth import IntrospectionConfig, IntrospectionVerifier
+
     if not settings.oauth_issuer_url:
         raise InitializationError("oauth_issuer_url: required with oauth_introspection_url (the authorization server)")
     assert settings.oauth_introspection_url is not None
@@ -461,6 +483,15 @@ async def serve_http(settings: Settings) -> None:
     time to finish; then the state manager closes, which waits for every write already handed
     to the store, so nothing is left half-written.
     """
+    from groundhog_mcp.server.http import (
+        HttpConfig,
+        HttpServer,
+        add_metrics_route,
+        bind_socket,
+        refuse_unauthenticated_bind,
+        token_auth,
+    )
+
     transport: Literal["http", "sse"] = "sse" if settings.transport == "sse" else "http"
     store = TokenStore(settings.token_file)
     oauth = settings.oauth_introspection_url is not None and not settings.insecure_no_auth
@@ -472,6 +503,10 @@ async def serve_http(settings: Settings) -> None:
         allowed_hosts=tuple(settings.allowed_hosts),
         allowed_origins=tuple(settings.allowed_origins),
         max_body_bytes=settings.max_body_bytes,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+        credential_recheck=settings.credential_recheck,
     )
     refuse_unauthenticated_bind(wanted, authenticated=authenticated, insecure_no_auth=settings.insecure_no_auth)
     if oauth and not settings.oauth_issuer_url:  # before the port and the database are touched
@@ -497,7 +532,10 @@ async def serve_http(settings: Settings) -> None:
         if problem:
             log.warning(problem)
     else:
-        log.info("no token file: requests are not authenticated (loopback only)", token_file=str(store.path))
+        log.info(
+            "no token file: requests are not authenticated (loopback only) until one is created",
+            token_file=str(store.path),
+        )
     sock = bind_socket(settings.host, settings.port)
     loop = asyncio.get_running_loop()
     http: HttpServer | None = None
@@ -506,10 +544,15 @@ async def serve_http(settings: Settings) -> None:
         manager = open_manager(settings)
         await manager.start()
         try:
+            verifier: TokenVerifier | None = None
+            auth: AuthSettings | None = None
             if oauth:
                 verifier, auth = await _oauth(settings, config)
-            else:
-                verifier, auth = token_auth(store, config) if authenticated else (None, None)
+            elif not settings.insecure_no_auth:
+                # Without a token file yet (loopback only: refused above otherwise), requests run as
+                # the local principal until the first token is created; from then on they need one.
+                anonymous = None if authenticated else settings.local_principal()
+                verifier, auth = token_auth(store, config, anonymous)
             server = create_server(settings, manager, token_verifier=verifier, auth=auth)
 
             async def render_metrics(principal: Principal | None) -> str:
@@ -517,7 +560,7 @@ async def serve_http(settings: Settings) -> None:
                 return await prometheus_text(viewer)
 
             add_metrics_route(server, render_metrics, verifier=verifier, public=settings.metrics_public)
-            http = HttpServer(server, config)
+            http = HttpServer(server, config, verifier)
             for signum in _STOP_SIGNALS:
                 loop.add_signal_handler(signum, http.stop)
             log.info(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import AsyncGenerator, Generator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import structlog
 
@@ -20,22 +23,21 @@ from groundhog_mcp.app import (
     Settings,
     audit_key,
     configure_logging,
-    create_server,
     encryption_keyring,
     load_settings,
     open_manager,
     prometheus_text,
-    serve_http,
 )
-from groundhog_mcp.errors import ContextError
+from groundhog_mcp.errors import ContextError, InitializationError
+from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import Grant, dumps, format_timestamp
-from groundhog_mcp.security.audit import ChainVerifier
+from groundhog_mcp.security.audit import AuditHead, ChainVerifier
 from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
-from groundhog_mcp.server.stdio import run_stdio
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.store import SQLiteStore, Store, open_store
 from groundhog_mcp.store.base import AuditQuery
+from groundhog_mcp.store.records import import_rows
 from groundhog_mcp.store.sqlite import RotationProgress
 
 __all__ = ["main"]
@@ -80,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name")
 
     export = commands.add_parser("export", parents=[common], help="write every context with history as JSON Lines")
-    export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")
+    export.add_argument("--force", action="store_true", help="replace an existing --output file")
     export.add_argument(
         "--plaintext",
         action="store_true",
@@ -91,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument("file", help="JSON Lines file written by export ('-' for stdin)")
 
     backup = commands.add_parser("backup", parents=[common], help="online, consistent copy of the database")
-    backup.add_argument("destination", help="new file to write")
+    backup.add_argument("destination", help="new file to write (mode 0600)")
+    backup.add_argument("--force", action="store_true", help="replace an existing destination file")
 
     letters = commands.add_parser("dead-letters", parents=[common], help="events whose handler kept failing")
     letters_commands = letters.add_subparsers(dest="letters_command", metavar="ACTION", required=True)
@@ -109,11 +113,22 @@ def _parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", parents=[common], help="the tamper-evident audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    audit_commands.add_parser(
+    verify = audit_commands.add_parser(
         "verify", parents=[common], help="check the HMAC chain; name the first altered, removed or reordered row"
     )
+    verify.add_argument(
+        "--head",
+        default=None,
+        metavar="SEQ:HMAC|FILE",
+        help="a head printed earlier by `audit head` (or a file holding its output): fail if the log no longer "
+        "reaches it, e.g. its tail was cut together with the writes it recorded",
+    )
+    audit_commands.add_parser(
+        "head", parents=[common], help="print the chain's last row (sequence, HMAC) as JSON, to keep elsewhere"
+    )
     audit_export = audit_commands.add_parser("export", parents=[common], help="write the audit log as JSON Lines")
-    audit_export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    audit_export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")
+    audit_export.add_argument("--force", action="store_true", help="replace an existing --output file")
     migrate = commands.add_parser(
         "migrate-context",
         parents=[common],
@@ -131,8 +146,62 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status (README "Command line"): one table, kept true by tests/test_cli_errors.py.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and failed: the message on stderr says why (nothing half-done)
+EXIT_USAGE = 2  # the command line or the configuration is wrong
+EXIT_BUG = 70  # an unexpected error inside groundhog-mcp (sysexits EX_SOFTWARE): a bug
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; every error a user can make ends with one line on stderr and an exit
+    status from the table above, never a traceback."""
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _detach_stdout()
+        print("groundhog-mcp: the output was closed before it was complete (broken pipe)", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except ContextError as exc:
+        print(f"groundhog-mcp: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"groundhog-mcp: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        # Not a user's error: say so in one line; the traceback is for --log-level DEBUG.
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exc(file=sys.stderr)
+        print(
+            f"groundhog-mcp: internal error ({type(exc).__name__}); this is a bug, please report it "
+            "(--log-level DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def _os_error(exc: OSError) -> str:
+    """``strerror: file`` without Python's ``[Errno N]`` decoration."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or type(exc).__name__}{where}"
+
+
+def _detach_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (tests capturing it)
+        pass
+
+
+def _main(arguments: list[str]) -> int:
     if any(a.startswith("--encryption") for a in arguments):
         print(
             "groundhog-mcp: encryption keys are never taken from the command line (any user can read a "
@@ -140,10 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(GROUNDHOG_ENCRYPTION_KEY_FILE) or the config file",
             file=sys.stderr,
         )
-        return 2
-    args = _parser().parse_args(arguments)
+        return EXIT_USAGE
+    try:
+        args = _parser().parse_args(arguments)
+    except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "keygen":
-        return _keygen()
+        return _keygen(args)
     flags = {
         "database": getattr(args, "database", None),
         "log_level": getattr(args, "log_level", None),
@@ -154,30 +226,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(flags, config_file=getattr(args, "config", None))
     except ContextError as exc:
         print(f"groundhog-mcp: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     configure_logging(settings.log_level)
     command = args.command or "serve"
-    try:
-        if command == "tokens":
-            return _tokens(args, settings)
-        if command == "export" and not args.plaintext and encryption_keyring(settings) is not None:
-            print(
-                "groundhog-mcp: export: encryption at rest is on and an export is plaintext JSON; pass --plaintext "
-                "to write the decrypted contents anyway (keep that file as safe as the key), or use `backup` for "
-                "an encrypted copy (PostgreSQL: pg_dump). Nothing was written.",
-                file=sys.stderr,
-            )
-            return 1
-        if command == "rotate-key":
-            return asyncio.run(_rotate_key(args, settings))
-        if command == "serve":
-            return asyncio.run(_serve(settings))
-        return asyncio.run(_run_command(command, args, settings))
-    except ContextError as exc:
-        print(f"groundhog-mcp: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    if command == "tokens":
+        return _tokens(args, settings)
+    if command == "export" and not args.plaintext and encryption_keyring(settings) is not None:
+        print(
+            "groundhog-mcp: export: encryption at rest is on and an export is plaintext JSON; pass --plaintext "
+            "to write the decrypted contents anyway (keep that file as safe as the key), or use `backup` for "
+            "an encrypted copy (PostgreSQL: pg_dump). Nothing was written.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if command == "rotate-key":
+        return asyncio.run(_rotate_key(args, settings))
+    if command == "serve":
+        return asyncio.run(_serve(settings))
+    return asyncio.run(_run_command(command, args, settings))
 
 
 async def _serve(settings: Settings) -> int:
@@ -186,6 +252,10 @@ async def _serve(settings: Settings) -> int:
     SIGTERM/SIGINT stop it gracefully: no new requests, writes already handed to the store
     commit, the file is closed, then the process exits.
     """
+    # Only serving needs the MCP SDK and the HTTP stack: the maintenance commands never load them.
+    from groundhog_mcp.app import create_server, serve_http
+    from groundhog_mcp.server.stdio import run_stdio
+
     if settings.transport != "stdio":
         await serve_http(settings)
         return 0
@@ -246,8 +316,8 @@ def _is_url(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-def _print_json(value: Any, out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 async def _run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
@@ -300,7 +370,7 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             if args.plaintext and encryption_keyring(settings) is not None:
                 where = "stdout" if args.output == "-" else args.output
                 print(f"export: writing the DECRYPTED (plaintext) contents of the database to {where}", file=sys.stderr)
-            await _export(manager, args.output)
+            await _export(manager, args.output, force=args.force)
         elif command == "dead-letters" and args.letters_command == "list":
             letters = await manager.list_dead_letters(
                 name=args.context, limit=manager.limits.max_page, include_replayed=args.all
@@ -318,7 +388,7 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             await _migrate_context(manager, args)
         elif command == "backup":
             destination = Path(args.destination)
-            await manager.store.backup(destination)
+            await manager.store.backup(destination, force=args.force)
             print(f"backup written to {destination}", file=sys.stderr)
     return 0
 
@@ -344,33 +414,63 @@ async def _migrate_context(manager: StateManager, args: argparse.Namespace) -> N
     )
 
 
-async def _export(manager: StateManager, output: str) -> None:
-    out: TextIO = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
+@contextmanager
+def _output(path: str, *, force: bool, what: str) -> Generator[TextIO]:
+    """stdout for ``-``; else a new 0600 file that appears complete or not at all (a symlink at
+    ``path`` is never followed; an existing file is replaced only with ``force``)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with PrivateOutput(Path(path), force=force, what=what) as aside, aside.open("w", encoding="utf-8") as out:
+        yield out
+
+
+async def _export(manager: StateManager, output: str, *, force: bool) -> None:
     count = 0
-    try:
+    with _output(output, force=force, what="export") as out:
         async for record in manager.store.export_records():
             out.write(dumps(record) + "\n")
             count += 1
-    finally:
-        if out is not sys.stdout:
-            out.close()
     print(f"exported {count} records", file=sys.stderr)
 
 
+_NOTHING = "nothing was imported"
+
+
 async def _import(file: str, settings: Settings) -> int:
-    source: TextIO = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+    where = "stdin" if file == "-" else file
     records: list[Any] = []
+    lines: list[int] = []
     try:
-        for number, line in enumerate(source, start=1):
+        source: BinaryIO = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        print(f"groundhog-mcp: import: cannot read {file}: {exc.strerror or exc}; {_NOTHING}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        # Bytes a line at a time, decoded here: a bad line is named exactly.
+        for number, raw in enumerate(source, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                print(f"groundhog-mcp: import: {where} line {number}: not UTF-8 text; {_NOTHING}", file=sys.stderr)
+                return EXIT_FAILED
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    print(f"groundhog-mcp: import: {file} line {number}: not JSON ({exc.msg})", file=sys.stderr)
-                    return 1
+                    print(f"groundhog-mcp: import: {where} line {number}: not JSON ({exc.msg})", file=sys.stderr)
+                    return EXIT_FAILED
+                lines.append(number)
+    except OSError as exc:
+        print(f"groundhog-mcp: import: cannot read {where}: {exc.strerror or exc}; {_NOTHING}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
-        if source is not sys.stdin:
+        if file != "-":
             source.close()
+    # Every record is checked before the database is opened: a refused file creates nothing.
+    await asyncio.to_thread(
+        functools.partial(import_rows, records, identifier=str, timestamp=format_timestamp, lines=lines)
+    )
     async with _manager(settings) as manager:
         imported = await manager.store.import_records(records, actor=manager.principal.name)
         location = (await manager.store.status()).location  # a URL without its password
@@ -397,31 +497,55 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 1
         if args.audit_command == "export":
-            return await _audit_export(store, args.output)
-        return await _audit_verify(store, settings)
+            return await _audit_export(store, args.output, force=args.force)
+        if args.audit_command == "head":
+            newest = await store.read_audit(AuditQuery(newest_first=True, limit=1))
+            head = AuditHead(newest[0].sequence, newest[0].hmac) if newest else AuditHead(0, "")
+            stamp = format_timestamp(newest[0].timestamp) if newest else None
+            # One line: easy to append to a log or a ticket kept elsewhere.
+            sys.stdout.write(json.dumps({**head.to_json(), "timestamp": stamp}) + "\n")
+            return 0
+        return await _audit_verify(store, settings, _anchor(args.head))
 
 
-async def _audit_export(store: Store, output: str) -> int:
-    out: TextIO = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
-    count, after = 0, 0
+def _anchor(value: str | None) -> AuditHead | None:
+    """``--head``: ``SEQ:HMAC``, or a file holding ``audit head``'s JSON output (or that text)."""
+    if value is None:
+        return None
+    if ":" in value and not Path(value).exists():
+        return AuditHead.parse(value)
     try:
+        text = Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InitializationError(f"head: cannot read {value}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InitializationError(f"head: {value} is not text") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return AuditHead.parse(text)
+    if isinstance(document, dict) and isinstance(document.get("head"), str):
+        return AuditHead.parse(str(document["head"]))  # pyright: ignore[reportUnknownArgumentType]
+    raise InitializationError(f'head: {value} holds no "head" field (expected the output of `audit head`)')
+
+
+async def _audit_export(store: Store, output: str, *, force: bool) -> int:
+    count, after = 0, 0
+    with _output(output, force=force, what="audit export") as out:
         while page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE)):
             out.writelines(dumps(record.to_json()) + "\n" for record in page)
             count += len(page)
             after = page[-1].sequence
-    finally:
-        if out is not sys.stdout:
-            out.close()
     print(f"exported {count} audit rows", file=sys.stderr)
     return 0
 
 
-async def _audit_verify(store: Store, settings: Settings) -> int:
+async def _audit_verify(store: Store, settings: Settings, anchor: AuditHead | None) -> int:
     key = audit_key(settings, create=False)
     if key is None:
         print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
         return 1
-    verifier = ChainVerifier(key)
+    verifier = ChainVerifier(key, anchor)
     after, last_hmac, done = 0, "", False
     while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE))):
         for record in page:
@@ -439,6 +563,7 @@ async def _audit_verify(store: Store, settings: Settings) -> int:
         after = page[-1].sequence
     if verifier.problem is None:
         verifier.check_tail(await store.last_sequence())
+        verifier.check_anchor()
     problem = verifier.problem
     if problem is not None:
         print(
@@ -447,9 +572,11 @@ async def _audit_verify(store: Store, settings: Settings) -> int:
         )
         return 1
     span = f" (rows 1-{verifier.rows})" if verifier.rows else ""
+    anchored = f"; reaches the anchored head {anchor.sequence}" if anchor is not None and anchor.sequence else ""
     print(
         f"audit log OK: {verifier.rows} row(s) verified{span}, key {key.key_id}"
         + (f", head {last_hmac}" if last_hmac else "")
+        + anchored
     )
     return 0
 
@@ -495,6 +622,13 @@ def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="serve GET /metrics without a token (default: a token with the admin grant is needed)",
     )
+    for flag, kind, text in (
+        ("--header-timeout", float, "seconds for a request's headers to arrive (default 10)"),
+        ("--body-timeout", float, "seconds for a request's body to arrive (default 30)"),
+        ("--max-connections", int, "HTTP connections served at once; beyond that 503 (default 512)"),
+        ("--credential-recheck", float, "seconds between checks that an open stream's token is valid (default 5)"),
+    ):
+        serve.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
 
 
 def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -529,6 +663,10 @@ def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
         "token_file",
         "insecure_no_auth",
         "metrics_public",
+        "header_timeout",
+        "body_timeout",
+        "max_connections",
+        "credential_recheck",
     )
     return {name: getattr(args, name, None) for name in names}
 
@@ -567,9 +705,13 @@ def _tokens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    commands.add_parser(
+    keygen = commands.add_parser(
         "keygen", help="print a new random encryption key (base64url, 32 bytes) for GROUNDHOG_ENCRYPTION_KEY"
     )
+    keygen.add_argument(
+        "--output", "-o", default="-", help="write it to this new file (mode 0600) instead; for encryption_key_file"
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing --output file")
     rotate = commands.add_parser(
         "rotate-key",
         parents=[common],
@@ -584,13 +726,23 @@ def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> 
     )
 
 
-def _keygen() -> int:
+def _keygen(args: argparse.Namespace) -> int:
     key = generate_key()
-    print(key)
     key_id = parse_key(key, source="the new key").key_id
+    if args.output != "-":
+        with _output(args.output, force=args.force, what="keygen") as out:
+            out.write(key + "\n")
+        print(
+            f"new encryption key, key id {key_id}, written to {args.output} (mode 0600). Set "
+            "GROUNDHOG_ENCRYPTION_KEY_FILE (or encryption_key_file) to it. Lose it and the data is lost.",
+            file=sys.stderr,
+        )
+        return 0
+    print(key)
     print(
-        f"new encryption key, key id {key_id}. Keep it in a file only you can read (chmod 600) and set "
-        "GROUNDHOG_ENCRYPTION_KEY_FILE to it, or set GROUNDHOG_ENCRYPTION_KEY. Lose it and the data is lost.",
+        f"new encryption key, key id {key_id}. Keep it in a file only you can read (`keygen -o FILE` writes one "
+        "with mode 0600) and set GROUNDHOG_ENCRYPTION_KEY_FILE to it, or set GROUNDHOG_ENCRYPTION_KEY. Lose it "
+        "and the data is lost.",
         file=sys.stderr,
     )
     return 0

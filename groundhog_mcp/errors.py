@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "MAX_MESSAGE_CHARS",
     "AccessDeniedError",
     "CompactedError",
     "ConflictError",
@@ -50,17 +51,26 @@ __all__ = [
     "ValidationIssue",
 ]
 
-# A conflict message carries the diff the caller missed, but never megabytes of it.
-_MAX_DIFF_CHARS_IN_MESSAGE = 4000
-# A merge conflict message shows the first few conflicts, each value cut short.
+MAX_MESSAGE_CHARS = 1000
+"""Every error message is at most this long (the backstop is :meth:`ContextError.__str__`)."""
+# A conflict message carries the diff the caller missed, but never more than fits the bound.
+_MAX_DIFF_CHARS_IN_MESSAGE = 500
+# A merge conflict message shows the first few conflicts (paths and kinds, never values).
 _MAX_CONFLICTS_IN_MESSAGE = 10
-_MAX_VALUE_CHARS_IN_MESSAGE = 60
+# A validation issue names a pointer and a rule: both cut short (keys can be long).
+_MAX_POINTER_CHARS = 200
+_MAX_ISSUE_CHARS = 300
 
 
 class ContextError(Exception):
     """Base of every expected, user-facing failure."""
 
     retryable: bool = False
+
+    def __str__(self) -> str:
+        # The one place every message passes on its way to a client, a log or an audit row:
+        # whatever a message was built from, it never exceeds MAX_MESSAGE_CHARS.
+        return _bounded(super().__str__(), MAX_MESSAGE_CHARS)
 
 
 class InitializationError(ContextError):
@@ -152,16 +162,10 @@ class MergeConflict:
     absent: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        sides = ", ".join(f"{side} {self._shown(side)}" for side in ("base", "ours", "theirs"))
-        return f"{self.path} {self.kind} ({sides})"
-
-    def _shown(self, side: str) -> str:
-        if side in self.absent:
-            return "absent"
-        text = json.dumps(getattr(self, side), ensure_ascii=False, separators=(",", ":"))
-        if len(text) > _MAX_VALUE_CHARS_IN_MESSAGE:
-            text = text[: _MAX_VALUE_CHARS_IN_MESSAGE - 3] + "..."
-        return text
+        """Path and kind, and which side lacks the value; never the values (they are state data:
+        a dry run returns them in its structured result)."""
+        absent = f" (absent in {', '.join(self.absent)})" if self.absent else ""
+        return f"{_bounded(self.path, _MAX_POINTER_CHARS)} {self.kind}{absent}"
 
 
 class MergeConflictError(StateUpdateError):
@@ -169,8 +173,14 @@ class MergeConflictError(StateUpdateError):
 
     def __init__(self, conflicts: Sequence[MergeConflict]) -> None:
         self.conflicts = list(conflicts)
-        shown = "; ".join(c.describe() for c in self.conflicts[:_MAX_CONFLICTS_IN_MESSAGE])
-        more = len(self.conflicts) - _MAX_CONFLICTS_IN_MESSAGE
+        described: list[str] = []
+        for conflict in self.conflicts[:_MAX_CONFLICTS_IN_MESSAGE]:
+            text = conflict.describe()
+            if described and sum(len(d) + 2 for d in described) + len(text) > 600:
+                break
+            described.append(text)
+        shown = "; ".join(described)
+        more = len(self.conflicts) - len(described)
         if more > 0:
             shown += f"; and {more} more (a dry run lists them all)"
         count = f"{len(self.conflicts)} conflict{'s' if len(self.conflicts) != 1 else ''}"
@@ -191,6 +201,11 @@ class ValidationIssue:
     pointer: str
     message: str
 
+    def __post_init__(self) -> None:
+        # Keys in a pointer are data of any length: a pointer and a message are cut short here.
+        object.__setattr__(self, "pointer", _bounded(self.pointer, _MAX_POINTER_CHARS))
+        object.__setattr__(self, "message", _bounded(self.message, _MAX_ISSUE_CHARS))
+
     def __str__(self) -> str:
         return f"{self.pointer or '/'}: {self.message}"
 
@@ -201,9 +216,16 @@ class StateValidationError(ContextError):
     def __init__(self, issues: Sequence[ValidationIssue], field: str = "state") -> None:
         self.issues = list(issues)
         self.field = field
-        shown = "; ".join(_printable(f"{field}{_dotted(i.pointer)}: {i.message}") for i in self.issues[:10])
-        more = f" (and {len(self.issues) - 10} more)" if len(self.issues) > 10 else ""
-        super().__init__(shown + more)
+        parts: list[str] = []
+        used = 0
+        for issue in self.issues[:10]:
+            part = _printable(f"{field}{_dotted(issue.pointer)}: {issue.message}")
+            if parts and used + len(part) > MAX_MESSAGE_CHARS - 60:
+                break
+            parts.append(part)
+            used += len(part) + 2
+        more = f" (and {len(self.issues) - len(parts)} more)" if len(self.issues) > len(parts) else ""
+        super().__init__("; ".join(parts) + more)
 
 
 class NotFoundError(ContextError):
@@ -238,10 +260,13 @@ class MigrationError(ContextError):
     the target version's schema, or no chain of steps leads there. Names the context, the step
     (``from -> to``) and the cause; nothing was changed."""
 
-    def __init__(self, context: str, step: tuple[str, str] | None, cause: str, *, note: str = "") -> None:
+    def __init__(
+        self, context: str, step: tuple[str, str] | None, cause: str, *, note: str = "", too_large: bool = False
+    ) -> None:
         self.context = context
         self.step = step
         self.cause = cause
+        self.too_large = too_large  # the step's result (or copies) went over the size bound
         where = f"step {step[0]} -> {step[1]}" if step is not None else "no step"
         super().__init__(_printable(f"migration: context {context!r}, {where}: {cause}{note}"))
 
@@ -258,6 +283,12 @@ class EncryptionKeyError(InitializationError):
 
 class RecordIntegrityError(ContextError):
     """An encrypted record did not decrypt: altered, copied from another row, or under an unknown key."""
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 20] + f"... ({len(text)} chars)"
 
 
 def _dotted(pointer: str) -> str:

@@ -15,12 +15,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from groundhog_mcp.errors import StateValidationError, ValidationIssue
+
 __all__ = [
     "ALL_RIGHTS",
     "DEFAULT_NAMESPACE",
+    "NAMESPACE_PATTERN",
     "NAME_PATTERN",
     "RIGHTS",
     "SEMVER_PATTERN",
+    "TIMESTAMP_PATTERN",
     "Change",
     "ContextConfig",
     "ContextId",
@@ -31,10 +35,14 @@ __all__ = [
     "JSONObject",
     "Principal",
     "Right",
+    "check_name",
+    "check_namespace",
+    "check_principal",
     "dumps",
     "format_timestamp",
     "is_semver",
     "json_diff",
+    "parse_stored_timestamp",
     "parse_timestamp",
     "utcnow",
 ]
@@ -44,6 +52,12 @@ ContextId = uuid.UUID
 
 DEFAULT_NAMESPACE = "default"
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+NAMESPACE_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# A stored timestamp: RFC 3339 in UTC, as the state schema's ``timestamp`` and every export write it.
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]00:00)$"
+_NAME = re.compile(NAME_PATTERN)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
 # semver.org 2.0.0, the official regular expression.
 SEMVER_PATTERN = (
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -64,6 +78,13 @@ def format_timestamp(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_stored_timestamp(text: str) -> datetime:
+    """A timestamp in the stored form (:data:`TIMESTAMP_PATTERN`); ValueError otherwise."""
+    if not isinstance(text, str) or not _TIMESTAMP.fullmatch(text):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError("not an RFC 3339 UTC timestamp like 2026-01-31T12:00:00.000000Z")
+    return parse_timestamp(text)
+
+
 def parse_timestamp(text: str) -> datetime:
     ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if ts.tzinfo is None:
@@ -78,6 +99,46 @@ def dumps(value: Any) -> str:
 
 def is_semver(text: str) -> bool:
     return bool(_SEMVER.fullmatch(text))
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_name(name: str, field: str = "name") -> None:
+    """A context name as every tool and ``import`` accept it: 1-128 of A-Z a-z 0-9 . _ -, not
+    ``.`` or ``..`` (so no newline, no bidi mark, no ``groundhog://``, nothing a URI must escape)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise StateValidationError(
+            [
+                ValidationIssue(
+                    "", f"must match {NAME_PATTERN} (1-128 of A-Z a-z 0-9 . _ -, not '.' or '..'); got {_shown(name)}"
+                )
+            ],
+            field=field,
+        )
+
+
+def check_principal(principal: str, field: str = "principal") -> None:
+    """A principal (who acted) as tokens and ``import`` accept one: 1-128 printable characters."""
+    if (
+        not isinstance(principal, str)  # pyright: ignore[reportUnnecessaryIsInstance]
+        or not 1 <= len(principal) <= 128
+        or not principal.isprintable()
+    ):
+        raise StateValidationError(
+            [ValidationIssue("", f"must be 1-128 printable characters; got {_shown(principal)}")], field=field
+        )
+
+
+def check_namespace(namespace: str, field: str = "namespace") -> None:
+    """A namespace as tokens, settings and ``import`` accept it."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise StateValidationError(
+            [ValidationIssue("", f"must be 1-128 characters of A-Z a-z 0-9 . _ -; got {_shown(namespace)}")],
+            field=field,
+        )
 
 
 @dataclass(frozen=True)

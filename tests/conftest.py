@@ -1,16 +1,122 @@
-"""Shared fixtures: a real SQLite file per test, a started StateManager, an in-memory MCP client."""
+"""Shared fixtures: a real SQLite file per test, a started StateManager, an in-memory MCP client.
+
+Also the isolation that lets pytest-xdist workers run side by side (``.ci/run`` uses ``-n``):
+files, ports and token files are per test already (``tmp_path``, port 0); PostgreSQL gets a
+private database per test process, so no LISTEN/NOTIFY announcement (one channel per database)
+from another worker, or from another run on the same server, can wake a store under test.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+import warnings
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 from mcp.server.mcpserver import MCPServer
 
 from groundhog_mcp import StateManager
 from groundhog_mcp.app import Settings, create_server
 from groundhog_mcp.server import AppContext
+
+POSTGRES_URL_VARIABLE = "GROUNDHOG_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+_private_database: tuple[str, str] | None = None  # (the server's URL, the database created on it)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point ``GROUNDHOG_TEST_POSTGRES_URL`` at a database of this test process's own.
+
+    Runs before any test module is imported, so the modules that read the variable at import
+    (tests/conformance/conftest.py) see the private database. The xdist controller runs no
+    test and gets none. An unreachable server changes nothing here: the PostgreSQL tests then
+    fail with their own message.
+    """
+    global _private_database
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None and getattr(config.option, "numprocesses", None):
+        return  # the xdist controller
+    base = os.environ.get(POSTGRES_URL_VARIABLE, DEFAULT_POSTGRES_URL)
+    name = f"gh_test_{worker or 'main'}_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if "permission denied" in str(exc):
+            _no_private_database(base, exc)
+        return  # unreachable: the PostgreSQL tests say so
+    except psycopg.Error as exc:
+        _no_private_database(base, exc)
+        return
+    _private_database = (base, name)
+    os.environ[POSTGRES_URL_VARIABLE] = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+
+
+def _no_private_database(base: str, exc: psycopg.Error) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        raise pytest.UsageError(
+            f"parallel tests (-n) need a PostgreSQL database per worker, but CREATE DATABASE on {base} failed "
+            f"({str(exc).strip()}); grant CREATEDB to that role or run without -n"
+        )
+    warnings.warn(f"tests share the database at {base}: CREATE DATABASE failed ({str(exc).strip()})", stacklevel=1)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the private database once every fixture is torn down.
+
+    Here rather than in ``pytest_unconfigure``: an xdist worker is shut down as soon as it
+    reports the end of its session, before it would unconfigure.
+    """
+    global _private_database
+    if _private_database is None:
+        return
+    base, name = _private_database
+    _private_database = None
+    with contextlib.suppress(psycopg.Error), psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# Rough seconds per test of the longest files, with -n 2 on a 2-core machine: only their order
+# matters. .ci/run hands tests out one at a time (--dist load --maxschedchunk 1), longest first,
+# so the long ones start at once on different workers instead of last, running alone at the end.
+_LONG_FILES = {
+    "tests/reliability/test_official_tools.py": 140.0,
+    "tests/reliability/test_crash_injection.py": 60.0,
+    "tests/reliability/test_crash_events.py": 35.0,
+    "tests/e2e/test_postgres_instances.py": 15.0,
+    "tests/reliability/test_fuzz_memory.py": 15.0,
+    "tests/e2e/test_v1_client.py": 15.0,
+    "tests/reliability/test_contention.py": 11.0,
+    "tests/e2e/test_model_concurrency.py": 9.0,
+    "tests/reliability/test_faults.py": 7.0,
+    "tests/e2e/test_cross_process.py": 6.0,
+}
+_PROCESS_TEST_S = 2.0  # a test marked e2e starts server processes
+_IN_PROCESS_TEST_S = 0.1
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    path = item.nodeid.split("::", 1)[0]
+    if path in _LONG_FILES:
+        return _LONG_FILES[path]
+    return _PROCESS_TEST_S if item.get_closest_marker("e2e") else _IN_PROCESS_TEST_S
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first; and since xdist's first hand-out gives each worker two tests, deal the
+    first two rounds so that no worker starts with two of the longest."""
+    items.sort(key=_expected_seconds, reverse=True)  # stable: files and modules keep their order
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and 2 * workers <= len(items):
+        first, second = items[:workers], items[workers : 2 * workers]
+        items[: 2 * workers] = [item for pair in zip(first, second, strict=True) for item in pair]
 
 
 @pytest.fixture(scope="session")

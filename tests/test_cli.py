@@ -1,4 +1,6 @@
-"""The ``groundhog-mcp`` maintenance commands, run as the real console script."""
+"""The ``groundhog-mcp`` maintenance commands: in the test process through ``main(argv)``
+(tests/cli_in_process.py), and as the real console script where the process is what is tested
+(the exit on a corrupt file) or a command prints its JSON to the ``sys.stdout`` bound at import."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -14,14 +15,15 @@ import pytest
 
 from groundhog_mcp import ContextState, StateManager
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
-
-SCRIPT = str(Path(sys.executable).parent / "groundhog-mcp")
+from tests.cli_in_process import run_cli
+from tests.e2e.harness import server_command
 
 
 def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real console script (``GROUNDHOG_E2E_COMMAND`` or the venv's) as its own process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GROUNDHOG_")}
     result = subprocess.run(
-        [SCRIPT, *args], input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False
+        [server_command(), *args], input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False
     )
     if check:
         assert result.returncode == 0, result.stderr
@@ -42,39 +44,39 @@ def populated(db_path: Path) -> Path:
 
 def test_version_and_help() -> None:
     assert run("--version").stdout.startswith("groundhog-mcp ")
-    assert "export" in run("--help").stdout
+    assert "export" in run_cli("--help").stdout
 
 
 def test_contexts_list_and_show(populated: Path) -> None:
-    lines = run("--database", str(populated), "contexts", "list").stdout.splitlines()
+    lines = run_cli("--database", str(populated), "contexts", "list").stdout.splitlines()
     assert [line.split("\t")[:2] for line in lines] == [["alpha", "revision 2"], ["beta", "revision 1"]]
     shown = json.loads(run("contexts", "show", "alpha", "--database", str(populated)).stdout)
     assert shown["state"]["data"] == {"n": 2} and shown["revision"] == 2
-    missing = run("--database", str(populated), "contexts", "show", "nope", check=False)
+    missing = run_cli("--database", str(populated), "contexts", "show", "nope", check=False)
     assert missing.returncode == 1 and "no context named 'nope'" in missing.stderr
 
 
 def test_export_import_round_trip(populated: Path, tmp_path: Path) -> None:
     exported = tmp_path / "export.jsonl"
-    run("--database", str(populated), "export", "-o", str(exported))
+    run_cli("--database", str(populated), "export", "-o", str(exported))
     records = [json.loads(line) for line in exported.read_text().splitlines()]
     assert records[0]["type"] == "header"
     assert sum(r["type"] == "revision" for r in records) == 3
     copy = tmp_path / "copy.sqlite"
-    run("--database", str(copy), "import", str(exported))
-    again = run("--database", str(copy), "export").stdout.splitlines()
+    run_cli("--database", str(copy), "import", str(exported))
+    again = run_cli("--database", str(copy), "export").stdout.splitlines()
     assert [json.loads(line) for line in again][1:] == records[1:]
-    refused = run("--database", str(copy), "import", str(exported), check=False)
+    refused = run_cli("--database", str(copy), "import", str(exported), check=False)
     assert refused.returncode == 1 and "is not empty" in refused.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"type": "header"}\nnot json\n')
-    broken = run("--database", str(tmp_path / "other.sqlite"), "import", str(bad), check=False)
+    broken = run_cli("--database", str(tmp_path / "other.sqlite"), "import", str(bad), check=False)
     assert broken.returncode == 1 and "line 2: not JSON" in broken.stderr
 
 
 def test_backup(populated: Path, tmp_path: Path) -> None:
     destination = tmp_path / "backup.sqlite"
-    run("--database", str(populated), "backup", str(destination))
+    run_cli("--database", str(populated), "backup", str(destination))
     with sqlite3.connect(destination) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert [r[0] for r in conn.execute("SELECT name FROM contexts ORDER BY name")] == ["alpha", "beta"]
@@ -88,7 +90,7 @@ def test_db_status_and_migrate(populated: Path, tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.sqlite"
     applied = json.loads(run("--database", str(fresh), "db", "migrate").stdout)["applied"]
     assert applied == list(range(1, LATEST_SCHEMA_VERSION + 1))
-    missing = run("--database", str(tmp_path / "none.sqlite"), "db", "status", check=False)
+    missing = run_cli("--database", str(tmp_path / "none.sqlite"), "db", "status", check=False)
     assert missing.returncode == 1 and "no database at" in missing.stderr
 
 
@@ -104,5 +106,5 @@ def test_serve_refuses_a_corrupt_database_with_a_clear_message(tmp_path: Path) -
 
 
 def test_bad_flag_value_is_a_clear_error(tmp_path: Path) -> None:
-    result = run("--database", str(tmp_path / "x.sqlite"), "--busy-timeout-ms", "-5", check=False)
+    result = run_cli("--database", str(tmp_path / "x.sqlite"), "--busy-timeout-ms", "-5", check=False)
     assert result.returncode == 2 and "busy_timeout_ms" in result.stderr

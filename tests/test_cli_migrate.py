@@ -1,4 +1,4 @@
-"""``groundhog-mcp migrate-context``, run as the real console script."""
+"""``groundhog-mcp migrate-context``, through ``main(argv)`` in the test process (tests/cli_in_process.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from groundhog_mcp import ContextState, SQLiteStore, StateManager
+from tests.cli_in_process import run_cli as run
 from tests.service.test_migration import DECLARATIVE, WITH_PLUGIN, dump, v1, v3
-from tests.test_cli import run
 
 COUNT = 40
 
@@ -33,6 +33,12 @@ def tasks(db_path: Path) -> Path:
 
     anyio.run(fill)
     return db_path
+
+
+async def _read(database: Path, name: str) -> tuple[int, str | None, object]:
+    async with StateManager.open(database) as manager:
+        context = await manager.get(name)
+    return context.revision, context.state.version, context.state.data
 
 
 def records(stdout: str) -> list[dict[str, object]]:
@@ -60,8 +66,7 @@ def test_migrate_shows_progress_on_stderr_and_rewrites(tasks: Path) -> None:
     assert "migrate-context: checked 40 contexts, 40 to migrate" in result.stderr
     summary = records(result.stdout)[-1]
     assert (summary["dry_run"], summary["migrated"], summary["unchanged"]) == (False, COUNT, 0)
-    shown = json.loads(run("--database", str(tasks), "contexts", "show", "task-09").stdout)
-    assert shown["revision"] == 2 and shown["state"]["version"] == "3.0.0" and shown["state"]["data"] == v3(9)
+    assert anyio.run(_read, tasks, "task-09") == (2, "3.0.0", v3(9))
     one = run("--database", str(tasks), "migrate-context", "task-09")
     assert records(one.stdout)[-1]["unchanged"] == 1
 

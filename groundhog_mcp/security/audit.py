@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -32,6 +33,7 @@ from groundhog_mcp.errors import InitializationError
 
 __all__ = [
     "MIN_KEY_CHARS",
+    "AuditHead",
     "AuditKey",
     "ChainProblem",
     "ChainVerifier",
@@ -165,11 +167,41 @@ def key_file_problem(path: Path) -> str | None:
 
 
 @dataclass(frozen=True)
+class AuditHead:
+    """The last row of the chain, as ``groundhog-mcp audit head`` prints it: kept somewhere the
+    database's writers cannot reach, it anchors the log. A later ``audit verify --head`` fails
+    if row ``sequence`` is gone (a cut tail, even one cut together with the writes it recorded)
+    or holds another HMAC (the chain was rewritten from there on, which takes the key)."""
+
+    sequence: int
+    hmac: str
+
+    _TEXT = re.compile(r"^(0|[1-9][0-9]{0,18}):([0-9a-f]{64})?$")
+
+    def __str__(self) -> str:
+        return f"{self.sequence}:{self.hmac}"
+
+    def to_json(self) -> dict[str, int | str]:
+        return {"sequence": self.sequence, "hmac": self.hmac, "head": str(self)}
+
+    @classmethod
+    def parse(cls, text: str) -> AuditHead:
+        """``SEQUENCE:HMAC`` (the ``head`` field of ``audit head``'s output); ``0:`` is an empty log."""
+        match = cls._TEXT.fullmatch(text.strip())
+        if match is None or (match.group(1) == "0") != (match.group(2) is None):
+            raise InitializationError(
+                "head: expected SEQUENCE:HMAC as `groundhog-mcp audit head` prints it (e.g. 12:7cd1…, 64 hex "
+                f"digits), or a file holding that output; got {len(text)} characters that are neither"
+            )
+        return cls(int(match.group(1)), match.group(2) or "")
+
+
+@dataclass(frozen=True)
 class ChainProblem:
     """The first row at which the chain breaks, and how."""
 
     sequence: int
-    kind: str  # "altered" | "removed" | "reordered" | "foreign key" | "missing tail"
+    kind: str  # "altered" | "removed" | "reordered" | "foreign key" | "missing tail" | "anchor mismatch"
     message: str
 
 
@@ -177,8 +209,9 @@ class ChainVerifier:
     """Feed it the rows (their ``content()`` and ``hmac``) in sequence order; it stops at the first
     problem. Rows must be numbered 1, 2, 3, … without gaps."""
 
-    def __init__(self, key: Signer) -> None:
+    def __init__(self, key: Signer, anchor: AuditHead | None = None) -> None:
         self.key = key
+        self.anchor = anchor
         self.rows = 0
         self.previous = ""
         self.expected = 1
@@ -224,6 +257,14 @@ class ChainVerifier:
             )
             self._suspect = (content, row_hmac)
             return False
+        if self.anchor is not None and sequence == self.anchor.sequence and row_hmac != self.anchor.hmac:
+            self.problem = ChainProblem(
+                sequence,
+                "anchor mismatch",
+                f"row {sequence} verifies but is not the anchored head ({self.anchor.hmac[:16]}…): the log was "
+                f"rewritten with the key from row {sequence} or earlier, or the head belongs to another database",
+            )
+            return False
         self.rows += 1
         self.previous = row_hmac
         self.expected += 1
@@ -261,6 +302,21 @@ class ChainVerifier:
     def start_diagnosis(self, previous_row_hmac: str) -> None:
         """The HMAC stored in the broken row itself: the 'row before' of the next one."""
         self._last_hmac = previous_row_hmac
+
+    def check_anchor(self) -> None:
+        """After the last row: the anchored head must have been among the rows verified."""
+        if self.problem is None and self.anchor is not None and self.rows < self.anchor.sequence:
+            missing = (
+                f"row {self.anchor.sequence} is"
+                if self.rows + 1 == self.anchor.sequence
+                else f"rows {self.rows + 1}-{self.anchor.sequence} are"
+            )
+            self.problem = ChainProblem(
+                self.rows + 1,
+                "missing tail",
+                f"the log ends at row {self.rows}, but the anchored head is row {self.anchor.sequence}: {missing} "
+                "gone (cut from the end of the log, with or without the writes they recorded)",
+            )
 
     def check_tail(self, last_change_sequence: int) -> None:
         """Every committed change has its audit row: a log whose last rows were deleted (which

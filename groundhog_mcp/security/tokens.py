@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from groundhog_mcp.errors import InitializationError, NotFoundError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import ALL_RIGHTS, DEFAULT_NAMESPACE, Grant, format_timestamp, parse_timestamp, utcnow
+from groundhog_mcp.models import (
+    ALL_RIGHTS,
+    DEFAULT_NAMESPACE,
+    Grant,
+    check_namespace,
+    check_principal,
+    format_timestamp,
+    parse_timestamp,
+    utcnow,
+)
 
 if sys.platform != "win32":
     import fcntl
@@ -41,7 +50,6 @@ __all__ = ["TOKEN_PREFIX", "TokenRecord", "TokenStore", "hash_token"]
 
 TOKEN_PREFIX = "ghm_"
 _FILE_VERSION = 1
-_NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Longer than any token this module issues; bounds the hashing a request can ask for.
 _MAX_TOKEN_CHARS = 512
 
@@ -128,8 +136,8 @@ class TokenStore:
         """A new token for ``principal`` in ``namespace`` with ``grants`` (default: admin on every
         context of the namespace): ``(record, token)``. The token is not stored anywhere; show it
         to the user once."""
-        _check_principal(principal)
-        _check_namespace(namespace)
+        check_principal(principal)
+        check_namespace(namespace)
         if grants is not None and not grants:
             raise StateValidationError([ValidationIssue("", "a token needs at least one grant")], field="grant")
         with self._locked():
@@ -225,6 +233,10 @@ class TokenStore:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise InitializationError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InitializationError(f"{where}: not UTF-8 text") from None
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -284,21 +296,6 @@ def _grants_from_json(value: Any, *, where: str) -> tuple[Grant, ...] | None:
         return tuple(Grant.parse(g) for g in value)  # pyright: ignore[reportUnknownArgumentType]
     except ValueError as exc:
         raise InitializationError(f"{where}: {exc}") from None
-
-
-def _check_principal(principal: str) -> None:
-    if not 1 <= len(principal) <= 128 or any(not c.isprintable() for c in principal):
-        raise StateValidationError(
-            [ValidationIssue("", f"must be 1-128 printable characters; got {principal[:80]!r}")], field="principal"
-        )
-
-
-def _check_namespace(namespace: str) -> None:
-    if not _NAMESPACE.fullmatch(namespace):
-        raise StateValidationError(
-            [ValidationIssue("", f"must be 1-128 characters of A-Z a-z 0-9 . _ -; got {namespace[:80]!r}")],
-            field="namespace",
-        )
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,15 +1,36 @@
-"""Argument errors in the house style: ``field: rule (limit)``, without pydantic's noise."""
+"""Tool arguments: validated strictly, and their errors in the house style.
+
+The SDK validates tool arguments with pydantic in lax mode, after turning JSON text in a string
+into an object: ``true`` passes as the integer 1, ``"3"`` and ``2.0`` as 3, ``"yes"`` as true,
+and ``"{\\"a\\": 1}"`` as an object. :func:`make_arguments_strict` gives every tool strict
+validation instead: each argument must have the JSON type its input schema says, or the call is
+refused before the tool runs, with code ``invalid_argument``, the argument, the expected type and
+the JSON type given. The input schemas themselves are unchanged.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN
 
-__all__ = ["describe_validation_error"]
+__all__ = [
+    "INVALID_ARGUMENT",
+    "StrictFuncMetadata",
+    "Timestamp",
+    "describe_validation_error",
+    "json_type",
+    "make_arguments_strict",
+]
+
+INVALID_ARGUMENT = "invalid_argument"
+"""The code that starts the text of every argument error (after the SDK's tool prefix)."""
 
 _MAX_ERRORS = 10
 _PATTERN_RULES = {
@@ -18,7 +39,71 @@ _PATTERN_RULES = {
 }
 # Union members, model names and validator wrappers that pydantic puts in ``loc`` but a caller never wrote.
 _NOISE = frozenset({"int", "str", "float", "bool", "dict[str,any]", "list[any]", "none"})
-_NOISE_PREFIXES = ("function-after[", "function-before[", "json-or-python[", "list[", "dict[")
+_NOISE_PREFIXES = ("function-after[", "function-before[", "function-plain[", "json-or-python[", "list[", "dict[")
+# Pydantic error types that mean "not of the expected JSON type", and that type.
+_EXPECTED_TYPE = {
+    "int_type": "integer",
+    "int_parsing": "integer",
+    "int_from_float": "integer",
+    "float_type": "number",
+    "float_parsing": "number",
+    "bool_type": "boolean",
+    "bool_parsing": "boolean",
+    "string_type": "string",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "dataclass_type": "object",
+    "list_type": "array",
+    "tuple_type": "array",
+    "none_required": "null",
+    "datetime_type": "string (an RFC 3339 date-time)",
+}
+
+
+def _only_text(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 date-time string")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_only_text)]
+"""An RFC 3339 date-time argument: JSON has no date type, so this one string is parsed (and
+only a string: a number is not taken for seconds since 1970)."""
+
+
+class StrictFuncMetadata(FuncMetadata):
+    """The SDK's tool metadata with strict argument validation and no JSON pre-parsing."""
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        return self.arg_model.model_validate(arguments_to_validate).model_dump_one_level()
+
+    @classmethod
+    def of(cls, metadata: FuncMetadata) -> StrictFuncMetadata:
+        return cls(
+            arg_model=_strict(metadata.arg_model),
+            output_schema=metadata.output_schema,
+            output_model=metadata.output_model,
+            wrap_output=metadata.wrap_output,
+        )
+
+
+def _strict(model: type[ArgModelBase]) -> type[ArgModelBase]:
+    """``model`` with ``strict=True``: no bool for a number, no string for a number or a bool."""
+
+    class Strict(model):  # pyright: ignore[reportGeneralTypeIssues, reportUntypedBaseClass]
+        model_config = ConfigDict(strict=True)
+
+    Strict.__name__ = Strict.__qualname__ = model.__name__
+    return Strict  # pyright: ignore[reportUnknownVariableType]
+
+
+def make_arguments_strict(server: MCPServer[Any]) -> None:
+    """Validate every registered tool's arguments strictly (call after the tools are added).
+    Nested argument models set ``strict=True`` in their own config."""
+    for tool in server._tool_manager.list_tools():  # pyright: ignore[reportPrivateUsage]
+        if not isinstance(tool.fn_metadata, StrictFuncMetadata):
+            tool.fn_metadata = StrictFuncMetadata.of(tool.fn_metadata)
 
 
 @functools.cache
@@ -46,6 +131,25 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "arguments"
 
 
+def json_type(value: Any) -> str:
+    """The JSON type of a value that came from JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
 def _describe_input(value: Any) -> str:
     if value is None:
         return "null"
@@ -63,14 +167,37 @@ def _describe_input(value: Any) -> str:
     return type(value).__name__
 
 
+def _expected_type(kind: str, value: Any, context: dict[str, Any]) -> str | None:
+    """The JSON type expected when this error means "wrong type", else None."""
+    if kind == "literal_error" and not isinstance(value, str):
+        return f"string ({context.get('expected', 'one of the listed values')})"  # our literals are strings
+    if kind == "datetime_type" or (kind in _EXPECTED_TYPE and json_type(value) != _EXPECTED_TYPE[kind]):
+        return _EXPECTED_TYPE[kind]
+    return None
+
+
 def describe_validation_error(error: ValidationError) -> str:
-    """One ``field: rule (got …)`` clause per problem, at most ten."""
-    clauses: list[str] = []
-    seen: set[str] = set()
+    """``invalid_argument: `` and one ``field: rule`` clause per problem, at most ten: for a
+    wrong type ``field: expected <JSON type>, got <JSON type>`` (never the value), otherwise
+    ``field: rule (got …)``."""
+    # In order: ("type", location) for a wrong type (one clause per argument, listing every
+    # type a union would have taken), or ("rule", clause) for anything else.
+    clauses: list[tuple[str, str]] = []
+    expected: dict[str, list[str]] = {}
+    given: dict[str, str] = {}
     for item in error.errors(include_url=False):
         where = _location(item["loc"])
         kind = item["type"]
         context = item.get("ctx") or {}
+        value = item.get("input")
+        wanted = _expected_type(kind, value, context)
+        if wanted is not None:
+            if where not in expected:
+                expected[where], given[where] = [], json_type(value)
+                clauses.append(("type", where))
+            if wanted not in expected[where]:
+                expected[where].append(wanted)
+            continue
         if kind == "missing":
             rule = "is required"
         elif kind == "extra_forbidden":
@@ -81,10 +208,13 @@ def describe_validation_error(error: ValidationError) -> str:
             rule = item["msg"][:1].lower() + item["msg"][1:]
         clause = f"{where}: {rule}"
         if kind not in ("missing", "extra_forbidden"):
-            clause += f" (got {_describe_input(item.get('input'))})"
-        if clause not in seen:
-            seen.add(clause)
-            clauses.append(clause)
-    shown = clauses[:_MAX_ERRORS]
-    more = f"; and {len(clauses) - _MAX_ERRORS} more" if len(clauses) > _MAX_ERRORS else ""
-    return "invalid arguments: " + "; ".join(shown) + more
+            clause += f" (got {_describe_input(value)})"
+        if ("rule", clause) not in clauses:
+            clauses.append(("rule", clause))
+    described = [
+        f"{text}: expected {' or '.join(expected[text])}, got {given[text]}" if form == "type" else text
+        for form, text in clauses
+    ]
+    shown = described[:_MAX_ERRORS]
+    more = f"; and {len(described) - _MAX_ERRORS} more" if len(described) > _MAX_ERRORS else ""
+    return f"{INVALID_ARGUMENT}: " + "; ".join(shown) + more

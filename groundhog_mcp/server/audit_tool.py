@@ -7,10 +7,11 @@ from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from groundhog_mcp.models import NAME_PATTERN
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.arguments import Timestamp
 from groundhog_mcp.server.outputs import AuditEntryOut, AuditLogOut
 from groundhog_mcp.server.tools import AppCtx, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
 
@@ -31,15 +32,16 @@ async def audit_log(
             max_length=64,
         ),
     ] = None,
-    since: Annotated[AwareDatetime | None, Field(description="Only rows at or after this RFC 3339 time")] = None,
-    until: Annotated[AwareDatetime | None, Field(description="Only rows before this RFC 3339 time")] = None,
+    since: Annotated[Timestamp | None, Field(description="Only rows at or after this RFC 3339 time")] = None,
+    until: Annotated[Timestamp | None, Field(description="Only rows before this RFC 3339 time")] = None,
     newest_first: Annotated[bool, Field(description="Newest rows first (default); false: oldest first")] = True,
     cursor: Annotated[str | None, Field(description="next_cursor from the previous page", max_length=32)] = None,
     limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
 ) -> AuditLogOut:
     """Admins: the audit log of your namespace: every committed write (who, which context, which
-    revision, when, from which request) and every denied request, a page at a time. It never holds
-    state contents. `groundhog-mcp audit verify` proves the log was not altered."""
+    revision, when, from which request) and denied requests (per principal the first of each
+    minute, then a count), a page at a time. It never holds state contents.
+    `groundhog-mcp audit verify` proves the log was not altered."""
     manager = _manager(ctx)
     page = await manager.audit_log(
         context=context,

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
-from groundhog_mcp.server.arguments import describe_validation_error
+from groundhog_mcp.server.arguments import INVALID_ARGUMENT, describe_validation_error, make_arguments_strict
 from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
@@ -66,7 +66,7 @@ class GroundhogServer(MCPServer[AppContext]):
             unknown = sorted(key for key in arguments if key not in accepted)
             if unknown:
                 raise ToolError(
-                    f"Error executing tool {name}: invalid arguments: {', '.join(unknown)[:200]}: not accepted by "
+                    f"Error executing tool {name}: {INVALID_ARGUMENT}: {', '.join(unknown)[:200]}: not accepted by "
                     f"{name} (accepted: {', '.join(accepted)})"
                 )
         try:
@@ -130,6 +130,7 @@ def build_server(
     register_tools(server)
     register_merge_tool(server)
     register_audit_tool(server)
+    make_arguments_strict(server)  # after every tool is added
     register_resources(server)
     register_prompts(server)
     register_protocol_handlers(server)

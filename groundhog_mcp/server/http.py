@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
+import secrets
 import socket
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import structlog
 import uvicorn
@@ -39,11 +41,12 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.models import Principal
 from groundhog_mcp.security.tokens import TokenStore
-from groundhog_mcp.server.event_store import BoundedEventStore
+from groundhog_mcp.server.event_store import BoundedEventStore, UnscopedEventStore, scope_events_by_session
 from groundhog_mcp.server.principals import principal_claims, principal_of
 
 __all__ = [
@@ -98,6 +101,15 @@ class HttpConfig:
     graceful_timeout: float = 10.0
     # The SSE ``retry`` a streamable-HTTP client is told to wait before reconnecting.
     retry_interval_ms: int = 1000
+    # A client that connects must finish a request's headers within ``header_timeout`` seconds and
+    # its body within ``body_timeout``; at most ``max_connections`` connections are served at once
+    # (beyond that, 503). Slow or idle clients cannot hold the server's connections.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 512
+    # How often an open event stream checks that its bearer token is still valid (a revoked
+    # token's streams end within this many seconds).
+    credential_recheck: float = 5.0
 
     @property
     def authority(self) -> str:
@@ -186,12 +198,39 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 class TokenFileVerifier(TokenVerifier):
     """The SDK's ``TokenVerifier`` over the token file: an active token becomes an
-    ``AccessToken`` whose claims carry its principal and namespace."""
+    ``AccessToken`` whose claims carry its principal and namespace.
 
-    def __init__(self, store: TokenStore) -> None:
+    ``anonymous``: the principal of requests without a token while there is no token file (a
+    loopback server started before its first token). The first token file seen turns
+    authentication on for good — for new requests, open sessions and open streams alike — without
+    a restart; deleting the file later does not turn it off again.
+    """
+
+    def __init__(self, store: TokenStore, anonymous: Principal | None = None) -> None:
         self._store = store
+        self._anonymous = anonymous
+        # Stands for "no token" on a server still open to anonymous requests: made here, known to
+        # this process only, and accepted only while the server is open.
+        self.anonymous_token = f"anonymous-{secrets.token_urlsafe(32)}"
+
+    async def is_open(self) -> bool:
+        """Whether a request without a token runs as the anonymous principal."""
+        if self._anonymous is None:
+            return False
+        if await asyncio.to_thread(self._store.exists):
+            log.warning(
+                "a token file appeared: every request now needs a bearer token", token_file=str(self._store.path)
+            )
+            self._anonymous = None
+            return False
+        return True
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        if self._anonymous is not None and hmac.compare_digest(token, self.anonymous_token):
+            anonymous = self._anonymous
+            if not await self.is_open():
+                return None
+            return AccessToken(token=token, client_id="anonymous", scopes=[], claims=principal_claims(anonymous))
         try:
             record = await asyncio.to_thread(self._store.verify, token)
         except (ContextError, OSError) as exc:
@@ -213,15 +252,18 @@ class TokenFileVerifier(TokenVerifier):
         )
 
 
-def token_auth(store: TokenStore, config: HttpConfig) -> tuple[TokenVerifier, AuthSettings]:
-    """The ``MCPServer(token_verifier=..., auth=...)`` pair for tokens from ``store``.
+def token_auth(
+    store: TokenStore, config: HttpConfig, anonymous: Principal | None = None
+) -> tuple[TokenFileVerifier, AuthSettings]:
+    """The ``MCPServer(token_verifier=..., auth=...)`` pair for tokens from ``store`` (and
+    ``anonymous`` requests until the first token file appears: :class:`TokenFileVerifier`).
 
     A resource server of static tokens: no authorization server and no protected-resource
     metadata to advertise (``resource_server_url`` unset), so a 401 says ``Bearer`` and why,
     and does not send OAuth clients looking for an authorization server that does not exist.
     """
     issuer = AnyHttpUrl(f"http://{config.authority}")
-    return TokenFileVerifier(store), AuthSettings(issuer_url=issuer, resource_server_url=None)
+    return TokenFileVerifier(store, anonymous), AuthSettings(issuer_url=issuer, resource_server_url=None)
 
 
 # -- Prometheus /metrics ------------------------------------------------------------------
@@ -253,8 +295,10 @@ def add_metrics_route(
     async def metrics(request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
         principal: Principal | None = None
         if not public:
-            if verifier is None:
+            no_tokens = verifier is None or (isinstance(verifier, TokenFileVerifier) and await verifier.is_open())
+            if no_tokens:
                 return unauthorized("this server has no bearer tokens; serve /metrics with --metrics-public")
+            assert verifier is not None
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token:
                 return unauthorized("/metrics needs a bearer token with the admin grant")
@@ -281,7 +325,9 @@ def add_metrics_route(
 # -- the ASGI app ---------------------------------------------------------------------------
 
 
-def http_app(server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event) -> ASGIApp:
+def http_app(
+    server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event, verifier: TokenVerifier | None = None
+) -> ASGIApp:
     """The SDK's Starlette app for ``config.transport`` behind the Host/Origin guard."""
 
     @server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)
@@ -294,20 +340,27 @@ def http_app(server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event
             max_request_body_size=config.max_body_bytes,
             transport_security=security,
             host=config.host,
-            event_store=BoundedEventStore(),
+            event_store=UnscopedEventStore(),
             retry_interval=config.retry_interval_ms,
         )
+        scope_events_by_session(server.session_manager, BoundedEventStore())
     else:
         app = server.sse_app(max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host)
-    return _Guard(app, config, stopping)
+    return _Guard(app, config, stopping, verifier)
 
 
 class _Guard:
-    """Host/Origin checks ahead of authentication, and the end of event streams on stop."""
+    """Host/Origin checks ahead of authentication, a deadline for request bodies, anonymous
+    requests while a loopback server has no token file, and the end of event streams on stop or
+    when their token stops being valid."""
 
-    def __init__(self, app: ASGIApp, config: HttpConfig, stopping: asyncio.Event) -> None:
+    def __init__(
+        self, app: ASGIApp, config: HttpConfig, stopping: asyncio.Event, verifier: TokenVerifier | None
+    ) -> None:
         self._app = app
+        self._config = config
         self._stopping = stopping
+        self._verifier = verifier
         self._hosts = config.hosts()
         self._origins = config.origins()
 
@@ -315,19 +368,84 @@ class _Guard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        if scope["path"] != HEALTH_PATH:
-            refusal = self._refusal(Headers(scope=scope))
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        if scope["method"] != "GET":
+        if scope["path"] == HEALTH_PATH:
             await self._app(scope, receive, send)
             return
-        # An event stream ends when its client leaves: on stop, tell its handler the client
-        # left, then end the response properly ourselves.
-        stream = _StreamUntilStop(receive, send, self._stopping)
-        await self._app(scope, stream.receive, stream.send)
-        await stream.finish(scope)
+        headers = Headers(scope=scope)
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        token = _bearer(headers)
+        verifier = self._verifier
+        if (
+            token is None
+            and isinstance(verifier, TokenFileVerifier)
+            and scope["path"] != METRICS_PATH
+            and await verifier.is_open()
+        ):
+            token = verifier.anonymous_token
+            scope = {**scope, "headers": [*scope["headers"], (b"authorization", f"Bearer {token}".encode())]}
+        if scope["method"] != "GET":
+            body = await self._read_body(scope, receive, send)
+            if body is not None:
+                await self._app(scope, body.receive, send)
+            return
+        # An event stream ends when its client leaves: on stop, or once its token is no longer
+        # valid, tell its handler the client left, then end the response properly ourselves.
+        ended = asyncio.Event()
+        watch = asyncio.create_task(self._watch(token, ended))
+        stream = _StreamUntilStop(receive, send, ended)
+        try:
+            await self._app(scope, stream.receive, stream.send)
+            await stream.finish(scope)
+        finally:
+            watch.cancel()
+
+    async def _watch(self, token: str | None, ended: asyncio.Event) -> None:
+        """Set ``ended`` when the server stops or ``token`` stops verifying."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._config.credential_recheck)
+                ended.set()
+                return
+            if token is not None and self._verifier is not None and await self._verifier.verify_token(token) is None:
+                log.info("closing an event stream: its bearer token is no longer valid")
+                ended.set()
+                return
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> _BufferedBody | None:
+        """The whole request body, read within ``body_timeout`` seconds; None once answered 408
+        or 413, or when the client left."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._config.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk: bytes = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self._config.max_body_bytes:
+                        response = PlainTextResponse(
+                            f"Payload too large: the request body exceeds {self._config.max_body_bytes} bytes",
+                            status_code=413,
+                        )
+                        await response(scope, receive, send)
+                        return None
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return _BufferedBody(b"".join(chunks), receive)
+        except TimeoutError:
+            log.warning("refused a request whose body did not arrive in time", body_timeout=self._config.body_timeout)
+            response = PlainTextResponse(
+                f"Request timeout: the request body did not arrive within {self._config.body_timeout:g} seconds",
+                status_code=408,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return None
 
     def _refusal(self, headers: Headers) -> Response | None:
         host = headers.get("host")
@@ -350,8 +468,29 @@ class _Guard:
         return None
 
 
+def _bearer(headers: Headers) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+class _BufferedBody:
+    """A request body read ahead: handed to the app as one message, then the client's own
+    ``receive`` (which tells when it leaves)."""
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def receive(self) -> Message:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self._receive()
+
+
 class _StreamUntilStop:
-    """One GET request whose handler is told, on stop, that its client has gone.
+    """One GET request whose handler is told, once ``stopping`` is set (the server stops, or the
+    request's token was revoked), that its client has gone.
 
     From then on, like a server whose client really left, it drops what the handler still
     sends; :meth:`finish` then completes the response for the client that is in fact there.
@@ -416,20 +555,80 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+class _HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers do not arrive
+    within ``header_timeout`` seconds of it opening or of the previous response (uvicorn's own
+    keep-alive timer is reset by every byte, so a client dribbling a header could hold a
+    connection for ever)."""
+
+    header_timeout: float = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+    _seen: object = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._note_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._note_request() and not self.transport.is_closing():
+            self._arm()
+
+    def _note_request(self) -> bool:
+        """Whether a request's headers arrived since the deadline was armed (disarms it then)."""
+        cycle = cast("RequestResponseCycle | None", self.cycle)  # None until the first request
+        if cycle is not None and cycle is not self._seen:
+            self._seen = cycle
+            self._disarm()
+            return True
+        return False
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        cycle = cast("RequestResponseCycle | None", self.cycle)
+        if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+            log.warning("closed a connection whose request headers did not arrive in time", client=str(self.client))
+            self.transport.close()
+
+
 @dataclass
 class HttpServer:
     """Serves an MCP server over HTTP until :meth:`stop`."""
 
     server: MCPServer[Any]
     config: HttpConfig
+    verifier: TokenVerifier | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _uvicorn: _Uvicorn | None = field(default=None, init=False)
 
     async def serve(self, sock: socket.socket) -> None:
         """Serve on a socket from :func:`bind_socket` (whose port ``config.port`` must be) until
         :meth:`stop`; returns once uvicorn has shut down."""
+        protocol = type(
+            "HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_timeout": self.config.header_timeout}
+        )
         uvicorn_config = uvicorn.Config(
-            http_app(self.server, self.config, self.stopping),
+            http_app(self.server, self.config, self.stopping, self.verifier),
+            http=protocol,
+            # uvicorn counts the connection asking too: one more serves exactly max_connections.
+            limit_concurrency=self.config.max_connections + 1,
             lifespan="on",
             log_config=None,  # our logging (JSON lines on stderr) is configured already
             access_log=False,

@@ -29,7 +29,7 @@ OnConflictArg = Literal["fail", "ours", "theirs"]
 class MergeInput(BaseModel):
     """One state to merge: a context at a revision, or an inline state."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context: Name | None = Field(default=None, description="a context's name: merge its state")
     revision: int | None = Field(

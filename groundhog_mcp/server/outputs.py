@@ -344,6 +344,11 @@ class ServerMetricsOut(BaseModel):
     last_sequence: int
     open_subscriptions: int
     errors: dict[str, int]
+    denied_requests: dict[str, dict[str, int]] = Field(
+        default_factory=dict[str, dict[str, int]],
+        description="requests refused for a missing grant, by principal and operation (exact, this process): "
+        "your own; every principal's of your namespace for an admin of all of it",
+    )
 
 
 class MetricsOut(BaseModel):

@@ -86,7 +86,7 @@ EventType = Annotated[
 class StateInput(BaseModel):
     """An initial state for register_context."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     data: JSONObjectArg = Field(default_factory=dict, description="the state's JSON object")
     metadata: JSONObjectArg = Field(default_factory=dict, description="free-form metadata about the state")
@@ -96,7 +96,7 @@ class StateInput(BaseModel):
 class PatchOperation(BaseModel):
     """One RFC 6902 operation."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     op: Literal["add", "remove", "replace", "move", "copy", "test"]
     path: str = Field(description="JSON Pointer into the data object, e.g. /items/0")

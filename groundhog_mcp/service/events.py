@@ -9,6 +9,7 @@ or given in-process by a :class:`~groundhog_mcp.service.registry.ContextTemplate
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ class DeclarativeHandler:
 
     async def validate_event(self, event: Event) -> None:
         if self.payload_schema is not None:
-            issues = list(schema_issues(self.payload_schema, event.payload))
+            schema = self.payload_schema
+            # A client's schema and payload: validated in a worker thread, on the work budget.
+            issues = await asyncio.to_thread(lambda: list(schema_issues(schema, event.payload)))
             if issues:
                 raise StateValidationError(issues, field="payload")
         if self.value_from is not None:
@@ -91,7 +94,7 @@ class DeclarativeHandler:
 
     async def handle_event(self, event: Event, context: Context) -> None:
         state = await context.get_state()
-        data = self.apply(state.data, event)
+        data = await asyncio.to_thread(self.apply, state.data, event)  # copies the whole data
         await context.update_state(ContextState(data=data, metadata=state.metadata, version=state.version))
 
     def _payload_value(self, event: Event) -> Any:
@@ -206,7 +209,7 @@ def handler_from_spec(event_type: str, spec: Any) -> EventHandler:
     if schema is not None:
         if not isinstance(schema, dict):
             raise _spec_error(event_type, "payload_schema must be a JSON Schema object")
-        check_schema_definition(cast(JSONObject, schema))
+        check_schema_definition(cast(JSONObject, schema), field=f"event_handlers.{event_type}.payload_schema")
     attempts = spec.get("max_attempts")
     if attempts is not None and (not isinstance(attempts, int) or not 1 <= attempts <= 10):
         raise _spec_error(event_type, "max_attempts must be an integer from 1 to 10")

@@ -374,6 +374,11 @@ def _kind(value: Any) -> str:
     return "object"
 
 
+def _with_article(kind: str) -> str:
+    # The kind of a state value, never the value itself: error messages do not quote state data.
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
 def _same(a: Any, b: Any) -> bool:
     """JSON equality: like ``==`` but ``true`` is not ``1`` (``1`` and ``1.0`` are one number)."""
     return a is b or (a == b and _booleans_match(a, b))
@@ -437,8 +442,8 @@ def _check_reducer_values(
                 continue
             if not _fits(reducer, value):
                 raise StateUpdateError(
-                    f"reducers.{pointer}: {reducer} needs {_NEEDS[reducer]}, got {_shown(value)} in {label}; "
-                    "nothing was merged"
+                    f"reducers.{pointer}: {reducer} needs {_NEEDS[reducer]}, got "
+                    f"{_with_article(_kind(value))} in {label}; nothing was merged"
                 )
             kinds.setdefault(_kind(value), label)
         if len(kinds) > 1:

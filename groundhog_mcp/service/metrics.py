@@ -54,6 +54,8 @@ class MetricsRecorder:
         self.errors: Counter[str] = Counter()
         self.context_errors: dict[str, Counter[str]] = {}
         self.namespace_errors: dict[str, Counter[str]] = {}
+        # Exact counts of denied requests, per namespace: (principal, operation) -> count.
+        self.denied: dict[str, Counter[tuple[str, str]]] = {}
 
     def observe_write(self, name: str, seconds: float) -> None:
         self._writes.setdefault(name, deque(maxlen=_WINDOW)).append(seconds)
@@ -70,6 +72,18 @@ class MetricsRecorder:
                 self.namespace_errors.setdefault(namespace, Counter())[error_class] += 1
         else:
             self.context_errors.setdefault(name, Counter())[error_class] += 1
+
+    def count_denied(self, namespace: str, principal: str, operation: str) -> None:
+        """A request refused for a missing grant (or a missing principal). The audit log keeps
+        a bounded summary of these; the exact counts are here."""
+        self.denied.setdefault(namespace, Counter())[(principal, operation)] += 1
+
+    def denied_in(self, namespace: str) -> dict[str, dict[str, int]]:
+        """Denied requests of ``namespace``: principal -> operation -> count."""
+        counts: dict[str, dict[str, int]] = {}
+        for (principal, operation), count in sorted(self.denied.get(namespace, Counter()).items()):
+            counts.setdefault(principal, {})[operation] = count
+        return counts
 
     def write_latency(self, name: str) -> LatencySummary:
         return LatencySummary.of(self._writes.get(name))

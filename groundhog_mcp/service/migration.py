@@ -27,6 +27,8 @@ import asyncio
 import copy
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata, resources
@@ -37,6 +39,7 @@ import jsonpointer
 
 from groundhog_mcp.errors import (
     ContextError,
+    LimitExceededError,
     MigrationError,
     NotFoundError,
     StateUpdateError,
@@ -61,6 +64,8 @@ __all__ = [
     "Progress",
     "StateFormat",
     "Step",
+    "UpcastCache",
+    "dry_run_chains",
     "format_of",
     "load_format_file",
     "load_upcaster",
@@ -92,9 +97,9 @@ class Step:
     def label(self) -> str:
         return f"{self.source} -> {self.target}"
 
-    def apply(self, data: JSONObject) -> JSONObject:
+    def apply(self, data: JSONObject, *, max_bytes: int | None = None) -> JSONObject:
         if self.patch is not None:
-            return apply_json_patch(data, self.patch, field="patch")
+            return apply_json_patch(data, self.patch, field="patch", max_copy_bytes=max_bytes)
         assert self.plugin is not None
         result = load_upcaster(self.plugin)(copy.deepcopy(data))
         if not isinstance(result, dict):
@@ -338,9 +343,13 @@ def upcast(
     context: str,
     target: str | None = None,
     limits: Limits | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[ContextState, list[Step]]:
     """``state`` brought to format version ``target`` (default: current) by running the chain of
-    steps; the timestamp and metadata are kept. Raises :class:`MigrationError` naming the step."""
+    steps; the timestamp and metadata are kept. Raises :class:`MigrationError` naming the step.
+
+    Every step is bounded: its copy operations and its result may not exceed ``max_bytes``
+    (default: the state size limit), else the error says ``too_large``."""
     target = target or fmt.version
     if state.version == target:
         return state, []
@@ -352,19 +361,107 @@ def upcast(
             f"no migration path from format version {state.version} to {target} "
             f"(versions {', '.join(fmt.versions())}, current {fmt.version})",
         )
+    limits = limits or Limits()
+    max_bytes = max_bytes or limits.max_state_bytes
     data = state.data
     for step in steps:
+        where = (step.source, step.target)
         try:
-            data = step.apply(data)
-            problems = inspect_json(data, limits or Limits())
+            data = step.apply(data, max_bytes=max_bytes)
+            problems = inspect_json(data, limits)
+        except LimitExceededError as exc:
+            raise MigrationError(context, where, str(exc), too_large=True) from None
         except ContextError as exc:
-            raise MigrationError(context, (step.source, step.target), str(exc)) from None
+            raise MigrationError(context, where, str(exc)) from None
         except Exception as exc:
-            raise MigrationError(context, (step.source, step.target), f"{type(exc).__name__}: {exc}") from None
+            raise MigrationError(context, where, f"{type(exc).__name__}: {str(exc)[:200]}") from None
         if problems:
             shown = "; ".join(str(p) for p in problems[:5])
-            raise MigrationError(context, (step.source, step.target), f"the upcaster produced invalid JSON: {shown}")
+            raise MigrationError(context, where, f"the upcaster produced invalid JSON: {shown}")
+        size = len(dumps(data).encode("utf-8"))
+        if size > max_bytes:
+            raise MigrationError(
+                context,
+                where,
+                f"too_large: the upcast data is {size} bytes, over the limit of {max_bytes} bytes "
+                "(the state size limit); nothing was changed",
+                too_large=True,
+            )
     return replace(state, data=data, version=target), steps
+
+
+_DRY_RUN_BASE_BYTES = 16 * 1024
+_DRY_RUN_GROWTH = 64
+
+
+def dry_run_chains(fmt: StateFormat, limits: Limits, example: ContextState | None = None) -> None:
+    """Run every chain of ``fmt`` at registration, on an empty data object (and on ``example``
+    when it is stored in an older version), so that a chain that blows data up is refused before
+    any state is read through it. A step that fails on the sample (a path it expects is missing)
+    is fine here: that depends on real data, and every real upcast is bounded anyway. What
+    refuses the format: a result over ``16 KiB + 64 x`` the sample's size, or over the state
+    size limit."""
+    samples = [ContextState(data={}, version=source) for source in fmt.steps]
+    if example is not None and example.version != fmt.version:
+        samples.append(example)
+    for sample in samples:
+        size = len(dumps(sample.data).encode("utf-8"))
+        bound = min(limits.max_state_bytes, _DRY_RUN_BASE_BYTES + _DRY_RUN_GROWTH * size)
+        try:
+            upcast(fmt, sample, context="(registration dry run)", limits=limits, max_bytes=bound)
+        except MigrationError as exc:
+            if exc.too_large:
+                step = f"{exc.step[0]} -> {exc.step[1]}" if exc.step else "?"
+                raise _invalid(
+                    "/migrations",
+                    f"the chain from {sample.version} grows a {size}-byte data object past {bound} bytes at step "
+                    f"{step} (dry run at registration; the bound is 16 KiB + 64 x the input, and at most the "
+                    "state size limit)",
+                ) from None
+
+
+class UpcastCache:
+    """Recent upcast results, so that reading an old-format state does not rerun its chain.
+
+    Keyed by (context id, revision, stored version, target version): a revision's stored state
+    never changes, and a context's format is fixed at registration (a new registration has a new
+    id). Bounded by entries and by the serialised bytes it holds; least recently used go first.
+    The states it hands out are shared: callers must not modify them in place."""
+
+    def __init__(self, *, max_entries: int = 64, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, int, str, str], tuple[ContextState, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # used from the event loop and from write threads
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, int, str, str]) -> ContextState | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found[0]
+
+    def put(self, key: tuple[str, int, str, str], state: ContextState, size: int) -> None:
+        if size > self.max_bytes // 4:
+            return  # one huge state would evict everything else
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._entries[key] = (state, size)
+            self._bytes += size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # -- rewriting contexts to a new format (migrate_context) -----------------------------------------
@@ -491,7 +588,9 @@ async def migrate_contexts(
         try:
             return await asyncio.to_thread(plan_page, page)
         except MigrationError as exc:
-            raise MigrationError(exc.context, exc.step, exc.cause, note="; no context was written") from None
+            raise MigrationError(
+                exc.context, exc.step, exc.cause, note="; no context was written", too_large=exc.too_large
+            ) from None
 
     if name is not None:
         found, unchanged, without_format = await check_page([await get(name)])
@@ -555,7 +654,7 @@ async def migrate_contexts(
                 "others are unchanged and still read upcast); fix the cause and run migrate_context again"
             )
             if isinstance(exc, MigrationError):
-                raise MigrationError(exc.context, exc.step, exc.cause, note=note) from None
+                raise MigrationError(exc.context, exc.step, exc.cause, note=note, too_large=exc.too_large) from None
             raise StateUpdateError(f"migrate: context {plan.name!r}: {exc}{note}") from exc
         done.append(
             replace(

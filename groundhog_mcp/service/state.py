@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import dataclasses
 import time
 import uuid
@@ -46,6 +47,7 @@ from groundhog_mcp.models import (
 )
 from groundhog_mcp.service.audit import (
     AuditPage,
+    DenialLog,
     current_operation,
     current_request_id,
     decode_audit_cursor,
@@ -70,6 +72,8 @@ from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder, proce
 from groundhog_mcp.service.migration import (
     MigrationReport,
     Progress,
+    UpcastCache,
+    dry_run_chains,
     format_of,
     migrate_contexts,
     upcast,
@@ -181,7 +185,11 @@ class StateManager:
         self.feed = ChangeFeed(store, self.bus, interval=poll_interval)
         self.event_max_attempts = event_max_attempts
         self.metrics = MetricsRecorder()
+        self.upcasts = UpcastCache()
+        self.denials = DenialLog()
+        self.denial_summary_interval = 5.0  # seconds between looks for counts whose minute has passed
         self._pending: set[asyncio.Task[Any]] = set()
+        self._denial_flusher: asyncio.Task[None] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -199,10 +207,16 @@ class StateManager:
         await self.store.open()
         self.bus.last_sequence = await self.store.last_sequence()
         await self.feed.start(self.bus.last_sequence)
+        self._denial_flusher = asyncio.create_task(self._flush_denial_summaries_forever())
 
     async def close(self) -> None:
+        if self._denial_flusher is not None:
+            self._denial_flusher.cancel()
+            await asyncio.gather(self._denial_flusher, return_exceptions=True)
+            self._denial_flusher = None
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.flush_denials()  # a clean shutdown loses no count
         await self.feed.stop()
         await self.store.close()
 
@@ -217,9 +231,9 @@ class StateManager:
         specification's ``save_state`` on a fresh ``ContextId`` expects.
         """
         await self.validate_state(state)
-        existing = await self.store.get_by_id(context_id)
-        await self.authorize("write", existing.name if existing is not None else str(context_id))
-        if existing is None:
+        located = await self.store.locate(context_id)  # the name only: nothing decoded before the grant check
+        await self.authorize("write", located[1] if located is not None else str(context_id))
+        if located is None:
             created = await self._register(
                 NewContext(
                     id=context_id,
@@ -241,15 +255,19 @@ class StateManager:
             self._check_written(state, current)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
-        return await self._mutate(existing.name, expected_revision, replace_state)
+        return await self._mutate(located[1], expected_revision, replace_state)
 
     async def load_state(self, context_id: ContextId) -> ContextState:
-        stored = await self.store.get_by_id(context_id)
         missing = f"context_id: no context with id {context_id}"
-        if stored is None or stored.namespace != self.principal.namespace:
+        # The name first (nothing decoded), the grant on it, and only then the context itself.
+        located = await self.store.locate(context_id)
+        if located is None or located[0] != self.principal.namespace:
             raise NotFoundError(missing)
-        await self.authorize("read", stored.name, missing=missing)
-        return self._upcast(stored, stored.state)
+        await self.authorize("read", located[1], missing=missing, itemize=False)
+        stored = await self.store.get_by_id(context_id)
+        if stored is None:  # unregistered in between
+            raise NotFoundError(missing)
+        return await self._upcast_off_loop(stored, stored.state)
 
     async def merge_states(
         self,
@@ -274,7 +292,9 @@ class StateManager:
 
     async def validate_state(self, state: ContextState, *, schema: JSONObject | None = None) -> None:
         """Raise :class:`StateValidationError` listing every problem; return None if valid."""
-        self._raise_if_invalid_state(state, schema)
+        if schema is not None:
+            await asyncio.to_thread(check_schema_definition, schema)
+        await asyncio.to_thread(self._raise_if_invalid_state, state, schema)
 
     def check_state(self, state: ContextState, schema: JSONObject | None = None) -> list[ValidationIssue]:
         return inspect_state(state, self.limits, schema)
@@ -300,20 +320,27 @@ class StateManager:
         check_semver(version)
         metadata = metadata or {}
         settings = settings or {}
-        raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
-        raise_if_invalid(inspect_json(settings, self.limits), "settings")
-        _check_retention_settings(settings)
-        state_format = format_of(settings)  # parsed and checked once per distinct declaration
-        if state_format is not None:
-            state_format.check_plugins()
-        if schema is not None:
-            raise_if_invalid(inspect_json(schema, self.limits), "schema")
-            check_schema_definition(schema)
-        if handlers:
-            raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
-            parse_handler_specs(handlers)
-        state = state or ContextState(version=state_format.version if state_format else "1.0.0")
-        raise_if_invalid(self._state_issues(state, schema, settings), "state")
+
+        def checked_state() -> ContextState:
+            # Schemas, formats and states from a client: checked in a worker thread, never on the loop.
+            raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
+            raise_if_invalid(inspect_json(settings, self.limits), "settings")
+            _check_retention_settings(settings)
+            state_format = format_of(settings)  # parsed and checked once per distinct declaration
+            if schema is not None:
+                raise_if_invalid(inspect_json(schema, self.limits), "schema")
+                check_schema_definition(schema)
+            if handlers:
+                raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
+                parse_handler_specs(handlers)
+            initial = state or ContextState(version=state_format.version if state_format else "1.0.0")
+            if state_format is not None:
+                state_format.check_plugins()
+                dry_run_chains(state_format, self.limits, initial)
+            raise_if_invalid(self._state_issues(initial, schema, settings), "state")
+            return initial
+
+        state = await asyncio.to_thread(checked_state)
         new = NewContext(
             id=context_id or uuid.uuid4(),
             namespace=self.principal.namespace,
@@ -345,9 +372,10 @@ class StateManager:
 
     async def get(self, name: str) -> StoredContext:
         check_name(name)
-        stored = await self.store.get(self.principal.namespace, name)
-        # After the lookup, so that a context you may not read costs the same as a missing one.
+        # Before the lookup: a context you may not read is never read nor decoded, so it costs
+        # exactly what a missing one costs (grants depend on the name only).
         await self.authorize("read", name)
+        stored = await self.store.get(self.principal.namespace, name)
         if stored is None:
             raise NotFoundError(_missing(name))
         return stored
@@ -378,7 +406,7 @@ class StateManager:
             at, stored = context.revision, context.state
         else:
             at, stored = revision, await self._revision_state(context, revision)
-        return context, at, self._upcast(context, stored), stored.version
+        return context, at, await self._upcast_off_loop(context, stored, at), stored.version
 
     async def update(
         self,
@@ -406,14 +434,18 @@ class StateManager:
                 ],
                 field="update",
             )
-        for field, value in (
-            ("data", data),
-            ("merge_patch", merge_patch_),
-            ("patch", patch),
-            ("metadata", metadata),
-        ):
-            if value is not None:
-                raise_if_invalid(inspect_json(value, self.limits), field)
+
+        def check_inputs() -> None:
+            for field, value in (
+                ("data", data),
+                ("merge_patch", merge_patch_),
+                ("patch", patch),
+                ("metadata", metadata),
+            ):
+                if value is not None:
+                    raise_if_invalid(inspect_json(value, self.limits), field)
+
+        await asyncio.to_thread(check_inputs)
         if version is not None:
             check_semver(version)
         if expected_revision == 0:
@@ -428,7 +460,7 @@ class StateManager:
             elif merge_patch_ is not None:
                 new_data = merge_patch(base.data, merge_patch_)
             elif patch is not None:
-                new_data = apply_json_patch(base.data, patch)
+                new_data = apply_json_patch(base.data, patch, max_copy_bytes=self.limits.max_state_bytes)
             new_metadata = base.metadata if metadata is None else merge_patch(base.metadata, metadata)
             state = ContextState(
                 data=new_data,
@@ -457,7 +489,7 @@ class StateManager:
         if data is None:
             data = merge_patch(None, merge_patch_) if merge_patch_ is not None else {}
             if patch is not None:
-                data = apply_json_patch({}, patch)
+                data = apply_json_patch({}, patch, max_copy_bytes=self.limits.max_state_bytes)
         state = ContextState(data=data or {}, metadata=merge_patch(None, metadata or {}), version=version or "1.0.0")
         try:
             result = await self.register(name, state=state, if_exists="error")
@@ -471,14 +503,15 @@ class StateManager:
     ) -> tuple[StoredContext, list[ValidationIssue]]:
         """Validate a candidate (or the current) state of ``name`` without writing."""
         context = await self.get(name)
-        current = self._upcast(context, context.state)
+        current = await self._upcast_off_loop(context, context.state)
         candidate = ContextState(
             data=current.data if data is None else data,
             metadata=current.metadata if metadata is None else metadata,
             timestamp=current.timestamp,
             version=current.version,
         )
-        return context, self._state_issues(candidate, context.schema, context.settings)
+        issues = await asyncio.to_thread(self._state_issues, candidate, context.schema, context.settings)
+        return context, issues
 
     async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
         if not 1 <= limit <= self.limits.max_history_page:
@@ -497,7 +530,8 @@ class StateManager:
             if to_revision is None or to_revision == context.revision
             else await self._revision_state(context, to_revision, field="to_revision")
         )
-        return json_diff(source.document(), target.document())
+        # Proportional to two whole states: computed in a worker thread, not on the event loop.
+        return await asyncio.to_thread(json_diff, source.document(), target.document())
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
@@ -632,8 +666,17 @@ class StateManager:
             "contexts": visible,
             "last_sequence": last_sequence,
             "errors": dict(self.metrics.namespace_errors.get(self.principal.namespace, {})),
+            "denied_requests": self._visible_denials(),
         }
         return server, per_context
+
+    def _visible_denials(self) -> dict[str, dict[str, int]]:
+        """Denied requests of this namespace by principal: every principal's for an admin of the
+        whole namespace (as the audit log), otherwise the caller's own."""
+        denied = self.metrics.denied_in(self.principal.namespace)
+        if self.principal.allows("admin", ""):
+            return denied
+        return {name: counts for name, counts in denied.items() if name == self.principal.name}
 
     # -- events -----------------------------------------------------------------------------
 
@@ -673,7 +716,8 @@ class StateManager:
             try:
                 started = time.perf_counter()
                 try:
-                    staged = await _run_handler(handler, event, self._upcast_context(current))
+                    upcast_current = await asyncio.to_thread(self._upcast_context, current)
+                    staged = await _run_handler(handler, event, upcast_current)
                 finally:
                     self.metrics.observe_handler(self._metric_key(name), time.perf_counter() - started)
                 result = await self._mutate(
@@ -730,6 +774,8 @@ class StateManager:
             raise StateValidationError(
                 [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")], field="limit"
             )
+        if name is not None and not self.principal.allows("read", name):
+            return []  # like a context without letters, and without reading any
         found: list[DeadLetter] = []
         for _ in range(_MAX_SCAN_PAGES):
             page = await self.store.list_dead_letters(
@@ -746,11 +792,14 @@ class StateManager:
         self, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
     ) -> EventResult:
         """Handle a dead-lettered event again; applied once even if replayed twice."""
-        letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
         missing = f"id: no dead letter #{letter_id}"
-        if letter is not None:
-            await self.authorize("read", letter.name, missing=missing)
-            await self.authorize("write", letter.name)
+        # The context's name first (nothing decoded), the grants on it, and only then the letter.
+        name = await self.store.dead_letter_name(self.principal.namespace, letter_id)
+        if name is None:
+            raise NotFoundError(missing)
+        await self.authorize("read", name, missing=missing, itemize=False)
+        await self.authorize("write", name)
+        letter = await self.store.get_dead_letter(self.principal.namespace, letter_id)
         if letter is None:
             raise NotFoundError(missing)
         if letter.replayed_at is not None:
@@ -858,12 +907,29 @@ class StateManager:
             "state",
         )
 
-    def _upcast(self, context: StoredContext, state: ContextState) -> ContextState:
-        """``state`` in the context's current format version (as is when it declares none)."""
+    def _upcast(self, context: StoredContext, state: ContextState, revision: int | None = None) -> ContextState:
+        """``state`` (of ``revision``, default the context's current one) in the context's current
+        format version (as is when it declares none). Results are cached per context id, revision
+        and version: reading an old state again does not rerun the chain."""
         state_format = format_of(context.settings)
         if state_format is None or state.version == state_format.version:
             return state
-        return upcast(state_format, state, context=context.name, limits=self.limits)[0]
+        key = (str(context.id), context.revision if revision is None else revision, state.version, state_format.version)
+        cached = self.upcasts.get(key)
+        if cached is not None:
+            return cached
+        result = upcast(state_format, state, context=context.name, limits=self.limits)[0]
+        self.upcasts.put(key, result, len(dumps(result.data)))
+        return result
+
+    async def _upcast_off_loop(
+        self, context: StoredContext, state: ContextState, revision: int | None = None
+    ) -> ContextState:
+        """:meth:`_upcast` in a worker thread unless there is nothing to run (no format, or cached)."""
+        state_format = format_of(context.settings)
+        if state_format is None or state.version == state_format.version:
+            return state
+        return await asyncio.to_thread(self._upcast, context, state, revision)
 
     def _format_version(self, context: StoredContext) -> str | None:
         state_format = format_of(context.settings)
@@ -871,7 +937,10 @@ class StateManager:
 
     def _upcast_context(self, context: StoredContext) -> StoredContext:
         state = self._upcast(context, context.state)
-        return context if state is context.state else dataclasses.replace(context, state=state)
+        if state is context.state:
+            return context
+        # A handler may change what it reads in place: give it its own copy, not the cached one.
+        return dataclasses.replace(context, state=copy.deepcopy(state))
 
     async def _revision_state(self, context: StoredContext, revision: int, field: str = "revision") -> ContextState:
         if revision == context.revision:
@@ -910,6 +979,7 @@ class StateManager:
     ) -> WriteResult:
         started = time.perf_counter()
         try:
+            mutator = await self._prepared(name, expected_revision, mutator)
             stored, change = await self._committed(
                 self.store.mutate(
                     self.principal.namespace,
@@ -928,6 +998,27 @@ class StateManager:
         finally:
             self.metrics.observe_write(self._metric_key(name), time.perf_counter() - started)
         return WriteResult(stored, change, change.revision - 1)
+
+    async def _prepared(
+        self, name: str, expected_revision: int | None, mutator: Callable[[StoredContext], Mutation]
+    ) -> Callable[[StoredContext], Mutation]:
+        """``mutator``, already run on the current state in a worker thread.
+
+        A mutator applies, validates and diffs a state: CPU work proportional to its size. Inside
+        the write transaction it would run on the database's thread (SQLite has one for every
+        request) and hold every other tenant's reads up. Run first here, its result is reused by
+        the transaction when the context is still at the revision it was computed on; only after
+        a race does the transaction run it again."""
+        current = await self.store.get(self.principal.namespace, name)
+        if current is None or (expected_revision is not None and expected_revision != current.revision):
+            return mutator  # the transaction raises the NotFoundError / ConflictError
+        mutation = await asyncio.to_thread(mutator, current)
+        seen = (current.id, current.revision)
+
+        def reuse(now: StoredContext) -> Mutation:
+            return mutation if (now.id, now.revision) == seen else mutator(now)
+
+        return reuse
 
     async def _committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
         """Run a write to completion even if the caller is cancelled, then hand its change to the feed.
@@ -1006,7 +1097,7 @@ class StateManager:
             revision = source.revision or context.revision
             state = await self._revision_state(context, revision, field=f"{field}.revision")
             # Inputs are merged in their context's current state format (the result's version is theirs).
-            return self._upcast(context, state), SourceInfo(source.context, revision)
+            return await self._upcast_off_loop(context, state, revision), SourceInfo(source.context, revision)
 
         resolved = [await resolve(s, f"inputs[{i}]") for i, s in enumerate(sources)]
         states = [state for state, _ in resolved]
@@ -1092,26 +1183,29 @@ class StateManager:
 
     # -- access control (appended: keep at the end of the class) ----------------------------
 
-    async def authorize(self, right: Right, name: str, *, missing: str | None = None) -> None:
+    async def authorize(self, right: Right, name: str, *, missing: str | None = None, itemize: bool = True) -> None:
         """The one place where a grant is checked: return if this principal has ``right`` on
         context ``name``, raise otherwise. Every name-addressed operation calls it (reads need
         ``read``; register, update, merge into a target, events, rollback and dead-letter replay
         need ``write``; unregister and migrate need ``admin``).
 
-        A ``read`` the principal lacks raises exactly what a missing context raises
-        (:class:`NotFoundError` with ``missing``, by default the text of :meth:`get`): callers
-        check after the store lookup they would do anyway, so an unreadable context is
-        indistinguishable from a missing one. A lacking ``write``/``admin`` raises
-        :class:`AccessDeniedError` naming the grant, before any lookup: the answer depends on
-        the name only, never on whether the context exists.
+        It runs before any read of the context (grants depend on the name only), so a denied
+        request does the same store work whether the context exists or not, and never reads or
+        decodes it. A ``read`` the principal lacks raises exactly what a missing context raises
+        (:class:`NotFoundError` with ``missing``, by default the text of :meth:`get`). A lacking
+        ``write``/``admin`` raises :class:`AccessDeniedError` naming the grant.
+
+        Every denial is counted in the metrics and the audit log (see :meth:`audit_denied`);
+        ``itemize=False`` (for a name the caller did not give but the store told: a context id,
+        a dead letter id) only counts it, so that answer too costs what a missing id costs.
         """
         if self.principal.allows(right, name):
             return
         denied = AccessDeniedError(
             f"access: the {right} grant on {name!r} is missing for principal {self.principal.name!r}"
         )
-        # Every denial has its audit row (the caller of a refused read sees only "not found").
-        await self.audit_denied(current_operation.get() or right, name or None, denied)
+        # Every denial is recorded (the caller of a refused read sees only "not found").
+        await self.audit_denied(current_operation.get() or right, name or None, denied, itemize=itemize)
         if right == "read":
             raise NotFoundError(missing or _missing(name))
         raise denied
@@ -1160,17 +1254,27 @@ class StateManager:
         return AuditNote(request_id=current_request_id.get(), detail=detail)
 
     async def audit_denied(
-        self, operation: str, name: str | None, error: AccessDeniedError, *, principal: Principal | None = None
+        self,
+        operation: str,
+        name: str | None,
+        error: AccessDeniedError,
+        *,
+        principal: Principal | None = None,
+        itemize: bool = True,
     ) -> None:
-        """Record a denied request (as ``principal``, default this manager's) in the audit log,
-        in its own transaction; call it where :class:`AccessDeniedError` is raised, then raise.
+        """Record a denied request (as ``principal``, default this manager's); call it where
+        :class:`AccessDeniedError` is raised, then raise.
 
-        Recorded once per error (``error.audited``). A failure to record is logged, never raised
-        instead of the denial."""
+        Counted exactly in the metrics. In the audit log a principal gets at most one row per
+        minute (:class:`~groundhog_mcp.service.audit.DenialLog`): the first denial of a minute is
+        written now, in its own transaction; the others are counted and their count written with
+        the principal's next row. Recorded once per error (``error.audited``). A failure to
+        record is logged, never raised instead of the denial."""
         if error.audited:
             return
         error.audited = True
         who = principal or self.principal
+        self.metrics.count_denied(who.namespace, who.name, operation)
         entry = AuditEntry(
             principal=who.name,
             namespace=who.namespace,
@@ -1180,13 +1284,41 @@ class StateManager:
             request_id=current_request_id.get(),
             detail=str(error)[:500],
         )
-        task = asyncio.ensure_future(self.store.append_audit(entry))
+        row = self.denials.admit(entry, itemize=itemize)
+        if row is not None:
+            await self._append_denial_rows([row])
+
+    async def _append_denial_rows(self, rows: list[AuditEntry]) -> None:
+        async def append_all() -> None:
+            for row in rows:
+                await self.store.append_audit(row)
+
+        task = asyncio.ensure_future(append_all())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         try:
             await asyncio.shield(task)
         except ContextError as exc:
-            _log.error("audit: could not record a denied request", operation=operation, error=str(exc))
+            _log.error("audit: could not record denied requests", rows=len(rows), error=str(exc))
+
+    async def flush_denials(self) -> None:
+        """Write the count of every denial not yet in the audit log now (one summary row per
+        principal with a count), whether or not its minute has passed."""
+        await self._write_denial_summaries(everything=True)
+
+    async def _write_denial_summaries(self, *, everything: bool = False) -> None:
+        rows = self.denials.due(everything=everything)
+        if rows:
+            await self._append_denial_rows(rows)
+
+    async def _flush_denial_summaries_forever(self) -> None:
+        """Counts of denials whose minute has passed get their summary row within a few seconds."""
+        while True:
+            await asyncio.sleep(self.denial_summary_interval)
+            try:
+                await self._write_denial_summaries()
+            except Exception:  # a bug here must not end the flushing, nor the server
+                _log.exception("audit: writing denial summaries failed")
 
     async def audit_log(
         self,

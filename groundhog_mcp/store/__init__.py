@@ -38,7 +38,7 @@ def open_store(
                 raise
             raise InitializationError(
                 f"database: the PostgreSQL backend needs psycopg ({exc.name} is not installed); "
-                "install groundhog-mcp[postgres]"
+                "install groundhog-context-mcp[postgres]"
             ) from exc
         return PostgresStore(
             text,

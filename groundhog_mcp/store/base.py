@@ -253,6 +253,11 @@ class Store(Protocol):
 
     async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None: ...
 
+    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
+        """The context name of a dead letter, nothing decoded: what a grant is checked on before
+        the letter itself is read."""
+        ...
+
     async def mark_replayed(self, letter_id: int, revision: int) -> None: ...
 
     async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
@@ -275,6 +280,11 @@ class Store(Protocol):
     async def get(self, namespace: str, name: str) -> StoredContext | None: ...
 
     async def get_by_id(self, context_id: ContextId) -> StoredContext | None: ...
+
+    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
+        """``(namespace, name)`` of a live context, nothing decoded: what a grant is checked on
+        before the context itself is read."""
+        ...
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         """Live contexts ordered by name, names > ``after``, starting with ``prefix``."""
@@ -320,8 +330,9 @@ class Store(Protocol):
         """Audit rows in sequence order (``newest_first``: descending)."""
         ...
 
-    async def backup(self, destination: Path) -> None:
-        """An online, consistent copy of the database."""
+    async def backup(self, destination: Path, *, force: bool = False) -> None:
+        """An online, consistent copy of the database in a new owner-only file; an existing
+        ``destination`` is refused unless ``force`` (then replaced, a symlink never followed)."""
         ...
 
     async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:

@@ -70,6 +70,7 @@ from groundhog_mcp.errors import (
     StateUpdateError,
     StoreBusyError,
 )
+from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import (
     Change,
     ContextId,
@@ -1073,6 +1074,14 @@ class PostgresStore:
         row = await self._run(work, writing=False)
         return self._dead_letter(row) if row is not None else None
 
+    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute("SELECT name FROM dead_letters WHERE namespace = %s AND id = %s", (namespace, letter_id))
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return str(row[0]) if row is not None else None
+
     async def mark_replayed(self, letter_id: int, revision: int) -> None:
         async def work(cur: _Cursor) -> None:
             await cur.execute(
@@ -1379,6 +1388,16 @@ class PostgresStore:
         row = self._context_row(row)
         return await _off_loop(len(row[9]), _decode_context, row)
 
+    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
+        async def work(cur: _Cursor) -> TupleRow | None:
+            await cur.execute(
+                "SELECT namespace, name FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+            )
+            return await cur.fetchone()
+
+        row = await self._run(work, writing=False)
+        return (str(row[0]), str(row[1])) if row is not None else None
+
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         async def work(cur: _Cursor) -> list[TupleRow]:
             # Names are ASCII and COLLATE "C": the prefix range scan is exact, `~` sorts after all of them.
@@ -1600,7 +1619,7 @@ class PostgresStore:
 
         return await self._run(work, writing=True)
 
-    async def backup(self, destination: Path) -> None:
+    async def backup(self, destination: Path, *, force: bool = False) -> None:
         """A consistent export (one snapshot) as JSON lines; restore it with ``groundhog-mcp import``.
 
         A physical copy of a PostgreSQL database is ``pg_dump``'s job, not ours. With encryption
@@ -1613,20 +1632,24 @@ class PostgresStore:
                 "decrypted contents; use pg_dump (it copies the encrypted values), or `export --plaintext` to "
                 "write them decrypted on purpose. Nothing was written."
             )
+        output = PrivateOutput(destination, force=force, what="backup")
+        aside = await asyncio.to_thread(output.start)
         try:
-            out = await asyncio.to_thread(_create_exclusive, destination)
-        except FileExistsError:
-            raise StateUpdateError(f"backup: {destination} already exists; choose a new file name") from None
-        try:
-            buffer: list[str] = []
-            async for record in self.export_records():
-                buffer.append(dumps(record) + "\n")
-                if len(buffer) >= _EXPORT_PAGE:
-                    await asyncio.to_thread(out.writelines, buffer)
-                    buffer = []
-            await asyncio.to_thread(out.writelines, buffer)
-        finally:
-            await asyncio.to_thread(out.close)
+            out = await asyncio.to_thread(aside.open, "w", encoding="utf-8")
+            try:
+                buffer: list[str] = []
+                async for record in self.export_records():
+                    buffer.append(dumps(record) + "\n")
+                    if len(buffer) >= _EXPORT_PAGE:
+                        await asyncio.to_thread(out.writelines, buffer)
+                        buffer = []
+                await asyncio.to_thread(out.writelines, buffer)
+            finally:
+                await asyncio.to_thread(out.close)
+            await asyncio.to_thread(output.commit)
+        except BaseException:
+            await asyncio.to_thread(output.discard)
+            raise
 
     # -- encryption at rest: export, import, rotate-key --------------------------------------
 
@@ -1879,11 +1902,6 @@ def _deliver_swallowed_cancel(requested: int) -> None:
 
 def _as_is(value: _T) -> _T:
     return value
-
-
-def _create_exclusive(path: Path) -> Any:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("x", encoding="utf-8")
 
 
 def _split_parameters(url: str) -> tuple[str, dict[str, str]]:

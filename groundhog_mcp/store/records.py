@@ -31,8 +31,19 @@ from datetime import datetime
 from typing import Any, Final, Literal, LiteralString
 
 from groundhog_mcp import schemas
-from groundhog_mcp.errors import StateUpdateError
-from groundhog_mcp.models import JSONObject, dumps, format_timestamp, parse_timestamp, utcnow
+from groundhog_mcp.errors import StateUpdateError, StateValidationError
+from groundhog_mcp.models import (
+    JSONObject,
+    check_name,
+    check_namespace,
+    check_principal,
+    dumps,
+    format_timestamp,
+    is_semver,
+    parse_stored_timestamp,
+    parse_timestamp,
+    utcnow,
+)
 from groundhog_mcp.store.base import AUDIT_OK, AuditEntry
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
 
@@ -53,16 +64,35 @@ EXPORT_FORMAT: Final = "groundhog-export"
 EXPORT_FORMAT_VERSION: Final = 2
 
 _NOTHING = "nothing was imported"
+_INT64_MAX = 2**63 - 1  # both backends' integer columns
 
 # How a record value is checked and stored:
-#   text, integer       a JSON string / integer, stored as is
+#   text                a JSON string, stored as is
+#   name, namespace     a context name / namespace, checked as every tool checks one
+#   principal           who acted (``actor``): 1-128 printable characters, as a token's principal
+#   version             a state format version (semver), checked as register_context does
+#   count, positive     a JSON integer 0 … 2^63-1 / 1 … 2^63-1 (revisions, sequences, ids)
 #   id                  a UUID string; the backend's id type (TEXT or UUID)
 #   time                an RFC 3339 timestamp; the backend's time type (TEXT or TIMESTAMPTZ)
 #   object              a JSON object, stored as JSON text
 #   json                any JSON value, stored as JSON text
 #   state               a context state (checked against its schema): columns state, state_size
 #   snapshot            a context state: columns size, snapshot (zlib-compressed JSON text)
-Codec = Literal["text", "integer", "id", "time", "object", "json", "state", "snapshot"]
+Codec = Literal[
+    "text",
+    "name",
+    "namespace",
+    "principal",
+    "version",
+    "count",
+    "positive",
+    "id",
+    "time",
+    "object",
+    "json",
+    "state",
+    "snapshot",
+]
 
 
 _REQUIRED: Final[Any] = object()
@@ -139,14 +169,14 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
         ("id",),
         (
             _f("id", "id"),
-            _f("namespace", "text"),
-            _f("name", "text"),
-            _f("version", "text"),
+            _f("namespace", "namespace"),
+            _f("name", "name"),
+            _f("version", "version"),
             _f("metadata", "object"),
             _f("settings", "object"),
             _f("schema", "object", nullable=True),
             _f("handlers", "object", default={}),
-            _f("revision", "integer"),
+            _f("revision", "positive"),
             _f("state", "state"),
             _f("created_at", "time"),
             _f("updated_at", "time"),
@@ -159,10 +189,10 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
         ("context_id", "revision"),
         (
             _f("context_id", "id"),
-            _f("revision", "integer"),
-            _f("sequence", "integer"),
+            _f("revision", "positive"),
+            _f("sequence", "positive"),
             _f("op", "text"),
-            _f("actor", "text"),
+            _f("actor", "principal"),
             _f("timestamp", "time"),
             _f("state", "snapshot"),
         ),
@@ -171,20 +201,20 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
         "name_revision",
         "name_revisions",
         ("namespace", "name"),
-        (_f("namespace", "text"), _f("name", "text"), _f("last_revision", "integer")),
+        (_f("namespace", "namespace"), _f("name", "name"), _f("last_revision", "positive")),
     ),
     RecordKind(
         "change",
         "changes",
         ("sequence",),
         (
-            _f("sequence", "integer"),
+            _f("sequence", "positive"),
             _f("context_id", "id"),
-            _f("namespace", "text"),
-            _f("name", "text"),
-            _f("revision", "integer"),
+            _f("namespace", "namespace"),
+            _f("name", "name"),
+            _f("revision", "positive"),
             _f("op", "text"),
-            _f("actor", "text"),
+            _f("actor", "principal"),
             _f("timestamp", "time"),
             _f("patch", "json", nullable=True),
         ),
@@ -194,13 +224,13 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
         "events",
         ("id",),
         (
-            _f("id", "integer"),
+            _f("id", "positive"),
             _f("context_id", "id"),
             _f("type", "text", key="event_type"),
             _f("payload", "object"),
             _f("idempotency_key", "text", nullable=True),
-            _f("revision", "integer"),
-            _f("sequence", "integer"),
+            _f("revision", "positive"),
+            _f("sequence", "positive"),
             _f("created_at", "time"),
         ),
     ),
@@ -209,18 +239,18 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
         "dead_letters",
         ("id",),
         (
-            _f("id", "integer"),
-            _f("namespace", "text"),
+            _f("id", "positive"),
+            _f("namespace", "namespace"),
             _f("context_id", "id"),
-            _f("name", "text"),
+            _f("name", "name"),
             _f("type", "text", key="event_type"),
             _f("payload", "object"),
             _f("idempotency_key", "text", nullable=True),
-            _f("attempts", "integer"),
+            _f("attempts", "count"),
             _f("last_error", "text"),
             _f("created_at", "time"),
             _f("replayed_at", "time", nullable=True),
-            _f("replay_revision", "integer", nullable=True),
+            _f("replay_revision", "positive", nullable=True),
         ),
     ),
 )
@@ -298,27 +328,31 @@ def import_rows(
     *,
     identifier: Callable[[uuid.UUID], Any],
     timestamp: Callable[[datetime], Any],
+    lines: Sequence[int] | None = None,
 ) -> ImportRows:
     """Check every record and turn it into a row; raise :class:`StateUpdateError` naming the
-    record (1-based, the header included) and the field before anything is written.
+    record (1-based, the header included; with ``lines``, the file's line number of each
+    record) and the field before anything is written. Names, namespaces, versions, revisions
+    and timestamps are checked exactly as the tools check them.
 
     ``identifier`` and ``timestamp`` give a UUID and a datetime the backend's column type.
     CPU-bound (schema checks, compression): run it off the event loop.
     """
     rows = ImportRows()
     for number, record in enumerate(records, start=1):
+        label = f"line {lines[number - 1]}" if lines is not None else f"record {number}"
         if not isinstance(record, dict):
-            raise StateUpdateError(f"import: record {number}: not a JSON object; {_NOTHING}")
+            raise StateUpdateError(f"import: {label}: not a JSON object; {_NOTHING}")
         kind_type = record.get("type")
         if kind_type == "header":
             _check_header(record)
             continue
         kind = _KINDS_BY_TYPE.get(kind_type) if isinstance(kind_type, str) else None
         if kind is None:
-            raise StateUpdateError(f"import: record {number}: unknown record type {kind_type!r}; {_NOTHING}")
+            raise StateUpdateError(f"import: {label}: unknown record type {kind_type!r}; {_NOTHING}")
         row: list[Any] = []
         for field in kind.fields:
-            where = f"import: record {number} ({kind.type})"
+            where = f"import: {label} ({kind.type})"
             value = record.get(field.key, field.default)
             if value is _REQUIRED:
                 raise StateUpdateError(f"{where}: missing field {field.key!r}; {_NOTHING}")
@@ -354,13 +388,27 @@ def _import_value(
 ) -> tuple[Any, ...]:
     """The column value(s) of one record value, or :class:`_BadValue` saying what is wrong."""
     codec, key = field.codec, field.key
-    if codec == "text":
+    if codec in ("text", "name", "namespace", "principal", "version"):
         if not isinstance(value, str):
             raise _BadValue(f"field {key!r} must be a string; got {_show(value)}")
+        try:
+            if codec == "name":
+                check_name(value, field=key)
+            elif codec == "namespace":
+                check_namespace(value, field=key)
+            elif codec == "principal":
+                check_principal(value, field=key)
+            elif codec == "version" and not is_semver(value):
+                raise _BadValue(f"field {key!r} must be a semantic version like 1.0.0; got {_show(value)}")
+        except StateValidationError as exc:
+            raise _BadValue(f"field {exc}") from None
         return (value,)
-    if codec == "integer":
+    if codec in ("count", "positive"):
+        low = 1 if codec == "positive" else 0
         if not isinstance(value, int) or isinstance(value, bool):
             raise _BadValue(f"field {key!r} must be an integer; got {_show(value)}")
+        if not low <= value <= _INT64_MAX:
+            raise _BadValue(f"field {key!r} must be an integer from {low} to 2^63-1; got {_show(value)}")
         return (value,)
     if codec == "id":
         try:
@@ -369,9 +417,11 @@ def _import_value(
             raise _BadValue(f"field {key!r} must be a UUID; got {_show(value)}") from None
     if codec == "time":
         try:
-            return (timestamp(parse_timestamp(value)),)
-        except (ValueError, TypeError, AttributeError):
-            raise _BadValue(f"field {key!r} must be an RFC 3339 timestamp with time zone; got {_show(value)}") from None
+            return (timestamp(parse_stored_timestamp(value)),)
+        except (ValueError, OverflowError):
+            raise _BadValue(
+                f"field {key!r} must be an RFC 3339 timestamp in UTC like 2026-01-31T12:00:00Z; got {_show(value)}"
+            ) from None
     if codec == "object" and not isinstance(value, dict):
         raise _BadValue(f"field {key!r} must be a JSON object; got {_show(value)}")
     try:

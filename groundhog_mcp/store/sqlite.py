@@ -33,6 +33,7 @@ from groundhog_mcp.errors import (
     StateUpdateError,
     StoreBusyError,
 )
+from groundhog_mcp.files import PrivateOutput, create_private, loose_mode, make_private_dirs
 from groundhog_mcp.models import (
     Change,
     ContextId,
@@ -386,7 +387,7 @@ class SQLiteStore:
             raise
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._create_file()
         try:
             conn = sqlite3.connect(
                 str(self.path),
@@ -426,6 +427,35 @@ class SQLiteStore:
                 f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc}){self._read_only_cause()}"
             ) from exc
         self._conn = conn
+
+    def _create_file(self) -> None:
+        """A new database file is created owner-only (0600) before SQLite opens it: SQLite gives
+        ``-wal`` and ``-shm`` the database file's mode, so they are 0600 too, whatever the umask.
+        An existing file keeps its mode (it is the user's file): a readable one is warned about."""
+        try:
+            if not self.path.exists():
+                make_private_dirs(self.path.parent)
+                create_private(self.path)
+                return
+        except OSError as exc:
+            raise InitializationError(
+                f"database: cannot create {self.path}: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else "")
+                + "; nothing was written"
+            ) from None
+        for path in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        ):
+            mode = loose_mode(path)
+            if mode is not None:
+                _log.warning(
+                    "database.readable_by_others",
+                    path=str(path),
+                    mode=f"{mode:o}",
+                    hint="chmod 600 it (new -wal and -shm files take the database file's mode)",
+                )
 
     def _read_only_cause(self) -> str:
         """Why SQLite may have failed to open a file that is fine: it cannot write beside it."""
@@ -793,6 +823,15 @@ class SQLiteStore:
 
         return await self._call(run)
 
+    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
+        def run() -> str | None:
+            row = self._db.execute(
+                "SELECT name FROM dead_letters WHERE namespace = ? AND id = ?", (namespace, letter_id)
+            ).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._call(run)
+
     async def mark_replayed(self, letter_id: int, revision: int) -> None:
         def run() -> None:
             with self._write_transaction() as conn:
@@ -1081,6 +1120,15 @@ class SQLiteStore:
         ).fetchone()
         return self._context(row) if row is not None else None
 
+    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
+        def run() -> tuple[str, str] | None:
+            row = self._db.execute(
+                "SELECT namespace, name FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
+            ).fetchone()
+            return (str(row[0]), str(row[1])) if row is not None else None
+
+        return await self._call(run)
+
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         return await self._call(self._list_sync, namespace, prefix, after, limit)
 
@@ -1279,18 +1327,25 @@ class SQLiteStore:
                 self._append_audit(conn, entry, now)
             return rows.contexts
 
-    async def backup(self, destination: Path) -> None:
-        await self._call(self._backup_sync, destination)
+    async def backup(self, destination: Path, *, force: bool = False) -> None:
+        await self._call(self._backup_sync, destination, force)
 
-    def _backup_sync(self, destination: Path) -> None:
-        if destination.exists():
-            raise StateUpdateError(f"backup: {destination} already exists; choose a new file name")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        target = sqlite3.connect(str(destination))
-        try:
-            self._db.backup(target)
-        finally:
-            target.close()
+    def _backup_sync(self, destination: Path, force: bool) -> None:
+        for suffix in ("-wal", "-journal"):
+            companion = destination.with_name(destination.name + suffix)
+            if force and companion.exists():
+                # Replacing only the main file would let SQLite apply that journal to the copy.
+                raise StateUpdateError(
+                    f"backup: {companion} exists: {destination} looks like a database in use; it is not replaced "
+                    "(choose another file name). Nothing was written."
+                )
+        # Into a new 0600 file beside the destination, moved into place when complete.
+        with PrivateOutput(destination, force=force, what="backup") as aside:
+            target = sqlite3.connect(str(aside))
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
 
     # -- rotate-key ---------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def test_a_bad_url_is_a_clear_initialization_error(url: str) -> None:
 def test_without_psycopg_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "psycopg", None)
     monkeypatch.delitem(sys.modules, "groundhog_mcp.store.postgres")
-    with pytest.raises(InitializationError, match=r"install groundhog-mcp\[postgres\]"):
+    with pytest.raises(InitializationError, match=r"install groundhog-context-mcp\[postgres\]"):
         open_store("postgresql://localhost/db")
 
 

@@ -169,6 +169,11 @@ async def test_namespaces_are_separate(store: Store) -> None:
     await store.mutate("other", "c", 1, set_data({"ns": 3}), actor="t")
     assert (await store.get(NS, "c")) == a
     assert [c.namespace for c in await store.list("other", prefix="", after=None, limit=10)] == ["other"]
+    # An id's namespace and name, nothing decoded: for the grant check before the context is read.
+    assert await store.locate(a.id) == (NS, "c") and await store.locate(b.id) == ("other", "c")
+    assert await store.locate(uuid.uuid4()) is None
+    await store.unregister("other", "c", None, purge=False, actor="t")
+    assert await store.locate(b.id) is None
 
 
 async def test_list_orders_bytewise_with_prefix_and_cursor(store: Store) -> None:
@@ -598,6 +603,10 @@ async def test_dead_letters_are_kept_listed_updated_and_replayed(store: Store) -
     got = await store.get_dead_letter(NS, first.id)
     assert got == first
     assert await store.get_dead_letter("other", first.id) is None
+    # The name alone, for the grant check before the letter is read (the same namespace rule).
+    assert await store.dead_letter_name(NS, second.id) == "b"
+    assert await store.dead_letter_name("other", first.id) is None
+    assert await store.dead_letter_name(NS, third.id + 100) is None
 
     await store.add_dead_letter(letter(a, id=first.id, attempts=2, last_error="still failing"))
     updated = await store.get_dead_letter(NS, first.id)

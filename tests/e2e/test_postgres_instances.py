@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import uuid
 import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -37,6 +36,7 @@ from groundhog_mcp import ContextState, StateManager
 from groundhog_mcp.models import DEFAULT_NAMESPACE as NS
 from groundhog_mcp.models import utcnow
 from groundhog_mcp.store.base import DeadLetter, EventRecord, Mutation, StoredContext
+from tests.cli_in_process import run_cli
 from tests.conformance.conftest import POSTGRES_URL, require_postgres
 from tests.e2e.harness import (
     Inbox,
@@ -47,6 +47,7 @@ from tests.e2e.harness import (
     mcp_client,
     raw_result_text,
     result_text,
+    server_command,
 )
 
 pytestmark = pytest.mark.e2e
@@ -348,21 +349,26 @@ async def test_maintenance_commands_take_a_postgresql_url(instances: Instances, 
     url = instances.url("cli")
     source, copy = tmp_path / "source.sqlite", tmp_path / "copy.sqlite"
 
-    async def run(*args: str) -> tuple[str, str]:
-        script = str(Path(sys.executable).parent / "groundhog-mcp")
+    async def run(*args: str, process: bool = False) -> tuple[str, str]:
+        """In the test process (tests/cli_in_process.py), or as the console script with ``process``:
+        ``db status`` and ``db migrate`` print to the ``sys.stdout`` bound when the CLI was imported."""
         with anyio.fail_after(60):
-            result = await anyio.run_process([script, *args], check=False)
-        stdout, stderr = result.stdout.decode(), result.stderr.decode()
-        assert result.returncode == 0, stderr
+            if process:
+                ran = await anyio.run_process([server_command(), *args], check=False)
+                code, stdout, stderr = ran.returncode, ran.stdout.decode(), ran.stderr.decode()
+            else:
+                ran_in_process = await anyio.to_thread.run_sync(lambda: run_cli(*args, check=False))
+                code, stdout, stderr = ran_in_process.returncode, ran_in_process.stdout, ran_in_process.stderr
+        assert code == 0, stderr
         assert "Traceback" not in stderr and "warning" not in stderr, stderr
         return stdout, stderr
 
-    status = json.loads((await run("--database", url, "db", "status"))[0])
+    status = json.loads((await run("--database", url, "db", "status", process=True))[0])
     assert (status["backend"], status["schema_version"], status["contexts"]) == ("postgres", 0, 0)
     assert status["pending_migrations"] and status["location"].endswith(f"?schema={instances.schema}")
-    migrated = json.loads((await run("--database", url, "db", "migrate"))[0])
+    migrated = json.loads((await run("--database", url, "db", "migrate", process=True))[0])
     assert migrated["applied"] == status["pending_migrations"]
-    assert json.loads((await run("--database", url, "db", "status"))[0])["pending_migrations"] == []
+    assert json.loads((await run("--database", url, "db", "status", process=True))[0])["pending_migrations"] == []
 
     await fill(source)
     exported = tmp_path / "sqlite.jsonl"

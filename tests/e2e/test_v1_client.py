@@ -2,8 +2,9 @@
 
 Agent frameworks such as langchain-mcp-adapters and mcp-use pin ``mcp<2``: their users reach
 groundhog-mcp through a v1 ``ClientSession``. The v1 SDK cannot share a venv with our v2, so
-a session fixture builds a separate venv once (cached by requirement under
-``.ci/v1-client-venv/``) and the test runs a client script with that venv's python.
+a session fixture builds a separate venv once (cached by requirement, Python version and platform
+under ``.ci/cache/v1-client-venv/``, ignored by git) and the test runs a client script with that
+venv's python.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.e2e.harness import HANDSHAKE_PROTOCOL_VERSION, TOOL_NAMES, json_log_l
 pytestmark = pytest.mark.e2e
 
 V1_REQUIREMENT = "mcp>=1.23,<2"
-VENV_ROOT = Path(__file__).resolve().parents[2] / ".ci" / "v1-client-venv"
+VENV_ROOT = Path(__file__).resolve().parents[2] / ".ci" / "cache" / "v1-client-venv"
 INSTALL_TIMEOUT_S = 600
 CLIENT_TIMEOUT_S = 120
 
@@ -128,9 +129,14 @@ def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
 
 
-@pytest.fixture(scope="session")
-def v1_client_python() -> Path:
-    """A python with the v1 MCP SDK, built once per requirement and interpreter, then reused."""
+class V1VenvError(RuntimeError):
+    """The v1 client venv could not be built (PyPI unreachable, a failed install)."""
+
+
+def build_v1_client_venv() -> Path:
+    """The python of a venv with the v1 MCP SDK, built once per requirement and interpreter into
+    the git-ignored cache, then reused. ``.ci/run`` builds it while it lints
+    (``python -m tests.e2e.test_v1_client``)."""
     key = hashlib.sha256(f"{V1_REQUIREMENT}|{platform.python_version()}|{sys.platform}".encode()).hexdigest()[:16]
     venv = VENV_ROOT / key
     done = venv / ".installed"
@@ -151,18 +157,16 @@ def v1_client_python() -> Path:
             run = subprocess.run(step, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
             shutil.rmtree(building, ignore_errors=True)
-            pytest.fail(
+            raise V1VenvError(
                 f"building the v1 client venv timed out after {INSTALL_TIMEOUT_S} s at: {' '.join(step)} "
-                "(is PyPI reachable?)",
-                pytrace=False,
-            )
+                "(is PyPI reachable?)"
+            ) from None
         if run.returncode != 0:
             shutil.rmtree(building, ignore_errors=True)
-            pytest.fail(
+            raise V1VenvError(
                 f"could not build the v1 client venv: `{' '.join(step)}` exited {run.returncode}. "
                 f"The test needs {V1_REQUIREMENT!r} from PyPI (is PyPI reachable?).\n"
-                f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}",
-                pytrace=False,
+                f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
             )
     (building / ".installed").write_text(V1_REQUIREMENT + "\n", encoding="utf-8")
     try:
@@ -173,6 +177,15 @@ def v1_client_python() -> Path:
         if not done.is_file():
             raise
     return _venv_python(venv)
+
+
+@pytest.fixture(scope="session")
+def v1_client_python() -> Path:
+    """A python with the v1 MCP SDK (see :func:`build_v1_client_venv`)."""
+    try:
+        return build_v1_client_venv()
+    except V1VenvError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def test_v1_client_session(v1_client_python: Path, database: Path, tmp_path: Path) -> None:
@@ -224,3 +237,7 @@ def test_v1_client_session(v1_client_python: Path, database: Path, tmp_path: Pat
     assert "v1-agent" in summary["gone"]["text"]
 
     assert json_log_lines(server_stderr.read_text(encoding="utf-8")), "no structured log line on stderr"
+
+
+if __name__ == "__main__":
+    print(build_v1_client_venv())

@@ -1,4 +1,4 @@
-"""Shared by the encryption tests: keys, environments, the console script and file greps."""
+"""Shared by the encryption tests: keys, environments, the maintenance commands and file greps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from groundhog_mcp.app import load_settings, open_manager
 from groundhog_mcp.security.crypto import parse_key
 from groundhog_mcp.service import StateManager
+from tests.cli_in_process import run_cli
 from tests.e2e.harness import server_env
 
 SCRIPT = str(Path(sys.executable).parent / "groundhog-mcp")
@@ -40,7 +41,17 @@ def env_with(home: Path, **settings: str) -> dict[str, str]:
 
 
 def run(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    """The console script; stdout and stderr as bytes (to grep them for a marker)."""
+    """``groundhog-mcp ARGS`` with ``env``, in the test process (tests/cli_in_process.py); stdout
+    and stderr as bytes (to grep them for a marker)."""
+    result = run_cli(*args, env=env, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.encode(), result.stderr.encode())
+
+
+def run_process(env: Mapping[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """The console script as its own process: for ``db status`` and ``contexts show``, whose JSON
+    goes to the ``sys.stdout`` that ``groundhog_mcp.cli`` bound when it was imported."""
     result = subprocess.run([SCRIPT, *args], capture_output=True, timeout=120, env=dict(env), check=False)
     if check:
         assert result.returncode == 0, result.stderr.decode(errors="replace")

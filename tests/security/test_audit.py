@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import stat
 import subprocess
-import sys
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 from pathlib import Path
@@ -22,13 +20,14 @@ from mcp.server.auth.settings import AuthSettings
 from pydantic import AnyHttpUrl
 
 from groundhog_mcp import StateManager
-from groundhog_mcp.app import Settings, audit_key, create_server
+from groundhog_mcp.app import Settings, audit_key, create_server, prometheus_text
 from groundhog_mcp.errors import AccessDeniedError, ConflictError, EventHandlingError, NotFoundError
 from groundhog_mcp.models import ContextState, Grant, Principal, utcnow
 from groundhog_mcp.security.audit import AuditKey, load_or_create_key_file
 from groundhog_mcp.service import Event
 from groundhog_mcp.service.registry import Context
 from groundhog_mcp.store.base import AuditQuery, AuditRecord, Retention, Store
+from tests.cli_in_process import run_cli
 from tests.conformance.conftest import Backend
 from tests.server.conftest import call, fail
 
@@ -37,7 +36,6 @@ pytestmark = pytest.mark.anyio
 KEY_TEXT = "audit-test-key-0123456789abcdef0123456789abcdef"
 KEY = AuditKey(KEY_TEXT)
 MARKER = "SECRET-MARKER-7f3a9c"
-CLI = str(Path(sys.executable).with_name("groundhog-mcp"))
 
 
 def audited_store(backend: Backend, **kwargs: Any) -> Store:
@@ -249,19 +247,14 @@ async def _import(backend: Backend, records: list[dict[str, Any]]) -> int:
         await store.close()
 
 
-# -- audit verify / export (the CLI, as a process) ----------------------------------------------
+# -- audit verify / export (the CLI) -------------------------------------------------------------
 
 
 async def cli(backend: Backend, *args: str, key: str = KEY_TEXT) -> subprocess.CompletedProcess[str]:
-    """``groundhog-mcp --database … ARGS`` as its own process, with the audit key in its environment."""
+    """``groundhog-mcp --database … ARGS`` with the audit key in its environment, in the test
+    process (tests/cli_in_process.py), on a thread of its own."""
     return await asyncio.to_thread(
-        subprocess.run,
-        [CLI, "--database", backend.database, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "GROUNDHOG_AUDIT_KEY": key},
-        check=False,
+        run_cli, "--database", backend.database, *args, env={"GROUNDHOG_AUDIT_KEY": key}, check=False
     )
 
 
@@ -325,6 +318,53 @@ async def test_verify_ok_and_export(backend: Backend, tmp_path: Path) -> None:
         content = {k: v for k, v in line.items() if k != "hmac"}
         assert KEY.sign(content, previous) == line["hmac"]
         previous = line["hmac"]
+
+
+async def test_denials_are_one_row_per_principal_per_minute_and_counted_exactly(backend: Backend) -> None:
+    manager = StateManager(audited_store(backend))
+    await manager.start()
+    try:
+        await manager.register("secret", state=ContextState(data={"k": MARKER}))
+        mallory = manager.with_principal(Principal("mallory", "default", grants=(Grant("shared.", "read"),)))
+        eve = manager.with_principal(Principal("eve", "default", grants=(Grant("shared.", "read"),)))
+        for i in range(1000):
+            with pytest.raises(NotFoundError):
+                await mallory.get("secret" if i % 2 else f"absent{i}")
+        with pytest.raises(AccessDeniedError):
+            await eve.update("secret", data={})
+        server, _ = await manager.collect_metrics()
+        assert server["denied_requests"] == {"eve": {"write": 1}, "mallory": {"read": 1000}}
+        # Other principals' names and counts are for an admin of the whole namespace only.
+        assert (await eve.collect_metrics())[0]["denied_requests"] == {"eve": {"write": 1}}
+        exposition = await prometheus_text(manager)
+        assert 'groundhog_denied_requests_total{operation="read",principal="mallory"} 1000.0' in exposition
+        assert 'groundhog_denied_requests_total{operation="write",principal="eve"} 1.0' in exposition
+        during = await all_rows(manager.store)
+    finally:
+        await manager.close()  # a clean shutdown writes the counts still pending
+    assert [(r.principal, r.operation, r.context) for r in during] == [
+        ("local", "register", "secret"),
+        ("mallory", "read", "absent0"),
+        ("eve", "write", "secret"),
+    ]
+    reopened = audited_store(backend)
+    await reopened.open()
+    try:
+        rows = await all_rows(reopened)
+    finally:
+        await reopened.close()
+    mallory_rows = [r for r in rows if r.principal == "mallory"]
+    assert [(r.operation, r.context, r.outcome) for r in mallory_rows] == [
+        ("read", "absent0", "denied"),
+        ("denied_requests", None, "denied"),
+    ]
+    summary = mallory_rows[1].detail
+    assert summary is not None and summary.startswith("999 denied requests not itemized since ")
+    assert summary.endswith("(read 999)") and len(summary) <= 500
+    assert MARKER not in repr(rows)
+    result = await verify(backend)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"audit log OK: {len(rows)} row(s) verified"), result.stdout
 
 
 async def test_verify_names_an_altered_row(backend: Backend) -> None:
@@ -506,14 +546,21 @@ async def test_a_request_without_a_principal_is_denied_and_audited(db_path: Path
             assert "authorization: this request carries no authenticated principal" in text
             await fail(client, "audit_log")
         rows = await all_rows(manager.store)
+        assert len(rows) == 1  # the second denial of the minute is only counted...
+        await manager.flush_denials()  # ...and its count written (at shutdown, or when the minute is over)
+        rows = await all_rows(manager.store)
     finally:
         await manager.close()
     assert [(r.principal, r.namespace, r.operation, r.context, r.outcome) for r in rows] == [
         ("anonymous", "", "update_state", "guarded", "denied"),
-        ("anonymous", "", "audit_log", None, "denied"),
+        ("anonymous", "", "denied_requests", None, "denied"),
     ]
     assert rows[0].detail == "authorization: this request carries no authenticated principal"
-    assert all(r.request_id for r in rows)
+    assert rows[0].request_id and rows[1].request_id is None
+    assert rows[1].detail is not None
+    assert rows[1].detail.startswith("1 denied request not itemized since ") and rows[1].detail.endswith(
+        "(audit_log 1)"
+    )
     assert MARKER not in repr(rows)
 
 
@@ -524,19 +571,21 @@ async def test_denials_by_grant_are_audited_and_audit_log_needs_admin(audited: S
     notes_admin = audited.with_principal(Principal("ada", "default", grants=(Grant("notes.", "admin"),)))
     with pytest.raises(AccessDeniedError, match=r"the write grant on 'notes\.a' is missing for principal 'rita'"):
         await reader.update("notes.a", data={"x": MARKER})
-    with pytest.raises(NotFoundError):
-        await reader.get("other")  # a refused read answers "not found", and is still recorded
     with pytest.raises(AccessDeniedError, match="the admin grant on '' is missing for principal 'walt'"):
         await writer.audit_log()
+    with pytest.raises(NotFoundError):
+        await reader.get("other")  # a refused read answers "not found", and is still recorded:
     await writer.update("notes.a", data={"x": 1})
+    await audited.flush_denials()  # (counted: rita's minute has its row; here the count is written)
     rows = await all_rows(audited.store)
     assert [(r.principal, r.operation, r.context, r.outcome) for r in rows] == [
         ("local", "register", "notes.a", "ok"),
         ("rita", "write", "notes.a", "denied"),
-        ("rita", "read", "other", "denied"),
         ("walt", "admin", None, "denied"),
         ("walt", "update", "notes.a", "ok"),
+        ("rita", "denied_requests", None, "denied"),
     ]
+    assert rows[-1].detail is not None and rows[-1].detail.endswith("(read 1)")
     assert MARKER not in repr(rows)
     # An admin of a prefix sees that prefix's rows; the whole log needs admin on every context.
     page = await notes_admin.audit_log(prefix="notes.", newest_first=False)

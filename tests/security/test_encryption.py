@@ -29,6 +29,7 @@ from tests.security.encryption_helpers import (
     key_ids_in_use,
     manager_for,
     run,
+    run_process,
     sha256,
 )
 
@@ -161,7 +162,7 @@ async def test_wrong_or_missing_key_is_a_clear_error_and_changes_nothing(tmp_pat
     assert sha256(database) == before
 
     # The right key still opens it, and reads what was written.
-    shown = run(env_with(tmp_path, encryption_key=right), "--database", str(database), "contexts", "show", "a")
+    shown = run_process(env_with(tmp_path, encryption_key=right), "--database", str(database), "contexts", "show", "a")
     assert MARKER.encode() in shown.stdout
 
 
@@ -298,7 +299,7 @@ async def test_db_status_shows_the_key_ids(tmp_path: Path) -> None:
         assert (await manager.store.status()).extra["encryption_key_ids"] == []
         await manager.register("a", state=_state({"secret": MARKER}))
     # `db status` reads without a key: it shows which key the database needs.
-    status = json.loads(run(env_with(tmp_path), "--database", str(database), "db", "status").stdout)
+    status = json.loads(run_process(env_with(tmp_path), "--database", str(database), "db", "status").stdout)
     assert status["extra"]["encryption_key_ids"] == [key_id(key)]
 
 

@@ -28,7 +28,7 @@ from groundhog_mcp.service import StateManager
 from groundhog_mcp.service.events import Event
 from groundhog_mcp.store.base import SEALED_MAGIC
 from tests.e2e.harness import call_error, call_ok
-from tests.security.encryption_helpers import env_with, key_id, run
+from tests.security.encryption_helpers import env_with, key_id, run, run_process
 from tests.security.test_rotate_key import _kill_after_batches, _progress_lines
 
 pytestmark = pytest.mark.anyio
@@ -168,7 +168,7 @@ async def test_no_plaintext_in_any_table(tmp_path: Path, schema: str, encrypted:
     if encrypted:
         assert MARKER.encode() not in contents, "plaintext marker in a table"
         assert await _key_ids(schema) == {key_id(key)}
-        status = json.loads(run(env, "--database", url, "db", "status").stdout)
+        status = json.loads(run_process(env, "--database", url, "db", "status").stdout)
         assert status["extra"]["encryption_key_ids"] == [key_id(key)]
         assert export.returncode == 1 and export.stdout == b"" and b"pass --plaintext" in export.stderr
         # A PostgreSQL backup is a JSON export: with a key it would be plaintext, so it is refused.

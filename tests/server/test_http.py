@@ -3,6 +3,11 @@ loopback port, driven by the SDK's HTTP clients and by plain HTTP requests.
 
 Every wait is bounded; nothing sleeps to wait for something (the server's readiness is its
 ``serving`` log line, read as it is written).
+
+A server start costs a second or two, so the tests that need nothing of their own share one
+server per transport and module (:func:`shared`); each of them works in namespaces of its own
+(:func:`unique`), so none sees another's contexts, changes or notifications. A test that
+configures the server, stops it or kills it starts its own (:func:`launcher`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+import uuid
 import warnings
 from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass, field
@@ -27,12 +33,14 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
 from groundhog_mcp import StateManager
 from groundhog_mcp.app import load_settings
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.http import HttpConfig, is_loopback
+from tests.cli_in_process import run_cli
 from tests.e2e.harness import TOOL_NAMES, server_command, server_env
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +50,9 @@ START_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 20.0
 ERAS = ["legacy", "2026-07-28"]
+# What the SDK client raises when the server it talks to stops mid-call: the HTTP request fails,
+# or the session's streams close under it.
+STOPPED_SERVER = (httpx2.TransportError, MCPError)
 
 
 # -- the server process -----------------------------------------------------------------------
@@ -151,8 +162,8 @@ class Launcher:
         return server
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [server_command(), *args, "--token-file", str(self.token_file)]
-        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=self.env(), check=False)
+        """A maintenance command on this launcher's token file (in-process: tests/cli_in_process.py)."""
+        return run_cli(*args, "--token-file", str(self.token_file), home=self.tmp_path / "home", check=False)
 
     def close(self) -> None:
         for server in self.started:
@@ -168,6 +179,58 @@ def launcher(tmp_path: Path) -> Generator[Launcher]:
         yield launched
     finally:
         launched.close()
+
+
+# Extra names the shared servers accept: test_bad_host_421_and_bad_origin_403 checks them; the
+# other tests never send a Host or an Origin of their own.
+SHARED_ARGS = ("--allowed-host", "mcp.example.com", "--allowed-origin", "https://app.example")
+
+
+def unique(namespace: str) -> str:
+    """A namespace no other test uses, named after ``namespace``."""
+    return f"{namespace}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class SharedServers:
+    """One authenticated server per transport (``http``, ``sse``) with one token file, started
+    on first use and shared by a module's tests; see the module docstring."""
+
+    launcher: Launcher
+    servers: dict[str, ServerProcess] = field(default_factory=dict[str, ServerProcess])
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self.launcher.tokens
+
+    def server(self, transport: str = "http") -> ServerProcess:
+        if transport not in self.servers:
+            # The token file exists before the start: authentication is on from the first request.
+            if not self.launcher.token_file.exists():
+                self.tokens.create("shared-servers", unique("nobody"))
+            self.servers[transport] = self.launcher.start(transport, *SHARED_ARGS)
+        server = self.servers[transport]
+        assert server.proc.poll() is None, f"the shared {transport} server exited:\n{server.stderr()}"
+        return server
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM each server; their exit codes."""
+        for server in self.servers.values():
+            if server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGTERM)
+        return {transport: server.proc.wait(timeout=EXIT_TIMEOUT_S) for transport, server in self.servers.items()}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Generator[SharedServers]:
+    """The module's shared servers; each must still stop cleanly (exit 0) at the end."""
+    servers = SharedServers(Launcher(tmp_path_factory.mktemp("shared-servers")))
+    try:
+        yield servers
+        codes = servers.stop()
+    finally:
+        servers.launcher.close()
+    assert codes == dict.fromkeys(servers.servers, 0), {t: s.stderr()[-3000:] for t, s in servers.servers.items()}
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -242,14 +305,15 @@ async def post_initialize(server: ServerProcess, token: str | None = None, **hea
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_tools_and_resources_over_streamable_http(launcher: Launcher, mode: str) -> None:
-    _, token = launcher.tokens.create("alice", "team-a")
-    server = launcher.start("http")
+async def test_tools_and_resources_over_streamable_http(shared: SharedServers, mode: str) -> None:
+    namespace = unique("team-a")
+    _, token = shared.tokens.create("alice", namespace)
+    server = shared.server("http")
     assert server.url.endswith("/mcp")
     async with connect(server.url, token, mode=mode) as client:
         assert {t.name for t in (await client.list_tools()).tools} >= TOOL_NAMES
         created = await ok(client, "register_context", name="notes", state={"data": {"n": 0}})
-        assert created["namespace"] == "team-a" and created["revision"] == 1
+        assert created["namespace"] == namespace and created["revision"] == 1
         # A state near the 1 MiB default limit fits in the default body limit.
         big = "x" * (900 * 1024)
         written = await ok(client, "update_state", name="notes", expected_revision=1, data={"n": 1, "big": big})
@@ -260,32 +324,32 @@ async def test_tools_and_resources_over_streamable_http(launcher: Launcher, mode
         assert [r["actor"] for r in history["revisions"]] == ["alice", "alice"]
         resource = await client.read_resource("groundhog://contexts/notes")
         assert json.loads(getattr(resource.contents[0], "text", ""))["revision"] == 2
-    assert await server.stop() == 0
 
 
-async def test_tools_and_resources_over_sse(launcher: Launcher) -> None:
-    _, token = launcher.tokens.create("alice", "team-a")
-    server = launcher.start("sse")
+async def test_tools_and_resources_over_sse(shared: SharedServers) -> None:
+    namespace = unique("team-a")
+    _, token = shared.tokens.create("alice", namespace)
+    server = shared.server("sse")
     assert server.url.endswith("/sse")
     async with connect(server.url, token) as client:
         assert {t.name for t in (await client.list_tools()).tools} >= TOOL_NAMES
         created = await ok(client, "register_context", name="notes", state={"data": {"n": 0}})
-        assert created["namespace"] == "team-a"
+        assert created["namespace"] == namespace
         await ok(client, "update_state", name="notes", expected_revision=1, merge_patch={"n": 1})
         assert (await ok(client, "get_state", name="notes"))["state"]["data"] == {"n": 1}
         listed = await client.list_resources()
         assert "groundhog://contexts/notes/state" in {str(r.uri) for r in listed.resources}
     anonymous = await _get(server.url)
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Bearer ")
-    assert await server.stop() == 0
 
 
-async def test_missing_wrong_and_revoked_tokens_get_401(launcher: Launcher) -> None:
-    created = launcher.cli("tokens", "create", "--principal", "alice", "--namespace", "team-a")
+async def test_missing_wrong_and_revoked_tokens_get_401(shared: SharedServers) -> None:
+    namespace = unique("team-a")
+    server = shared.server("http")
+    created = shared.launcher.cli("tokens", "create", "--principal", "alice", "--namespace", namespace)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert token.startswith("ghm_") and "\n" not in token
-    server = launcher.start("http")
 
     accepted = await post_initialize(server, token)
     assert accepted.status_code == 200, accepted.text
@@ -295,8 +359,8 @@ async def test_missing_wrong_and_revoked_tokens_get_401(launcher: Launcher) -> N
         assert refused.headers["www-authenticate"].startswith("Bearer ")
         assert refused.json()["error"] == "invalid_token"
 
-    token_id = launcher.tokens.list()[0].id
-    revoked = launcher.cli("tokens", "revoke", token_id)
+    [token_id] = [t.id for t in shared.tokens.list() if t.namespace == namespace]
+    revoked = shared.launcher.cli("tokens", "revoke", token_id)
     assert revoked.returncode == 0, revoked.stderr
     after = await post_initialize(server, token)  # the running server notices the rewritten file
     assert after.status_code == 401
@@ -304,13 +368,13 @@ async def test_missing_wrong_and_revoked_tokens_get_401(launcher: Launcher) -> N
     health = await _get(f"{server.base}/healthz")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert token not in server.stderr()
-    assert await server.stop() == 0
 
 
-async def test_a_session_belongs_to_the_token_that_opened_it(launcher: Launcher) -> None:
-    _, token_a = launcher.tokens.create("alice", "team-a")
-    _, other_a = launcher.tokens.create("alice", "team-a")
-    server = launcher.start("http")
+async def test_a_session_belongs_to_the_token_that_opened_it(shared: SharedServers) -> None:
+    namespace = unique("team-a")
+    _, token_a = shared.tokens.create("alice", namespace)
+    _, other_a = shared.tokens.create("alice", namespace)
+    server = shared.server("http")
     opened = await post_initialize(server, token_a)
     session = opened.headers["mcp-session-id"]
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
@@ -320,7 +384,6 @@ async def test_a_session_belongs_to_the_token_that_opened_it(launcher: Launcher)
             headers["mcp-protocol-version"] = "2025-11-25"
             response = await http.post(f"{server.base}/mcp", json=listing, headers=headers)
             assert response.status_code == status, response.text
-    assert await server.stop() == 0
 
 
 async def _get(url: str, **headers: str) -> httpx2.Response:
@@ -329,9 +392,9 @@ async def _get(url: str, **headers: str) -> httpx2.Response:
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-async def test_bad_host_421_and_bad_origin_403(launcher: Launcher, transport: str) -> None:
-    _, token = launcher.tokens.create("alice")
-    server = launcher.start(transport, "--allowed-host", "mcp.example.com", "--allowed-origin", "https://app.example")
+async def test_bad_host_421_and_bad_origin_403(shared: SharedServers, transport: str) -> None:
+    _, token = shared.tokens.create("alice", unique("default"))
+    server = shared.server(transport)  # started with SHARED_ARGS: mcp.example.com, https://app.example
     endpoint = server.url
     auth = _headers(token)
     bad_host = await _get(endpoint, Host="evil.example:80", **auth)
@@ -352,7 +415,6 @@ async def test_bad_host_421_and_bad_origin_403(launcher: Launcher, transport: st
         ):
             response = await post_initialize(server, token, **allowed)
             assert response.status_code == 200, (allowed, response.text)
-    assert await server.stop() == 0
 
 
 async def test_body_limit_is_413(launcher: Launcher) -> None:
@@ -368,10 +430,11 @@ async def test_body_limit_is_413(launcher: Launcher) -> None:
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_a_namespace_cannot_see_or_touch_another(launcher: Launcher, mode: str) -> None:
-    _, token_a = launcher.tokens.create("alice", "team-a")
-    _, token_b = launcher.tokens.create("bob", "team-b")
-    server = launcher.start("http")
+async def test_a_namespace_cannot_see_or_touch_another(shared: SharedServers, mode: str) -> None:
+    team_b = unique("team-b")
+    _, token_a = shared.tokens.create("alice", unique("team-a"))
+    _, token_b = shared.tokens.create("bob", team_b)
+    server = shared.server("http")
     async with connect(server.url, token_a, mode=mode) as a, connect(server.url, token_b, mode=mode) as b:
         await ok(a, "register_context", name="secret", state={"data": {"pin": 1234}})
         await ok(a, "update_state", name="secret", merge_patch={"pin": 4321})
@@ -413,18 +476,17 @@ async def test_a_namespace_cannot_see_or_touch_another(launcher: Launcher, mode:
 
         # B may use the same name: its own context, A's is untouched.
         mine = await ok(b, "register_context", name="secret", state={"data": {"pin": 0}})
-        assert mine["namespace"] == "team-b" and mine["revision"] >= 1
+        assert mine["namespace"] == team_b and mine["revision"] == 1
         theirs = await ok(a, "get_state", name="secret")
         assert theirs["state"]["data"] == {"pin": 4321} and theirs["revision"] == 2
         assert [c["name"] for c in (await ok(a, "list_contexts"))["contexts"]] == ["secret"]
-    assert await server.stop() == 0
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-async def test_notifications_stay_in_their_namespace_legacy(launcher: Launcher, transport: str) -> None:
-    _, token_a = launcher.tokens.create("alice", "team-a")
-    _, token_b = launcher.tokens.create("bob", "team-b")
-    server = launcher.start(transport)
+async def test_notifications_stay_in_their_namespace_legacy(shared: SharedServers, transport: str) -> None:
+    _, token_a = shared.tokens.create("alice", unique("team-a"))
+    _, token_b = shared.tokens.create("bob", unique("team-b"))
+    server = shared.server(transport)
     heard: list[str] = []
     changed = anyio.Event()
 
@@ -451,13 +513,12 @@ async def test_notifications_stay_in_their_namespace_legacy(launcher: Launcher, 
             while heard.count("updated groundhog://contexts/shared/state") < 2:
                 await changed.wait()
         assert sorted(heard) == ["list changed"] + ["updated groundhog://contexts/shared/state"] * 2
-    assert await server.stop() == 0
 
 
-async def test_listen_streams_stay_in_their_namespace(launcher: Launcher) -> None:
-    _, token_a = launcher.tokens.create("alice", "team-a")
-    _, token_b = launcher.tokens.create("bob", "team-b")
-    server = launcher.start("http")
+async def test_listen_streams_stay_in_their_namespace(shared: SharedServers) -> None:
+    _, token_a = shared.tokens.create("alice", unique("team-a"))
+    _, token_b = shared.tokens.create("bob", unique("team-b"))
+    server = shared.server("http")
     shared, marker = "groundhog://contexts/shared/state", "groundhog://contexts/marker/state"
     async with (
         connect(server.url, token_a, mode="2026-07-28") as a,
@@ -476,7 +537,6 @@ async def test_listen_streams_stay_in_their_namespace(launcher: Launcher) -> Non
                 if f"ResourceUpdated {marker}" in heard:
                     break
         assert heard == ["ResourcesListChanged", f"ResourceUpdated {marker}"]
-    assert await server.stop() == 0
 
 
 async def test_non_loopback_without_auth_refuses_to_start(launcher: Launcher) -> None:
@@ -509,8 +569,11 @@ async def test_sigterm_during_writes_loses_no_acknowledged_write(launcher: Launc
     writers = 4
     acknowledged: dict[str, int] = {}
     enough = anyio.Event()
+    signalled = False
+    cut_off: list[str] = []  # how each writer that the stop interrupted learned of it
 
     async def write(name: str) -> None:
+        nonlocal cut_off
         try:
             async with connect(server.url, mode="2026-07-28") as client:
                 revision = (await ok(client, "register_context", name=name, state={"data": {"n": 0}}))["revision"]
@@ -520,26 +583,36 @@ async def test_sigterm_during_writes_loses_no_acknowledged_write(launcher: Launc
                         "update_state", {"name": name, "expected_revision": revision, "merge_patch": {"n": n}}
                     )
                     if result.is_error:
-                        break
-                    revision = (result.structured_content or {})["revision"]
+                        # Only the stopping server may refuse a write (its own context, its own CAS).
+                        assert signalled, text_of(result)
+                        cut_off.append(f"tool error: {text_of(result)[:200]}")
+                        return
+                    assert result.structured_content is not None
+                    assert result.structured_content["revision"] == revision + 1
+                    revision = result.structured_content["revision"]
                     acknowledged[name] = revision
                     if sum(acknowledged.values()) >= writers * 10:
                         enough.set()
-        except Exception:
+        except* STOPPED_SERVER as stopped:
             # The server went away mid-call (the client reports it, also when it closes): that
-            # write was never acknowledged. Before the signal, nothing may fail.
-            if not enough.is_set():
+            # write was never acknowledged. Before the signal, no transport failure is allowed;
+            # an assertion or any other exception is not caught here at all.
+            if not signalled:
                 raise
+            cut_off.append(" / ".join(sorted({type(e).__name__ for e in _leaves(stopped)})))
 
     with anyio.fail_after(120):
         async with anyio.create_task_group() as group:
             for index in range(writers):
                 group.start_soon(write, f"counter-{index}")
             await enough.wait()
+            signalled = True
             server.proc.send_signal(signal.SIGTERM)
         code = await server.stop()
     assert code == 0, server.stderr()
     assert any(r.get("event") == "stopped" and r.get("signal") for r in server.records())
+    # The signal landed while writes were still going (79 per writer; it was sent after 40 in all).
+    assert cut_off, f"no writer was interrupted: {acknowledged}"
 
     with sqlite3.connect(launcher.database) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -551,6 +624,10 @@ async def test_sigterm_during_writes_loses_no_acknowledged_write(launcher: Launc
             assert context.state.data == {"n": context.revision - 1}
             revisions = [h.revision for h in await manager.history(name, limit=100)]
             assert revisions == list(range(context.revision, 0, -1))
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
 
 
 def test_tokens_cli_shows_a_token_once_and_never_its_hash(launcher: Launcher) -> None:

@@ -4,6 +4,9 @@ loopback port, raw JSON-RPC requests and the SDK's clients.
 Tokens: A (namespace ``team-x``, admin), B (namespace ``team-y``, admin) and R (``team-x``, read
 on ``pub.`` only). A context B or R may not read must answer exactly like a missing one: the
 raw JSON-RPC replies are compared byte for byte with the requested name substituted.
+
+Most tests share one server per transport (``shared``, tests/server/test_http.py); each takes
+namespaces of its own, so ``team-x`` and ``team-y`` are fresh names per test.
 """
 
 from __future__ import annotations
@@ -19,19 +22,26 @@ import mcp_types as types
 import pytest
 
 from groundhog_mcp.models import Grant
+from groundhog_mcp.security.tokens import TokenStore
 from tests.server.test_http import (
     _MCP_HEADERS,
     CALL_TIMEOUT_S,
     Launcher,
     ServerProcess,
+    SharedServers,
     connect,
     error,
     ok,
+    shared,
+    unique,
 )
 
 pytestmark = pytest.mark.e2e
 
 _PROTOCOL = "2025-11-25"
+
+
+__all__ = ["shared"]  # the module-scoped fixture, imported to get one per module
 
 
 @pytest.fixture
@@ -135,18 +145,20 @@ def _renamed(params: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(params).replace("secret", "never-made"))
 
 
-def _tokens(launcher: Launcher) -> dict[str, str]:
-    tokens = launcher.tokens
+def _tokens(tokens: TokenStore) -> dict[str, str]:
+    """A and R in a fresh ``team-x``, B in a fresh ``team-y``."""
+    team_x, team_y = unique("team-x"), unique("team-y")
     return {
-        "A": tokens.create("A", "team-x")[1],
-        "B": tokens.create("B", "team-y")[1],
-        "R": tokens.create("R", "team-x", (Grant.parse("read:pub."),))[1],
+        "A": tokens.create("A", team_x)[1],
+        "B": tokens.create("B", team_y)[1],
+        "R": tokens.create("R", team_x, (Grant.parse("read:pub."),))[1],
+        "team-x": team_x,
     }
 
 
-async def test_foreign_and_unreadable_contexts_answer_exactly_like_missing_ones(launcher: Launcher) -> None:
-    tokens = _tokens(launcher)
-    server = launcher.start("http")
+async def test_foreign_and_unreadable_contexts_answer_exactly_like_missing_ones(shared: SharedServers) -> None:
+    tokens = _tokens(shared.tokens)
+    server = shared.server("http")
     async with connect(server.url, tokens["A"]) as a:
         await _seed(a)
         letter = await _dead_letter(a)
@@ -187,15 +199,14 @@ async def test_foreign_and_unreadable_contexts_answer_exactly_like_missing_ones(
     async with connect(server.url, tokens["A"]) as a:
         state = await ok(a, "get_state", name="secret")
         assert state["revision"] == 2 and state["state"]["data"] == {"n": 1}
-    assert await server.stop() == 0
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
 async def test_read_only_token_reads_and_writes_are_refused_naming_the_grant(
-    launcher: Launcher, transport: str
+    shared: SharedServers, transport: str
 ) -> None:
-    tokens = _tokens(launcher)
-    server = launcher.start(transport)
+    tokens = _tokens(shared.tokens)
+    server = shared.server(transport)
     async with connect(server.url, tokens["A"]) as a, connect(server.url, tokens["R"]) as r:
         await _seed(a)
         assert (await ok(r, "get_state", name="pub.doc"))["state"]["data"] == {"n": 1}
@@ -224,12 +235,11 @@ async def test_read_only_token_reads_and_writes_are_refused_naming_the_grant(
         metrics = await ok(b, "get_metrics")
         assert metrics["contexts"] == [] and metrics["server"]["contexts"] == 0
         assert metrics["server"]["last_sequence"] == 0 and metrics["server"]["errors"] == {}
-    assert await server.stop() == 0
 
 
-async def test_notifications_only_for_readable_contexts(launcher: Launcher) -> None:
-    tokens = _tokens(launcher)
-    server = launcher.start("http")
+async def test_notifications_only_for_readable_contexts(shared: SharedServers) -> None:
+    tokens = _tokens(shared.tokens)
+    server = shared.server("http")
     secret, public = "groundhog://contexts/secret/state", "groundhog://contexts/pub.doc/state"
     legacy_heard: list[str] = []
     legacy_changed = anyio.Event()
@@ -265,7 +275,6 @@ async def test_notifications_only_for_readable_contexts(launcher: Launcher) -> N
                 await legacy_changed.wait()
         assert heard == ["ResourcesListChanged", f"ResourceUpdated {public}"]
         assert legacy_heard == ["list changed", public]
-    assert await server.stop() == 0
 
 
 def _has_sample(text: str, context: str) -> bool:
@@ -273,11 +282,15 @@ def _has_sample(text: str, context: str) -> bool:
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-async def test_prometheus_metrics_need_an_admin_token(launcher: Launcher, transport: str) -> None:
-    tokens = _tokens(launcher)
-    server = launcher.start(transport)
+async def test_prometheus_metrics_need_an_admin_token(shared: SharedServers, transport: str) -> None:
+    tokens = _tokens(shared.tokens)
+    server = shared.server(transport)
     async with connect(server.url, tokens["A"]) as a:
         await _seed(a)
+        changes = (await ok(a, "wait_for_change", after_sequence=0, timeout=0))["changes"]
+    # Sequences are store-wide (other tests wrote before); team-x's last is that of its 4th change.
+    assert len(changes) == 4
+    last_sequence = max(c["sequence"] for c in changes)
     url = f"{server.base}/metrics"
     async with httpx2.AsyncClient(timeout=CALL_TIMEOUT_S) as http:
         anonymous = await http.get(url)
@@ -287,21 +300,21 @@ async def test_prometheus_metrics_need_an_admin_token(launcher: Launcher, transp
         reader = await http.get(url, headers={"Authorization": f"Bearer {tokens['R']}"})
         assert reader.status_code == 403
         assert reader.text == (
-            "Forbidden: /metrics needs the admin grant on every context of namespace 'team-x'; principal 'R' lacks it"
+            f"Forbidden: /metrics needs the admin grant on every context of namespace '{tokens['team-x']}'; "
+            "principal 'R' lacks it"
         )
         admin = await http.get(url, headers={"Authorization": f"Bearer {tokens['A']}"})
         assert admin.status_code == 200 and admin.headers["content-type"].startswith("text/plain")
         assert _has_sample(admin.text, "secret") and _has_sample(admin.text, "pub.doc")
-        assert "groundhog_last_sequence 4.0" in admin.text
+        assert f"groundhog_last_sequence {last_sequence}.0" in admin.text
         other = await http.get(url, headers={"Authorization": f"Bearer {tokens['B']}"})
         assert other.status_code == 200
         assert "secret" not in other.text and "pub.doc" not in other.text  # another namespace's figures
         assert "groundhog_last_sequence 0.0" in other.text
-    assert await server.stop() == 0
 
 
 async def test_metrics_public_needs_no_token(launcher: Launcher) -> None:
-    tokens = _tokens(launcher)
+    tokens = _tokens(launcher.tokens)
     server = launcher.start("http", "--metrics-public")
     async with httpx2.AsyncClient(timeout=CALL_TIMEOUT_S) as http:
         response = await http.get(f"{server.base}/metrics")

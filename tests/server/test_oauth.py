@@ -1,9 +1,14 @@
 """OAuth 2.1 resource server for real: a small RFC 7662 introspection endpoint (Starlette on a
-loopback port, run by the test) and ``groundhog-mcp serve`` as a subprocess that asks it."""
+loopback port, run by the test) and ``groundhog-mcp serve`` as a subprocess that asks it.
+
+The endpoint and a server that trusts it are shared by the module's tests (a start costs a
+second or two); each test grants tokens of its own names, in a namespace of its own.
+"""
 
 from __future__ import annotations
 
 import base64
+import signal
 import threading
 import time
 from collections.abc import Generator
@@ -22,7 +27,16 @@ from starlette.routing import Route
 from groundhog_mcp.models import Grant
 from groundhog_mcp.server.http import bind_socket
 from groundhog_mcp.server.oauth import IntrospectionConfig, IntrospectionVerifier, grants_from_scopes
-from tests.server.test_http import CALL_TIMEOUT_S, Launcher, ServerProcess, connect, error, ok, post_initialize
+from tests.server.test_http import (
+    CALL_TIMEOUT_S,
+    Launcher,
+    ServerProcess,
+    connect,
+    error,
+    ok,
+    post_initialize,
+    unique,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +50,7 @@ class AuthorizationServer:
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
     calls: list[str] = field(default_factory=list[str])
     port: int = 0
+    namespace: str = "team-x"  # of the tokens granted from now on
 
     @property
     def issuer(self) -> str:
@@ -51,20 +66,22 @@ class AuthorizationServer:
         return JSONResponse(self.tokens.get(token, {"active": False}))
 
     def grant(self, token: str, server: ServerProcess, **claims: Any) -> str:
-        """Make ``token`` active for ``server`` (its /mcp URL as audience) with ``claims``."""
+        """Make a token named after ``token`` active for ``server`` (its /mcp URL as audience)
+        with ``claims``; the token (unique to this call)."""
+        token = unique(token)
         self.tokens[token] = {
             "active": True,
             "aud": server.url,
             "iss": self.issuer,
             "exp": int(time.time()) + 3600,
             "client_id": "agent-app",
-            "groundhog_namespace": "team-x",
+            "groundhog_namespace": self.namespace,
             **claims,
         }
         return token
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def authorization_server() -> Generator[AuthorizationServer]:
     endpoint = AuthorizationServer()
     app = Starlette(routes=[Route("/introspect", endpoint.introspect, methods=["POST"])])
@@ -90,6 +107,29 @@ def launcher(tmp_path: Path) -> Generator[Launcher]:
         launched.close()
 
 
+@pytest.fixture(scope="module")
+def introspecting(
+    tmp_path_factory: pytest.TempPathFactory, authorization_server: AuthorizationServer
+) -> Generator[ServerProcess]:
+    """One server that asks ``authorization_server``, for the module; it must stop cleanly."""
+    launcher = Launcher(tmp_path_factory.mktemp("introspecting"))
+    try:
+        server = _start(launcher, authorization_server)
+        yield server
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=30)
+    finally:
+        launcher.close()
+    assert code == 0, server.stderr()[-3000:]
+
+
+@pytest.fixture
+def endpoint(authorization_server: AuthorizationServer) -> AuthorizationServer:
+    """The shared endpoint, granting this test's tokens in a namespace of its own."""
+    authorization_server.namespace = unique("team-x")
+    return authorization_server
+
+
 def _start(launcher: Launcher, endpoint: AuthorizationServer, transport: str = "http") -> ServerProcess:
     secret_file = launcher.tmp_path / "introspection-secret"
     secret_file.write_text(CLIENT_SECRET + "\n", encoding="utf-8")
@@ -105,17 +145,17 @@ def _start(launcher: Launcher, endpoint: AuthorizationServer, transport: str = "
 
 
 async def test_introspected_tokens_act_as_their_subject_with_their_scopes(
-    launcher: Launcher, authorization_server: AuthorizationServer
+    introspecting: ServerProcess, endpoint: AuthorizationServer
 ) -> None:
-    server = _start(launcher, authorization_server)
+    server = introspecting
     assert server.serving is not None and server.serving["authenticated"] is True
-    admin = authorization_server.grant("at-admin", server, sub="alice", scope="openid groundhog:admin")
-    reader = authorization_server.grant("at-reader", server, username="rita", scope="groundhog:read:pub.")
-    other = authorization_server.grant("at-other", server, sub="bob", scope="groundhog:admin", groundhog_namespace="y")
+    admin = endpoint.grant("at-admin", server, sub="alice", scope="openid groundhog:admin")
+    reader = endpoint.grant("at-reader", server, username="rita", scope="groundhog:read:pub.")
+    other = endpoint.grant("at-other", server, sub="bob", scope="groundhog:admin", groundhog_namespace=unique("y"))
 
     async with connect(server.url, admin) as a:
         created = await ok(a, "register_context", name="pub.doc", state={"data": {"n": 0}})
-        assert created["namespace"] == "team-x"
+        assert created["namespace"] == endpoint.namespace
         await ok(a, "register_context", name="secret")
         history = await ok(a, "get_history", name="pub.doc")
         assert [r["actor"] for r in history["revisions"]] == ["alice"]
@@ -131,8 +171,8 @@ async def test_introspected_tokens_act_as_their_subject_with_their_scopes(
         assert (await ok(b, "list_contexts"))["contexts"] == []
 
     # Answers are cached: many requests, one introspection per token.
-    assert authorization_server.calls.count(admin) == 1
-    assert authorization_server.calls.count(reader) == 1
+    assert endpoint.calls.count(admin) == 1
+    assert endpoint.calls.count(reader) == 1
 
     async with httpx2.AsyncClient(timeout=CALL_TIMEOUT_S) as http:
         metrics_admin = await http.get(f"{server.base}/metrics", headers={"Authorization": f"Bearer {admin}"})
@@ -141,37 +181,35 @@ async def test_introspected_tokens_act_as_their_subject_with_their_scopes(
         assert metrics_reader.status_code == 403
         metadata = await http.get(f"{server.base}/.well-known/oauth-protected-resource/mcp")
         assert metadata.status_code == 200
-        assert metadata.json()["authorization_servers"] == [authorization_server.issuer + "/"]
+        assert metadata.json()["authorization_servers"] == [endpoint.issuer + "/"]
         assert metadata.json()["resource"] == server.url
-    assert "at-admin" not in server.stderr() and CLIENT_SECRET not in server.stderr()
-    assert await server.stop() == 0
+    assert admin not in server.stderr() and CLIENT_SECRET not in server.stderr()
 
 
 async def test_inactive_expired_foreign_and_unscoped_tokens_get_401(
-    launcher: Launcher, authorization_server: AuthorizationServer
+    introspecting: ServerProcess, endpoint: AuthorizationServer
 ) -> None:
-    server = _start(launcher, authorization_server)
+    server = introspecting
     now = int(time.time())
     refused = {
-        "inactive": authorization_server.grant("at-inactive", server, sub="a", active=False),
-        "expired": authorization_server.grant("at-expired", server, sub="a", exp=now - 5),
-        "other audience": authorization_server.grant("at-aud", server, sub="a", aud="http://elsewhere.example/mcp"),
-        "no audience": authorization_server.grant("at-noaud", server, sub="a", aud=None),
-        "other issuer": authorization_server.grant("at-iss", server, sub="a", iss="http://evil.example"),
-        "no subject": authorization_server.grant("at-nosub", server),
-        "no namespace": authorization_server.grant("at-nons", server, sub="a", groundhog_namespace=None),
-        "bad namespace": authorization_server.grant("at-badns", server, sub="a", groundhog_namespace="a b"),
-        "unknown": "at-never-issued",
+        "inactive": endpoint.grant("at-inactive", server, sub="a", active=False),
+        "expired": endpoint.grant("at-expired", server, sub="a", exp=now - 5),
+        "other audience": endpoint.grant("at-aud", server, sub="a", aud="http://elsewhere.example/mcp"),
+        "no audience": endpoint.grant("at-noaud", server, sub="a", aud=None),
+        "other issuer": endpoint.grant("at-iss", server, sub="a", iss="http://evil.example"),
+        "no subject": endpoint.grant("at-nosub", server),
+        "no namespace": endpoint.grant("at-nons", server, sub="a", groundhog_namespace=None),
+        "bad namespace": endpoint.grant("at-badns", server, sub="a", groundhog_namespace="a b"),
+        "unknown": unique("at-never-issued"),
     }
     for reason, token in refused.items():
         response = await post_initialize(server, token)
         assert response.status_code == 401, reason
         challenge = response.headers["www-authenticate"]
         assert challenge.startswith("Bearer ") and "resource_metadata=" in challenge, reason
-    audience_list = authorization_server.grant("at-list", server, sub="a", aud=["other", server.url + "/"])
+    audience_list = endpoint.grant("at-list", server, sub="a", aud=["other", server.url + "/"])
     assert (await post_initialize(server, audience_list)).status_code == 200
     assert (await post_initialize(server)).status_code == 401
-    assert await server.stop() == 0
 
 
 async def test_wrong_client_credentials_refuse_every_token(

@@ -7,6 +7,7 @@ same store lookups); a readable one it may not write answers with the missing gr
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import pytest
 from groundhog_mcp import AccessDeniedError, ContextState, NotFoundError, StateManager
 from groundhog_mcp.errors import ContextError, EventHandlingError
 from groundhog_mcp.models import Grant, Principal
+from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.service import Event, WriteResult
-from groundhog_mcp.store import SQLiteStore
+from groundhog_mcp.store import SQLiteStore, Store
+from tests.conformance.conftest import Kind, MakeBackend
 
 
 def principal(name: str, *grants: str, namespace: str = "default") -> Principal:
@@ -74,12 +77,34 @@ async def test_reader_reads_but_every_write_names_the_missing_grant(manager: Sta
     await manager.with_principal(principal("A", "admin:team.")).unregister("team.notes")
 
 
-class CountingStore:
-    """A real SQLite store that records which of its methods were awaited, in order."""
+class CountingCipher:
+    """A real keyring that records each record it opens (decrypts) in the store's call list."""
 
-    def __init__(self, inner: SQLiteStore) -> None:
+    def __init__(self, inner: Keyring, calls: list[str]) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._inner, attribute)
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        self._calls.append("cipher.open")
+        return self._inner.open(blob, aad)
+
+
+_BACKGROUND = frozenset({"poll_changes"})
+
+
+class CountingStore:
+    """A real SQLite store that records which of its methods were awaited, in order (and, when
+    encrypted, every record it decrypts: the decoding work a call does)."""
+
+    def __init__(self, inner: Store) -> None:
         self._inner = inner
         self.calls: list[str] = []
+        cipher = getattr(inner, "cipher", None)
+        if cipher is not None:
+            inner.cipher = CountingCipher(cipher, self.calls)  # type: ignore[attr-defined]
 
     def __getattr__(self, attribute: str) -> Any:
         value = getattr(self._inner, attribute)
@@ -87,41 +112,24 @@ class CountingStore:
             return value
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(attribute)
+            # The change feed's poller polls on its own timer (other processes' writes), whatever
+            # a request does: not part of any request's work.
+            if attribute not in _BACKGROUND:
+                self.calls.append(attribute)
             return value(*args, **kwargs)
 
         return counted
 
 
-async def test_unreadable_is_indistinguishable_from_missing(db_path: Path) -> None:
+async def test_a_denied_write_looks_nothing_up(db_path: Path) -> None:
     store = CountingStore(SQLiteStore(db_path))
     owner = StateManager(store)  # type: ignore[arg-type]
+    owner.denial_summary_interval = 3600  # no background summary row in the middle of a count
+    owner.denials.window = 0.0  # every denial is due its own audit row
     await owner.start()
     try:
         await _register(owner, "secret")
-        await owner.update("secret", merge_patch_={"n": 1})
-        await owner.register("shared.doc", handlers={"inc": {"action": "increment", "path": "/n", "max_attempts": 1}})
         outsider = owner.with_principal(principal("R", "read:shared."))
-        operations: list[Callable[[str], Awaitable[object]]] = [
-            outsider.get,
-            outsider.read,
-            lambda name: outsider.read(name, 1),
-            outsider.history,
-            lambda name: outsider.diff(name, 1),
-            lambda name: outsider.check(name, data={}),
-            lambda name: outsider.collect_metrics([name]),
-            lambda name: outsider.merge([{"context": name}, {"context": "shared.doc"}]),
-            lambda name: outsider.merge([{"context": "shared.doc"}, {"context": name, "revision": 1}]),
-        ]
-        for operation in operations:
-            answers: list[tuple[str, str, list[str]]] = []
-            for name in ("secret", "absent"):
-                store.calls.clear()
-                with pytest.raises(ContextError) as caught:
-                    await operation(name)
-                answers.append((type(caught.value).__name__, str(caught.value).replace(name, "NAME"), store.calls[:]))
-            assert answers[0] == answers[1], answers
-            assert answers[0][0] == "NotFoundError"
         # Writes to a name it may not read: the grant is missing either way, nothing is looked up
         # (the one store call is the denial's audit row, the same for both names).
         for name in ("secret", "absent"):
@@ -129,9 +137,88 @@ async def test_unreadable_is_indistinguishable_from_missing(db_path: Path) -> No
             with pytest.raises(AccessDeniedError, match=f"the write grant on '{name}' is missing"):
                 await outsider.update(name, data={})
             assert store.calls == ["append_audit"]
+    finally:
+        await owner.close()
+
+
+@pytest.mark.parametrize("itemized", [True, False], ids=["denial-itemized", "denial-counted"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_denied_read_does_the_store_work_of_a_missing_one(
+    make_backend: MakeBackend, kind: Kind, itemized: bool
+) -> None:
+    """Every read path checks the grant on the name before it reads anything: a large existing
+    context the reader may not read is neither read nor decrypted, exactly like a missing name.
+    (Itemized: each denial writes its audit row; counted: the principal's minute already has its
+    row, so a denial touches no store at all.)"""
+    backend = await make_backend(kind)
+    store = CountingStore(backend.store(cipher=Keyring(parse_key(generate_key(), source="test"))))
+    owner = StateManager(store)  # type: ignore[arg-type]
+    owner.denial_summary_interval = 3600  # no background summary row in the middle of a count
+    await owner.start()
+    try:
+        big = {"blob": "x" * 500_000, "items": list(range(20_000))}
+        await _register(owner, "secret", big)
+        await owner.update("secret", merge_patch_={"n": 1})
+        handlers = {"inc": {"action": "increment", "path": "/n", "max_attempts": 1}}
+        await owner.register("secret.events", state=ContextState(data={"n": "NaN"}), handlers=handlers)
+        await _register(owner, "shared.doc")
+        with pytest.raises(EventHandlingError):
+            await owner.emit_event("secret.events", Event("inc", {"pad": "y" * 100_000}))
+        letter_id = (await owner.list_dead_letters(name="secret.events"))[0].id
         context_id = (await owner.get("secret")).id
-        with pytest.raises(NotFoundError, match=f"no context with id {context_id}"):
-            await outsider.load_state(context_id)
+        reader = owner.with_principal(principal("R", "read:shared."))
+        if itemized:
+            owner.denials.window = 0.0  # every denial is due its own row
+        else:
+            with pytest.raises(NotFoundError):
+                await reader.get("opens.the.minute")  # the minute's row; later denials are counted
+
+        by_name: list[tuple[str, Callable[[str], Awaitable[object]]]] = [
+            ("get", reader.get),
+            ("read", reader.read),
+            ("read at a revision", lambda name: reader.read(name, 1)),
+            ("read_upcast", reader.read_upcast),
+            ("history", reader.history),
+            ("diff", lambda name: reader.diff(name, 1)),
+            ("check", lambda name: reader.check(name, data={})),
+            ("collect_metrics", lambda name: reader.collect_metrics([name])),
+            ("merge input", lambda name: reader.merge([{"context": name}, {"context": "shared.doc"}])),
+            (
+                "merge input at a revision",
+                lambda name: reader.merge([{"context": "shared.doc"}, {"context": name, "revision": 1}]),
+            ),
+            (
+                "merge base",
+                lambda name: reader.merge(
+                    [{"context": "shared.doc"}, {"context": "shared.doc"}], strategy="three_way", base={"context": name}
+                ),
+            ),
+            ("list_dead_letters", lambda name: reader.list_dead_letters(name=f"{name}.events")),
+        ]
+        absent_id = uuid.uuid4()
+        by_id: list[tuple[str, Callable[[str], Awaitable[object]]]] = [
+            ("load_state", lambda name: reader.load_state(context_id if name == "secret" else absent_id)),
+            ("replay_dead_letter", lambda name: reader.replay_dead_letter(letter_id if name == "secret" else 999)),
+        ]
+        for label, operation in by_name + by_id:
+            answers: list[tuple[str, str, list[str]]] = []
+            for name in ("secret", "absent"):
+                store.calls.clear()
+                try:
+                    outcome = repr(await operation(name))
+                except ContextError as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"
+                for varying in (name, str(context_id), str(absent_id), f"#{letter_id}", "#999"):
+                    outcome = outcome.replace(varying, "X")
+                answers.append((label, outcome, store.calls[:]))
+            assert answers[0] == answers[1], answers
+            if not label.startswith("merge"):  # (a merge reads and decrypts its readable input)
+                assert "cipher.open" not in answers[0][2], answers
+        # Exactly the denial's audit row (or nothing), nothing else, on the simple paths.
+        store.calls.clear()
+        with pytest.raises(NotFoundError):
+            await reader.read("secret")
+        assert store.calls == (["append_audit"] if itemized else [])
     finally:
         await owner.close()
 
