@@ -310,7 +310,7 @@ def _never_lone(text):
 
 _START_ERRORS_UNHANDLED = Defect(
     "start_errors_unhandled",
-    "a database the server cannot open ends it with a Python traceback instead of a message",
+    "a database the server cannot open raises an unexpected exception instead of the message naming the file",
     "store/sqlite.py",
     """
 _real_open_sync = SQLiteStore._open_sync
