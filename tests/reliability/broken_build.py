@@ -387,6 +387,40 @@ class _TransformerShowingLocals(structlog.tracebacks.ExceptionDictTransformer):
     (("structlog.tracebacks", "ExceptionDictTransformer", "_TransformerShowingLocals"),),
 )
 
+_SHARED_REPLAY = Defect(
+    "shared_replay",
+    "every streamable-HTTP session stores and replays events in one shared event store",
+    "server/event_store.py",
+    """
+def _one_store_for_all_sessions(manager, store):
+    shared = store.for_session()
+    admit = manager._admit_session
+
+    def admit_shared(*args, **kwargs):
+        transport = admit(*args, **kwargs)
+        if transport is not None:
+            transport._event_store = shared
+        return transport
+
+    manager._admit_session = admit_shared
+""",
+    (("", "scope_events_by_session", "_one_store_for_all_sessions"),),
+)
+
+_BACKTRACKING_PATTERNS = Defect(
+    "backtracking_patterns",
+    "JSON Schema patterns run on Python's backtracking re instead of RE2",
+    "service/schema_engine.py",
+    """
+import re as _backtracking_re
+
+
+def _backtracking_search(pattern, text):
+    return _backtracking_re.search(pattern, text) is not None
+""",
+    (("", "_search", "_backtracking_search"),),
+)
+
 DEFECTS: dict[str, Defect] = {
     d.name: d
     for d in (
@@ -412,6 +446,8 @@ DEFECTS: dict[str, Defect] = {
         _NO_READ_ONLY_CAUSE,
         _REFUSES_EMPTY_FILE,
         _LOGS_FRAME_LOCALS,
+        _SHARED_REPLAY,
+        _BACKTRACKING_PATTERNS,
     )
 }
 
