@@ -24,7 +24,7 @@ from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
-from groundhog_mcp.server.protocol import register_protocol_handlers
+from groundhog_mcp.server.protocol import CACHE_HINTS, link_written_states, register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.surface import select_tools
 from groundhog_mcp.server.tools import register_tools
@@ -127,7 +127,8 @@ def build_server(
         version=version,
         lifespan=bound_lifespan,
         subscriptions=subscriptions,
-        middleware=[_track_sessions],
+        middleware=[_track_sessions, link_written_states],
+        cache_hints=CACHE_HINTS,
         token_verifier=token_verifier,
         auth=auth,
     )
