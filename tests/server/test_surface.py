@@ -83,10 +83,13 @@ def test_unknown_tool_name_is_refused_at_start_listing_the_valid_ones(tmp_path: 
 
 
 def test_cli_refuses_an_unknown_tool_before_serving(tmp_path: Path) -> None:
-    done = run_cli("serve", "--tools", "get_state,nope", "--database", str(tmp_path / "g.sqlite"), check=False)
-    assert done.returncode == 2
-    assert "unknown tool nope" in done.stderr and "register_context" in done.stderr
-    assert done.stdout == ""
+    database = str(tmp_path / "g.sqlite")
+    for command in (["serve"], []):  # serving is also the default command
+        done = run_cli(*command, "--tools", "get_state,nope", "--database", database, check=False)
+        assert done.returncode == 2, done.stderr
+        assert "unknown tool nope" in done.stderr and "register_context" in done.stderr
+        assert done.stdout == ""
+    assert not Path(database).exists()  # refused before the database was opened
 
 
 @pytest.mark.parametrize(("profile", "budget"), [("default", DEFAULT_BUDGET), ("all", ALL_BUDGET)])
