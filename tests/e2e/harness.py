@@ -114,6 +114,7 @@ def server_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, s
     server under test does.
     """
     env = {k: v for k, v in (base or {}).items() if not k.startswith("GROUNDHOG_")}
+    env["GROUNDHOG_TOOLS"] = "all"  # the suite drives every tool, not only the default profile's
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         path = home / name.lower()
         path.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,7 @@ async def _seed(client: Client) -> None:
 
 @pytest.fixture
 def generated(db_path: Path) -> Iterator[GeneratedRun]:
-    server = create_server(Settings(database=str(db_path)))
+    server = create_server(Settings(database=str(db_path), tools="all"))
     with (
         start_blocking_portal("asyncio") as portal,
         portal.wrap_async_context_manager(Client(server, mode="legacy")) as client,
