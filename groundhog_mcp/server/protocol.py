@@ -6,7 +6,6 @@ from typing import Any
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
     CompleteRequestParams,
@@ -20,6 +19,7 @@ from mcp_types import (
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.error_results import invalid_params, protocol_error
 from groundhog_mcp.server.notify import is_subscribable
 
 __all__ = ["register_protocol_handlers"]
@@ -38,14 +38,13 @@ def _connection(ctx: Ctx) -> Any:
 async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
     uri = str(params.uri)
     if not is_subscribable(uri):
-        raise MCPError(
-            code=INVALID_PARAMS,
-            message=f"uri: {uri[:200]!r} cannot be subscribed to; use groundhog://contexts/{{name}}[/state|/history]",
+        raise invalid_params(
+            f"uri: {uri[:200]!r} cannot be subscribed to; use groundhog://contexts/{{name}}[/state|/history]"
         )
     try:
         principal = ctx.lifespan_context.request_manager(ctx.request).principal
     except ContextError as exc:
-        raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+        raise protocol_error(INVALID_PARAMS, exc) from None
     ctx.lifespan_context.notifier.subscribe(_connection(ctx), uri, principal)
     return EmptyResult()
 
