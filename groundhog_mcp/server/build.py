@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import structlog
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -34,6 +35,8 @@ from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.tools import register_tools
 
 __all__ = ["INSTRUCTIONS", "build_server"]
+
+log = structlog.get_logger("groundhog_mcp.tools")
 
 INSTRUCTIONS = """\
 groundhog-mcp keeps durable, versioned JSON state in named contexts that survive restarts and are
@@ -83,6 +86,8 @@ class GroundhogServer(MCPServer[AppContext]):
             # Answered here, not raised: the error result carries its code in structuredContent.
             cause = exc.__cause__
             if isinstance(cause, ValidationError) and not isinstance(exc, UnexpectedToolError):
+                # Which field only: the rejected values are the caller's data.
+                log.info("tool arguments rejected", tool=name, field=first_invalid_field(cause))
                 return error_result(
                     f"Error executing tool {name}: {describe_validation_error(cause)}",
                     code=INVALID_ARGUMENT,

@@ -18,9 +18,9 @@ schema's ``required`` into an ``anyOf`` with the error alternative, so both shap
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+import structlog
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.shared.exceptions import MCPError
@@ -41,7 +41,7 @@ __all__ = [
     "tool_error_result",
 ]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger("groundhog_mcp.tools")
 
 INTERNAL = "internal"
 """A bug in groundhog-mcp: the text carries an error id to find the traceback in the server log."""
@@ -106,8 +106,9 @@ def tool_error_result(tool: str, exc: ToolError, *, field: str | None = None) ->
         return error_result(str(exc), code=coded.code, retryable=coded.retryable, details=coded.details)
     if isinstance(exc, UnexpectedToolError):
         # The SDK would log this crash with its traceback; answering here, we log it.
-        log.error("tool %r raised an unexpected exception", tool, exc_info=exc.__cause__ or exc)
+        log.error("tool raised an unexpected exception", tool=tool, exc_info=exc.__cause__ or exc)
         return error_result(str(exc), code=INTERNAL)
+    log.info("tool call refused", tool=tool, code=INVALID_ARGUMENT)
     return error_result(str(exc), code=INVALID_ARGUMENT, details={"field": field} if field else None)
 
 

@@ -3,6 +3,7 @@ every tool error, in the JSON-RPC error data of resources and prompts; the text 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,19 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
 from groundhog_mcp.app import Settings, create_server
-from tests.server.conftest import call, fail
+from groundhog_mcp.service import StateManager
+from tests.server.conftest import call
 
 
 async def _error(client: Client, tool: str, **arguments: Any) -> tuple[dict[str, Any], str]:
     """A tool call that must fail: its structured ``error`` and its text (checked to agree)."""
-    text = await fail(client, tool, **arguments)
     result = await client.call_tool(tool, arguments)
+    text = _text(result)
+    assert result.is_error, text
+    assert text.startswith(f"Error executing tool {tool}: ") and "Traceback" not in text, text
     assert result.structured_content is not None, text
     error = result.structured_content["error"]
-    assert error["message"] == text == _text(result)
+    assert error["message"] == text
     return error, text
 
 
@@ -107,6 +111,18 @@ async def test_a_denied_write_is_access(db_path: Path) -> None:
         error, text = await _error(client, "update_state", name="notes.todo", data={"x": 1})
         assert text.endswith("access: the write grant on 'notes.todo' is missing for principal 'viewer'")
         assert {k: v for k, v in error.items() if k != "message"} == {"code": "access", "retryable": False}
+
+
+async def test_a_bug_is_internal_with_its_error_id(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    await call(client, "register_context", name="c")
+
+    async def broken(self: StateManager, name: str) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(StateManager, "get", broken)
+    error, text = await _error(client, "get_context", name="c")
+    assert re.fullmatch(r"Error executing tool get_context: internal error [0-9a-f]{12} in get_context: .*", text)
+    assert {k: v for k, v in error.items() if k != "message"} == {"code": "internal", "retryable": False}
 
 
 async def test_every_output_schema_admits_both_its_result_and_the_error(client: Client) -> None:
