@@ -1,23 +1,30 @@
 """The error tree of groundhog-mcp.
 
 Every error a caller can act on is a :class:`ContextError`; its message names the
-field, the rule and the limit, and its attributes carry what a program needs::
+field, the rule and the limit, and its attributes carry what a program needs. Each class
+has a stable ``code`` a client branches on (never the text) and ``retryable``: whether the
+same call, repeated (after re-reading, for a conflict), can succeed::
 
-    ContextError                      base of every expected failure
-    ├── InitializationError           context not set up / database unusable
-    │   └── EncryptionKeyError        encryption key missing, wrong or malformed (at start-up)
-    ├── StateUpdateError              a write could not be applied
-    │   ├── ConflictError             expected_revision did not match (current revision + missed diff)
-    │   └── MergeConflictError        a merge found conflicting changes and on_conflict is 'fail'
-    ├── EventHandlingError            an event handler failed
-    ├── StateValidationError          a state broke a limit or the context's JSON Schema
-    ├── NotFoundError                 no such context or revision (also: not visible to you)
-    │   └── CompactedError            the revision was pruned by history retention
-    ├── AccessDeniedError             the principal lacks a grant
-    ├── LimitExceededError            a request exceeded a configured limit
-    ├── MigrationError                an upcaster failed, or no migration path exists (names context, step)
-    ├── StoreBusyError                the database stayed locked past the busy timeout (retryable)
-    └── RecordIntegrityError          an encrypted record failed authentication (altered or moved)
+    ContextError                  error            base of every expected failure
+    ├── InitializationError       unavailable      context not set up / database unusable
+    │   └── EncryptionKeyError    encryption_key   encryption key missing, wrong or malformed
+    ├── StateUpdateError          write_failed     a write could not be applied
+    │   ├── ConflictError         conflict  (r)    expected_revision did not match (current revision + missed diff)
+    │   └── MergeConflictError    merge_conflict   conflicting changes and on_conflict is 'fail'
+    ├── EventHandlingError        event_failed     an event handler failed
+    ├── StateValidationError      invalid_argument a value broke a rule or the context's JSON Schema
+    │                             too_large        ... or the state size limit (when that is among the issues)
+    ├── NotFoundError             not_found        no such context or revision (also: not visible to you)
+    │   └── CompactedError        compacted        the revision was pruned by history retention
+    ├── AccessDeniedError         access           the principal lacks a grant
+    ├── LimitExceededError        too_large        a request exceeded a configured limit
+    ├── MigrationError            migration_failed an upcaster failed or no path exists (too_large: over the bound)
+    ├── StoreBusyError            busy      (r)    the database stayed locked past the busy timeout
+    └── RecordIntegrityError      integrity        an encrypted record failed authentication (altered or moved)
+
+    (r) retryable. Two codes come from the server, not from this tree: ``invalid_argument`` for
+    arguments that fail a tool's input schema, ``internal`` for a bug (anything that is not a
+    ``ContextError``). docs/errors.md has the table, with what a client should do for each code.
 
 Anything that is not a ``ContextError`` is a bug: the server logs it with a traceback on
 stderr and answers with a short generic message and an error id.
@@ -63,8 +70,13 @@ _MAX_ISSUE_CHARS = 300
 
 
 class ContextError(Exception):
-    """Base of every expected, user-facing failure."""
+    """Base of every expected, user-facing failure.
 
+    ``code`` and ``retryable`` are set per class; a class that covers two documented cases
+    refines them on the instance (a state over the size limit is ``too_large``).
+    """
+
+    code: str = "error"
     retryable: bool = False
 
     def __str__(self) -> str:
@@ -76,14 +88,19 @@ class ContextError(Exception):
 class InitializationError(ContextError):
     """A context or the store could not be initialised."""
 
+    code = "unavailable"
+
 
 class StateUpdateError(ContextError):
     """A write could not be applied; the previous revision is intact."""
+
+    code = "write_failed"
 
 
 class ConflictError(StateUpdateError):
     """``expected_revision`` did not match the context's current revision."""
 
+    code = "conflict"
     retryable = True
 
     def __init__(
@@ -103,7 +120,7 @@ class ConflictError(StateUpdateError):
 
     @classmethod
     def already_exists(cls, name: str, current_revision: int) -> ConflictError:
-        return cls(
+        error = cls(
             name,
             0,
             current_revision,
@@ -112,6 +129,8 @@ class ConflictError(StateUpdateError):
                 "pass if_exists='return' to use it, or choose another name"
             ),
         )
+        error.retryable = False  # the same create fails again: the name is taken
+        return error
 
     def _message(self, detail: str | None) -> str:
         if self.current_revision is None:
@@ -171,6 +190,8 @@ class MergeConflict:
 class MergeConflictError(StateUpdateError):
     """A merge found conflicts and ``on_conflict`` was ``'fail'``; nothing was merged or written."""
 
+    code = "merge_conflict"
+
     def __init__(self, conflicts: Sequence[MergeConflict]) -> None:
         self.conflicts = list(conflicts)
         described: list[str] = []
@@ -193,6 +214,8 @@ class MergeConflictError(StateUpdateError):
 class EventHandlingError(ContextError):
     """An event could not be handled."""
 
+    code = "event_failed"
+
 
 @dataclass(frozen=True)
 class ValidationIssue:
@@ -200,6 +223,8 @@ class ValidationIssue:
 
     pointer: str
     message: str
+    too_large: bool = False
+    """The issue is a size limit (the error's code becomes ``too_large``)."""
 
     def __post_init__(self) -> None:
         # Keys in a pointer are data of any length: a pointer and a message are cut short here.
@@ -213,9 +238,13 @@ class ValidationIssue:
 class StateValidationError(ContextError):
     """A state broke a built-in limit or the context's JSON Schema."""
 
+    code = "invalid_argument"
+
     def __init__(self, issues: Sequence[ValidationIssue], field: str = "state") -> None:
         self.issues = list(issues)
         self.field = field
+        if any(issue.too_large for issue in self.issues):
+            self.code = "too_large"
         parts: list[str] = []
         used = 0
         for issue in self.issues[:10]:
@@ -231,9 +260,13 @@ class StateValidationError(ContextError):
 class NotFoundError(ContextError):
     """No such context or revision, or none the caller may see (the two are indistinguishable)."""
 
+    code = "not_found"
+
 
 class CompactedError(NotFoundError):
     """The revision existed but history retention pruned it."""
+
+    code = "compacted"
 
     def __init__(self, name: str, revision: int, oldest_available: int) -> None:
         self.name = name
@@ -248,17 +281,23 @@ class CompactedError(NotFoundError):
 class AccessDeniedError(ContextError):
     """The principal lacks the grant an operation needs."""
 
+    code = "access"
+
     audited: bool = False  # set once the denial has its audit row (StateManager.audit_denied)
 
 
 class LimitExceededError(ContextError):
     """A request exceeded a configured limit (the message names field, limit and value)."""
 
+    code = "too_large"
+
 
 class MigrationError(ContextError):
     """A state could not be upcast to another format version: an upcaster failed, its result broke
     the target version's schema, or no chain of steps leads there. Names the context, the step
     (``from -> to``) and the cause; nothing was changed."""
+
+    code = "migration_failed"
 
     def __init__(
         self, context: str, step: tuple[str, str] | None, cause: str, *, note: str = "", too_large: bool = False
@@ -267,6 +306,8 @@ class MigrationError(ContextError):
         self.step = step
         self.cause = cause
         self.too_large = too_large  # the step's result (or copies) went over the size bound
+        if too_large:
+            self.code = "too_large"
         where = f"step {step[0]} -> {step[1]}" if step is not None else "no step"
         super().__init__(_printable(f"migration: context {context!r}, {where}: {cause}{note}"))
 
@@ -274,15 +315,21 @@ class MigrationError(ContextError):
 class StoreBusyError(ContextError):
     """The database stayed locked by another process past the busy timeout."""
 
+    code = "busy"
+
     retryable = True
 
 
 class EncryptionKeyError(InitializationError):
     """Encryption at rest: a key is missing, malformed, or not the one the database was written with."""
 
+    code = "encryption_key"
+
 
 class RecordIntegrityError(ContextError):
     """An encrypted record did not decrypt: altered, copied from another row, or under an unknown key."""
+
+    code = "integrity"
 
 
 def _bounded(text: str, limit: int) -> str:

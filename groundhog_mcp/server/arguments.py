@@ -25,6 +25,7 @@ __all__ = [
     "StrictFuncMetadata",
     "Timestamp",
     "describe_validation_error",
+    "first_invalid_field",
     "json_type",
     "make_arguments_strict",
 ]
@@ -174,6 +175,12 @@ def _expected_type(kind: str, value: Any, context: dict[str, Any]) -> str | None
     if kind == "datetime_type" or (kind in _EXPECTED_TYPE and json_type(value) != _EXPECTED_TYPE[kind]):
         return _EXPECTED_TYPE[kind]
     return None
+
+
+def first_invalid_field(error: ValidationError) -> str:
+    """The argument the first problem is about, as ``describe_validation_error`` names it."""
+    problems = error.errors(include_url=False)
+    return _location(problems[0]["loc"]) if problems else "arguments"
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -6,21 +6,27 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import structlog
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, GetPromptResult, InputRequiredResult
+from mcp_types import CallToolResult, GetPromptResult, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
-from groundhog_mcp.errors import ContextError
+from groundhog_mcp.errors import ContextError, NotFoundError
 from groundhog_mcp.server.app_context import AppContext
-from groundhog_mcp.server.arguments import INVALID_ARGUMENT, describe_validation_error, make_arguments_strict
+from groundhog_mcp.server.arguments import (
+    INVALID_ARGUMENT,
+    describe_validation_error,
+    first_invalid_field,
+    make_arguments_strict,
+)
 from groundhog_mcp.server.audit_tool import register_audit_tool
+from groundhog_mcp.server.error_results import admit_error_results, error_result, invalid_params, tool_error_result
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
@@ -30,6 +36,8 @@ from groundhog_mcp.server.surface import select_tools
 from groundhog_mcp.server.tools import register_tools
 
 __all__ = ["INSTRUCTIONS", "build_server"]
+
+log = structlog.get_logger("groundhog_mcp.tools")
 
 INSTRUCTIONS = """\
 groundhog-mcp keeps durable, versioned JSON state in named contexts that survive restarts and are
@@ -56,7 +64,8 @@ async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNe
 
 
 class GroundhogServer(MCPServer[AppContext]):
-    """MCPServer with argument errors phrased as ``field: rule (got …)``."""
+    """MCPServer with argument errors phrased as ``field: rule (got …)`` and every tool error
+    answered with its code in the result's structured part (see ``server/error_results.py``)."""
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppContext, Any] | None = None
@@ -66,17 +75,26 @@ class GroundhogServer(MCPServer[AppContext]):
             accepted = tool.parameters.get("properties", {})
             unknown = sorted(key for key in arguments if key not in accepted)
             if unknown:
-                raise ToolError(
+                return error_result(
                     f"Error executing tool {name}: {INVALID_ARGUMENT}: {', '.join(unknown)[:200]}: not accepted by "
-                    f"{name} (accepted: {', '.join(accepted)})"
+                    f"{name} (accepted: {', '.join(accepted)})",
+                    code=INVALID_ARGUMENT,
+                    details={"field": unknown[0][:200]},
                 )
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
+            # Answered here, not raised: the error result carries its code in structuredContent.
             cause = exc.__cause__
             if isinstance(cause, ValidationError) and not isinstance(exc, UnexpectedToolError):
-                raise ToolError(f"Error executing tool {name}: {describe_validation_error(cause)}") from cause
-            raise
+                # Which field only: the rejected values are the caller's data.
+                log.info("tool arguments rejected", tool=name, field=first_invalid_field(cause))
+                return error_result(
+                    f"Error executing tool {name}: {describe_validation_error(cause)}",
+                    code=INVALID_ARGUMENT,
+                    details={"field": first_invalid_field(cause)},
+                )
+            return tool_error_result(name, exc, field="name" if tool is None else None)
 
     async def get_prompt(
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[AppContext, Any] | None = None
@@ -86,16 +104,14 @@ class GroundhogServer(MCPServer[AppContext]):
         prompts = {prompt.name: prompt for prompt in await self.list_prompts()}
         prompt = prompts.get(name)
         if prompt is None:
-            raise MCPError(
-                code=INVALID_PARAMS,
-                message=f"name: no prompt {name[:80]!r}; the prompts are {', '.join(sorted(prompts))}",
+            raise invalid_params(
+                f"name: no prompt {name[:80]!r}; the prompts are {', '.join(sorted(prompts))}", code=NotFoundError.code
             )
         given = arguments or {}
         missing = [a.name for a in prompt.arguments or [] if a.required and a.name not in given]
         if missing:
-            raise MCPError(
-                code=INVALID_PARAMS,
-                message=f"arguments.{missing[0]}: is required by prompt {name!r} (required: {', '.join(missing)})",
+            raise invalid_params(
+                f"arguments.{missing[0]}: is required by prompt {name!r} (required: {', '.join(missing)})"
             )
         return await super().get_prompt(name, arguments, context)
 
@@ -137,6 +153,7 @@ def build_server(
     register_audit_tool(server)
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
+    admit_error_results(server)  # likewise
     register_resources(server)
     register_prompts(server)
     register_protocol_handlers(server)

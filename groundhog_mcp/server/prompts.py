@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from pydantic import Field
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.error_results import invalid_params, protocol_error
 
 __all__ = ["register_prompts"]
 
@@ -35,7 +35,7 @@ def _prompt_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except ContextError as exc:
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+            raise protocol_error(INVALID_PARAMS, exc) from None
 
     return guarded
 
@@ -87,9 +87,7 @@ async def summarize_changes(
 ) -> str:
     """Summarize what changed in a context since a revision."""
     if not since_revision.isdigit() or int(since_revision) < 1:
-        raise MCPError(
-            code=INVALID_PARAMS, message=f"since_revision: must be a positive integer; got {since_revision[:40]!r}"
-        )
+        raise invalid_params(f"since_revision: must be a positive integer; got {since_revision[:40]!r}")
     since = int(since_revision)
     manager = ctx.request_context.lifespan_context.request_manager(ctx.request_context.request)
     context = await manager.get(name)

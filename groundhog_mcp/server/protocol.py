@@ -8,7 +8,6 @@ from typing import Any
 from mcp.server.caching import CacheableMethod, CacheHint
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
     CompleteRequestParams,
@@ -23,6 +22,7 @@ from mcp_types import (
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.error_results import protocol_error
 from groundhog_mcp.server.notify import is_subscribable, state_uri
 
 __all__ = ["CACHE_HINTS", "link_written_states", "register_protocol_handlers"]
@@ -89,7 +89,7 @@ async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
     try:
         principal = ctx.lifespan_context.request_manager(ctx.request).principal
     except ContextError as exc:
-        raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+        raise protocol_error(INVALID_PARAMS, exc) from None
     ctx.lifespan_context.notifier.subscribe(_connection(ctx), uri, principal)
     return EmptyResult()
 

@@ -7,14 +7,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
-from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, ListResourcesResult, PaginatedRequestParams, Resource
 
 from groundhog_mcp import schemas
 from groundhog_mcp.errors import ContextError, NotFoundError
 from groundhog_mcp.models import ContextState, dumps
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.error_results import invalid_params, protocol_error
 from groundhog_mcp.server.notify import state_uri
 from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, TooLargeOut, summary_of
 from groundhog_mcp.service import StateManager
@@ -36,10 +35,9 @@ def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
-        except NotFoundError as exc:
-            raise ResourceNotFoundError(str(exc)) from None
         except ContextError as exc:
-            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+            # -32602 for not_found too, as the SDK answers a ResourceNotFoundError.
+            raise protocol_error(INVALID_PARAMS, exc) from None
 
     return guarded
 
@@ -101,7 +99,7 @@ async def history_resource(name: str, ctx: AppCtx) -> str:
 @_resource_errors
 async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
     if not revision.isdigit() or int(revision) < 1 or len(revision) > 18:
-        raise MCPError(code=INVALID_PARAMS, message=f"revision: must be a positive integer; got {revision[:40]!r}")
+        raise invalid_params(f"revision: must be a positive integer; got {revision[:40]!r}")
     manager = _manager(ctx)
     _, at, state = await manager.read(name, int(revision))
     return _state_document(name, at, state, manager.limits.max_read_bytes)
@@ -110,7 +108,9 @@ async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
 async def schema_resource(name: str) -> str:
     """The packaged JSON Schemas (ContextState, ContextConfig) the server validates with."""
     if name not in schemas.SCHEMA_NAMES:
-        raise ResourceNotFoundError(f"name: no schema {name[:60]!r}; known: {', '.join(schemas.SCHEMA_NAMES)}")
+        raise invalid_params(
+            f"name: no schema {name[:60]!r}; known: {', '.join(schemas.SCHEMA_NAMES)}", code=NotFoundError.code
+        )
     return dumps(schemas.load_schema(name))
 
 
@@ -123,7 +123,7 @@ async def _list_resources(
         manager = ctx.lifespan_context.request_manager(ctx.request)
         page = await manager.list(cursor=cursor, limit=manager.limits.max_page)
     except ContextError as exc:
-        raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+        raise protocol_error(INVALID_PARAMS, exc) from None
     resources: list[Resource] = []
     if cursor is None:
         resources.append(

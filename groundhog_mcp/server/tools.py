@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from groundhog_mcp.errors import AccessDeniedError, ContextError
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.error_results import INTERNAL, CodedToolError
 from groundhog_mcp.server.outputs import (
     ChangeOut,
     ChangesOut,
@@ -129,15 +130,16 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 app.manager.metrics.count_error(type(exc).__name__, namespace=namespace)
                 if isinstance(exc, AccessDeniedError):
                     await _audit_denied(app_ctx, fn.__name__, kwargs.get("name"), exc)
-            raise ToolError(str(exc)) from None
+            raise CodedToolError.of(exc) from None
         except ToolError:
             raise
         except Exception:
             error_id = uuid.uuid4().hex[:12]
             log.exception("tool failed unexpectedly", tool=fn.__name__, error_id=error_id)
-            raise ToolError(
+            raise CodedToolError(
                 f"internal error {error_id} in {fn.__name__}: this is a bug in groundhog-mcp, not in your "
-                "request; the server log has the details under this id"
+                "request; the server log has the details under this id",
+                code=INTERNAL,
             ) from None
         finally:
             current_operation.reset(operation)

@@ -125,7 +125,11 @@ def inspect_state(
             return issues
     size = len(dumps(state.to_json()).encode("utf-8"))
     if size > limits.max_state_bytes:
-        issues.append(ValidationIssue("", f"serialised size {size} bytes exceeds limit {limits.max_state_bytes} bytes"))
+        issues.append(
+            ValidationIssue(
+                "", f"serialised size {size} bytes exceeds limit {limits.max_state_bytes} bytes", too_large=True
+            )
+        )
     if schema is not None:
         issues += [ValidationIssue("/data" + i.pointer, i.message) for i in schema_issues(schema, state.data)]
     return issues

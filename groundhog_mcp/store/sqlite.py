@@ -248,7 +248,7 @@ class SQLiteStore:
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         except sqlite3.DatabaseError as exc:
-            if "malformed" not in str(exc):
+            if _primary_code(exc) not in _CORRUPT_CODES:
                 raise
             raise InitializationError(
                 f"database: {self.path} is corrupt ({exc}); nothing was changed. Restore it from a backup, "
@@ -281,22 +281,24 @@ class SQLiteStore:
             raise
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
+        # By SQLite's result code, never the message: the text of an error can quote anything
+        # (a trigger's RAISE, an identifier), and it is not part of SQLite's interface.
+        code = _primary_code(exc)
+        if code in _BUSY_CODES:
             return StoreBusyError(
                 f"database: locked by another process for more than busy_timeout={self.busy_timeout_ms} ms; "
                 "nothing was written, retry the call"
             )
-        if "full" in text:
+        if code == sqlite3.SQLITE_FULL:
             return StateUpdateError(
                 f"database: disk full while writing {self.path}; nothing was written, the previous "
                 "state is intact; free space and retry"
             )
-        if "readonly" in text or "read-only" in text:
+        if code == sqlite3.SQLITE_READONLY:
             return StateUpdateError(
                 f"database: {self.path} is read-only; nothing was written (check file and directory permissions)"
             )
-        return StateUpdateError(f"database: {text}; nothing was written")
+        return StateUpdateError(f"database: {exc}; nothing was written")
 
     # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
 
@@ -524,7 +526,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode=WAL").fetchone()
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+                if _primary_code(exc) not in _BUSY_CODES or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
 
@@ -1486,3 +1488,15 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         yield buffer.strip()
+
+
+# SQLite primary result codes (https://sqlite.org/rescode.html) the store translates.
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of an error (the low byte of the extended code Python
+    reports), or None for an error the sqlite3 module raised itself (no code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
