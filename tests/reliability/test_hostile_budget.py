@@ -33,6 +33,10 @@ B_P99_BOUND_MS = 200.0  # issue 12: another tenant's get_state stays under 200 m
 # its p99 is not just the one sample a busy shared machine delays.
 ATTACK_SECONDS = 2.5
 MIN_ROUNDS = 3
+# ... and until B has this many samples (at most MAX_ATTACK_SECONDS): a p99 over fewer than 100
+# samples is the single slowest one, which a scheduler hiccup on a loaded CI machine decides.
+MIN_SAMPLES = 300
+MAX_ATTACK_SECONDS = 15.0
 MAX_ERROR_CHARS = 1024 + len("Error executing tool update_state: ")
 
 EVIL_PATTERN = "^(a+)+$"
@@ -76,8 +80,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 async def _under_attack(b: Client, attack: Callable[[], Awaitable[Any]]) -> tuple[list[float], list[Any]]:
-    """Run ``attack`` repeatedly (at least MIN_ROUNDS times and ATTACK_SECONDS long) while B reads
-    its own context in a loop; B's latencies in ms, and what each attack returned."""
+    """Run ``attack`` repeatedly (at least MIN_ROUNDS times, ATTACK_SECONDS long and until B has
+    MIN_SAMPLES samples or MAX_ATTACK_SECONDS passed) while B reads its own context in a loop;
+    B's latencies in ms, and what each attack returned."""
     latencies: list[float] = []
     answers: list[Any] = []
     done = anyio.Event()
@@ -85,7 +90,11 @@ async def _under_attack(b: Client, attack: Callable[[], Awaitable[Any]]) -> tupl
     async def attacker() -> None:
         started = time.perf_counter()
         try:
-            while len(answers) < MIN_ROUNDS or time.perf_counter() - started < ATTACK_SECONDS:
+            while (
+                len(answers) < MIN_ROUNDS
+                or time.perf_counter() - started < ATTACK_SECONDS
+                or (len(latencies) < MIN_SAMPLES and time.perf_counter() - started < MAX_ATTACK_SECONDS)
+            ):
                 answers.append(await attack())
         finally:
             done.set()
