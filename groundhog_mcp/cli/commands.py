@@ -38,6 +38,7 @@ from groundhog_mcp.cli.common import (
     manager_session,
     print_json,
 )
+from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import Grant, dumps, format_timestamp
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     _add_http_arguments(serve)
     _add_token_commands(commands, common)
+    add_state_commands(commands, common)
 
     contexts = commands.add_parser("contexts", parents=[common], help="list or show contexts")
     contexts_commands = contexts.add_subparsers(dest="contexts_command", metavar="ACTION", required=True)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from groundhog_mcp.app import Settings, open_manager
+from groundhog_mcp.errors import ContextError
 from groundhog_mcp.service import StateManager
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "Handler",
+    "InputError",
     "UsageError",
     "manager_session",
     "print_json",
@@ -34,6 +36,10 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 # A sub-command: registered with its parser (``set_defaults(handler=...)``), run with the
 # parsed arguments and the loaded settings; it returns the exit status.
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+class InputError(ContextError):
+    """A file or stdin that does not hold the JSON a command needs: the command failed (exit 1)."""
 
 
 class UsageError(Exception):
