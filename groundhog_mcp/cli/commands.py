@@ -11,23 +11,22 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 import structlog
 
 from groundhog_mcp import __version__
 from groundhog_mcp.app import (
     Settings,
-    audit_key,
     configure_logging,
     encryption_keyring,
     load_settings,
     open_manager,
     prometheus_text,
 )
+from groundhog_mcp.cli.audit import add_audit_commands
 from groundhog_mcp.cli.common import (
     EXIT_BUG,
     EXIT_FAILED,
@@ -35,19 +34,19 @@ from groundhog_mcp.cli.common import (
     EXIT_USAGE,
     Handler,
     UsageError,
+    is_url,
     manager_session,
     print_json,
+    private_output,
+    unmigrated_store,
 )
 from groundhog_mcp.cli.state import add_state_commands
-from groundhog_mcp.errors import ContextError, InitializationError
-from groundhog_mcp.files import PrivateOutput
+from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
-from groundhog_mcp.security.audit import AuditHead, ChainVerifier
 from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import SQLiteStore, Store, open_store
-from groundhog_mcp.store.base import AuditQuery
+from groundhog_mcp.store import SQLiteStore, open_store
 from groundhog_mcp.store.records import import_rows
 from groundhog_mcp.store.sqlite import RotationProgress
 
@@ -132,26 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
     ).set_defaults(handler=_metrics)
 
-    audit = commands.add_parser("audit", parents=[common], help="the tamper-evident audit log")
-    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    verify = audit_commands.add_parser(
-        "verify", parents=[common], help="check the HMAC chain; name the first altered, removed or reordered row"
-    )
-    verify.add_argument(
-        "--head",
-        default=None,
-        metavar="SEQ:HMAC|FILE",
-        help="a head printed earlier by `audit head` (or a file holding its output): fail if the log no longer "
-        "reaches it, e.g. its tail was cut together with the writes it recorded",
-    )
-    verify.set_defaults(handler=functools.partial(_audit, action=_audit_verify))
-    audit_commands.add_parser(
-        "head", parents=[common], help="print the chain's last row (sequence, HMAC) as JSON, to keep elsewhere"
-    ).set_defaults(handler=functools.partial(_audit, action=_audit_head))
-    audit_export = audit_commands.add_parser("export", parents=[common], help="write the audit log as JSON Lines")
-    audit_export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")
-    audit_export.add_argument("--force", action="store_true", help="replace an existing --output file")
-    audit_export.set_defaults(handler=functools.partial(_audit, action=_audit_export))
+    add_audit_commands(commands, common)
     migrate = commands.add_parser(
         "migrate-context",
         parents=[common],
@@ -294,39 +274,19 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@asynccontextmanager
-async def _unmigrated_store(settings: Settings) -> AsyncGenerator[Store]:
-    """The store alone, as it is (no migration, no change feed): for ``db status`` and ``db migrate``."""
-    store = open_store(
-        settings.database,
-        busy_timeout_ms=settings.busy_timeout_ms,
-        synchronous=settings.synchronous,
-        auto_migrate=False,
-    )
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def _is_url(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))
-
-
 async def _db_status(args: argparse.Namespace, settings: Settings) -> int:
     # Opening a missing SQLite file would create it; a server URL has nothing to check here.
-    if not _is_url(settings.database) and not Path(settings.database).expanduser().exists():
+    if not is_url(settings.database) and not Path(settings.database).expanduser().exists():
         print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
         return EXIT_FAILED
-    async with _unmigrated_store(settings) as store:
+    async with unmigrated_store(settings) as store:
         status = await store.status()
         print_json(status.__dict__)
     return 0
 
 
 async def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    async with _unmigrated_store(settings) as store:
+    async with unmigrated_store(settings) as store:
         applied = await store.migrate()
         status = await store.status()
     print_json({"applied": applied, "schema_version": status.schema_version})
@@ -448,20 +408,9 @@ async def _migrate(manager: StateManager, args: argparse.Namespace) -> None:
     )
 
 
-@contextmanager
-def _output(path: str, *, force: bool, what: str) -> Generator[TextIO]:
-    """stdout for ``-``; else a new 0600 file that appears complete or not at all (a symlink at
-    ``path`` is never followed; an existing file is replaced only with ``force``)."""
-    if path == "-":
-        yield sys.stdout
-        return
-    with PrivateOutput(Path(path), force=force, what=what) as aside, aside.open("w", encoding="utf-8") as out:
-        yield out
-
-
 async def _export(manager: StateManager, output: str, *, force: bool) -> None:
     count = 0
-    with _output(output, force=force, what="export") as out:
+    with private_output(output, force=force, what="export") as out:
         async for record in manager.store.export_records():
             out.write(dumps(record) + "\n")
             count += 1
@@ -509,114 +458,6 @@ async def _import(file: str, settings: Settings) -> int:
         imported = await manager.store.import_records(records, actor=manager.principal.name)
         location = (await manager.store.status()).location  # a URL without its password
     print(f"imported {imported} contexts into {location}", file=sys.stderr)
-    return 0
-
-
-# -- the audit log (README "Audit log") ---------------------------------------------------------
-
-_AUDIT_PAGE = 1000
-
-
-AuditAction = Callable[[argparse.Namespace, Settings, Store], Awaitable[int]]
-
-
-async def _audit(args: argparse.Namespace, settings: Settings, *, action: AuditAction) -> int:
-    """The checks every ``audit`` action needs first, then ``action`` over the store as it is."""
-    if not _is_url(settings.database) and not Path(settings.database).expanduser().exists():
-        print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
-        return 1
-    async with _unmigrated_store(settings) as store:
-        status = await store.status()
-        if status.schema_version < 4:  # the audit log's migration
-            print(
-                f"groundhog-mcp: audit: {status.location} has no audit log yet (schema version "
-                f"{status.schema_version}); run `groundhog-mcp db migrate` or start the server once",
-                file=sys.stderr,
-            )
-            return 1
-        return await action(args, settings, store)
-
-
-async def _audit_head(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    newest = await store.read_audit(AuditQuery(newest_first=True, limit=1))
-    head = AuditHead(newest[0].sequence, newest[0].hmac) if newest else AuditHead(0, "")
-    stamp = format_timestamp(newest[0].timestamp) if newest else None
-    # One line: easy to append to a log or a ticket kept elsewhere.
-    sys.stdout.write(json.dumps({**head.to_json(), "timestamp": stamp}) + "\n")
-    return 0
-
-
-def _anchor(value: str | None) -> AuditHead | None:
-    """``--head``: ``SEQ:HMAC``, or a file holding ``audit head``'s JSON output (or that text)."""
-    if value is None:
-        return None
-    if ":" in value and not Path(value).exists():
-        return AuditHead.parse(value)
-    try:
-        text = Path(value).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InitializationError(f"head: cannot read {value}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InitializationError(f"head: {value} is not text") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        return AuditHead.parse(text)
-    if isinstance(document, dict) and isinstance(document.get("head"), str):
-        return AuditHead.parse(str(document["head"]))  # pyright: ignore[reportUnknownArgumentType]
-    raise InitializationError(f'head: {value} holds no "head" field (expected the output of `audit head`)')
-
-
-async def _audit_export(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    count, after = 0, 0
-    with _output(args.output, force=args.force, what="audit export") as out:
-        while page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE)):
-            out.writelines(dumps(record.to_json()) + "\n" for record in page)
-            count += len(page)
-            after = page[-1].sequence
-    print(f"exported {count} audit rows", file=sys.stderr)
-    return 0
-
-
-async def _audit_verify(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    anchor = _anchor(args.head)
-    key = audit_key(settings, create=False)
-    if key is None:
-        print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
-        return 1
-    verifier = ChainVerifier(key, anchor)
-    after, last_hmac, done = 0, "", False
-    while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE))):
-        for record in page:
-            if verifier.problem is None:
-                if verifier.feed(record.content(), record.hmac):
-                    last_hmac = record.hmac
-                    continue
-                if not verifier.diagnosing:
-                    done = True
-                    break
-                verifier.start_diagnosis(record.hmac)
-            elif verifier.diagnose(record.content(), record.hmac):
-                done = True
-                break
-        after = page[-1].sequence
-    if verifier.problem is None:
-        verifier.check_tail(await store.last_sequence())
-        verifier.check_anchor()
-    problem = verifier.problem
-    if problem is not None:
-        print(
-            f"audit log FAILED at row {problem.sequence} ({problem.kind}): {problem.message}; "
-            f"{verifier.rows} row(s) before it verified"
-        )
-        return 1
-    span = f" (rows 1-{verifier.rows})" if verifier.rows else ""
-    anchored = f"; reaches the anchored head {anchor.sequence}" if anchor is not None and anchor.sequence else ""
-    print(
-        f"audit log OK: {verifier.rows} row(s) verified{span}, key {key.key_id}"
-        + (f", head {last_hmac}" if last_hmac else "")
-        + anchored
-    )
     return 0
 
 
@@ -780,7 +621,7 @@ def _keygen(args: argparse.Namespace) -> int:
     key = generate_key()
     key_id = parse_key(key, source="the new key").key_id
     if args.output != "-":
-        with _output(args.output, force=args.force, what="keygen") as out:
+        with private_output(args.output, force=args.force, what="keygen") as out:
             out.write(key + "\n")
         print(
             f"new encryption key, key id {key_id}, written to {args.output} (mode 0600). Set "

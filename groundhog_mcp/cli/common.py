@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncGenerator, Callable, Coroutine
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, TextIO
 
 from groundhog_mcp.app import Settings, open_manager
 from groundhog_mcp.errors import ContextError
+from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.service import StateManager
+from groundhog_mcp.store import Store, open_store
 
 __all__ = [
     "EXIT_BUG",
@@ -22,8 +25,11 @@ __all__ = [
     "Handler",
     "InputError",
     "UsageError",
+    "is_url",
     "manager_session",
     "print_json",
+    "private_output",
+    "unmigrated_store",
 ]
 
 # Exit status (README "Command line"): one table, kept true by tests/test_cli_errors.py.
@@ -59,3 +65,34 @@ async def manager_session(settings: Settings) -> AsyncGenerator[StateManager]:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def is_url(database: str) -> bool:
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+@asynccontextmanager
+async def unmigrated_store(settings: Settings) -> AsyncGenerator[Store]:
+    """The store alone, as it is (no migration, no change feed): for ``db status`` and ``db migrate``."""
+    store = open_store(
+        settings.database,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        synchronous=settings.synchronous,
+        auto_migrate=False,
+    )
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextmanager
+def private_output(path: str, *, force: bool, what: str) -> Generator[TextIO]:
+    """stdout for ``-``; else a new 0600 file that appears complete or not at all (a symlink at
+    ``path`` is never followed; an existing file is replaced only with ``force``)."""
+    if path == "-":
+        yield sys.stdout
+        return
+    with PrivateOutput(Path(path), force=force, what=what) as aside, aside.open("w", encoding="utf-8") as out:
+        yield out
