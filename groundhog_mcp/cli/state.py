@@ -236,6 +236,8 @@ def _parse_argument(text: str, field: str) -> Any:
 def _parse_input(file: str, field: str) -> Any:
     """JSON from a file or stdin (``-``): a bad one fails the command (exit 1), as ``import`` does."""
     where = "stdin" if file == "-" else file
+    if file == "-" and sys.stdin.isatty():  # nothing piped in: say so rather than wait for input
+        raise UsageError(f"{field}: give it as an argument, with --file F, or on stdin (nothing is piped in)")
     try:
         raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as exc:

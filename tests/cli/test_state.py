@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -200,6 +201,19 @@ def test_bad_input_is_refused_before_anything_is_written(cli: Cli, tmp_path: Pat
     assert cli.fails(1, "history", "notes", "--limit", "0") == "limit: must be between 1 and 100; got 0"
     assert cli.ok("get", "notes")["state"]["data"] == {"kept": True}
     assert cli.ok("history", "notes")["current_revision"] == 1
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_no_data_and_a_terminal_on_stdin_is_a_usage_error(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    controller, terminal = os.openpty()
+    os.write(controller, b"\x04\x04")  # Ctrl-D twice: were stdin read anyway, it would end, not wait
+    with os.fdopen(terminal, "r") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert cli.fails(2, "set", "notes") == (
+            "data: give it as an argument, with --file F, or on stdin (nothing is piped in)"
+        )
+        assert cli.fails(2, "patch", "notes", "--merge", "-").startswith("merge: give it as an argument")
+    os.close(controller)
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
