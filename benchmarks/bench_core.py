@@ -342,7 +342,7 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     }
 
     # No user config file may leak into the measured server.
-    env = {"XDG_CONFIG_HOME": str(workdir / "config")}
+    env = {"XDG_CONFIG_HOME": str(workdir / "config"), "GROUNDHOG_TOOLS": "all"}
     loads: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         noop = await start_server(stack, "noop", [str(HERE / "noop_server.py")], env)

@@ -34,7 +34,8 @@ URI = "groundhog://contexts/bench/state"
 
 def server(database: Path) -> StdioServerParameters:
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "groundhog_mcp", "--database", str(database), "--log-level", "WARNING"]
+        command=sys.executable,
+        args=["-m", "groundhog_mcp", "--database", str(database), "--log-level", "WARNING", "--tools", "all"],
     )
 
 

@@ -101,7 +101,7 @@ async def tool_client(
 ) -> Callable[[], Awaitable[Any]]:
     """An in-memory client of the application server on a SQLite file in ``directory`` holding
     ``states`` as revisions 1, 2, 3 of context ``plan``; returns the timed ``merge_states`` call."""
-    settings = Settings(database=str(directory / "merge.sqlite"), max_state_bytes=2 * 1024 * 1024)
+    settings = Settings(database=str(directory / "merge.sqlite"), max_state_bytes=2 * 1024 * 1024, tools="all")
     client = await stack.enter_async_context(Client(create_server(settings)))
     for revision, data in enumerate(states, start=1):
         if revision == 1:

@@ -30,6 +30,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import EncryptionKeyError, InitializationError
 from groundhog_mcp.models import NAMESPACE_PATTERN, Grant, Principal
+from groundhog_mcp.profiles import ToolSelection, parse_tools
 from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
 from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, read_key_file
 from groundhog_mcp.security.tokens import TokenStore
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     keep_days: float | None = Field(default=None, gt=0, description="drop history older than this many days")
     principal: str = Field(default="local", min_length=1, max_length=128)
     namespace: str = Field(default="default", pattern=NAMESPACE_PATTERN)
+    tools: ToolSelection = Field(default="default", description="default, all, or comma-separated tool names")
     # The HTTP transports (docs/http.md). Lists from the environment are comma-separated.
     transport: Literal["stdio", "http", "sse"] = "stdio"
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
@@ -467,7 +469,9 @@ def create_server(
                     if manager is None:
                         await app.manager.close()
 
-    return build_server(lifespan, version=__version__, token_verifier=token_verifier, auth=auth)
+    return build_server(
+        lifespan, version=__version__, token_verifier=token_verifier, auth=auth, tools=parse_tools(settings.tools)
+    )
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

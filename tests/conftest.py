@@ -137,4 +137,4 @@ async def manager(db_path: Path) -> AsyncGenerator[StateManager]:
 
 @pytest.fixture
 def server(db_path: Path) -> MCPServer[AppContext]:
-    return create_server(Settings(database=str(db_path)))
+    return create_server(Settings(database=str(db_path), tools="all"))

@@ -48,6 +48,7 @@ _LAYERS = [
     ("busy_timeout_ms", "100", "200", 300, (100, 200, 300)),
     ("header_timeout", "1.5", "2.5", 3.5, (1.5, 2.5, 3.5)),
     ("log_level", '"DEBUG"', "WARNING", "ERROR", ("DEBUG", "WARNING", "ERROR")),
+    ("tools", '"all"', "get_state, update_state", "default", ("all", "get_state, update_state", "default")),
     ("insecure_no_auth", "true", "false", True, (True, False, True)),
     (
         "allowed_hosts",

@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the MCP server (default)")
     serve.set_defaults(handler=_serve)
     _add_http_arguments(serve)
+    for serving in (parser, serve):  # `groundhog-mcp --tools all` serves too
+        serving.add_argument(
+            "--tools",
+            default=argparse.SUPPRESS,
+            help="tools to list: default (the agent workflow), all, or comma-separated names (env GROUNDHOG_TOOLS)",
+        )
     _add_token_commands(commands, common)
     add_state_commands(commands, common)
 
@@ -222,6 +228,7 @@ def _main(arguments: list[str]) -> int:
         "database": getattr(args, "database", None),
         "log_level": getattr(args, "log_level", None),
         "busy_timeout_ms": getattr(args, "busy_timeout_ms", None),
+        "tools": getattr(args, "tools", None),
     }
     flags.update(_http_flags(args))
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -24,8 +24,9 @@ from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
-from groundhog_mcp.server.protocol import register_protocol_handlers
+from groundhog_mcp.server.protocol import CACHE_HINTS, link_written_states, register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
+from groundhog_mcp.server.surface import select_tools
 from groundhog_mcp.server.tools import register_tools
 
 __all__ = ["INSTRUCTIONS", "build_server"]
@@ -105,8 +106,11 @@ def build_server(
     version: str,
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
+    tools: Sequence[str] | None = None,
 ) -> MCPServer[AppContext]:
     """An MCPServer whose lifespan yields the AppContext (given the subscription bus it should use).
+
+    ``tools``: the tools to list and serve (None: all); the others answer "unknown tool".
 
     ``token_verifier`` with ``auth``: the HTTP transports require a bearer token on every request.
     """
@@ -123,13 +127,15 @@ def build_server(
         version=version,
         lifespan=bound_lifespan,
         subscriptions=subscriptions,
-        middleware=[_track_sessions],
+        middleware=[_track_sessions, link_written_states],
+        cache_hints=CACHE_HINTS,
         token_verifier=token_verifier,
         auth=auth,
     )
     register_tools(server)
     register_merge_tool(server)
     register_audit_tool(server)
+    select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     register_resources(server)
     register_prompts(server)

@@ -188,20 +188,13 @@ async def merge_states(
     expected_revision: ExpectedRevision = None,
     dry_run: Annotated[bool, Field(description="compute and check everything, list conflicts, write nothing")] = False,
 ) -> MergeOut:
-    """Merge two or more JSON states into one: contexts at revisions ({context, revision?}) and/or
-    inline states ({state: {data, metadata?, version?}}); data and metadata merge alike.
-    strategy 'ordered' (default) applies each input over the previous one as an RFC 7396 merge
-    patch: objects merge key by key, null deletes, later inputs win; provenance says which input
-    won each top-level key. 'three_way' merges what each input changed since a common base: pass
-    base (usually {context, revision} of the revision you started from); when all inputs are
-    revisions of one context the lowest one is the base. Changes to different keys combine; a key
-    both sides changed differently is a conflict {path, kind, base, ours, theirs}, and
-    on_conflict decides: 'fail' (default: an error listing them), 'ours' (earlier input) or
-    'theirs' (later input). 'reducers' merges key by key, last input wins, with the same result
-    however the inputs are batched. reducers (any strategy) combine values at given paths instead:
-    append, union, sum, max, min, last. Give target and expected_revision (the target's revision
-    you read) to write the result as one new revision; dry_run=true previews the result and its
-    conflicts without writing."""
+    """Merge 2-16 JSON states (contexts at revisions and/or inline states); data and metadata alike.
+    ordered (default): RFC 7396 merge patches in order, later inputs win. three_way: combine what
+    each input changed since base; a key changed differently on both sides is a conflict that
+    on_conflict settles (fail: an error listing them). reducers: key by key, the same result
+    however inputs are batched. reducers at given paths (any strategy) append, union, sum, max,
+    min or take the last value. With target (and expected_revision) the result is written as one
+    new revision; dry_run previews result and conflicts."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
     outcome = await _manager(ctx).merge(
         sources,

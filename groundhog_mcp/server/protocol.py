@@ -1,10 +1,12 @@
-"""Protocol requests beyond tools and resources: subscribe/unsubscribe, completion, logging level."""
+"""Protocol details beyond tools and resources: subscribe/unsubscribe, completion, logging level,
+cache hints on list and read results, and resource links in write results."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mcp.server.context import ServerRequestContext
+from mcp.server.caching import CacheableMethod, CacheHint
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
@@ -13,6 +15,7 @@ from mcp_types import (
     CompleteResult,
     Completion,
     EmptyResult,
+    ResourceLink,
     SetLevelRequestParams,
     SubscribeRequestParams,
     UnsubscribeRequestParams,
@@ -20,9 +23,34 @@ from mcp_types import (
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
-from groundhog_mcp.server.notify import is_subscribable
+from groundhog_mcp.server.notify import is_subscribable, state_uri
 
-__all__ = ["register_protocol_handlers"]
+__all__ = ["CACHE_HINTS", "link_written_states", "register_protocol_handlers"]
+
+# SEP-2549 (2026-07-28 clients). What the tools, prompts and templates are is the same for every
+# principal and fixed while the server runs: shareable for a minute. Which contexts exist and what
+# they hold depends on who asks (namespace, grants) and changes with every write: private, and
+# stale at once (clients hear of changes through notifications).
+CACHE_HINTS: dict[CacheableMethod, CacheHint] = {
+    "tools/list": CacheHint(ttl_ms=60_000, scope="public"),
+    "prompts/list": CacheHint(ttl_ms=60_000, scope="public"),
+    "resources/templates/list": CacheHint(ttl_ms=60_000, scope="public"),
+    "resources/list": CacheHint(ttl_ms=0, scope="private"),
+    "resources/read": CacheHint(ttl_ms=0, scope="private"),
+}
+
+# resource_link content arrived with protocol 2025-06-18.
+_BEFORE_RESOURCE_LINKS = frozenset({"2024-11-05", "2025-03-26"})
+
+# Tools whose success writes a context's state, and the result field naming that context.
+_WRITTEN_CONTEXT = {
+    "register_context": "name",
+    "update_state": "name",
+    "rollback_state": "name",
+    "emit_event": "name",
+    "replay_dead_letter": "name",
+    "merge_states": "target",
+}
 
 _MAX_COMPLETIONS = 100
 _NAME_ARGUMENTS = frozenset({"name"})
@@ -35,13 +63,29 @@ def _connection(ctx: Ctx) -> Any:
     return ctx.session._connection  # pyright: ignore[reportPrivateUsage]
 
 
+async def link_written_states(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Middleware: a successful write's result also carries a ``resource_link`` to the state
+    resource of the context it wrote, so a client can read or subscribe to it. (Middleware sees
+    results in wire form, after the SDK serialised them.)"""
+    result = await call_next(ctx)
+    if ctx.method != "tools/call" or ctx.protocol_version in _BEFORE_RESOURCE_LINKS or not isinstance(result, dict):
+        return result
+    field = _WRITTEN_CONTEXT.get(str((ctx.params or {}).get("name")))
+    structured = result.get("structuredContent")
+    name = structured.get(field) if field and isinstance(structured, dict) and not result.get("isError") else None
+    content = result.get("content")
+    if isinstance(name, str) and isinstance(content, list):
+        link = ResourceLink(uri=state_uri(name), name=name, title=f"{name} state", mime_type="application/json")
+        result = {**result, "content": [*content, link.model_dump(by_alias=True, exclude_none=True)]}
+    return result
+
+
 async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
     uri = str(params.uri)
     if not is_subscribable(uri):
-        raise MCPError(
-            code=INVALID_PARAMS,
-            message=f"uri: {uri[:200]!r} cannot be subscribed to; use groundhog://contexts/{{name}}[/state|/history]",
-        )
+        # Any URI may be subscribed to (the protocol lets a client try): acknowledged, and never
+        # fires, since only groundhog:// resources change here.
+        return EmptyResult()
     try:
         principal = ctx.lifespan_context.request_manager(ctx.request).principal
     except ContextError as exc:

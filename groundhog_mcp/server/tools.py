@@ -59,7 +59,7 @@ AppCtx = Context[AppContext, Any]
 Name = Annotated[
     str,
     Field(
-        description="Context name: 1-128 characters of A-Z a-z 0-9 . _ - (unique in your namespace)",
+        description="Context name, unique in your namespace",
         pattern=NAME_PATTERN,
         min_length=1,
         max_length=128,
@@ -69,9 +69,8 @@ ExpectedRevision = Annotated[
     int | None,
     Field(
         description=(
-            "Compare-and-set token: the revision you last read. The write fails with a conflict "
-            "(giving the current revision and what changed) if the context moved on. "
-            "null = write unconditionally; 0 = the context must not exist yet."
+            "The revision you last read: if the context has moved on, the write fails with a conflict "
+            "naming the current revision. null: write unconditionally; 0: must not exist yet"
         ),
         ge=0,
     ),
@@ -538,12 +537,10 @@ async def migrate_context(
         int | None, Field(description="With name: compare-and-set token, the revision you last read", ge=1)
     ] = None,
 ) -> MigrateOut:
-    """Rewrite contexts' states in their current state format version (declared with state_format at
-    registration), one new revision each; reads already upcast old states on the fly, this makes it
-    permanent (history keeps the old revisions). Every selected context is upcast and validated
-    before anything is written: if one fails, nothing changes and the error names the context, the
-    step and the cause. Use dry_run first to see the diff per context. Sends progress notifications
-    when the request has a progressToken."""
+    """Rewrite states in their context's current format version (state_format), one new revision
+    each; reads already upcast on the fly, this makes it permanent. All selected contexts are
+    upcast and validated first: if one fails, nothing is written and the error names it. Try
+    dry_run first. Reports progress when given a progressToken."""
 
     async def progress(done: int, total: int | None, message: str) -> None:
         await ctx.report_progress(done, total, message)

@@ -38,6 +38,7 @@ __all__ = [
     "assert_error_text",
     "call_error",
     "call_ok",
+    "cli_argv",
     "json_log_lines",
     "mcp_client",
     "raw_result_text",
@@ -79,13 +80,17 @@ _BARE_TOOL_ERROR = re.compile(r"Error executing tool \w+\s*:?\s*")
 
 
 def server_command() -> str:
-    """The installed console script, next to this interpreter (or on PATH).
+    """The ``groundhog-mcp`` executable every process-level test runs: server and CLI alike.
 
-    ``GROUNDHOG_E2E_COMMAND`` points the suite at another build of it (an installed wheel, a
-    checkout under test); it must take the same arguments.
+    ``GROUNDHOG_E2E_COMMAND`` points the whole suite at another build of it (an installed wheel,
+    a checkout under test, a deliberately broken copy from tests/reliability/broken_build.py);
+    it must be one executable taking the same arguments. Without it: the console script next
+    to this interpreter, else the one on PATH.
     """
     override = os.environ.get("GROUNDHOG_E2E_COMMAND")
     if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise RuntimeError(f"GROUNDHOG_E2E_COMMAND={override!r} is not an executable file")
         return override
     beside = Path(sys.executable).parent / "groundhog-mcp"
     if beside.is_file():
@@ -96,6 +101,12 @@ def server_command() -> str:
     return found
 
 
+def cli_argv(*args: str) -> list[str]:
+    """``groundhog-mcp ARGS`` as an argv list, honouring ``GROUNDHOG_E2E_COMMAND``: what a test that
+    runs the CLI as a process passes to ``subprocess.run`` (never the venv's script by path)."""
+    return [server_command(), *args]
+
+
 def server_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """An environment whose user config and data dirs are private to the test.
 
@@ -103,6 +114,7 @@ def server_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str, s
     server under test does.
     """
     env = {k: v for k, v in (base or {}).items() if not k.startswith("GROUNDHOG_")}
+    env["GROUNDHOG_TOOLS"] = "all"  # the suite drives every tool, not only the default profile's
     for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         path = home / name.lower()
         path.mkdir(parents=True, exist_ok=True)
@@ -336,7 +348,9 @@ class RawServer:
     def kill(self) -> None:
         """SIGKILL: no handler, no flush, no cleanup."""
         if self.process.returncode is None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            # The process may have exited and been reaped before asyncio recorded its returncode.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
 
     async def wait(self) -> int:
         return await asyncio.wait_for(self.process.wait(), EXIT_TIMEOUT_S)

@@ -73,7 +73,8 @@ CLIENT_SCRIPT = textwrap.dedent(
 
         # The test's private config and data dirs (the SDK passes only HOME, PATH, ... by default).
         private_dirs = {k: v for k, v in os.environ.items() if k.startswith("XDG_")}
-        params = StdioServerParameters(command=command, args=["--database", database], env=private_dirs)
+        arguments = ["--database", database, "--tools", "all"]
+        params = StdioServerParameters(command=command, args=arguments, env=private_dirs)
         with open(stderr_path, "w") as errlog:
             async with stdio_client(params, errlog=errlog) as (read, write):
                 async with ClientSession(

@@ -4,9 +4,13 @@ One :class:`CrashLoop` drives the real server over raw JSON-RPC (``RawServer`` f
 harness: the SDK client cannot be SIGKILLed mid-request). Each round restarts the server,
 checks everything the earlier rounds acknowledged, streams compare-and-set writes to two
 contexts (whole-data replace, RFC 7396 merge patch and RFC 6902 patch, so every write path
-is crossed) and SIGKILLs the server at a random moment: idle, or a random fraction of a write's
-latency after a write was sent — before the server reads it, while it commits, after the
-commit but before the answer, or after the answer.
+is crossed) and SIGKILLs the server:
+
+- every third round (0, 3, 6, ...), right after an answer was read and before the next write is
+  sent: the window in which a write acknowledged before its ``COMMIT`` is lost. These kills are
+  counted (``CrashReport.after_answer_kills``) and the tests assert the count;
+- the other rounds at a random fraction of a write's latency after a write was sent — before
+  the server reads it, while it commits, after the commit but before the answer, or after it.
 
 After every restart:
 
@@ -42,15 +46,22 @@ from typing import Any
 from tests.e2e.harness import RawServer, raw_result_text
 from tests.reliability.battery import start_raw
 
-__all__ = ["AcknowledgedWriteLost", "CrashLoop", "CrashReport"]
+__all__ = ["AFTER_ANSWER_EVERY", "AcknowledgedWriteLost", "CrashLoop", "CrashReport", "after_answer_rounds"]
 
 CONTEXTS = ("crash-a", "crash-b")
 MAX_ACKS_BEFORE_KILL = 5
+# Rounds 0, AFTER_ANSWER_EVERY, 2 * AFTER_ANSWER_EVERY, ... are killed right after an answer.
+AFTER_ANSWER_EVERY = 3
 # Writes allowed after the one the kill was aimed at, while the kill timer runs.
 WRITES_AFTER_AIMED = 2
 # Acknowledged revisions older than this (counted back from the current one) may have been
 # pruned by history retention (keep_revisions, default 100); they were checked in earlier rounds.
 RETENTION_WINDOW = 90
+
+
+def after_answer_rounds(kills: int) -> int:
+    """How many of ``kills`` rounds are killed right after an answer."""
+    return len(range(0, kills, AFTER_ANSWER_EVERY))
 
 
 class AcknowledgedWriteLost(AssertionError):
@@ -79,16 +90,16 @@ class CrashReport:
     seed: int
     kills: int = 0
     acknowledged: int = 0
-    lost: int = 0
-    idle_kills: int = 0
+    after_answer_kills: int = 0
     in_flight_committed: int = 0
     in_flight_not_committed: int = 0
     acknowledged_after_aim: int = 0
 
     def summary(self) -> str:
         return (
-            f"seed {self.seed}: {self.kills} kills, {self.acknowledged} acknowledged writes, {self.lost} lost; "
-            f"at the kill: {self.idle_kills} idle, {self.in_flight_committed} in-flight committed, "
+            f"seed {self.seed}: {self.kills} kills, {self.acknowledged} acknowledged writes, none lost; "
+            f"at the kill: {self.after_answer_kills} right after an answer, "
+            f"{self.in_flight_committed} in-flight committed, "
             f"{self.in_flight_not_committed} in-flight not committed, "
             f"{self.acknowledged_after_aim} answered before the kill landed"
         )
@@ -209,19 +220,20 @@ class CrashLoop:
             self.report.acknowledged += 1
 
     async def _write_and_kill(self, server: RawServer) -> None:
-        acks_before_aim = self.rng.randint(0, MAX_ACKS_BEFORE_KILL)
+        after_answer = self._round % AFTER_ANSWER_EVERY == 0
+        acks_before_aim = self.rng.randint(1 if after_answer else 0, MAX_ACKS_BEFORE_KILL)
         aim = acks_before_aim + 1  # the write the kill is aimed at
-        idle = self.rng.random() < 0.1
         aimed = False
 
         async def step(index: int) -> tuple[int, PendingWrite] | None:
-            """Send write ``index``, kill while idle, or send nothing (the kill is on its way)."""
+            """Send write ``index``, kill right after an answer, or send nothing (the kill is on its way)."""
             nonlocal aimed
             if index > aim + WRITES_AFTER_AIMED:
                 return None
-            if index == aim and idle:
+            if index == aim and after_answer:
+                # Called right after the answer to write aim - 1 was read; nothing is in flight.
                 server.kill()
-                self.report.idle_kills += 1
+                self.report.after_answer_kills += 1
                 return None
             try:
                 sent = await self._send_write(server, index)
@@ -277,7 +289,6 @@ class CrashLoop:
             current = await self._read(server, context, None, last)
             revision = current["revision"]
             if revision < last.revision:
-                self.report.lost += last.revision - revision
                 raise AcknowledgedWriteLost(
                     f"seed {self.report.seed}: {context} is at revision {revision} after the restart, but revision "
                     f"{last.revision} was acknowledged (sequence {last.sequence}) before the kill"
@@ -292,7 +303,6 @@ class CrashLoop:
                 )
                 committed = True
             elif current["state"]["data"] != last.data:
-                self.report.lost += 1
                 raise AcknowledgedWriteLost(
                     f"seed {self.report.seed}: {context} revision {revision} does not hold the acknowledged data"
                 )
@@ -301,7 +311,6 @@ class CrashLoop:
                     continue
                 past = await self._read(server, context, ack.revision, ack)
                 if past["state"]["data"] != ack.data:
-                    self.report.lost += 1
                     raise AcknowledgedWriteLost(
                         f"seed {self.report.seed}: acknowledged revision {ack.revision} of {context} reads back changed"
                     )
@@ -321,7 +330,6 @@ class CrashLoop:
         arguments: dict[str, Any] = {"name": context} | ({"revision": revision} if revision is not None else {})
         result = await server.call_tool("get_state", arguments)
         if result.get("isError"):
-            self.report.lost += 1
             raise AcknowledgedWriteLost(
                 f"seed {self.report.seed}: {context} revision {ack.revision} was acknowledged (sequence "
                 f"{ack.sequence}) but reading it after the restart fails: {raw_result_text(result)}"

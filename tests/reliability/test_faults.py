@@ -2,7 +2,13 @@
 
 The disk-full and read-only-mount tests mount a small tmpfs / a read-only bind mount, which
 needs root (or CAP_SYS_ADMIN); ``chattr +i`` needs root and a file system with attributes
-(ext4, xfs, btrfs; not tmpfs). Where that is not possible the test is skipped with the reason.
+(ext4, xfs, btrfs; not tmpfs). A test that cannot set up its fault FAILS when it runs as root
+or under ``CI=true`` (CI runs as root: a fault test that silently skips there proves nothing);
+it is skipped, with the reason, only for a non-root user outside CI.
+
+``[broken-untranslated_storage_errors]``: a build that passes SQLite's own wording through
+("database or disk is full", "database is locked", "attempt to write a readonly database")
+must fail the disk-full, lock and read-only checks.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 import pytest
 
 from groundhog_mcp import ContextState, StateManager
+from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
 from tests.e2e.harness import RawServer, assert_error_text, raw_result_text, server_command
 from tests.reliability.battery import REPLY_WITHIN_S, assert_clear_error, start_raw
-from tests.reliability.broken_build import unexpected_error_build
+from tests.reliability.broken_build import build as build_copy
+from tests.reliability.broken_plugin import Build
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
@@ -33,10 +41,22 @@ def _fingerprint(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
+def must_set_up_faults() -> bool:
+    """Root or CI: a fault that cannot be set up is a failure, not a skip."""
+    return os.geteuid() == 0 or os.environ.get("CI", "").lower() == "true"
+
+
 def _privileged(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"`{' '.join(argv)}` failed here ({result.stderr.strip() or result.returncode}): needs root")
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        failure = result.stderr.strip() or str(result.returncode) if result.returncode != 0 else None
+    except FileNotFoundError:
+        failure = f"{argv[0]} is not installed"
+    if failure is not None:
+        reason = f"`{' '.join(argv)}` failed here ({failure})"
+        if must_set_up_faults():
+            pytest.fail(f"{reason}: the fault cannot be set up, as root or in CI that is a failure", pytrace=False)
+        pytest.skip(f"{reason}: needs root (skipped only outside CI for a non-root user)")
 
 
 def _unmount(target: Path) -> None:
@@ -131,6 +151,11 @@ async def _alive(server: RawServer) -> None:
 # -- disk full --------------------------------------------------------------------------------
 
 
+_UNTRANSLATED = "untranslated_storage_errors"
+_UNHANDLED_START = r"^(a traceback on stderr|the message does not name the file)"
+
+
+@pytest.mark.broken_build(_UNTRANSLATED, match=r"the error does not mention \['disk full'\]")
 async def test_disk_full_is_a_clear_error_and_recovers(tmp_path: Path, raw_env: dict[str, str]) -> None:
     with small_tmpfs(tmp_path / "small", "3m") as mount:
         database = mount / "groundhog.sqlite"
@@ -180,6 +205,7 @@ async def test_disk_full_is_a_clear_error_and_recovers(tmp_path: Path, raw_env: 
 # -- locked by another process ------------------------------------------------------------------
 
 
+@pytest.mark.broken_build(_UNTRANSLATED, match=r"raw SQLite lock error leaked")
 async def test_lock_held_past_the_busy_timeout_is_a_clear_retryable_error(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -219,6 +245,7 @@ async def test_lock_held_past_the_busy_timeout_is_a_clear_retryable_error(
 # -- read-only ----------------------------------------------------------------------------------
 
 
+@pytest.mark.broken_build(_UNTRANSLATED, match=r"the error does not mention \['read-only'\]")
 async def test_immutable_database_file_refuses_writes_clearly(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -245,16 +272,19 @@ async def test_immutable_database_file_refuses_writes_clearly(
     assert after[database.name] == before[database.name], "the read-only database file changed"
 
 
+@pytest.mark.broken_build("start_errors_unhandled", match=_UNHANDLED_START)
 async def test_read_only_file_system_refuses_to_start(database: Path, raw_env: dict[str, str], tmp_path: Path) -> None:
     await _make_database(database)
     before = _fingerprint(database.parent)
     with read_only_view(database.parent, tmp_path / "ro") as view:
         code, stderr = await _run_once(view / database.name, raw_env)
     assert code != 0, f"the server served a database on a read-only file system; stderr:\n{stderr}"
-    assert database.name in stderr and "Traceback" not in stderr, stderr
+    assert database.name in stderr, f"the message does not name the file: {stderr}"
+    assert "Traceback" not in stderr, f"a traceback on stderr: {stderr}"
     assert _fingerprint(database.parent) == before
 
 
+@pytest.mark.broken_build("no_read_only_cause", match=r"^the start error does not name the read-only file system")
 async def test_read_only_file_system_message_names_the_cause(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -262,8 +292,10 @@ async def test_read_only_file_system_message_names_the_cause(
     with read_only_view(database.parent, tmp_path / "ro") as view:
         code, stderr = await _run_once(view / database.name, raw_env)
     assert code != 0
-    assert "read-only file system" in stderr and f"{database.name}-wal" in stderr, stderr
-    assert "Traceback" not in stderr, stderr
+    assert "read-only file system" in stderr and f"{database.name}-wal" in stderr, (
+        f"the start error does not name the read-only file system and the -wal file: {stderr}"
+    )
+    assert "Traceback" not in stderr, f"a traceback on stderr: {stderr}"
 
 
 # -- corrupt files ------------------------------------------------------------------------------
@@ -289,6 +321,7 @@ def _newer_schema(database: Path) -> None:
         db.commit()
 
 
+@pytest.mark.broken_build("start_errors_unhandled", match=_UNHANDLED_START)
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
@@ -307,7 +340,7 @@ async def test_corrupt_database_refuses_to_start_and_is_untouched(
     code, stderr = await _run_once(database, raw_env)
     assert code != 0, f"the server started on a damaged database; stderr:\n{stderr}"
     assert str(database) in stderr, f"the message does not name the file: {stderr}"
-    assert "Traceback" not in stderr, stderr
+    assert "Traceback" not in stderr, f"a traceback on stderr: {stderr}"
     for word in words:
         assert word in stderr, f"the message does not say {word!r}: {stderr}"
     assert _fingerprint(database.parent) == before, "the damaged file (or its directory) was modified"
@@ -322,6 +355,7 @@ def _corrupt_contexts_page(database: Path) -> None:
         f.write(os.urandom(page_size))
 
 
+@pytest.mark.broken_build("no_quick_check", match=r"the server started on a corrupt database")
 async def test_corrupt_page_refuses_to_start(database: Path, raw_env: dict[str, str], tmp_path: Path) -> None:
     await _make_database(database)
     _corrupt_contexts_page(database)
@@ -332,6 +366,7 @@ async def test_corrupt_page_refuses_to_start(database: Path, raw_env: dict[str, 
     assert str(database) in stderr and "corrupt" in stderr and "Traceback" not in stderr, stderr
 
 
+@pytest.mark.broken_build("adopts_foreign_file", match=r"the foreign database was modified")
 async def test_foreign_sqlite_file_is_refused_and_untouched(database: Path, raw_env: dict[str, str]) -> None:
     with contextlib.closing(sqlite3.connect(database)) as db:
         db.execute("CREATE TABLE bookmarks (url TEXT)")
@@ -343,26 +378,31 @@ async def test_foreign_sqlite_file_is_refused_and_untouched(database: Path, raw_
     assert code != 0 and str(database) in stderr, stderr
 
 
+@pytest.mark.broken_build("refuses_empty_file", match=r"^an empty file was refused")
 async def test_empty_file_is_initialised(database: Path, raw_env: dict[str, str]) -> None:
     """A zero-byte file is an empty SQLite database, not a corrupt one (``touch`` then point at it)."""
     database.touch()
     code, stderr = await _run_once(database, raw_env)
-    assert code == 0, stderr
+    assert code == 0, f"an empty file was refused: {stderr}"
     with contextlib.closing(sqlite3.connect(database)) as db:
-        assert db.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 1
+        versions = [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, LATEST_SCHEMA_VERSION + 1))
 
 
 # -- what an unexpected error leaves in the log ----------------------------------------------------
 
 
+@pytest.mark.broken_build("logs_frame_locals", match=r"^state contents were written to the log")
 async def test_unexpected_errors_never_log_state_contents(
-    database: Path, raw_env: dict[str, str], tmp_path: Path
+    database: Path, raw_env: dict[str, str], tmp_path: Path, build: Build
 ) -> None:
     secret = "TOPSECRET-" + os.urandom(8).hex()
     async with StateManager.open(database) as manager:
         await manager.register("a", state=ContextState(data={"secret": secret}))
         await manager.update("a", data={"secret": secret, "n": 2})
-    command = unexpected_error_build(tmp_path / "faulty")
+    # The unexpected error is this test's input: planted here, on top of the build under test.
+    planted = ["unexpected_read_error", *([build.defect] if build.defect else [])]
+    command = [str(build_copy(planted, tmp_path / "faulty"))]
     stderr_path = tmp_path / "faulty.stderr"
     server = await start_raw(database, env=raw_env, stderr_path=stderr_path, command=command)
     try:

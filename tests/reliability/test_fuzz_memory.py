@@ -65,6 +65,11 @@ async def _alive(client: Client) -> None:
         await client.send_ping()
 
 
+# A planted unclear error: the tally lists it, the test fails at tally.assert_clean().
+_UNCLEAR = r"fuzz case\(s\) failed:.*an internal error instead of a refusal"
+
+
+@pytest.mark.broken_build("unclear_missing_context", match=_UNCLEAR)
 async def test_hostile_seeds(seeded: Client, db_path: Path) -> None:
     tools = {tool.name for tool in (await seeded.list_tools()).tools}
     call = memory_call(seeded)
@@ -80,22 +85,25 @@ async def test_hostile_seeds(seeded: Client, db_path: Path) -> None:
     tally.assert_clean()
 
 
-@pytest.mark.parametrize(
-    "arguments",
-    [
-        pytest.param({"data": {"\udfff": 1}}, id="data-key"),
-        pytest.param({"metadata": {"\udfff": 1}}, id="metadata-key"),
-        pytest.param({"data": {"t": "x\ud800"}}, id="data-value"),
-    ],
-)
-async def test_error_messages_are_valid_utf8(manager: StateManager, arguments: dict[str, Any]) -> None:
-    """What no SDK client can send (a lone surrogate) must still produce a message any transport can carry."""
+@pytest.mark.broken_build("raw_surrogates_in_errors", fails_with=UnicodeEncodeError, match="surrogates not allowed")
+@pytest.mark.parametrize("field", ["data", "metadata"])
+async def test_error_messages_are_valid_utf8(manager: StateManager, field: str) -> None:
+    """What no SDK client can send (a lone surrogate in a key) must still produce a message any transport can carry."""
     await manager.register("alpha", state=ContextState(data={"n": 1}))
     with pytest.raises(ContextError) as caught:
-        await manager.update("alpha", **arguments)
+        await manager.update("alpha", **{field: {"\udfff": 1}})
     message = str(caught.value)
     message.encode("utf-8")  # raises UnicodeEncodeError on a lone surrogate
-    assert "surrogate" in message
+    assert message == f"{field}.\\udfff: object key contains a lone surrogate (not valid UTF-8)"
+
+
+# Without the check the surrogate is caught nowhere else: an unexpected UnicodeEncodeError, not a refusal.
+@pytest.mark.broken_build("no_surrogate_check", fails_with=UnicodeEncodeError, match="surrogates not allowed")
+async def test_a_lone_surrogate_in_a_value_is_refused(manager: StateManager) -> None:
+    await manager.register("alpha", state=ContextState(data={"n": 1}))
+    with pytest.raises(ContextError) as caught:
+        await manager.update("alpha", data={"t": "x\ud800"})
+    assert str(caught.value) == "data.t: string contains a lone surrogate (not valid UTF-8)"
 
 
 class _HttpTrap:
@@ -129,6 +137,7 @@ class _HttpTrap:
         self._socket.close()
 
 
+@pytest.mark.broken_build("fetches_remote_ref", match=r"the server fetched http://127\.0\.0\.1")
 async def test_a_json_schema_ref_never_makes_the_server_fetch_a_url(seeded: Client) -> None:
     """jsonschema's deprecated automatic retrieval would fetch any URL a client puts in a $ref."""
     trap = _HttpTrap()
@@ -149,7 +158,7 @@ async def _seed(client: Client) -> None:
 
 @pytest.fixture
 def generated(db_path: Path) -> Iterator[GeneratedRun]:
-    server = create_server(Settings(database=str(db_path)))
+    server = create_server(Settings(database=str(db_path), tools="all"))
     with (
         start_blocking_portal("asyncio") as portal,
         portal.wrap_async_context_manager(Client(server, mode="legacy")) as client,
@@ -166,6 +175,7 @@ def generated(db_path: Path) -> Iterator[GeneratedRun]:
     print(f"\n{run.summary('in memory')}")
 
 
+@pytest.mark.broken_build("unclear_missing_context", match=r"an internal error instead of a refusal")
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.harness import RawServer, raw_result_text
 from tests.reliability.battery import REPLY_WITHIN_S, assert_clear_error, scaled, start_raw
+from tests.reliability.broken_plugin import Build
 from tests.reliability.fuzzing import FuzzTally, GeneratedRun, Reply, StoreSnapshot, judge, read_back_with
 from tests.reliability.hostile import SEED_CONTEXTS, hostile_cases, nested
 
@@ -43,6 +44,7 @@ EXAMPLES = scaled(300, 5000)
 # A case may legitimately take a while (validating 16 MiB); the 2 s rule is for the next call.
 CASE_TIMEOUT_S = 20.0
 _ids = itertools.count(10_000)
+
 
 class Stdio:
     """One server process spoken to in raw lines, with the bounded waits of this module."""
@@ -54,8 +56,11 @@ class Stdio:
     async def send_line(self, line: str | bytes) -> None:
         assert self.server.process.stdin is not None
         data = line if isinstance(line, bytes) else line.encode("utf-8")
-        self.server.process.stdin.write(data + b"\n")
-        await self.server.process.stdin.drain()
+        try:
+            self.server.process.stdin.write(data + b"\n")
+            await self.server.process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise AssertionError(f"the server exited; stderr:\n{self.server.stderr_text()[-2000:]}") from None
 
     async def reply_to(self, request_id: Any, within_s: float) -> dict[str, Any] | None:
         """The response to ``request_id`` within ``within_s`` seconds, or None; other responses are skipped."""
@@ -159,8 +164,10 @@ async def _start_seeded(database: Path, env: dict[str, str], stderr_path: Path) 
     return connection
 
 
-async def _stop(connection: Stdio) -> None:
+async def _stop(connection: Stdio, build: Build) -> None:
     try:
+        if build.broken:
+            return  # a broken build's verdict is the test's failure; its exit is no news
         assert await connection.server.close() == 0, "the server did not exit cleanly after the fuzzing"
         stderr = connection.server.stderr_text()
         assert "Traceback" not in stderr, f"a traceback on stderr:\n{stderr[-3000:]}"
@@ -169,16 +176,16 @@ async def _stop(connection: Stdio) -> None:
 
 
 @pytest.fixture
-async def stdio(database: Path, raw_env: dict[str, str], tmp_path: Path) -> AsyncGenerator[Stdio]:
+async def stdio(database: Path, raw_env: dict[str, str], tmp_path: Path, build: Build) -> AsyncGenerator[Stdio]:
     connection = await _start_seeded(database, raw_env, tmp_path / "server.stderr")
     try:
         yield connection
     finally:
-        await _stop(connection)
+        await _stop(connection, build)
 
 
 @pytest.fixture
-def generated(database: Path, raw_env: dict[str, str], tmp_path: Path) -> Iterator[GeneratedRun]:
+def generated(database: Path, raw_env: dict[str, str], tmp_path: Path, build: Build) -> Iterator[GeneratedRun]:
     """A seeded server driven from a portal thread (Hypothesis drives a plain function)."""
     with start_blocking_portal("asyncio") as portal:
         connection = portal.call(_start_seeded, database, raw_env, tmp_path / "generated.stderr")
@@ -192,10 +199,11 @@ def generated(database: Path, raw_env: dict[str, str], tmp_path: Path) -> Iterat
             )
             yield run
         finally:
-            portal.call(_stop, connection)
+            portal.call(_stop, connection, build)
     print(f"\n{run.summary('over stdio')}")
 
 
+@pytest.mark.broken_build("crash_on_missing_context", match=r"the server exited")
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -206,6 +214,7 @@ def test_generated_arguments(generated: GeneratedRun, data: st.DataObject) -> No
     generated.example(data)
 
 
+@pytest.mark.broken_build("crash_on_missing_context", match=r"the server exited")
 async def test_hostile_seeds(stdio: Stdio) -> None:
     tally = FuzzTally()
     dropped = 0
@@ -240,6 +249,7 @@ _DROPPED = sorted({case.stdio_dropped for case in hostile_cases() if case.stdio_
 
 
 @pytest.mark.parametrize("category", _DROPPED)
+@pytest.mark.broken_build("sdk_stdio", match=r"no reply within")
 async def test_dropped_line_is_answered(stdio: Stdio, category: str) -> None:
     cases = {next(_ids): case for case in hostile_cases() if case.stdio_dropped == category}
     before = StoreSnapshot.read(stdio.database)
@@ -332,6 +342,7 @@ GARBAGE: list[tuple[str, str | bytes, Any]] = [
 ]
 
 
+@pytest.mark.broken_build("crash_on_unusable_id", match=r"the server exited")
 async def test_protocol_garbage(stdio: Stdio) -> None:
     answered_wrongly: list[str] = []
     for label, line, expected_id in GARBAGE:
@@ -356,12 +367,15 @@ async def test_protocol_garbage(stdio: Stdio) -> None:
     assert not answered_wrongly, "\n".join(answered_wrongly)
 
 
+@pytest.mark.broken_build("sdk_stdio", match=r"no parse error \(-32700\) reply, got None")
 async def test_parse_error_is_answered(stdio: Stdio) -> None:
     await stdio.send_line('{"jsonrpc":"2.0","id":1,"method":"pi')
     reply = (await stdio.replies_to([None])).get(_key(None))
-    assert reply is not None and reply["error"]["code"] == -32700, f"got {reply}"
+    assert reply is not None and reply["error"]["code"] == -32700, f"no parse error (-32700) reply, got {reply}"
 
 
+@pytest.mark.broken_build("sdk_stdio", match=r"params-array: no invalid-request reply")
+@pytest.mark.broken_build("crash_on_unusable_id", match=r"the server exited")
 async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     lines = {
         "params-array": _request("params-array", "tools/call", params=[1, 2]),
@@ -370,8 +384,10 @@ async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     for line in lines.values():
         await stdio.send_line(line)
     replies = await stdio.replies_to(["params-array", "no-jsonrpc"])
-    assert replies.get(_key("params-array"), {}).get("error", {}).get("code") in (-32600, -32602), replies
-    assert "params" in replies[_key("params-array")]["error"]["message"], replies
+    assert replies.get(_key("params-array"), {}).get("error", {}).get("code") == -32600, (
+        f"params-array: no invalid-request reply: {replies}"
+    )
+    assert replies[_key("params-array")]["error"]["message"] == "Invalid request: params: Input should be an object"
     assert replies.get(_key("no-jsonrpc"), {}).get("error", {}).get("code") == -32600, replies
     assert "jsonrpc" in replies[_key("no-jsonrpc")]["error"]["message"], replies
     # The SDK would read these as notifications and never answer: each gets -32600 with id null.
@@ -386,6 +402,7 @@ async def test_invalid_request_is_answered(stdio: Stdio) -> None:
     assert served is not None and "result" in served, served
 
 
+@pytest.mark.broken_build("sdk_prompt_errors", match=r"unknown-prompt: \{'code': 0")
 async def test_prompt_errors_use_json_rpc_codes(stdio: Stdio) -> None:
     for request_id, params in (
         ("unknown-prompt", {"name": "no_such_prompt"}),
@@ -399,8 +416,9 @@ async def test_prompt_errors_use_json_rpc_codes(stdio: Stdio) -> None:
             assert "name" in reply["error"]["message"] and "{" not in reply["error"]["message"], reply["error"]
 
 
+@pytest.mark.broken_build("no_depth_limit", match=r"data nested 150 deep was accepted")
 async def test_depth_150_over_stdio_is_refused_clearly(stdio: Stdio) -> None:
     """Below the SDK's parser limit the server's own rule speaks (a guard for the xfail above)."""
     reply = await stdio.call("update_state", {"name": "alpha", "data": nested(150)})
-    assert reply.is_error
+    assert reply.is_error, f"data nested 150 deep was accepted: {reply.text[:200]}"
     assert_clear_error(reply.text, "update_state", "data", "depth")

@@ -16,12 +16,14 @@ import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from mcp.client import Client
 
+from tests.reliability.broken_plugin import Build
 from tests.server.test_http import Launcher, ServerProcess, connect, ok, text_of
 
 pytestmark = pytest.mark.e2e
@@ -51,9 +53,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture
-async def clients(served: tuple[ServerProcess, dict[str, str]]) -> AsyncGenerator[tuple[Client, Client]]:
+async def clients(
+    served: tuple[ServerProcess, dict[str, str]], build: Build, tmp_path: Path
+) -> AsyncGenerator[tuple[Client, Client]]:
     server, tokens = served
     async with AsyncExitStack() as stack:
+        if build.broken:  # a broken variant (tests/reliability/broken_build.py) runs its own server
+            launcher = Launcher(tmp_path)
+            stack.callback(launcher.close)
+            tokens = {"A": launcher.tokens.create("A", "team-x")[1], "B": launcher.tokens.create("B", "team-y")[1]}
+            server = launcher.start("http")
         a = await stack.enter_async_context(connect(server.url, tokens["A"]))
         b = await stack.enter_async_context(connect(server.url, tokens["B"]))
         state = {"data": {"n": 1, "notes": ["x" * 100] * 50}}
@@ -124,6 +133,7 @@ async def _call(client: Client, tool: str, **arguments: Any) -> tuple[bool, str]
     return result.is_error, text_of(result)
 
 
+@pytest.mark.broken_build("backtracking_patterns", match=r"B's p99")
 async def test_backtracking_pattern_via_validate_state(clients: tuple[Client, Client]) -> None:
     a, b = clients
     schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": EVIL_PATTERN}}}
@@ -134,7 +144,7 @@ async def test_backtracking_pattern_via_validate_state(clients: tuple[Client, Cl
 
     latencies, answers = await _under_attack(b, attack)
     _, p99 = _report("pattern via validate_state", latencies)
-    assert p99 < B_P99_BOUND_MS
+    assert p99 < B_P99_BOUND_MS, f"B's p99 {p99:.0f} ms while A's pattern ran (bound {B_P99_BOUND_MS} ms)"
     for result in answers:
         assert result["valid"] is False
         assert [issue["pointer"] for issue in result["errors"]] == ["/data/s"]

@@ -119,6 +119,7 @@ def _guesses(seen: list[str]) -> list[str]:
     return sorted(guesses)
 
 
+@pytest.mark.broken_build("shared_replay", match=r"B received A's data")
 async def test_stream_replay_never_crosses_sessions(launcher: Launcher) -> None:
     """B presents every event id it was given, a range around each, and even A's own ids, in its
     own session: it never receives a byte of A's replies."""

@@ -133,6 +133,7 @@ def _check_listing(resources: list[dict[str, Any]]) -> None:
             )
 
 
+@pytest.mark.broken_build("listing_quotes_metadata", match=r"resources/list description quotes stored text")
 async def test_stored_text_never_changes_the_tool_surface(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -169,6 +170,7 @@ async def test_stored_text_never_changes_the_tool_surface(
         await server.ensure_dead()
 
 
+@pytest.mark.broken_build("prompt_renders_raw_text", match=r"the prompt carries raw control characters")
 async def test_prompts_quote_stored_text_as_bounded_json(
     database: Path, raw_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -177,8 +179,7 @@ async def test_prompts_quote_stored_text_as_bounded_json(
         await server.initialize()
         await _poison(server)
         prompts = {p["name"] for p in (await server.request("prompts/list"))["prompts"]}
-        if "resume_context" not in prompts:
-            pytest.skip("no resume_context prompt")
+        assert "resume_context" in prompts, f"the resume_context prompt this test reads is gone: {sorted(prompts)}"
         result = await server.request("prompts/get", {"name": "resume_context", "arguments": {"name": NAMES[0]}})
         text = "\n".join(m["content"].get("text", "") for m in result["messages"])
         assert len(text) <= 40_000, f"the prompt is unbounded: {len(text)} characters"
@@ -190,6 +191,7 @@ async def test_prompts_quote_stored_text_as_bounded_json(
         await server.ensure_dead()
 
 
+@pytest.mark.broken_build("prompt_renders_raw_text", match=r"the prompt carries \['U\+")
 async def test_prompts_escape_invisible_characters(database: Path, raw_env: dict[str, str], tmp_path: Path) -> None:
     server = await start_raw(database, env=raw_env, stderr_path=tmp_path / "prompts.stderr")
     try:

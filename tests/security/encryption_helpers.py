@@ -7,7 +7,6 @@ import hashlib
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from groundhog_mcp.app import load_settings, open_manager
 from groundhog_mcp.security.crypto import parse_key
 from groundhog_mcp.service import StateManager
 from tests.cli_in_process import run_cli
-from tests.e2e.harness import server_env
+from tests.e2e.harness import server_command, server_env
 
-SCRIPT = str(Path(sys.executable).parent / "groundhog-mcp")
+# The CLI under test: GROUNDHOG_E2E_COMMAND when set (tests/e2e/harness.py), else the venv's script.
+SCRIPT = server_command()
 
 SEALED_COLUMNS = (
     ("contexts", "state"),

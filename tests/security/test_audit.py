@@ -461,7 +461,7 @@ def test_a_short_key_is_refused() -> None:
 
 @pytest.fixture
 async def served(db_path: Path) -> AsyncGenerator[tuple[StateManager, Client]]:
-    settings = Settings(database=str(db_path), audit_key=KEY_TEXT)  # pyright: ignore[reportArgumentType]
+    settings = Settings(database=str(db_path), audit_key=KEY_TEXT, tools="all")  # pyright: ignore[reportArgumentType]
     from groundhog_mcp.app import open_manager
 
     manager = open_manager(settings)
@@ -533,7 +533,7 @@ class NoTokens:
 
 
 async def test_a_request_without_a_principal_is_denied_and_audited(db_path: Path) -> None:
-    settings = Settings(database=str(db_path), audit_key=KEY_TEXT)  # pyright: ignore[reportArgumentType]
+    settings = Settings(database=str(db_path), audit_key=KEY_TEXT, tools="all")  # pyright: ignore[reportArgumentType]
     from groundhog_mcp.app import open_manager
 
     manager = open_manager(settings)

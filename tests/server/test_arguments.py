@@ -69,7 +69,8 @@ def inner_attempts(argument: str, schema: dict[str, Any], defs: dict[str, Any]) 
     """Wrong types one level down: in each field of an object model argument (or of the items of
     an array of them), in the items of an array, in the values of a map."""
     for option in schema.get("anyOf", [schema]):
-        in_array = option.get("type") == "array"
+        declared = option.get("type")
+        in_array = declared == "array" or (isinstance(declared, list) and "array" in declared)
         target = option.get("items", {}) if in_array else option
         if "$ref" in target:
             model = defs[target["$ref"].rsplit("/", 1)[-1]]
@@ -95,7 +96,7 @@ def fingerprint(database: Path) -> dict[str, str]:
 
 
 async def test_every_argument_of_every_tool_refuses_every_wrong_json_type(db_path: Path) -> None:
-    server = create_server(Settings(database=str(db_path)))
+    server = create_server(Settings(database=str(db_path), tools="all"))
     async with Client(server) as client:
         handlers = {"inc": {"action": "increment", "path": "/n"}}
         await call(client, "register_context", name="t", state={"data": {"n": 1}}, event_handlers=handlers)

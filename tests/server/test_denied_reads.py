@@ -57,7 +57,7 @@ async def test_every_read_tool_and_resource_answers_a_denied_name_like_a_missing
             raise AssertionError("the event should have been dead-lettered")
         letter_id = (await owner.list_dead_letters(name="secret.events"))[0].id
 
-        server = create_server(Settings(database=str(db_path)), manager)  # pyright: ignore[reportArgumentType]
+        server = create_server(Settings(database=str(db_path), tools="all"), manager)  # pyright: ignore[reportArgumentType]
         reads: list[tuple[str, str, Callable[[str], dict[str, Any]]]] = [
             ("tool", "get_context", lambda n: {"name": n}),
             ("tool", "get_state", lambda n: {"name": n}),

@@ -21,7 +21,7 @@ from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 
 async def test_lifespan_entered_per_connection_shares_one_notifier(db_path: Path) -> None:
     async with StateManager.open(db_path) as manager:
-        server = create_server(Settings(database=str(db_path)), manager)
+        server = create_server(Settings(database=str(db_path), tools="all"), manager)
         lowlevel = server._lowlevel_server  # pyright: ignore[reportPrivateUsage]
         connections = [AsyncExitStack() for _ in range(3)]  # three SSE clients connected at once
         contexts: list[AppContext] = [await c.enter_async_context(lowlevel.lifespan(lowlevel)) for c in connections]

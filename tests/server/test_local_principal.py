@@ -25,12 +25,12 @@ def test_grants_from_the_environment_and_their_errors(tmp_path: Path) -> None:
 
 
 async def test_a_configured_read_only_principal_cannot_write(db_path: Path) -> None:
-    writer = create_server(Settings(database=str(db_path)))
+    writer = create_server(Settings(database=str(db_path), tools="all"))
     async with Client(writer) as client:
         await call(client, "register_context", name="notes.todo")
         await call(client, "register_context", name="private")
     grants = ["read:notes.", "write:notes.mine"]
-    reader = create_server(Settings(database=str(db_path), principal="viewer", grants=grants))
+    reader = create_server(Settings(database=str(db_path), principal="viewer", grants=grants, tools="all"))
     async with Client(reader) as client:
         assert (await call(client, "get_state", name="notes.todo"))["revision"] == 1
         text = await fail(client, "update_state", name="notes.todo", data={"x": 1})

@@ -19,7 +19,7 @@ from tests.server.conftest import call, fail
 @pytest.fixture
 def server(db_path: Path) -> MCPServer[AppContext]:
     """The application server with merge_states, whether or not build_server adds it already."""
-    built = create_server(Settings(database=str(db_path)))
+    built = create_server(Settings(database=str(db_path), tools="all"))
     if built._tool_manager.get_tool("merge_states") is None:  # pyright: ignore[reportPrivateUsage]
         register_merge_tool(built)
     return built

@@ -130,6 +130,8 @@ async def test_invalid_values_are_rejected_with_pointer_rule_and_limit(
 
 async def test_depth_64_is_accepted(manager: StateManager) -> None:
     await _register(manager, "c", _nested(64))
+    _, _, state = await manager.read("c")
+    assert state.data == _nested(64)
 
 
 async def test_state_size_limit(manager: StateManager) -> None:

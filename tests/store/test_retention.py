@@ -24,21 +24,23 @@ async def test_keep_revisions_prunes_history_and_old_diffs(db_path: Path) -> Non
             await manager.update("c", data={"v": v})
         entries = await manager.history("c", limit=100)
         revisions = [e.revision for e in entries]
-        assert revisions[0] == 60 and 10 <= len(revisions) < 10 + 10  # pruned every 10 writes
+        # Pruned at every 10th revision to the last keep_revisions: at revision 60, exactly 51..60.
+        assert revisions == list(range(60, 50, -1))
         with pytest.raises(
             CompactedError, match=r"revision: compacted, revision 3 of context 'c' was pruned"
         ) as caught:
             await manager.read("c", 3)
-        assert caught.value.oldest_available == revisions[-1]
+        assert caught.value.oldest_available == 51
         with pytest.raises(CompactedError):
             await manager.diff("c", 3)
         with pytest.raises(CompactedError):
             await manager.rollback("c", 3)
-        _, _, kept = await manager.read("c", revisions[-1])
-        assert kept.data == {"v": revisions[-1] - 1}
+        _, _, kept = await manager.read("c", 51)
+        assert kept.data == {"v": 50}
         with sqlite3.connect(db_path) as conn:
             ops = [r[0] for r in conn.execute("SELECT op FROM changes ORDER BY sequence")]
-        assert ops[0] == "register" and 10 <= len(ops) - 1 < 20  # pruned changes go, the registration stays
+        # The change rows of pruned revisions go, the registration stays: register + revisions 51..60.
+        assert ops == ["register"] + ["update"] * 10
         (metrics,) = (await manager.collect_metrics(["c"]))[1]
         assert metrics.state_updates == 59
     finally:
@@ -55,7 +57,8 @@ async def test_per_context_settings_override_and_zero_keeps_all(db_path: Path) -
             await manager.update("all", data={"v": v})
             await manager.update("few", data={"v": v})
         assert len(await manager.history("all", limit=100)) == 31
-        assert len(await manager.history("few", limit=100)) < 12
+        # keep_revisions=2 at revision 31: pruned at 30 to 29..30, then 31 written.
+        assert [e.revision for e in await manager.history("few", limit=100)] == [31, 30, 29]
         with pytest.raises(StateValidationError, match=r"settings\.keep_revisions: must be an integer >= 0"):
             await manager.register("bad", settings={"keep_revisions": -1})
         with pytest.raises(StateValidationError, match=r"settings\.keep_days: must be a number of days > 0"):
