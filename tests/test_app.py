@@ -111,3 +111,13 @@ def test_keys_come_from_the_environment_only(tmp_path: Path) -> None:
 def test_an_environment_value_is_named_when_wrong() -> None:
     with pytest.raises(InitializationError, match=r"^config: port: Input should be a valid integer"):
         load_settings({}, env={"GROUNDHOG_PORT": "eighty"})
+
+
+@pytest.mark.parametrize("name", sorted(Settings.model_fields))
+@pytest.mark.parametrize("text", ["x,y", "[1", "{}", "-1"])
+def test_any_environment_value_is_a_setting_or_a_config_error(name: str, text: str) -> None:
+    """Never a bare pydantic-settings error (a traceback, exit 70): lists are not JSON-decoded."""
+    try:
+        load_settings({}, env={f"GROUNDHOG_{name.upper()}": text})
+    except InitializationError as exc:  # EncryptionKeyError included
+        assert str(exc).startswith(("config: ", "encryption: ")), str(exc)
