@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from groundhog_mcp.app import Settings
-from groundhog_mcp.cli.common import InputError, UsageError, manager_session, print_json
+from groundhog_mcp.cli.common import Handler, InputError, UsageError, manager_session, print_json
 from groundhog_mcp.models import HistoryEntry, JSONObject, format_timestamp
 from groundhog_mcp.service import WriteResult
+from groundhog_mcp.service.audit import current_operation
 from groundhog_mcp.service.patching import resolve_pointer
 
 __all__ = ["add_state_commands"]
@@ -36,7 +37,7 @@ def add_state_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     get.add_argument("name")
     get.add_argument("--revision", type=_revision, default=None, help="a past revision (default: the current one)")
     get.add_argument("--path", default=None, help="JSON Pointer into the data (e.g. /tasks/0): print only that part")
-    get.set_defaults(handler=_get)
+    get.set_defaults(handler=_as_tool("get_state", _get))
 
     expected = argparse.ArgumentParser(add_help=False)
     expected.add_argument(
@@ -55,7 +56,7 @@ def add_state_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     source = put.add_mutually_exclusive_group()
     source.add_argument("data", nargs="?", default=None, help="the new data as JSON (default: read from stdin)")
     source.add_argument("--file", default=None, metavar="F", help="read the new data from this JSON file")
-    put.set_defaults(handler=_set)
+    put.set_defaults(handler=_as_tool("update_state", _set))
 
     patch = actions.add_parser("patch", parents=[common, expected], help="change part of a context's data")
     patch.add_argument("name")
@@ -66,26 +67,40 @@ def add_state_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     kind.add_argument(
         "--json-patch", metavar="JSON", help="RFC 6902 operations (an array), applied atomically; - reads stdin"
     )
-    patch.set_defaults(handler=_patch)
+    patch.set_defaults(handler=_as_tool("update_state", _patch))
 
     history = actions.add_parser("history", parents=[common], help="a context's revisions, newest first")
     history.add_argument("name")
     history.add_argument("--limit", type=int, default=20, help="how many revisions (default 20)")
     history.add_argument("--before", type=_revision, default=None, help="only revisions older than this one")
-    history.set_defaults(handler=_history)
+    history.set_defaults(handler=_as_tool("get_history", _history))
 
     diff = actions.add_parser("diff", parents=[common], help="the RFC 6902 patch between two revisions")
     diff.add_argument("name")
     diff.add_argument("from_revision", type=_revision, metavar="FROM")
     diff.add_argument("to_revision", type=_revision, nargs="?", default=None, metavar="TO", help="default: current")
-    diff.set_defaults(handler=_diff)
+    diff.set_defaults(handler=_as_tool("diff_states", _diff))
 
     rollback = actions.add_parser(
         "rollback", parents=[common, expected], help="restore an earlier revision's data and metadata as a new revision"
     )
     rollback.add_argument("name")
     rollback.add_argument("revision", type=_revision, metavar="REVISION")
-    rollback.set_defaults(handler=_rollback)
+    rollback.set_defaults(handler=_as_tool("rollback_state", _rollback))
+
+
+def _as_tool(tool: str, handler: Handler) -> Handler:
+    """``handler`` served as the tool ``tool``: a denial's audit row names the tool, as when a
+    client calls it (committed writes are recorded by their change op either way)."""
+
+    async def as_tool(args: argparse.Namespace, settings: Settings) -> int:
+        operation = current_operation.set(tool)
+        try:
+            return await handler(args, settings)
+        finally:
+            current_operation.reset(operation)
+
+    return as_tool
 
 
 def _revision(text: str) -> int:

@@ -144,6 +144,22 @@ def test_writes_are_attributed_to_the_configured_principal(cli: Cli, tmp_path: P
     assert writes == [("alice", "register", 1), ("alice", "update", 2)]
 
 
+def test_a_write_without_the_grant_is_refused_and_audited_as_the_tool(cli: Cli) -> None:
+    cli.ok("set", "notes", '{"n": 1}', "--expected-revision", "0")
+    reader = {**ALICE, "GROUNDHOG_GRANTS": "read:"}
+    denied = run_cli("--database", cli.database, "state", "set", "notes", "{}", env=reader, home=cli.home, check=False)
+    assert (denied.returncode, denied.stdout) == (1, "")
+    assert denied.stderr.endswith(
+        "groundhog-mcp: access: the write grant on 'notes' is missing for principal 'alice'\n"
+    )
+    exported = run_cli("--database", cli.database, "audit", "export", env=ALICE, home=cli.home)
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(r["principal"], r["operation"], r["outcome"]) for r in rows if r["outcome"] == "denied"] == [
+        ("alice", "update_state", "denied")
+    ]
+    assert cli.ok("get", "notes")["state"]["data"] == {"n": 1}
+
+
 def test_a_stale_expected_revision_fails_and_names_the_current_one(cli: Cli) -> None:
     cli.ok("set", "notes", '{"n": 1}', "--expected-revision", "0")
     cli.ok("set", "notes", '{"n": 2}')
