@@ -12,11 +12,20 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import platformdirs
 import structlog
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import EncryptionKeyError, InitializationError
@@ -71,10 +80,17 @@ def default_token_file() -> Path:
     return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "tokens.json"
 
 
-class Settings(BaseModel):
-    """Every setting, with its default. Env: ``GROUNDHOG_<NAME>``; TOML: ``<name> = ...``."""
+class Settings(BaseSettings):
+    """Every setting, with its default. Env: ``GROUNDHOG_<NAME>``; TOML: ``<name> = ...``.
 
-    model_config = ConfigDict(extra="forbid")
+    ``Settings(name=value, ...)`` takes the given values over the defaults and nothing else (a
+    library caller's settings do not change with the environment); ``load_settings`` layers
+    flags, ``GROUNDHOG_*`` variables and the TOML file.
+    """
+
+    # Lists from the environment are comma-separated, not JSON (NoDecode on those fields); an
+    # empty variable means "not set", as an unset one.
+    model_config = SettingsConfigDict(extra="forbid", env_prefix="GROUNDHOG_", env_ignore_empty=True)
 
     database: str = Field(default_factory=lambda: str(default_database()))
     log_level: LogLevel = "INFO"
@@ -92,8 +108,12 @@ class Settings(BaseModel):
     transport: Literal["stdio", "http", "sse"] = "stdio"
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     port: int = Field(default=8765, ge=0, le=65535, description="0: any free port (logged at start)")
-    allowed_hosts: list[str] = Field(default_factory=list[str], description="Host headers to accept besides localhost")
-    allowed_origins: list[str] = Field(default_factory=list[str], description="Origin headers to accept")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str], description="Host headers to accept besides localhost"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str], description="Origin headers to accept"
+    )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     header_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for a request's headers to arrive")
     body_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds for a request's body to arrive")
@@ -110,7 +130,7 @@ class Settings(BaseModel):
     audit_key: SecretStr | None = Field(default=None, description="HMAC key of the audit chain, >= 32 characters")
     audit_key_file: str | None = Field(default=None, description="file holding the audit key (created if missing)")
     # The local principal's grants (stdio, and HTTP without authentication): right:prefix.
-    grants: list[str] = Field(default_factory=lambda: ["admin:"], min_length=1)
+    grants: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin:"], min_length=1)
     metrics_public: bool = Field(default=False, description="serve /metrics without a token")
     # OAuth 2.1 resource server (docs/http.md): on when oauth_introspection_url is set. The
     # client secret comes from GROUNDHOG_OAUTH_CLIENT_SECRET or a file, never a flag.
@@ -155,6 +175,28 @@ class Settings(BaseModel):
             max_state_bytes=self.max_state_bytes, max_depth=self.max_depth, max_read_bytes=self.max_read_bytes
         )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """``GROUNDHOG_*`` variables of a given mapping (``os.environ`` for the command line)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
 
 def load_settings(
     flags: Mapping[str, Any] | None = None,
@@ -162,41 +204,47 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
 ) -> Settings:
-    """Merge TOML, then ``GROUNDHOG_*`` environment variables, then flags (highest wins)."""
+    """Flags over ``GROUNDHOG_*`` environment variables over the TOML file over the defaults."""
     env = os.environ if env is None else env
-    merged: dict[str, Any] = {}
     path = Path(config_file) if config_file else Path(env["GROUNDHOG_CONFIG"]) if env.get("GROUNDHOG_CONFIG") else None
     if path is None and default_config_path().is_file():
         path = default_config_path()
-    if path is not None:
-        try:
-            merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise InitializationError(f"config: file {path} does not exist") from None
-        except OSError as exc:
-            raise InitializationError(f"config: cannot read {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise InitializationError(f"config: {path} is not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InitializationError(f"config: {path} is not valid TOML ({exc})") from None
-        for secret in _ENV_ONLY:
-            if secret in merged:
-                raise EncryptionKeyError(
-                    f"config: {path} sets {secret}; keys are not read from the config file. Put the key in a "
-                    f"file of its own (mode 0600) and set {secret}_file, or set GROUNDHOG_{secret.upper()}"
-                )
-    for field in Settings.model_fields:
-        value = env.get(f"GROUNDHOG_{field.upper()}")
-        if value is not None and value != "":
-            merged[field] = value
-    if any(secret in (flags or {}) for secret in _ENV_ONLY):
+    toml = _read_config(path) if path is not None else {}
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    if any(secret in given for secret in _ENV_ONLY):
         raise EncryptionKeyError("config: encryption keys are never taken from the command line")
-    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    sources = (
+        InitSettingsSource(Settings, init_kwargs=given),
+        _EnvironmentSource(Settings, env),
+        InitSettingsSource(Settings, init_kwargs=toml),
+    )
     try:
-        return Settings.model_validate(merged)
+        # pyright does not see BaseSettings' private __init__ arguments through dataclass_transform.
+        return Settings(_build_sources=(sources, {}))  # pyright: ignore[reportCallIssue]
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InitializationError(f"config: {problems}") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The TOML file's table; every way it can be wrong is one ``config:`` line naming the file."""
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InitializationError(f"config: file {path} does not exist") from None
+    except OSError as exc:
+        raise InitializationError(f"config: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InitializationError(f"config: {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InitializationError(f"config: {path} is not valid TOML ({exc})") from None
+    for secret in _ENV_ONLY:
+        if secret in table:
+            raise EncryptionKeyError(
+                f"config: {path} sets {secret}; keys are not read from the config file. Put the key in a "
+                f"file of its own (mode 0600) and set {secret}_file, or set GROUNDHOG_{secret.upper()}"
+            )
+    return table
 
 
 _ENV_ONLY = ("encryption_key", "encryption_old_keys")

@@ -199,6 +199,7 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
         ["dead-letters", "list"],
         ["metrics"],
         ["keygen"],
+        ["state", "set", "notes", "{}", "--expected-revision", "0"],
     ],
     ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")),
 )

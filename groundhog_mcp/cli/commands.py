@@ -1,4 +1,4 @@
-"""The ``groundhog-mcp`` command: ``serve`` (the default, stdio) and maintenance subcommands."""
+"""The parser, the dispatch to each sub-command's handler, ``serve`` and the maintenance commands."""
 
 from __future__ import annotations
 
@@ -11,32 +11,42 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import AsyncGenerator, Generator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO
 
 import structlog
 
 from groundhog_mcp import __version__
 from groundhog_mcp.app import (
     Settings,
-    audit_key,
     configure_logging,
     encryption_keyring,
     load_settings,
     open_manager,
     prometheus_text,
 )
-from groundhog_mcp.errors import ContextError, InitializationError
-from groundhog_mcp.files import PrivateOutput
+from groundhog_mcp.cli.audit import add_audit_commands
+from groundhog_mcp.cli.common import (
+    EXIT_BUG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Handler,
+    UsageError,
+    is_url,
+    manager_session,
+    print_json,
+    private_output,
+    unmigrated_store,
+)
+from groundhog_mcp.cli.state import add_state_commands
+from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
-from groundhog_mcp.security.audit import AuditHead, ChainVerifier
 from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import SQLiteStore, Store, open_store
-from groundhog_mcp.store.base import AuditQuery
+from groundhog_mcp.store import SQLiteStore, open_store
 from groundhog_mcp.store.records import import_rows
 from groundhog_mcp.store.sqlite import RotationProgress
 
@@ -68,9 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"groundhog-mcp {__version__}")
+    parser.set_defaults(handler=_serve)  # no command: serve
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the MCP server (default)")
+    serve.set_defaults(handler=_serve)
     _add_http_arguments(serve)
     for serving in (parser, serve):  # `groundhog-mcp --tools all` serves too
         serving.add_argument(
@@ -79,13 +91,16 @@ def _parser() -> argparse.ArgumentParser:
             help="tools to list: default (the agent workflow), all, or comma-separated names (env GROUNDHOG_TOOLS)",
         )
     _add_token_commands(commands, common)
+    add_state_commands(commands, common)
 
     contexts = commands.add_parser("contexts", parents=[common], help="list or show contexts")
     contexts_commands = contexts.add_subparsers(dest="contexts_command", metavar="ACTION", required=True)
     listing = contexts_commands.add_parser("list", parents=[common], help="list contexts")
     listing.add_argument("--prefix", default="", help="only names starting with this")
+    listing.set_defaults(handler=_contexts_list)
     show = contexts_commands.add_parser("show", parents=[common], help="show one context and its state")
     show.add_argument("name")
+    show.set_defaults(handler=_contexts_show)
 
     export = commands.add_parser("export", parents=[common], help="write every context with history as JSON Lines")
     export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")
@@ -95,46 +110,34 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with encryption at rest on: write the decrypted contents anyway (refused without this flag)",
     )
+    export.set_defaults(handler=_export_command)
 
     importing = commands.add_parser("import", parents=[common], help="load an export into an empty database")
     importing.add_argument("file", help="JSON Lines file written by export ('-' for stdin)")
+    importing.set_defaults(handler=_import_command)
 
     backup = commands.add_parser("backup", parents=[common], help="online, consistent copy of the database")
     backup.add_argument("destination", help="new file to write (mode 0600)")
     backup.add_argument("--force", action="store_true", help="replace an existing destination file")
+    backup.set_defaults(handler=_backup)
 
     letters = commands.add_parser("dead-letters", parents=[common], help="events whose handler kept failing")
     letters_commands = letters.add_subparsers(dest="letters_command", metavar="ACTION", required=True)
     letters_list = letters_commands.add_parser("list", parents=[common], help="list open dead letters")
     letters_list.add_argument("--context", default=None, help="only this context's")
     letters_list.add_argument("--all", action="store_true", help="include replayed ones")
+    letters_list.set_defaults(handler=_dead_letters_list)
     replay = letters_commands.add_parser("replay", parents=[common], help="handle a dead-lettered event again")
     replay.add_argument("id", type=int)
+    replay.set_defaults(handler=_dead_letters_replay)
 
     _add_encryption_commands(commands, common)
 
     commands.add_parser(
         "metrics", parents=[common], help="print metrics in the Prometheus text format (needs the [metrics] extra)"
-    )
+    ).set_defaults(handler=_metrics)
 
-    audit = commands.add_parser("audit", parents=[common], help="the tamper-evident audit log")
-    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    verify = audit_commands.add_parser(
-        "verify", parents=[common], help="check the HMAC chain; name the first altered, removed or reordered row"
-    )
-    verify.add_argument(
-        "--head",
-        default=None,
-        metavar="SEQ:HMAC|FILE",
-        help="a head printed earlier by `audit head` (or a file holding its output): fail if the log no longer "
-        "reaches it, e.g. its tail was cut together with the writes it recorded",
-    )
-    audit_commands.add_parser(
-        "head", parents=[common], help="print the chain's last row (sequence, HMAC) as JSON, to keep elsewhere"
-    )
-    audit_export = audit_commands.add_parser("export", parents=[common], help="write the audit log as JSON Lines")
-    audit_export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")
-    audit_export.add_argument("--force", action="store_true", help="replace an existing --output file")
+    add_audit_commands(commands, common)
     migrate = commands.add_parser(
         "migrate-context",
         parents=[common],
@@ -144,20 +147,15 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--prefix", default=None, help="every context whose name starts with this ('' = all)")
     migrate.add_argument("--to", dest="to_version", default=None, help="target format version (default: current)")
     migrate.add_argument("--dry-run", action="store_true", help="check and print the diff per context; write nothing")
+    migrate.set_defaults(handler=_migrate_context)
 
     db = commands.add_parser("db", parents=[common], help="database schema")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    db_commands.add_parser("status", parents=[common], help="schema version, pending migrations, size")
-    db_commands.add_parser("migrate", parents=[common], help="apply pending schema migrations")
+    status = db_commands.add_parser("status", parents=[common], help="schema version, pending migrations, size")
+    status.set_defaults(handler=_db_status)
+    db_migrate = db_commands.add_parser("migrate", parents=[common], help="apply pending schema migrations")
+    db_migrate.set_defaults(handler=_db_migrate)
     return parser
-
-
-# Exit status (README "Command line"): one table, kept true by tests/test_cli_errors.py.
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran and failed: the message on stderr says why (nothing half-done)
-EXIT_USAGE = 2  # the command line or the configuration is wrong
-EXIT_BUG = 70  # an unexpected error inside groundhog-mcp (sysexits EX_SOFTWARE): a bug
-EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except UsageError as exc:
+        print(f"groundhog-mcp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ContextError as exc:
         print(f"groundhog-mcp: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -220,8 +221,9 @@ def _main(arguments: list[str]) -> int:
         args = _parser().parse_args(arguments)
     except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    if args.command == "keygen":
-        return _keygen(args)
+    keygen: Callable[[argparse.Namespace], int] | None = getattr(args, "keygen", None)
+    if keygen is not None:  # needs no settings: a broken config file does not stop it
+        return keygen(args)
     flags = {
         "database": getattr(args, "database", None),
         "log_level": getattr(args, "log_level", None),
@@ -235,25 +237,11 @@ def _main(arguments: list[str]) -> int:
         print(f"groundhog-mcp: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level)
-    command = args.command or "serve"
-    if command == "tokens":
-        return _tokens(args, settings)
-    if command == "export" and not args.plaintext and encryption_keyring(settings) is not None:
-        print(
-            "groundhog-mcp: export: encryption at rest is on and an export is plaintext JSON; pass --plaintext "
-            "to write the decrypted contents anyway (keep that file as safe as the key), or use `backup` for "
-            "an encrypted copy (PostgreSQL: pg_dump). Nothing was written.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    if command == "rotate-key":
-        return asyncio.run(_rotate_key(args, settings))
-    if command == "serve":
-        return asyncio.run(_serve(settings))
-    return asyncio.run(_run_command(command, args, settings))
+    handler: Handler = args.handler
+    return asyncio.run(handler(args, settings))
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     """Open the database first (so a bad file fails before the protocol starts), then serve stdio.
 
     SIGTERM/SIGINT stop it gracefully: no new requests, writes already handed to the store
@@ -293,115 +281,121 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
-@asynccontextmanager
-async def _manager(settings: Settings) -> AsyncGenerator[StateManager]:
-    manager = open_manager(settings)
-    await manager.start()
-    try:
-        yield manager
-    finally:
-        await manager.close()
-
-
-@asynccontextmanager
-async def _unmigrated_store(settings: Settings) -> AsyncGenerator[Store]:
-    """The store alone, as it is (no migration, no change feed): for ``db status`` and ``db migrate``."""
-    store = open_store(
-        settings.database,
-        busy_timeout_ms=settings.busy_timeout_ms,
-        synchronous=settings.synchronous,
-        auto_migrate=False,
-    )
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def _is_url(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
-
-
-async def _run_command(command: str, args: argparse.Namespace, settings: Settings) -> int:
-    if command == "db" and args.db_command == "status":
-        # Opening a missing SQLite file would create it; a server URL has nothing to check here.
-        if not _is_url(settings.database) and not Path(settings.database).expanduser().exists():
-            print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
-            return 1
-        async with _unmigrated_store(settings) as store:
-            status = await store.status()
-            _print_json(status.__dict__)
-        return 0
-    if command == "db" and args.db_command == "migrate":
-        async with _unmigrated_store(settings) as store:
-            applied = await store.migrate()
-            status = await store.status()
-        _print_json({"applied": applied, "schema_version": status.schema_version})
-        return 0
-    if command == "import":
-        return await _import(args.file, settings)
-    if command == "audit":
-        return await _audit(args, settings)
-    async with _manager(settings) as manager:
-        if command == "contexts" and args.contexts_command == "list":
-            cursor: str | None = None
-            while True:
-                page = await manager.list(prefix=args.prefix, cursor=cursor, limit=manager.limits.max_page)
-                for ctx in page.contexts:
-                    updated = format_timestamp(ctx.updated_at)
-                    print(f"{ctx.name}\trevision {ctx.revision}\t{ctx.state_size} bytes\t{updated}")
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
-        elif command == "contexts" and args.contexts_command == "show":
-            ctx = await manager.get(args.name)
-            _print_json(
-                {
-                    "id": str(ctx.id),
-                    "name": ctx.name,
-                    "namespace": ctx.namespace,
-                    "version": ctx.version,
-                    "revision": ctx.revision,
-                    "metadata": ctx.metadata,
-                    "settings": ctx.settings,
-                    "json_schema": ctx.schema,
-                    "state": ctx.state.to_json(),
-                }
-            )
-        elif command == "export":
-            if args.plaintext and encryption_keyring(settings) is not None:
-                where = "stdout" if args.output == "-" else args.output
-                print(f"export: writing the DECRYPTED (plaintext) contents of the database to {where}", file=sys.stderr)
-            await _export(manager, args.output, force=args.force)
-        elif command == "dead-letters" and args.letters_command == "list":
-            letters = await manager.list_dead_letters(
-                name=args.context, limit=manager.limits.max_page, include_replayed=args.all
-            )
-            for letter in letters:
-                replayed = f"replayed at revision {letter.replay_revision}" if letter.replayed_at else "open"
-                print(f"#{letter.id}\t{letter.name}\t{letter.type}\t{letter.attempts} attempts\t{replayed}")
-                print(f"\tlast error: {letter.last_error}")
-        elif command == "dead-letters" and args.letters_command == "replay":
-            result = await manager.replay_dead_letter(args.id)
-            print(f"dead letter #{args.id} applied to {result.name} as revision {result.revision}")
-        elif command == "metrics":
-            sys.stdout.write(await prometheus_text(manager))
-        elif command == "migrate-context":
-            await _migrate_context(manager, args)
-        elif command == "backup":
-            destination = Path(args.destination)
-            await manager.store.backup(destination, force=args.force)
-            print(f"backup written to {destination}", file=sys.stderr)
+async def _db_status(args: argparse.Namespace, settings: Settings) -> int:
+    # Opening a missing SQLite file would create it; a server URL has nothing to check here.
+    if not is_url(settings.database) and not Path(settings.database).expanduser().exists():
+        print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
+        return EXIT_FAILED
+    async with unmigrated_store(settings) as store:
+        status = await store.status()
+        print_json(status.__dict__)
     return 0
 
 
-async def _migrate_context(manager: StateManager, args: argparse.Namespace) -> None:
+async def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async with unmigrated_store(settings) as store:
+        applied = await store.migrate()
+        status = await store.status()
+    print_json({"applied": applied, "schema_version": status.schema_version})
+    return 0
+
+
+async def _contexts_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with manager_session(settings) as manager:
+        cursor: str | None = None
+        while True:
+            page = await manager.list(prefix=args.prefix, cursor=cursor, limit=manager.limits.max_page)
+            for ctx in page.contexts:
+                updated = format_timestamp(ctx.updated_at)
+                print(f"{ctx.name}\trevision {ctx.revision}\t{ctx.state_size} bytes\t{updated}")
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    return 0
+
+
+async def _contexts_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with manager_session(settings) as manager:
+        ctx = await manager.get(args.name)
+    print_json(
+        {
+            "id": str(ctx.id),
+            "name": ctx.name,
+            "namespace": ctx.namespace,
+            "version": ctx.version,
+            "revision": ctx.revision,
+            "metadata": ctx.metadata,
+            "settings": ctx.settings,
+            "json_schema": ctx.schema,
+            "state": ctx.state.to_json(),
+        }
+    )
+    return 0
+
+
+async def _export_command(args: argparse.Namespace, settings: Settings) -> int:
+    encrypted = encryption_keyring(settings) is not None
+    if encrypted and not args.plaintext:
+        print(
+            "groundhog-mcp: export: encryption at rest is on and an export is plaintext JSON; pass --plaintext "
+            "to write the decrypted contents anyway (keep that file as safe as the key), or use `backup` for "
+            "an encrypted copy (PostgreSQL: pg_dump). Nothing was written.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    async with manager_session(settings) as manager:
+        if encrypted:
+            where = "stdout" if args.output == "-" else args.output
+            print(f"export: writing the DECRYPTED (plaintext) contents of the database to {where}", file=sys.stderr)
+        await _export(manager, args.output, force=args.force)
+    return 0
+
+
+async def _import_command(args: argparse.Namespace, settings: Settings) -> int:
+    return await _import(args.file, settings)
+
+
+async def _dead_letters_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with manager_session(settings) as manager:
+        letters = await manager.list_dead_letters(
+            name=args.context, limit=manager.limits.max_page, include_replayed=args.all
+        )
+    for letter in letters:
+        replayed = f"replayed at revision {letter.replay_revision}" if letter.replayed_at else "open"
+        print(f"#{letter.id}\t{letter.name}\t{letter.type}\t{letter.attempts} attempts\t{replayed}")
+        print(f"\tlast error: {letter.last_error}")
+    return 0
+
+
+async def _dead_letters_replay(args: argparse.Namespace, settings: Settings) -> int:
+    async with manager_session(settings) as manager:
+        result = await manager.replay_dead_letter(args.id)
+    print(f"dead letter #{args.id} applied to {result.name} as revision {result.revision}")
+    return 0
+
+
+async def _metrics(args: argparse.Namespace, settings: Settings) -> int:
+    async with manager_session(settings) as manager:
+        sys.stdout.write(await prometheus_text(manager))
+    return 0
+
+
+async def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    destination = Path(args.destination)
+    async with manager_session(settings) as manager:
+        await manager.store.backup(destination, force=args.force)
+    print(f"backup written to {destination}", file=sys.stderr)
+    return 0
+
+
+async def _migrate_context(args: argparse.Namespace, settings: Settings) -> int:
     """JSON Lines on stdout (one ``context`` record each, then a ``summary``); progress on stderr."""
+    async with manager_session(settings) as manager:
+        await _migrate(manager, args)
+    return 0
+
+
+async def _migrate(manager: StateManager, args: argparse.Namespace) -> None:
 
     async def progress(done: int, total: int | None, message: str) -> None:
         print(f"migrate-context: {message}", file=sys.stderr, flush=True)
@@ -421,20 +415,9 @@ async def _migrate_context(manager: StateManager, args: argparse.Namespace) -> N
     )
 
 
-@contextmanager
-def _output(path: str, *, force: bool, what: str) -> Generator[TextIO]:
-    """stdout for ``-``; else a new 0600 file that appears complete or not at all (a symlink at
-    ``path`` is never followed; an existing file is replaced only with ``force``)."""
-    if path == "-":
-        yield sys.stdout
-        return
-    with PrivateOutput(Path(path), force=force, what=what) as aside, aside.open("w", encoding="utf-8") as out:
-        yield out
-
-
 async def _export(manager: StateManager, output: str, *, force: bool) -> None:
     count = 0
-    with _output(output, force=force, what="export") as out:
+    with private_output(output, force=force, what="export") as out:
         async for record in manager.store.export_records():
             out.write(dumps(record) + "\n")
             count += 1
@@ -478,113 +461,10 @@ async def _import(file: str, settings: Settings) -> int:
     await asyncio.to_thread(
         functools.partial(import_rows, records, identifier=str, timestamp=format_timestamp, lines=lines)
     )
-    async with _manager(settings) as manager:
+    async with manager_session(settings) as manager:
         imported = await manager.store.import_records(records, actor=manager.principal.name)
         location = (await manager.store.status()).location  # a URL without its password
     print(f"imported {imported} contexts into {location}", file=sys.stderr)
-    return 0
-
-
-# -- the audit log (README "Audit log") ---------------------------------------------------------
-
-_AUDIT_PAGE = 1000
-
-
-async def _audit(args: argparse.Namespace, settings: Settings) -> int:
-    if not _is_url(settings.database) and not Path(settings.database).expanduser().exists():
-        print(f"groundhog-mcp: no database at {settings.database}", file=sys.stderr)
-        return 1
-    async with _unmigrated_store(settings) as store:
-        status = await store.status()
-        if status.schema_version < 4:  # the audit log's migration
-            print(
-                f"groundhog-mcp: audit: {status.location} has no audit log yet (schema version "
-                f"{status.schema_version}); run `groundhog-mcp db migrate` or start the server once",
-                file=sys.stderr,
-            )
-            return 1
-        if args.audit_command == "export":
-            return await _audit_export(store, args.output, force=args.force)
-        if args.audit_command == "head":
-            newest = await store.read_audit(AuditQuery(newest_first=True, limit=1))
-            head = AuditHead(newest[0].sequence, newest[0].hmac) if newest else AuditHead(0, "")
-            stamp = format_timestamp(newest[0].timestamp) if newest else None
-            # One line: easy to append to a log or a ticket kept elsewhere.
-            sys.stdout.write(json.dumps({**head.to_json(), "timestamp": stamp}) + "\n")
-            return 0
-        return await _audit_verify(store, settings, _anchor(args.head))
-
-
-def _anchor(value: str | None) -> AuditHead | None:
-    """``--head``: ``SEQ:HMAC``, or a file holding ``audit head``'s JSON output (or that text)."""
-    if value is None:
-        return None
-    if ":" in value and not Path(value).exists():
-        return AuditHead.parse(value)
-    try:
-        text = Path(value).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InitializationError(f"head: cannot read {value}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InitializationError(f"head: {value} is not text") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        return AuditHead.parse(text)
-    if isinstance(document, dict) and isinstance(document.get("head"), str):
-        return AuditHead.parse(str(document["head"]))  # pyright: ignore[reportUnknownArgumentType]
-    raise InitializationError(f'head: {value} holds no "head" field (expected the output of `audit head`)')
-
-
-async def _audit_export(store: Store, output: str, *, force: bool) -> int:
-    count, after = 0, 0
-    with _output(output, force=force, what="audit export") as out:
-        while page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE)):
-            out.writelines(dumps(record.to_json()) + "\n" for record in page)
-            count += len(page)
-            after = page[-1].sequence
-    print(f"exported {count} audit rows", file=sys.stderr)
-    return 0
-
-
-async def _audit_verify(store: Store, settings: Settings, anchor: AuditHead | None) -> int:
-    key = audit_key(settings, create=False)
-    if key is None:
-        print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
-        return 1
-    verifier = ChainVerifier(key, anchor)
-    after, last_hmac, done = 0, "", False
-    while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE))):
-        for record in page:
-            if verifier.problem is None:
-                if verifier.feed(record.content(), record.hmac):
-                    last_hmac = record.hmac
-                    continue
-                if not verifier.diagnosing:
-                    done = True
-                    break
-                verifier.start_diagnosis(record.hmac)
-            elif verifier.diagnose(record.content(), record.hmac):
-                done = True
-                break
-        after = page[-1].sequence
-    if verifier.problem is None:
-        verifier.check_tail(await store.last_sequence())
-        verifier.check_anchor()
-    problem = verifier.problem
-    if problem is not None:
-        print(
-            f"audit log FAILED at row {problem.sequence} ({problem.kind}): {problem.message}; "
-            f"{verifier.rows} row(s) before it verified"
-        )
-        return 1
-    span = f" (rows 1-{verifier.rows})" if verifier.rows else ""
-    anchored = f"; reaches the anchored head {anchor.sequence}" if anchor is not None and anchor.sequence else ""
-    print(
-        f"audit log OK: {verifier.rows} row(s) verified{span}, key {key.key_id}"
-        + (f", head {last_hmac}" if last_hmac else "")
-        + anchored
-    )
     return 0
 
 
@@ -655,9 +535,12 @@ def _add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="read|write|admin on context names starting with PREFIX (repeatable; e.g. read:notes. or write:); "
         "default: admin on every context of the namespace",
     )
-    actions.add_parser("list", parents=[shared], help="list tokens (never the tokens themselves)")
+    create.set_defaults(handler=_tokens_create)
+    listing = actions.add_parser("list", parents=[shared], help="list tokens (never the tokens themselves)")
+    listing.set_defaults(handler=_tokens_list)
     revoke = actions.add_parser("revoke", parents=[shared], help="revoke a token at once")
     revoke.add_argument("id", help="the token's id, as `tokens list` shows it")
+    revoke.set_defaults(handler=_tokens_revoke)
 
 
 def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -678,33 +561,39 @@ def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in names}
 
 
-def _tokens(args: argparse.Namespace, settings: Settings) -> int:
+# The token file is small and local: its handlers read and write it directly.
+async def _tokens_create(args: argparse.Namespace, settings: Settings) -> int:
     store = TokenStore(settings.token_file)
-    if args.tokens_command == "create":
-        try:
-            grants = tuple(Grant.parse(text) for text in args.grants) if args.grants else None
-        except ValueError as exc:
-            print(f"groundhog-mcp: tokens create: {exc}", file=sys.stderr)
-            return 1
-        record, token = store.create(args.principal, args.namespace or settings.namespace, grants)
-        print(token)
-        print(
-            f"created token {record.id} for principal {record.principal!r} in namespace {record.namespace!r} "
-            f"with grants {' '.join(map(str, record.effective_grants))} "
-            f"({store.path}); it is shown only this once: keep it now. Send it as 'Authorization: Bearer <token>'.",
-            file=sys.stderr,
-        )
-    elif args.tokens_command == "list":
-        for record in store.list():
-            status = f"revoked {format_timestamp(record.revoked_at)}" if record.revoked_at else "active"
-            if record.revoked and not record.revoked_at:
-                status = "revoked"
-            created = format_timestamp(record.created_at)
-            grants = " ".join(map(str, record.effective_grants))
-            print(f"{record.id}\t{record.principal}\t{record.namespace}\t{grants}\tcreated {created}\t{status}")
-    elif args.tokens_command == "revoke":
-        record = store.revoke(args.id)
-        print(f"token {record.id} of {record.principal!r} is revoked", file=sys.stderr)
+    try:
+        grants = tuple(Grant.parse(text) for text in args.grants) if args.grants else None
+    except ValueError as exc:
+        print(f"groundhog-mcp: tokens create: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    record, token = store.create(args.principal, args.namespace or settings.namespace, grants)
+    print(token)
+    print(
+        f"created token {record.id} for principal {record.principal!r} in namespace {record.namespace!r} "
+        f"with grants {' '.join(map(str, record.effective_grants))} "
+        f"({store.path}); it is shown only this once: keep it now. Send it as 'Authorization: Bearer <token>'.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _tokens_list(args: argparse.Namespace, settings: Settings) -> int:
+    for record in TokenStore(settings.token_file).list():
+        status = f"revoked {format_timestamp(record.revoked_at)}" if record.revoked_at else "active"
+        if record.revoked and not record.revoked_at:
+            status = "revoked"
+        created = format_timestamp(record.created_at)
+        grants = " ".join(map(str, record.effective_grants))
+        print(f"{record.id}\t{record.principal}\t{record.namespace}\t{grants}\tcreated {created}\t{status}")
+    return 0
+
+
+async def _tokens_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    record = TokenStore(settings.token_file).revoke(args.id)
+    print(f"token {record.id} of {record.principal!r} is revoked", file=sys.stderr)
     return 0
 
 
@@ -719,6 +608,7 @@ def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> 
         "--output", "-o", default="-", help="write it to this new file (mode 0600) instead; for encryption_key_file"
     )
     keygen.add_argument("--force", action="store_true", help="replace an existing --output file")
+    keygen.set_defaults(keygen=_keygen)  # run before the settings are loaded: it needs none
     rotate = commands.add_parser(
         "rotate-key",
         parents=[common],
@@ -726,6 +616,7 @@ def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> 
         "(GROUNDHOG_ENCRYPTION_OLD_KEYS); also encrypts a plaintext database. Resumable.",
     )
     rotate.add_argument("--batch-size", type=int, default=500, help="records per transaction (default 500)")
+    rotate.set_defaults(handler=_rotate_key)
     rotate.add_argument(
         "--decrypt",
         action="store_true",
@@ -737,7 +628,7 @@ def _keygen(args: argparse.Namespace) -> int:
     key = generate_key()
     key_id = parse_key(key, source="the new key").key_id
     if args.output != "-":
-        with _output(args.output, force=args.force, what="keygen") as out:
+        with private_output(args.output, force=args.force, what="keygen") as out:
             out.write(key + "\n")
         print(
             f"new encryption key, key id {key_id}, written to {args.output} (mode 0600). Set "
@@ -758,7 +649,7 @@ def _keygen(args: argparse.Namespace) -> int:
 async def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_size < 1:
         print("groundhog-mcp: rotate-key: --batch-size must be at least 1", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     keyring = encryption_keyring(settings, decrypting=args.decrypt)
     if keyring is None:
         print(
