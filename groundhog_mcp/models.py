@@ -42,6 +42,8 @@ __all__ = [
     "format_timestamp",
     "is_semver",
     "json_diff",
+    "json_type",
+    "json_type_phrase",
     "parse_stored_timestamp",
     "parse_timestamp",
     "utcnow",
@@ -390,3 +392,33 @@ def _diff(a: Any, b: Any, pointer: str, operations: list[JSONObject]) -> None:
             )
         return
     operations.append({"op": "replace", "path": pointer, "value": b})
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a value that came from JSON: ``null``, ``boolean``, ``integer``, ``number``,
+    ``string``, ``object`` or ``array`` (the Python type's name for anything else)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def json_type_phrase(value: Any) -> str:
+    """:func:`json_type` as a message says it: ``a string``, ``an integer``, ``null``."""
+    kind = json_type(value)
+    if kind == "null":
+        return kind
+    if kind not in ("boolean", "integer", "number", "string", "object", "array"):
+        return "a value"
+    return ("an " if kind[0] in "aeiou" else "a ") + kind

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from groundhog_mcp.app import Settings
 from groundhog_mcp.cli.common import Handler, InputError, UsageError, manager_session, print_json
-from groundhog_mcp.models import HistoryEntry, JSONObject, format_timestamp
+from groundhog_mcp.models import HistoryEntry, JSONObject, format_timestamp, json_type
 from groundhog_mcp.service import WriteResult
 from groundhog_mcp.service.audit import current_operation
 from groundhog_mcp.service.patching import resolve_pointer
@@ -145,7 +145,7 @@ async def _get(args: argparse.Namespace, settings: Settings) -> int:
 async def _set(args: argparse.Namespace, settings: Settings) -> int:
     data, wrong = _load(args.data, args.file, "data")
     if not isinstance(data, dict):
-        raise wrong(f"data: must be a JSON object; got a JSON {_json_type(data)}")
+        raise wrong(f"data: must be a JSON object; got a JSON {json_type(data)}")
     async with manager_session(settings) as manager:
         result = await manager.update(args.name, data=data, expected_revision=args.expected_revision)
     _print_write(result)
@@ -159,7 +159,7 @@ async def _patch(args: argparse.Namespace, settings: Settings) -> int:
     operations: list[JSONObject] | None = None
     if field == "merge":
         if not isinstance(value, dict):
-            raise wrong(f"merge: an RFC 7396 merge patch is a JSON object; got a JSON {_json_type(value)}")
+            raise wrong(f"merge: an RFC 7396 merge patch is a JSON object; got a JSON {json_type(value)}")
         merge = cast("JSONObject", value)
     else:
         if not isinstance(value, list) or not all(isinstance(op, dict) for op in cast("list[Any]", value)):
@@ -265,8 +265,3 @@ def _parse_input(file: str, field: str) -> Any:
         raise InputError(
             f"{field}: {where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)

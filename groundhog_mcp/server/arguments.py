@@ -18,7 +18,7 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetad
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN
+from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, json_type
 
 __all__ = [
     "INVALID_ARGUMENT",
@@ -130,25 +130,6 @@ def _location(loc: tuple[int | str, ...]) -> str:
             continue
         parts.append(text)
     return ".".join(parts) or "arguments"
-
-
-def json_type(value: Any) -> str:
-    """The JSON type of a value that came from JSON."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
 
 
 def _describe_input(value: Any) -> str:

@@ -16,7 +16,7 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver
+from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver, json_type_phrase
 from groundhog_mcp.service.schema_engine import (
     BoundedValidator,
     WorkBudgetExceeded,
@@ -174,24 +174,6 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "a value"
-
-
 _RULE_TEXT = {
     "minimum": "must be at least {v}",
     "maximum": "must be at most {v}",
@@ -237,7 +219,7 @@ def _rule_text(error: ValidationError) -> str:
     if rule in _SCHEMA_WORDED:
         return error.message[:300]
     if rule == "type":
-        return f"must be of type {_short(error.validator_value)} (got {_json_type(error.instance)})"
+        return f"must be of type {_short(error.validator_value)} (got {json_type_phrase(error.instance)})"
     template = _RULE_TEXT.get(rule)
     if template is not None:
         return template.format(v=_short(error.validator_value))
@@ -279,7 +261,7 @@ def _schema_error_text(exc: ValidationError) -> str:
     """The meta-schema's complaint, without quoting the (possibly huge) offending part."""
     rule = str(exc.validator)
     if rule == "type":
-        return f"must be of type {_short(exc.validator_value)} (got {_json_type(exc.instance)}) (rule 'type')"
+        return f"must be of type {_short(exc.validator_value)} (got {json_type_phrase(exc.instance)}) (rule 'type')"
     if rule == "format" and isinstance(exc.instance, str):
         return f"{shown_pattern(exc.instance)} is not a valid {exc.validator_value} (rule 'format')"
     template = _RULE_TEXT.get(rule)

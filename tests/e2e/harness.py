@@ -29,6 +29,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.session import IncomingMessage
 from mcp.client.stdio import stdio_client
 
+from groundhog_mcp.profiles import ALL_TOOLS
+
 __all__ = [
     "HANDSHAKE_PROTOCOL_VERSION",
     "TOOL_NAMES",
@@ -47,28 +49,7 @@ __all__ = [
     "server_env",
 ]
 
-TOOL_NAMES = frozenset(
-    {
-        "register_context",
-        "unregister_context",
-        "get_context",
-        "list_contexts",
-        "get_state",
-        "update_state",
-        "validate_state",
-        "get_history",
-        "diff_states",
-        "rollback_state",
-        "wait_for_change",
-        "emit_event",
-        "list_dead_letters",
-        "replay_dead_letter",
-        "get_metrics",
-        "migrate_context",
-        "merge_states",
-        "audit_log",
-    }
-)
+TOOL_NAMES = frozenset(ALL_TOOLS)
 
 HANDSHAKE_PROTOCOL_VERSION = "2025-11-25"
 
