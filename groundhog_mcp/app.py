@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     token_file: str = Field(default_factory=lambda: str(default_token_file()))
     insecure_no_auth: bool = False
-    # The audit log (README "Audit log"): on unless turned off. The key comes from
+    # The audit log (docs/security.md "Audit log"): on unless turned off. The key comes from
     # GROUNDHOG_AUDIT_KEY or audit_key_file (never a flag); without either, from a key file beside
     # the SQLite database (created on first use, mode 0600), or in the config dir for PostgreSQL.
     audit: bool = True
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     oauth_client_secret_file: str | None = None
     oauth_namespace_claim: str = Field(default="groundhog_namespace", min_length=1, max_length=128)
     oauth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
-    # Encryption at rest (README "Encryption at rest"). The keys themselves come from the
+    # Encryption at rest (docs/security.md "Encryption at rest"). The keys themselves come from the
     # environment or from key files only: never a flag (process arguments are visible to every
     # user), never the TOML file (config files get copied around).
     encryption_key: SecretStr | None = None

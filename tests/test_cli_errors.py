@@ -1,5 +1,5 @@
 """No user error prints a traceback: one line on stderr and the documented exit status
-(README "Command line": 0 ok, 1 the command failed, 2 usage or configuration, 70 a bug,
+(docs/operations.md "Command line": 0 ok, 1 the command failed, 2 usage or configuration, 70 a bug,
 130 interrupted). Most cases run in-process through ``main(argv)``; a closed pipe and the
 modules a maintenance command loads need a real process."""
 

@@ -1,4 +1,4 @@
-"""``groundhog-mcp audit verify|head|export``: the tamper-evident audit log (README "Audit log")."""
+"""``groundhog-mcp audit verify|head|export``: the tamper-evident audit log (docs/security.md "Audit log")."""
 
 from __future__ import annotations
 

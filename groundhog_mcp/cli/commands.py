@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate-context",
         parents=[common],
-        help="rewrite contexts' states in their current state format version (see README: State format migrations)",
+        help="rewrite contexts' states in their current state format version (docs/guide.md: State format migrations)",
     )
     migrate.add_argument("name", nargs="?", default=None, help="the context to migrate (or use --prefix)")
     migrate.add_argument("--prefix", default=None, help="every context whose name starts with this ('' = all)")
@@ -597,7 +597,7 @@ async def _tokens_revoke(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# -- encryption at rest (README "Encryption at rest") -----------------------------------------
+# -- encryption at rest (docs/security.md "Encryption at rest") -----------------------------------------
 
 
 def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> None:

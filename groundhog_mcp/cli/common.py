@@ -32,7 +32,7 @@ __all__ = [
     "unmigrated_store",
 ]
 
-# Exit status (README "Command line"): one table, kept true by tests/test_cli_errors.py.
+# Exit status (docs/operations.md "Command line"): one table, kept true by tests/test_cli_errors.py.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and failed: the message on stderr says why (nothing half-done)
 EXIT_USAGE = 2  # the command line or the configuration is wrong

@@ -28,7 +28,7 @@ from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.store import Retention, Store, open_store
 
 POSTGRES_URL = os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-# sqlite-encrypted, postgres-encrypted: encryption at rest on (README "Encryption at rest").
+# sqlite-encrypted, postgres-encrypted: encryption at rest on (docs/security.md "Encryption at rest").
 BACKENDS = ["sqlite", "postgres", "sqlite-encrypted", "postgres-encrypted"]
 _KEYRING = Keyring(parse_key(generate_key(), source="the conformance suite's key"))
 

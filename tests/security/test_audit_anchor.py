@@ -1,5 +1,5 @@
 """``audit head`` anchors the chain; ``audit verify --head`` then notices a tail cut together with
-the writes it recorded, which the chain alone cannot show (README "Audit log"). Both backends."""
+the writes it recorded, which the chain alone cannot show (docs/security.md "Audit log"). Both backends."""
 
 from __future__ import annotations
 

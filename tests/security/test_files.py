@@ -1,5 +1,5 @@
 """Files groundhog-mcp creates are owner-only (0600) under umask 022, and export/backup never
-write through a symlink nor over an existing file without ``--force`` (README "Threat model")."""
+write through a symlink nor over an existing file without ``--force`` (docs/security.md "Threat model")."""
 
 from __future__ import annotations
 
