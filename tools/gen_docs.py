@@ -488,14 +488,15 @@ def settings_page() -> str:
         description = field.description or helps.get(name, "")
         if "%(" in description:
             description = ""
+        constraints = _setting_constraints(field)
+        if constraints:
+            description = f"{description} ({constraints})" if description else constraints
+        toml = "<br>not in TOML: environment or a key file only" if name in env_only else ""
         rows.append(
             [
-                _code(name),
+                f"{_code(name)}<br>{_code(f'GROUNDHOG_{name.upper()}')}{toml}",
                 _python_type(field.annotation),
                 _default(field),
-                _setting_constraints(field),
-                _code(f"GROUNDHOG_{name.upper()}"),
-                "never (environment or a key file only)" if name in env_only else _code(name),
                 "never" if name in env_only else (_code(flags[name]) if name in flags else ""),
                 description,
             ]
@@ -504,15 +505,14 @@ def settings_page() -> str:
         [
             _HEADER.format(command=COMMAND),
             "# Settings reference (generated)\n\n",
-            "Every setting of `groundhog_mcp.app.Settings`. A value is taken from, first to last: the flag "
-            "(on `groundhog-mcp` / `groundhog-mcp serve`; the global options also on the other commands), "
-            "the environment variable, the TOML config file (`--config`, `GROUNDHOG_CONFIG`, or "
-            "`config.toml` in the user config dir), the default. Lists come from the environment "
-            "comma-separated; an empty variable counts as unset. `<user data dir>` and "
-            "`<user config dir>` are the platform's (`platformdirs`) directories for `groundhog-mcp`.\n\n",
-            _table(
-                ["setting", "type", "default", "constraints", "environment", "TOML key", "flag", "description"], rows
-            ),
+            "Every setting of `groundhog_mcp.app.Settings`: its name (the TOML key), environment variable "
+            "and flag. A value is taken from, first to last: the flag (on `groundhog-mcp` / "
+            "`groundhog-mcp serve`; the common options also on the other commands), the environment "
+            "variable, the TOML config file (`--config`, `GROUNDHOG_CONFIG`, or `config.toml` in the user "
+            "config dir), the default. Lists come from the environment comma-separated; an empty variable "
+            "counts as unset. `<user data dir>` and `<user config dir>` are the platform's (`platformdirs`) "
+            "directories for `groundhog-mcp`.\n\n",
+            _table(["setting", "type", "default", "flag", "description"], rows),
         ]
     )
 
