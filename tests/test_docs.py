@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -174,15 +173,23 @@ def test_every_console_line_is_run_or_listed() -> None:
     assert listed == set(NOT_RUN), "NOT_RUN names lines that are no longer in docs/: " + repr(set(NOT_RUN) - listed)
 
 
-@contextlib.contextmanager
-def _postgres_schema() -> Iterator[str]:
-    base = os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    schema = f"docs_{uuid.uuid4().hex[:12]}"
-    try:
-        yield f"{base}?schema={schema}"
-    finally:
-        with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+class _FreshSchema:
+    """A PostgreSQL schema of its own, for an example's ``postgresql://`` URL; dropped if used
+    (a block without one needs no server)."""
+
+    def __init__(self) -> None:
+        self.base = os.environ.get("GROUNDHOG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+        self.name = f"docs_{uuid.uuid4().hex[:12]}"
+        self.used = False
+
+    def url(self) -> str:
+        self.used = True
+        return f"{self.base}?schema={self.name}"
+
+    def drop(self) -> None:
+        if self.used:
+            with psycopg.connect(self.base, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
 
 
 def _matches(expected: str, actual: str) -> bool:
@@ -226,18 +233,21 @@ def test_console_example_runs(block: Block, tmp_path: Path, monkeypatch: pytest.
     home = tmp_path / "home"
     sqlite = str(tmp_path / "groundhog.sqlite")
     ran = 0
-    with _postgres_schema() as postgres:
+    postgres = _FreshSchema()
+    try:
         for command in _commands(block):
             if not _runnable(block.path, command):
                 continue
             words = shlex.split(command.line)[1:]
             if "--database" in words:  # the example's database: a fresh one of the same backend
                 at = words.index("--database") + 1
-                words[at] = postgres if words[at].startswith("postgresql://") else sqlite
+                words[at] = postgres.url() if words[at].startswith("postgresql://") else sqlite
             result = run_cli(*words, env={"GROUNDHOG_DATABASE": sqlite}, home=home, check=False)
             where = f"{block.path}:{block.line} `$ {command.line}`"
             _check_output(where, command, result.returncode, result.stdout, result.stderr)
             ran += 1
+    finally:
+        postgres.drop()
     assert ran > 0
 
 
