@@ -93,6 +93,7 @@ _LONG_FILES = {
     "tests/e2e/test_postgres_instances.py": 15.0,
     "tests/reliability/test_fuzz_memory.py": 15.0,
     "tests/e2e/test_v1_client.py": 15.0,
+    "tests/e2e/test_framework_clients.py": 11.0,
     "tests/reliability/test_contention.py": 11.0,
     "tests/e2e/test_model_concurrency.py": 9.0,
     "tests/reliability/test_faults.py": 7.0,

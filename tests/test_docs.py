@@ -7,8 +7,7 @@
   anything). Lines that cannot run here (a server that keeps running, a shell built-in, pip) are
   listed in ``NOT_RUN``: a new example is either run or added there on purpose.
 - Every ```json block of docs/ parses; in docs/tools.md each is valid against the input or the
-  output schema of the tool whose section holds it. Client configs (``mcpServers``) name flags the
-  parser takes and settings that exist.
+  output schema of the tool whose section holds it. (Client configs: tests/test_client_configs.py.)
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import jsonschema
 import psycopg
 import pytest
 
-from groundhog_mcp.app import Settings
 from tests.cli_in_process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,29 +287,3 @@ def test_tool_json_examples_match_the_tool_schemas(tool_schemas: dict[str, dict[
             pytest.fail(f"{block.path}:{block.line} ({block.heading}): fits neither schema: {problems}")
         checked += 1
     assert checked >= 4
-
-
-def _client_configs() -> list[tuple[str, dict[str, Any]]]:
-    configs = [(b.path + f":{b.line}", json.loads(b.text)) for b in _blocks("json") if '"mcpServers"' in b.text]
-    for path in sorted(ROOT.glob("*.example.json")):
-        configs.append((path.name, json.loads(path.read_text(encoding="utf-8"))))
-    return configs
-
-
-def test_client_configs_name_real_flags_and_settings() -> None:
-    parser = _generator()._parser()
-    configs = _client_configs()
-    assert configs
-    for where, config in configs:
-        for name, server in config["mcpServers"].items():
-            assert Path(server["command"]).name in {"groundhog-mcp", "groundhog-context-mcp", "uvx"}, where
-            args = [a for a in server.get("args", []) if a not in {"groundhog-context-mcp"}]
-            try:
-                parser.parse_args(args)
-            except SystemExit:
-                pytest.fail(f"{where}: server {name!r}: the arguments {args} are not valid for groundhog-mcp")
-            for variable in server.get("env", {}):
-                setting = variable.removeprefix("GROUNDHOG_").lower()
-                assert variable.startswith("GROUNDHOG_") and (
-                    setting in Settings.model_fields or setting == "config"
-                ), f"{where}: {variable} is not a setting"

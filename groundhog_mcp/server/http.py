@@ -226,7 +226,9 @@ class TokenFileVerifier(TokenVerifier):
         return True
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        if self._anonymous is not None and hmac.compare_digest(token, self.anonymous_token):
+        # Bytes: compare_digest refuses str with non-ASCII characters, which a header may carry.
+        presented = token.encode("utf-8", "surrogateescape")
+        if self._anonymous is not None and hmac.compare_digest(presented, self.anonymous_token.encode()):
             anonymous = self._anonymous
             if not await self.is_open():
                 return None

@@ -9,26 +9,21 @@ venv's python.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.client_venv import ClientVenvError, build_client_venv
 from tests.e2e.harness import HANDSHAKE_PROTOCOL_VERSION, TOOL_NAMES, json_log_lines, server_command, server_env
 
 pytestmark = pytest.mark.e2e
 
 V1_REQUIREMENT = "mcp>=1.23,<2"
-VENV_ROOT = Path(__file__).resolve().parents[2] / ".ci" / "cache" / "v1-client-venv"
-INSTALL_TIMEOUT_S = 600
 CLIENT_TIMEOUT_S = 120
 
 CLIENT_SCRIPT = textwrap.dedent(
@@ -126,58 +121,10 @@ CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
-def _venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-
-
-class V1VenvError(RuntimeError):
-    """The v1 client venv could not be built (PyPI unreachable, a failed install)."""
-
-
 def build_v1_client_venv() -> Path:
-    """The python of a venv with the v1 MCP SDK, built once per requirement and interpreter into
-    the git-ignored cache, then reused. ``.ci/run`` builds it while it lints
-    (``python -m tests.e2e.test_v1_client``)."""
-    key = hashlib.sha256(f"{V1_REQUIREMENT}|{platform.python_version()}|{sys.platform}".encode()).hexdigest()[:16]
-    venv = VENV_ROOT / key
-    done = venv / ".installed"
-    if done.is_file() and _venv_python(venv).exists():
-        return _venv_python(venv)
-
-    VENV_ROOT.mkdir(parents=True, exist_ok=True)
-    (VENV_ROOT / ".gitignore").write_text("# built by tests/e2e/test_v1_client.py\n*\n", encoding="utf-8")
-    # Built beside the final place and renamed into it, so a half-built venv is never reused.
-    building = VENV_ROOT / f"{key}.building-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
-    steps = [
-        [sys.executable, "-m", "venv", str(building)],
-        [str(_venv_python(building)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", V1_REQUIREMENT],
-    ]
-    for step in steps:
-        try:
-            run = subprocess.run(step, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            shutil.rmtree(building, ignore_errors=True)
-            raise V1VenvError(
-                f"building the v1 client venv timed out after {INSTALL_TIMEOUT_S} s at: {' '.join(step)} "
-                "(is PyPI reachable?)"
-            ) from None
-        if run.returncode != 0:
-            shutil.rmtree(building, ignore_errors=True)
-            raise V1VenvError(
-                f"could not build the v1 client venv: `{' '.join(step)}` exited {run.returncode}. "
-                f"The test needs {V1_REQUIREMENT!r} from PyPI (is PyPI reachable?).\n"
-                f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
-            )
-    (building / ".installed").write_text(V1_REQUIREMENT + "\n", encoding="utf-8")
-    try:
-        building.rename(venv)
-    except OSError:
-        # Another test process finished first: use its venv, drop ours.
-        shutil.rmtree(building, ignore_errors=True)
-        if not done.is_file():
-            raise
-    return _venv_python(venv)
+    """The python of a venv with the v1 MCP SDK (tests/e2e/client_venv.py). ``.ci/run`` builds it
+    while it lints (``python -m tests.e2e.test_v1_client``)."""
+    return build_client_venv("v1-client-venv", [V1_REQUIREMENT])
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +132,7 @@ def v1_client_python() -> Path:
     """A python with the v1 MCP SDK (see :func:`build_v1_client_venv`)."""
     try:
         return build_v1_client_venv()
-    except V1VenvError as exc:
+    except ClientVenvError as exc:
         pytest.fail(str(exc), pytrace=False)
 
 

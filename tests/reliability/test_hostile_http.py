@@ -195,6 +195,12 @@ async def test_the_first_token_turns_authentication_on_in_a_running_server(launc
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(CALL_TIMEOUT_S, read=None)) as http:
         anonymous = Session(http, server, None)
         await anonymous.open()
+        # A token presented while the server is open must be valid; one with characters outside
+        # ASCII is refused like any other bad token (not a 500).
+        odd = await http.post(
+            anonymous.url, json=_initialize(), headers={**_MCP_HEADERS, "Authorization": "Bearer caf\u00e9".encode()}
+        )
+        assert odd.status_code == 401, odd.text
         assert '"isError":false' in (await anonymous.call("register_context", name="open")).replace(" ", "")
         headers = {k: v for k, v in anonymous.headers.items() if k != "Content-Type"}
         async with http.stream("GET", anonymous.url, headers={**headers, "Accept": "text/event-stream"}) as stream:
@@ -205,6 +211,7 @@ async def test_the_first_token_turns_authentication_on_in_a_running_server(launc
                     pass
         refused = await post_initialize(server)
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer ")
+
         body = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}
         assert (await http.post(anonymous.url, json=body, headers=anonymous.headers)).status_code == 401
         assert (await post_initialize(server, token)).status_code == 200
