@@ -92,21 +92,40 @@ class Settings(BaseSettings):
     # empty variable means "not set", as an unset one.
     model_config = SettingsConfigDict(extra="forbid", env_prefix="GROUNDHOG_", env_ignore_empty=True)
 
-    database: str = Field(default_factory=lambda: str(default_database()))
-    log_level: LogLevel = "INFO"
-    busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
-    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
-    max_state_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    max_depth: int = Field(default=64, ge=2, le=1000)
-    max_read_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    database: str = Field(
+        default_factory=lambda: str(default_database()),
+        description="SQLite file (created with its directory; ~ expanded) or postgresql://user@host/db?schema=NAME",
+    )
+    log_level: LogLevel = Field(default="INFO", description="level of the JSON log lines on stderr")
+    busy_timeout_ms: int = Field(
+        default=5000, ge=0, le=600_000, description="how long a write waits for another process's lock"
+    )
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(default="FULL", description="SQLite PRAGMA synchronous")
+    max_state_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest serialised state"
+    )
+    max_depth: int = Field(default=64, ge=2, le=1000, description="deepest JSON nesting of a state")
+    max_read_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest value get_state and state resources return; a larger one is an outline to read by path",
+    )
     keep_revisions: int = Field(default=100, ge=0, description="history revisions kept per context; 0 keeps all")
     keep_days: float | None = Field(default=None, gt=0, description="drop history older than this many days")
-    principal: str = Field(default="local", min_length=1, max_length=128)
-    namespace: str = Field(default="default", pattern=NAMESPACE_PATTERN)
+    principal: str = Field(
+        default="local",
+        min_length=1,
+        max_length=128,
+        description="the local principal, recorded as actor of its writes",
+    )
+    namespace: str = Field(default="default", pattern=NAMESPACE_PATTERN, description="the local principal's namespace")
     tools: ToolSelection = Field(default="default", description="default, all, or comma-separated tool names")
     # The HTTP transports (docs/http.md). Lists from the environment are comma-separated.
-    transport: Literal["stdio", "http", "sse"] = "stdio"
-    host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    transport: Literal["stdio", "http", "sse"] = Field(
+        default="stdio", description="stdio, http (streamable HTTP at /mcp) or sse (legacy HTTP+SSE at /sse)"
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=255, description="HTTP bind address")
     port: int = Field(default=8765, ge=0, le=65535, description="0: any free port (logged at start)")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list[str], description="Host headers to accept besides localhost"
@@ -114,41 +133,58 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list[str], description="Origin headers to accept"
     )
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="largest HTTP request body (413 above)"
+    )
     header_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for a request's headers to arrive")
     body_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds for a request's body to arrive")
     max_connections: int = Field(default=512, ge=1, le=100_000, description="HTTP connections served at once")
     credential_recheck: float = Field(
         default=5.0, gt=0, le=3600, description="seconds between checks that an open stream's token is still valid"
     )
-    token_file: str = Field(default_factory=lambda: str(default_token_file()))
-    insecure_no_auth: bool = False
+    token_file: str = Field(
+        default_factory=lambda: str(default_token_file()),
+        description="bearer token hashes (tokens create); its existence turns HTTP authentication on",
+    )
+    insecure_no_auth: bool = Field(
+        default=False, description="serve HTTP without tokens even on a non-loopback address"
+    )
     # The audit log (docs/security.md "Audit log"): on unless turned off. The key comes from
     # GROUNDHOG_AUDIT_KEY or audit_key_file (never a flag); without either, from a key file beside
     # the SQLite database (created on first use, mode 0600), or in the config dir for PostgreSQL.
-    audit: bool = True
+    audit: bool = Field(default=True, description="keep the tamper-evident audit log")
     audit_key: SecretStr | None = Field(default=None, description="HMAC key of the audit chain, >= 32 characters")
     audit_key_file: str | None = Field(default=None, description="file holding the audit key (created if missing)")
     # The local principal's grants (stdio, and HTTP without authentication): right:prefix.
-    grants: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin:"], min_length=1)
+    grants: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["admin:"], min_length=1, description="the local principal's grants, RIGHT:PREFIX"
+    )
     metrics_public: bool = Field(default=False, description="serve /metrics without a token")
     # OAuth 2.1 resource server (docs/http.md): on when oauth_introspection_url is set. The
     # client secret comes from GROUNDHOG_OAUTH_CLIENT_SECRET or a file, never a flag.
-    oauth_issuer_url: str | None = None
-    oauth_introspection_url: str | None = None
+    oauth_issuer_url: str | None = Field(default=None, description="OAuth authorization server (issuer) URL")
+    oauth_introspection_url: str | None = Field(
+        default=None, description="RFC 7662 token introspection endpoint; setting it turns OAuth on"
+    )
     oauth_resource_url: str | None = Field(default=None, description="this server's URL (tokens' aud); default: /mcp")
-    oauth_client_id: str | None = None
-    oauth_client_secret: str | None = Field(default=None, repr=False)
-    oauth_client_secret_file: str | None = None
-    oauth_namespace_claim: str = Field(default="groundhog_namespace", min_length=1, max_length=128)
-    oauth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+    oauth_client_id: str | None = Field(default=None, description="client id for introspection")
+    oauth_client_secret: str | None = Field(default=None, repr=False, description="client secret for introspection")
+    oauth_client_secret_file: str | None = Field(default=None, description="file holding the client secret")
+    oauth_namespace_claim: str = Field(
+        default="groundhog_namespace", min_length=1, max_length=128, description="token claim naming the namespace"
+    )
+    oauth_cache_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="seconds an introspection answer is reused"
+    )
     # Encryption at rest (docs/security.md "Encryption at rest"). The keys themselves come from the
     # environment or from key files only: never a flag (process arguments are visible to every
     # user), never the TOML file (config files get copied around).
-    encryption_key: SecretStr | None = None
-    encryption_key_file: str | None = None
-    encryption_old_keys: SecretStr | None = Field(default=None, description="comma-separated")
-    encryption_old_keys_file: str | None = None
+    encryption_key: SecretStr | None = Field(default=None, description="current encryption key (base64url, 32 bytes)")
+    encryption_key_file: str | None = Field(default=None, description="file holding the current encryption key")
+    encryption_old_keys: SecretStr | None = Field(default=None, description="comma-separated older keys, read only")
+    encryption_old_keys_file: str | None = Field(
+        default=None, description="file holding older keys, one a line, read only"
+    )
 
     @field_validator("grants")
     @classmethod
