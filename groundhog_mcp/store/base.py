@@ -10,7 +10,6 @@ rolls back and nothing is written.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +24,14 @@ from groundhog_mcp.models import (
     HistoryEntry,
     JSONObject,
     dumps,
-    format_timestamp,
+)
+from groundhog_mcp.store.rows import (
+    AuditRecord,
+    AuditValue,
+    DeadLetter,
+    StoredContext,
+    StoredEvent,
+    StoredRevision,
 )
 
 __all__ = [
@@ -57,25 +63,6 @@ __all__ = [
     "registered",
     "sealed_key_id",
 ]
-
-
-@dataclass(frozen=True)
-class StoredContext:
-    """A context row with its current state."""
-
-    id: ContextId
-    namespace: str
-    name: str
-    version: str
-    metadata: JSONObject
-    settings: JSONObject
-    schema: JSONObject | None
-    handlers: JSONObject
-    revision: int
-    state: ContextState
-    state_size: int
-    created_at: datetime
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -130,19 +117,6 @@ class EventRecord:
     idempotency_key: str | None
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """A handled event as recorded: what its idempotency key answers on a repeat."""
-
-    id: int
-    context_id: ContextId
-    type: str
-    idempotency_key: str | None
-    revision: int
-    sequence: int
-    created_at: datetime
-
-
 class EventAlreadyHandled(Exception):
     """The idempotency key was seen before: nothing was written; ``event`` is the first result."""
 
@@ -151,35 +125,8 @@ class EventAlreadyHandled(Exception):
         self.event = event
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """An event whose handler kept failing; kept with its last error until replayed."""
-
-    id: int
-    namespace: str
-    context_id: ContextId
-    name: str
-    type: str
-    payload: JSONObject
-    idempotency_key: str | None
-    attempts: int
-    last_error: str
-    created_at: datetime
-    replayed_at: datetime | None = None
-    replay_revision: int | None = None
-
-
 Mutator = Callable[[StoredContext], Mutation]
 """Runs inside the write transaction (off the event loop); pure: no I/O, may raise ContextError."""
-
-
-@dataclass(frozen=True)
-class StoredRevision:
-    """One history snapshot."""
-
-    context_id: ContextId
-    entry: HistoryEntry
-    state: ContextState
 
 
 @dataclass(frozen=True)
@@ -450,79 +397,6 @@ class AuditEntry:
             request_id=note.request_id if note is not None else None,
             detail=what if note is None or note.detail is None else f"{note.detail}; {what}",
         )
-
-
-AuditValue = str | int | None
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """A stored audit row: ``hmac`` covers :meth:`content` and the previous row's ``hmac``."""
-
-    sequence: int
-    timestamp: datetime
-    principal: str
-    namespace: str
-    operation: str
-    outcome: str
-    context: str | None
-    context_id: ContextId | None
-    revision: int | None
-    change_sequence: int | None
-    request_id: str | None
-    detail: str | None
-    key_id: str
-    hmac: str
-
-    def content(self) -> dict[str, AuditValue]:
-        """Every field but the HMAC, as the signer sees it (ids and times as text)."""
-        return {
-            "sequence": self.sequence,
-            "timestamp": format_timestamp(self.timestamp),
-            "principal": self.principal,
-            "namespace": self.namespace,
-            "operation": self.operation,
-            "outcome": self.outcome,
-            "context": self.context,
-            "context_id": str(self.context_id) if self.context_id is not None else None,
-            "revision": self.revision,
-            "change_sequence": self.change_sequence,
-            "request_id": self.request_id,
-            "detail": self.detail,
-            "key_id": self.key_id,
-        }
-
-    def to_json(self) -> JSONObject:
-        return {**self.content(), "hmac": self.hmac}
-
-    def stored_values(self) -> tuple[Any, ...]:
-        """The ``audit_log`` columns from ``principal`` to ``hmac``, in table order (the stores
-        write ``sequence`` and ``timestamp`` first, each in its own type)."""
-        content = self.content()
-        return (*(content[k] for k in list(content)[2:]), self.hmac)
-
-    @classmethod
-    def chained(
-        cls, entry: AuditEntry, *, sequence: int, timestamp: datetime, signer: AuditSigner, previous: str
-    ) -> AuditRecord:
-        """The row that follows the one whose HMAC is ``previous`` ("" before the first row)."""
-        unsigned = cls(
-            sequence=sequence,
-            timestamp=timestamp,
-            principal=entry.principal,
-            namespace=entry.namespace,
-            operation=entry.operation,
-            outcome=entry.outcome,
-            context=entry.context,
-            context_id=entry.context_id,
-            revision=entry.revision,
-            change_sequence=entry.change_sequence,
-            request_id=entry.request_id,
-            detail=entry.detail,
-            key_id=signer.key_id,
-            hmac="",
-        )
-        return dataclasses.replace(unsigned, hmac=signer.sign(unsigned.content(), previous))
 
 
 class AuditSigner(Protocol):

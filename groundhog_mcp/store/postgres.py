@@ -42,12 +42,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import random
 import re
 import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, LiteralString, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -114,6 +113,18 @@ from groundhog_mcp.store.records import (
     import_entries,
     import_rows,
 )
+from groundhog_mcp.store.rows import (
+    AUDIT_COLUMNS,
+    CONTEXT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    decode_audit,
+    decode_change,
+    decode_context,
+    decode_dead_letter,
+    decode_event,
+    decode_history,
+    decode_state,
+)
 from groundhog_mcp.store.sqlite import RotationProgress
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
@@ -124,18 +135,10 @@ _T = TypeVar("_T")
 _Cursor = AsyncCursor[TupleRow]
 _Connection = AsyncConnection[TupleRow]
 
-_CONTEXT_COLUMNS: Final = (
-    "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
-    "state_size, created_at, updated_at"
-)
 # Reads add the sealed state (encryption at rest): NULL on a plaintext row, then ``state`` holds it.
-_CONTEXT_SELECT: Final = _CONTEXT_COLUMNS + ", state_sealed"
+_CONTEXT_SELECT: Final = CONTEXT_COLUMNS + ", state_sealed"
 _LIVE_ROW: Final = f"SELECT {_CONTEXT_SELECT} FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
-_DEAD_LETTER_COLUMNS: Final = (
-    "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
-    " replayed_at, replay_revision"
-)
-_DEAD_LETTER_SELECT: Final = _DEAD_LETTER_COLUMNS + ", payload_sealed, last_error_sealed"
+_DEAD_LETTER_SELECT: Final = DEAD_LETTER_COLUMNS + ", payload_sealed, last_error_sealed"
 # A change's rows in one statement: the sequence from the counter row, the change, the history
 # snapshot (when given), the event record (when given), and the NOTIFY, delivered on commit.
 _RECORD: Final = (
@@ -160,14 +163,10 @@ _RECORD: Final = (
     " SELECT value, pg_notify(%(channel)s::text, value::text), head.sequence, head.hmac FROM counter"
     " LEFT JOIN head ON true"
 )
-_AUDIT_COLUMNS: Final = (
-    "sequence, timestamp, principal, namespace, operation, outcome, context, context_id, revision, "
-    "change_sequence, request_id, detail, key_id, hmac"
-)
 # The row, and the head's new HMAC, in one statement (the head's row lock is already held).
 _AUDIT_APPEND: Final = (
     "WITH head AS (UPDATE audit_head SET hmac = %s WHERE id = 1)"
-    f" INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    f" INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 _AUDIT_LOCK_HEAD: Final = "UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence, hmac"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -253,31 +252,12 @@ def _decompress(blob: bytes) -> str:
     return zlib.decompress(blob).decode("utf-8")
 
 
-def _utc(ts: datetime) -> datetime:
-    return ts.astimezone(UTC)
-
-
 def _decode_context(row: TupleRow) -> StoredContext:
-    (cid, namespace, name, version, metadata, settings, schema, handlers, revision, state, size, created, updated) = row
-    return StoredContext(
-        id=cid,
-        namespace=namespace,
-        name=name,
-        version=version,
-        metadata=json.loads(metadata),
-        settings=json.loads(settings),
-        schema=json.loads(schema) if schema is not None else None,
-        handlers=json.loads(handlers),
-        revision=revision,
-        state=ContextState.from_json(json.loads(state)),
-        state_size=size,
-        created_at=_utc(created),
-        updated_at=_utc(updated),
-    )
+    return decode_context(row, row[9])
 
 
 def _decode_contexts(rows: list[TupleRow]) -> list[StoredContext]:
-    return [_decode_context(r) for r in rows]
+    return [decode_context(r, r[9]) for r in rows]
 
 
 def _encode_state(state: ContextState) -> tuple[str, bytes]:
@@ -295,7 +275,7 @@ def _apply(row: TupleRow, mutator: Mutator) -> tuple[StoredContext, Mutation, st
 
 
 def _revision_state(snapshot: bytes) -> ContextState:
-    return ContextState.from_json(json.loads(_decompress(snapshot)))
+    return decode_state(_decompress(snapshot))
 
 
 def _missed_patch(row: TupleRow, snapshot: bytes) -> list[JSONObject]:
@@ -308,21 +288,6 @@ async def _off_loop(size: int, fn: Callable[..., _T], *args: Any) -> _T:
     if size > _OFFLOAD_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
-
-
-def _change_from_row(row: TupleRow) -> Change:
-    sequence, cid, namespace, name, revision, op, actor, ts, patch = row
-    return Change(
-        sequence=sequence,
-        context_id=cid,
-        namespace=namespace,
-        name=name,
-        revision=revision,
-        op=op,
-        actor=actor,
-        timestamp=_utc(ts),
-        patch=json.loads(patch) if patch is not None else None,
-    )
 
 
 async def _configure(conn: _Connection) -> None:
@@ -804,7 +769,7 @@ class PostgresStore:
         return self._open("history.snapshot", namespace, context_id, revision, value)
 
     def _context_row(self, row: TupleRow) -> TupleRow:
-        """A row read with ``_CONTEXT_SELECT`` as ``_CONTEXT_COLUMNS`` with the state in plaintext."""
+        """A row read with ``_CONTEXT_SELECT`` as ``CONTEXT_COLUMNS`` with the state in plaintext."""
         sealed = row[13]
         if sealed is None:
             return row[:13]
@@ -823,7 +788,7 @@ class PostgresStore:
             payload = self._open_text("dead_letters.payload", row[1], row[2], int(row[0]), row[12])
         if row[13] is not None:
             error = self._open_text("dead_letters.last_error", row[1], row[2], int(row[0]), row[13])
-        return _dead_letter((*row[:5], payload, *row[6:8], error, *row[9:12]))
+        return decode_dead_letter(row, payload, error)
 
     async def _namespace_of(self, cur: _Cursor, context_id: Any) -> str:
         key = str(context_id)
@@ -872,7 +837,7 @@ class PostgresStore:
             now = utcnow()
             state, state_sealed = self._seal_pair("contexts.state", new.namespace, new.id, revision, text)
             await cur.execute(
-                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}, state_sealed)"
+                f"INSERT INTO contexts ({CONTEXT_COLUMNS}, state_sealed)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (
                     new.id,
@@ -971,7 +936,7 @@ class PostgresStore:
         row = await cur.fetchone()
         if row is None:
             return None
-        return StoredEvent(row[0], context_id, row[1], key, row[2], row[3], _utc(row[4]))
+        return decode_event(row, context_id, key)
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
         async def work(cur: _Cursor) -> StoredEvent | None:
@@ -1297,7 +1262,7 @@ class PostgresStore:
     async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
         async def work(cur: _Cursor) -> list[TupleRow]:
             await cur.execute(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
+                f"SELECT {AUDIT_COLUMNS} FROM audit_log"
                 " WHERE (%(namespace)s::text IS NULL OR namespace = %(namespace)s)"
                 " AND (%(context)s::text IS NULL OR context = %(context)s)"
                 " AND (%(prefix)s::text IS NULL OR (context >= %(prefix)s AND context < %(prefix)s || '~'))"
@@ -1324,7 +1289,7 @@ class PostgresStore:
             )
             return await cur.fetchall()
 
-        return [_audit_record(r) for r in await self._run(work, writing=False)]
+        return [decode_audit(r) for r in await self._run(work, writing=False)]
 
     async def _prune(
         self, cur: _Cursor, context_id: ContextId, revision: int, retention: Retention, now: datetime
@@ -1418,11 +1383,10 @@ class PostgresStore:
         found = await self._run(work, writing=False)
         if found is None or isinstance(found, int):
             return found
-        rev, sequence, op, actor, ts, size, snapshot = found
         return StoredRevision(
             context_id=context_id,
-            entry=HistoryEntry(rev, sequence, op, actor, _utc(ts), size),
-            state=await _off_loop(size, _revision_state, snapshot),
+            entry=decode_history(found),
+            state=await _off_loop(found[5], _revision_state, found[6]),
         )
 
     async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
@@ -1435,7 +1399,7 @@ class PostgresStore:
             return await cur.fetchall()
 
         rows = await self._run(work, writing=False)
-        return [HistoryEntry(r[0], r[1], r[2], r[3], _utc(r[4]), r[5]) for r in rows]
+        return [decode_history(r) for r in rows]
 
     async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
         async def work(cur: _Cursor) -> list[TupleRow]:
@@ -1446,7 +1410,7 @@ class PostgresStore:
             )
             return await cur.fetchall()
 
-        return [_change_from_row(self._change_row(r)) for r in await self._run(work, writing=False)]
+        return [decode_change(r, r[8]) for r in map(self._change_row, await self._run(work, writing=False))]
 
     async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
         # An index range probe on the changes primary key is as cheap as any "anything new?"
@@ -1820,43 +1784,6 @@ class PostgresStore:
             return int(count[0]) if count else 0, int(last[0]) if last else 0
 
         return await self._run(work, writing=False)
-
-
-def _audit_record(row: TupleRow) -> AuditRecord:
-    (seq, ts, principal, namespace, operation, outcome, context, cid, revision, change_seq, rid, detail, key, mac) = row
-    return AuditRecord(
-        sequence=seq,
-        timestamp=_utc(ts),
-        principal=principal,
-        namespace=namespace,
-        operation=operation,
-        outcome=outcome,
-        context=context,
-        context_id=cid,
-        revision=revision,
-        change_sequence=change_seq,
-        request_id=rid,
-        detail=detail,
-        key_id=key,
-        hmac=mac,
-    )
-
-
-def _dead_letter(row: TupleRow) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        namespace=row[1],
-        context_id=row[2],
-        name=row[3],
-        type=row[4],
-        payload=json.loads(row[5]),
-        idempotency_key=row[6],
-        attempts=row[7],
-        last_error=row[8],
-        created_at=_utc(row[9]),
-        replayed_at=_utc(row[10]) if row[10] is not None else None,
-        replay_revision=row[11],
-    )
 
 
 def _cancel_requests() -> int:

@@ -15,7 +15,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 import zlib
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +77,19 @@ from groundhog_mcp.store.records import (
     import_entries,
     import_rows,
 )
+from groundhog_mcp.store.rows import (
+    AUDIT_COLUMNS,
+    CHANGE_COLUMNS,
+    CONTEXT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    HISTORY_COLUMNS,
+    decode_audit,
+    decode_change,
+    decode_context,
+    decode_dead_letter,
+    decode_event,
+    decode_history,
+)
 
 __all__ = ["RotationProgress", "SQLiteStore"]
 
@@ -86,15 +98,7 @@ _log = structlog.get_logger("groundhog_mcp.store")
 # Start-up runs PRAGMA quick_check on files up to this size (~1 s of reading at worst here).
 QUICK_CHECK_MAX_BYTES = 512 * 1024 * 1024
 
-_CONTEXT_COLUMNS = (
-    "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
-    "state_size, created_at, updated_at"
-)
 _EXPORT_PAGE = 500
-_AUDIT_COLUMNS = (
-    "sequence, timestamp, principal, namespace, operation, outcome, context, context_id, revision, "
-    "change_sequence, request_id, detail, key_id, hmac"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,80 +138,12 @@ class RotationProgress:
     batches: int  # batches committed so far in this run (all columns)
 
 
-def _decode_context(row: sqlite3.Row | tuple[Any, ...], state_text: str) -> StoredContext:
-    (
-        cid,
-        namespace,
-        name,
-        version,
-        metadata,
-        settings,
-        schema,
-        handlers,
-        revision,
-        _state,
-        size,
-        created,
-        updated,
-    ) = tuple(row)
-    return StoredContext(
-        id=uuid.UUID(cid),
-        namespace=namespace,
-        name=name,
-        version=version,
-        metadata=json.loads(metadata),
-        settings=json.loads(settings),
-        schema=json.loads(schema) if schema is not None else None,
-        handlers=json.loads(handlers),
-        revision=revision,
-        state=ContextState.from_json(json.loads(state_text)),
-        state_size=size,
-        created_at=parse_timestamp(created),
-        updated_at=parse_timestamp(updated),
-    )
-
-
-def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
-    (seq, ts, principal, namespace, operation, outcome, context, cid, revision, change_seq, rid, detail, key, mac) = row
-    return AuditRecord(
-        sequence=seq,
-        timestamp=parse_timestamp(ts),
-        principal=principal,
-        namespace=namespace,
-        operation=operation,
-        outcome=outcome,
-        context=context,
-        context_id=uuid.UUID(cid) if cid is not None else None,
-        revision=revision,
-        change_sequence=change_seq,
-        request_id=rid,
-        detail=detail,
-        key_id=key,
-        hmac=mac,
-    )
-
-
 def _compress(text: str) -> bytes:
     return zlib.compress(text.encode("utf-8"), 6)
 
 
 def _decompress(blob: bytes) -> str:
     return zlib.decompress(blob).decode("utf-8")
-
-
-def _change_from_row(row: tuple[Any, ...], patch: str | None) -> Change:
-    sequence, cid, namespace, name, revision, op, actor, ts, _ = row
-    return Change(
-        sequence=sequence,
-        context_id=uuid.UUID(cid),
-        namespace=namespace,
-        name=name,
-        revision=revision,
-        op=op,
-        actor=actor,
-        timestamp=parse_timestamp(ts),
-        patch=json.loads(patch) if patch is not None else None,
-    )
 
 
 class SQLiteStore:
@@ -364,13 +300,13 @@ class SQLiteStore:
         return namespace
 
     def _context(self, row: tuple[Any, ...]) -> StoredContext:
-        return _decode_context(row, self._open_text("contexts.state", row[1], row[0], row[8], row[9]))
+        return decode_context(row, self._open_text("contexts.state", row[1], row[0], row[8], row[9]))
 
     def _change(self, row: tuple[Any, ...]) -> Change:
         patch = row[8]
         if patch is not None:
             patch = self._open_text("changes.patch", row[2], row[1], row[4], patch)
-        return _change_from_row(row, patch)
+        return decode_change(row, patch)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -575,7 +511,7 @@ class SQLiteStore:
             state_text = dumps(new.state.to_json())
             self._note_key(conn)
             conn.execute(
-                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO contexts ({CONTEXT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     str(new.id),
                     new.namespace,
@@ -671,7 +607,7 @@ class SQLiteStore:
         ).fetchone()
         if row is None:
             return None
-        return StoredEvent(row[0], context_id, row[1], key, row[2], row[3], parse_timestamp(row[4]))
+        return decode_event(row, context_id, key)
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
         return await self._call(lambda: self._find_event(self._db, context_id, idempotency_key))
@@ -745,33 +681,19 @@ class SQLiteStore:
         )
         return dataclasses.replace(letter, id=letter_id)
 
-    _DEAD_LETTER_COLUMNS = (
-        "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
-        " replayed_at, replay_revision"
-    )
-
     def _dead_letter(self, row: tuple[Any, ...]) -> DeadLetter:
         namespace, key = row[1], row[2]
-        return DeadLetter(
-            id=row[0],
-            namespace=row[1],
-            context_id=uuid.UUID(row[2]),
-            name=row[3],
-            type=row[4],
-            payload=json.loads(self._open_text("dead_letters.payload", namespace, key, row[0], row[5])),
-            idempotency_key=row[6],
-            attempts=row[7],
-            last_error=self._open_text("dead_letters.last_error", namespace, key, row[0], row[8]),
-            created_at=parse_timestamp(row[9]),
-            replayed_at=parse_timestamp(row[10]) if row[10] else None,
-            replay_revision=row[11],
+        return decode_dead_letter(
+            row,
+            self._open_text("dead_letters.payload", namespace, key, row[0], row[5]),
+            self._open_text("dead_letters.last_error", namespace, key, row[0], row[8]),
         )
 
     async def list_dead_letters(
         self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
     ) -> list[DeadLetter]:
         def run() -> list[DeadLetter]:
-            sql = f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id > ?"
+            sql = f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id > ?"
             params: list[Any] = [namespace, after_id]
             if name is not None:
                 sql += " AND name = ?"
@@ -786,7 +708,7 @@ class SQLiteStore:
     async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
         def run() -> DeadLetter | None:
             row = self._db.execute(
-                f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id = ?",
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id = ?",
                 (namespace, letter_id),
             ).fetchone()
             return self._dead_letter(row) if row is not None else None
@@ -879,7 +801,7 @@ class SQLiteStore:
 
     def _live_row(self, conn: sqlite3.Connection, namespace: str, name: str) -> tuple[Any, ...] | None:
         return conn.execute(
-            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND name = ? AND deleted_at IS NULL",
+            f"SELECT {CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND name = ? AND deleted_at IS NULL",
             (namespace, name),
         ).fetchone()
 
@@ -988,7 +910,7 @@ class SQLiteStore:
             previous=last[1] if last else "",
         )
         conn.execute(
-            f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (record.sequence, now, *record.stored_values()),
         )
         return record
@@ -1025,12 +947,12 @@ class SQLiteStore:
             # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
             where.append("context >= ? AND context < ?")
             params.extend((query.prefix, query.prefix + "~"))
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit_log"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY sequence {'DESC' if query.newest_first else 'ASC'} LIMIT ?"
         rows = self._db.execute(sql, (*params, query.limit)).fetchall()
-        return [_audit_record(r) for r in rows]
+        return [decode_audit(r) for r in rows]
 
     def _prune(self, conn: sqlite3.Connection, ctx: StoredContext, retention: Retention, now: str) -> None:
         """Drop history beyond retention, and the diffs of the change rows that went with it."""
@@ -1077,7 +999,7 @@ class SQLiteStore:
 
     def _get_by_id_sync(self, context_id: ContextId) -> StoredContext | None:
         row = self._db.execute(
-            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
+            f"SELECT {CONTEXT_COLUMNS} FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
         ).fetchone()
         return self._context(row) if row is not None else None
 
@@ -1087,7 +1009,7 @@ class SQLiteStore:
     def _list_sync(self, namespace: str, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
         rows = self._db.execute(
-            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND deleted_at IS NULL"
+            f"SELECT {CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND deleted_at IS NULL"
             " AND name >= ? AND name < ? AND name > ? ORDER BY name LIMIT ?",
             (namespace, prefix, prefix + "~", after or "", limit),
         ).fetchall()
@@ -1111,11 +1033,11 @@ class SQLiteStore:
             if oldest is not None and revision < oldest[0] and oldest[1] != "register":
                 return int(oldest[0])
             return None
-        rev, sequence, op, actor, ts, size, snapshot = row
+        rev, snapshot = row[0], row[6]
         key = str(context_id)
         return StoredRevision(
             context_id=context_id,
-            entry=HistoryEntry(rev, sequence, op, actor, parse_timestamp(ts), size),
+            entry=decode_history(row),
             state=ContextState.from_json(
                 json.loads(self._open_snapshot(self._namespace_of(conn, key), key, rev, snapshot))
             ),
@@ -1126,19 +1048,18 @@ class SQLiteStore:
 
     def _history_sync(self, context_id: ContextId, before: int | None, limit: int) -> list[HistoryEntry]:
         rows = self._db.execute(
-            "SELECT revision, sequence, op, actor, timestamp, size FROM history"
+            f"SELECT {HISTORY_COLUMNS} FROM history"
             " WHERE context_id = ? AND revision < ? ORDER BY revision DESC LIMIT ?",
             (str(context_id), before if before is not None else 2**62, limit),
         ).fetchall()
-        return [HistoryEntry(r[0], r[1], r[2], r[3], parse_timestamp(r[4]), r[5]) for r in rows]
+        return [decode_history(r) for r in rows]
 
     async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
         return await self._call(self._changes_after_sync, sequence, limit)
 
     def _changes_after_sync(self, sequence: int, limit: int) -> list[Change]:
         rows = self._db.execute(
-            "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
-            " FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            f"SELECT {CHANGE_COLUMNS} FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
             (sequence, limit),
         ).fetchall()
         return [self._change(r) for r in rows]
