@@ -69,11 +69,11 @@ runpy.run_module("groundhog_mcp", run_name="__main__", alter_sys=True)
 _UNEXPECTED_ERROR = f"""
 
 {FAULT_MARKER.replace("acknowledge before COMMIT", "an unexpected exception while reading a revision")}
-def _failing_read_revision_sync(self, context_id, revision):
+async def _failing_read_revision(self, context_id, revision):
     raise RuntimeError("injected fault: reading a past revision failed")
 
 
-SQLiteStore._read_revision_sync = _failing_read_revision_sync
+SQLiteStore.read_revision = _failing_read_revision
 """
 
 
@@ -106,4 +106,4 @@ def ack_before_commit_build(destination: Path) -> list[str]:
 
 def unexpected_error_build(destination: Path) -> list[str]:
     """A copy whose reads of a past revision raise an unexpected (non-ContextError) exception."""
-    return _build(destination, _UNEXPECTED_ERROR, ("class SQLiteStore", "def _read_revision_sync"))
+    return _build(destination, _UNEXPECTED_ERROR, ("class SQLiteStore(StoreCore)",))
