@@ -34,9 +34,8 @@ from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.stdio import run_stdio
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import SQLiteStore, Store, open_store
-from groundhog_mcp.store.base import AuditQuery
-from groundhog_mcp.store.sqlite import RotationProgress
+from groundhog_mcp.store import MaintenanceStore, Store, maintenance, open_store
+from groundhog_mcp.store.base import AuditQuery, RotationProgress
 
 __all__ = ["main"]
 
@@ -227,7 +226,7 @@ async def _manager(settings: Settings) -> AsyncGenerator[StateManager]:
 
 
 @asynccontextmanager
-async def _unmigrated_store(settings: Settings) -> AsyncGenerator[Store]:
+async def _unmigrated_store(settings: Settings) -> AsyncGenerator[MaintenanceStore]:
     """The store alone, as it is (no migration, no change feed): for ``db status`` and ``db migrate``."""
     store = open_store(
         settings.database,
@@ -318,7 +317,7 @@ async def _run_command(command: str, args: argparse.Namespace, settings: Setting
             await _migrate_context(manager, args)
         elif command == "backup":
             destination = Path(args.destination)
-            await manager.store.backup(destination)
+            await maintenance(manager.store).backup(destination)
             print(f"backup written to {destination}", file=sys.stderr)
     return 0
 
@@ -348,7 +347,7 @@ async def _export(manager: StateManager, output: str) -> None:
     out: TextIO = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
     count = 0
     try:
-        async for record in manager.store.export_records():
+        async for record in maintenance(manager.store).export_records():
             out.write(dumps(record) + "\n")
             count += 1
     finally:
@@ -372,7 +371,7 @@ async def _import(file: str, settings: Settings) -> int:
         if source is not sys.stdin:
             source.close()
     async with _manager(settings) as manager:
-        imported = await manager.store.import_records(records, actor=manager.principal.name)
+        imported = await maintenance(manager.store).import_records(records, actor=manager.principal.name)
         location = (await manager.store.status()).location  # a URL without its password
     print(f"imported {imported} contexts into {location}", file=sys.stderr)
     return 0
@@ -622,11 +621,6 @@ async def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(
         settings.database, busy_timeout_ms=settings.busy_timeout_ms, synchronous=settings.synchronous, cipher=keyring
     )
-    if not isinstance(store, SQLiteStore):
-        from groundhog_mcp.store.postgres import PostgresStore  # psycopg: the optional extra
-
-        if not isinstance(store, PostgresStore):
-            raise AssertionError(f"rotate-key: no key rotation on the {store.backend} backend")
     target = f"key id {keyring.key_id}" if keyring.key_id else "plaintext"
 
     def progress(step: RotationProgress) -> None:

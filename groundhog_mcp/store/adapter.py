@@ -17,10 +17,19 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, LiteralString, Protocol, TypeVar
 
-from groundhog_mcp.models import ContextId, utcnow
-from groundhog_mcp.store.base import AuditEntry, AuditRecord, AuditSigner, EventRecord, RecordCipher, Retention
+from groundhog_mcp.models import Change, ContextId, utcnow
+from groundhog_mcp.store.base import (
+    AuditEntry,
+    AuditRecord,
+    AuditSigner,
+    EventRecord,
+    RecordCipher,
+    Retention,
+    StoreStatus,
+)
 from groundhog_mcp.store.codec import RecordCodec, SealedColumn
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import CONTEXT_COLUMNS, StoredContext, decode_context
@@ -102,7 +111,7 @@ class StoreAdapter:
     ) -> None:
         self.retention = retention or Retention()
         self.audit_signer = audit_signer
-        self.cipher = cipher
+        self.cipher = cipher  # as configured; only the codec uses it
         self.codec = RecordCodec(cipher)
         self._namespaces: dict[str, str] = {}  # context id -> namespace (never changes): history/event AAD
         self._context_select: LiteralString = f"{CONTEXT_COLUMNS}, {self._side('contexts.state')}"
@@ -113,6 +122,30 @@ class StoreAdapter:
         )
 
     # -- what a backend provides --------------------------------------------------------------
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def migrate(self) -> list[int]:
+        raise NotImplementedError
+
+    async def backup(self, destination: Path) -> None:
+        raise NotImplementedError
+
+    async def status(self) -> StoreStatus:
+        raise NotImplementedError
+
+    async def last_sequence(self) -> int:
+        raise NotImplementedError
+
+    async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
+        raise NotImplementedError
+
+    async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
+        raise NotImplementedError
 
     async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
         """Run ``work`` in one transaction and commit (roll back on any exception)."""

@@ -48,11 +48,13 @@ __all__ = [
     "DeadLetter",
     "EventAlreadyHandled",
     "EventRecord",
+    "MaintenanceStore",
     "Mutation",
     "Mutator",
     "NewContext",
     "RecordCipher",
     "Retention",
+    "RotationProgress",
     "Store",
     "StoreStatus",
     "StoredContext",
@@ -143,7 +145,9 @@ class StoreStatus:
 
 
 class Store(Protocol):
-    """The backend contract. Names are unique per namespace among live contexts."""
+    """What the service needs of a backend. Names are unique per namespace among live contexts.
+
+    The maintenance commands need more: :class:`MaintenanceStore`."""
 
     backend: str
 
@@ -246,6 +250,24 @@ class Store(Protocol):
 
     async def status(self) -> StoreStatus: ...
 
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        """Append one audit row in its own transaction (a denied request); None when audit is off."""
+        ...
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit rows in sequence order (``newest_first``: descending)."""
+        ...
+
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        """``(live contexts, last change sequence)`` of the contexts of ``namespace`` whose names
+        start with ``prefix`` (the sequence is 0 when none ever changed)."""
+        ...
+
+
+class MaintenanceStore(Store, Protocol):
+    """A :class:`Store` with what the maintenance commands add (``db migrate``, ``export``,
+    ``import``, ``backup``, ``rotate-key``): every backend is one; the service never needs it."""
+
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations; returns the versions applied."""
         ...
@@ -259,22 +281,30 @@ class Store(Protocol):
         Audit rows are never imported (nobody can forge a chain): the import is one audit row."""
         ...
 
-    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
-        """Append one audit row in its own transaction (a denied request); None when audit is off."""
-        ...
-
-    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
-        """Audit rows in sequence order (``newest_first``: descending)."""
-        ...
-
     async def backup(self, destination: Path) -> None:
         """An online, consistent copy of the database."""
         ...
 
-    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
-        """``(live contexts, last change sequence)`` of the contexts of ``namespace`` whose names
-        start with ``prefix`` (the sequence is 0 when none ever changed)."""
+    async def rotate_keys(
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[RotationProgress], None] | None = None,
+        max_batches: int | None = None,
+    ) -> bool:
+        """Rewrite every sealed value not under the cipher's current key, a batch per transaction;
+        True when done, False when ``max_batches`` stopped the run first."""
         ...
+
+
+@dataclass(frozen=True)
+class RotationProgress:
+    """One committed ``rotate-key`` batch."""
+
+    column: str
+    done: int  # rows of this column rewritten so far in this run
+    pending: int  # rows of this column that needed it when this run started
+    batches: int  # batches committed so far in this run (all columns)
 
 
 @dataclass(frozen=True)

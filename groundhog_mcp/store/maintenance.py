@@ -8,7 +8,6 @@ as plaintext, under the current key by rotate-key and an import).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, LiteralString, TypeVar
@@ -16,6 +15,7 @@ from typing import Any, LiteralString, TypeVar
 from groundhog_mcp.errors import StateUpdateError
 from groundhog_mcp.models import JSONObject, utcnow
 from groundhog_mcp.store.adapter import StoreAdapter, Tx, marks
+from groundhog_mcp.store.base import RotationProgress
 from groundhog_mcp.store.codec import SEALED_COLUMNS, SealedColumn, is_sealed
 from groundhog_mcp.store.records import (
     EXPORT_KINDS,
@@ -30,16 +30,6 @@ __all__ = ["Maintenance", "RotationProgress"]
 
 _T = TypeVar("_T")
 _EXPORT_PAGE = 500
-
-
-@dataclasses.dataclass(frozen=True)
-class RotationProgress:
-    """One committed ``rotate-key`` batch."""
-
-    column: str
-    done: int  # rows of this column rewritten so far in this run
-    pending: int  # rows of this column that needed it when this run started
-    batches: int  # batches committed so far in this run (all columns)
 
 
 class Maintenance(StoreAdapter):
