@@ -104,6 +104,8 @@ class StoreAdapter:
     # json/text beside bytea); the others hold either form in place.
     SEALED_SIDE: dict[str, LiteralString] = {}
     FOR_UPDATE: LiteralString = ""
+    # States up to this size are decoded where the unit of work runs; larger ones via _compute.
+    INLINE_BYTES = 64 * 1024
     _IMPORT_TARGET = "a new, empty database"
 
     def __init__(
@@ -210,7 +212,10 @@ class StoreAdapter:
         return decode_context(row, self.codec.decode_text("contexts.state", row[1], row[0], row[8], stored))
 
     async def _context(self, row: Row) -> StoredContext:
-        return await self._compute(len(row[9] if row[9] is not None else row[13]), self._open_context, row)
+        size = len(row[9] if row[9] is not None else row[13])
+        if size <= self.INLINE_BYTES:  # the common case, on the hot path: no hop, no extra await
+            return self._open_context(row)
+        return await self._compute(size, self._open_context, row)
 
     async def _namespace_of(self, tx: Tx, context_id: Any) -> str:
         key = str(context_id)

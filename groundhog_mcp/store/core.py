@@ -272,7 +272,8 @@ class StoreCore(Maintenance):
         if encoded is not None and retention.due(revision):
             await self._prune(tx, cid, revision, retention, now)
         change = Change(sequence, cid, ns, ctx.name, revision, op, actor, now, patch)
-        await self._append_audit(tx, AuditEntry.of_change(change, audit), head, now)
+        if self.audit_signer is not None:
+            await self._append_audit(tx, AuditEntry.of_change(change, audit), head, now)
         return change
 
     async def _prune(self, tx: Tx, context_id: ContextId, revision: int, retention: Retention, now: datetime) -> None:

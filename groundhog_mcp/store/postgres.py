@@ -115,8 +115,6 @@ _AUDIT_APPEND: Final = (
 _AUDIT_LOCK_HEAD: Final = "UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence, hmac"
 # The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
 _MIGRATION_LOCK_CLASS = 0x67686D63
-# States larger than this are parsed, serialised and compressed off the event loop.
-_OFFLOAD_BYTES = 64 * 1024
 _EXPORT_PAGE = 500
 _TABLES: Final[dict[str, LiteralString]] = {"events": "events", "dead_letters": "dead_letters"}
 # A transaction whose connection turned out dead before commit is run this many times at most.
@@ -385,7 +383,7 @@ class PostgresStore(StoreCore):
 
     async def _compute(self, size: int | None, fn: Callable[..., _T], *args: Any) -> _T:
         """In a thread for a large state (or ``size`` None), inline otherwise (a hop costs more)."""
-        if size is None or size > _OFFLOAD_BYTES:
+        if size is None or size > self.INLINE_BYTES:
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
 

@@ -14,14 +14,15 @@ import contextlib
 import functools
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, LiteralString, TypeVar
+from typing import Any, Final, Literal, LiteralString, TypeVar
 
 import structlog
 
@@ -50,19 +51,36 @@ def _sql(text: str) -> str:
     return text.replace("%s", "?")
 
 
+# A write passes the same id and time to several statements: each is converted once (the last
+# one of each type is kept; a tuple is read and replaced whole, so threads cannot mix them up).
+_last_id: tuple[object, str] = (None, "")
+_last_time: tuple[object, str] = (None, "")
+
+
 def _param(value: Any) -> Any:
     # Ids and times are stored as text (RFC 3339 in UTC: sortable, exact on round trip).
+    global _last_id, _last_time
     if isinstance(value, uuid.UUID):
-        return str(value)
+        last = _last_id
+        if last[0] is not value:
+            last = _last_id = (value, str(value))
+        return last[1]
     if isinstance(value, datetime):
-        return format_timestamp(value)
+        last = _last_time
+        if last[0] is not value:
+            last = _last_time = (value, format_timestamp(value))
+        return last[1]
     return value
 
 
+_CONVERTED: Final = frozenset({uuid.UUID, datetime})
+
+
 def _params(params: Params) -> tuple[Any, ...] | dict[str, Any]:
-    if isinstance(params, Mapping):
+    if isinstance(params, dict):  # (not Mapping: an ABC check costs more than the rest)
         return {k: _param(v) for k, v in params.items()}
-    return tuple(_param(p) for p in params)
+    # On the hot path: most values pass as they are, without a call each.
+    return tuple([_param(p) if type(p) in _CONVERTED else p for p in params])
 
 
 class _SQLiteTx:
@@ -91,6 +109,7 @@ class SQLiteStore(StoreCore):
 
     backend = "sqlite"
     _IMPORT_TARGET = "a new database file"
+    INLINE_BYTES = sys.maxsize  # a unit of work already runs on the store's own thread
 
     def __init__(
         self,
@@ -111,6 +130,7 @@ class SQLiteStore(StoreCore):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
+        self._thread: int | None = None  # the store's own thread (set when it opens the file)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -189,7 +209,7 @@ class SQLiteStore(StoreCore):
         yield run
 
     async def _compute(self, size: int | None, fn: Callable[..., _T], *args: Any) -> _T:
-        if threading.current_thread().name.startswith(_THREAD_NAME):
+        if threading.get_ident() == self._thread:
             return fn(*args)  # inside a unit of work: already on the store's own thread
         return await self._call(fn, *args)  # e.g. checking an import's records: off the event loop
 
@@ -244,7 +264,8 @@ class SQLiteStore(StoreCore):
                     write.now,
                 ),
             )
-        await self._note_key(tx)
+        if self.codec.sealing:
+            await self._note_key(tx)
         return sequence, None
 
     async def _audit_head(self, tx: Tx) -> AuditHead:
@@ -310,6 +331,7 @@ class SQLiteStore(StoreCore):
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_THREAD_NAME)
         try:
+            self._thread = await self._call(threading.get_ident)
             await self._call(self._open_sync)
         except BaseException:
             self._executor.shutdown(wait=False)
