@@ -57,6 +57,11 @@ class Tx(Protocol):
 
     async def fetchall(self, sql: LiteralString, params: Params = ()) -> list[Row]: ...
 
+    async def insert(self, sql: LiteralString, params: Params, key: LiteralString) -> int:
+        """Run an ``INSERT`` of one row; its generated ``key`` (SQLite: the rowid, without
+        ``RETURNING``, which SQLite before 3.35 lacks)."""
+        ...
+
 
 def drive(work: Awaitable[_T]) -> _T:
     """Run a unit of work that never suspends (SQLite's) to its end, synchronously."""

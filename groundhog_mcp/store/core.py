@@ -377,13 +377,13 @@ class StoreCore(Maintenance):
                     "dead_letters.last_error", letter.namespace, letter.context_id, number, letter.last_error
                 )
                 await self._note_key(tx)
-                row = await tx.fetchone(
+                new_id = await tx.insert(
                     f"INSERT INTO dead_letters ({'id, ' if letter_id else ''}namespace, context_id, name, type,"
                     f" {self._columns('dead_letters.payload', 'payload')}, idempotency_key, attempts,"
                     f" {self._columns('dead_letters.last_error', 'last_error')}, created_at)"
                     f" VALUES ({'%s, ' if letter_id else ''}%s, %s, %s, %s, "
                     f"{marks(self._values('dead_letters.payload', payload))}, %s, %s,"
-                    f" {marks(self._values('dead_letters.last_error', error))}, %s) RETURNING id",
+                    f" {marks(self._values('dead_letters.last_error', error))}, %s)",
                     (
                         *((letter_id,) if letter_id else ()),
                         letter.namespace,
@@ -396,8 +396,9 @@ class StoreCore(Maintenance):
                         *self._values("dead_letters.last_error", error),
                         letter.created_at,
                     ),
+                    "id",
                 )
-                stored = dataclasses.replace(letter, id=int(row[0]) if row else 0)
+                stored = dataclasses.replace(letter, id=new_id)
             await self._append_audit(tx, AuditEntry.of_dead_letter(stored, actor, audit))
             return stored
 

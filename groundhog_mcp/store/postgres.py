@@ -148,6 +148,11 @@ class _PgTx:
         await self._cur.execute(sql, params)
         return await self._cur.fetchall()
 
+    async def insert(self, sql: LiteralString, params: Params, key: LiteralString) -> int:
+        await self._cur.execute(f"{sql} RETURNING {key}", params)
+        row = await self._cur.fetchone()
+        return int(row[0]) if row else 0
+
 
 class PostgresStore(StoreCore):
     """Several groundhog-mcp instances on one PostgreSQL database (extra ``[postgres]``).

@@ -103,6 +103,9 @@ class _SQLiteTx:
     async def fetchall(self, sql: LiteralString, params: Params = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(_sql(sql), _params(params)).fetchall()
 
+    async def insert(self, sql: LiteralString, params: Params, key: LiteralString) -> int:
+        return int(self._conn.execute(_sql(sql), _params(params)).lastrowid or 0)
+
 
 class SQLiteStore(StoreCore):
     """The default backend: one SQLite file shared safely by several processes."""
@@ -220,9 +223,9 @@ class SQLiteStore(StoreCore):
     # -- the statements whose SQL is SQLite's -------------------------------------------------
 
     async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
-        row = await tx.fetchone(
+        sequence = await tx.insert(
             "INSERT INTO changes (context_id, namespace, name, revision, op, actor, timestamp, patch)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s) RETURNING sequence",
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
             (
                 write.context_id,
                 write.namespace,
@@ -233,8 +236,8 @@ class SQLiteStore(StoreCore):
                 write.now,
                 write.patch,
             ),
+            "sequence",
         )
-        sequence = int(row[0]) if row else 0
         if write.snapshot is not None:
             await tx.execute(
                 "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
