@@ -46,9 +46,9 @@ from groundhog_mcp.models import Grant, dumps, format_timestamp
 from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import SQLiteStore, open_store
+from groundhog_mcp.store import maintenance, open_store
+from groundhog_mcp.store.base import RotationProgress
 from groundhog_mcp.store.records import import_rows
-from groundhog_mcp.store.sqlite import RotationProgress
 
 __all__ = ["main"]
 
@@ -383,7 +383,7 @@ async def _metrics(args: argparse.Namespace, settings: Settings) -> int:
 async def _backup(args: argparse.Namespace, settings: Settings) -> int:
     destination = Path(args.destination)
     async with manager_session(settings) as manager:
-        await manager.store.backup(destination, force=args.force)
+        await maintenance(manager.store).backup(destination, force=args.force)
     print(f"backup written to {destination}", file=sys.stderr)
     return 0
 
@@ -418,7 +418,7 @@ async def _migrate(manager: StateManager, args: argparse.Namespace) -> None:
 async def _export(manager: StateManager, output: str, *, force: bool) -> None:
     count = 0
     with private_output(output, force=force, what="export") as out:
-        async for record in manager.store.export_records():
+        async for record in maintenance(manager.store).export_records():
             out.write(dumps(record) + "\n")
             count += 1
     print(f"exported {count} records", file=sys.stderr)
@@ -462,7 +462,7 @@ async def _import(file: str, settings: Settings) -> int:
         functools.partial(import_rows, records, identifier=str, timestamp=format_timestamp, lines=lines)
     )
     async with manager_session(settings) as manager:
-        imported = await manager.store.import_records(records, actor=manager.principal.name)
+        imported = await maintenance(manager.store).import_records(records, actor=manager.principal.name)
         location = (await manager.store.status()).location  # a URL without its password
     print(f"imported {imported} contexts into {location}", file=sys.stderr)
     return 0
@@ -661,11 +661,6 @@ async def _rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(
         settings.database, busy_timeout_ms=settings.busy_timeout_ms, synchronous=settings.synchronous, cipher=keyring
     )
-    if not isinstance(store, SQLiteStore):
-        from groundhog_mcp.store.postgres import PostgresStore  # psycopg: the optional extra
-
-        if not isinstance(store, PostgresStore):
-            raise AssertionError(f"rotate-key: no key rotation on the {store.backend} backend")
     target = f"key id {keyring.key_id}" if keyring.key_id else "plaintext"
 
     def progress(step: RotationProgress) -> None:

@@ -14,7 +14,7 @@ from groundhog_mcp.app import Settings, open_manager
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.service import StateManager
-from groundhog_mcp.store import Store, open_store
+from groundhog_mcp.store import MaintenanceStore, open_store
 
 __all__ = [
     "EXIT_BUG",
@@ -72,7 +72,7 @@ def is_url(database: str) -> bool:
 
 
 @asynccontextmanager
-async def unmigrated_store(settings: Settings) -> AsyncGenerator[Store]:
+async def unmigrated_store(settings: Settings) -> AsyncGenerator[MaintenanceStore]:
     """The store alone, as it is (no migration, no change feed): for ``db status`` and ``db migrate``."""
     store = open_store(
         settings.database,

@@ -4,10 +4,29 @@ from pathlib import Path
 from typing import Literal
 
 from groundhog_mcp.errors import InitializationError
-from groundhog_mcp.store.base import AuditSigner, RecordCipher, Retention, Store, StoredContext, StoreStatus
+from groundhog_mcp.store.base import (
+    AuditSigner,
+    MaintenanceStore,
+    RecordCipher,
+    Retention,
+    Store,
+    StoredContext,
+    StoreStatus,
+)
+from groundhog_mcp.store.core import StoreCore
 from groundhog_mcp.store.sqlite import SQLiteStore
 
-__all__ = ["RecordCipher", "Retention", "SQLiteStore", "Store", "StoreStatus", "StoredContext", "open_store"]
+__all__ = [
+    "MaintenanceStore",
+    "RecordCipher",
+    "Retention",
+    "SQLiteStore",
+    "Store",
+    "StoreStatus",
+    "StoredContext",
+    "maintenance",
+    "open_store",
+]
 
 
 def open_store(
@@ -19,7 +38,7 @@ def open_store(
     retention: Retention | None = None,
     audit_signer: AuditSigner | None = None,
     cipher: RecordCipher | None = None,
-) -> Store:
+) -> MaintenanceStore:
     """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL.
 
     A URL may name the PostgreSQL schema to use: ``postgresql://host/db?schema=groundhog``.
@@ -57,3 +76,11 @@ def open_store(
         audit_signer=audit_signer,
         cipher=cipher,
     )
+
+
+def maintenance(store: Store) -> MaintenanceStore:
+    """``store`` as the maintenance commands use it (``export``, ``import``, ``backup``): every
+    backend here is a :class:`MaintenanceStore`; the service only asks for a :class:`Store`."""
+    if not isinstance(store, StoreCore):
+        raise InitializationError(f"database: the {store.backend} backend has no maintenance commands")
+    return store

@@ -10,7 +10,6 @@ rolls back and nothing is written.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +24,14 @@ from groundhog_mcp.models import (
     HistoryEntry,
     JSONObject,
     dumps,
-    format_timestamp,
+)
+from groundhog_mcp.store.rows import (
+    AuditRecord,
+    AuditValue,
+    DeadLetter,
+    StoredContext,
+    StoredEvent,
+    StoredRevision,
 )
 
 __all__ = [
@@ -42,11 +48,13 @@ __all__ = [
     "DeadLetter",
     "EventAlreadyHandled",
     "EventRecord",
+    "MaintenanceStore",
     "Mutation",
     "Mutator",
     "NewContext",
     "RecordCipher",
     "Retention",
+    "RotationProgress",
     "Store",
     "StoreStatus",
     "StoredContext",
@@ -57,25 +65,6 @@ __all__ = [
     "registered",
     "sealed_key_id",
 ]
-
-
-@dataclass(frozen=True)
-class StoredContext:
-    """A context row with its current state."""
-
-    id: ContextId
-    namespace: str
-    name: str
-    version: str
-    metadata: JSONObject
-    settings: JSONObject
-    schema: JSONObject | None
-    handlers: JSONObject
-    revision: int
-    state: ContextState
-    state_size: int
-    created_at: datetime
-    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -130,19 +119,6 @@ class EventRecord:
     idempotency_key: str | None
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """A handled event as recorded: what its idempotency key answers on a repeat."""
-
-    id: int
-    context_id: ContextId
-    type: str
-    idempotency_key: str | None
-    revision: int
-    sequence: int
-    created_at: datetime
-
-
 class EventAlreadyHandled(Exception):
     """The idempotency key was seen before: nothing was written; ``event`` is the first result."""
 
@@ -151,35 +127,8 @@ class EventAlreadyHandled(Exception):
         self.event = event
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """An event whose handler kept failing; kept with its last error until replayed."""
-
-    id: int
-    namespace: str
-    context_id: ContextId
-    name: str
-    type: str
-    payload: JSONObject
-    idempotency_key: str | None
-    attempts: int
-    last_error: str
-    created_at: datetime
-    replayed_at: datetime | None = None
-    replay_revision: int | None = None
-
-
 Mutator = Callable[[StoredContext], Mutation]
 """Runs inside the write transaction (off the event loop); pure: no I/O, may raise ContextError."""
-
-
-@dataclass(frozen=True)
-class StoredRevision:
-    """One history snapshot."""
-
-    context_id: ContextId
-    entry: HistoryEntry
-    state: ContextState
 
 
 @dataclass(frozen=True)
@@ -196,7 +145,9 @@ class StoreStatus:
 
 
 class Store(Protocol):
-    """The backend contract. Names are unique per namespace among live contexts."""
+    """What the service needs of a backend. Names are unique per namespace among live contexts.
+
+    The maintenance commands need more: :class:`MaintenanceStore`."""
 
     backend: str
 
@@ -309,6 +260,24 @@ class Store(Protocol):
 
     async def status(self) -> StoreStatus: ...
 
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        """Append one audit row in its own transaction (a denied request); None when audit is off."""
+        ...
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit rows in sequence order (``newest_first``: descending)."""
+        ...
+
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        """``(live contexts, last change sequence)`` of the contexts of ``namespace`` whose names
+        start with ``prefix`` (the sequence is 0 when none ever changed)."""
+        ...
+
+
+class MaintenanceStore(Store, Protocol):
+    """A :class:`Store` with what the maintenance commands add (``db migrate``, ``export``,
+    ``import``, ``backup``, ``rotate-key``): every backend is one; the service never needs it."""
+
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations; returns the versions applied."""
         ...
@@ -322,23 +291,31 @@ class Store(Protocol):
         Audit rows are never imported (nobody can forge a chain): the import is one audit row."""
         ...
 
-    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
-        """Append one audit row in its own transaction (a denied request); None when audit is off."""
-        ...
-
-    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
-        """Audit rows in sequence order (``newest_first``: descending)."""
-        ...
-
     async def backup(self, destination: Path, *, force: bool = False) -> None:
         """An online, consistent copy of the database in a new owner-only file; an existing
         ``destination`` is refused unless ``force`` (then replaced, a symlink never followed)."""
         ...
 
-    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
-        """``(live contexts, last change sequence)`` of the contexts of ``namespace`` whose names
-        start with ``prefix`` (the sequence is 0 when none ever changed)."""
+    async def rotate_keys(
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[RotationProgress], None] | None = None,
+        max_batches: int | None = None,
+    ) -> bool:
+        """Rewrite every sealed value not under the cipher's current key, a batch per transaction;
+        True when done, False when ``max_batches`` stopped the run first."""
         ...
+
+
+@dataclass(frozen=True)
+class RotationProgress:
+    """One committed ``rotate-key`` batch."""
+
+    column: str
+    done: int  # rows of this column rewritten so far in this run
+    pending: int  # rows of this column that needed it when this run started
+    batches: int  # batches committed so far in this run (all columns)
 
 
 @dataclass(frozen=True)
@@ -461,79 +438,6 @@ class AuditEntry:
             request_id=note.request_id if note is not None else None,
             detail=what if note is None or note.detail is None else f"{note.detail}; {what}",
         )
-
-
-AuditValue = str | int | None
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """A stored audit row: ``hmac`` covers :meth:`content` and the previous row's ``hmac``."""
-
-    sequence: int
-    timestamp: datetime
-    principal: str
-    namespace: str
-    operation: str
-    outcome: str
-    context: str | None
-    context_id: ContextId | None
-    revision: int | None
-    change_sequence: int | None
-    request_id: str | None
-    detail: str | None
-    key_id: str
-    hmac: str
-
-    def content(self) -> dict[str, AuditValue]:
-        """Every field but the HMAC, as the signer sees it (ids and times as text)."""
-        return {
-            "sequence": self.sequence,
-            "timestamp": format_timestamp(self.timestamp),
-            "principal": self.principal,
-            "namespace": self.namespace,
-            "operation": self.operation,
-            "outcome": self.outcome,
-            "context": self.context,
-            "context_id": str(self.context_id) if self.context_id is not None else None,
-            "revision": self.revision,
-            "change_sequence": self.change_sequence,
-            "request_id": self.request_id,
-            "detail": self.detail,
-            "key_id": self.key_id,
-        }
-
-    def to_json(self) -> JSONObject:
-        return {**self.content(), "hmac": self.hmac}
-
-    def stored_values(self) -> tuple[Any, ...]:
-        """The ``audit_log`` columns from ``principal`` to ``hmac``, in table order (the stores
-        write ``sequence`` and ``timestamp`` first, each in its own type)."""
-        content = self.content()
-        return (*(content[k] for k in list(content)[2:]), self.hmac)
-
-    @classmethod
-    def chained(
-        cls, entry: AuditEntry, *, sequence: int, timestamp: datetime, signer: AuditSigner, previous: str
-    ) -> AuditRecord:
-        """The row that follows the one whose HMAC is ``previous`` ("" before the first row)."""
-        unsigned = cls(
-            sequence=sequence,
-            timestamp=timestamp,
-            principal=entry.principal,
-            namespace=entry.namespace,
-            operation=entry.operation,
-            outcome=entry.outcome,
-            context=entry.context,
-            context_id=entry.context_id,
-            revision=entry.revision,
-            change_sequence=entry.change_sequence,
-            request_id=entry.request_id,
-            detail=entry.detail,
-            key_id=signer.key_id,
-            hmac="",
-        )
-        return dataclasses.replace(unsigned, hmac=signer.sign(unsigned.content(), previous))
 
 
 class AuditSigner(Protocol):

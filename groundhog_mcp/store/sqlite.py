@@ -1,83 +1,47 @@
 """SQLite backend: one file, WAL, ``BEGIN IMMEDIATE``, ``synchronous=FULL``.
 
-All database work runs on one thread this store owns; a write is a single function on
-that thread (lock, check, mutate, write state + history + change, commit), so a tool
-call costs one thread hop instead of one per statement.
+All database work runs on one thread this store owns; a unit of work from the store core
+(:mod:`groundhog_mcp.store.core`) runs there to its end in one step (lock, check, mutate,
+write state + history + change, commit), so a tool call costs one thread hop instead of one
+per statement. What is SQLite's own lives here: the connection and its PRAGMAs, the write
+lock, start-up checks, migrations, error translation, and the few statements whose SQL differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
-import json
 import os
 import sqlite3
+import sys
+import threading
 import time
 import uuid
-import zlib
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, LiteralString, TypeVar
 
 import structlog
 
-from groundhog_mcp.errors import (
-    ConflictError,
-    InitializationError,
-    NotFoundError,
-    RecordIntegrityError,
-    StateUpdateError,
-    StoreBusyError,
-)
-from groundhog_mcp.files import PrivateOutput, create_private, loose_mode, make_private_dirs
-from groundhog_mcp.models import (
-    Change,
-    ContextId,
-    ContextState,
-    HistoryEntry,
-    JSONObject,
-    dumps,
-    format_timestamp,
-    json_diff,
-    parse_timestamp,
-    utcnow,
-)
-from groundhog_mcp.store.base import (
-    SEALED_MAGIC,
-    AuditEntry,
-    AuditNote,
-    AuditQuery,
-    AuditRecord,
-    AuditSigner,
-    DeadLetter,
-    EventAlreadyHandled,
-    EventRecord,
-    Mutator,
-    NewContext,
-    RecordCipher,
-    Retention,
-    StoredContext,
-    StoredEvent,
-    StoredRevision,
-    StoreStatus,
-    feed_patch,
-    key_mismatch,
-    record_aad,
-    registered,
-    sealed_key_id,
-)
+from groundhog_mcp.errors import InitializationError, StateUpdateError, StoreBusyError
+from groundhog_mcp.models import ContextId, format_timestamp, utcnow
+from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Params, Runner, Tx, drive
+from groundhog_mcp.store.base import SEALED_MAGIC, AuditSigner, Change, RecordCipher, Retention, StoreStatus
+from groundhog_mcp.store.codec import SealedColumn
+from groundhog_mcp.store.core import RotationProgress, StoreCore
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
-from groundhog_mcp.store.records import (
-    EXPORT_KINDS,
-    RecordKind,
-    export_page,
-    header_record,
-    import_entries,
-    import_rows,
+from groundhog_mcp.store.records import ImportRows
+from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
+from groundhog_mcp.store.sqlite_files import (
+    BUSY_CODES,
+    CORRUPT_CODES,
+    backup_into,
+    create_database_file,
+    primary_code,
+    statements,
 )
 
 __all__ = ["RotationProgress", "SQLiteStore"]
@@ -86,135 +50,77 @@ _T = TypeVar("_T")
 _log = structlog.get_logger("groundhog_mcp.store")
 # Start-up runs PRAGMA quick_check on files up to this size (~1 s of reading at worst here).
 QUICK_CHECK_MAX_BYTES = 512 * 1024 * 1024
-
-_CONTEXT_COLUMNS = (
-    "id, namespace, name, version, metadata, settings, schema, handlers, revision, state, "
-    "state_size, created_at, updated_at"
-)
-_EXPORT_PAGE = 500
-_AUDIT_COLUMNS = (
-    "sequence, timestamp, principal, namespace, operation, outcome, context, context_id, revision, "
-    "change_sequence, request_id, detail, key_id, hmac"
-)
+_THREAD_NAME = "groundhog-sqlite"
 
 
-@dataclasses.dataclass(frozen=True)
-class _SealedColumn:
-    """A column that holds state contents, sealed when a key is configured, and where the parts
-    of its associated data come from."""
-
-    table: str
-    column: str
-    key: tuple[str, ...]  # the primary key: rotate-key pages follow it
-    namespace: str | None  # the namespace column; None: looked up by context id
-    context: str  # the context id column
-    number: str  # the revision column (dead letters: their id)
-
-    @property
-    def name(self) -> str:
-        return f"{self.table}.{self.column}"
+@functools.lru_cache(maxsize=1024)
+def _sql(text: str) -> str:
+    """The core's ``%s`` placeholders as SQLite's ``?``."""
+    return text.replace("%s", "?")
 
 
-_SEALED_COLUMNS: tuple[_SealedColumn, ...] = (
-    _SealedColumn("contexts", "state", ("id",), "namespace", "id", "revision"),
-    _SealedColumn("history", "snapshot", ("context_id", "revision"), None, "context_id", "revision"),
-    _SealedColumn("changes", "patch", ("sequence",), "namespace", "context_id", "revision"),
-    _SealedColumn("events", "payload", ("id",), None, "context_id", "revision"),
-    _SealedColumn("dead_letters", "payload", ("id",), "namespace", "context_id", "id"),
-    _SealedColumn("dead_letters", "last_error", ("id",), "namespace", "context_id", "id"),
-)
+# A write passes the same id and time to several statements: each is converted once (the last
+# one of each type is kept; a tuple is read and replaced whole, so threads cannot mix them up).
+_last_id: tuple[object, str] = (None, "")
+_last_time: tuple[object, str] = (None, "")
 
 
-@dataclasses.dataclass(frozen=True)
-class RotationProgress:
-    """One committed ``rotate-key`` batch."""
-
-    column: str
-    done: int  # rows of this column rewritten so far in this run
-    pending: int  # rows of this column that needed it when this run started
-    batches: int  # batches committed so far in this run (all columns)
-
-
-def _decode_context(row: sqlite3.Row | tuple[Any, ...], state_text: str) -> StoredContext:
-    (
-        cid,
-        namespace,
-        name,
-        version,
-        metadata,
-        settings,
-        schema,
-        handlers,
-        revision,
-        _state,
-        size,
-        created,
-        updated,
-    ) = tuple(row)
-    return StoredContext(
-        id=uuid.UUID(cid),
-        namespace=namespace,
-        name=name,
-        version=version,
-        metadata=json.loads(metadata),
-        settings=json.loads(settings),
-        schema=json.loads(schema) if schema is not None else None,
-        handlers=json.loads(handlers),
-        revision=revision,
-        state=ContextState.from_json(json.loads(state_text)),
-        state_size=size,
-        created_at=parse_timestamp(created),
-        updated_at=parse_timestamp(updated),
-    )
+def _param(value: Any) -> Any:
+    # Ids and times are stored as text (RFC 3339 in UTC: sortable, exact on round trip).
+    global _last_id, _last_time
+    if isinstance(value, uuid.UUID):
+        last = _last_id
+        if last[0] is not value:
+            last = _last_id = (value, str(value))
+        return last[1]
+    if isinstance(value, datetime):
+        last = _last_time
+        if last[0] is not value:
+            last = _last_time = (value, format_timestamp(value))
+        return last[1]
+    return value
 
 
-def _audit_record(row: tuple[Any, ...]) -> AuditRecord:
-    (seq, ts, principal, namespace, operation, outcome, context, cid, revision, change_seq, rid, detail, key, mac) = row
-    return AuditRecord(
-        sequence=seq,
-        timestamp=parse_timestamp(ts),
-        principal=principal,
-        namespace=namespace,
-        operation=operation,
-        outcome=outcome,
-        context=context,
-        context_id=uuid.UUID(cid) if cid is not None else None,
-        revision=revision,
-        change_sequence=change_seq,
-        request_id=rid,
-        detail=detail,
-        key_id=key,
-        hmac=mac,
-    )
+_CONVERTED: Final = frozenset({uuid.UUID, datetime})
 
 
-def _compress(text: str) -> bytes:
-    return zlib.compress(text.encode("utf-8"), 6)
+def _params(params: Params) -> tuple[Any, ...] | dict[str, Any]:
+    if isinstance(params, dict):  # (not Mapping: an ABC check costs more than the rest)
+        return {k: _param(v) for k, v in params.items()}
+    # On the hot path: most values pass as they are, without a call each.
+    return tuple([_param(p) if type(p) in _CONVERTED else p for p in params])
 
 
-def _decompress(blob: bytes) -> str:
-    return zlib.decompress(blob).decode("utf-8")
+class _SQLiteTx:
+    """The core's :class:`~groundhog_mcp.store.adapter.Tx` on a connection: never suspends."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: LiteralString, params: Params = ()) -> None:
+        self._conn.execute(_sql(sql), _params(params))
+
+    async def executemany(self, sql: LiteralString, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(_sql(sql), [_params(r) for r in rows])
+
+    async def fetchone(self, sql: LiteralString, params: Params = ()) -> tuple[Any, ...] | None:
+        return self._conn.execute(_sql(sql), _params(params)).fetchone()
+
+    async def fetchall(self, sql: LiteralString, params: Params = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(_sql(sql), _params(params)).fetchall()
+
+    async def insert(self, sql: LiteralString, params: Params, key: LiteralString) -> int:
+        return int(self._conn.execute(_sql(sql), _params(params)).lastrowid or 0)
 
 
-def _change_from_row(row: tuple[Any, ...], patch: str | None) -> Change:
-    sequence, cid, namespace, name, revision, op, actor, ts, _ = row
-    return Change(
-        sequence=sequence,
-        context_id=uuid.UUID(cid),
-        namespace=namespace,
-        name=name,
-        revision=revision,
-        op=op,
-        actor=actor,
-        timestamp=parse_timestamp(ts),
-        patch=json.loads(patch) if patch is not None else None,
-    )
-
-
-class SQLiteStore:
+class SQLiteStore(StoreCore):
     """The default backend: one SQLite file shared safely by several processes."""
 
     backend = "sqlite"
+    _IMPORT_TARGET = "a new database file"
+    INLINE_BYTES = sys.maxsize  # a unit of work already runs on the store's own thread
 
     def __init__(
         self,
@@ -227,17 +133,15 @@ class SQLiteStore:
         audit_signer: AuditSigner | None = None,
         cipher: RecordCipher | None = None,
     ) -> None:
+        super().__init__(retention=retention, audit_signer=audit_signer, cipher=cipher)
         self.path = Path(path)
-        self.audit_signer = audit_signer
-        self.cipher = cipher
-        self._namespaces: dict[str, str] = {}
         self.auto_migrate = auto_migrate
-        self.retention = retention or Retention()
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
+        self._thread: int | None = None  # the store's own thread (set when it opens the file)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -248,7 +152,7 @@ class SQLiteStore:
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         except sqlite3.DatabaseError as exc:
-            if _primary_code(exc) not in _CORRUPT_CODES:
+            if primary_code(exc) not in CORRUPT_CODES:
                 raise
             raise InitializationError(
                 f"database: {self.path} is corrupt ({exc}); nothing was changed. Restore it from a backup, "
@@ -283,8 +187,8 @@ class SQLiteStore:
     def _translate(self, exc: sqlite3.Error) -> Exception:
         # By SQLite's result code, never the message: the text of an error can quote anything
         # (a trigger's RAISE, an identifier), and it is not part of SQLite's interface.
-        code = _primary_code(exc)
-        if code in _BUSY_CODES:
+        code = primary_code(exc)
+        if code in BUSY_CODES:
             return StoreBusyError(
                 f"database: locked by another process for more than busy_timeout={self.busy_timeout_ms} ms; "
                 "nothing was written, retry the call"
@@ -300,88 +204,147 @@ class SQLiteStore:
             )
         return StateUpdateError(f"database: {exc}; nothing was written")
 
-    # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
+    async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
+        return await self._call(self._run_sync, work, writing)
+
+    def _run_sync(self, work: Callable[[Tx], Awaitable[_T]], writing: bool) -> _T:
+        if not writing:
+            return drive(work(_SQLiteTx(self._db)))
+        with self._write_transaction() as conn:
+            return drive(work(_SQLiteTx(conn)))
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncGenerator[Runner]:
+        # Pages are read one call each; the export is as consistent as its source is quiet.
+        async def run(work: Callable[[Tx], Awaitable[Any]]) -> Any:
+            return await self._transaction(work, writing=False)
+
+        yield run
+
+    async def _compute(self, size: int | None, fn: Callable[..., _T], *args: Any) -> _T:
+        if threading.get_ident() == self._thread:
+            return fn(*args)  # inside a unit of work: already on the store's own thread
+        return await self._call(fn, *args)  # e.g. checking an import's records: off the event loop
 
     @property
-    def _sealing(self) -> bool:
-        return self.cipher is not None and self.cipher.key_id is not None
+    def _where(self) -> str:
+        return str(self.path)
+
+    # -- the statements whose SQL is SQLite's -------------------------------------------------
+
+    async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
+        sequence = await tx.insert(
+            "INSERT INTO changes (context_id, namespace, name, revision, op, actor, timestamp, patch)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                write.context_id,
+                write.namespace,
+                write.name,
+                write.revision,
+                write.op,
+                write.actor,
+                write.now,
+                write.patch,
+            ),
+            "sequence",
+        )
+        if write.snapshot is not None:
+            await tx.execute(
+                "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    write.context_id,
+                    write.revision,
+                    sequence,
+                    write.op,
+                    write.actor,
+                    write.now,
+                    write.size,
+                    write.snapshot,
+                ),
+            )
+        if write.event is not None:
+            await tx.execute(
+                "INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    write.context_id,
+                    write.event.type,
+                    write.payload,
+                    write.event.idempotency_key,
+                    write.revision,
+                    sequence,
+                    write.now,
+                ),
+            )
+        if self.codec.sealing:
+            await self._note_key(tx)
+        return sequence, None
+
+    async def _audit_head(self, tx: Tx) -> AuditHead:
+        # The caller's BEGIN IMMEDIATE lock orders the appends of every process.
+        last = await tx.fetchone("SELECT sequence, hmac FROM audit_log ORDER BY sequence DESC LIMIT 1")
+        return (int(last[0]) + 1, str(last[1])) if last else (1, "")
+
+    async def _insert_audit(self, tx: Tx, record: AuditRecord) -> None:
+        await tx.execute(
+            f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (record.sequence, record.timestamp, *record.stored_values()),
+        )
+
+    async def _reserve_dead_letter_id(self, tx: Tx) -> int:
+        # AUTOINCREMENT's next id (under the write lock: nobody else takes it meanwhile).
+        row = await tx.fetchone("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'dead_letters'), 0) + 1")
+        return int(row[0]) if row else 1
+
+    async def _import_bounds(self, tx: Tx, rows: ImportRows | None) -> int:
+        # Explicit ids and sequences: AUTOINCREMENT continues after the highest imported.
+        if rows is None:
+            return 0
+        row = await tx.fetchone("SELECT seq FROM sqlite_sequence WHERE name = 'changes'")
+        return int(row[0]) if row else 0
+
+    def _stale(self, sealed: SealedColumn) -> tuple[LiteralString, tuple[Any, ...]]:
+        column = sealed.column
+        prefix = self.codec.current_prefix
+        if prefix is not None:
+            condition = f"{column} IS NOT NULL AND NOT (typeof({column}) = 'blob' AND substr({column}, 1, 8) = %s)"
+            return condition, (prefix,)
+        return f"typeof({column}) = 'blob' AND substr({column}, 1, 4) = %s", (SEALED_MAGIC,)
+
+    async def _forget_old_keys(self) -> bool:
+        if not await super()._forget_old_keys():
+            return False
+        # Fold the WAL back: its frames may still hold the values as they were before.
+        await self._call(self._checkpoint)
+        return True
+
+    def _checkpoint(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
 
     def _check_keys(self, conn: sqlite3.Connection) -> None:
-        """Refuse to open a database whose records are under a key the cipher does not have."""
+        """Refuse to open a database whose records are under a key the codec cannot open."""
+        self.codec.check_keys(self._sealing_key_ids(conn), str(self.path), "The file was not modified.")
+
+    def _sealing_key_ids(self, conn: sqlite3.Connection) -> list[str]:
         exists = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'encryption_keys'"
         ).fetchone()
         if not exists:
-            return
-        used = [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
-        key_mismatch(self.cipher, used, str(self.path), "The file was not modified.")
-
-    def _note_key(self, conn: sqlite3.Connection) -> None:
-        """Record the sealing key's id (in the write transaction that first uses it)."""
-        if self.cipher is not None and self.cipher.key_id is not None:
-            conn.execute(
-                "INSERT OR IGNORE INTO encryption_keys (key_id, first_used) VALUES (?, ?)",
-                (self.cipher.key_id, format_timestamp(utcnow())),
-            )
-
-    def _seal(self, column: str, namespace: str, context_id: str, number: int, plain: str | bytes) -> str | bytes:
-        """A column value as stored: sealed under the current key, or ``plain`` without one."""
-        if self.cipher is None or self.cipher.key_id is None:
-            return plain
-        data = plain.encode("utf-8") if isinstance(plain, str) else plain
-        return self.cipher.seal(data, record_aad(column, namespace, context_id, number))
-
-    def _open(self, column: str, namespace: str, context_id: str, number: int, value: Any) -> str | bytes:
-        """A stored column value as plaintext (bytes when it was sealed)."""
-        if sealed_key_id(value) is None:
-            return value
-        where = "dead letter" if column.startswith("dead_letters.") else "revision"
-        if self.cipher is None:
-            raise RecordIntegrityError(
-                f"encryption: {column} of context {context_id} {where} {number} is encrypted and no key is configured"
-            )
-        try:
-            return self.cipher.open(value, record_aad(column, namespace, context_id, number))
-        except ValueError as exc:
-            raise RecordIntegrityError(
-                f"encryption: {column} of context {context_id} {where} {number} does not decrypt: {exc}; "
-                "the record is left as it is"
-            ) from None
-
-    def _open_text(self, column: str, namespace: str, context_id: str, number: int, value: Any) -> str:
-        plain = self._open(column, namespace, context_id, number, value)
-        return plain.decode("utf-8") if isinstance(plain, bytes) else plain
-
-    def _open_snapshot(self, namespace: str, context_id: str, revision: int, value: bytes) -> str:
-        plain = self._open("history.snapshot", namespace, context_id, revision, value)
-        return _decompress(plain if isinstance(plain, bytes) else plain.encode("utf-8"))
-
-    def _namespace_of(self, conn: sqlite3.Connection, context_id: str) -> str:
-        """The namespace a context id belongs to (never changes): part of the history and event AAD."""
-        namespace = self._namespaces.get(context_id)
-        if namespace is None:
-            row = conn.execute("SELECT namespace FROM contexts WHERE id = ?", (context_id,)).fetchone()
-            if row is None:
-                return ""
-            namespace = self._namespaces[context_id] = str(row[0])
-        return namespace
-
-    def _context(self, row: tuple[Any, ...]) -> StoredContext:
-        return _decode_context(row, self._open_text("contexts.state", row[1], row[0], row[8], row[9]))
-
-    def _change(self, row: tuple[Any, ...]) -> Change:
-        patch = row[8]
-        if patch is not None:
-            patch = self._open_text("changes.patch", row[2], row[1], row[4], patch)
-        return _change_from_row(row, patch)
+            return []
+        return [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._executor is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="groundhog-sqlite")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_THREAD_NAME)
         try:
+            self._thread = await self._call(threading.get_ident)
             await self._call(self._open_sync)
         except BaseException:
             self._executor.shutdown(wait=False)
@@ -389,7 +352,7 @@ class SQLiteStore:
             raise
 
     def _open_sync(self) -> None:
-        self._create_file()
+        create_database_file(self.path)
         try:
             conn = sqlite3.connect(
                 str(self.path),
@@ -413,7 +376,7 @@ class SQLiteStore:
                 )
             if self.auto_migrate:
                 self._check_keys(conn)  # read-only: a wrong key leaves the file as it was
-            if self.cipher is not None:
+            if self.codec.configured:
                 # Freed pages and cells are zeroed, so replaced plaintext does not linger in the file.
                 conn.execute("PRAGMA secure_delete=ON")
             self._enable_wal(conn)
@@ -429,35 +392,6 @@ class SQLiteStore:
                 f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc}){self._read_only_cause()}"
             ) from exc
         self._conn = conn
-
-    def _create_file(self) -> None:
-        """A new database file is created owner-only (0600) before SQLite opens it: SQLite gives
-        ``-wal`` and ``-shm`` the database file's mode, so they are 0600 too, whatever the umask.
-        An existing file keeps its mode (it is the user's file): a readable one is warned about."""
-        try:
-            if not self.path.exists():
-                make_private_dirs(self.path.parent)
-                create_private(self.path)
-                return
-        except OSError as exc:
-            raise InitializationError(
-                f"database: cannot create {self.path}: {exc.strerror or exc}"
-                + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else "")
-                + "; nothing was written"
-            ) from None
-        for path in (
-            self.path,
-            self.path.with_name(self.path.name + "-wal"),
-            self.path.with_name(self.path.name + "-shm"),
-        ):
-            mode = loose_mode(path)
-            if mode is not None:
-                _log.warning(
-                    "database.readable_by_others",
-                    path=str(path),
-                    mode=f"{mode:o}",
-                    hint="chmod 600 it (new -wal and -shm files take the database file's mode)",
-                )
 
     def _read_only_cause(self) -> str:
         """Why SQLite may have failed to open a file that is fine: it cannot write beside it."""
@@ -526,7 +460,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode=WAL").fetchone()
                 return
             except sqlite3.OperationalError as exc:
-                if _primary_code(exc) not in _BUSY_CODES or time.monotonic() > deadline:
+                if primary_code(exc) not in BUSY_CODES or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
 
@@ -545,7 +479,7 @@ class SQLiteStore:
             for migration in MIGRATIONS:
                 if migration.version <= current:
                     continue
-                for statement in _statements(migration.sqlite):
+                for statement in statements(migration.sqlite):
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -577,272 +511,7 @@ class SQLiteStore:
             self._conn.close()
             self._conn = None
 
-    # -- writes -----------------------------------------------------------------------------
-
-    async def register(
-        self,
-        new: NewContext,
-        *,
-        actor: str,
-        if_exists: Literal["error", "return"],
-        audit: AuditNote | None = None,
-    ) -> tuple[StoredContext, Change | None]:
-        return await self._call(self._register_sync, new, actor, if_exists, audit)
-
-    def _register_sync(
-        self, new: NewContext, actor: str, if_exists: Literal["error", "return"], audit: AuditNote | None = None
-    ) -> tuple[StoredContext, Change | None]:
-        with self._write_transaction() as conn:
-            existing = self._live_row(conn, new.namespace, new.name)
-            if existing is not None:
-                if if_exists == "return":
-                    return self._context(existing), None
-                raise ConflictError.already_exists(new.name, existing[8])
-            row = conn.execute(
-                "SELECT last_revision FROM name_revisions WHERE namespace = ? AND name = ?",
-                (new.namespace, new.name),
-            ).fetchone()
-            revision = (row[0] if row else 0) + 1
-            now = format_timestamp(utcnow())
-            state_text = dumps(new.state.to_json())
-            self._note_key(conn)
-            conn.execute(
-                f"INSERT INTO contexts ({_CONTEXT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    str(new.id),
-                    new.namespace,
-                    new.name,
-                    new.version,
-                    dumps(new.metadata),
-                    dumps(new.settings),
-                    dumps(new.schema) if new.schema is not None else None,
-                    dumps(new.handlers),
-                    revision,
-                    self._seal("contexts.state", new.namespace, str(new.id), revision, state_text),
-                    len(state_text.encode("utf-8")),
-                    now,
-                    now,
-                ),
-            )
-            stored = registered(
-                new, revision=revision, state_size=len(state_text.encode("utf-8")), now=parse_timestamp(now)
-            )
-            change = self._record(conn, stored, "register", actor, now, None, state_text, audit)
-            return stored, change
-
-    async def mutate(
-        self,
-        namespace: str,
-        name: str,
-        expected_revision: int | None,
-        mutator: Mutator,
-        *,
-        actor: str,
-        event: EventRecord | None = None,
-        audit: AuditNote | None = None,
-    ) -> tuple[StoredContext, Change]:
-        return await self._call(self._mutate_sync, namespace, name, expected_revision, mutator, actor, event, audit)
-
-    def _mutate_sync(
-        self,
-        namespace: str,
-        name: str,
-        expected_revision: int | None,
-        mutator: Mutator,
-        actor: str,
-        event: EventRecord | None = None,
-        audit: AuditNote | None = None,
-    ) -> tuple[StoredContext, Change]:
-        with self._write_transaction() as conn:
-            row = self._live_row(conn, namespace, name)
-            if row is None:
-                raise NotFoundError(f"name: no context named {name!r}")
-            current = self._context(row)
-            if event is not None and event.idempotency_key is not None:
-                seen = self._find_event(conn, current.id, event.idempotency_key)
-                if seen is not None:
-                    raise EventAlreadyHandled(seen)
-            self._check_expected(conn, current, expected_revision)
-            mutation = mutator(current)
-            state_text = dumps(mutation.state.to_json())
-            size = len(state_text.encode("utf-8"))
-            now = format_timestamp(utcnow())
-            revision = current.revision + 1
-            key = str(current.id)
-            self._note_key(conn)
-            conn.execute(
-                "UPDATE contexts SET revision = ?, state = ?, state_size = ?, updated_at = ? WHERE id = ?",
-                (revision, self._seal("contexts.state", namespace, key, revision, state_text), size, now, key),
-            )
-            stored = dataclasses.replace(
-                current, revision=revision, state=mutation.state, state_size=size, updated_at=parse_timestamp(now)
-            )
-            change = self._record(conn, stored, mutation.op, actor, now, mutation.patch, state_text, audit)
-            if event is not None:
-                conn.execute(
-                    "INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (
-                        str(stored.id),
-                        event.type,
-                        self._seal("events.payload", namespace, key, revision, dumps(event.payload)),
-                        event.idempotency_key,
-                        revision,
-                        change.sequence,
-                        now,
-                    ),
-                )
-            return stored, change
-
-    # -- events and dead letters ------------------------------------------------------------
-
-    def _find_event(self, conn: sqlite3.Connection, context_id: ContextId, key: str) -> StoredEvent | None:
-        row = conn.execute(
-            "SELECT id, type, revision, sequence, created_at FROM events WHERE context_id = ? AND idempotency_key = ?",
-            (str(context_id), key),
-        ).fetchone()
-        if row is None:
-            return None
-        return StoredEvent(row[0], context_id, row[1], key, row[2], row[3], parse_timestamp(row[4]))
-
-    async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
-        return await self._call(lambda: self._find_event(self._db, context_id, idempotency_key))
-
-    async def add_dead_letter(
-        self, letter: DeadLetter, *, actor: str = "local", audit: AuditNote | None = None
-    ) -> DeadLetter:
-        return await self._call(self._add_dead_letter_sync, letter, actor, audit)
-
-    def _add_dead_letter_sync(self, letter: DeadLetter, actor: str, audit: AuditNote | None) -> DeadLetter:
-        with self._write_transaction() as conn:
-            if letter.id:
-                error = self._seal(
-                    "dead_letters.last_error", letter.namespace, str(letter.context_id), letter.id, letter.last_error
-                )
-                self._note_key(conn)
-                conn.execute(
-                    "UPDATE dead_letters SET attempts = attempts + ?, last_error = ? WHERE id = ?",
-                    (letter.attempts, error, letter.id),
-                )
-                self._append_audit(conn, AuditEntry.of_dead_letter(letter, actor, audit), format_timestamp(utcnow()))
-                return letter
-            if self._sealing:
-                sealed = self._add_sealed_dead_letter(conn, letter)
-                self._append_audit(conn, AuditEntry.of_dead_letter(sealed, actor, audit), format_timestamp(utcnow()))
-                return sealed
-            cursor = conn.execute(
-                "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
-                " last_error, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    letter.namespace,
-                    str(letter.context_id),
-                    letter.name,
-                    letter.type,
-                    dumps(letter.payload),
-                    letter.idempotency_key,
-                    letter.attempts,
-                    letter.last_error,
-                    format_timestamp(letter.created_at),
-                ),
-            )
-            stored = dataclasses.replace(letter, id=int(cursor.lastrowid or 0))
-            self._append_audit(conn, AuditEntry.of_dead_letter(stored, actor, audit), format_timestamp(utcnow()))
-            return stored
-
-    def _add_sealed_dead_letter(self, conn: sqlite3.Connection, letter: DeadLetter) -> DeadLetter:
-        # The associated data names the letter's id, known after the insert: contents go in second.
-        cursor = conn.execute(
-            "INSERT INTO dead_letters (namespace, context_id, name, type, payload, idempotency_key, attempts,"
-            " last_error, created_at) VALUES (?,?,?,?,X'',?,?,X'',?)",
-            (
-                letter.namespace,
-                str(letter.context_id),
-                letter.name,
-                letter.type,
-                letter.idempotency_key,
-                letter.attempts,
-                format_timestamp(letter.created_at),
-            ),
-        )
-        letter_id = int(cursor.lastrowid or 0)
-        key = str(letter.context_id)
-        self._note_key(conn)
-        conn.execute(
-            "UPDATE dead_letters SET payload = ?, last_error = ? WHERE id = ?",
-            (
-                self._seal("dead_letters.payload", letter.namespace, key, letter_id, dumps(letter.payload)),
-                self._seal("dead_letters.last_error", letter.namespace, key, letter_id, letter.last_error),
-                letter_id,
-            ),
-        )
-        return dataclasses.replace(letter, id=letter_id)
-
-    _DEAD_LETTER_COLUMNS = (
-        "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
-        " replayed_at, replay_revision"
-    )
-
-    def _dead_letter(self, row: tuple[Any, ...]) -> DeadLetter:
-        namespace, key = row[1], row[2]
-        return DeadLetter(
-            id=row[0],
-            namespace=row[1],
-            context_id=uuid.UUID(row[2]),
-            name=row[3],
-            type=row[4],
-            payload=json.loads(self._open_text("dead_letters.payload", namespace, key, row[0], row[5])),
-            idempotency_key=row[6],
-            attempts=row[7],
-            last_error=self._open_text("dead_letters.last_error", namespace, key, row[0], row[8]),
-            created_at=parse_timestamp(row[9]),
-            replayed_at=parse_timestamp(row[10]) if row[10] else None,
-            replay_revision=row[11],
-        )
-
-    async def list_dead_letters(
-        self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
-    ) -> list[DeadLetter]:
-        def run() -> list[DeadLetter]:
-            sql = f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id > ?"
-            params: list[Any] = [namespace, after_id]
-            if name is not None:
-                sql += " AND name = ?"
-                params.append(name)
-            if not include_replayed:
-                sql += " AND replayed_at IS NULL"
-            rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
-            return [self._dead_letter(r) for r in rows]
-
-        return await self._call(run)
-
-    async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
-        def run() -> DeadLetter | None:
-            row = self._db.execute(
-                f"SELECT {self._DEAD_LETTER_COLUMNS} FROM dead_letters WHERE namespace = ? AND id = ?",
-                (namespace, letter_id),
-            ).fetchone()
-            return self._dead_letter(row) if row is not None else None
-
-        return await self._call(run)
-
-    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
-        def run() -> str | None:
-            row = self._db.execute(
-                "SELECT name FROM dead_letters WHERE namespace = ? AND id = ?", (namespace, letter_id)
-            ).fetchone()
-            return str(row[0]) if row is not None else None
-
-        return await self._call(run)
-
-    async def mark_replayed(self, letter_id: int, revision: int) -> None:
-        def run() -> None:
-            with self._write_transaction() as conn:
-                conn.execute(
-                    "UPDATE dead_letters SET replayed_at = ?, replay_revision = ? WHERE id = ?",
-                    (format_timestamp(utcnow()), revision, letter_id),
-                )
-
-        await self._call(run)
+    # -- reads whose SQL is SQLite's ----------------------------------------------------------
 
     async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
         def run() -> dict[ContextId, tuple[int, int, int]]:
@@ -865,334 +534,6 @@ class SQLiteStore:
 
         return await self._call(run)
 
-    async def unregister(
-        self,
-        namespace: str,
-        name: str,
-        expected_revision: int | None,
-        *,
-        purge: bool,
-        actor: str,
-        audit: AuditNote | None = None,
-    ) -> Change:
-        return await self._call(self._unregister_sync, namespace, name, expected_revision, purge, actor, audit)
-
-    def _unregister_sync(
-        self,
-        namespace: str,
-        name: str,
-        expected_revision: int | None,
-        purge: bool,
-        actor: str,
-        audit: AuditNote | None = None,
-    ) -> Change:
-        with self._write_transaction() as conn:
-            row = self._live_row(conn, namespace, name)
-            if row is None:
-                raise NotFoundError(f"name: no context named {name!r}")
-            current = self._context(row)
-            self._check_expected(conn, current, expected_revision)
-            now = format_timestamp(utcnow())
-            stored = dataclasses.replace(current, revision=current.revision + 1)
-            change = self._record(conn, stored, "unregister", actor, now, None, None, audit)
-            if purge:
-                # Purge removes the content everywhere: snapshots and the diffs in the change feed.
-                conn.execute("DELETE FROM history WHERE context_id = ?", (str(current.id),))
-                conn.execute("UPDATE changes SET patch = NULL WHERE context_id = ?", (str(current.id),))
-                conn.execute("DELETE FROM events WHERE context_id = ?", (str(current.id),))
-                conn.execute("DELETE FROM dead_letters WHERE context_id = ?", (str(current.id),))
-                conn.execute("DELETE FROM contexts WHERE id = ?", (str(current.id),))
-            elif self._sealing or sealed_key_id(row[9]) is not None:
-                # The state's associated data names the revision: sealed again for the new one.
-                key = str(current.id)
-                state = self._seal("contexts.state", namespace, key, stored.revision, dumps(current.state.to_json()))
-                self._note_key(conn)
-                conn.execute(
-                    "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ?, state = ? WHERE id = ?",
-                    (now, stored.revision, now, state, key),
-                )
-            else:
-                conn.execute(
-                    "UPDATE contexts SET deleted_at = ?, revision = ?, updated_at = ? WHERE id = ?",
-                    (now, current.revision + 1, now, str(current.id)),
-                )
-            return change
-
-    def _live_row(self, conn: sqlite3.Connection, namespace: str, name: str) -> tuple[Any, ...] | None:
-        return conn.execute(
-            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND name = ? AND deleted_at IS NULL",
-            (namespace, name),
-        ).fetchone()
-
-    def _check_expected(self, conn: sqlite3.Connection, current: StoredContext, expected: int | None) -> None:
-        if expected is None or expected == current.revision:
-            return
-        missed: list[JSONObject] | None = None
-        if 0 < expected < current.revision:
-            row = conn.execute(
-                "SELECT snapshot FROM history WHERE context_id = ? AND revision = ?",
-                (str(current.id), expected),
-            ).fetchone()
-            if row is not None:
-                missed = json_diff(
-                    ContextState.from_json(
-                        json.loads(self._open_snapshot(current.namespace, str(current.id), expected, row[0]))
-                    ).document(),
-                    current.state.document(),
-                )
-        raise ConflictError(current.name, expected, current.revision, missed)
-
-    def _record(
-        self,
-        conn: sqlite3.Connection,
-        ctx: StoredContext,
-        op: str,
-        actor: str,
-        now: str,
-        patch: list[JSONObject] | None,
-        state_text: str | None,
-        audit: AuditNote | None = None,
-    ) -> Change:
-        """Write the change row, the history snapshot, the name's revision high-water mark and
-        the audit row."""
-        stored_patch = feed_patch(patch)
-        cursor = conn.execute(
-            "INSERT INTO changes (context_id, namespace, name, revision, op, actor, timestamp, patch)"
-            " VALUES (?,?,?,?,?,?,?,?)",
-            (
-                str(ctx.id),
-                ctx.namespace,
-                ctx.name,
-                ctx.revision,
-                op,
-                actor,
-                now,
-                (
-                    self._seal("changes.patch", ctx.namespace, str(ctx.id), ctx.revision, dumps(stored_patch))
-                    if stored_patch is not None
-                    else None
-                ),
-            ),
-        )
-        sequence = int(cursor.lastrowid or 0)
-        if state_text is not None:
-            conn.execute(
-                "INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    str(ctx.id),
-                    ctx.revision,
-                    sequence,
-                    op,
-                    actor,
-                    now,
-                    len(state_text.encode("utf-8")),
-                    self._seal("history.snapshot", ctx.namespace, str(ctx.id), ctx.revision, _compress(state_text)),
-                ),
-            )
-        conn.execute(
-            "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (?, ?, ?)"
-            " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
-            (ctx.namespace, ctx.name, ctx.revision),
-        )
-        retention = self.retention.for_context(ctx.settings)
-        if state_text is not None and retention.due(ctx.revision):
-            self._prune(conn, ctx, retention, now)
-        change = Change(
-            sequence=sequence,
-            context_id=ctx.id,
-            namespace=ctx.namespace,
-            name=ctx.name,
-            revision=ctx.revision,
-            op=op,
-            actor=actor,
-            timestamp=parse_timestamp(now),
-            patch=patch,
-        )
-        self._append_audit(conn, AuditEntry.of_change(change, audit), now)
-        return change
-
-    # -- the audit log ----------------------------------------------------------------------
-
-    def _append_audit(self, conn: sqlite3.Connection, entry: AuditEntry, now: str) -> AuditRecord | None:
-        """Chain ``entry`` to the last row, inside the caller's write transaction (whose
-        ``BEGIN IMMEDIATE`` lock orders the appends of every process)."""
-        signer = self.audit_signer
-        if signer is None:
-            return None
-        last = conn.execute("SELECT sequence, hmac FROM audit_log ORDER BY sequence DESC LIMIT 1").fetchone()
-        record = AuditRecord.chained(
-            entry,
-            sequence=last[0] + 1 if last else 1,
-            timestamp=parse_timestamp(now),
-            signer=signer,
-            previous=last[1] if last else "",
-        )
-        conn.execute(
-            f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (record.sequence, now, *record.stored_values()),
-        )
-        return record
-
-    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
-        if self.audit_signer is None:
-            return None
-        return await self._call(self._append_audit_sync, entry)
-
-    def _append_audit_sync(self, entry: AuditEntry) -> AuditRecord | None:
-        with self._write_transaction() as conn:
-            return self._append_audit(conn, entry, format_timestamp(utcnow()))
-
-    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
-        return await self._call(self._read_audit_sync, query)
-
-    def _read_audit_sync(self, query: AuditQuery) -> list[AuditRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (
-            ("namespace = ?", query.namespace),
-            ("context = ?", query.context),
-            ("principal = ?", query.principal),
-            ("operation = ?", query.operation),
-            ("timestamp >= ?", format_timestamp(query.since) if query.since else None),
-            ("timestamp < ?", format_timestamp(query.until) if query.until else None),
-            ("sequence > ?", query.after),
-            ("sequence < ?", query.before),
-        ):
-            if value is not None:
-                where.append(column)
-                params.append(value)
-        if query.prefix:
-            # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
-            where.append("context >= ? AND context < ?")
-            params.extend((query.prefix, query.prefix + "~"))
-        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY sequence {'DESC' if query.newest_first else 'ASC'} LIMIT ?"
-        rows = self._db.execute(sql, (*params, query.limit)).fetchall()
-        return [_audit_record(r) for r in rows]
-
-    def _prune(self, conn: sqlite3.Connection, ctx: StoredContext, retention: Retention, now: str) -> None:
-        """Drop history beyond retention, and the diffs of the change rows that went with it."""
-        key = str(ctx.id)
-        oldest = conn.execute(
-            "SELECT sequence FROM history WHERE context_id = ? ORDER BY revision LIMIT 1", (key,)
-        ).fetchone()
-        if oldest is None:
-            return
-        if retention.keep_revisions > 0:
-            conn.execute(
-                "DELETE FROM history WHERE context_id = ? AND revision <= ?",
-                (key, ctx.revision - retention.keep_revisions),
-            )
-        if retention.keep_days is not None:
-            cutoff = format_timestamp(parse_timestamp(now) - timedelta(days=retention.keep_days))
-            conn.execute(
-                "DELETE FROM history WHERE context_id = ? AND revision < ? AND timestamp < ?",
-                (key, ctx.revision, cutoff),
-            )
-        kept = conn.execute(
-            "SELECT sequence FROM history WHERE context_id = ? ORDER BY revision LIMIT 1", (key,)
-        ).fetchone()
-        if kept is not None and kept[0] > oldest[0]:
-            # The change rows of pruned revisions go too (their diffs are state): rows shrunk in place
-            # would leave sparse pages behind, deleted ones free whole pages for reuse. The
-            # registration row stays: it anchors the count of updates.
-            conn.execute(
-                "DELETE FROM changes WHERE context_id = ? AND sequence >= ? AND sequence < ? AND op != 'register'",
-                (key, oldest[0], kept[0]),
-            )
-
-    # -- reads ------------------------------------------------------------------------------
-
-    async def get(self, namespace: str, name: str) -> StoredContext | None:
-        return await self._call(self._get_sync, namespace, name)
-
-    def _get_sync(self, namespace: str, name: str) -> StoredContext | None:
-        row = self._live_row(self._db, namespace, name)
-        return self._context(row) if row is not None else None
-
-    async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
-        return await self._call(self._get_by_id_sync, context_id)
-
-    def _get_by_id_sync(self, context_id: ContextId) -> StoredContext | None:
-        row = self._db.execute(
-            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
-        ).fetchone()
-        return self._context(row) if row is not None else None
-
-    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
-        def run() -> tuple[str, str] | None:
-            row = self._db.execute(
-                "SELECT namespace, name FROM contexts WHERE id = ? AND deleted_at IS NULL", (str(context_id),)
-            ).fetchone()
-            return (str(row[0]), str(row[1])) if row is not None else None
-
-        return await self._call(run)
-
-    async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
-        return await self._call(self._list_sync, namespace, prefix, after, limit)
-
-    def _list_sync(self, namespace: str, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
-        # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
-        rows = self._db.execute(
-            f"SELECT {_CONTEXT_COLUMNS} FROM contexts WHERE namespace = ? AND deleted_at IS NULL"
-            " AND name >= ? AND name < ? AND name > ? ORDER BY name LIMIT ?",
-            (namespace, prefix, prefix + "~", after or "", limit),
-        ).fetchall()
-        return [self._context(r) for r in rows]
-
-    async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
-        return await self._call(self._read_revision_sync, context_id, revision)
-
-    def _read_revision_sync(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
-        conn = self._db
-        row = conn.execute(
-            "SELECT revision, sequence, op, actor, timestamp, size, snapshot FROM history"
-            " WHERE context_id = ? AND revision = ?",
-            (str(context_id), revision),
-        ).fetchone()
-        if row is None:
-            oldest = conn.execute(
-                "SELECT revision, op FROM history WHERE context_id = ? ORDER BY revision LIMIT 1", (str(context_id),)
-            ).fetchone()
-            # Below the registration snapshot lies an earlier context of the same name, not pruned history.
-            if oldest is not None and revision < oldest[0] and oldest[1] != "register":
-                return int(oldest[0])
-            return None
-        rev, sequence, op, actor, ts, size, snapshot = row
-        key = str(context_id)
-        return StoredRevision(
-            context_id=context_id,
-            entry=HistoryEntry(rev, sequence, op, actor, parse_timestamp(ts), size),
-            state=ContextState.from_json(
-                json.loads(self._open_snapshot(self._namespace_of(conn, key), key, rev, snapshot))
-            ),
-        )
-
-    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
-        return await self._call(self._history_sync, context_id, before, limit)
-
-    def _history_sync(self, context_id: ContextId, before: int | None, limit: int) -> list[HistoryEntry]:
-        rows = self._db.execute(
-            "SELECT revision, sequence, op, actor, timestamp, size FROM history"
-            " WHERE context_id = ? AND revision < ? ORDER BY revision DESC LIMIT ?",
-            (str(context_id), before if before is not None else 2**62, limit),
-        ).fetchall()
-        return [HistoryEntry(r[0], r[1], r[2], r[3], parse_timestamp(r[4]), r[5]) for r in rows]
-
-    async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
-        return await self._call(self._changes_after_sync, sequence, limit)
-
-    def _changes_after_sync(self, sequence: int, limit: int) -> list[Change]:
-        rows = self._db.execute(
-            "SELECT sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
-            " FROM changes WHERE sequence > ? ORDER BY sequence LIMIT ?",
-            (sequence, limit),
-        ).fetchall()
-        return [self._change(r) for r in rows]
-
     async def poll_changes(self, sequence: int, *, limit: int, force: bool) -> list[Change]:
         return await self._call(self._poll_changes_sync, sequence, limit, force)
 
@@ -1202,7 +543,7 @@ class SQLiteStore:
         if not force and data_version == self._data_version:
             return []
         self._data_version = data_version
-        return self._changes_after_sync(sequence, limit)
+        return drive(self._changes_after(_SQLiteTx(self._db), sequence, limit))
 
     async def last_sequence(self) -> int:
         return await self._call(self._last_sequence_sync)
@@ -1243,260 +584,8 @@ class SQLiteStore:
             },
         )
 
-    def _sealing_key_ids(self, conn: sqlite3.Connection) -> list[str]:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'encryption_keys'"
-        ).fetchone()
-        if not exists:
-            return []
-        return [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
-
-    # -- export / import / backup -----------------------------------------------------------
-
-    async def export_records(self) -> AsyncGenerator[JSONObject]:
-        yield header_record()
-        for kind in EXPORT_KINDS:
-            after: tuple[Any, ...] | None = None
-            while True:
-                page, after = await self._call(self._export_page, kind, after)
-                if not page:
-                    break
-                for record in page:
-                    yield record
-
-    def _export_page(
-        self, kind: RecordKind, after: tuple[Any, ...] | None
-    ) -> tuple[list[JSONObject], tuple[Any, ...] | None]:
-        query = kind.select_page("?", after=after is not None)
-        rows = self._db.execute(query, (*(after or ()), _EXPORT_PAGE)).fetchall()
-        columns = [f.select for f in kind.fields]
-        plain = [self._transcode_row(kind.table, columns, tuple(row), None) for row in rows]
-        return export_page(kind, plain), (kind.key_of(rows[-1]) if rows else after)
-
-    def _transcode_row(
-        self, table: str, columns: list[str], row: tuple[Any, ...], namespaces: dict[str, str] | None
-    ) -> tuple[Any, ...]:
-        """``row`` (values of ``columns``) with its sealed values opened (``namespaces`` is None)
-        or, with ``namespaces`` (context id → namespace of an import), plaintext values sealed."""
-        values = list(row)
-        for sealed in _SEALED_COLUMNS:
-            if sealed.table != table or sealed.column not in columns:
-                continue
-            index = columns.index(sealed.column)
-            if values[index] is None:
-                continue
-            key = str(values[columns.index(sealed.context)])
-            number = int(values[columns.index(sealed.number)])
-            if sealed.namespace is not None:
-                namespace = str(values[columns.index(sealed.namespace)])
-            elif namespaces is not None:
-                namespace = namespaces.get(key, "")
-            else:
-                namespace = self._namespace_of(self._db, key)
-            if namespaces is None:
-                opened = self._open(sealed.name, namespace, key, number, values[index])
-                if isinstance(opened, bytes) and sealed.name != "history.snapshot":
-                    opened = opened.decode("utf-8")
-                values[index] = opened
-            else:
-                values[index] = self._seal(sealed.name, namespace, key, number, values[index])
-        return tuple(values)
-
-    async def import_records(self, records: Iterable[JSONObject], *, actor: str = "local") -> int:
-        return await self._call(self._import_sync, list(records), actor)
-
-    def _import_sync(self, records: list[JSONObject], actor: str = "local") -> int:
-        rows = import_rows(records, identifier=str, timestamp=format_timestamp)
-        with self._write_transaction() as conn:
-            existing = conn.execute("SELECT count(*) FROM contexts").fetchone()[0]
-            changes = conn.execute("SELECT count(*) FROM changes").fetchone()[0]
-            if existing or changes:
-                raise StateUpdateError(
-                    f"import: the target database {self.path} is not empty ({existing} contexts, "
-                    f"{changes} changes); import into a new database file"
-                )
-            # Explicit ids and sequences: AUTOINCREMENT continues after the highest imported.
-            namespaces = {str(row[0]): str(row[1]) for row in rows.rows["context"]}
-            if self._sealing:
-                self._note_key(conn)
-            for kind, table_rows in rows.tables():
-                if self._sealing:
-                    columns = [c for f in kind.fields for c in f.columns]
-                    table_rows = [self._transcode_row(kind.table, columns, row, namespaces) for row in table_rows]
-                conn.executemany(kind.insert("?"), table_rows)
-            now = format_timestamp(utcnow())
-            for entry in import_entries(rows, actor=actor, last_sequence=self._last_sequence_sync()):
-                self._append_audit(conn, entry, now)
-            return rows.contexts
-
     async def backup(self, destination: Path, *, force: bool = False) -> None:
         await self._call(self._backup_sync, destination, force)
 
     def _backup_sync(self, destination: Path, force: bool) -> None:
-        for suffix in ("-wal", "-journal"):
-            companion = destination.with_name(destination.name + suffix)
-            if force and companion.exists():
-                # Replacing only the main file would let SQLite apply that journal to the copy.
-                raise StateUpdateError(
-                    f"backup: {companion} exists: {destination} looks like a database in use; it is not replaced "
-                    "(choose another file name). Nothing was written."
-                )
-        # Into a new 0600 file beside the destination, moved into place when complete.
-        with PrivateOutput(destination, force=force, what="backup") as aside:
-            target = sqlite3.connect(str(aside))
-            try:
-                self._db.backup(target)
-            finally:
-                target.close()
-
-    # -- rotate-key ---------------------------------------------------------------------------
-
-    async def rotate_keys(
-        self,
-        *,
-        batch_size: int = 500,
-        progress: Callable[[RotationProgress], None] | None = None,
-        max_batches: int | None = None,
-    ) -> bool:
-        """Rewrite every sealed column value not under the cipher's current key: opened with any
-        configured key (or read as plaintext), sealed under the current key (or, without one,
-        written as plaintext). Each batch is its own transaction, so an interrupted run loses
-        nothing and the next run continues where it stopped; writers keep working meanwhile.
-
-        When no value is left under another key, the old key ids are forgotten (the database
-        then opens with the current key alone) and True is returned; False when ``max_batches``
-        stopped the run first.
-        """
-        batches = 0
-        while True:
-            pending = await self._call(self._rotation_pending)
-            if not any(pending.values()):
-                if await self._call(self._finish_rotation):
-                    return True
-                continue  # another process wrote under an old key meanwhile
-            for sealed in _SEALED_COLUMNS:
-                if not pending[sealed.name]:
-                    continue
-                after: tuple[Any, ...] | None = None
-                done = 0
-                while True:
-                    if max_batches is not None and batches >= max_batches:
-                        return False
-                    count, after = await self._call(self._rotate_batch, sealed, after, batch_size)
-                    if after is None:
-                        break
-                    batches += 1
-                    done += count
-                    if progress is not None:
-                        progress(RotationProgress(sealed.name, done, pending[sealed.name], batches))
-
-    def _stale(self, sealed: _SealedColumn) -> tuple[str, tuple[Any, ...]]:
-        """The SQL condition (and its parameters) of a value not stored the way the current key wants."""
-        column = sealed.column
-        if self.cipher is not None and self.cipher.key_id is not None:
-            prefix = SEALED_MAGIC + bytes.fromhex(self.cipher.key_id)
-            condition = f"{column} IS NOT NULL AND NOT (typeof({column}) = 'blob' AND substr({column}, 1, 8) = ?)"
-            return condition, (prefix,)
-        return f"typeof({column}) = 'blob' AND substr({column}, 1, 4) = ?", (SEALED_MAGIC,)
-
-    def _rotation_pending(self) -> dict[str, int]:
-        pending: dict[str, int] = {}
-        for sealed in _SEALED_COLUMNS:
-            condition, params = self._stale(sealed)
-            row = self._db.execute(f"SELECT count(*) FROM {sealed.table} WHERE {condition}", params).fetchone()
-            pending[sealed.name] = int(row[0])
-        return pending
-
-    def _rotate_batch(
-        self, sealed: _SealedColumn, after: tuple[Any, ...] | None, batch_size: int
-    ) -> tuple[int, tuple[Any, ...] | None]:
-        """Rewrite up to ``batch_size`` stale values after key ``after``, in one transaction;
-        returns how many and the last key (None when there were none left)."""
-        condition, params = self._stale(sealed)
-        keys = ", ".join(sealed.key)
-        namespace = sealed.namespace or "NULL"
-        where = f"({keys}) > ({', '.join('?' for _ in sealed.key)}) AND " if after is not None else ""
-        with self._write_transaction() as conn:
-            rows = conn.execute(
-                f"SELECT {keys}, {namespace}, {sealed.context}, {sealed.number}, {sealed.column} FROM {sealed.table}"
-                f" WHERE {where}{condition} ORDER BY {keys} LIMIT ?",
-                (*(after or ()), *params, batch_size),
-            ).fetchall()
-            if not rows:
-                return 0, None
-            self._note_key(conn)
-            width = len(sealed.key)
-            for row in rows:
-                key_values = tuple(row[:width])
-                row_namespace, context_id, number, value = row[width:]
-                context_id = str(context_id)
-                if row_namespace is None:
-                    row_namespace = self._namespace_of(conn, context_id)
-                plain = self._open(sealed.name, row_namespace, context_id, int(number), value)
-                if self._sealing:
-                    new = self._seal(sealed.name, row_namespace, context_id, int(number), plain)
-                elif isinstance(plain, bytes) and sealed.name != "history.snapshot":
-                    new = plain.decode("utf-8")
-                else:
-                    new = plain
-                conn.execute(
-                    f"UPDATE {sealed.table} SET {sealed.column} = ? WHERE "
-                    + " AND ".join(f"{k} = ?" for k in sealed.key),
-                    (new, *key_values),
-                )
-            return len(rows), tuple(rows[-1][:width])
-
-    def _finish_rotation(self) -> bool:
-        """Under the write lock: if no value is left under another key, forget the old key ids."""
-        with self._write_transaction() as conn:
-            for sealed in _SEALED_COLUMNS:
-                condition, params = self._stale(sealed)
-                if conn.execute(f"SELECT 1 FROM {sealed.table} WHERE {condition} LIMIT 1", params).fetchone():
-                    return False
-            current = self.cipher.key_id if self.cipher is not None else None
-            conn.execute("DELETE FROM encryption_keys WHERE key_id IS NOT ?", (current,))
-            self._note_key(conn)
-        # Fold the WAL back: its frames may still hold the values as they were before.
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return True
-
-    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
-        return await self._call(self._namespace_summary_sync, namespace, prefix)
-
-    def _namespace_summary_sync(self, namespace: str, prefix: str) -> tuple[int, int]:
-        bounds = (namespace, prefix, prefix + "~")
-        count = self._db.execute(
-            "SELECT count(*) FROM contexts WHERE namespace = ? AND deleted_at IS NULL AND name >= ? AND name < ?",
-            bounds,
-        ).fetchone()[0]
-        last = self._db.execute(
-            "SELECT sequence FROM changes WHERE namespace = ? AND name >= ? AND name < ?"
-            " ORDER BY sequence DESC LIMIT 1",
-            bounds,
-        ).fetchone()
-        return int(count), int(last[0]) if last else 0
-
-
-def _statements(script: str) -> Iterator[str]:
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                yield buffer.strip()
-            buffer = ""
-    if buffer.strip():
-        yield buffer.strip()
-
-
-# SQLite primary result codes (https://sqlite.org/rescode.html) the store translates.
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-
-
-def _primary_code(exc: sqlite3.Error) -> int | None:
-    """SQLite's primary result code of an error (the low byte of the extended code Python
-    reports), or None for an error the sqlite3 module raised itself (no code)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if isinstance(code, int) else None
+        backup_into(self._db, destination, force)

@@ -1,7 +1,7 @@
 """Deliberately broken variants of groundhog-mcp, to show inside the suite that each check can fail.
 
 A :class:`Defect` is a few lines of Python appended to one module of the package: functions,
-then assignments that put them in place of the real ones (``SQLiteStore._check_expected =
+then assignments that put them in place of the real ones (``StoreCore._check_expected =
 _no_cas``). One defect definition serves two ways of running the server:
 
 - **a process**: :func:`build` copies the installed ``groundhog_mcp`` package into a folder,
@@ -102,32 +102,32 @@ _ack_before_commit_transaction = contextlib.contextmanager(_ack_before_commit)
 _NO_CAS = Defect(
     "no_cas",
     "expected_revision is ignored: every write applies, whatever revision the caller read",
-    "store/sqlite.py",
+    "store/core.py",
     """
-def _no_cas(self, conn, current, expected):
+async def _no_cas(self, tx, current, expected):
     return None
 """,
-    (("SQLiteStore", "_check_expected", "_no_cas"),),
+    (("StoreCore", "_check_expected", "_no_cas"),),
 )
 
 _NO_IDEMPOTENCY = Defect(
     "no_idempotency",
     "emit_event's idempotency_key is neither looked up nor recorded",
-    "store/sqlite.py",
+    "store/core.py",
     """
-_real_mutate_sync = SQLiteStore._mutate_sync
+_real_mutate = StoreCore.mutate
 
 
-def _mutate_forgetting_keys(self, namespace, name, expected_revision, mutator, actor, event=None, audit=None):
+async def _mutate_forgetting_keys(self, namespace, name, expected_revision, mutator, *, actor, event=None, audit=None):
     if event is not None:
         event = dataclasses.replace(event, idempotency_key=None)
-    return _real_mutate_sync(self, namespace, name, expected_revision, mutator, actor, event, audit)
+    return await _real_mutate(self, namespace, name, expected_revision, mutator, actor=actor, event=event, audit=audit)
 
 
-def _find_no_event(self, conn, context_id, key):
+async def _find_no_event(self, tx, context_id, key):
     return None
 """,
-    (("SQLiteStore", "_mutate_sync", "_mutate_forgetting_keys"), ("SQLiteStore", "_find_event", "_find_no_event")),
+    (("StoreCore", "mutate", "_mutate_forgetting_keys"), ("StoreCore", "_find_event", "_find_no_event")),
 )
 
 _UNTRANSLATED_STORAGE_ERRORS = Defect(
@@ -144,12 +144,12 @@ def _untranslated(self, exc):
 _UNEXPECTED_READ_ERROR = Defect(
     "unexpected_read_error",
     "reading a past revision raises an unexpected (non-ContextError) exception",
-    "store/sqlite.py",
+    "store/core.py",
     """
-def _failing_read_revision_sync(self, context_id, revision):
+async def _failing_read_revision(self, context_id, revision):
     raise RuntimeError("injected fault: reading a past revision failed")
 """,
-    (("SQLiteStore", "_read_revision_sync", "_failing_read_revision_sync"),),
+    (("StoreCore", "read_revision", "_failing_read_revision"),),
 )
 
 _UNCLEAR_MISSING_CONTEXT = Defect(

@@ -1,0 +1,563 @@
+"""The store core: the :class:`~groundhog_mcp.store.base.Store` operations, written once.
+
+The write sequence (lock, expected-revision check, apply, state, name index, change row,
+history snapshot, retention, audit row), the reads, the audit log and dead letters live here;
+export, import and rotate-key in :mod:`~groundhog_mcp.store.maintenance`. A backend subclasses
+:class:`StoreCore` and fills in the hooks of :class:`~groundhog_mcp.store.adapter.StoreAdapter`:
+its connection, transaction, SQL dialect, locking, error translation and notification.
+Contents pass through the :class:`~groundhog_mcp.store.codec.RecordCodec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any, Literal, LiteralString
+
+from groundhog_mcp.errors import ConflictError, NotFoundError
+from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject, dumps, json_diff, utcnow
+from groundhog_mcp.store.adapter import ChangeWrite, EncodedState, Row, Tx, marks
+from groundhog_mcp.store.base import (
+    AuditEntry,
+    AuditNote,
+    AuditQuery,
+    AuditRecord,
+    DeadLetter,
+    EventAlreadyHandled,
+    EventRecord,
+    Mutation,
+    Mutator,
+    NewContext,
+    Retention,
+    StoredContext,
+    StoredEvent,
+    StoredRevision,
+    feed_patch,
+    registered,
+)
+from groundhog_mcp.store.codec import is_sealed
+from groundhog_mcp.store.maintenance import Maintenance, RotationProgress
+from groundhog_mcp.store.rows import (
+    AUDIT_COLUMNS,
+    CHANGE_COLUMNS,
+    CONTEXT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    HISTORY_COLUMNS,
+    decode_audit,
+    decode_change,
+    decode_dead_letter,
+    decode_event,
+    decode_history,
+    decode_state,
+)
+
+__all__ = ["RotationProgress", "StoreCore"]
+
+
+class StoreCore(Maintenance):
+    """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
+
+    # -- the write sequence -------------------------------------------------------------------
+
+    def _encode(self, namespace: str, context_id: ContextId, revision: int, state: ContextState) -> EncodedState:
+        """A state as stored at ``revision``: serialised once, sealed, and its snapshot compressed."""
+        text = dumps(state.to_json())
+        return EncodedState(
+            state=self.codec.encode_text("contexts.state", namespace, context_id, revision, text),
+            size=len(text.encode("utf-8")),
+            snapshot=self.codec.encode_snapshot(namespace, context_id, revision, text),
+        )
+
+    def _apply(self, current: StoredContext, mutator: Mutator, revision: int) -> tuple[Mutation, EncodedState]:
+        """Mutate and encode: the CPU part of a write, in one step."""
+        mutation = mutator(current)
+        return mutation, self._encode(current.namespace, current.id, revision, mutation.state)
+
+    async def register(
+        self,
+        new: NewContext,
+        *,
+        actor: str,
+        if_exists: Literal["error", "return"],
+        audit: AuditNote | None = None,
+    ) -> tuple[StoredContext, Change | None]:
+        async def work(tx: Tx) -> tuple[StoredContext, Change | None]:
+            # The name's row in name_revisions is the lock that serialises registrations of one
+            # name across instances (there is no live context row to lock yet).
+            await tx.execute(
+                "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, 0)"
+                " ON CONFLICT (namespace, name) DO NOTHING",
+                (new.namespace, new.name),
+            )
+            last = await tx.fetchone(
+                "SELECT last_revision FROM name_revisions WHERE namespace = %s AND name = %s" + self.FOR_UPDATE,
+                (new.namespace, new.name),
+            )
+            existing = await tx.fetchone(self._live_row, (new.namespace, new.name))
+            if existing is not None:
+                if if_exists == "return":
+                    return await self._context(existing), None
+                raise ConflictError.already_exists(new.name, existing[8])
+            revision = (last[0] if last else 0) + 1
+            encoded = await self._compute(None, self._encode, new.namespace, new.id, revision, new.state)
+            now = utcnow()
+            state = self._values("contexts.state", encoded.state)
+            await tx.execute(
+                f"INSERT INTO contexts ({CONTEXT_COLUMNS}{self._state_side}) VALUES ({marks(12 + len(state))})",
+                (
+                    new.id,
+                    new.namespace,
+                    new.name,
+                    new.version,
+                    dumps(new.metadata),
+                    dumps(new.settings),
+                    dumps(new.schema) if new.schema is not None else None,
+                    dumps(new.handlers),
+                    revision,
+                    state[0],
+                    encoded.size,
+                    now,
+                    now,
+                    *state[1:],
+                ),
+            )
+            stored = registered(new, revision=revision, state_size=encoded.size, now=now)
+            change = await self._record(tx, stored, "register", actor, now, None, encoded, None, audit)
+            return stored, change
+
+        return await self._transaction(work, writing=True)
+
+    async def mutate(
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        mutator: Mutator,
+        *,
+        actor: str,
+        event: EventRecord | None = None,
+        audit: AuditNote | None = None,
+    ) -> tuple[StoredContext, Change]:
+        async def work(tx: Tx) -> tuple[StoredContext, Change]:
+            current = await self._context(await self._lock_live(tx, namespace, name))
+            if event is not None and event.idempotency_key is not None:
+                # Under the context's lock: a second instance handling the same event waits, then sees it.
+                seen = await self._find_event(tx, current.id, event.idempotency_key)
+                if seen is not None:
+                    raise EventAlreadyHandled(seen)
+            await self._check_expected(tx, current, expected_revision)
+            revision = current.revision + 1
+            # The mutator runs off the event loop, as the protocol promises (it may be slow).
+            mutation, encoded = await self._compute(None, self._apply, current, mutator, revision)
+            now = utcnow()
+            await tx.execute(
+                f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
+                " updated_at = %s WHERE id = %s",
+                (revision, *self._values("contexts.state", encoded.state), encoded.size, now, current.id),
+            )
+            stored = dataclasses.replace(
+                current, revision=revision, state=mutation.state, state_size=encoded.size, updated_at=now
+            )
+            change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
+            return stored, change
+
+        return await self._transaction(work, writing=True)
+
+    async def unregister(
+        self,
+        namespace: str,
+        name: str,
+        expected_revision: int | None,
+        *,
+        purge: bool,
+        actor: str,
+        audit: AuditNote | None = None,
+    ) -> Change:
+        async def work(tx: Tx) -> Change:
+            row = await self._lock_live(tx, namespace, name)
+            current = await self._context(row)  # (ids as the store's types, not the row's)
+            await self._check_expected(tx, current, expected_revision)
+            now = utcnow()
+            revision = current.revision + 1
+            context_id = current.id
+            if purge:
+                # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
+                patch_null = self._assign("changes.patch", "patch").replace("%s", "NULL")
+                await tx.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
+                await tx.execute(f"UPDATE changes SET {patch_null} WHERE context_id = %s", (context_id,))
+                await tx.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
+                await tx.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
+                await tx.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
+            elif self.codec.sealing or is_sealed(row[13] if row[13] is not None else row[9]):
+                # The state's associated data names the revision: sealed again for the new one.
+                text = dumps(current.state.to_json())
+                state = self.codec.encode_text("contexts.state", namespace, context_id, revision, text)
+                await tx.execute(
+                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s,"
+                    f" {self._assign('contexts.state', 'state')} WHERE id = %s",
+                    (now, revision, now, *self._values("contexts.state", state), context_id),
+                )
+            else:
+                await tx.execute(
+                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
+                    (now, revision, now, context_id),
+                )
+            stored = dataclasses.replace(current, revision=revision)
+            return await self._record(tx, stored, "unregister", actor, now, None, None, None, audit)
+
+        return await self._transaction(work, writing=True)
+
+    async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
+        row = await tx.fetchone(self._live_row + self.FOR_UPDATE, (namespace, name))
+        if row is None:
+            raise NotFoundError(f"name: no context named {name!r}")
+        return row
+
+    async def _check_expected(self, tx: Tx, current: StoredContext, expected: int | None) -> None:
+        if expected is None or expected == current.revision:
+            return
+        missed: list[JSONObject] | None = None
+        if 0 < expected < current.revision:
+            found = await tx.fetchone(
+                "SELECT snapshot FROM history WHERE context_id = %s AND revision = %s", (current.id, expected)
+            )
+            if found is not None:
+                text = self.codec.decode_snapshot(current.namespace, current.id, expected, found[0])
+                missed = await self._compute(len(text), _missed, text, current)
+        raise ConflictError(current.name, expected, current.revision, missed)
+
+    async def _record(
+        self,
+        tx: Tx,
+        ctx: StoredContext,
+        op: str,
+        actor: str,
+        now: datetime,
+        patch: list[JSONObject] | None,
+        encoded: EncodedState | None,
+        event: EventRecord | None,
+        audit: AuditNote | None,
+    ) -> Change:
+        """The name's revision high-water mark, then the change row, the history snapshot and the
+        event record (one statement on PostgreSQL), retention, and the audit row."""
+        await tx.execute(
+            "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, %s)"
+            " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
+            (ctx.namespace, ctx.name, ctx.revision),
+        )
+        codec, ns, cid, revision = self.codec, ctx.namespace, ctx.id, ctx.revision
+        stored_patch = feed_patch(patch)
+        sequence, head = await self._append_change(
+            tx,
+            ChangeWrite(
+                context_id=cid,
+                namespace=ns,
+                name=ctx.name,
+                revision=revision,
+                op=op,
+                actor=actor,
+                now=now,
+                patch=codec.encode_text("changes.patch", ns, cid, revision, dumps(stored_patch))
+                if stored_patch is not None
+                else None,
+                snapshot=encoded.snapshot if encoded is not None else None,
+                size=encoded.size if encoded is not None else None,
+                event=event,
+                payload=codec.encode_text("events.payload", ns, cid, revision, dumps(event.payload))
+                if event is not None
+                else None,
+            ),
+        )
+        retention = self.retention.for_context(ctx.settings)
+        if encoded is not None and retention.due(revision):
+            await self._prune(tx, cid, revision, retention, now)
+        change = Change(sequence, cid, ns, ctx.name, revision, op, actor, now, patch)
+        if self.audit_signer is not None:
+            await self._append_audit(tx, AuditEntry.of_change(change, audit), head, now)
+        return change
+
+    async def _prune(self, tx: Tx, context_id: ContextId, revision: int, retention: Retention, now: datetime) -> None:
+        """Drop history beyond retention, and the change rows that went with it."""
+        oldest_query: LiteralString = "SELECT sequence FROM history WHERE context_id = %s ORDER BY revision LIMIT 1"
+        oldest = await tx.fetchone(oldest_query, (context_id,))
+        if oldest is None:
+            return
+        if retention.keep_revisions > 0:
+            await tx.execute(
+                "DELETE FROM history WHERE context_id = %s AND revision <= %s",
+                (context_id, revision - retention.keep_revisions),
+            )
+        if retention.keep_days is not None:
+            await tx.execute(
+                "DELETE FROM history WHERE context_id = %s AND revision < %s AND timestamp < %s",
+                (context_id, revision, now - timedelta(days=retention.keep_days)),
+            )
+        kept = await tx.fetchone(oldest_query, (context_id,))
+        if kept is not None and kept[0] > oldest[0]:
+            # The change rows of pruned revisions go too (their diffs are state): deleted rows free
+            # whole pages for reuse. The registration row stays: it anchors the count of updates.
+            await tx.execute(
+                "DELETE FROM changes WHERE context_id = %s AND sequence >= %s AND sequence < %s AND op <> 'register'",
+                (context_id, oldest[0], kept[0]),
+            )
+
+    # -- the audit log --------------------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> AuditRecord | None:
+        if self.audit_signer is None:
+            return None
+        return await self._transaction(lambda tx: self._append_audit(tx, entry), writing=True)
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
+        where: list[LiteralString] = []
+        params: list[Any] = []
+        conditions: tuple[tuple[LiteralString, Any], ...] = (
+            ("namespace = %s", query.namespace),
+            ("context = %s", query.context),
+            ("principal = %s", query.principal),
+            ("operation = %s", query.operation),
+            ("timestamp >= %s", query.since),
+            ("timestamp < %s", query.until),
+            ("sequence > %s", query.after),
+            ("sequence < %s", query.before),
+        )
+        for condition, value in conditions:
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        if query.prefix:
+            # Names are ASCII ([A-Za-z0-9._-]), so a prefix range scan is exact; `~` sorts after all of them.
+            where.append("context >= %s AND context < %s")
+            params.extend((query.prefix, query.prefix + "~"))
+        sql: LiteralString = f"SELECT {AUDIT_COLUMNS} FROM audit_log"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY sequence DESC LIMIT %s" if query.newest_first else " ORDER BY sequence LIMIT %s"
+        rows = await self._transaction(lambda tx: tx.fetchall(sql, (*params, query.limit)), writing=False)
+        return [decode_audit(r) for r in rows]
+
+    # -- events and dead letters ----------------------------------------------------------------
+
+    async def _find_event(self, tx: Tx, context_id: ContextId, key: str) -> StoredEvent | None:
+        row = await tx.fetchone(
+            "SELECT id, type, revision, sequence, created_at FROM events"
+            " WHERE context_id = %s AND idempotency_key = %s",
+            (context_id, key),
+        )
+        return decode_event(row, context_id, key) if row is not None else None
+
+    async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
+        return await self._transaction(lambda tx: self._find_event(tx, context_id, idempotency_key), writing=False)
+
+    async def add_dead_letter(
+        self, letter: DeadLetter, *, actor: str = "local", audit: AuditNote | None = None
+    ) -> DeadLetter:
+        codec = self.codec
+
+        async def work(tx: Tx) -> DeadLetter:
+            stored = letter
+            if letter.id:
+                error = codec.encode_text(
+                    "dead_letters.last_error", letter.namespace, letter.context_id, letter.id, letter.last_error
+                )
+                await self._note_key(tx)
+                await tx.execute(
+                    f"UPDATE dead_letters SET attempts = attempts + %s,"
+                    f" {self._assign('dead_letters.last_error', 'last_error')} WHERE id = %s",
+                    (letter.attempts, *self._values("dead_letters.last_error", error), letter.id),
+                )
+            else:
+                # A sealed letter's associated data names its id: taken before the insert.
+                letter_id = await self._reserve_dead_letter_id(tx) if codec.sealing else None
+                number = letter_id or 0
+                payload = codec.encode_text(
+                    "dead_letters.payload", letter.namespace, letter.context_id, number, dumps(letter.payload)
+                )
+                error = codec.encode_text(
+                    "dead_letters.last_error", letter.namespace, letter.context_id, number, letter.last_error
+                )
+                await self._note_key(tx)
+                new_id = await tx.insert(
+                    f"INSERT INTO dead_letters ({'id, ' if letter_id else ''}namespace, context_id, name, type,"
+                    f" {self._columns('dead_letters.payload', 'payload')}, idempotency_key, attempts,"
+                    f" {self._columns('dead_letters.last_error', 'last_error')}, created_at)"
+                    f" VALUES ({'%s, ' if letter_id else ''}%s, %s, %s, %s, "
+                    f"{marks(self._values('dead_letters.payload', payload))}, %s, %s,"
+                    f" {marks(self._values('dead_letters.last_error', error))}, %s)",
+                    (
+                        *((letter_id,) if letter_id else ()),
+                        letter.namespace,
+                        letter.context_id,
+                        letter.name,
+                        letter.type,
+                        *self._values("dead_letters.payload", payload),
+                        letter.idempotency_key,
+                        letter.attempts,
+                        *self._values("dead_letters.last_error", error),
+                        letter.created_at,
+                    ),
+                    "id",
+                )
+                stored = dataclasses.replace(letter, id=new_id)
+            await self._append_audit(tx, AuditEntry.of_dead_letter(stored, actor, audit))
+            return stored
+
+        return await self._transaction(work, writing=True)
+
+    def _open_dead_letter(self, row: Row) -> DeadLetter:
+        payload = row[12] if row[12] is not None else row[5]
+        error = row[13] if row[13] is not None else row[8]
+        ns, cid, number = row[1], row[2], int(row[0])
+        return decode_dead_letter(
+            row,
+            self.codec.decode_text("dead_letters.payload", ns, cid, number, payload),
+            self.codec.decode_text("dead_letters.last_error", ns, cid, number, error),
+        )
+
+    def _dead_letter_select(self) -> LiteralString:
+        return (
+            f"SELECT {DEAD_LETTER_COLUMNS}, {self._side('dead_letters.payload')},"
+            f" {self._side('dead_letters.last_error')} FROM dead_letters"
+        )
+
+    async def list_dead_letters(
+        self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
+    ) -> list[DeadLetter]:
+        sql = self._dead_letter_select() + " WHERE namespace = %s AND id > %s"
+        params: list[Any] = [namespace, after_id]
+        if name is not None:
+            sql += " AND name = %s"
+            params.append(name)
+        if not include_replayed:
+            sql += " AND replayed_at IS NULL"
+        rows = await self._transaction(
+            lambda tx: tx.fetchall(sql + " ORDER BY id LIMIT %s", (*params, limit)), writing=False
+        )
+        return [self._open_dead_letter(r) for r in rows]
+
+    async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
+        sql = self._dead_letter_select() + " WHERE namespace = %s AND id = %s"
+        row = await self._transaction(lambda tx: tx.fetchone(sql, (namespace, letter_id)), writing=False)
+        return self._open_dead_letter(row) if row is not None else None
+
+    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
+        sql: LiteralString = "SELECT name FROM dead_letters WHERE namespace = %s AND id = %s"
+        row = await self._transaction(lambda tx: tx.fetchone(sql, (namespace, letter_id)), writing=False)
+        return str(row[0]) if row is not None else None
+
+    async def mark_replayed(self, letter_id: int, revision: int) -> None:
+        await self._transaction(
+            lambda tx: tx.execute(
+                "UPDATE dead_letters SET replayed_at = %s, replay_revision = %s WHERE id = %s",
+                (utcnow(), revision, letter_id),
+            ),
+            writing=True,
+        )
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, namespace: str, name: str) -> StoredContext | None:
+        async def work(tx: Tx) -> StoredContext | None:
+            row = await tx.fetchone(self._live_row, (namespace, name))
+            return await self._context(row) if row is not None else None
+
+        return await self._transaction(work, writing=False)
+
+    async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
+        async def work(tx: Tx) -> StoredContext | None:
+            row = await tx.fetchone(
+                f"SELECT {self._context_select} FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+            )
+            return await self._context(row) if row is not None else None
+
+        return await self._transaction(work, writing=False)
+
+    async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
+        sql: LiteralString = "SELECT namespace, name FROM contexts WHERE id = %s AND deleted_at IS NULL"
+        row = await self._transaction(lambda tx: tx.fetchone(sql, (context_id,)), writing=False)
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        async def work(tx: Tx) -> list[StoredContext]:
+            # Names are ASCII and sort bytewise: the prefix range scan is exact, `~` sorts after all of them.
+            rows = await tx.fetchall(
+                f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                " AND name >= %s AND name < %s AND name > %s ORDER BY name LIMIT %s",
+                (namespace, prefix, prefix + "~", after or "", limit),
+            )
+            size = sum(len(r[9] if r[9] is not None else r[13]) for r in rows)
+            return await self._compute(size, lambda: [self._open_context(r) for r in rows])
+
+        return await self._transaction(work, writing=False)
+
+    async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
+        async def work(tx: Tx) -> StoredRevision | int | None:
+            row = await tx.fetchone(
+                f"SELECT {HISTORY_COLUMNS}, snapshot FROM history WHERE context_id = %s AND revision = %s",
+                (context_id, revision),
+            )
+            if row is None:
+                oldest = await tx.fetchone(
+                    "SELECT revision, op FROM history WHERE context_id = %s ORDER BY revision LIMIT 1", (context_id,)
+                )
+                # Below the registration snapshot lies an earlier context of the same name, not pruned history.
+                if oldest is not None and revision < oldest[0] and oldest[1] != "register":
+                    return int(oldest[0])
+                return None
+            # A sealed snapshot's associated data names the namespace: one more read.
+            namespace = await self._namespace_of(tx, context_id) if is_sealed(row[6]) else ""
+            text = self.codec.decode_snapshot(namespace, context_id, int(row[0]), row[6])
+            state = await self._compute(len(text), decode_state, text)
+            return StoredRevision(context_id=context_id, entry=decode_history(row), state=state)
+
+        return await self._transaction(work, writing=False)
+
+    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
+        rows = await self._transaction(
+            lambda tx: tx.fetchall(
+                f"SELECT {HISTORY_COLUMNS} FROM history WHERE context_id = %s AND revision < %s"
+                " ORDER BY revision DESC LIMIT %s",
+                (context_id, before if before is not None else 2**62, limit),
+            ),
+            writing=False,
+        )
+        return [decode_history(r) for r in rows]
+
+    async def _changes_after(self, tx: Tx, sequence: int, limit: int) -> list[Change]:
+        rows = await tx.fetchall(
+            f"SELECT {CHANGE_COLUMNS}, {self._side('changes.patch')} FROM changes"
+            " WHERE sequence > %s ORDER BY sequence LIMIT %s",
+            (sequence, limit),
+        )
+        changes: list[Change] = []
+        for r in rows:
+            stored = r[9] if r[9] is not None else r[8]
+            patch = self.codec.decode_text("changes.patch", r[2], r[1], r[4], stored) if stored is not None else None
+            changes.append(decode_change(r, patch))
+        return changes
+
+    async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
+        return await self._transaction(lambda tx: self._changes_after(tx, sequence, limit), writing=False)
+
+    async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
+        bounds = (namespace, prefix, prefix + "~")
+
+        async def work(tx: Tx) -> tuple[int, int]:
+            count = await tx.fetchone(
+                "SELECT count(*) FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                " AND name >= %s AND name < %s",
+                bounds,
+            )
+            last = await tx.fetchone(
+                "SELECT sequence FROM changes WHERE namespace = %s AND name >= %s AND name < %s"
+                " ORDER BY sequence DESC LIMIT 1",
+                bounds,
+            )
+            return int(count[0]) if count else 0, int(last[0]) if last else 0
+
+        return await self._transaction(work, writing=False)
+
+
+def _missed(snapshot_text: str, current: StoredContext) -> list[JSONObject]:
+    """What happened between the snapshot the caller expected and the current state."""
+    return json_diff(decode_state(snapshot_text).document(), current.state.document())
