@@ -494,7 +494,7 @@ class PostgresStore(StoreCore):
 
         return await self._transaction(work, writing=True)
 
-    # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
+    # -- encryption at rest (docs/security.md "Encryption at rest") -----------------------------
 
     async def _check_keys(self, conn: _Connection) -> None:
         """Refuse a database whose records are under a key the codec cannot open (reads only)."""

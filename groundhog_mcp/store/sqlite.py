@@ -323,7 +323,7 @@ class SQLiteStore(StoreCore):
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    # -- encryption at rest (docs: README "Encryption at rest") -----------------------------
+    # -- encryption at rest (docs/security.md "Encryption at rest") -----------------------------
 
     def _check_keys(self, conn: sqlite3.Connection) -> None:
         """Refuse to open a database whose records are under a key the codec cannot open."""
