@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from groundhog_mcp.models import dumps
+from groundhog_mcp.models import dumps, json_type
 
 __all__ = ["TooLarge", "bounded"]
 
@@ -17,15 +17,9 @@ def _escape(key: str) -> str:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool) or value is None:
-        return "boolean" if isinstance(value, bool) else "null"
-    return "number"
+    """The JSON type, integers and fractions alike ``number`` (what an outline shows)."""
+    kind = json_type(value)
+    return "number" if kind == "integer" else kind
 
 
 @dataclass(frozen=True)
