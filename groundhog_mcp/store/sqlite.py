@@ -364,10 +364,18 @@ class SQLiteStore(StoreCore):
             raise InitializationError(f"database: cannot open {self.path}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            version = self._schema_version(conn)
-            if version == 0:
-                self._refuse_foreign(conn)
-            else:
+            # One read snapshot for both probes: another instance starting on the same new file may
+            # commit its tables (all migrations in one transaction) between two separate reads, and
+            # its tables without its schema_migrations row would look like another application's.
+            conn.execute("BEGIN")
+            try:
+                version = self._schema_version(conn)
+                if version == 0:
+                    self._refuse_foreign(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            if version != 0:
                 self._check_pages(conn)
             if version > LATEST_SCHEMA_VERSION:
                 raise InitializationError(
