@@ -24,6 +24,10 @@ from groundhog_mcp import StateManager
 from groundhog_mcp.app import Settings, create_server
 from groundhog_mcp.server import AppContext
 
+# The report of the broken_build marker lives here, not in tests/reliability/conftest.py: under
+# pytest-xdist the controller that prints the summary loads only this conftest.
+from tests.reliability.broken_plugin import pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401
+
 POSTGRES_URL_VARIABLE = "GROUNDHOG_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -10,8 +10,6 @@ from tests.reliability.broken_plugin import (  # noqa: F401 - hooks and fixture 
     build,
     pytest_generate_tests,
     pytest_runtest_call,
-    pytest_runtest_logreport,
-    pytest_terminal_summary,
 )
 from tests.reliability.broken_plugin import pytest_configure as _configure_broken_build
 
