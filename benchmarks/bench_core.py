@@ -632,14 +632,22 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"{key:<42}{idle[key]:>12.1f}{after[key]:>14.1f}{cpu[key]:>12.2f}{results['startup_ms'][key]:>13.0f}"
         )
-    lines += ["", f"{'ratio (same run)':<78}{'value':>7}{'target':>8}  {'rounds min / med / max':>24}  result"]
-    for r in results["ratios"]:
-        target = "-" if r["target"] is None else f"≤ {r['target']}"
+    lines += ratio_lines(results["ratios"])
+    return "\n".join(lines)
+
+
+def ratio_lines(ratios: list[Ratio]) -> list[str]:
+    """The ratio table of a report: value, target (``≤``, or ``≥`` for a ``"sense": ">="``
+    ratio), the rounds' spread and the verdict."""
+    lines = ["", f"{'ratio (same run)':<78}{'value':>7}{'target':>8}  {'rounds min / med / max':>24}  result"]
+    for r in ratios:
+        sign = "≥" if r.get("sense") == ">=" else "≤"
+        target = "-" if r["target"] is None else f"{sign} {r['target']}"
         rounds = r.get("rounds")
         spread_text = "{min:.2f} / {median:.2f} / {max:.2f}".format(**rounds) if rounds else "-"
         name = (r["name"] + ": " + r["formula"])[:77]
         lines.append(f"{name:<78}{r['value']:>7.3f}{target:>8}  {spread_text:>24}  {verdict(r)}")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> int:

@@ -60,6 +60,7 @@ from bench_core import (
     HOT_REVISIONS,
     POPULATE_TIMEOUT_S,
     START_TIMEOUT_S,
+    Ratio,
     Series,
     Server,
     _environment,  # pyright: ignore[reportPrivateUsage]
@@ -69,6 +70,7 @@ from bench_core import (
     get_series,
     payload,
     populate,
+    ratio_lines,
     rss_mb,
     spread,
     update_series,
@@ -553,9 +555,6 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     }
 
 
-Ratio = dict[str, Any]
-
-
 def over(a: str, b: str) -> Callable[[dict[str, float]], float]:
     return lambda m: m[a] / m[b]
 
@@ -569,17 +568,6 @@ def ratio(
     if rounds is not None:
         out["rounds"] = rounds
     return out
-
-
-def verdict(r: Ratio) -> str:
-    """ok / MISSED, and "within noise" when the target lies inside the rounds' spread."""
-    if r["target"] is None:
-        return "(info)"
-    text = "ok" if r["met"] else "MISSED"
-    rounds = r.get("rounds")
-    if rounds is not None and rounds["min"] <= r["target"] <= rounds["max"]:
-        text += ", within noise"
-    return text
 
 
 def render(results: dict[str, Any]) -> str:
@@ -616,13 +604,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"{key:<20}{idle[key]:>12.1f}{after[key]:>14.1f}{s['min']:>14.0f} / {s['median']:>5.0f} / {s['max']:>5.0f}"
         )
-    lines += ["", f"{'ratio (same run)':<78}{'value':>7}{'target':>8}  {'rounds min / med / max':>24}  result"]
-    for r in results["ratios"]:
-        target = "-" if r["target"] is None else f"{'≤' if r['sense'] == '<=' else '≥'} {r['target']}"
-        rounds = r.get("rounds")
-        spread_text = "{min:.2f} / {median:.2f} / {max:.2f}".format(**rounds) if rounds else "-"
-        name = (r["name"] + ": " + r["formula"])[:77]
-        lines.append(f"{name:<78}{r['value']:>7.3f}{target:>8}  {spread_text:>24}  {verdict(r)}")
+    lines += ratio_lines(results["ratios"])
     return "\n".join(lines)
 
 
