@@ -213,6 +213,12 @@ class TokenFileVerifier(TokenVerifier):
         # this process only, and accepted only while the server is open.
         self.anonymous_token = f"anonymous-{secrets.token_urlsafe(32)}"
 
+    @property
+    def may_be_open(self) -> bool:
+        """Whether the server may still take anonymous requests (no token file seen yet); the
+        file itself is checked when the anonymous token is verified (:meth:`is_open`)."""
+        return self._anonymous is not None
+
     async def is_open(self) -> bool:
         """Whether a request without a token runs as the anonymous principal."""
         if self._anonymous is None:
@@ -384,7 +390,7 @@ class _Guard:
             token is None
             and isinstance(verifier, TokenFileVerifier)
             and scope["path"] != METRICS_PATH
-            and await verifier.is_open()
+            and verifier.may_be_open  # verify_token checks the file once: a token file refuses it
         ):
             token = verifier.anonymous_token
             scope = {**scope, "headers": [*scope["headers"], (b"authorization", f"Bearer {token}".encode())]}
