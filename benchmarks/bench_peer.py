@@ -228,6 +228,12 @@ def tool_series(key: str, label: str, server: Server, tool: str) -> Series:
     return Series(key, label, once, server.pid)
 
 
+async def _peer_save(server: Server, handle: str, state: dict[str, Any]) -> None:
+    """One mcpstate CAS write of ``handle`` at the version last seen; remembers the new version."""
+    arguments = {"kind": KIND, "handle": handle, "state": state, "expect_version": server.revisions[handle]}
+    server.revisions[handle] = (await peer_call(server, "state_save", arguments))["version"]
+
+
 def peer_save_series(server: Server) -> Series:
     """mcpstate's CAS write: a new 1 KB state with the version read, one handle per batch in turn."""
     counter = iter(range(1, 10**9))
@@ -238,13 +244,7 @@ def peer_save_series(server: Server) -> Series:
     async def once() -> None:
         handle = handles[series.batches_run % len(handles)]
         i = next(counter)
-        arguments = {
-            "kind": KIND,
-            "handle": handle,
-            "state": {**pool[i % 3], "counter": i},
-            "expect_version": server.revisions[handle],
-        }
-        server.revisions[handle] = (await peer_call(server, "state_save", arguments))["version"]
+        await _peer_save(server, handle, {**pool[i % 3], "counter": i})
 
     series.run_once = once
     return series
@@ -321,13 +321,7 @@ def inflight_peer_saves(server: Server) -> Inflight:
     async def once(k: int) -> None:
         i = next(counter)
         handle = handles[k]
-        arguments = {
-            "kind": KIND,
-            "handle": handle,
-            "state": {**pool[i % 3], "counter": i},
-            "expect_version": server.revisions[handle],
-        }
-        server.revisions[handle] = (await peer_call(server, "state_save", arguments))["version"]
+        await _peer_save(server, handle, {**pool[i % 3], "counter": i})
 
     return Inflight("mcpstate_save_x8", f"mcpstate state_save, {INFLIGHT} in flight, {INFLIGHT} handles", once)
 
