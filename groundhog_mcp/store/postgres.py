@@ -218,6 +218,7 @@ class PostgresStore(StoreCore):
         self.pool_timeout_s = pool_timeout_s
         self.auto_migrate = auto_migrate
         self._pool: AsyncConnectionPool[_Connection] | None = None
+        self.round_trips = 0  # of the units of work so far (benchmarks and tests count them)
         self._listener: asyncio.Task[None] | None = None
         self._changes = ChangeListener(self._listen_conninfo, self.listen_location)
         self._horizon = FeedHorizon(
@@ -279,9 +280,12 @@ class PostgresStore(StoreCore):
                     try:
                         async with AsyncClientCursor(conn) as cur:
                             tx = PgBatchTx(cur, [_BEGIN, self._preamble()], autonomous=not writing)
-                            result = await work(tx)
-                            committing = True
-                            await tx.commit()
+                            try:
+                                result = await work(tx)
+                                committing = True
+                                await tx.commit()
+                            finally:
+                                self.round_trips += tx.round_trips
                         return result
                     except BaseException:
                         await _abandon(conn)
