@@ -16,15 +16,18 @@ transaction, so a read would still take two round trips. Client-side binding is 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, LiteralString, cast
 
-from psycopg import AsyncClientCursor
+import psycopg
+from psycopg import AsyncClientCursor, AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
 from groundhog_mcp.store.adapter import Params
 
-__all__ = ["COMMIT", "PgBatchTx", "Statement"]
+__all__ = ["COMMIT", "PgBatchTx", "Statement", "abandon", "outside_pool"]
 
 Statement = tuple[LiteralString, Params]
 COMMIT: Statement = ("COMMIT", ())
@@ -100,3 +103,15 @@ class PgBatchTx:
         text = cast(LiteralString, "; ".join(cur.mogrify(sql, params) for sql, params in batch))
         self.round_trips += 1
         await cur.execute(text)
+
+
+def outside_pool(cur: AsyncClientCursor[TupleRow]) -> PgBatchTx:
+    """A Tx on a connection outside the pool, whose transaction psycopg begins and its owner ends."""
+    return PgBatchTx(cur, [], autonomous=False)
+
+
+async def abandon(conn: AsyncConnection[TupleRow]) -> None:
+    """Roll back what a failed unit of work left open (a connection that broke is replaced)."""
+    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            await conn.rollback()

@@ -14,12 +14,13 @@ transaction starts with ``set_config(…, true)`` for ``search_path``, ``stateme
 
 A write is one transaction of the store core's write sequence (:mod:`groundhog_mcp.store.core`):
 ``SELECT … FOR UPDATE`` on the live context row (a register locks the name's
-``name_revisions`` row instead), check ``expected_revision``, run the mutator in a thread,
-write the state, take the store ``sequence`` from the ``store_counter`` row, write the change
-and the history snapshot, commit. The counter row
-is the last lock a write takes and it is held to commit, so sequences are gap-free, never
-reused, and committed in order: a reader that sees ``sequence`` n has seen every change
-before it.
+``name_revisions`` row instead), check ``expected_revision``, run the mutator, write the
+state, take the ``sequence`` from the ``change_sequence`` SEQUENCE, write the change and the
+history snapshot, commit. Its statements travel in three round trips
+(:mod:`~groundhog_mcp.store.pg_tx`); a read is one. No row is locked by every write: writes to
+different contexts, in any namespace, never wait for each other (with the audit log on, its
+chain head is the exception: see ``_RECORD``). Sequences are never reused but may commit out
+of order; the change feed hands them out in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
 
 Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
 server-side timeouts above bound every call. A connection lost before commit is replaced
@@ -49,7 +50,6 @@ import psycopg
 import structlog
 from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.string import TextLoader
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -75,7 +75,7 @@ from groundhog_mcp.store.pg_session import (
     pool_size,
     split_parameters,
 )
-from groundhog_mcp.store.pg_tx import PgBatchTx, Statement
+from groundhog_mcp.store.pg_tx import PgBatchTx, Statement, abandon, outside_pool
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
 
@@ -87,8 +87,8 @@ _T = TypeVar("_T")
 _Cursor = AsyncCursor[TupleRow]
 _Connection = AsyncConnection[TupleRow]
 
-# A change's rows in one statement: the sequence from the counter row, the change, the history
-# snapshot (when given), the event record (when given), and the NOTIFY, delivered on commit.
+# A change's rows in one statement: the sequence, the change, the history snapshot (when
+# given), the event record (when given), and the NOTIFY, delivered on commit.
 _RECORD: Final[LiteralString] = (
     # The in-flight marker, then the number: see store/pg_feed.py (no row lock; never waited for).
     f"WITH flight AS (SELECT {FEED_LOCK}),"
@@ -288,7 +288,7 @@ class PostgresStore(StoreCore):
                                 self.round_trips += tx.round_trips
                         return result
                     except BaseException:
-                        await _abandon(conn)
+                        await abandon(conn)
                         raise
             except PoolClosed as exc:
                 raise InitializationError("database: the store is not open (it was closed)") from exc
@@ -371,7 +371,7 @@ class PostgresStore(StoreCore):
                     yield run
                     await tx.commit()
                 except BaseException:
-                    await _abandon(conn)
+                    await abandon(conn)
                     raise
         except PoolTimeout as exc:
             raise StoreBusyError(
@@ -397,9 +397,9 @@ class PostgresStore(StoreCore):
         """The sequence, the change row, the history snapshot and the event record, the key
         note and the NOTIFY in one statement (``_RECORD``).
 
-        The counter row is the last lock of the transaction and is held to commit (see the
-        module docstring): one statement, then the commit, keeps that critical section to two
-        round trips, which is what bounds the store's aggregate write rate.
+        The sequence takes no lock. With the audit log on, the chain head's row lock is taken
+        here and held to commit (the audit row and ``COMMIT``: one more round trip): that
+        critical section is what bounds the aggregate rate of audited writes.
         """
         patch, patch_sealed = self._values("changes.patch", write.patch)
         payload, payload_sealed = self._values("events.payload", write.payload)
@@ -495,7 +495,7 @@ class PostgresStore(StoreCore):
         """Refuse a database whose records are under a key the codec cannot open (reads only)."""
         async with AsyncClientCursor(conn) as cur:
             await self._begin(cur)
-            used = await self._sealing_key_ids(_outside(cur))
+            used = await self._sealing_key_ids(outside_pool(cur))
         await conn.rollback()
         self.codec.check_keys(used, str(self.location), "Nothing was modified.")
 
@@ -702,7 +702,7 @@ class PostgresStore(StoreCore):
         """The recorded schema version (0 for an empty schema); reads only."""
         async with AsyncClientCursor(conn) as cur:
             await self._begin(cur)
-            return await self._schema_version(_outside(cur))
+            return await self._schema_version(outside_pool(cur))
 
     async def _schema_version(self, tx: Tx) -> int:
         row = await tx.fetchone("SELECT to_regclass('schema_migrations') IS NOT NULL")
@@ -725,7 +725,9 @@ class PostgresStore(StoreCore):
                 await cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.pg_schema,))
                 if await cur.fetchone() is None:
                     await cur.execute(f'CREATE SCHEMA "{literal_identifier(self.pg_schema)}"')
-            current = await self._schema_version(_outside(cur))  # re-read under the lock: another instance may have won
+            current = await self._schema_version(
+                outside_pool(cur)
+            )  # re-read under the lock: another instance may have won
             if current > LATEST_SCHEMA_VERSION:
                 await conn.rollback()
                 raise _newer_schema(self.location, current)
@@ -766,18 +768,6 @@ class PostgresStore(StoreCore):
                 await listener
         pool, self._pool = self._pool, None
         await pool.close()
-
-
-def _outside(cur: AsyncClientCursor[TupleRow]) -> PgBatchTx:
-    """A Tx on a connection outside the pool, whose transaction psycopg begins and we end."""
-    return PgBatchTx(cur, [], autonomous=False)
-
-
-async def _abandon(conn: _Connection) -> None:
-    """Roll back what a failed unit of work left open (a connection that broke is replaced)."""
-    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        with contextlib.suppress(psycopg.Error):
-            await conn.rollback()
 
 
 def _newer_schema(location: str, version: int) -> InitializationError:
