@@ -725,9 +725,8 @@ class PostgresStore(StoreCore):
                 await cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.pg_schema,))
                 if await cur.fetchone() is None:
                     await cur.execute(f'CREATE SCHEMA "{literal_identifier(self.pg_schema)}"')
-            current = await self._schema_version(
-                outside_pool(cur)
-            )  # re-read under the lock: another instance may have won
+            # Re-read under the lock: another instance may have won.
+            current = await self._schema_version(outside_pool(cur))
             if current > LATEST_SCHEMA_VERSION:
                 await conn.rollback()
                 raise _newer_schema(self.location, current)
