@@ -3,6 +3,7 @@
     python benchmarks/bench_postgres.py            # ~1.5 minutes on a busy 2-CPU machine
     python benchmarks/bench_postgres.py --quick    # ~1 minute there
     python benchmarks/bench_postgres.py --url postgresql://user@host/db
+    python benchmarks/bench_postgres.py --audit off   # instances run with audit = false
 
 Three measurements, every instance a real ``groundhog-mcp`` process driven by the MCP SDK
 client (``--url`` default: ``GROUNDHOG_TEST_POSTGRES_URL`` or the local test server; every
@@ -20,6 +21,11 @@ run works in a fresh schema, dropped at the end):
    is from the commit (the change's timestamp, taken in the write transaction: same clock)
    to the ``notifications/resources/updated`` arriving at A's client, through B's NOTIFY,
    A's LISTEN session, A's change feed and A's notifier.
+
+Instances keep the audit log (the default) unless ``--audit off``: with it on, every write
+locks the audit chain's head for its last round trip and commit, the one row all writes share
+(docs/scaling.md, "The write path on PostgreSQL"); 2. with ``--audit off`` shows the write
+rate without it.
 
 It prints a table and exits 0 when the run completed, whatever the figures (non-zero only on
 an error); it asserts nothing (tests never assert on wall-clock time). Shared machines drift:
@@ -71,6 +77,7 @@ class Mode:
 FULL = Mode(latency_calls=1000, scale_seconds=8.0, notifications=500, warmup=100, rounds=10)
 QUICK = Mode(latency_calls=300, scale_seconds=3.0, notifications=150, warmup=30, rounds=6)
 RATIO_TARGET = 1.5  # PostgreSQL / SQLite p50, one instance (issue 7)
+AUDIT = True  # --audit on|off
 
 
 def data(i: int) -> dict[str, Any]:
@@ -89,6 +96,7 @@ def server_env(home: Path) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)
         env[name] = str(path)
     env["GROUNDHOG_LOG_LEVEL"] = "WARNING"
+    env["GROUNDHOG_AUDIT"] = "true" if AUDIT else "false"
     return env
 
 
@@ -310,11 +318,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL database (a schema is created in it)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--audit", choices=["on", "off"], default="on", help="the instances' audit log")
     args = parser.parse_args()
+    global AUDIT  # one setting for every instance of the run
+    AUDIT = args.audit == "on"
     mode = QUICK if args.quick else FULL
     load = os.getloadavg()[0]
     print(
-        f"groundhog-mcp on PostgreSQL: {os.cpu_count()} CPUs, load {load:.1f}, mode {'quick' if args.quick else 'full'}"
+        f"groundhog-mcp on PostgreSQL: {os.cpu_count()} CPUs, load {load:.1f},"
+        f" mode {'quick' if args.quick else 'full'}, audit {args.audit}"
     )
     if load > (os.cpu_count() or 1) / 2:
         print("  warning: the machine is busy; figures will be noisy")
