@@ -12,14 +12,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from groundhog_mcp import ContextState, StateManager, StoreBusyError
 from groundhog_mcp.models import Change
 from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Tx
 from groundhog_mcp.store.base import Mutation, NewContext, Retention, StoredContext
+from groundhog_mcp.store.migrations import MIGRATIONS
 from groundhog_mcp.store.postgres import PostgresStore
-from tests.conformance.conftest import MakeBackend, make_backend
+from tests.conformance.conftest import POSTGRES_URL, MakeBackend, make_backend
 
 __all__ = ["make_backend"]  # the fixture
 
@@ -180,3 +183,32 @@ async def test_a_read_is_one_round_trip_and_a_write_three(make_backend: MakeBack
     # read: BEGIN, settings, SELECT, COMMIT in one message. write: lock and read the row | the
     # state, name index and change statement | COMMIT (before: 3 and 7).
     assert (read, write) == (1, 3)
+
+
+async def test_schema_6_continues_the_sequence_of_a_schema_5_database(make_backend: MakeBackend) -> None:
+    backend = await make_backend("postgres")
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        schema = sql.Identifier(backend.pg_schema or "")
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+        await conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        for migration in MIGRATIONS[:5]:
+            await conn.execute(migration.postgres)
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, now())", (migration.version, migration.name)
+            )
+        await conn.execute("UPDATE store_counter SET value = 41")  # 41 changes so far
+    store = PostgresStore(backend.database)
+    await store.open()
+    try:
+        _, change = await store.register(new_context("x", "a"), actor="t", if_exists="error")
+        assert change is not None and change.sequence == 42
+        assert await store.last_sequence() == 42
+    finally:
+        await store.close()
+    assert await backend.sql("SELECT to_regclass('store_counter') IS NULL, max(version) FROM schema_migrations") == [
+        (True, 6)
+    ]
