@@ -212,3 +212,40 @@ async def test_schema_6_continues_the_sequence_of_a_schema_5_database(make_backe
     assert await backend.sql("SELECT to_regclass('store_counter') IS NULL, max(version) FROM schema_migrations") == [
         (True, 6)
     ]
+
+
+async def test_concurrent_writers_in_many_namespaces_reach_a_follower_once_each_in_order(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend("postgres")
+    writers = [PostgresStore(backend.database, retention=Retention(keep_revisions=0)) for _ in range(4)]
+    follower = StateManager(PostgresStore(backend.database, retention=Retention(keep_revisions=0)))
+    for store in writers:
+        await store.open()
+    await follower.start()
+    subscription = follower.bus.subscribe(maxsize=10_000)
+    committed: list[int] = []
+    try:
+
+        async def write(store: PostgresStore, namespace: str) -> None:
+            for name in ("a", "b"):
+                _, change = await store.register(new_context(namespace, name), actor="t", if_exists="error")
+                assert change is not None
+                committed.append(change.sequence)
+            for i in range(30):
+                _, change = await store.mutate(namespace, "ab"[i % 2], None, bump, actor="t")
+                committed.append(change.sequence)
+
+        await asyncio.gather(*(write(store, f"ns{k}") for k, store in enumerate(writers)))
+        published: list[int] = []
+        async with asyncio.timeout(BOUND_S):
+            while len(published) < len(committed):
+                item = await subscription.get()
+                assert isinstance(item, Change)
+                published.append(item.sequence)
+        assert published == sorted(committed)
+    finally:
+        subscription.close()
+        await follower.close()
+        for store in writers:
+            await store.close()
