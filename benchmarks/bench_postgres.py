@@ -11,7 +11,8 @@ run works in a fresh schema, dropped at the end):
 
 1. One instance: ``get_state`` and ``update_state`` p50/p99 on PostgreSQL, and on SQLite
    alongside it (both instances running, batches interleaved round by round, the order
-   alternating) for the ratio, with its per-round min / median / max.
+   alternating) for the ratio, with its per-round min / median / max; and PostgreSQL's commit
+   floor (a one-row INSERT and COMMIT), which every write pays once.
 2. Scale-out: 1, 2 and 4 instances, each driven by one client writing its own context
    (``update_state`` back to back, no conflicts): aggregate writes/s and per-call p50/p99.
    All seven instances run throughout; each round gives each group a time slice, in a
@@ -177,11 +178,38 @@ class Solo:
         return [statistics.median(batch) for batch in self.rounds[tool]]
 
 
-async def single_instance(postgres: str, sqlite: str, home: Path, mode: Mode) -> tuple[Solo, Solo, list[float]]:
+class CommitFloor:
+    """What one durable commit costs on this server: a one-row INSERT and its COMMIT, one round
+    trip (autocommit), into a table of the benchmark's schema. A write cannot beat it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.samples: list[float] = []
+
+    async def batch(self, calls: int) -> None:
+        for _ in range(calls):
+            started = time.perf_counter()
+            await self.conn.execute("INSERT INTO commit_floor (at) VALUES (now())")
+            self.samples.append((time.perf_counter() - started) * 1000)
+
+
+async def single_instance(
+    postgres: str, sqlite: str, home: Path, mode: Mode
+) -> tuple[Solo, Solo, list[float], list[float]]:
     """Both instances run side by side; each round runs a batch on one then the other, the
-    order alternating, so machine drift and load hit both backends alike."""
+    order alternating, so machine drift and load hit both backends alike. Each round also
+    measures PostgreSQL's commit floor."""
     loads: list[float] = []
-    async with instance(postgres, home / "pg") as pg_client, instance(sqlite, home / "sqlite") as sqlite_client:
+    url, schema = postgres.rsplit("schema=", 1)
+    url = url.rstrip("?&")
+    async with (
+        instance(postgres, home / "pg") as pg_client,
+        instance(sqlite, home / "sqlite") as sqlite_client,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+    ):
+        await conn.execute(f'CREATE TABLE "{schema}".commit_floor (at timestamptz)')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        floor = CommitFloor(conn)
         pg, lite = Solo(pg_client), Solo(sqlite_client)
         for solo in (pg, lite):
             await solo.prepare(mode.warmup)
@@ -189,8 +217,9 @@ async def single_instance(postgres: str, sqlite: str, home: Path, mode: Mode) ->
         for r in range(mode.rounds):
             for solo in (pg, lite) if r % 2 == 0 else (lite, pg):
                 await solo.batch(per_round)
+            await floor.batch(per_round)
             loads.append(os.getloadavg()[0])
-    return pg, lite, loads
+    return pg, lite, floor.samples, loads
 
 
 # -- 2. scale-out: writes/s with N instances, interleaved -----------------------------------
@@ -340,7 +369,7 @@ async def main() -> None:
             f"1. One instance, sequential calls (~1 KB state), PostgreSQL and SQLite interleaved, {mode.rounds} rounds"
         )
         async with fresh_schema(args.url) as database:
-            pg, lite, loads = await single_instance(database, str(home / "sqlite" / "bench.sqlite"), home, mode)
+            pg, lite, floor, loads = await single_instance(database, str(home / "sqlite" / "bench.sqlite"), home, mode)
         for tool in ("get_state", "update_state"):
             print(row(f"{tool}  PostgreSQL", pg.samples(tool)) + f"   round p50s {spread(pg.round_p50s(tool))}")
             print(row(f"{tool}  SQLite", lite.samples(tool)) + f"   round p50s {spread(lite.round_p50s(tool))}")
@@ -352,6 +381,11 @@ async def main() -> None:
                 f"  {tool}  PostgreSQL / SQLite p50: {ratio:.2f}x (target <= {RATIO_TARGET}x: {verdict}); "
                 f"per round min / median / max {spread(per_round)}"
             )
+        print(row("PostgreSQL commit floor", floor) + "   (INSERT one row + COMMIT, one round trip)")
+        print(
+            "  a PostgreSQL update_state is the service's read (1 round trip) and the write (3: lock"
+            " and read | write | audit row + COMMIT); get_state is 1"
+        )
         print(f"  1-minute load average over the rounds: min / median / max {spread(loads)}")
 
         print(
