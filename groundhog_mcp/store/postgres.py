@@ -543,13 +543,18 @@ class PostgresStore(StoreCore):
     async def last_sequence(self) -> int:
         """The last committed change such that every change before it is committed too."""
         last = await self._horizon.settle()
-        if last == 0:
-            return 0
-        row = await self._transaction(
-            lambda tx: tx.fetchone("SELECT coalesce(max(sequence), 0) FROM changes WHERE sequence <= %s", (last,)),
-            writing=False,
-        )
-        return int(row[0]) if row else 0
+
+        async def work(tx: Tx) -> int:
+            if last > 0:
+                row = await tx.fetchone("SELECT coalesce(max(sequence), 0) FROM changes WHERE sequence <= %s", (last,))
+            elif (await tx.fetchone("SELECT to_regclass('store_counter') IS NOT NULL") or (False,))[0]:
+                # Before schema 6 (`audit verify` or `db status` of a database not migrated yet).
+                row = await tx.fetchone("SELECT value FROM store_counter WHERE name = 'sequence'")
+            else:
+                return 0
+            return int(row[0]) if row else 0
+
+        return await self._transaction(work, writing=False)
 
     async def status(self) -> StoreStatus:
         async def work(tx: Tx) -> StoreStatus:

@@ -201,6 +201,12 @@ async def test_schema_6_continues_the_sequence_of_a_schema_5_database(make_backe
                 "INSERT INTO schema_migrations VALUES (%s, %s, now())", (migration.version, migration.name)
             )
         await conn.execute("UPDATE store_counter SET value = 41")  # 41 changes so far
+    unmigrated = PostgresStore(backend.database, auto_migrate=False)  # as `audit verify` opens it
+    await unmigrated.open()
+    try:
+        assert await unmigrated.last_sequence() == 41
+    finally:
+        await unmigrated.close()
     store = PostgresStore(backend.database)
     await store.open()
     try:
