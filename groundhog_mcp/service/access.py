@@ -6,13 +6,26 @@ context: a denied request does the same store work whether the context exists or
 
 from __future__ import annotations
 
+import base64
+import binascii
+from dataclasses import dataclass
+
 from groundhog_mcp.errors import AccessDeniedError, NotFoundError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import Change, Principal, Right
+from groundhog_mcp.models import Change, Principal, Right, check_name
 from groundhog_mcp.service.audit import AuditTrail
 from groundhog_mcp.service.caller import Caller
 from groundhog_mcp.store.base import Store, StoredContext
 
-__all__ = ["authorize", "check_prefix", "list_visible", "missing", "sees", "visible_prefixes"]
+__all__ = [
+    "ContextPage",
+    "authorize",
+    "check_prefix",
+    "list_page",
+    "list_visible",
+    "missing",
+    "sees",
+    "visible_prefixes",
+]
 
 
 def missing(name: str) -> str:
@@ -75,3 +88,42 @@ def check_prefix(prefix: str) -> None:
             ],
             field="prefix",
         )
+
+
+@dataclass(frozen=True)
+class ContextPage:
+    contexts: list[StoredContext]
+    next_cursor: str | None
+
+
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        check_name(name)
+    except (binascii.Error, UnicodeDecodeError, ValueError, StateValidationError):
+        raise StateValidationError(
+            [ValidationIssue("", "not a cursor this server issued; pass next_cursor from a previous page")],
+            field="cursor",
+        ) from None
+    return name
+
+
+async def list_page(
+    store: Store, principal: Principal, max_page: int, prefix: str, cursor: str | None, limit: int
+) -> ContextPage:
+    """A page of the live contexts ``principal`` may read whose names start with ``prefix``."""
+    if prefix:
+        check_prefix(prefix)
+    if not 1 <= limit <= max_page:
+        raise StateValidationError(
+            [ValidationIssue("", f"must be between 1 and {max_page}; got {limit}")],
+            field="limit",
+        )
+    after = _decode_cursor(cursor) if cursor else None
+    rows = await list_visible(store, principal, prefix, after, limit + 1)
+    next_cursor = _encode_cursor(rows[limit - 1].name) if len(rows) > limit else None
+    return ContextPage(rows[:limit], next_cursor)

@@ -170,7 +170,7 @@ async def wait_for_changes(
                 while True:
                     item = await subscription.get()
                     if isinstance(item, Resync) or item.sequence > cursor + 1:
-                        # Fell behind, or missed something: read the feed itmanager.
+                        # Fell behind, or missed something: read the feed itself.
                         found, cursor = await _scan_feed(manager.store, manager.feed, cursor, matches, limit)
                     elif item.sequence > cursor:
                         cursor = item.sequence

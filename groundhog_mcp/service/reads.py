@@ -1,4 +1,4 @@
-"""Reads of past revisions and state formats: upcasting a stored state to its context's current
+"""Reads: loading, past revisions, diffs and history; state formats: upcasting a stored state to its context's current
 format version (cached), and the checks every written state passes."""
 
 from __future__ import annotations
@@ -6,14 +6,29 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+from typing import TYPE_CHECKING
 
-from groundhog_mcp.errors import CompactedError, NotFoundError, ValidationIssue
-from groundhog_mcp.models import ContextState, JSONObject, dumps
+from groundhog_mcp.errors import CompactedError, NotFoundError, StateValidationError, ValidationIssue
+from groundhog_mcp.models import ContextId, ContextState, HistoryEntry, JSONObject, dumps
 from groundhog_mcp.service.migration import UpcastCache, format_of, upcast
 from groundhog_mcp.service.validation import Limits, inspect_state, raise_if_invalid, schema_issues
+from groundhog_mcp.service.writes import state_diff
 from groundhog_mcp.store.base import Store, StoredContext
 
-__all__ = ["StateReader", "check_written", "format_version", "state_issues"]
+if TYPE_CHECKING:
+    from groundhog_mcp.service.state import StateManager
+
+__all__ = [
+    "StateReader",
+    "check",
+    "check_written",
+    "diff",
+    "format_version",
+    "history",
+    "load_state",
+    "read_upcast",
+    "state_issues",
+]
 
 
 def state_issues(
@@ -109,3 +124,73 @@ class StateReader:
                 "of this name or was purged"
             )
         return found.state
+
+
+async def load_state(manager: StateManager, context_id: ContextId) -> ContextState:
+    """See :meth:`groundhog_mcp.service.state.StateManager.load_state`."""
+    missing = f"context_id: no context with id {context_id}"
+    # The name first (nothing decoded), the grant on it, and only then the context itself.
+    located = await manager.store.locate(context_id)
+    if located is None or located[0] != manager.principal.namespace:
+        raise NotFoundError(missing)
+    await manager.authorize("read", located[1], missing=missing, itemize=False)
+    stored = await manager.store.get_by_id(context_id)
+    if stored is None:  # unregistered in between
+        raise NotFoundError(missing)
+    return await manager.reader.upcast_off_loop(stored, stored.state)
+
+
+async def read_upcast(
+    manager: StateManager, name: str, revision: int | None = None
+) -> tuple[StoredContext, int, ContextState, str]:
+    """See :meth:`groundhog_mcp.service.state.StateManager.read_upcast`."""
+    context = await manager.get(name)
+    if revision is None or revision == context.revision:
+        at, stored = context.revision, context.state
+    else:
+        at, stored = revision, await manager.reader.revision_state(context, revision)
+    return context, at, await manager.reader.upcast_off_loop(context, stored, at), stored.version
+
+
+async def check(
+    manager: StateManager, name: str, *, data: JSONObject | None = None, metadata: JSONObject | None = None
+) -> tuple[StoredContext, list[ValidationIssue]]:
+    """See :meth:`groundhog_mcp.service.state.StateManager.check`."""
+    context = await manager.get(name)
+    current = await manager.reader.upcast_off_loop(context, context.state)
+    candidate = ContextState(
+        data=current.data if data is None else data,
+        metadata=current.metadata if metadata is None else metadata,
+        timestamp=current.timestamp,
+        version=current.version,
+    )
+    issues = await asyncio.to_thread(state_issues, candidate, context.schema, context.settings, manager.limits)
+    return context, issues
+
+
+async def history(
+    manager: StateManager, name: str, *, before: int | None = None, limit: int = 20
+) -> list[HistoryEntry]:
+    """See :meth:`groundhog_mcp.service.state.StateManager.history`."""
+    if not 1 <= limit <= manager.limits.max_history_page:
+        raise StateValidationError(
+            [ValidationIssue("", f"must be between 1 and {manager.limits.max_history_page}; got {limit}")],
+            field="limit",
+        )
+    context = await manager.get(name)
+    return await manager.store.history(context.id, before=before, limit=limit)
+
+
+async def diff(
+    manager: StateManager, name: str, from_revision: int, to_revision: int | None = None
+) -> list[JSONObject]:
+    """See :meth:`groundhog_mcp.service.state.StateManager.diff`."""
+    context = await manager.get(name)
+    source = await manager.reader.revision_state(context, from_revision, field="from_revision")
+    target = (
+        context.state
+        if to_revision is None or to_revision == context.revision
+        else await manager.reader.revision_state(context, to_revision, field="to_revision")
+    )
+    # Proportional to two whole states: computed in a worker thread, not on the event loop.
+    return await asyncio.to_thread(state_diff, source, target)

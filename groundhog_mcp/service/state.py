@@ -14,23 +14,17 @@ diff is built), :mod:`~groundhog_mcp.service.reads` (revisions, upcasting, state
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import copy
 import dataclasses
-import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from groundhog_mcp.errors import (
     AccessDeniedError,
-    ConflictError,
     NotFoundError,
-    StateValidationError,
     ValidationIssue,
 )
 from groundhog_mcp.models import (
@@ -41,64 +35,38 @@ from groundhog_mcp.models import (
     JSONObject,
     Principal,
     Right,
-    utcnow,
 )
-from groundhog_mcp.service import handling, merging, metrics, migration
+from groundhog_mcp.service import handling, merging, metrics, migration, reads, updates
 from groundhog_mcp.service.access import (
+    ContextPage,
     authorize,
     check_prefix,
-    list_visible,
+    list_page,
     missing,
     sees,
 )
 from groundhog_mcp.service.audit import AuditPage, AuditTrail, DenialLog
 from groundhog_mcp.service.bus import ChangeBus
 from groundhog_mcp.service.caller import Caller
-from groundhog_mcp.service.events import Event, EventHandler, parse_handler_specs
+from groundhog_mcp.service.events import Event, EventHandler
 from groundhog_mcp.service.feed import MAX_WAIT_SECONDS, ChangeFeed, wait_for_changes
 from groundhog_mcp.service.handling import EventResult
 from groundhog_mcp.service.merge import MergeOutcome, MergeSource, OnConflict, Strategy, compute_merge
 from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder
-from groundhog_mcp.service.migration import MigrationReport, Progress, UpcastCache, dry_run_chains, format_of
-from groundhog_mcp.service.patching import apply_json_patch, merge_patch
-from groundhog_mcp.service.reads import StateReader, check_written, format_version, state_issues
+from groundhog_mcp.service.migration import MigrationReport, Progress, UpcastCache
+from groundhog_mcp.service.reads import StateReader
 from groundhog_mcp.service.validation import (
     Limits,
     check_name,
-    check_retention_settings,
     check_schema_definition,
-    check_semver,
-    inspect_json,
     inspect_state,
     raise_if_invalid,
 )
-from groundhog_mcp.service.writes import Writer, WriteResult, mutation, state_diff
+from groundhog_mcp.service.writes import Writer, WriteResult
 from groundhog_mcp.store import open_store
-from groundhog_mcp.store.base import DeadLetter, Mutation, NewContext, Store, StoredContext
+from groundhog_mcp.store.base import DeadLetter, Store, StoredContext
 
 __all__ = ["MAX_WAIT_SECONDS", "Caller", "ContextPage", "EventResult", "StateManager", "WriteResult"]
-
-
-@dataclass(frozen=True)
-class ContextPage:
-    contexts: list[StoredContext]
-    next_cursor: str | None
-
-
-def _encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        check_name(name)
-    except (binascii.Error, UnicodeDecodeError, ValueError, StateValidationError):
-        raise StateValidationError(
-            [ValidationIssue("", "not a cursor this server issued; pass next_cursor from a previous page")],
-            field="cursor",
-        ) from None
-    return name
 
 
 class StateManager:
@@ -206,45 +174,10 @@ class StateManager:
         A context id not seen before is created (named after the id), as the
         specification's ``save_state`` on a fresh ``ContextId`` expects.
         """
-        await self.validate_state(state)
-        located = await self.store.locate(context_id)  # the name only: nothing decoded before the grant check
-        await self.authorize("write", located[1] if located is not None else str(context_id))
-        if located is None:
-            created = await self.writer.register(
-                self.caller,
-                NewContext(
-                    id=context_id,
-                    namespace=self.principal.namespace,
-                    name=str(context_id),
-                    version="1.0.0",
-                    metadata={},
-                    settings={},
-                    schema=None,
-                    handlers={},
-                    state=state,
-                ),
-                if_exists="error",
-            )
-            assert isinstance(created, WriteResult)  # if_exists="error" never returns an existing context
-            return created
-
-        def replace_state(current: StoredContext) -> Mutation:
-            check_written(state, current, self.limits)
-            return mutation(current, state)
-
-        return await self.writer.mutate(self.caller, located[1], expected_revision, replace_state)
+        return await updates.save_state(self, context_id, state, expected_revision=expected_revision)
 
     async def load_state(self, context_id: ContextId) -> ContextState:
-        missing = f"context_id: no context with id {context_id}"
-        # The name first (nothing decoded), the grant on it, and only then the context itself.
-        located = await self.store.locate(context_id)
-        if located is None or located[0] != self.principal.namespace:
-            raise NotFoundError(missing)
-        await self.authorize("read", located[1], missing=missing, itemize=False)
-        stored = await self.store.get_by_id(context_id)
-        if stored is None:  # unregistered in between
-            raise NotFoundError(missing)
-        return await self.reader.upcast_off_loop(stored, stored.state)
+        return await reads.load_state(self, context_id)
 
     async def merge_states(
         self,
@@ -292,60 +225,21 @@ class StateManager:
         context_id: ContextId | None = None,
     ) -> WriteResult | StoredContext:
         """Create a context; with ``if_exists="return"`` an existing one is returned as is."""
-        check_name(name)
-        await self.authorize("write", name)
-        check_semver(version)
-        metadata = metadata or {}
-        settings = settings or {}
-
-        def checked_state() -> ContextState:
-            # Schemas, formats and states from a client: checked in a worker thread, never on the loop.
-            raise_if_invalid(inspect_json(metadata, self.limits), "metadata")
-            raise_if_invalid(inspect_json(settings, self.limits), "settings")
-            check_retention_settings(settings)
-            state_format = format_of(settings)  # parsed and checked once per distinct declaration
-            if schema is not None:
-                raise_if_invalid(inspect_json(schema, self.limits), "schema")
-                check_schema_definition(schema)
-            if handlers:
-                raise_if_invalid(inspect_json(handlers, self.limits), "event_handlers")
-                parse_handler_specs(handlers)
-            initial = state or ContextState(version=state_format.version if state_format else "1.0.0")
-            if state_format is not None:
-                state_format.check_plugins()
-                dry_run_chains(state_format, self.limits, initial)
-            raise_if_invalid(state_issues(initial, schema, settings, self.limits), "state")
-            return initial
-
-        state = await asyncio.to_thread(checked_state)
-        new = NewContext(
-            id=context_id or uuid.uuid4(),
-            namespace=self.principal.namespace,
-            name=name,
+        return await updates.register(
+            self,
+            name,
             version=version,
+            state=state,
             metadata=metadata,
             settings=settings,
             schema=schema,
-            handlers=handlers or {},
-            state=state,
+            handlers=handlers,
+            if_exists=if_exists,
+            context_id=context_id,
         )
-        return await self.writer.register(self.caller, new, if_exists=if_exists)
 
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
-        check_name(name)
-        await self.authorize("admin", name)
-        change = await self.writer.committed(
-            self.store.unregister(
-                self.principal.namespace,
-                name,
-                expected_revision,
-                purge=purge,
-                actor=self.principal.name,
-                audit=self.audit.note(self.caller, "purge" if purge else None),
-            ),
-            lambda c: c,
-        )
-        return change
+        return await updates.unregister(self, name, expected_revision=expected_revision, purge=purge)
 
     async def get(self, name: str) -> StoredContext:
         check_name(name)
@@ -358,17 +252,8 @@ class StateManager:
         return stored
 
     async def list(self, *, prefix: str = "", cursor: str | None = None, limit: int = 50) -> ContextPage:
-        if prefix:
-            check_prefix(prefix)
-        if not 1 <= limit <= self.limits.max_page:
-            raise StateValidationError(
-                [ValidationIssue("", f"must be between 1 and {self.limits.max_page}; got {limit}")],
-                field="limit",
-            )
-        after = _decode_cursor(cursor) if cursor else None
-        rows = await list_visible(self.store, self.principal, prefix, after, limit + 1)
-        next_cursor = _encode_cursor(rows[limit - 1].name) if len(rows) > limit else None
-        return ContextPage(rows[:limit], next_cursor)
+        """The live contexts this principal may read, by name, a page at a time."""
+        return await list_page(self.store, self.principal, self.limits.max_page, prefix, cursor, limit)
 
     async def read(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState]:
         """The current state, or the state at ``revision``: ``(context, revision, state)``; a state
@@ -378,12 +263,7 @@ class StateManager:
 
     async def read_upcast(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState, str]:
         """Like :meth:`read`, plus the format version the state is stored in."""
-        context = await self.get(name)
-        if revision is None or revision == context.revision:
-            at, stored = context.revision, context.state
-        else:
-            at, stored = revision, await self.reader.revision_state(context, revision)
-        return context, at, await self.reader.upcast_off_loop(context, stored, at), stored.version
+        return await reads.read_upcast(self, name, revision)
 
     async def update(
         self,
@@ -397,136 +277,32 @@ class StateManager:
         expected_revision: int | None = None,
     ) -> WriteResult:
         """Apply exactly one of ``data`` (replace), ``merge_patch_`` (RFC 7396), ``patch`` (RFC 6902)."""
-        check_name(name)
-        await self.authorize("write", name)
-        given = [f for f, v in (("data", data), ("merge_patch", merge_patch_), ("patch", patch)) if v is not None]
-        if len(given) > 1 or (not given and metadata is None and version is None):
-            raise StateValidationError(
-                [
-                    ValidationIssue(
-                        "",
-                        "give exactly one of data (replace), merge_patch (RFC 7396) or patch (RFC 6902)"
-                        + (f"; got {', '.join(given)}" if given else "; got none (and no metadata)"),
-                    )
-                ],
-                field="update",
-            )
-
-        def check_inputs() -> None:
-            for field, value in (
-                ("data", data),
-                ("merge_patch", merge_patch_),
-                ("patch", patch),
-                ("metadata", metadata),
-            ):
-                if value is not None:
-                    raise_if_invalid(inspect_json(value, self.limits), field)
-
-        await asyncio.to_thread(check_inputs)
-        if version is not None:
-            check_semver(version)
-        if expected_revision == 0:
-            return await self._create_from_update(name, data, merge_patch_, patch, metadata, version)
-
-        def apply(current: StoredContext) -> Mutation:
-            # Patches apply to what reads return; a replace needs no upcast (upcasters keep metadata).
-            base = current.state if data is not None else self.reader.upcast(current, current.state)
-            new_data: JSONObject = base.data
-            if data is not None:
-                new_data = data
-            elif merge_patch_ is not None:
-                new_data = merge_patch(base.data, merge_patch_)
-            elif patch is not None:
-                new_data = apply_json_patch(base.data, patch, max_copy_bytes=self.limits.max_state_bytes)
-            new_metadata = base.metadata if metadata is None else merge_patch(base.metadata, metadata)
-            state = ContextState(
-                data=new_data,
-                metadata=new_metadata,
-                timestamp=utcnow(),
-                version=version or format_version(current) or base.version,
-            )
-            # A replace or merge only puts checked input values at the paths they had in the input
-            # (depth included): the structural walk can be skipped. A JSON Patch can move values
-            # anywhere, so its result is walked.
-            check_written(state, current, self.limits, structure_known_valid=patch is None)
-            return mutation(current, state)
-
-        return await self.writer.mutate(
-            self.caller, name, expected_revision, apply, detail=", ".join(given) or "metadata"
+        return await updates.update(
+            self,
+            name,
+            data=data,
+            merge_patch_=merge_patch_,
+            patch=patch,
+            metadata=metadata,
+            version=version,
+            expected_revision=expected_revision,
         )
-
-    async def _create_from_update(
-        self,
-        name: str,
-        data: JSONObject | None,
-        merge_patch_: JSONObject | None,
-        patch: list[JSONObject] | None,
-        metadata: JSONObject | None,
-        version: str | None,
-    ) -> WriteResult:
-        """``expected_revision=0``: the context must not exist yet; create it with this state."""
-        if data is None:
-            data = merge_patch(None, merge_patch_) if merge_patch_ is not None else {}
-            if patch is not None:
-                data = apply_json_patch({}, patch, max_copy_bytes=self.limits.max_state_bytes)
-        state = ContextState(data=data or {}, metadata=merge_patch(None, metadata or {}), version=version or "1.0.0")
-        try:
-            result = await self.register(name, state=state, if_exists="error")
-        except ConflictError as exc:
-            raise ConflictError(name, 0, exc.current_revision) from None
-        assert isinstance(result, WriteResult)  # if_exists="error" never returns an existing context
-        return result
 
     async def check(
         self, name: str, *, data: JSONObject | None = None, metadata: JSONObject | None = None
     ) -> tuple[StoredContext, list[ValidationIssue]]:
         """Validate a candidate (or the current) state of ``name`` without writing."""
-        context = await self.get(name)
-        current = await self.reader.upcast_off_loop(context, context.state)
-        candidate = ContextState(
-            data=current.data if data is None else data,
-            metadata=current.metadata if metadata is None else metadata,
-            timestamp=current.timestamp,
-            version=current.version,
-        )
-        issues = await asyncio.to_thread(state_issues, candidate, context.schema, context.settings, self.limits)
-        return context, issues
+        return await reads.check(self, name, data=data, metadata=metadata)
 
     async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
-        if not 1 <= limit <= self.limits.max_history_page:
-            raise StateValidationError(
-                [ValidationIssue("", f"must be between 1 and {self.limits.max_history_page}; got {limit}")],
-                field="limit",
-            )
-        context = await self.get(name)
-        return await self.store.history(context.id, before=before, limit=limit)
+        return await reads.history(self, name, before=before, limit=limit)
 
     async def diff(self, name: str, from_revision: int, to_revision: int | None = None) -> list[JSONObject]:
-        context = await self.get(name)
-        source = await self.reader.revision_state(context, from_revision, field="from_revision")
-        target = (
-            context.state
-            if to_revision is None or to_revision == context.revision
-            else await self.reader.revision_state(context, to_revision, field="to_revision")
-        )
-        # Proportional to two whole states: computed in a worker thread, not on the event loop.
-        return await asyncio.to_thread(state_diff, source, target)
+        return await reads.diff(self, name, from_revision, to_revision)
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
-        check_name(name)
-        await self.authorize("write", name)
-        context = await self.get(name)
-        old = await self.reader.revision_state(context, revision)
-
-        def restore(current: StoredContext) -> Mutation:
-            state = ContextState(data=old.data, metadata=old.metadata, timestamp=utcnow(), version=old.version)
-            check_written(state, current, self.limits)
-            return mutation(current, state, op="rollback")
-
-        return await self.writer.mutate(
-            self.caller, name, expected_revision, restore, detail=f"restores revision {revision}"
-        )
+        return await updates.rollback(self, name, revision, expected_revision=expected_revision)
 
     async def changes_after(self, sequence: int, *, limit: int = 100) -> list[Change]:
         changes = await self.store.changes_after(sequence, limit=limit)
