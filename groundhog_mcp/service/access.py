@@ -14,6 +14,7 @@ from groundhog_mcp.errors import AccessDeniedError, NotFoundError, StateValidati
 from groundhog_mcp.models import Change, Principal, Right, check_name
 from groundhog_mcp.service.audit import AuditTrail
 from groundhog_mcp.service.caller import Caller
+from groundhog_mcp.service.validation import check_limit
 from groundhog_mcp.store.base import Store, StoredContext
 
 __all__ = [
@@ -118,11 +119,7 @@ async def list_page(
     """A page of the live contexts ``principal`` may read whose names start with ``prefix``."""
     if prefix:
         check_prefix(prefix)
-    if not 1 <= limit <= max_page:
-        raise StateValidationError(
-            [ValidationIssue("", f"must be between 1 and {max_page}; got {limit}")],
-            field="limit",
-        )
+    check_limit(limit, max_page)
     after = _decode_cursor(cursor) if cursor else None
     rows = await list_visible(store, principal, prefix, after, limit + 1)
     next_cursor = _encode_cursor(rows[limit - 1].name) if len(rows) > limit else None

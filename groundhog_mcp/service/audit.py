@@ -22,6 +22,7 @@ import structlog
 from groundhog_mcp.errors import AccessDeniedError, ContextError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import Principal, format_timestamp, utcnow
 from groundhog_mcp.service.caller import Caller
+from groundhog_mcp.service.validation import check_limit
 from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditNote, AuditQuery, AuditRecord, Store
 
 if TYPE_CHECKING:
@@ -241,10 +242,7 @@ class AuditTrail:
         newest_first: bool,
     ) -> AuditPage:
         """A page of ``namespace``'s rows (the caller's grant already checked)."""
-        if not 1 <= limit <= max_page:
-            raise StateValidationError(
-                [ValidationIssue("", f"must be between 1 and {max_page}; got {limit}")], field="limit"
-            )
+        check_limit(limit, max_page)
         if since is not None and until is not None and until <= since:
             raise StateValidationError([ValidationIssue("", "must be later than since")], field="until")
         position = decode_audit_cursor(cursor) if cursor else None

@@ -23,6 +23,7 @@ from groundhog_mcp.errors import ContextError, StateValidationError, ValidationI
 from groundhog_mcp.models import Change, check_name
 from groundhog_mcp.service.access import sees
 from groundhog_mcp.service.bus import ChangeBus, Resync, cancel_and_wait
+from groundhog_mcp.service.validation import check_limit
 from groundhog_mcp.store.base import ChangeAnnouncer, Store
 
 if TYPE_CHECKING:
@@ -150,10 +151,7 @@ async def wait_for_changes(
             [ValidationIssue("", f"must be between 0 and {MAX_WAIT_SECONDS} seconds; got {timeout}")],
             field="timeout",
         )
-    if not 1 <= limit <= manager.limits.max_page:
-        raise StateValidationError(
-            [ValidationIssue("", f"must be between 1 and {manager.limits.max_page}; got {limit}")], field="limit"
-        )
+    check_limit(limit, manager.limits.max_page)
 
     def matches(change: Change) -> bool:
         return sees(manager.principal, change) and (wanted is None or change.name in wanted)

@@ -25,7 +25,7 @@ from groundhog_mcp.models import ContextState, JSONObject, dumps, utcnow
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec
 from groundhog_mcp.service.metrics import metric_key
 from groundhog_mcp.service.reads import check_written
-from groundhog_mcp.service.validation import Limits, check_name, inspect_json, raise_if_invalid
+from groundhog_mcp.service.validation import Limits, check_limit, check_name, inspect_json, raise_if_invalid
 from groundhog_mcp.service.writes import mutation
 from groundhog_mcp.store.base import DeadLetter, EventAlreadyHandled, EventRecord, Mutation, StoredContext
 
@@ -146,10 +146,7 @@ async def list_dead_letters(
     if name is not None:
         check_name(name)
     principal = manager.principal
-    if not 1 <= limit <= manager.limits.max_page:
-        raise StateValidationError(
-            [ValidationIssue("", f"must be between 1 and {manager.limits.max_page}; got {limit}")], field="limit"
-        )
+    check_limit(limit, manager.limits.max_page)
     if name is not None and not principal.allows("read", name):
         return []  # like a context without letters, and without reading any
     found: list[DeadLetter] = []

@@ -8,10 +8,10 @@ import copy
 import dataclasses
 from typing import TYPE_CHECKING
 
-from groundhog_mcp.errors import CompactedError, NotFoundError, StateValidationError, ValidationIssue
+from groundhog_mcp.errors import CompactedError, NotFoundError, ValidationIssue
 from groundhog_mcp.models import ContextId, ContextState, HistoryEntry, JSONObject, dumps
 from groundhog_mcp.service.migration import UpcastCache, format_of, upcast
-from groundhog_mcp.service.validation import Limits, inspect_state, raise_if_invalid, schema_issues
+from groundhog_mcp.service.validation import Limits, check_limit, inspect_state, raise_if_invalid, schema_issues
 from groundhog_mcp.service.writes import state_diff
 from groundhog_mcp.store.base import Store, StoredContext
 
@@ -172,11 +172,7 @@ async def history(
     manager: StateManager, name: str, *, before: int | None = None, limit: int = 20
 ) -> list[HistoryEntry]:
     """See :meth:`groundhog_mcp.service.state.StateManager.history`."""
-    if not 1 <= limit <= manager.limits.max_history_page:
-        raise StateValidationError(
-            [ValidationIssue("", f"must be between 1 and {manager.limits.max_history_page}; got {limit}")],
-            field="limit",
-        )
+    check_limit(limit, manager.limits.max_history_page)
     context = await manager.get(name)
     return await manager.store.history(context.id, before=before, limit=limit)
 

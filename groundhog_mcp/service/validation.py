@@ -28,6 +28,7 @@ from groundhog_mcp.service.schema_engine import (
 
 __all__ = [
     "Limits",
+    "check_limit",
     "check_name",
     "check_retention_settings",
     "check_schema_definition",
@@ -298,3 +299,11 @@ def check_retention_settings(settings: JSONObject) -> None:
         isinstance(keep_days, bool) or not isinstance(keep_days, int | float) or keep_days <= 0
     ):
         raise StateValidationError([ValidationIssue("", "must be a number of days > 0")], field="settings.keep_days")
+
+
+def check_limit(limit: int, maximum: int) -> None:
+    """A page size (argument ``limit``) must be between 1 and ``maximum``."""
+    if not 1 <= limit <= maximum:
+        raise StateValidationError(
+            [ValidationIssue("", f"must be between 1 and {maximum}; got {limit}")], field="limit"
+        )
