@@ -144,6 +144,24 @@ def _serves(words: list[str]) -> bool:
     return getattr(args, "command", None) in (None, "serve")
 
 
+def _start(words: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The real console script as a process, its standard streams piped."""
+    return subprocess.Popen(
+        cli_argv(*words), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+
+
+def _until_serving(process: subprocess.Popen[str]) -> tuple[str, dict[str, Any] | None]:
+    """The stderr lines up to the ``serving`` log line, and that line (None: it exited first)."""
+    assert process.stderr is not None
+    seen = ""
+    for line in process.stderr:
+        seen += line
+        if '"serving"' in line:
+            return seen, json.loads(line)
+    return seen, None
+
+
 def _serve_and_stop(words: list[str], env: dict[str, str], where: str) -> tuple[int, str, str]:
     """The real console script, serving: it logs ``serving`` and then stops cleanly on SIGTERM
     (HTTP) or at the end of its input (stdio)."""
@@ -151,24 +169,12 @@ def _serve_and_stop(words: list[str], env: dict[str, str], where: str) -> tuple[
     if http:
         words = [w for i, w in enumerate(words) if w != "--port" and (i == 0 or words[i - 1] != "--port")]
         words += ["--port", "0"]
-    process = subprocess.Popen(
-        cli_argv(*words),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    assert process.stderr is not None
+    process = _start(words, env)
     seen = ""
     try:
         if http:
-            for line in process.stderr:
-                seen += line
-                if '"serving"' in line:
-                    break
-            else:
-                pytest.fail(f"{where}: exited without serving:\n{seen[-2000:]}")
+            seen, serving = _until_serving(process)
+            assert serving is not None, f"{where}: exited without serving:\n{seen[-2000:]}"
             process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(input="", timeout=120)  # stdio: the end of input stops it
     finally:
@@ -368,23 +374,11 @@ def _http_server(scratch: Path) -> Iterator[tuple[str, str]]:
         cli_argv("tokens", "create", "--principal", "docs"), env=env, capture_output=True, text=True, check=True
     )
     token = created.stdout.strip()
-    process = subprocess.Popen(
-        cli_argv("serve", "--transport", "http", "--port", "0"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    assert process.stderr is not None
+    process = _start(["serve", "--transport", "http", "--port", "0"], env)
     try:
-        url = None
-        for line in process.stderr:
-            if '"serving"' in line:
-                url = json.loads(line)["url"]
-                break
-        assert url is not None, "the HTTP server exited without serving"
-        yield url.removesuffix("/mcp"), token
+        seen, serving = _until_serving(process)
+        assert serving is not None, f"the HTTP server exited without serving:\n{seen[-2000:]}"
+        yield str(serving["url"]).removesuffix("/mcp"), token
     finally:
         process.send_signal(signal.SIGTERM)
         try:
