@@ -14,6 +14,8 @@ above its opening fence (the rendered page does not show them):
 - ```json ``arguments TOOL``: valid against TOOL's input schema (not sent: it needs a state the
   page does not build).
 - ```text ``resources``: ``URI`` / JSON line pairs, each URI read on the page's server.
+- ```text ``calls``: ``TOOL {json arguments}`` / ``→ error text`` line pairs, each call made on
+  the page's server and its error text compared (several refusals in one block).
 - ```json ``config``: an ``mcpServers`` client config, its command and settings checked
   (tests/test_client_configs.py); ```toml ``settings``: a config.toml, loaded as the server does.
 - any block, ``not-run: REASON``: only parsed (JSON, TOML); the reason says why it cannot run.
@@ -141,7 +143,7 @@ def all_blocks() -> list[Block]:
 
 # -- classification --------------------------------------------------------------------------------
 
-_TOOL_KINDS = ("call", "result", "error", "arguments", "resources")
+_TOOL_KINDS = ("call", "result", "error", "arguments", "resources", "calls")
 
 
 def kind_of(block: Block) -> str:
@@ -152,7 +154,7 @@ def kind_of(block: Block) -> str:
         return "not-run"
     for kind in _TOOL_KINDS:
         if block.marker(kind) is not None:
-            wanted = {"error": "text", "resources": "text"}.get(kind, "json")
+            wanted = {"error": "text", "resources": "text", "calls": "text"}.get(kind, "json")
             if block.language != wanted:
                 raise ValueError(f"{block.where}: a `{kind}` example is a ```{wanted} block")
             return kind

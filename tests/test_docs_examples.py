@@ -330,8 +330,21 @@ class PageSession:
             assert not errors, f"{block.where}: not valid arguments of {tool}: {errors[0].message[:200]}"
         elif kind == "resources":
             await self.read_resources(block)
+        elif kind == "calls":
+            await self.refusals(block)
         elif kind == "python":
             await self.run_python(block)
+
+    async def refusals(self, block: Block) -> None:
+        lines = [line for line in block.text.splitlines() if line.strip()]
+        assert len(lines) % 2 == 0, f"{block.where}: `calls` lines come in pairs: TOOL {{json}} / → error"
+        for call, shown in zip(lines[::2], lines[1::2], strict=True):
+            tool, _, arguments = call.partition(" ")
+            result = await self.client.call_tool(tool, parse_shown(arguments))
+            text = "".join(getattr(c, "text", "") for c in result.content)
+            expected = shown.removeprefix("→").strip()
+            assert result.is_error, f"{block.where}: `{call}` succeeded, the page shows an error"
+            assert text_matches(expected, text), f"{block.where}: `{call}` answered\n{text}\nthe page shows\n{expected}"
 
     async def read_resources(self, block: Block) -> None:
         pairs = [p for p in block.text.strip().split("\n\n") if p.strip()]
