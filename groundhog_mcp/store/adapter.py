@@ -14,6 +14,7 @@ write still costs one thread hop.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
@@ -111,6 +112,9 @@ class StoreAdapter:
     FOR_UPDATE: LiteralString = ""
     # States up to this size are decoded where the unit of work runs; larger ones via _compute.
     INLINE_BYTES = 64 * 1024
+    # A state above this size is mutated before the write transaction, in a worker thread, for a
+    # backend whose units of work run on one database thread (SQLite); others use _compute.
+    PREPARE_ABOVE_BYTES = sys.maxsize
     _IMPORT_TARGET = "a new, empty database"
 
     def __init__(

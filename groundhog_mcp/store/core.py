@@ -10,6 +10,7 @@ Contents pass through the :class:`~groundhog_mcp.store.codec.RecordCodec`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import datetime, timedelta
 from typing import Any, Literal, LiteralString
@@ -138,6 +139,11 @@ class StoreCore(Maintenance):
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
     ) -> tuple[StoredContext, Change]:
+        # A state above PREPARE_ABOVE_BYTES is mutated before the transaction, in a worker thread
+        # (the unit of work would hold the backend's one database thread meanwhile); the result
+        # is used when the context is still at the revision it was computed on.
+        prepared: tuple[StoredContext, Mutation, EncodedState] | None = None
+
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
             current = await self._context(await self._lock_live(tx, namespace, name))
             if event is not None and event.idempotency_key is not None:
@@ -147,8 +153,12 @@ class StoreCore(Maintenance):
                     raise EventAlreadyHandled(seen)
             await self._check_expected(tx, current, expected_revision)
             revision = current.revision + 1
-            # The mutator runs off the event loop, as the protocol promises (it may be slow).
-            mutation, encoded = await self._compute(None, self._apply, current, mutator, revision)
+            if prepared is not None and (prepared[0].id, prepared[0].revision) == (current.id, current.revision):
+                _, mutation, encoded = prepared
+            elif prepared is None and current.state_size > self.PREPARE_ABOVE_BYTES:
+                raise _Prepare(current)
+            else:
+                mutation, encoded = await self._compute(current.state_size, self._apply, current, mutator, revision)
             now = utcnow()
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
@@ -161,7 +171,13 @@ class StoreCore(Maintenance):
             change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
             return stored, change
 
-        return await self._transaction(work, writing=True)
+        try:
+            return await self._transaction(work, writing=True)
+        except _Prepare as large:
+            current = large.current
+            mutation, encoded = await asyncio.to_thread(self._apply, current, mutator, current.revision + 1)
+            prepared = (current, mutation, encoded)
+            return await self._transaction(work, writing=True)
 
     async def unregister(
         self,
@@ -556,6 +572,14 @@ class StoreCore(Maintenance):
             return int(count[0]) if count else 0, int(last[0]) if last else 0
 
         return await self._transaction(work, writing=False)
+
+
+class _Prepare(Exception):
+    """A unit of work found a state too large to mutate on the database thread."""
+
+    def __init__(self, current: StoredContext) -> None:
+        super().__init__(current.name)
+        self.current = current
 
 
 def _missed(snapshot_text: str, current: StoredContext) -> list[JSONObject]:

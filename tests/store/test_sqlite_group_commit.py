@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import pytest
 
 from groundhog_mcp import ConflictError, ContextState, StateManager, StateUpdateError
-from groundhog_mcp.store import SQLiteStore
+from groundhog_mcp.store import SQLiteStore, StoredContext
+from groundhog_mcp.store.base import Mutation, Mutator
 from groundhog_mcp.store.sqlite_writer import GroupCommitter
 from tests.conformance.test_store import NS, new_context, register, set_data
 
@@ -200,3 +201,51 @@ async def test_concurrent_updates_through_the_service_share_commits(db_path: Pat
         assert [r.context.revision for r in results] == [2] * N
         assert store.commit_stats.writes >= N
         assert store.commit_stats.commits - before < N
+
+
+def _recording(threads: list[str], data: dict[str, Any]) -> Mutator:
+    inner = set_data(data)
+
+    def mutator(current: StoredContext) -> Mutation:
+        threads.append(threading.current_thread().name)
+        return inner(current)
+
+    return mutator
+
+
+async def test_small_states_mutate_in_the_transaction_large_ones_before_it(store: SQLiteStore) -> None:
+    """A small state costs one trip to the database thread; a large one is mutated in a worker
+    thread first, so the database thread (every other request's) is not held meanwhile."""
+    big = {"blob": "x" * (SQLiteStore.PREPARE_ABOVE_BYTES + 1)}
+    await register(store, "small", {"n": 0})
+    await register(store, "large", big)
+    threads: list[str] = []
+    await store.mutate(NS, "small", 1, _recording(threads, {"n": 1}), actor="t")
+    assert [t.startswith("groundhog-sqlite") for t in threads] == [True]
+    threads.clear()
+    stored, _ = await store.mutate(NS, "large", 1, _recording(threads, big | {"n": 1}), actor="t")
+    assert len(threads) == 1 and not threads[0].startswith("groundhog-sqlite")
+    assert stored.revision == 2 and stored.state.data == big | {"n": 1}
+
+
+async def test_a_large_state_prepared_before_a_concurrent_write_is_mutated_again(store: SQLiteStore) -> None:
+    big = {"blob": "y" * (SQLiteStore.PREPARE_ABOVE_BYTES + 1)}
+    await register(store, "large", big | {"n": 0})
+    threads: list[str] = []
+    entered, go = threading.Event(), threading.Event()
+
+    def add_ten(current: StoredContext) -> Mutation:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            entered.set()
+            go.wait(10)  # meanwhile another write commits revision 2
+        return set_data(big | {"n": current.state.data["n"] + 10})(current)
+
+    first = asyncio.ensure_future(store.mutate(NS, "large", None, add_ten, actor="t"))
+    await asyncio.to_thread(entered.wait, 10)
+    await store.mutate(NS, "large", None, set_data(big | {"n": 1}), actor="t")
+    go.set()
+    stored, _ = await first
+    # Prepared on revision 1, committed on revision 2: mutated again, in the transaction.
+    assert stored.revision == 3 and stored.state.data["n"] == 11
+    assert [t.startswith("groundhog-sqlite") for t in threads] == [False, True]
