@@ -367,15 +367,18 @@ FEED_PATCH_MAX_BYTES = 2048
 _FEED_PATCH_MAX_OPS = 100
 
 
-def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
-    """The diff a change row keeps: whole up to 2 KB; beyond that only each operation's ``op`` and
-    ``path`` (the first 100), so the change feed stays small. Values live in the history snapshots
-    (``diff_states``)."""
+def feed_patch(patch: list[JSONObject] | None) -> tuple[str | None, int]:
+    """The diff a change row keeps, as JSON text: whole up to 2 KB; beyond that only each
+    operation's ``op`` and ``path`` (the first 100), so the change feed stays small (values live
+    in the history snapshots: ``diff_states``). With it, the size of the whole diff in bytes:
+    the diff is serialised once per write."""
     if patch is None:
-        return None
-    if len(dumps(patch).encode("utf-8")) <= FEED_PATCH_MAX_BYTES:
-        return patch
-    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]
+        return None, 0
+    text = dumps(patch)
+    size = len(text.encode("utf-8"))
+    if size <= FEED_PATCH_MAX_BYTES:
+        return text, size
+    return dumps([{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]), size
 
 
 # -- the audit log ------------------------------------------------------------------------------

@@ -262,7 +262,7 @@ class StoreCore(Maintenance):
             (ctx.namespace, ctx.name, ctx.revision),
         )
         codec, ns, cid, revision = self.codec, ctx.namespace, ctx.id, ctx.revision
-        stored_patch = feed_patch(patch)
+        stored_patch, patch_bytes = feed_patch(patch)
         sequence, head = await self._append_change(
             tx,
             ChangeWrite(
@@ -273,7 +273,7 @@ class StoreCore(Maintenance):
                 op=op,
                 actor=actor,
                 now=now,
-                patch=codec.encode_text("changes.patch", ns, cid, revision, dumps(stored_patch))
+                patch=codec.encode_text("changes.patch", ns, cid, revision, stored_patch)
                 if stored_patch is not None
                 else None,
                 snapshot=encoded.snapshot if encoded is not None else None,
@@ -287,7 +287,9 @@ class StoreCore(Maintenance):
         retention = self.retention.for_context(ctx.settings)
         if encoded is not None and retention.due(revision):
             await self._prune(tx, cid, revision, retention, now)
-        change = Change(sequence, cid, ns, ctx.name, revision, op, actor, now, patch)
+        change = Change(
+            sequence, cid, ns, ctx.name, revision, op, actor, now, patch, patch_bytes if patch is not None else None
+        )
         if self.audit_signer is not None:
             await self._append_audit(tx, AuditEntry.of_change(change, audit), head, now)
         return change

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from groundhog_mcp import ConflictError, ContextState, StateManager, StateUpdateError
+from groundhog_mcp.models import dumps
 from groundhog_mcp.store import SQLiteStore, StoredContext
 from groundhog_mcp.store.base import Mutation, Mutator
 from groundhog_mcp.store.sqlite_writer import GroupCommitter
@@ -249,3 +250,10 @@ async def test_a_large_state_prepared_before_a_concurrent_write_is_mutated_again
     # Prepared on revision 1, committed on revision 2: mutated again, in the transaction.
     assert stored.revision == 3 and stored.state.data["n"] == 11
     assert [t.startswith("groundhog-sqlite") for t in threads] == [False, True]
+
+
+async def test_a_change_carries_the_size_of_its_diff(store: SQLiteStore) -> None:
+    """The store serialises a write's diff once (for the change row); the answer's size check reuses it."""
+    await register(store, "c", {"n": 0})
+    _, change = await store.mutate(NS, "c", 1, set_data({"n": 1, "text": "é" * 3000}), actor="t")
+    assert change.patch is not None and change.patch_bytes == len(dumps(change.patch).encode("utf-8"))
