@@ -589,9 +589,6 @@ class SQLiteStore(StoreCore):
             extra={
                 "journal_mode": journal,
                 "synchronous": self.synchronous,
-                # Group commit, this process: write transactions committed and the writes they carried.
-                "write_commits": self.commit_stats.commits,
-                "writes_committed": self.commit_stats.writes,
                 # Encryption at rest: the ids of the keys values are sealed with (empty: plaintext).
                 "encryption_key_ids": self._sealing_key_ids(conn),
             },
