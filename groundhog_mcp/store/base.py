@@ -183,10 +183,13 @@ class Store(Protocol):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
         """One CAS write: check ``expected_revision``, apply ``mutator``, commit. With ``event`` the
         event record commits in the same transaction; a repeated idempotency key raises
-        :class:`EventAlreadyHandled` and writes nothing."""
+        :class:`EventAlreadyHandled` and writes nothing. ``inline(current)`` true: the mutator is
+        cheap on that context (no schema to check, no plugin code, small inputs), and may run
+        inside the transaction where the backend would otherwise run it in a worker thread."""
         ...
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...

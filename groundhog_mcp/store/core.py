@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, LiteralString
 
@@ -138,10 +139,12 @@ class StoreCore(Maintenance):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
-        # A state above PREPARE_ABOVE_BYTES is mutated before the transaction, in a worker thread
-        # (the unit of work would hold the backend's one database thread meanwhile); the result
-        # is used when the context is still at the revision it was computed on.
+        # A mutator runs inside the transaction when ``inline`` says it is cheap on the context and
+        # the state is at most PREPARE_ABOVE_BYTES; otherwise, for a backend whose units of work
+        # hold its one database thread (SQLite), before the transaction in a worker thread, and the
+        # result is used when the context is still at the revision it was computed on.
         prepared: tuple[StoredContext, Mutation, EncodedState] | None = None
 
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
@@ -153,12 +156,14 @@ class StoreCore(Maintenance):
                     raise EventAlreadyHandled(seen)
             await self._check_expected(tx, current, expected_revision)
             revision = current.revision + 1
+            light = inline is not None and current.state_size <= self.PREPARE_ABOVE_BYTES and inline(current)
             if prepared is not None and (prepared[0].id, prepared[0].revision) == (current.id, current.revision):
                 _, mutation, encoded = prepared
-            elif prepared is None and current.state_size > self.PREPARE_ABOVE_BYTES:
+            elif prepared is None and not light and self.PREPARES:
                 raise _Prepare(current)
             else:
-                mutation, encoded = await self._compute(current.state_size, self._apply, current, mutator, revision)
+                size = current.state_size if light else None  # None: worth a thread (PostgreSQL)
+                mutation, encoded = await self._compute(size, self._apply, current, mutator, revision)
             now = utcnow()
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
@@ -577,7 +582,7 @@ class StoreCore(Maintenance):
 
 
 class _Prepare(Exception):
-    """A unit of work found a state too large to mutate on the database thread."""
+    """A unit of work found a mutation too costly to run on the database thread."""
 
     def __init__(self, current: StoredContext) -> None:
         super().__init__(current.name)

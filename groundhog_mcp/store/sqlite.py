@@ -126,7 +126,8 @@ class SQLiteStore(StoreCore):
     backend = "sqlite"
     _IMPORT_TARGET = "a new database file"
     INLINE_BYTES = sys.maxsize  # a unit of work already runs on the store's own thread
-    # Mutating a larger state on that thread would hold up every other request meanwhile.
+    # A costly mutation on that thread would hold up every other request meanwhile.
+    PREPARES = True
     PREPARE_ABOVE_BYTES = 32 * 1024
 
     def __init__(

@@ -30,6 +30,10 @@ _T = TypeVar("_T")
 N = 12
 
 
+def _cheap(_: StoredContext) -> bool:
+    return True  # the caller's word that a mutation may run inside the transaction
+
+
 @pytest.fixture
 async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
     store = SQLiteStore(db_path)
@@ -78,7 +82,8 @@ async def test_concurrent_writes_share_one_commit(store: SQLiteStore, db_path: P
     for i in range(N):
         await register(store, f"c{i}", {"n": 0})
     before = store.commit_stats.commits
-    results = await batch(store, [store.mutate(NS, f"c{i}", 1, set_data({"n": i}), actor="t") for i in range(N)])
+    writes = [store.mutate(NS, f"c{i}", 1, set_data({"n": i}), actor="t", inline=_cheap) for i in range(N)]
+    results = await batch(store, writes)
     assert all(not isinstance(r, BaseException) for r in results), results
     assert store.commit_stats.commits - before == 1  # one COMMIT (one fdatasync) for N writes
     assert store.commit_stats.largest_batch == N
@@ -91,7 +96,8 @@ async def test_concurrent_writes_share_one_commit(store: SQLiteStore, db_path: P
 
 async def test_writes_to_one_context_in_one_batch_apply_in_order(store: SQLiteStore) -> None:
     await register(store, "c", {"n": 0})
-    results = await batch(store, [store.mutate(NS, "c", None, set_data({"n": i}), actor="t") for i in range(1, 6)])
+    writes = [store.mutate(NS, "c", None, set_data({"n": i}), actor="t", inline=_cheap) for i in range(1, 6)]
+    results = await batch(store, writes)
     assert [r[0].revision for r in results if not isinstance(r, BaseException)] == [2, 3, 4, 5, 6]
     current = await store.get(NS, "c")
     assert current is not None and current.revision == 6 and current.state.data == {"n": 5}
@@ -103,9 +109,9 @@ async def test_a_conflict_fails_only_its_own_write(store: SQLiteStore) -> None:
     first, stale, third = await batch(
         store,
         [
-            store.mutate(NS, "c", 1, set_data({"n": 1}), actor="t"),
-            store.mutate(NS, "c", 1, set_data({"n": "lost"}), actor="t"),  # read revision 1: conflicts
-            store.mutate(NS, "c", 2, set_data({"n": 3}), actor="t"),
+            store.mutate(NS, "c", 1, set_data({"n": 1}), actor="t", inline=_cheap),
+            store.mutate(NS, "c", 1, set_data({"n": "lost"}), actor="t", inline=_cheap),  # read revision 1: conflicts
+            store.mutate(NS, "c", 2, set_data({"n": 3}), actor="t", inline=_cheap),
         ],
     )
     assert isinstance(stale, ConflictError) and stale.current_revision == 2
@@ -123,9 +129,9 @@ async def test_another_namespace_in_the_batch_sees_nothing_of_a_failing_write(st
     ok, refused, missing = await batch(
         store,
         [
-            store.mutate("a", "shared", 1, set_data({"secret": "a-2"}), actor="t"),
-            store.mutate("b", "shared", 7, set_data({"secret": "b-2"}), actor="t"),
-            store.mutate("b", "only-in-a", None, set_data({}), actor="t"),
+            store.mutate("a", "shared", 1, set_data({"secret": "a-2"}), actor="t", inline=_cheap),
+            store.mutate("b", "shared", 7, set_data({"secret": "b-2"}), actor="t", inline=_cheap),
+            store.mutate("b", "only-in-a", None, set_data({}), actor="t", inline=_cheap),
         ],
     )
     assert not isinstance(ok, BaseException) and ok[0].namespace == "a" and ok[0].revision == 2
@@ -152,7 +158,7 @@ async def test_a_failed_commit_fails_every_write_of_the_batch(store: SQLiteStore
     async def orphan() -> None:
         await store._transaction(lambda tx: tx.execute("INSERT INTO child VALUES (1)"), writing=True)
 
-    good, bad = await batch(store, [store.mutate(NS, "c", 1, set_data({"n": 1}), actor="t"), orphan()])
+    good, bad = await batch(store, [store.mutate(NS, "c", 1, set_data({"n": 1}), actor="t", inline=_cheap), orphan()])
     assert isinstance(good, StateUpdateError) and isinstance(bad, StateUpdateError)
     assert "nothing was written" in str(good)
     current = await store.get(NS, "c")
@@ -212,19 +218,20 @@ def _recording(threads: list[str], data: dict[str, Any]) -> Mutator:
     return mutator
 
 
-async def test_small_states_mutate_in_the_transaction_large_ones_before_it(store: SQLiteStore) -> None:
-    """A small state costs one trip to the database thread; a large one is mutated in a worker
-    thread first, so the database thread (every other request's) is not held meanwhile."""
+async def test_cheap_mutations_run_in_the_transaction_costly_ones_before_it(store: SQLiteStore) -> None:
+    """A cheap mutation of a small state costs one trip to the database thread; a large state, or a
+    mutation the caller does not call cheap (a schema to check, plugin code), is computed in a
+    worker thread first, so the database thread (every other request's) is not held meanwhile."""
     big = {"blob": "x" * (SQLiteStore.PREPARE_ABOVE_BYTES + 1)}
     await register(store, "small", {"n": 0})
     await register(store, "large", big)
-    threads: list[str] = []
-    await store.mutate(NS, "small", 1, _recording(threads, {"n": 1}), actor="t")
-    assert [t.startswith("groundhog-sqlite") for t in threads] == [True]
-    threads.clear()
-    stored, _ = await store.mutate(NS, "large", 1, _recording(threads, big | {"n": 1}), actor="t")
-    assert len(threads) == 1 and not threads[0].startswith("groundhog-sqlite")
-    assert stored.revision == 2 and stored.state.data == big | {"n": 1}
+    cases = [("small", {"n": 1}, True, True), ("small", {"n": 2}, False, False), ("large", big | {"n": 1}, True, False)]
+    for name, data, cheap, on_database_thread in cases:
+        threads: list[str] = []
+        mutator = _recording(threads, data)
+        stored, _ = await store.mutate(NS, name, None, mutator, actor="t", inline=lambda _, c=cheap: c)
+        assert [t.startswith("groundhog-sqlite") for t in threads] == [on_database_thread], (name, cheap)
+        assert stored.state.data == data
 
 
 async def test_a_large_state_prepared_before_a_concurrent_write_is_mutated_again(store: SQLiteStore) -> None:
@@ -240,9 +247,9 @@ async def test_a_large_state_prepared_before_a_concurrent_write_is_mutated_again
             go.wait(10)  # meanwhile another write commits revision 2
         return set_data(big | {"n": current.state.data["n"] + 10})(current)
 
-    first = asyncio.ensure_future(store.mutate(NS, "large", None, add_ten, actor="t"))
+    first = asyncio.ensure_future(store.mutate(NS, "large", None, add_ten, actor="t", inline=lambda _: True))
     await asyncio.to_thread(entered.wait, 10)
-    await store.mutate(NS, "large", None, set_data(big | {"n": 1}), actor="t")
+    await store.mutate(NS, "large", None, set_data(big | {"n": 1}), actor="t", inline=_cheap)
     go.set()
     stored, _ = await first
     # Prepared on revision 1, committed on revision 2: mutated again, in the transaction.
@@ -253,5 +260,5 @@ async def test_a_large_state_prepared_before_a_concurrent_write_is_mutated_again
 async def test_a_change_carries_the_size_of_its_diff(store: SQLiteStore) -> None:
     """The store serialises a write's diff once (for the change row); the answer's size check reuses it."""
     await register(store, "c", {"n": 0})
-    _, change = await store.mutate(NS, "c", 1, set_data({"n": 1, "text": "é" * 3000}), actor="t")
+    _, change = await store.mutate(NS, "c", 1, set_data({"n": 1, "text": "é" * 3000}), actor="t", inline=_cheap)
     assert change.patch is not None and change.patch_bytes == len(dumps(change.patch).encode("utf-8"))
