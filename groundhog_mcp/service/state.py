@@ -88,6 +88,7 @@ from groundhog_mcp.service.validation import (
     inspect_state,
     raise_if_invalid,
     schema_issues,
+    small_json,
 )
 from groundhog_mcp.store.base import (
     AUDIT_DENIED,
@@ -445,7 +446,11 @@ class StateManager:
                 if value is not None:
                     raise_if_invalid(inspect_json(value, self.limits), field)
 
-        await asyncio.to_thread(check_inputs)
+        small = small_json(data, merge_patch_, patch, metadata)
+        if small:
+            check_inputs()  # a hop to a thread would cost more than this walk
+        else:
+            await asyncio.to_thread(check_inputs)
         if version is not None:
             check_semver(version)
         if expected_revision == 0:
@@ -474,7 +479,9 @@ class StateManager:
             self._check_written(state, current, structure_known_valid=patch is None)
             return Mutation(state, json_diff(current.state.document(), state.document()))
 
-        return await self._mutate(name, expected_revision, apply, detail=", ".join(given) or "metadata")
+        return await self._mutate(
+            name, expected_revision, apply, detail=", ".join(given) or "metadata", inline=_cheap if small else None
+        )
 
     async def _create_from_update(
         self,
@@ -976,10 +983,10 @@ class StateManager:
         *,
         event: EventRecord | None = None,
         detail: str | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> WriteResult:
         started = time.perf_counter()
         try:
-            mutator = await self._prepared(name, expected_revision, mutator)
             stored, change = await self._committed(
                 self.store.mutate(
                     self.principal.namespace,
@@ -989,6 +996,7 @@ class StateManager:
                     actor=self.principal.name,
                     event=event,
                     audit=self._audit_note(detail),
+                    inline=inline,
                 ),
                 lambda r: r[1],
             )
@@ -998,27 +1006,6 @@ class StateManager:
         finally:
             self.metrics.observe_write(self._metric_key(name), time.perf_counter() - started)
         return WriteResult(stored, change, change.revision - 1)
-
-    async def _prepared(
-        self, name: str, expected_revision: int | None, mutator: Callable[[StoredContext], Mutation]
-    ) -> Callable[[StoredContext], Mutation]:
-        """``mutator``, already run on the current state in a worker thread.
-
-        A mutator applies, validates and diffs a state: CPU work proportional to its size. Inside
-        the write transaction it would run on the database's thread (SQLite has one for every
-        request) and hold every other tenant's reads up. Run first here, its result is reused by
-        the transaction when the context is still at the revision it was computed on; only after
-        a race does the transaction run it again."""
-        current = await self.store.get(self.principal.namespace, name)
-        if current is None or (expected_revision is not None and expected_revision != current.revision):
-            return mutator  # the transaction raises the NotFoundError / ConflictError
-        mutation = await asyncio.to_thread(mutator, current)
-        seen = (current.id, current.revision)
-
-        def reuse(now: StoredContext) -> Mutation:
-            return mutation if (now.id, now.revision) == seen else mutator(now)
-
-        return reuse
 
     async def _committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
         """Run a write to completion even if the caller is cancelled, then hand its change to the feed.
@@ -1474,3 +1461,9 @@ def _check_prefix(prefix: str) -> None:
             ],
             field="prefix",
         )
+
+
+def _cheap(context: StoredContext) -> bool:
+    """Whether applying small inputs to ``context`` is cheap: no JSON Schema to check, no state
+    format to upcast (plugin code). The store runs a cheap mutation inside the transaction."""
+    return context.schema is None and format_of(context.settings) is None

@@ -34,6 +34,7 @@ __all__ = [
     "inspect_json",
     "inspect_state",
     "schema_issues",
+    "small_json",
 ]
 
 _MAX_ISSUES = 50
@@ -282,3 +283,31 @@ def check_semver(version: str, field: str = "version") -> None:
 def raise_if_invalid(issues: list[ValidationIssue], field: str) -> None:
     if issues:
         raise StateValidationError(issues, field=field)
+
+
+SMALL_INPUT_COST = 512
+"""Up to this many JSON values (a string counts one per 64 characters) an argument is checked on
+the event loop and its write may be applied inside the write transaction: a thread hop would
+cost more than the work."""
+
+
+def small_json(*values: Any, budget: int = SMALL_INPUT_COST) -> bool:
+    """Whether ``values`` together are within ``budget`` (see :data:`SMALL_INPUT_COST`); stops as
+    soon as they are not, so a large value costs no more than the budget to look at."""
+    stack: list[Any] = [v for v in values if v is not None]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if isinstance(node, dict | list) and len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
+            return False
+        if isinstance(node, dict):
+            for key, child in node.items():  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
+                budget -= 1 + (len(key) // 64 if isinstance(key, str) else 0)
+                stack.append(child)
+        elif isinstance(node, list):
+            stack.extend(node)  # pyright: ignore[reportUnknownArgumentType]
+        elif isinstance(node, str):
+            budget -= len(node) // 64
+        if budget < 0:
+            return False
+    return True
