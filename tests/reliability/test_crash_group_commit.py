@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import RawServer
-from tests.reliability.battery import scaled, start_raw
+from tests.reliability.battery import scaled, start_initialized
 from tests.reliability.crash_loop import AcknowledgedWriteLost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
@@ -53,12 +53,6 @@ class _Client:
 
     def last(self, name: str) -> tuple[int, int, dict[str, Any]]:
         return self.acks[name][-1]
-
-
-async def _start(database: Path, env: dict[str, str], stderr_path: Path) -> RawServer:
-    server = await start_raw(database, env=env, stderr_path=stderr_path)
-    await server.initialize()
-    return server
 
 
 async def _write_round(server: RawServer, client: _Client, rng: random.Random, *, drained: bool) -> None:
@@ -157,7 +151,7 @@ async def test_kill_9_during_group_commit_loses_no_acknowledged_write(
     rng = random.Random(seed)
     client = _Client(seed)
     committed_in_flight = 0
-    server = await _start(database, raw_env, tmp_path / "group-0.stderr")
+    server = await start_initialized(database, env=raw_env, stderr_path=tmp_path / "group-0.stderr")
     try:
         for name in CONTEXTS:
             result = await server.call_ok("register_context", {"name": name, "state": {"data": {"revision": 1}}})
@@ -165,7 +159,9 @@ async def test_kill_9_during_group_commit_loses_no_acknowledged_write(
         for round_number in range(ROUNDS):
             await _write_round(server, client, rng, drained=round_number % 2 == 0)
             await server.ensure_dead()
-            server = await _start(database, raw_env, tmp_path / f"group-{round_number + 1}.stderr")
+            server = await start_initialized(
+                database, env=raw_env, stderr_path=tmp_path / f"group-{round_number + 1}.stderr"
+            )
             committed_in_flight += await _verify(server, client, database)
         assert await server.close() == 0
     finally:
