@@ -1,4 +1,4 @@
-"""The write hot path (groundhog_mcp/service/state.py ``update``, store/core.py ``mutate``): an
+"""The write hot path (groundhog_mcp/service/updates.py ``update``, store/core.py ``mutate``): an
 update with small inputs to a context without schema or state format costs one trip to the
 SQLite thread; anything costlier is computed in a worker thread before the transaction."""
 
