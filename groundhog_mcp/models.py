@@ -316,6 +316,9 @@ class Change:
     actor: str
     timestamp: datetime
     patch: list[JSONObject] | None = None
+    # The serialised size of ``patch`` in bytes, when the store measured it (it serialises the
+    # diff once, for the change row): the answer's size check reuses it.
+    patch_bytes: int | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ __all__ = [
     "inspect_json",
     "inspect_state",
     "schema_issues",
+    "small_json",
 ]
 
 MAX_ISSUES = 50
@@ -166,3 +167,31 @@ def check_limit(limit: int, maximum: int) -> None:
         raise StateValidationError(
             [ValidationIssue("", f"must be between 1 and {maximum}; got {limit}")], field="limit"
         )
+
+
+SMALL_INPUT_COST = 512
+"""Up to this many JSON values (a string counts one per 64 characters) an argument is checked on
+the event loop and its write may be applied inside the write transaction: a thread hop would
+cost more than the work."""
+
+
+def small_json(*values: Any, budget: int = SMALL_INPUT_COST) -> bool:
+    """Whether ``values`` together are within ``budget`` (see :data:`SMALL_INPUT_COST`); stops as
+    soon as they are not, so a large value costs no more than the budget to look at."""
+    stack: list[Any] = [v for v in values if v is not None]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if isinstance(node, dict | list) and len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
+            return False
+        if isinstance(node, dict):
+            for key, child in node.items():  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
+                budget -= 1 + (len(key) // 64 if isinstance(key, str) else 0)
+                stack.append(child)
+        elif isinstance(node, list):
+            stack.extend(node)  # pyright: ignore[reportUnknownArgumentType]
+        elif isinstance(node, str):
+            budget -= len(node) // 64
+        if budget < 0:
+            return False
+    return True
