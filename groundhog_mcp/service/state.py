@@ -79,6 +79,7 @@ from groundhog_mcp.service.migration import (
     upcast,
 )
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
+from groundhog_mcp.service.search import FindPage, find_contexts
 from groundhog_mcp.service.validation import (
     Limits,
     check_name,
@@ -205,6 +206,7 @@ class StateManager:
     async def start(self) -> None:
         """Open the store and follow its change feed from the current sequence."""
         await self.store.open()
+        await self.store.ensure_search_indexes()
         self.bus.last_sequence = await self.store.last_sequence()
         await self.feed.start(self.bus.last_sequence)
         self._denial_flusher = asyncio.create_task(self._flush_denial_summaries_forever())
@@ -1234,6 +1236,23 @@ class StateManager:
         for visible in prefixes:
             rows += await self.store.list(self.principal.namespace, prefix=visible, after=after, limit=limit)
         return sorted(rows, key=lambda c: c.name.encode())[:limit]
+
+    # -- search (service/search.py; appended: keep these delegating methods thin) --------------
+
+    async def find(self, **request: Any) -> FindPage:
+        """Search the contexts this principal may read: :func:`~groundhog_mcp.service.search.find_contexts`."""
+        return await find_contexts(self, **request)
+
+    def readable_prefixes(self, prefix: str = "") -> tuple[str, ...]:
+        """Disjoint name prefixes covering the contexts this principal may read (within ``prefix``)."""
+        return self._visible_prefixes(prefix)
+
+    def check_prefix(self, prefix: str) -> None:
+        _check_prefix(prefix)
+
+    def current_state(self, context: StoredContext) -> ContextState:
+        """A context's current state in its current format version (upcast as reads do)."""
+        return self._upcast(context, context.state)
 
     # -- per-request principals (appended: keep at the end of the class) ---------------------
 
