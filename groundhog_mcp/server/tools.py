@@ -15,7 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from groundhog_mcp.errors import AccessDeniedError, ContextError
+from groundhog_mcp.errors import AccessDeniedError, ContextError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.error_results import INTERNAL, CodedToolError
@@ -46,7 +46,7 @@ from groundhog_mcp.service import Event, StateManager, WriteResult
 from groundhog_mcp.service.audit import current_operation, current_request_id
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.patching import resolve_pointer
-from groundhog_mcp.service.reading import TooLarge, bounded
+from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, page_array, project
 
 __all__ = ["register_tools"]
 
@@ -288,37 +288,58 @@ async def get_state(
             max_length=4096,
         ),
     ] = None,
+    fields: Annotated[
+        list[str] | None, Field(description="instead of path: several pointers; a sparse copy", max_length=MAX_FIELDS)
+    ] = None,
+    offset: Annotated[int | None, Field(ge=0, description="path is an array: items from here")] = None,
+    limit: Annotated[int | None, Field(ge=1, le=1000, description="...this many (length comes back)")] = None,
 ) -> StateOut:
     """Read a context's state (data, metadata, timestamp, format version) and its revision.
     Keep the revision: pass it as expected_revision when you write. A state larger than the
     server's read limit comes back as too_large, listing its parts: read those with path."""
     manager = _manager(ctx)
+    if fields is not None and (path is not None or offset is not None or limit is not None):
+        raise StateValidationError(
+            [ValidationIssue("", "give fields or path (with offset/limit), not both")], field="fields"
+        )
+    if path is None and (offset is not None or limit is not None):
+        raise StateValidationError([ValidationIssue("", "offset/limit page an array: give its path")], field="path")
     context, at, state, stored_version = await manager.read_upcast(name, revision)
-    limit = manager.limits.max_read_bytes
+    max_read = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
     if stored_version != state.version:
         out.upcast_from = stored_version
     revision_arg = f", revision={at}" if revision is not None else ""
-    if path is not None:
+    hint = (
+        f"get_state(name={name!r}, path=<a part's path>{revision_arg}), or several parts at once with "
+        "fields=[paths], or an array page by page with path, offset and limit"
+    )
+    if fields is not None:
+        value, missing = project(state.data, fields)
+        out.missing = missing or None
+    elif path is not None:
         value = resolve_pointer(state.data, path)
-        too_large = bounded(value, path, limit)
-        if too_large is not None:
-            out.too_large = TooLargeOut.of(too_large, f"get_state(name={name!r}, path=<a part's path>{revision_arg})")
-        else:
-            out.value = value
-        return out
-    # The current state's serialised size is stored with it: no need to serialise it to measure.
-    fits = state is context.state and context.state_size <= limit
-    too_large = None if fits else bounded(state.to_json(), "", limit)
-    if too_large is not None:
-        data_outline = bounded(state.data, "", 0)
-        assert data_outline is not None  # a limit of 0 always outlines
-        out.too_large = TooLargeOut.of(
-            TooLarge(too_large.bytes, limit, data_outline.parts, data_outline.more_parts),
-            f"get_state(name={name!r}, path=<a part's path>{revision_arg})",
-        )
+        if offset is not None or limit is not None:
+            page = page_array(value, offset or 0, limit or 100)
+            value, out.length, out.offset = page.items, page.length, offset or 0
     else:
-        out.state = StateValue.of(state)
+        # The current state's serialised size is stored with it: no need to serialise it to measure.
+        fits = state is context.state and context.state_size <= max_read
+        too_large = None if fits else bounded(state.to_json(), "", max_read)
+        if too_large is not None:
+            data_outline = bounded(state.data, "", 0)
+            assert data_outline is not None  # a limit of 0 always outlines
+            out.too_large = TooLargeOut.of(
+                TooLarge(too_large.bytes, max_read, data_outline.parts, data_outline.more_parts), hint
+            )
+        else:
+            out.state = StateValue.of(state)
+        return out
+    too_large = bounded(value, path or "", max_read)
+    if too_large is not None:
+        out.too_large = TooLargeOut.of(too_large, hint)
+    else:
+        out.value = value
     return out
 
 

@@ -59,11 +59,16 @@ def bounded(value: Any, base_pointer: str, limit: int) -> TooLarge | None:
     return TooLarge(bytes=size, limit=limit, parts=parts, more_parts=max(0, len(children) - _MAX_PARTS))
 
 
+MAX_POINTER_CHARS = 1000
 MAX_FIELDS = 32
 """At most this many JSON Pointers in a ``fields`` projection."""
 
 
 def _steps(pointer: str, field: str) -> list[str]:
+    if len(pointer) > MAX_POINTER_CHARS:
+        raise StateValidationError(
+            [ValidationIssue("", f"at most {MAX_POINTER_CHARS} characters; got {len(pointer)}")], field=field
+        )
     if not pointer.startswith("/"):
         raise StateValidationError(
             [ValidationIssue("", f"must be a JSON Pointer starting with '/' (RFC 6901); got {pointer[:80]!r}")],

@@ -127,6 +127,8 @@ def _encode_cursor(sort: str, order: str, key: tuple[Any, ...]) -> str:
 
 def _decode_cursor(cursor: str, sort: str, order: str) -> tuple[Any, ...]:
     wrong = _invalid("cursor", "not a cursor this server issued; pass next_cursor from a previous page")
+    if len(cursor) > 4000:
+        raise wrong
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, UnicodeDecodeError, ValueError):

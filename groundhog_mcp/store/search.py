@@ -30,6 +30,7 @@ _T = TypeVar("_T")
 
 __all__ = [
     "MAX_IN_VALUES",
+    "MAX_POINTER_CHARS",
     "OPERATORS",
     "POSTGRES_SEARCH",
     "ROOTS",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 Scalar = str | int | float | bool | None
+MAX_POINTER_CHARS: Final = 1000
 OPERATORS: Final = ("eq", "ne", "lt", "le", "gt", "ge", "in", "contains", "exists")
 MAX_IN_VALUES: Final = 100
 _RANGE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
@@ -376,6 +378,8 @@ def parse_ref(pointer: str, field: str) -> JsonRef:
     """A search pointer (``/data/…``, ``/metadata/…``, ``/context_metadata/…``) as a :class:`JsonRef`."""
     if not pointer.startswith("/"):
         raise _invalid(field, f"must be a JSON Pointer starting with '/' (RFC 6901); got {pointer[:80]!r}")
+    if len(pointer) > MAX_POINTER_CHARS:
+        raise _invalid(field, f"at most {MAX_POINTER_CHARS} characters; got {len(pointer)}")
     parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
     if parts[0] not in ROOTS:
         raise _invalid(field, f"must start with /data, /metadata or /context_metadata; got {pointer[:80]!r}")
