@@ -28,9 +28,10 @@ from groundhog_mcp.store.search import MAX_IN_VALUES, OPERATORS, Condition, Json
 if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager
 
-__all__ = ["MAX_CONDITIONS", "FindPage", "Found", "find_contexts"]
+__all__ = ["MAX_CONDITIONS", "MAX_DECLARED_INDEXES", "FindPage", "Found", "declared_indexes", "find_contexts"]
 
 MAX_CONDITIONS = 16
+MAX_DECLARED_INDEXES = 8
 MAX_WORDS = 16
 MAX_VALUE_CHARS = 1000
 _WORD = re.compile(r"\w+")
@@ -204,3 +205,19 @@ async def find_contexts(
         found.append(Found(context.name, context.revision, context.updated_at, copy, missing))
     next_cursor = _encode_cursor(sort, order, page[-1][1]) if len(rows) > limit else None
     return FindPage(found, next_cursor)
+
+
+def declared_indexes(settings: JSONObject) -> tuple[JsonRef, ...]:
+    """The pointers a context definition asks to index: ``settings.search_indexes``."""
+    declared = settings.get("search_indexes")
+    if declared is None:
+        return ()
+    field = "settings.search_indexes"
+    if not isinstance(declared, list) or len(declared) > MAX_DECLARED_INDEXES:  # pyright: ignore[reportUnknownArgumentType]
+        raise _invalid(field, f"must be a list of at most {MAX_DECLARED_INDEXES} JSON Pointers")
+    refs: list[JsonRef] = []
+    for i, pointer in enumerate(declared):  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+        if not isinstance(pointer, str):
+            raise _invalid(f"{field}[{i}]", "must be a JSON Pointer string such as /data/status")
+        refs.append(parse_ref(pointer, f"{field}[{i}]"))
+    return tuple(refs)

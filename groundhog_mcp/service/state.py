@@ -79,7 +79,7 @@ from groundhog_mcp.service.migration import (
     upcast,
 )
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
-from groundhog_mcp.service.search import FindPage, find_contexts
+from groundhog_mcp.service.search import FindPage, declared_indexes, find_contexts
 from groundhog_mcp.service.validation import (
     Limits,
     check_name,
@@ -343,6 +343,7 @@ class StateManager:
             return initial
 
         state = await asyncio.to_thread(checked_state)
+        await self.store.ensure_search_indexes(declared_indexes(settings))
         new = NewContext(
             id=context_id or uuid.uuid4(),
             namespace=self.principal.namespace,

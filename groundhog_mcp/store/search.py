@@ -103,6 +103,7 @@ class SearchDialect:
     """How one backend writes a JSON value, its type and a text match."""
 
     name: str
+    catalog: LiteralString  # the names of the search indexes there are
     number_types: tuple[str, ...]
     string_type: str
     array_type: str
@@ -143,6 +144,10 @@ class SearchDialect:
     def text_match(self, words: tuple[str, ...], params: list[Any]) -> str:
         raise NotImplementedError
 
+    def index_hint(self, ref: JsonRef) -> str:
+        """What makes the query use the index of ``ref`` (PostgreSQL's planner needs nothing)."""
+        return ""
+
     def sort_value(self, ref: JsonRef) -> tuple[str, str]:
         """The rank (numbers, strings, other values, missing) and the comparable value of a sort."""
         kind = self.type_of(ref)
@@ -162,6 +167,7 @@ class SearchDialect:
 
 class SQLiteSearch(SearchDialect):
     name = "sqlite"
+    catalog: LiteralString = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE %s ESCAPE '\\'"
     number_types = ("integer", "real")
     string_type = "text"
     array_type = "array"
@@ -217,6 +223,11 @@ class SQLiteSearch(SearchDialect):
         params.append(value)
         return f"instr({self.value(ref)}, %s) > 0"
 
+    def index_hint(self, ref: JsonRef) -> str:
+        # Ordered by name, the planner would rather walk the name index than sort what the
+        # pointer's index finds (without statistics it cannot know how selective that is).
+        return f" INDEXED BY {index_name(ref)}"
+
     def text_match(self, words: tuple[str, ...], params: list[Any]) -> str:
         params.append(" ".join('"' + w.replace('"', '""') + '"' for w in words))
         return "rowid IN (SELECT rowid FROM context_text WHERE context_text MATCH %s)"
@@ -224,14 +235,24 @@ class SQLiteSearch(SearchDialect):
 
 class PostgresSearch(SearchDialect):
     name = "postgres"
+    catalog: LiteralString = (
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname LIKE %s"
+    )
     number_types = ("number",)
     string_type = "string"
     array_type = "array"
     null_value = "'null'::jsonb"
 
     def value(self, ref: JsonRef) -> str:
-        steps = "".join(f" -> {s}" if isinstance(s, int) else f" -> {_quote(s)}" for s in ref.segments)
-        return f"(search_jsonb({ref.column}){steps})"
+        expr = f"search_jsonb({ref.column})"
+        for s in ref.segments:
+            # `-> n` on a scalar gives the scalar itself: an element of arrays only, as in SQLite.
+            expr = (
+                f"CASE WHEN jsonb_typeof({expr}) = 'array' THEN {expr} -> {s} END"
+                if isinstance(s, int)
+                else f"{expr} -> {_quote(s)}"
+            )
+        return f"({expr})"
 
     def type_of(self, ref: JsonRef) -> str:
         return f"jsonb_typeof({self.value(ref)})"
@@ -316,8 +337,25 @@ def sort_key(d: SearchDialect, sort: Literal["name", "updated_at"] | JsonRef) ->
     return [rank, value, "name"]
 
 
-def build(d: SearchDialect, q: SearchQuery, columns: str) -> tuple[LiteralString, list[Any]]:
-    """The ``SELECT`` of ``columns`` (then the sort key's values) answering ``q``."""
+def _uses_index(c: Condition) -> bool:
+    """Whether ``c`` is an equality, list or range the index of its pointer answers alone."""
+    if c.op in _RANGE:
+        return True
+    if c.op == "eq":
+        return isinstance(c.value, str | int | float) and not isinstance(c.value, bool)
+    if c.op == "in":
+        values: tuple[Scalar, ...] = c.value
+        return all(isinstance(v, str) for v in values) or all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        )
+    return False
+
+
+def build(
+    d: SearchDialect, q: SearchQuery, columns: str, indexed: frozenset[str] = frozenset()
+) -> tuple[LiteralString, list[Any]]:
+    """The ``SELECT`` of ``columns`` (then the sort key's values) answering ``q``; a condition on
+    a pointer whose index is among ``indexed`` (names) is answered by that index."""
     params: list[Any] = [q.namespace]
     where = ["namespace = %s", "deleted_at IS NULL"]
     if q.prefixes != ("",):
@@ -347,13 +385,17 @@ def build(d: SearchDialect, q: SearchQuery, columns: str) -> tuple[LiteralString
             after[1] = dumps(after[1])
         params += after
     direction = " DESC" if q.descending else ""
+    hint = next((d.index_hint(c.ref) for c in q.conditions if index_name(c.ref) in indexed and _uses_index(c)), "")
     sql = (
-        f"SELECT {columns}{', ' + extra if extra else ''} FROM contexts WHERE {' AND '.join(where)}"
+        f"SELECT {columns}{', ' + extra if extra else ''} FROM contexts{hint} WHERE {' AND '.join(where)}"
         f" ORDER BY {', '.join(k + direction for k in key)} LIMIT %s"
     )
     params.append(q.limit)
     # Every literal in it is a pointer segment passed through check_segment and quoted by _quote.
     return cast(LiteralString, sql), params
+
+
+_INDEX_LIKE: Final = "contexts\\_search\\_%"
 
 
 def index_name(ref: JsonRef) -> str:
@@ -427,7 +469,8 @@ class Searching(StoreAdapter):
 
     SEARCH: SearchDialect = SQLITE_SEARCH
     search_budget_ms: int = 2000
-    search_indexes: tuple[JsonRef, ...] = ()
+    search_indexes: tuple[JsonRef, ...] = ()  # configured (the search_indexes setting)
+    _indexed: frozenset[str] = frozenset()  # names of the search indexes known to exist
 
     async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
         """Run a read that stops with :class:`BudgetError` past ``budget_ms``."""
@@ -449,7 +492,7 @@ class Searching(StoreAdapter):
         self._check_sealing(query)
         if not query.prefixes:
             return []
-        sql, params = build(self.SEARCH, query, self._context_select)
+        sql, params = build(self.SEARCH, query, self._context_select, self._indexed)
         rows = await self._bounded_read(lambda tx: tx.fetchall(sql, params), self.search_budget_ms)
         size = sum(len(r[9] if r[9] is not None else r[13]) for r in rows)
         contexts = await self._compute(size, lambda: [self._open_context(r[:14]) for r in rows])
@@ -467,8 +510,13 @@ class Searching(StoreAdapter):
     async def ensure_search_indexes(self, refs: tuple[JsonRef, ...] = ()) -> None:
         """Create the index of each pointer, and of the configured ``search_indexes``, if missing:
         equalities and ranges on an indexed pointer use it."""
-        for ref in dict.fromkeys((*self.search_indexes, *refs)):
+        if not refs:  # at start: the indexes there are (created by any instance, any definition)
+            rows = await self._transaction(lambda tx: tx.fetchall(self.SEARCH.catalog, (_INDEX_LIKE,)), writing=False)
+            self._indexed = frozenset(str(r[0]) for r in rows)
+        wanted = [r for r in dict.fromkeys((*self.search_indexes, *refs)) if index_name(r) not in self._indexed]
+        for ref in wanted:  # all checked before any is created
             if ref.column == "state" and self.codec.configured:
                 raise _sealed(f"search_indexes {pointer_of(ref)}")
+        for ref in wanted:
             await self._transaction(lambda tx, ref=ref: tx.execute(index_statement(self.SEARCH, ref)), writing=True)
-        self.search_indexes = tuple(dict.fromkeys((*self.search_indexes, *refs)))
+            self._indexed = self._indexed | {index_name(ref)}
