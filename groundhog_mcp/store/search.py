@@ -104,6 +104,8 @@ class SearchDialect:
 
     name: str
     catalog: LiteralString  # the names of the search indexes there are
+    # After creating an index: what gives the planner the new expression's statistics.
+    analyze: LiteralString | None = None
     number_types: tuple[str, ...]
     string_type: str
     array_type: str
@@ -235,6 +237,7 @@ class SQLiteSearch(SearchDialect):
 
 class PostgresSearch(SearchDialect):
     name = "postgres"
+    analyze: LiteralString | None = "ANALYZE contexts"
     catalog: LiteralString = (
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname LIKE %s"
     )
@@ -520,3 +523,8 @@ class Searching(StoreAdapter):
         for ref in wanted:
             await self._transaction(lambda tx, ref=ref: tx.execute(index_statement(self.SEARCH, ref)), writing=True)
             self._indexed = self._indexed | {index_name(ref)}
+        analyze = self.SEARCH.analyze
+        if wanted and analyze is not None:
+            # Without statistics of the new expression the planner would rather walk the name
+            # index (for the order) than look values up in the new one.
+            await self._transaction(lambda tx: tx.execute(analyze), writing=True)
