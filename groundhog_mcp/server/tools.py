@@ -15,7 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from groundhog_mcp.errors import AccessDeniedError, ContextError, StateValidationError, ValidationIssue
+from groundhog_mcp.errors import AccessDeniedError, ContextError
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.error_results import INTERNAL, CodedToolError
@@ -45,8 +45,7 @@ from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import Event, StateManager, WriteResult
 from groundhog_mcp.service.audit import current_operation, current_request_id
 from groundhog_mcp.service.migration import format_of
-from groundhog_mcp.service.patching import resolve_pointer
-from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, page_array, project
+from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, read_part
 
 __all__ = ["register_tools"]
 
@@ -298,12 +297,6 @@ async def get_state(
     Keep the revision: pass it as expected_revision when you write. A state larger than the
     server's read limit comes back as too_large, listing its parts: read those with path."""
     manager = _manager(ctx)
-    if fields is not None and (path is not None or offset is not None or limit is not None):
-        raise StateValidationError(
-            [ValidationIssue("", "give fields or path (with offset/limit), not both")], field="fields"
-        )
-    if path is None and (offset is not None or limit is not None):
-        raise StateValidationError([ValidationIssue("", "offset/limit page an array: give its path")], field="path")
     context, at, state, stored_version = await manager.read_upcast(name, revision)
     max_read = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
@@ -314,15 +307,7 @@ async def get_state(
         f"get_state(name={name!r}, path=<a part's path>{revision_arg}), or several parts at once with "
         "fields=[paths], or an array page by page with path, offset and limit"
     )
-    if fields is not None:
-        value, missing = project(state.data, fields)
-        out.missing = missing or None
-    elif path is not None:
-        value = resolve_pointer(state.data, path)
-        if offset is not None or limit is not None:
-            page = page_array(value, offset or 0, limit or 100)
-            value, out.length, out.offset = page.items, page.length, offset or 0
-    else:
+    if path is None and fields is None and offset is None and limit is None:
         # The current state's serialised size is stored with it: no need to serialise it to measure.
         fits = state is context.state and context.state_size <= max_read
         too_large = None if fits else bounded(state.to_json(), "", max_read)
@@ -335,6 +320,8 @@ async def get_state(
         else:
             out.state = StateValue.of(state)
         return out
+    part = read_part(state.data, path=path, fields=fields, offset=offset, limit=limit)
+    value, out.length, out.offset, out.missing = part.value, part.length, part.offset, part.missing
     too_large = bounded(value, path or "", max_read)
     if too_large is not None:
         out.too_large = TooLargeOut.of(too_large, hint)

@@ -8,8 +8,9 @@ from typing import Any
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import dumps, json_type
+from groundhog_mcp.service.patching import resolve_pointer
 
-__all__ = ["MAX_FIELDS", "ArrayPage", "TooLarge", "bounded", "page_array", "project"]
+__all__ = ["MAX_FIELDS", "ArrayPage", "Part", "TooLarge", "bounded", "page_array", "project", "read_part"]
 
 _MAX_PARTS = 50
 
@@ -59,6 +60,8 @@ def bounded(value: Any, base_pointer: str, limit: int) -> TooLarge | None:
     return TooLarge(bytes=size, limit=limit, parts=parts, more_parts=max(0, len(children) - _MAX_PARTS))
 
 
+DEFAULT_PAGE = 100
+"""Array items a page holds when ``limit`` is not given."""
 MAX_POINTER_CHARS = 1000
 MAX_FIELDS = 32
 """At most this many JSON Pointers in a ``fields`` projection."""
@@ -125,9 +128,49 @@ class ArrayPage:
 
 def page_array(value: Any, offset: int, limit: int, field: str = "path") -> ArrayPage:
     """``limit`` items of an array from ``offset`` (past the end: none), with its length."""
+    if offset < 0 or limit < 1:
+        bad, rule = ("offset", "must be 0 or more") if offset < 0 else ("limit", "must be 1 or more")
+        raise StateValidationError([ValidationIssue("", f"{rule}; got {offset if offset < 0 else limit}")], field=bad)
     if not isinstance(value, list):
         raise StateValidationError(
             [ValidationIssue("", f"offset/limit need an array; the value at path is {_kind(value)}")], field=field
         )
     items: list[Any] = value[offset : offset + limit]  # pyright: ignore[reportUnknownVariableType]
     return ArrayPage(items=items, length=len(value))  # pyright: ignore[reportUnknownArgumentType]
+
+
+@dataclass(frozen=True)
+class Part:
+    """What a read of part of the data returns: the value (an array page, a sparse copy), and
+    with paging the array's length and the page's offset, with fields those not found."""
+
+    value: Any
+    length: int | None = None
+    offset: int | None = None
+    missing: list[str] | None = None
+
+
+def read_part(
+    data: Any,
+    *,
+    path: str | None = None,
+    fields: Sequence[str] | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
+) -> Part:
+    """The part of ``data`` a ``get_state`` asks for: the value at ``path`` (a page of it with
+    ``offset``/``limit``), or a sparse copy holding ``fields``."""
+    if fields is not None and (path is not None or offset is not None or limit is not None):
+        raise StateValidationError(
+            [ValidationIssue("", "give fields or path (with offset/limit), not both")], field="fields"
+        )
+    if path is None and (offset is not None or limit is not None):
+        raise StateValidationError([ValidationIssue("", "offset/limit page an array: give its path")], field="path")
+    if fields is not None:
+        copy, missing = project(data, fields)
+        return Part(copy, missing=missing or None)
+    value = resolve_pointer(data, path or "")
+    if offset is None and limit is None:
+        return Part(value)
+    page = page_array(value, offset or 0, limit or DEFAULT_PAGE)
+    return Part(page.items, length=page.length, offset=offset or 0)
