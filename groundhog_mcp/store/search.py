@@ -150,6 +150,10 @@ class SearchDialect:
         """What makes the query use the index of ``ref`` (PostgreSQL's planner needs nothing)."""
         return ""
 
+    def text_cte(self) -> str:
+        """A ``WITH`` clause the text match needs (its parameter is the match's)."""
+        return ""
+
     def sort_value(self, ref: JsonRef) -> tuple[str, str]:
         """The rank (numbers, strings, other values, missing) and the comparable value of a sort."""
         kind = self.type_of(ref)
@@ -297,8 +301,16 @@ class PostgresSearch(SearchDialect):
         return f"strpos({self.value(ref)} #>> '{{}}', %s) > 0"
 
     def text_match(self, words: tuple[str, ...], params: list[Any]) -> str:
+        # The words' contexts first, by the GIN index (materialised: otherwise the planner may
+        # walk the name index for the order and compute every state's tsvector on the way).
         params.append(" ".join(words))
-        return f"{TSVECTOR} @@ plainto_tsquery('simple', %s)"
+        return "id IN (SELECT id FROM text_hits)"
+
+    def text_cte(self) -> str:
+        return (
+            "WITH text_hits AS MATERIALIZED (SELECT id FROM contexts WHERE deleted_at IS NULL"
+            f" AND {TSVECTOR} @@ plainto_tsquery('simple', %s)) "
+        )
 
 
 # The text a context's data is searched by on PostgreSQL: its string values (the expression of
@@ -374,8 +386,12 @@ def build(
         params.append(q.updated_before)
     for condition in q.conditions:
         where.append(_condition(d, condition, params))
+    cte = ""
     if q.words:
-        where.append(d.text_match(q.words, params))
+        text_params: list[Any] = []
+        where.append(d.text_match(q.words, text_params))
+        cte = d.text_cte()
+        params = text_params + params if cte else params + text_params
     key = sort_key(d, q.sort)
     extra = ", ".join(key[:-1])
     if q.after is not None:
@@ -390,7 +406,7 @@ def build(
     direction = " DESC" if q.descending else ""
     hint = next((d.index_hint(c.ref) for c in q.conditions if index_name(c.ref) in indexed and _uses_index(c)), "")
     sql = (
-        f"SELECT {columns}{', ' + extra if extra else ''} FROM contexts{hint} WHERE {' AND '.join(where)}"
+        f"{cte}SELECT {columns}{', ' + extra if extra else ''} FROM contexts{hint} WHERE {' AND '.join(where)}"
         f" ORDER BY {', '.join(k + direction for k in key)} LIMIT %s"
     )
     params.append(q.limit)
