@@ -178,12 +178,12 @@ async def main() -> int:
         for kind, database in backends:
             results[f"{kind}_big"] = await measure(database("big"), big, calls, text=True)
             results[f"{kind}_small"] = await measure(database("small"), small, calls, text=False)
+            print(json.dumps({kind: [results[f"{kind}_big"], results[f"{kind}_small"]]}), flush=True)
     finally:
         if schemas:
             async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
                 for schema in schemas:
                     await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    print(json.dumps(results, indent=2))
     for kind, _ in backends:
         b, s = results[f"{kind}_big"], results[f"{kind}_small"]
         print(f"{kind}: indexed equality over {b['contexts']:,}: {verdict(b['indexed_eq']['p50_ms'], 10)}")
