@@ -330,9 +330,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         # table (rowid = the context row's rowid) that triggers keep in step with every write in
         # the write's own transaction; a sealed state (a BLOB) is never indexed, and sealing a
         # state (rotate-key) drops its text. PostgreSQL indexes the same text by expression: a
-        # sealed row's state is NULL there. detail=none: words only, no positions (smaller).
+        # sealed row's state is NULL there. Contentless (the words only, no copy of the text;
+        # a row's words are removed by giving them again, from the old state) and detail=none
+        # (no positions): the smallest FTS5 index.
         sqlite="""
-        CREATE VIRTUAL TABLE context_text USING fts5(body, detail=none);
+        CREATE VIRTUAL TABLE context_text USING fts5(body, content='', detail=none);
         INSERT INTO context_text (rowid, body)
             SELECT rowid, (SELECT group_concat(value, ' ') FROM json_tree(contexts.state, '$.data') WHERE type = 'text')
             FROM contexts WHERE typeof(state) = 'text';
@@ -343,15 +345,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         END;
         CREATE TRIGGER context_text_update AFTER UPDATE OF state ON contexts
         BEGIN
-            DELETE FROM context_text WHERE rowid = old.rowid;
+            INSERT INTO context_text (context_text, rowid, body)
+                SELECT 'delete', old.rowid,
+                    (SELECT group_concat(value, ' ') FROM json_tree(old.state, '$.data') WHERE type = 'text')
+                WHERE typeof(old.state) = 'text';
             INSERT INTO context_text (rowid, body)
                 SELECT new.rowid,
                     (SELECT group_concat(value, ' ') FROM json_tree(new.state, '$.data') WHERE type = 'text')
                 WHERE typeof(new.state) = 'text';
         END;
-        CREATE TRIGGER context_text_delete AFTER DELETE ON contexts
+        CREATE TRIGGER context_text_delete AFTER DELETE ON contexts WHEN typeof(old.state) = 'text'
         BEGIN
-            DELETE FROM context_text WHERE rowid = old.rowid;
+            INSERT INTO context_text (context_text, rowid, body) VALUES
+                ('delete', old.rowid,
+                 (SELECT group_concat(value, ' ') FROM json_tree(old.state, '$.data') WHERE type = 'text'));
         END;
         """,
         # json keeps "\u0000", which jsonb refuses: search_jsonb reads it as U+FFFD (searches

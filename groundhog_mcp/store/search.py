@@ -129,6 +129,11 @@ class SearchDialect:
         params.append(param)
         return f"{self.value(ref)} = {mark}"
 
+    def range(self, ref: JsonRef, op: str, value: Scalar, params: list[Any]) -> str:
+        mark, param = self.literal(value)
+        params.append(param)
+        return f"{self.value(ref)} {_RANGE[op]} {mark} AND {self.typed(ref, value)}"
+
     def one_of(self, ref: JsonRef, values: tuple[Scalar, ...], params: list[Any]) -> str:
         marks: list[str] = []
         for v in values:
@@ -171,6 +176,14 @@ class SearchDialect:
         return f"{self.type_of(ref)} {self.scalar_type(value)}"
 
 
+def _ambiguous(value: Scalar) -> bool:
+    """Whether SQLite's ``json_extract`` can give ``value`` for a value of another JSON type:
+    true and false read as 1 and 0, an object or an array as its JSON text."""
+    if isinstance(value, str):
+        return value.startswith(("[", "{"))
+    return value in (0, 1)
+
+
 class SQLiteSearch(SearchDialect):
     name = "sqlite"
     catalog: LiteralString = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE %s ESCAPE '\\'"
@@ -195,7 +208,22 @@ class SQLiteSearch(SearchDialect):
     def equals(self, ref: JsonRef, value: Scalar, params: list[Any]) -> str:
         if value is None or isinstance(value, bool):
             return self.typed(ref, value)
+        if not _ambiguous(value):  # the index alone answers it: no row read for the type
+            return super().equals(ref, value, params)
         return f"{super().equals(ref, value, params)} AND {self.typed(ref, value)}"
+
+    def range(self, ref: JsonRef, op: str, value: Scalar, params: list[Any]) -> str:
+        params.append(value)
+        test = f"{self.value(ref)} {_RANGE[op]} %s"
+        if isinstance(value, str):
+            return f"{test} AND {self.typed(ref, value)}"
+        # Text sorts after every number: `< ''` keeps numbers only. Booleans read as 0 and 1.
+        low, high = (value, None) if op in ("gt", "ge") else (None, value)
+        booleans = (low is None or low < 1 or (op == "ge" and low <= 1)) and (
+            high is None or high > 0 or (op == "le" and high >= 0)
+        )
+        bounded = f"{test} AND {self.value(ref)} < ''" if op in ("gt", "ge") else test
+        return f"{bounded} AND {self.typed(ref, value)}" if booleans else bounded
 
     def one_of(self, ref: JsonRef, values: tuple[Scalar, ...], params: list[Any]) -> str:
         strings = tuple(v for v in values if isinstance(v, str))
@@ -204,7 +232,9 @@ class SQLiteSearch(SearchDialect):
         alternatives: list[str] = []
         for same in (strings, numbers):
             if same:
-                alternatives.append(f"({super().one_of(ref, same, params)} AND {self.typed(ref, same[0])})")
+                test = super().one_of(ref, same, params)
+                guarded = any(_ambiguous(v) for v in same)
+                alternatives.append(f"({test} AND {self.typed(ref, same[0])})" if guarded else f"({test})")
         alternatives += [self.typed(ref, v) for v in others]
         return "(" + " OR ".join(alternatives) + ")"
 
@@ -322,16 +352,14 @@ POSTGRES_SEARCH: Final = PostgresSearch()
 
 
 def _condition(d: SearchDialect, c: Condition, params: list[Any]) -> str:
-    value, kind = d.value(c.ref), d.type_of(c.ref)
+    kind = d.type_of(c.ref)
     if c.op == "exists":
         return f"{kind} IS {'NOT ' if c.value else ''}NULL"
     if c.op in ("eq", "ne"):
         test = d.equals(c.ref, c.value, params)
         return f"({test})" if c.op == "eq" else f"({test}) IS NOT TRUE"
     if c.op in _RANGE:
-        mark, param = d.literal(c.value)
-        params.append(param)
-        return f"({value} {_RANGE[c.op]} {mark} AND {d.typed(c.ref, c.value)})"
+        return f"({d.range(c.ref, c.op, c.value, params)})"
     if c.op == "in":
         return d.one_of(c.ref, c.value, params)
     if c.op == "contains":
@@ -423,9 +451,10 @@ def index_name(ref: JsonRef) -> str:
 
 
 def index_statement(d: SearchDialect, ref: JsonRef) -> LiteralString:
-    """The index an equality or a range on ``ref`` uses (live contexts, by namespace)."""
+    """The index an equality or a range on ``ref`` uses (live contexts, by namespace; with the
+    name, so the rows found are ordered by name without reading them)."""
     sql = (
-        f"CREATE INDEX IF NOT EXISTS {index_name(ref)} ON contexts (namespace, ({d.value(ref)}))"
+        f"CREATE INDEX IF NOT EXISTS {index_name(ref)} ON contexts (namespace, ({d.value(ref)}), name)"
         " WHERE deleted_at IS NULL"
     )
     return cast(LiteralString, sql)

@@ -5,6 +5,7 @@ at rest (what is refused, with which error), indexes (the query plan), the work 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -14,10 +15,15 @@ import pytest
 from groundhog_mcp import StateManager
 from groundhog_mcp.errors import BudgetError, SealedSearchError, StateValidationError
 from groundhog_mcp.models import DEFAULT_NAMESPACE, ContextState, Grant, Principal, utcnow
+from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.service.search import FindPage
+from groundhog_mcp.store import maintenance
 from groundhog_mcp.store.search import SQLITE_SEARCH, Condition, SearchQuery, build, index_statement, parse_ref
 
-from .conftest import POSTGRES_URL, Backend
+from .conftest import POSTGRES_URL, Backend, MakeBackend
+
+KEY = parse_key(generate_key(), source="test_search")
+KEYRING = Keyring(KEY)
 
 ITEMS: dict[str, dict[str, Any]] = {
     "a1": {"n": 1, "s": "apple", "tags": ["red", "x"], "done": True, "note": "buy the green apples"},
@@ -355,3 +361,27 @@ async def test_a_query_past_its_budget_stops_with_budget_and_changes_nothing(
     assert str(stopped.value).startswith("search: the query ran past its budget of 1 ms (search_budget_ms)")
     store.search_budget_ms = 60_000
     assert await names(manager, where=[where("/data/items", "contains", 59_999)]) == ["big0", "big1", "big2"]
+
+
+async def test_sealing_a_plaintext_state_removes_its_words_and_opening_it_restores_them(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend("sqlite")
+    plain_store = backend.store()
+    manager = StateManager(plain_store)
+    await manager.start()
+    await manager.register("n", state=ContextState(data={"note": "secret meeting at noon", "nul": "a\u0000b"}))
+    assert await names(manager, text="meeting") == ["n"]
+    await manager.close()
+    words = "SELECT count(*) FROM context_text WHERE context_text MATCH 'meeting'"
+    sealing = dataclasses.replace(backend, cipher=KEYRING).store()
+    await sealing.open()
+    assert await maintenance(sealing).rotate_keys()
+    await sealing.close()
+    assert await backend.sql(words) == [(0,)]  # no plaintext of a sealed state in the index
+    opening = backend.store(cipher=Keyring(None, (KEY,)))  # old key only: back to plaintext
+    await opening.open()
+    assert await maintenance(opening).rotate_keys()
+    await opening.close()
+    assert await backend.sql(words) == [(1,)]
+    assert await backend.sql("INSERT INTO context_text (context_text) VALUES ('integrity-check')") == []
