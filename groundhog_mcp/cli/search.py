@@ -10,7 +10,6 @@ from groundhog_mcp.app import Settings
 from groundhog_mcp.cli.common import manager_session, print_json
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import format_timestamp, parse_timestamp
-from groundhog_mcp.service.audit import current_operation
 
 __all__ = ["add_find_command"]
 
@@ -83,26 +82,22 @@ async def _find(args: argparse.Namespace, settings: Settings) -> int:
     }
     found: list[dict[str, Any]] = []
     cursor: str | None = args.cursor
-    operation = current_operation.set("find_contexts")
-    try:
-        async with manager_session(settings) as manager:
-            for _ in range(_MAX_PAGES if args.all else 1):
-                page = await manager.find(cursor=cursor, **request)
-                for f in page.contexts:
-                    item: dict[str, Any] = {
-                        "name": f.name,
-                        "revision": f.revision,
-                        "updated_at": format_timestamp(f.updated_at),
-                    }
-                    if f.fields is not None:
-                        item["fields"] = f.fields
-                    if f.missing:
-                        item["missing"] = f.missing
-                    found.append(item)
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-    finally:
-        current_operation.reset(operation)
+    async with manager_session(settings, "find_contexts") as manager:
+        for _ in range(_MAX_PAGES if args.all else 1):
+            page = await manager.find(cursor=cursor, **request)
+            for f in page.contexts:
+                item: dict[str, Any] = {
+                    "name": f.name,
+                    "revision": f.revision,
+                    "updated_at": format_timestamp(f.updated_at),
+                }
+                if f.fields is not None:
+                    item["fields"] = f.fields
+                if f.missing:
+                    item["missing"] = f.missing
+                found.append(item)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
     print_json({"contexts": found, "next_cursor": cursor})
     return 0

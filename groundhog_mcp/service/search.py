@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import JSONObject, format_timestamp, parse_stored_timestamp
+from groundhog_mcp.service.access import check_prefix, visible_prefixes
 from groundhog_mcp.service.reading import project
 from groundhog_mcp.store.search import MAX_IN_VALUES, OPERATORS, Condition, JsonRef, SearchQuery, parse_ref
 
@@ -166,7 +167,7 @@ async def find_contexts(
 ) -> FindPage:
     """Readable live contexts matching every condition, a page at a time (see docs/search.md)."""
     if prefix:
-        manager.check_prefix(prefix)
+        check_prefix(prefix)
     if not 1 <= limit <= manager.limits.max_page:
         raise _invalid("limit", f"must be between 1 and {manager.limits.max_page}; got {limit}")
     if len(where) > MAX_CONDITIONS:
@@ -183,7 +184,7 @@ async def find_contexts(
         project({}, fields)  # checks the pointers before any work
     query = SearchQuery(
         namespace=manager.principal.namespace,
-        prefixes=manager.readable_prefixes(prefix),
+        prefixes=visible_prefixes(manager.principal, prefix),
         conditions=conditions,
         words=_words(text) if text is not None else (),
         updated_after=updated_after,
@@ -200,7 +201,7 @@ async def find_contexts(
         if fields is None:
             found.append(Found(context.name, context.revision, context.updated_at))
             continue
-        state = manager.current_state(context)
+        state = manager.reader.upcast(context, context.state)
         copy, missing = project(state.to_json(), fields)
         found.append(Found(context.name, context.revision, context.updated_at, copy, missing))
     next_cursor = _encode_cursor(sort, order, page[-1][1]) if len(rows) > limit else None
