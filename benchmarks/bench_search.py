@@ -8,7 +8,7 @@ context by name (the store's cheapest indexed read) in the same run.
 
     python benchmarks/bench_search.py            # ~4 min: 100,000 and 10,000 contexts, both backends
     python benchmarks/bench_search.py --quick    # 10,000 / 2,000 contexts, fewer calls
-    python benchmarks/bench_search.py --no-postgres
+    python benchmarks/bench_search.py --no-postgres   # or --no-sqlite
 
 Prints figures; exits 0 whenever the run completed (a missed target prints MISSED).
 """
@@ -160,13 +160,16 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "search.json")
     options = parser.parse_args()
     big, small, calls = (10_000, 2_000, 50) if options.quick else (100_000, 10_000, 200)
     workdir = Path(tempfile.mkdtemp(prefix="bench-search-"))
     results: dict[str, Any] = {"load_average": os.getloadavg()}
     schemas: list[str] = []
-    backends = [("sqlite", lambda name: str(workdir / f"{name}.sqlite"))]
+    backends: list[tuple[str, Callable[[str], str]]] = []
+    if not options.no_sqlite:
+        backends.append(("sqlite", lambda name: str(workdir / f"{name}.sqlite")))
     if not options.no_postgres:
 
         def pg(name: str) -> str:

@@ -6,13 +6,12 @@ import inspect
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.arguments import Timestamp
-from groundhog_mcp.server.tools import AppCtx, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
+from groundhog_mcp.server.tools import _READ_ONLY, AppCtx, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
 from groundhog_mcp.service.reading import MAX_FIELDS
 from groundhog_mcp.service.search import MAX_CONDITIONS, FindPage
 
@@ -87,8 +86,6 @@ def register_search_tool(server: MCPServer[AppContext]) -> None:
         find_contexts,
         title="Find contexts",
         description=inspect.cleandoc(find_contexts.__doc__ or ""),
-        annotations=ToolAnnotations(
-            read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-        ),
+        annotations=_READ_ONLY,
         structured_output=True,
     )

@@ -51,30 +51,6 @@ def open_store(
     encryption at rest (both backends). ``search_indexes`` are the JSON Pointers whose
     ``find`` conditions use an index (created at start); ``search_budget_ms`` bounds a ``find``.
     """
-    store = _backend(
-        database,
-        busy_timeout_ms=busy_timeout_ms,
-        synchronous=synchronous,
-        auto_migrate=auto_migrate,
-        retention=retention,
-        audit_signer=audit_signer,
-        cipher=cipher,
-    )
-    store.search_indexes = tuple(parse_ref(p, "search_indexes") for p in search_indexes)
-    store.search_budget_ms = search_budget_ms
-    return store
-
-
-def _backend(
-    database: str | Path,
-    *,
-    busy_timeout_ms: int,
-    synchronous: Literal["FULL", "NORMAL", "EXTRA"],
-    auto_migrate: bool,
-    retention: Retention | None,
-    audit_signer: AuditSigner | None,
-    cipher: RecordCipher | None,
-) -> StoreCore:
     text = str(database)
     if text.startswith(("postgresql://", "postgres://")):
         try:
@@ -87,7 +63,7 @@ def _backend(
                 f"database: the PostgreSQL backend needs psycopg ({exc.name} is not installed); "
                 "install groundhog-context-mcp[postgres]"
             ) from exc
-        return PostgresStore(
+        store: StoreCore = PostgresStore(
             text,
             busy_timeout_ms=busy_timeout_ms,
             auto_migrate=auto_migrate,
@@ -95,15 +71,19 @@ def _backend(
             audit_signer=audit_signer,
             cipher=cipher,
         )
-    return SQLiteStore(
-        Path(text).expanduser(),
-        busy_timeout_ms=busy_timeout_ms,
-        synchronous=synchronous,
-        auto_migrate=auto_migrate,
-        retention=retention,
-        audit_signer=audit_signer,
-        cipher=cipher,
-    )
+    else:
+        store = SQLiteStore(
+            Path(text).expanduser(),
+            busy_timeout_ms=busy_timeout_ms,
+            synchronous=synchronous,
+            auto_migrate=auto_migrate,
+            retention=retention,
+            audit_signer=audit_signer,
+            cipher=cipher,
+        )
+    store.search_indexes = tuple(parse_ref(p, "search_indexes") for p in search_indexes)
+    store.search_budget_ms = search_budget_ms
+    return store
 
 
 def maintenance(store: Store) -> MaintenanceStore:
