@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal, LiteralString, TypeVar, cast
 
-from groundhog_mcp.errors import BudgetError, SealedSearchError, StateValidationError, ValidationIssue
+from groundhog_mcp.errors import (
+    BudgetError,
+    LimitExceededError,
+    SealedSearchError,
+    StateValidationError,
+    ValidationIssue,
+)
 from groundhog_mcp.models import dumps
 from groundhog_mcp.store.adapter import StoreAdapter, Tx
 from groundhog_mcp.store.rows import StoredContext
@@ -31,6 +37,7 @@ _T = TypeVar("_T")
 __all__ = [
     "MAX_IN_VALUES",
     "MAX_POINTER_CHARS",
+    "MAX_SEARCH_INDEXES",
     "OPERATORS",
     "POSTGRES_SEARCH",
     "ROOTS",
@@ -50,6 +57,7 @@ __all__ = [
 
 Scalar = str | int | float | bool | None
 MAX_POINTER_CHARS: Final = 1000
+MAX_SEARCH_INDEXES: Final = 32
 OPERATORS: Final = ("eq", "ne", "lt", "le", "gt", "ge", "in", "contains", "exists")
 MAX_IN_VALUES: Final = 100
 _RANGE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
@@ -565,6 +573,12 @@ class Searching(StoreAdapter):
         for ref in wanted:  # all checked before any is created
             if ref.column == "state" and self.codec.configured:
                 raise _sealed(f"search_indexes {pointer_of(ref)}")
+        if len(self._indexed) + len(wanted) > MAX_SEARCH_INDEXES:
+            # Every index slows every write: a definition may not add them without bound.
+            raise LimitExceededError(
+                f"search_indexes: a database holds at most {MAX_SEARCH_INDEXES} search indexes; "
+                f"{len(self._indexed)} exist and {len(wanted)} more were asked for"
+            )
         for ref in wanted:
             await self._transaction(lambda tx, ref=ref: tx.execute(index_statement(self.SEARCH, ref)), writing=True)
             self._indexed = self._indexed | {index_name(ref)}

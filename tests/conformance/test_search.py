@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from groundhog_mcp import StateManager
-from groundhog_mcp.errors import BudgetError, SealedSearchError, StateValidationError
+from groundhog_mcp.errors import BudgetError, LimitExceededError, SealedSearchError, StateValidationError
 from groundhog_mcp.models import DEFAULT_NAMESPACE, ContextState, Grant, Principal, utcnow
 from groundhog_mcp.security.crypto import Keyring, generate_key, parse_key
 from groundhog_mcp.service.search import FindPage
@@ -385,3 +385,17 @@ async def test_sealing_a_plaintext_state_removes_its_words_and_opening_it_restor
     await opening.close()
     assert await backend.sql(words) == [(1,)]
     assert await backend.sql("INSERT INTO context_text (context_text) VALUES ('integrity-check')") == []
+
+
+async def test_definitions_cannot_add_search_indexes_without_bound(manager: StateManager, backend: Backend) -> None:
+    plain(backend)
+    for n in range(4):
+        pointers = [f"/data/k{n}_{i}" for i in range(8)]
+        await manager.register(f"def{n}", settings={"search_indexes": pointers})
+    with pytest.raises(LimitExceededError) as refused:
+        await manager.register("one.more", settings={"search_indexes": ["/data/other"]})
+    assert str(refused.value) == (
+        "search_indexes: a database holds at most 32 search indexes; 32 exist and 1 more were asked for"
+    )
+    assert await manager.find(prefix="one.") == FindPage([], None)  # refused before anything was written
+    await manager.register("same.again", settings={"search_indexes": ["/data/k0_0"]})  # an existing one is fine
