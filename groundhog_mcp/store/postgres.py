@@ -354,15 +354,16 @@ class PostgresStore(StoreCore):
         return await self._run(work, writing=writing)
 
     async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
-        async def bounded(cur: _Cursor) -> _T:
+        async def bounded(tx: PgBatchTx) -> _T:
             timeout = str(min(budget_ms, self.statement_timeout_ms))
-            await cur.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
+            await tx.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
             try:
-                return await work(_PgTx(cur))
+                return await work(tx)
             except errors.QueryCanceled:
                 raise budget_exceeded(budget_ms) from None
 
-        return await self._run(bounded, writing=False)
+        # One transaction, not one per query (a read's way): the timeout holds for every query of it.
+        return await self._run(bounded, writing=True)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncGenerator[Runner]:
