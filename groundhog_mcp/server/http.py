@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Generator
@@ -45,6 +44,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.models import Principal
+from groundhog_mcp.security.hosts import (
+    LOCALHOST_NAMES,
+    authority,
+    host_origin_refusal,
+    is_loopback,
+    is_unspecified,
+    origins_of,
+)
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.event_store import BoundedEventStore, UnscopedEventStore, scope_events_by_session
 from groundhog_mcp.server.principals import principal_claims, principal_of
@@ -67,24 +74,6 @@ log = structlog.get_logger("groundhog_mcp.http")
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 Transport = Literal["http", "sse"]
-_LOCALHOST_NAMES = ("127.0.0.1", "localhost", "[::1]")
-_MAX_SHOWN_HEADER = 200
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the server reachable from this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def _authority(host: str, port: int) -> str:
-    """``host:port`` as a Host header spells it (IPv6 in brackets)."""
-    bare = host.strip("[]")
-    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
 
 
 @dataclass(frozen=True)
@@ -113,7 +102,7 @@ class HttpConfig:
 
     @property
     def authority(self) -> str:
-        return _authority(self.host, self.port)
+        return authority(self.host, self.port)
 
     @property
     def path(self) -> str:
@@ -122,30 +111,22 @@ class HttpConfig:
     @property
     def url(self) -> str:
         """The endpoint a client on this machine connects to."""
-        host = self.host if not _is_unspecified(self.host) else "127.0.0.1"
-        return f"http://{_authority(host, self.port)}{self.path}"
+        host = self.host if not is_unspecified(self.host) else "127.0.0.1"
+        return f"http://{authority(host, self.port)}{self.path}"
 
     def hosts(self) -> list[str]:
-        hosts = [_authority(name, self.port) for name in _LOCALHOST_NAMES]
-        if not _is_unspecified(self.host):
+        hosts = [authority(name, self.port) for name in LOCALHOST_NAMES]
+        if not is_unspecified(self.host):
             hosts.append(self.authority)
         return _unique([*hosts, *self.allowed_hosts])
 
     def origins(self) -> list[str]:
-        derived = [f"{scheme}://{host}" for host in self.hosts() for scheme in ("http", "https")]
-        return _unique([*derived, *self.allowed_origins])
+        return _unique([*origins_of(self.hosts()), *self.allowed_origins])
 
     def transport_security(self) -> TransportSecuritySettings:
         return TransportSecuritySettings(
             enable_dns_rebinding_protection=True, allowed_hosts=self.hosts(), allowed_origins=self.origins()
         )
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_unspecified
-    except ValueError:
-        return False
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -188,7 +169,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise InitializationError(f"port: cannot listen on {_authority(host, port)} ({exc.strerror or exc})") from None
+        raise InitializationError(f"port: cannot listen on {authority(host, port)} ({exc.strerror or exc})") from None
     sock.set_inheritable(True)
     return sock
 
@@ -456,24 +437,8 @@ class _Guard:
             return None
 
     def _refusal(self, headers: Headers) -> Response | None:
-        host = headers.get("host")
-        if not host or not _matches(host, self._hosts):
-            shown = repr((host or "")[:_MAX_SHOWN_HEADER])
-            log.warning("refused a request with a bad Host header", host=shown)
-            return PlainTextResponse(
-                f"Misdirected request: Host {shown} is not one this server answers to "
-                "(configure allowed_hosts / --allowed-host)",
-                status_code=421,
-            )
-        origin = headers.get("origin")
-        if origin and not _matches(origin, self._origins):
-            shown = repr(origin[:_MAX_SHOWN_HEADER])
-            log.warning("refused a request with a bad Origin header", origin=shown)
-            return PlainTextResponse(
-                f"Forbidden: Origin {shown} is not allowed (configure allowed_origins / --allowed-origin)",
-                status_code=403,
-            )
-        return None
+        refusal = host_origin_refusal(headers.get("host"), headers.get("origin"), self._hosts, self._origins)
+        return None if refusal is None else PlainTextResponse(refusal[1], status_code=refusal[0])
 
 
 def _bearer(headers: Headers) -> str | None:
@@ -543,13 +508,6 @@ class _StreamUntilStop:
         else:
             response = PlainTextResponse("Service unavailable: the server is stopping", status_code=503)
             await response(scope, self._receive, self._send)
-
-
-def _matches(value: str, allowed: list[str]) -> bool:
-    """The SDK's rule: an exact entry, or ``base:*`` for ``base`` with any port."""
-    if value in allowed:
-        return True
-    return any(entry.endswith(":*") and value.startswith(entry[:-1]) for entry in allowed)
 
 
 # -- uvicorn --------------------------------------------------------------------------------

@@ -45,13 +45,16 @@ from groundhog_mcp.models import (
     json_diff,
     utcnow,
 )
+from groundhog_mcp.security.audit import Signer
 from groundhog_mcp.service.audit import (
     AuditPage,
+    AuditVerification,
     DenialLog,
     current_operation,
     current_request_id,
     decode_audit_cursor,
     encode_audit_cursor,
+    verify_audit_chain,
 )
 from groundhog_mcp.service.bus import ChangeBus, Resync
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec, parse_handler_specs
@@ -1368,6 +1371,12 @@ class StateManager:
         more = len(records) > limit
         records = records[:limit]
         return AuditPage(records, encode_audit_cursor(records[-1].sequence) if more else None)
+
+    async def verify_audit(self, key: Signer) -> AuditVerification:
+        """``groundhog-mcp audit verify`` for admins of the whole namespace: the chain spans every
+        namespace, so the answer (a row count and the first broken row) is the store's."""
+        await self.authorize("admin", "")
+        return await verify_audit_chain(self.store, key)
 
     # -- state format migration (appended: keep at the end of the class) ---------------------
 
