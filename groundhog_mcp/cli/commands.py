@@ -40,6 +40,7 @@ from groundhog_mcp.cli.common import (
     private_output,
     unmigrated_store,
 )
+from groundhog_mcp.cli.dashboard import add_dashboard_command
 from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     _add_token_commands(commands, common)
     add_state_commands(commands, common)
+    add_dashboard_command(commands, common)
 
     contexts = commands.add_parser("contexts", parents=[common], help="list or show contexts")
     contexts_commands = contexts.add_subparsers(dest="contexts_command", metavar="ACTION", required=True)
@@ -557,6 +559,7 @@ def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
         "body_timeout",
         "max_connections",
         "credential_recheck",
+        "dashboard_port",
     )
     return {name: getattr(args, name, None) for name in names}
 

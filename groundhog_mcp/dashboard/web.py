@@ -232,9 +232,11 @@ def dashboard_app(manager: StateManager, authenticate: Authenticate, config: Das
         async def still_signed_in() -> bool:
             return (await authenticate(who.token)) is not None
 
+        # A signed-in browser is its session; without sign-in (an open loopback server), its address.
+        owner = who.session or f"address:{request.client.host if request.client else ''}"
         return await streams.respond(
             who.manager,
-            who.session or "",
+            owner,
             after,
             name,
             still_signed_in,

@@ -4,12 +4,18 @@ runs without the MCP SDK): a bad Host is answered 421, a bad Origin 403."""
 from __future__ import annotations
 
 import ipaddress
+import socket
+from collections.abc import Sequence
 
 import structlog
 
+from groundhog_mcp.errors import InitializationError
+
 __all__ = [
     "LOCALHOST_NAMES",
+    "allowed_hosts",
     "authority",
+    "bind_socket",
     "host_origin_refusal",
     "is_loopback",
     "is_unspecified",
@@ -46,6 +52,15 @@ def authority(host: str, port: int) -> str:
     return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
 
 
+def allowed_hosts(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The Host headers a server bound to ``host:port`` answers: the localhost forms and the bind
+    address with the port, and ``extra``."""
+    hosts = [authority(name, port) for name in LOCALHOST_NAMES]
+    if not is_unspecified(host):
+        hosts.append(authority(host, port))
+    return list(dict.fromkeys([*hosts, *extra]))
+
+
 def origins_of(hosts: list[str]) -> list[str]:
     """``http://`` and ``https://`` of every allowed host."""
     return [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
@@ -74,3 +89,24 @@ def host_origin_refusal(
         log.warning("refused a request with a bad Origin header", origin=shown)
         return 403, f"Forbidden: Origin {shown} is not allowed (configure allowed_origins / --allowed-origin)"
     return None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), made before the database
+    opens so that a busy port fails fast."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it Nagle holds back the second small write of an SSE event for a delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bare, port))
+        # Listening at once: a client that connects while the server is still starting waits
+        # in the backlog instead of being refused.
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise InitializationError(f"port: cannot listen on {authority(host, port)} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock

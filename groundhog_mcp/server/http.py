@@ -38,15 +38,16 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.models import Principal
 from groundhog_mcp.security.hosts import (
-    LOCALHOST_NAMES,
+    allowed_hosts,
     authority,
+    bind_socket,
     host_origin_refusal,
     is_loopback,
     is_unspecified,
@@ -59,6 +60,7 @@ from groundhog_mcp.server.principals import principal_claims, principal_of
 __all__ = [
     "HEALTH_PATH",
     "METRICS_PATH",
+    "UI_PATH",
     "HttpConfig",
     "HttpServer",
     "TokenFileVerifier",
@@ -67,6 +69,7 @@ __all__ = [
     "is_loopback",
     "refuse_unauthenticated_bind",
     "token_auth",
+    "verifier_access",
 ]
 
 log = structlog.get_logger("groundhog_mcp.http")
@@ -115,10 +118,7 @@ class HttpConfig:
         return f"http://{authority(host, self.port)}{self.path}"
 
     def hosts(self) -> list[str]:
-        hosts = [authority(name, self.port) for name in LOCALHOST_NAMES]
-        if not is_unspecified(self.host):
-            hosts.append(self.authority)
-        return _unique([*hosts, *self.allowed_hosts])
+        return allowed_hosts(self.host, self.port, self.allowed_hosts)
 
     def origins(self) -> list[str]:
         return _unique([*origins_of(self.hosts()), *self.allowed_origins])
@@ -151,27 +151,6 @@ def refuse_unauthenticated_bind(config: HttpConfig, *, authenticated: bool, inse
         "(groundhog-mcp tokens create --principal NAME) so that requests need one, bind 127.0.0.1, or pass "
         "--insecure-no-auth if something in front of this server authenticates requests"
     )
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: any free port), made before the database
-    opens so that a busy port fails fast."""
-    bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # without it Nagle holds back the second small write of an SSE event for a delayed ACK (~40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bare, port))
-        # Listening at once: a client that connects while the server is still starting waits
-        # in the backlog instead of being refused.
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise InitializationError(f"port: cannot listen on {authority(host, port)} ({exc.strerror or exc})") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 # -- bearer tokens --------------------------------------------------------------------------
@@ -315,9 +294,14 @@ def add_metrics_route(
 
 
 def http_app(
-    server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event, verifier: TokenVerifier | None = None
+    server: MCPServer[Any],
+    config: HttpConfig,
+    stopping: asyncio.Event,
+    verifier: TokenVerifier | None = None,
+    ui: ASGIApp | None = None,
 ) -> ASGIApp:
-    """The SDK's Starlette app for ``config.transport`` behind the Host/Origin guard."""
+    """The SDK's Starlette app for ``config.transport`` (and ``ui`` at ``/ui``) behind the
+    Host/Origin guard."""
 
     @server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)
     async def healthz(request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
@@ -335,7 +319,52 @@ def http_app(
         scope_events_by_session(server.session_manager, BoundedEventStore())
     else:
         app = server.sse_app(max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host)
-    return _Guard(app, config, stopping, verifier)
+    return _Guard(app if ui is None else _WithUi(app, ui), config, stopping, verifier)
+
+
+UI_PATH = "/ui"
+
+
+class _WithUi:
+    """``/ui/…`` to the dashboard (mounted: ``root_path`` ``/ui``), everything else to the SDK app."""
+
+    def __init__(self, app: ASGIApp, ui: ASGIApp) -> None:
+        self._app = app
+        self._ui = ui
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == UI_PATH:
+            await RedirectResponse(UI_PATH + "/", status_code=307)(scope, receive, send)
+        elif scope["type"] == "http" and path.startswith(UI_PATH + "/"):
+            await self._ui({**scope, "root_path": scope.get("root_path", "") + UI_PATH}, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
+def verifier_access(
+    verifier: TokenVerifier | None, local: Principal
+) -> Callable[[str | None], Awaitable[Principal | None]]:
+    """The dashboard's sign-in over this server's token verifier: a browser's token acts as it
+    would on ``/mcp``; without a token, the anonymous principal while the server is open; with
+    no verifier at all (``insecure_no_auth``), everyone is ``local``."""
+
+    async def authenticate(token: str | None) -> Principal | None:
+        if verifier is None:
+            return local
+        if token is None:
+            if not (isinstance(verifier, TokenFileVerifier) and verifier.may_be_open):
+                return None
+            token = verifier.anonymous_token
+        access = await verifier.verify_token(token)
+        if access is None:
+            return None
+        try:
+            return principal_of(access)
+        except ContextError:
+            return None
+
+    return authenticate
 
 
 class _Guard:
@@ -581,6 +610,7 @@ class HttpServer:
     server: MCPServer[Any]
     config: HttpConfig
     verifier: TokenVerifier | None = None
+    ui: ASGIApp | None = None  # the dashboard, served at /ui
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _uvicorn: _Uvicorn | None = field(default=None, init=False)
 
@@ -591,7 +621,7 @@ class HttpServer:
             "HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_timeout": self.config.header_timeout}
         )
         uvicorn_config = uvicorn.Config(
-            http_app(self.server, self.config, self.stopping, self.verifier),
+            http_app(self.server, self.config, self.stopping, self.verifier, self.ui),
             http=protocol,
             # uvicorn counts the connection asking too: one more serves exactly max_connections.
             limit_concurrency=self.config.max_connections + 1,
