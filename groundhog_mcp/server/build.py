@@ -33,6 +33,7 @@ from groundhog_mcp.server.prompts import register_prompts
 from groundhog_mcp.server.protocol import CACHE_HINTS, link_written_states, register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.surface import select_tools
+from groundhog_mcp.server.timeline_app import timeline_app
 from groundhog_mcp.server.tools import register_tools
 
 __all__ = ["INSTRUCTIONS", "build_server"]
@@ -147,6 +148,7 @@ def build_server(
         cache_hints=CACHE_HINTS,
         token_verifier=token_verifier,
         auth=auth,
+        extensions=[timeline_app()],  # get_history's MCP App (server/timeline_app.py)
     )
     register_tools(server)
     register_merge_tool(server)

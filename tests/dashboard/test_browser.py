@@ -17,11 +17,14 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client
+from mcp_types import TextResourceContents
 from playwright.sync_api import Browser, Page, Route, expect
 
 from groundhog_mcp import StateManager
-from groundhog_mcp.app import Settings, audit_key
+from groundhog_mcp.app import Settings, audit_key, create_server
 from groundhog_mcp.models import ContextState, Grant, Principal
+from groundhog_mcp.server.timeline_app import TIMELINE_APP_URI
 from groundhog_mcp.store import open_store
 from tests.dashboard.test_command import start_dashboard
 from tests.e2e.harness import mcp_client, server_env
@@ -230,3 +233,53 @@ def test_state_content_never_runs_as_script_and_the_csp_blocks_inline_script(sit
     expect(page.locator("h1")).to_have_text("notes.plan")
     assert page.title() != "owned"
     assert any("Content Security Policy" in text for text in messages), messages
+
+
+_HOST_PAGE = """<!doctype html><html><body><iframe id="app" sandbox="allow-scripts" width="800" height="500"></iframe>
+<script>
+window.calls = [];
+window.start = function (history, diff, document_) {
+  const frame = document.getElementById("app");
+  window.addEventListener("message", function (event) {
+    const message = event.data, reply = function (m) { frame.contentWindow.postMessage(m, "*"); };
+    if (message.method === "ui/initialize") {
+      reply({jsonrpc: "2.0", id: message.id, result: {protocolVersion: "2026-01-26",
+             hostInfo: {name: "test-host", version: "1"}, hostCapabilities: {}}});
+    } else if (message.method === "ui/notifications/initialized") {
+      reply({jsonrpc: "2.0", method: "ui/notifications/tool-result", params: history});
+    } else if (message.method === "tools/call") {
+      window.calls.push(message.params);
+      reply({jsonrpc: "2.0", id: message.id, result: diff});
+    }
+  });
+  frame.srcdoc = document_;
+};
+</script></body></html>"""
+
+
+def test_the_timeline_app_shows_history_and_a_diff_as_text(page: Page, tmp_path: Path) -> None:
+    async def results() -> tuple[dict[str, Any], dict[str, Any], str]:
+        server = create_server(Settings(database=str(tmp_path / "app.sqlite"), tools="all"))
+        async with Client(server) as client:
+            await client.call_tool("register_context", {"name": "plan", "state": {"data": {"note": "a"}}})
+            await client.call_tool("update_state", {"name": "plan", "data": {"note": INJECTED}})
+            history = await client.call_tool("get_history", {"name": "plan"})
+            diff = await client.call_tool("diff_states", {"name": "plan", "from_revision": 1, "to_revision": 2})
+            document = (await client.read_resource(TIMELINE_APP_URI)).contents[0]
+            assert isinstance(document, TextResourceContents)
+            dump: dict[str, Any] = {"by_alias": True, "mode": "json", "exclude_none": True}
+            return history.model_dump(**dump), diff.model_dump(**dump), document.text
+
+    history, diff, document = in_thread(results)
+    page.set_content(_HOST_PAGE)
+    page.evaluate("([h, d, doc]) => window.start(h, d, doc)", [history, diff, document])
+    app = page.frame_locator("#app")
+    expect(app.locator("#title")).to_have_text("plan — revision 2")
+    expect(app.locator("#timeline tr")).to_have_count(3)  # a header and two revisions
+    app.locator("#compare").click()
+    expect(app.locator("#diff")).to_contain_text("Revision 1 → 2")
+    expect(app.locator("#diff")).to_contain_text("<script>document.title='owned'</script>")  # as text
+    assert page.evaluate("window.calls") == [
+        {"name": "diff_states", "arguments": {"name": "plan", "from_revision": 1, "to_revision": 2}}
+    ]
+    assert all(frame.title() != "owned" for frame in page.frames)
