@@ -44,6 +44,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("docs/http.md", "export GROUNDHOG_OAUTH_CLIENT_SECRET_FILE=/run/secrets/groundhog-rs"): "shell",
     ("docs/http.md", "groundhog-mcp serve --transport http --allowed-host mcp.example.com"): "serves until stopped",
     ("docs/scaling.md", "pip install 'groundhog-context-mcp[postgres]'"): "installs from the registry",
+    ("docs/dashboard.md", "groundhog-mcp dashboard"): "serves until stopped (tests/dashboard/test_command.py runs it)",
     (
         "docs/scaling.md",
         "groundhog-mcp --database 'postgresql://groundhog@db.internal:5432/agents?schema=groundhog'",
