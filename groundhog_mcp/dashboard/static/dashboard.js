@@ -7,6 +7,13 @@
 (function () {
   const body = document.body;
   const base = body.dataset.base || "";
+  // Tree nodes that were open before a live refresh replaced the tree: opened again as they reappear.
+  let reopen = new Set();
+  function reopenWithin(element) {
+    element.querySelectorAll("details[data-src]").forEach(function (node) {
+      if (reopen.has(node.dataset.src)) node.open = true; // its toggle loads its children
+    });
+  }
 
   // -- the state tree: a node's children are fetched when it is first opened -------------------
   document.addEventListener(
@@ -27,6 +34,7 @@
         .then(function (answer) {
           if (answer.ok) {
             holder.innerHTML = answer.text; // server-rendered, escaped
+            reopenWithin(holder);
           } else {
             holder.textContent = answer.text;
             delete node.dataset.loaded;
@@ -43,9 +51,20 @@
     if (status) status.textContent = "live updates: off on this page";
     return;
   }
+  // One refresh at a time: changes arriving meanwhile cause one more, half a second later.
   let timer = null;
+  let running = false;
+  let again = false;
+  function schedule(delay) {
+    if (running) {
+      again = true;
+    } else if (timer === null) {
+      timer = window.setTimeout(refresh, delay);
+    }
+  }
   function refresh() {
     timer = null;
+    running = true;
     fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) {
         return response.ok ? response.text() : null;
@@ -56,9 +75,22 @@
         document.querySelectorAll("[data-live]").forEach(function (region) {
           const replacement = fresh.getElementById(region.id);
           if (replacement && region.innerHTML !== replacement.innerHTML) {
+            reopen = new Set(
+              Array.from(region.querySelectorAll("details[open][data-src]")).map(function (node) {
+                return node.dataset.src;
+              })
+            );
             region.innerHTML = replacement.innerHTML;
+            reopenWithin(region);
           }
         });
+      })
+      .finally(function () {
+        running = false;
+        if (again) {
+          again = false;
+          schedule(500);
+        }
       });
   }
   let url = base + "/live?after=" + encodeURIComponent(body.dataset.sequence || "0");
@@ -73,7 +105,7 @@
       status.textContent =
         "live updates: on · last change: " + change.context + " revision " + change.revision + " (" + change.op + " by " + change.actor + ")";
     }
-    if (timer === null) timer = window.setTimeout(refresh, 150);
+    schedule(150);
   });
   source.addEventListener("signed-out", function () {
     source.close();
