@@ -34,6 +34,7 @@ from groundhog_mcp.cli.common import (
     EXIT_USAGE,
     Handler,
     UsageError,
+    add_access_arguments,
     is_url,
     manager_session,
     print_json,
@@ -482,28 +483,8 @@ def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="HTTP port (default 8765; 0: any free)")
-    serve.add_argument(
-        "--allowed-host",
-        action="append",
-        dest="allowed_hosts",
-        default=argparse.SUPPRESS,
-        metavar="HOST[:PORT]",
-        help="also accept this Host header (repeatable; e.g. the name a proxy forwards)",
-    )
-    serve.add_argument(
-        "--allowed-origin",
-        action="append",
-        dest="allowed_origins",
-        default=argparse.SUPPRESS,
-        metavar="ORIGIN",
-        help="also accept this Origin header (repeatable; e.g. https://app.example.com)",
-    )
-    serve.add_argument("--token-file", default=argparse.SUPPRESS, help="bearer token file (env GROUNDHOG_TOKEN_FILE)")
-    serve.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)",
+    add_access_arguments(
+        serve, insecure_help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)"
     )
     serve.add_argument(
         "--metrics-public",

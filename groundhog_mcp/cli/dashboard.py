@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from groundhog_mcp.app import Settings
+from groundhog_mcp.cli.common import add_access_arguments
 
 __all__ = ["add_dashboard_command"]
 
@@ -18,30 +19,8 @@ def add_dashboard_command(commands: Any, common: argparse.ArgumentParser) -> Non
     dashboard.add_argument(
         "--port", dest="dashboard_port", type=int, default=argparse.SUPPRESS, help="port (default 8766; 0: any free)"
     )
-    dashboard.add_argument(
-        "--allowed-host",
-        action="append",
-        dest="allowed_hosts",
-        default=argparse.SUPPRESS,
-        metavar="HOST[:PORT]",
-        help="also accept this Host header (repeatable)",
-    )
-    dashboard.add_argument(
-        "--allowed-origin",
-        action="append",
-        dest="allowed_origins",
-        default=argparse.SUPPRESS,
-        metavar="ORIGIN",
-        help="also accept this Origin header (repeatable)",
-    )
-    dashboard.add_argument(
-        "--token-file", default=argparse.SUPPRESS, help="bearer token file (env GROUNDHOG_TOKEN_FILE)"
-    )
-    dashboard.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="no sign-in, even on a non-loopback address: everyone acts as the configured principal",
+    add_access_arguments(
+        dashboard, insecure_help="no sign-in, even on a non-loopback address: everyone acts as the configured principal"
     )
     dashboard.set_defaults(handler=_dashboard)
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Principal
 from groundhog_mcp.security.tokens import TokenStore
 
@@ -49,11 +48,7 @@ class TokenFileAccess:
                 self._anonymous = None
                 return None
             return self._anonymous
-        try:
-            record = await asyncio.to_thread(self._store.verify, token)
-        except (ContextError, OSError) as exc:
-            log.error("token file unusable: every token is refused until it is fixed", problem=str(exc))
-            return None
+        record = await self._store.verify_in_thread(token)
         if record is None:
             return None
         return Principal(name=record.principal, namespace=record.namespace, grants=record.effective_grants)

@@ -130,12 +130,14 @@ def error_page(chrome: Chrome, message: str) -> Html:
     return page(chrome, "Not shown", markup('<p class="error">{}</p>', message))
 
 
-def _table(head: Sequence[str], rows: Sequence[Html], *, id_: str = "", live: bool = False) -> Html:
+def _table(head: Sequence[str], rows: Sequence[Html], empty: str, *, id_: str = "", live: bool = False) -> Html:
+    """A table; without rows, one row saying ``empty``."""
+    shown = rows or [markup('<tr><td colspan="{}">{}</td></tr>', len(head), empty)]
     return markup(
         "<table{attrs}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>",
         attrs=markup(' id="{}"{}', id_, Html(" data-live") if live else Html("")) if id_ else Html(""),
         head=join(markup("<th>{}</th>", h) for h in head),
-        rows=join(rows),
+        rows=join(shown),
     )
 
 
@@ -179,7 +181,8 @@ def contexts_page(
         p=prefix,
         table=_table(
             ["context", "revision", "size", "last change", "last writer", "how"],
-            rows or [Html('<tr><td colspan="6">no context you may read</td></tr>')],
+            rows,
+            "no context you may read",
             id_="contexts",
             live=True,
         ),
@@ -350,7 +353,8 @@ def timeline_page(chrome: Chrome, context: StoredContext, entries: Sequence[Hist
         n=url_part(name),
         table=_table(
             ["from", "to", "revision", "how", "who", "when", "size", ""],
-            rows or [Html('<tr><td colspan="8">no stored revision</td></tr>')],
+            rows,
+            "no stored revision",
             id_="timeline" if before is None else "",
             live=before is None,
         ),
@@ -405,7 +409,8 @@ def diff_page(
         new=_context_link(chrome.base, name, attrs_query(revision=to_revision), f"revision {to_revision}"),
         table=_table(
             ["op", "path", f"revision {from_revision}", f"revision {to_revision}"],
-            rows or [Html('<tr><td colspan="4">no difference</td></tr>')],
+            rows,
+            "no difference",
             id_="diff",
         ),
         cut=cut,
@@ -450,13 +455,15 @@ def events_page(chrome: Chrome, context: str | None, letters: Sequence[DeadLette
         "<h2>Dead letters</h2>{letters}<h2>Recent changes</h2>{changes}",
         letters=_table(
             ["#", "context", "event type", "attempts", "last error", "dead-lettered", "replayed"],
-            letter_rows or [Html('<tr><td colspan="7">no dead letter</td></tr>')],
+            letter_rows,
+            "no dead letter",
             id_="dead-letters",
             live=True,
         ),
         changes=_table(
             ["sequence", "context", "revision", "how", "who", "when"],
-            change_rows or [Html('<tr><td colspan="6">no recent change</td></tr>')],
+            change_rows,
+            "no recent change",
             id_="changes",
             live=True,
         ),
@@ -527,7 +534,8 @@ def audit_page(
         result=result,
         table=_table(
             ["row", "when", "who", "operation", "outcome", "context", "revision", "detail"],
-            lines or [Html('<tr><td colspan="8">no audit row</td></tr>')],
+            lines,
+            "no audit row",
             id_="audit",
         ),
         more=more,
@@ -604,7 +612,8 @@ def metrics_page(
         charts=join(charts),
         table=_table(
             ["context", "revision", "size", "writes", "events", "dead letters", "p50 ms", "p95 ms", ""],
-            rows or [Html('<tr><td colspan="9">no context you may read</td></tr>')],
+            rows,
+            "no context you may read",
             id_="per-context",
             live=True,
         ),

@@ -199,11 +199,7 @@ class TokenFileVerifier(TokenVerifier):
             if not await self.is_open():
                 return None
             return AccessToken(token=token, client_id="anonymous", scopes=[], claims=principal_claims(anonymous))
-        try:
-            record = await asyncio.to_thread(self._store.verify, token)
-        except (ContextError, OSError) as exc:
-            log.error("token file unusable: every token is refused until it is fixed", problem=str(exc))
-            return None
+        record = await self._store.verify_in_thread(token)
         if record is None:
             log.debug("bearer token refused")
             return None
