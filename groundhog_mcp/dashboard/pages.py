@@ -17,7 +17,7 @@ from groundhog_mcp.dashboard.markup import Html, attrs_query, join, markup, url_
 from groundhog_mcp.models import Change, HistoryEntry, JSONObject, Principal, format_timestamp
 from groundhog_mcp.security.audit import ChainProblem
 from groundhog_mcp.service.metrics import ContextMetrics
-from groundhog_mcp.store.base import AuditRecord, DeadLetter, StoredContext
+from groundhog_mcp.service.types import AuditRecord, DeadLetter, StoredContext
 
 __all__ = [
     "Chrome",
