@@ -515,10 +515,12 @@ async def serve_dashboard(settings: Settings) -> None:
                 everyone if settings.insecure_no_auth else TokenFileAccess(tokens, None if authenticated else local)
             )
             shown = "127.0.0.1" if is_unspecified(settings.host) else settings.host
-            log.info(
-                "serving", app="dashboard", url=f"http://{authority(shown, port)}/", port=port, sign_in=authenticated
-            )
-            await serve_until_stopped(dashboard_app(manager, access, config), sock, config.stopping)
+
+            def announce() -> None:  # once SIGTERM stops it gracefully
+                url = f"http://{authority(shown, port)}/"
+                log.info("serving", app="dashboard", url=url, port=port, sign_in=authenticated)
+
+            await serve_until_stopped(dashboard_app(manager, access, config), sock, config.stopping, announce)
         finally:
             await manager.close()
             log.info("dashboard stopped")

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -22,9 +22,12 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-async def serve_until_stopped(app: ASGIApp, sock: socket.socket, stopping: asyncio.Event) -> None:
+async def serve_until_stopped(
+    app: ASGIApp, sock: socket.socket, stopping: asyncio.Event, announce: Callable[[], None]
+) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT (or ``stopping`` is set); live streams end
-    with ``stopping``, requests in flight get two seconds."""
+    with ``stopping``, requests in flight get two seconds. ``announce`` runs once the signals stop
+    it gracefully (a caller that sees the announcement may send SIGTERM at once)."""
     server = _Uvicorn(
         uvicorn.Config(
             app,
@@ -43,6 +46,7 @@ async def serve_until_stopped(app: ASGIApp, sock: socket.socket, stopping: async
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
+    announce()
     watcher = asyncio.create_task(stopping.wait())
     watcher.add_done_callback(lambda _: stop())
     try:
