@@ -169,6 +169,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["admin:"], min_length=1, description="the local principal's grants, RIGHT:PREFIX"
     )
     metrics_public: bool = Field(default=False, description="serve /metrics without a token")
+    # The read-only web dashboard (docs/dashboard.md): `groundhog-mcp dashboard`, and /ui on HTTP.
+    dashboard_port: int = Field(default=8766, ge=0, le=65535, description="port of `groundhog-mcp dashboard`")
+    dashboard_ui: bool = Field(default=True, description="serve the read-only dashboard at /ui on the HTTP transports")
     # OAuth 2.1 resource server (docs/http.md): on when oauth_introspection_url is set. The
     # client secret comes from GROUNDHOG_OAUTH_CLIENT_SECRET or a file, never a flag.
     oauth_issuer_url: str | None = Field(default=None, description="OAuth authorization server (issuer) URL")
@@ -479,6 +482,70 @@ async def prometheus_text(manager: StateManager, *, open_subscriptions: int = 0)
     return generate_latest(registry).decode()
 
 
+def dashboard_audit_key(settings: Settings) -> Signer | None:
+    """The key the dashboard verifies the audit chain with (None: audit off, or no key yet)."""
+    try:
+        return audit_key(settings, create=False)
+    except InitializationError:
+        return None
+
+
+async def serve_dashboard(settings: Settings) -> None:
+    """``groundhog-mcp dashboard``: the read-only dashboard on ``host:dashboard_port`` until
+    SIGTERM/SIGINT, signing browsers in with the token file's tokens (as the HTTP transports)."""
+    from groundhog_mcp.dashboard import DashboardConfig, TokenFileAccess, dashboard_app
+    from groundhog_mcp.dashboard.serve import serve_until_stopped
+    from groundhog_mcp.security.hosts import (
+        allowed_hosts,
+        authority,
+        bind_socket,
+        is_loopback,
+        is_unspecified,
+        origins_of,
+    )
+
+    tokens = TokenStore(settings.token_file)
+    authenticated = not settings.insecure_no_auth and await asyncio.to_thread(tokens.exists)
+    if not authenticated and not settings.insecure_no_auth and not is_loopback(settings.host):
+        raise InitializationError(
+            f"refusing to serve the dashboard on {settings.host} without sign-in: create a token "
+            "(groundhog-mcp tokens create --principal NAME), bind 127.0.0.1, or pass --insecure-no-auth"
+        )
+    sock = bind_socket(settings.host, settings.dashboard_port)
+    try:
+        port = sock.getsockname()[1]
+        hosts = allowed_hosts(settings.host, port, settings.allowed_hosts)
+        manager = open_manager(settings)
+        await manager.start()
+        try:
+            local = settings.local_principal()
+
+            async def everyone(token: str | None) -> Principal:
+                return local
+
+            config = DashboardConfig(
+                secure_cookies=not is_loopback(settings.host),
+                hosts=hosts,
+                origins=[*origins_of(hosts), *settings.allowed_origins],
+                audit_key=dashboard_audit_key(settings),
+            )
+            access = (
+                everyone if settings.insecure_no_auth else TokenFileAccess(tokens, None if authenticated else local)
+            )
+            shown = "127.0.0.1" if is_unspecified(settings.host) else settings.host
+
+            def announce() -> None:  # once SIGTERM stops it gracefully
+                url = f"http://{authority(shown, port)}/"
+                log.info("serving", app="dashboard", url=url, port=port, sign_in=authenticated)
+
+            await serve_until_stopped(dashboard_app(manager, access, config), sock, config.stopping, announce)
+        finally:
+            await manager.close()
+            log.info("dashboard stopped")
+    finally:
+        sock.close()
+
+
 def create_server(
     settings: Settings,
     manager: StateManager | None = None,
@@ -590,12 +657,15 @@ async def serve_http(settings: Settings) -> None:
     to the store, so nothing is left half-written.
     """
     from groundhog_mcp.server.http import (
+        UI_PATH,
         HttpConfig,
         HttpServer,
         add_metrics_route,
         bind_socket,
+        is_loopback,
         refuse_unauthenticated_bind,
         token_auth,
+        verifier_access,
     )
 
     transport: Literal["http", "sse"] = "sse" if settings.transport == "sse" else "http"
@@ -666,7 +736,20 @@ async def serve_http(settings: Settings) -> None:
                 return await prometheus_text(viewer)
 
             add_metrics_route(server, render_metrics, verifier=verifier, public=settings.metrics_public)
-            http = HttpServer(server, config, verifier)
+            ui = None
+            if settings.dashboard_ui:
+                from groundhog_mcp.dashboard import DashboardConfig, dashboard_app
+
+                ui = dashboard_app(
+                    manager,
+                    verifier_access(verifier, settings.local_principal()),
+                    DashboardConfig(
+                        base=UI_PATH,
+                        secure_cookies=not is_loopback(config.host),
+                        audit_key=dashboard_audit_key(settings),
+                    ),
+                )
+            http = HttpServer(server, config, verifier, ui=ui)
             for signum in _STOP_SIGNALS:
                 loop.add_signal_handler(signum, http.stop)
             log.info(

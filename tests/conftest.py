@@ -102,6 +102,8 @@ _LONG_FILES = {
     "tests/e2e/test_model_concurrency.py": 9.0,
     "tests/reliability/test_faults.py": 7.0,
     "tests/e2e/test_cross_process.py": 6.0,
+    "tests/dashboard/test_browser.py": 8.0,
+    "tests/dashboard/test_command.py": 5.0,
 }
 _PROCESS_TEST_S = 2.0  # a test marked e2e starts server processes
 _IN_PROCESS_TEST_S = 0.1

@@ -141,7 +141,7 @@ def _serves(words: list[str]) -> bool:
             args = _parser().parse_args(words)
     except SystemExit:
         return False
-    return getattr(args, "command", None) in (None, "serve")
+    return getattr(args, "command", None) in (None, "serve", "dashboard")
 
 
 def _start(words: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -165,7 +165,9 @@ def _until_serving(process: subprocess.Popen[str]) -> tuple[str, dict[str, Any] 
 def _serve_and_stop(words: list[str], env: dict[str, str], where: str) -> tuple[int, str, str]:
     """The real console script, serving: it logs ``serving`` and then stops cleanly on SIGTERM
     (HTTP) or at the end of its input (stdio)."""
-    http = "--transport" in words and words[words.index("--transport") + 1] in ("http", "sse")
+    http = words[0] == "dashboard" or (
+        "--transport" in words and words[words.index("--transport") + 1] in ("http", "sse")
+    )
     if http:
         words = [w for i, w in enumerate(words) if w != "--port" and (i == 0 or words[i - 1] != "--port")]
         words += ["--port", "0"]

@@ -14,7 +14,8 @@ from groundhog_mcp.app import Settings, audit_key
 from groundhog_mcp.cli.common import is_url, private_output, unmigrated_store
 from groundhog_mcp.errors import InitializationError
 from groundhog_mcp.models import dumps, format_timestamp
-from groundhog_mcp.security.audit import AuditHead, ChainVerifier
+from groundhog_mcp.security.audit import AuditHead
+from groundhog_mcp.service.audit import verify_audit_chain
 from groundhog_mcp.store import Store
 from groundhog_mcp.store.base import AuditQuery
 
@@ -115,37 +116,19 @@ async def _audit_verify(args: argparse.Namespace, settings: Settings, store: Sto
     if key is None:
         print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
         return 1
-    verifier = ChainVerifier(key, anchor)
-    after, last_hmac, done = 0, "", False
-    while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_AUDIT_PAGE))):
-        for record in page:
-            if verifier.problem is None:
-                if verifier.feed(record.content(), record.hmac):
-                    last_hmac = record.hmac
-                    continue
-                if not verifier.diagnosing:
-                    done = True
-                    break
-                verifier.start_diagnosis(record.hmac)
-            elif verifier.diagnose(record.content(), record.hmac):
-                done = True
-                break
-        after = page[-1].sequence
-    if verifier.problem is None:
-        verifier.check_tail(await store.last_sequence())
-        verifier.check_anchor()
-    problem = verifier.problem
+    verification = await verify_audit_chain(store, key, anchor)
+    problem = verification.problem
     if problem is not None:
         print(
             f"audit log FAILED at row {problem.sequence} ({problem.kind}): {problem.message}; "
-            f"{verifier.rows} row(s) before it verified"
+            f"{verification.rows} row(s) before it verified"
         )
         return 1
-    span = f" (rows 1-{verifier.rows})" if verifier.rows else ""
+    span = f" (rows 1-{verification.rows})" if verification.rows else ""
     anchored = f"; reaches the anchored head {anchor.sequence}" if anchor is not None and anchor.sequence else ""
     print(
-        f"audit log OK: {verifier.rows} row(s) verified{span}, key {key.key_id}"
-        + (f", head {last_hmac}" if last_hmac else "")
+        f"audit log OK: {verification.rows} row(s) verified{span}, key {key.key_id}"
+        + (f", head {verification.last_hmac}" if verification.last_hmac else "")
         + anchored
     )
     return 0

@@ -34,12 +34,14 @@ from groundhog_mcp.cli.common import (
     EXIT_USAGE,
     Handler,
     UsageError,
+    add_access_arguments,
     is_url,
     manager_session,
     print_json,
     private_output,
     unmigrated_store,
 )
+from groundhog_mcp.cli.dashboard import add_dashboard_command
 from groundhog_mcp.cli.search import add_find_command
 from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         )
     _add_token_commands(commands, common)
     add_state_commands(commands, common)
+    add_dashboard_command(commands, common)
 
     contexts = commands.add_parser("contexts", parents=[common], help="list or show contexts")
     contexts_commands = contexts.add_subparsers(dest="contexts_command", metavar="ACTION", required=True)
@@ -482,28 +485,8 @@ def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--host", default=argparse.SUPPRESS, help="HTTP bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=argparse.SUPPRESS, help="HTTP port (default 8765; 0: any free)")
-    serve.add_argument(
-        "--allowed-host",
-        action="append",
-        dest="allowed_hosts",
-        default=argparse.SUPPRESS,
-        metavar="HOST[:PORT]",
-        help="also accept this Host header (repeatable; e.g. the name a proxy forwards)",
-    )
-    serve.add_argument(
-        "--allowed-origin",
-        action="append",
-        dest="allowed_origins",
-        default=argparse.SUPPRESS,
-        metavar="ORIGIN",
-        help="also accept this Origin header (repeatable; e.g. https://app.example.com)",
-    )
-    serve.add_argument("--token-file", default=argparse.SUPPRESS, help="bearer token file (env GROUNDHOG_TOKEN_FILE)")
-    serve.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)",
+    add_access_arguments(
+        serve, insecure_help="serve HTTP without bearer tokens, even on a non-loopback address (logged as a warning)"
     )
     serve.add_argument(
         "--metrics-public",
@@ -559,6 +542,7 @@ def _http_flags(args: argparse.Namespace) -> dict[str, Any]:
         "body_timeout",
         "max_connections",
         "credential_recheck",
+        "dashboard_port",
     )
     return {name: getattr(args, name, None) for name in names}
 

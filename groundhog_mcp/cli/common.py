@@ -25,6 +25,7 @@ __all__ = [
     "Handler",
     "InputError",
     "UsageError",
+    "add_access_arguments",
     "is_url",
     "manager_session",
     "print_json",
@@ -97,3 +98,25 @@ def private_output(path: str, *, force: bool, what: str) -> Generator[TextIO]:
         return
     with PrivateOutput(Path(path), force=force, what=what) as aside, aside.open("w", encoding="utf-8") as out:
         yield out
+
+
+def add_access_arguments(parser: argparse.ArgumentParser, *, insecure_help: str) -> None:
+    """The Host/Origin and token flags of the commands that serve HTTP (``serve``, ``dashboard``)."""
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        default=argparse.SUPPRESS,
+        metavar="HOST[:PORT]",
+        help="also accept this Host header (repeatable; e.g. the name a proxy forwards)",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        default=argparse.SUPPRESS,
+        metavar="ORIGIN",
+        help="also accept this Origin header (repeatable; e.g. https://app.example.com)",
+    )
+    parser.add_argument("--token-file", default=argparse.SUPPRESS, help="bearer token file (env GROUNDHOG_TOKEN_FILE)")
+    parser.add_argument("--insecure-no-auth", action="store_true", default=argparse.SUPPRESS, help=insecure_help)

@@ -15,6 +15,7 @@ next request: a revocation takes effect without a restart.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -31,7 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from groundhog_mcp.errors import InitializationError, NotFoundError, StateValidationError, ValidationIssue
+import structlog
+
+from groundhog_mcp.errors import ContextError, InitializationError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import (
     ALL_RIGHTS,
     DEFAULT_NAMESPACE,
@@ -206,6 +209,17 @@ class TokenStore:
             if hmac.compare_digest(digest, record.sha256) and not record.revoked:
                 found = record
         return found
+
+    async def verify_in_thread(self, token: str) -> TokenRecord | None:
+        """:meth:`verify` on a worker thread, for servers: a file that cannot be used is logged and
+        verifies nothing."""
+        try:
+            return await asyncio.to_thread(self.verify, token)
+        except (ContextError, OSError) as exc:
+            structlog.get_logger("groundhog_mcp.tokens").error(
+                "token file unusable: every token is refused until it is fixed", problem=str(exc)
+            )
+            return None
 
     def _current(self) -> tuple[TokenRecord, ...]:
         with self._cache_lock:

@@ -34,6 +34,7 @@ from groundhog_mcp.server.protocol import CACHE_HINTS, link_written_states, regi
 from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.search_tool import register_search_tool
 from groundhog_mcp.server.surface import select_tools
+from groundhog_mcp.server.timeline_app import timeline_app
 from groundhog_mcp.server.tools import register_tools
 
 __all__ = ["INSTRUCTIONS", "build_server"]
@@ -159,6 +160,7 @@ def build_server(
         cache_hints=CACHE_HINTS,
         token_verifier=token_verifier,
         auth=auth,
+        extensions=[timeline_app()],  # get_history's MCP App (server/timeline_app.py)
     )
     server.served_tools = None if tools is None else frozenset(tools)
     register_tools(server)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Generator
@@ -39,12 +38,21 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from groundhog_mcp.errors import ContextError, InitializationError
 from groundhog_mcp.models import Principal
+from groundhog_mcp.security.hosts import (
+    allowed_hosts,
+    authority,
+    bind_socket,
+    host_origin_refusal,
+    is_loopback,
+    is_unspecified,
+    origins_of,
+)
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.server.event_store import BoundedEventStore, UnscopedEventStore, scope_events_by_session
 from groundhog_mcp.server.principals import principal_claims, principal_of
@@ -52,6 +60,7 @@ from groundhog_mcp.server.principals import principal_claims, principal_of
 __all__ = [
     "HEALTH_PATH",
     "METRICS_PATH",
+    "UI_PATH",
     "HttpConfig",
     "HttpServer",
     "TokenFileVerifier",
@@ -60,6 +69,7 @@ __all__ = [
     "is_loopback",
     "refuse_unauthenticated_bind",
     "token_auth",
+    "verifier_access",
 ]
 
 log = structlog.get_logger("groundhog_mcp.http")
@@ -67,24 +77,6 @@ log = structlog.get_logger("groundhog_mcp.http")
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 Transport = Literal["http", "sse"]
-_LOCALHOST_NAMES = ("127.0.0.1", "localhost", "[::1]")
-_MAX_SHOWN_HEADER = 200
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` keeps the server reachable from this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def _authority(host: str, port: int) -> str:
-    """``host:port`` as a Host header spells it (IPv6 in brackets)."""
-    bare = host.strip("[]")
-    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
 
 
 @dataclass(frozen=True)
@@ -113,7 +105,7 @@ class HttpConfig:
 
     @property
     def authority(self) -> str:
-        return _authority(self.host, self.port)
+        return authority(self.host, self.port)
 
     @property
     def path(self) -> str:
@@ -122,30 +114,19 @@ class HttpConfig:
     @property
     def url(self) -> str:
         """The endpoint a client on this machine connects to."""
-        host = self.host if not _is_unspecified(self.host) else "127.0.0.1"
-        return f"http://{_authority(host, self.port)}{self.path}"
+        host = self.host if not is_unspecified(self.host) else "127.0.0.1"
+        return f"http://{authority(host, self.port)}{self.path}"
 
     def hosts(self) -> list[str]:
-        hosts = [_authority(name, self.port) for name in _LOCALHOST_NAMES]
-        if not _is_unspecified(self.host):
-            hosts.append(self.authority)
-        return _unique([*hosts, *self.allowed_hosts])
+        return allowed_hosts(self.host, self.port, self.allowed_hosts)
 
     def origins(self) -> list[str]:
-        derived = [f"{scheme}://{host}" for host in self.hosts() for scheme in ("http", "https")]
-        return _unique([*derived, *self.allowed_origins])
+        return _unique([*origins_of(self.hosts()), *self.allowed_origins])
 
     def transport_security(self) -> TransportSecuritySettings:
         return TransportSecuritySettings(
             enable_dns_rebinding_protection=True, allowed_hosts=self.hosts(), allowed_origins=self.origins()
         )
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_unspecified
-    except ValueError:
-        return False
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -170,27 +151,6 @@ def refuse_unauthenticated_bind(config: HttpConfig, *, authenticated: bool, inse
         "(groundhog-mcp tokens create --principal NAME) so that requests need one, bind 127.0.0.1, or pass "
         "--insecure-no-auth if something in front of this server authenticates requests"
     )
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (port 0: any free port), made before the database
-    opens so that a busy port fails fast."""
-    bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # without it Nagle holds back the second small write of an SSE event for a delayed ACK (~40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bare, port))
-        # Listening at once: a client that connects while the server is still starting waits
-        # in the backlog instead of being refused.
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise InitializationError(f"port: cannot listen on {_authority(host, port)} ({exc.strerror or exc})") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 # -- bearer tokens --------------------------------------------------------------------------
@@ -239,11 +199,7 @@ class TokenFileVerifier(TokenVerifier):
             if not await self.is_open():
                 return None
             return AccessToken(token=token, client_id="anonymous", scopes=[], claims=principal_claims(anonymous))
-        try:
-            record = await asyncio.to_thread(self._store.verify, token)
-        except (ContextError, OSError) as exc:
-            log.error("token file unusable: every token is refused until it is fixed", problem=str(exc))
-            return None
+        record = await self._store.verify_in_thread(token)
         if record is None:
             log.debug("bearer token refused")
             return None
@@ -334,9 +290,14 @@ def add_metrics_route(
 
 
 def http_app(
-    server: MCPServer[Any], config: HttpConfig, stopping: asyncio.Event, verifier: TokenVerifier | None = None
+    server: MCPServer[Any],
+    config: HttpConfig,
+    stopping: asyncio.Event,
+    verifier: TokenVerifier | None = None,
+    ui: ASGIApp | None = None,
 ) -> ASGIApp:
-    """The SDK's Starlette app for ``config.transport`` behind the Host/Origin guard."""
+    """The SDK's Starlette app for ``config.transport`` (and ``ui`` at ``/ui``) behind the
+    Host/Origin guard."""
 
     @server.custom_route(HEALTH_PATH, methods=["GET"], include_in_schema=False)
     async def healthz(request: Request) -> Response:  # pyright: ignore[reportUnusedFunction]
@@ -354,7 +315,52 @@ def http_app(
         scope_events_by_session(server.session_manager, BoundedEventStore())
     else:
         app = server.sse_app(max_request_body_size=config.max_body_bytes, transport_security=security, host=config.host)
-    return _Guard(app, config, stopping, verifier)
+    return _Guard(app if ui is None else _WithUi(app, ui), config, stopping, verifier)
+
+
+UI_PATH = "/ui"
+
+
+class _WithUi:
+    """``/ui/…`` to the dashboard (mounted: ``root_path`` ``/ui``), everything else to the SDK app."""
+
+    def __init__(self, app: ASGIApp, ui: ASGIApp) -> None:
+        self._app = app
+        self._ui = ui
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path == UI_PATH:
+            await RedirectResponse(UI_PATH + "/", status_code=307)(scope, receive, send)
+        elif scope["type"] == "http" and path.startswith(UI_PATH + "/"):
+            await self._ui({**scope, "root_path": scope.get("root_path", "") + UI_PATH}, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
+def verifier_access(
+    verifier: TokenVerifier | None, local: Principal
+) -> Callable[[str | None], Awaitable[Principal | None]]:
+    """The dashboard's sign-in over this server's token verifier: a browser's token acts as it
+    would on ``/mcp``; without a token, the anonymous principal while the server is open; with
+    no verifier at all (``insecure_no_auth``), everyone is ``local``."""
+
+    async def authenticate(token: str | None) -> Principal | None:
+        if verifier is None:
+            return local
+        if token is None:
+            if not (isinstance(verifier, TokenFileVerifier) and verifier.may_be_open):
+                return None
+            token = verifier.anonymous_token
+        access = await verifier.verify_token(token)
+        if access is None:
+            return None
+        try:
+            return principal_of(access)
+        except ContextError:
+            return None
+
+    return authenticate
 
 
 class _Guard:
@@ -456,24 +462,8 @@ class _Guard:
             return None
 
     def _refusal(self, headers: Headers) -> Response | None:
-        host = headers.get("host")
-        if not host or not _matches(host, self._hosts):
-            shown = repr((host or "")[:_MAX_SHOWN_HEADER])
-            log.warning("refused a request with a bad Host header", host=shown)
-            return PlainTextResponse(
-                f"Misdirected request: Host {shown} is not one this server answers to "
-                "(configure allowed_hosts / --allowed-host)",
-                status_code=421,
-            )
-        origin = headers.get("origin")
-        if origin and not _matches(origin, self._origins):
-            shown = repr(origin[:_MAX_SHOWN_HEADER])
-            log.warning("refused a request with a bad Origin header", origin=shown)
-            return PlainTextResponse(
-                f"Forbidden: Origin {shown} is not allowed (configure allowed_origins / --allowed-origin)",
-                status_code=403,
-            )
-        return None
+        refusal = host_origin_refusal(headers.get("host"), headers.get("origin"), self._hosts, self._origins)
+        return None if refusal is None else PlainTextResponse(refusal[1], status_code=refusal[0])
 
 
 def _bearer(headers: Headers) -> str | None:
@@ -543,13 +533,6 @@ class _StreamUntilStop:
         else:
             response = PlainTextResponse("Service unavailable: the server is stopping", status_code=503)
             await response(scope, self._receive, self._send)
-
-
-def _matches(value: str, allowed: list[str]) -> bool:
-    """The SDK's rule: an exact entry, or ``base:*`` for ``base`` with any port."""
-    if value in allowed:
-        return True
-    return any(entry.endswith(":*") and value.startswith(entry[:-1]) for entry in allowed)
 
 
 # -- uvicorn --------------------------------------------------------------------------------
@@ -623,6 +606,7 @@ class HttpServer:
     server: MCPServer[Any]
     config: HttpConfig
     verifier: TokenVerifier | None = None
+    ui: ASGIApp | None = None  # the dashboard, served at /ui
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _uvicorn: _Uvicorn | None = field(default=None, init=False)
 
@@ -633,7 +617,7 @@ class HttpServer:
             "HeaderDeadlineProtocol", (_HeaderDeadlineProtocol,), {"header_timeout": self.config.header_timeout}
         )
         uvicorn_config = uvicorn.Config(
-            http_app(self.server, self.config, self.stopping, self.verifier),
+            http_app(self.server, self.config, self.stopping, self.verifier, self.ui),
             http=protocol,
             # uvicorn counts the connection asking too: one more serves exactly max_connections.
             limit_concurrency=self.config.max_connections + 1,

@@ -42,6 +42,7 @@ from groundhog_mcp.server.outputs import (
     summary_of,
 )
 from groundhog_mcp.server.principals import request_principal
+from groundhog_mcp.server.timeline_app import ui_meta
 from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, read_part
@@ -578,4 +579,11 @@ _TOOLS: tuple[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations], ...] =
 def register_tools(server: MCPServer[AppContext]) -> None:
     for fn, title, hints in _TOOLS:
         description = inspect.cleandoc(fn.__doc__ or "")
-        server.add_tool(fn, title=title, description=description, annotations=hints, structured_output=True)
+        server.add_tool(
+            fn,
+            title=title,
+            description=description,
+            annotations=hints,
+            meta=ui_meta(fn.__name__),
+            structured_output=True,
+        )

@@ -21,6 +21,7 @@ import structlog
 
 from groundhog_mcp.errors import AccessDeniedError, ContextError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import Principal, format_timestamp, utcnow
+from groundhog_mcp.security.audit import AuditHead, ChainProblem, ChainVerifier, Signer
 from groundhog_mcp.service.caller import Caller
 from groundhog_mcp.service.validation import check_limit
 from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditNote, AuditQuery, AuditRecord, Store
@@ -33,9 +34,11 @@ __all__ = [
     "DENIAL_WINDOW_SECONDS",
     "AuditPage",
     "AuditTrail",
+    "AuditVerification",
     "DenialLog",
     "decode_audit_cursor",
     "encode_audit_cursor",
+    "verify_audit_chain",
 ]
 
 _log = structlog.get_logger("groundhog_mcp.state")
@@ -61,6 +64,43 @@ def decode_audit_cursor(cursor: str) -> int:
             field="cursor",
         )
     return int(cursor[1:])
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """What ``audit verify`` found: rows verified, the last one's HMAC, and the first problem."""
+
+    rows: int
+    last_hmac: str
+    problem: ChainProblem | None
+
+
+_VERIFY_PAGE = 1000
+
+
+async def verify_audit_chain(store: Store, key: Signer, anchor: AuditHead | None = None) -> AuditVerification:
+    """Check the whole HMAC chain, a page of rows at a time, up to the first broken row (and,
+    for an altered row, the rows after it that tell a reordering apart)."""
+    verifier = ChainVerifier(key, anchor)
+    after, last_hmac, done = 0, "", False
+    while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_VERIFY_PAGE))):
+        for record in page:
+            if verifier.problem is None:
+                if verifier.feed(record.content(), record.hmac):
+                    last_hmac = record.hmac
+                    continue
+                if not verifier.diagnosing:
+                    done = True
+                    break
+                verifier.start_diagnosis(record.hmac)
+            elif verifier.diagnose(record.content(), record.hmac):
+                done = True
+                break
+        after = page[-1].sequence
+    if verifier.problem is None:
+        verifier.check_tail(await store.last_sequence())
+        verifier.check_anchor()
+    return AuditVerification(verifier.rows, last_hmac, verifier.problem)
 
 
 DENIAL_WINDOW_SECONDS = 60.0

@@ -26,6 +26,7 @@ class LatencySummary:
     count: int
     average_ms: float
     p95_ms: float
+    p50_ms: float = 0.0
 
     @classmethod
     def of(cls, samples: deque[float] | None) -> LatencySummary:
@@ -33,7 +34,10 @@ class LatencySummary:
             return cls(0, 0.0, 0.0)
         ordered = sorted(samples)
         p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
-        return cls(len(ordered), round(sum(ordered) / len(ordered) * 1000, 3), round(p95 * 1000, 3))
+        p50 = ordered[min(len(ordered) - 1, math.ceil(0.5 * len(ordered)) - 1)]
+        return cls(
+            len(ordered), round(sum(ordered) / len(ordered) * 1000, 3), round(p95 * 1000, 3), round(p50 * 1000, 3)
+        )
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from groundhog_mcp.models import (
     Principal,
     Right,
 )
+from groundhog_mcp.security.audit import Signer
 from groundhog_mcp.service import handling, merging, metrics, migration, reads, updates
 from groundhog_mcp.service.access import (
     ContextPage,
@@ -45,7 +46,7 @@ from groundhog_mcp.service.access import (
     missing,
     sees,
 )
-from groundhog_mcp.service.audit import AuditPage, AuditTrail, DenialLog
+from groundhog_mcp.service.audit import AuditPage, AuditTrail, AuditVerification, DenialLog, verify_audit_chain
 from groundhog_mcp.service.bus import ChangeBus
 from groundhog_mcp.service.caller import Caller
 from groundhog_mcp.service.events import Event, EventHandler
@@ -506,3 +507,9 @@ class StateManager:
             limit=limit,
             newest_first=newest_first,
         )
+
+    async def verify_audit(self, key: Signer) -> AuditVerification:
+        """``groundhog-mcp audit verify`` for admins of the whole namespace: the chain spans every
+        namespace, so the answer (a row count and the first broken row) is the store's."""
+        await self.authorize("admin", "")
+        return await verify_audit_chain(self.store, key)
