@@ -28,7 +28,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from groundhog_mcp import __version__
-from groundhog_mcp.errors import EncryptionKeyError, InitializationError
+from groundhog_mcp.errors import EncryptionKeyError, InitializationError, StateValidationError
 from groundhog_mcp.models import NAMESPACE_PATTERN, Grant, Principal
 from groundhog_mcp.profiles import ToolSelection, parse_tools
 from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
@@ -215,7 +215,10 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_search_indexes(cls, value: list[str]) -> list[str]:
         for pointer in value:
-            parse_ref(pointer, "search_indexes")  # names the pointer and what is wrong with it
+            try:
+                parse_ref(pointer, "search_indexes")
+            except StateValidationError as exc:
+                raise ValueError(str(exc)) from None  # names the pointer and what is wrong with it
         return value
 
     @field_validator("allowed_hosts", "allowed_origins", "grants", "search_indexes", mode="before")
