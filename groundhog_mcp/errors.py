@@ -277,6 +277,16 @@ class CompactedError(NotFoundError):
             f"retention; the oldest available revision is {oldest_available}"
         )
 
+    @classmethod
+    def at_time(cls, name: str, at: str, oldest_available: int, *, field: str = "as_of") -> CompactedError:
+        """The revision in force at time ``at`` was pruned."""
+        error = cls(name, 0, oldest_available)
+        error.args = (
+            f"{field}: compacted, the revision of context {name!r} in force at {at} was pruned by history "
+            f"retention; the oldest available revision is {oldest_available}",
+        )
+        return error
+
 
 class AccessDeniedError(ContextError):
     """The principal lacks the grant an operation needs."""

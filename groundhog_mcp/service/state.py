@@ -39,6 +39,7 @@ from groundhog_mcp.models import (
     ContextState,
     HistoryEntry,
     JSONObject,
+    Parent,
     Principal,
     Right,
     dumps,
@@ -52,6 +53,15 @@ from groundhog_mcp.service.audit import (
     current_request_id,
     decode_audit_cursor,
     encode_audit_cursor,
+)
+from groundhog_mcp.service.branches import (
+    context_lineage,
+    fork_context,
+    merge_base,
+    merge_parents,
+    parse_watch_paths,
+    state_as_of,
+    touches,
 )
 from groundhog_mcp.service.bus import ChangeBus, Resync
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec, parse_handler_specs
@@ -99,6 +109,7 @@ from groundhog_mcp.store.base import (
     EventRecord,
     Mutation,
     NewContext,
+    ParentRef,
     Store,
     StoredContext,
 )
@@ -313,8 +324,10 @@ class StateManager:
         handlers: JSONObject | None = None,
         if_exists: Literal["error", "return"] = "error",
         context_id: ContextId | None = None,
+        forked_from: ParentRef | None = None,
     ) -> WriteResult | StoredContext:
-        """Create a context; with ``if_exists="return"`` an existing one is returned as is."""
+        """Create a context; with ``if_exists="return"`` an existing one is returned as is
+        (``forked_from``: set by :meth:`fork`)."""
         check_name(name)
         await self.authorize("write", name)
         check_semver(version)
@@ -351,6 +364,7 @@ class StateManager:
             schema=schema,
             handlers=handlers or {},
             state=state,
+            forked_from=forked_from,
         )
         return await self._register(new, if_exists=if_exists)
 
@@ -393,16 +407,25 @@ class StateManager:
         next_cursor = _encode_cursor(rows[limit - 1].name) if len(rows) > limit else None
         return ContextPage(rows[:limit], next_cursor)
 
-    async def read(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState]:
-        """The current state, or the state at ``revision``: ``(context, revision, state)``; a state
-        stored in an older format version is upcast to the context's current one."""
-        context, at, state, _ = await self.read_upcast(name, revision)
+    async def read(
+        self, name: str, revision: int | None = None, *, as_of: datetime | None = None
+    ) -> tuple[StoredContext, int, ContextState]:
+        """The current state, or the state at ``revision`` (or in force at time ``as_of``):
+        ``(context, revision, state)``; a state stored in an older format version is upcast to the
+        context's current one."""
+        context, at, state, _ = await self.read_upcast(name, revision, as_of=as_of)
         return context, at, state
 
-    async def read_upcast(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState, str]:
+    async def read_upcast(
+        self, name: str, revision: int | None = None, *, as_of: datetime | None = None
+    ) -> tuple[StoredContext, int, ContextState, str]:
         """Like :meth:`read`, plus the format version the state is stored in."""
         context = await self.get(name)
-        if revision is None or revision == context.revision:
+        if as_of is not None:
+            if revision is not None:
+                raise StateValidationError([ValidationIssue("", "give revision or as_of, not both")], field="as_of")
+            at, stored = await state_as_of(self, context, as_of)
+        elif revision is None or revision == context.revision:
             at, stored = context.revision, context.state
         else:
             at, stored = revision, await self._revision_state(context, revision)
@@ -513,25 +536,69 @@ class StateManager:
         issues = await asyncio.to_thread(self._state_issues, candidate, context.schema, context.settings)
         return context, issues
 
-    async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
+    async def history(
+        self,
+        name: str,
+        *,
+        before: int | None = None,
+        limit: int = 20,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[HistoryEntry]:
+        """Revisions newest first (``before``: older than it; ``since``/``until``: committed at or
+        after / before these times); each names what it was forked or merged from."""
         if not 1 <= limit <= self.limits.max_history_page:
             raise StateValidationError(
                 [ValidationIssue("", f"must be between 1 and {self.limits.max_history_page}; got {limit}")],
                 field="limit",
             )
         context = await self.get(name)
-        return await self.store.history(context.id, before=before, limit=limit)
+        return await self.store.history(context.id, before=before, limit=limit, since=since, until=until)
 
-    async def diff(self, name: str, from_revision: int, to_revision: int | None = None) -> list[JSONObject]:
+    async def diff(
+        self,
+        name: str,
+        from_revision: int | None,
+        to_revision: int | None = None,
+        *,
+        from_as_of: datetime | None = None,
+        to_as_of: datetime | None = None,
+    ) -> list[JSONObject]:
+        """The RFC 6902 diff between two revisions, each given by number or by time (``*_as_of``)."""
+        return (await self.diff_between(name, from_revision, to_revision, from_as_of=from_as_of, to_as_of=to_as_of))[2]
+
+    async def diff_between(
+        self,
+        name: str,
+        from_revision: int | None,
+        to_revision: int | None = None,
+        *,
+        from_as_of: datetime | None = None,
+        to_as_of: datetime | None = None,
+    ) -> tuple[int, int, list[JSONObject]]:
+        """Like :meth:`diff`, with the two revisions compared: ``(from, to, patch)``."""
+        if (from_revision is None) == (from_as_of is None):
+            raise StateValidationError(
+                [ValidationIssue("", "give exactly one of from_revision or from_as_of")], field="from_revision"
+            )
+        if to_revision is not None and to_as_of is not None:
+            raise StateValidationError(
+                [ValidationIssue("", "give to_revision or to_as_of, not both")], field="to_revision"
+            )
         context = await self.get(name)
-        source = await self._revision_state(context, from_revision, field="from_revision")
-        target = (
-            context.state
-            if to_revision is None or to_revision == context.revision
-            else await self._revision_state(context, to_revision, field="to_revision")
-        )
+        if from_as_of is not None:
+            from_revision, source = await state_as_of(self, context, from_as_of, field="from_as_of")
+        else:
+            assert from_revision is not None
+            source = await self._revision_state(context, from_revision, field="from_revision")
+        if to_as_of is not None:
+            to_revision, target = await state_as_of(self, context, to_as_of, field="to_as_of")
+        elif to_revision is None or to_revision == context.revision:
+            to_revision, target = context.revision, context.state
+        else:
+            target = await self._revision_state(context, to_revision, field="to_revision")
         # Proportional to two whole states: computed in a worker thread, not on the event loop.
-        return await asyncio.to_thread(json_diff, source.document(), target.document())
+        return from_revision, to_revision, await asyncio.to_thread(json_diff, source.document(), target.document())
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
@@ -558,11 +625,15 @@ class StateManager:
         after_sequence: int | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the wait is the operation itself, bounded and validated here
         limit: int = 100,
+        paths: Sequence[str] | None = None,
     ) -> tuple[list[Change], int]:
         """Changes after ``after_sequence`` to ``names`` (or to any of your contexts), waiting up
         to ``timeout`` seconds for the first. Returns ``(changes, cursor)``; pass ``cursor`` as the
-        next ``after_sequence``. ``after_sequence=None`` means "from now"."""
+        next ``after_sequence``. ``after_sequence=None`` means "from now". ``paths`` (JSON Pointers
+        into the state document): only changes touching one of them, an ancestor or a descendant;
+        the cursor still moves past the others."""
         wanted = set(names) if names else None
+        watched = parse_watch_paths(paths)
         for name in wanted or ():
             check_name(name, field="contexts")
         if not 0 <= timeout <= MAX_WAIT_SECONDS:
@@ -576,7 +647,11 @@ class StateManager:
             )
 
         def matches(change: Change) -> bool:
-            return self._sees(change) and (wanted is None or change.name in wanted)
+            return (
+                self._sees(change)
+                and (wanted is None or change.name in wanted)
+                and (watched is None or touches(change, watched))
+            )
 
         subscription = self.bus.subscribe()
         try:
@@ -1039,6 +1114,46 @@ class StateManager:
         task.add_done_callback(self._pending.discard)
         return await asyncio.shield(task)
 
+    # -- branches and time (service/branches.py) --------------------------------------------
+
+    async def fork(
+        self,
+        name: str,
+        new_name: str,
+        *,
+        revision: int | None = None,
+        version: str | None = None,
+        metadata: JSONObject | None = None,
+        settings: JSONObject | None = None,
+        schema: JSONObject | None = None,
+        handlers: JSONObject | None = None,
+    ) -> WriteResult:
+        """A new context ``new_name`` with ``name``'s state at ``revision`` (current when None) and
+        its definition unless overridden; it records ``forked_from`` (see :meth:`forked_from`)."""
+        return await fork_context(
+            self,
+            name,
+            new_name,
+            revision=revision,
+            version=version,
+            metadata=metadata,
+            settings=settings,
+            schema=schema,
+            handlers=handlers,
+        )
+
+    async def forked_from(self, context: StoredContext) -> Parent | None:
+        """The context and revision ``context`` was forked from (None: registered, not forked)."""
+        return await context_lineage(self, context)
+
+    async def revision_state(self, context: StoredContext, revision: int, field: str = "revision") -> ContextState:
+        """The state of ``context`` at ``revision`` as stored (compacted, purged: an error)."""
+        return await self._revision_state(context, revision, field)
+
+    async def upcast(self, context: StoredContext, state: ContextState, revision: int | None = None) -> ContextState:
+        """``state`` in ``context``'s current format version (off the event loop when work is due)."""
+        return await self._upcast_off_loop(context, state, revision)
+
     # -- merge (appended: keep at the end of the class) -------------------------------------
 
     async def merge(
@@ -1103,10 +1218,15 @@ class StateManager:
         states = [state for state, _ in resolved]
         infos = [info for _, info in resolved]
         refs = [s for s in sources if isinstance(s, ContextRef)]
-        one_context = len(refs) == len(sources) and len({r.context for r in refs}) == 1
-        if strategy == "three_way" and base_source is None and one_context:
-            base_source = ContextRef(refs[0].context, min(i.revision or 0 for i in infos))
-        base_state, base_info = await resolve(base_source, "base") if base_source is not None else (None, None)
+        base_state: ContextState | None = None
+        base_info: SourceInfo | None = None
+        if base_source is not None:
+            base_state, base_info = await resolve(base_source, "base")
+        elif strategy == "three_way" and len(refs) == len(sources):
+            # The fork point or the last merge between them (one context: the lowest revision given).
+            found = await merge_base(self, contexts, infos)
+            if found is not None:
+                base_state, base_info = found
 
         def run(given: list[ContextState]) -> MergeResult:
             result = compute_merge(
@@ -1173,7 +1293,8 @@ class StateManager:
                     infos[i] = SourceInfo(target, current.revision)
             state = latest[0].state
             self._check_written(state, current)
-            return Mutation(state, json_diff(current.state.document(), state.document()), op="merge")
+            diff = json_diff(current.state.document(), state.document())
+            return Mutation(state, diff, op="merge", parents=merge_parents(contexts, infos, current))
 
         try:
             write = await self._mutate(target, expected_revision, apply, detail=f"strategy {strategy}")

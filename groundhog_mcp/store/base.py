@@ -29,6 +29,8 @@ from groundhog_mcp.store.rows import (
     AuditRecord,
     AuditValue,
     DeadLetter,
+    LineageEdge,
+    ParentRef,
     StoredContext,
     StoredEvent,
     StoredRevision,
@@ -38,6 +40,7 @@ __all__ = [
     "AUDIT_DENIED",
     "AUDIT_OK",
     "FEED_PATCH_MAX_BYTES",
+    "FEED_PATCH_MAX_OPS",
     "SEALED_MAGIC",
     "AuditEntry",
     "AuditNote",
@@ -48,10 +51,12 @@ __all__ = [
     "DeadLetter",
     "EventAlreadyHandled",
     "EventRecord",
+    "LineageEdge",
     "MaintenanceStore",
     "Mutation",
     "Mutator",
     "NewContext",
+    "ParentRef",
     "RecordCipher",
     "Retention",
     "RotationProgress",
@@ -80,6 +85,7 @@ class NewContext:
     schema: JSONObject | None
     handlers: JSONObject
     state: ContextState
+    forked_from: ParentRef | None = None  # a fork: the revision its state was copied from
 
 
 def registered(new: NewContext, *, revision: int, state_size: int, now: datetime) -> StoredContext:
@@ -108,6 +114,7 @@ class Mutation:
     state: ContextState
     patch: list[JSONObject]
     op: str = "update"
+    parents: tuple[ParentRef, ...] = ()  # a merge: the other contexts' revisions it took in
 
 
 @dataclass(frozen=True)
@@ -245,8 +252,26 @@ class Store(Protocol):
         """The snapshot, or the oldest available revision when this one was pruned, or None."""
         ...
 
-    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
-        """Newest first, revisions < ``before``."""
+    async def history(
+        self,
+        context_id: ContextId,
+        *,
+        before: int | None,
+        limit: int,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[HistoryEntry]:
+        """Newest first, revisions < ``before`` committed at or after ``since`` and before
+        ``until``; each with the parents its lineage records."""
+        ...
+
+    async def revision_at(self, context_id: ContextId, at: datetime) -> StoredRevision | int | None:
+        """The revision in force at ``at`` (the last one committed at or before it), or the
+        oldest available revision when that one was pruned, or None when there is no history."""
+        ...
+
+    async def lineage(self, namespace: str, context_ids: list[ContextId], *, limit: int) -> list[LineageEdge]:
+        """The lineage rows of these contexts of ``namespace`` (at most ``limit``)."""
         ...
 
     async def changes_after(self, sequence: int, *, limit: int) -> list[Change]: ...
@@ -364,7 +389,7 @@ class ChangeAnnouncer(Protocol):
 
 
 FEED_PATCH_MAX_BYTES = 2048
-_FEED_PATCH_MAX_OPS = 100
+FEED_PATCH_MAX_OPS = 100
 
 
 def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
@@ -375,7 +400,7 @@ def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
         return None
     if len(dumps(patch).encode("utf-8")) <= FEED_PATCH_MAX_BYTES:
         return patch
-    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]
+    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:FEED_PATCH_MAX_OPS]]
 
 
 # -- the audit log ------------------------------------------------------------------------------
