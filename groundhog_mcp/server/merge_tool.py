@@ -150,21 +150,13 @@ async def merge_states(
             max_length=MAX_MERGE_INPUTS,
         ),
     ],
-    strategy: Annotated[
-        StrategyArg,
-        Field(
-            description=(
-                "ordered: RFC 7396 fold, later inputs win; three_way: merge each input's changes since base; "
-                "reducers: key-by-key, the same however inputs are batched"
-            )
-        ),
-    ] = "ordered",
+    strategy: StrategyArg = "ordered",
     base: Annotated[
         MergeInput | None,
         Field(
             description=(
-                "three_way only: the state the inputs started from, e.g. {context, revision} you read; "
-                "default: the lowest revision given when all inputs are revisions of one context"
+                "three_way only: the state the inputs started from; default: the fork point or last merge "
+                "between the inputs"
             )
         ),
     ] = None,
@@ -173,7 +165,7 @@ async def merge_states(
         Field(
             description=(
                 "JSON Pointer into the state (/data/... or /metadata/...) -> append | union | sum | max | min | "
-                'last, e.g. {"/data/log": "append", "/data/visits": "sum"}; other arrays are replaced whole'
+                'last, e.g. {"/data/log": "append"}; other arrays are replaced whole'
             ),
             max_length=MAX_REDUCERS,
         ),
@@ -188,13 +180,12 @@ async def merge_states(
     expected_revision: ExpectedRevision = None,
     dry_run: Annotated[bool, Field(description="compute and check everything, list conflicts, write nothing")] = False,
 ) -> MergeOut:
-    """Merge 2-16 JSON states (contexts at revisions and/or inline states); data and metadata alike.
-    ordered (default): RFC 7396 merge patches in order, later inputs win. three_way: combine what
-    each input changed since base; a key changed differently on both sides is a conflict that
-    on_conflict settles (fail: an error listing them). reducers: key by key, the same result
-    however inputs are batched. reducers at given paths (any strategy) append, union, sum, max,
-    min or take the last value. With target (and expected_revision) the result is written as one
-    new revision; dry_run previews result and conflicts."""
+    """Merge 2-16 JSON states (contexts at revisions and/or inline states), data and metadata.
+    ordered: RFC 7396 merge patches in order, later inputs win. three_way: combine what each input
+    changed since base; a key changed differently on both sides is a conflict that on_conflict
+    settles. reducers: key by key, the same however inputs are batched; at given paths (any
+    strategy) append, union, sum, max, min or last. With target the result is written as one new
+    revision; dry_run previews result and conflicts."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
     outcome = await _manager(ctx).merge(
         sources,
