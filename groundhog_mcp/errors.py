@@ -119,15 +119,13 @@ class ConflictError(StateUpdateError):
         super().__init__(message or self._message(detail))
 
     @classmethod
-    def already_exists(cls, name: str, current_revision: int) -> ConflictError:
+    def already_exists(cls, name: str, current_revision: int, *, field: str = "name") -> ConflictError:
+        hint = "pass if_exists='return' to use it, or choose another name" if field == "name" else "choose another name"
         error = cls(
             name,
             0,
             current_revision,
-            message=(
-                f"name: a context named {name!r} already exists (revision {current_revision}); "
-                "pass if_exists='return' to use it, or choose another name"
-            ),
+            message=f"{field}: a context named {name!r} already exists (revision {current_revision}); {hint}",
         )
         error.retryable = False  # the same create fails again: the name is taken
         return error

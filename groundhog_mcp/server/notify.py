@@ -18,6 +18,7 @@ from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, Serv
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Change, Principal
+from groundhog_mcp.server.path_watch import PathWatch, listen_uris, path_watches
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import ChangeBus, Resync
 from groundhog_mcp.service.bus import cancel_and_wait
@@ -39,7 +40,7 @@ def context_uris(name: str) -> tuple[str, str, str]:
     return base, f"{base}/state", f"{base}/history"
 
 
-_SUBSCRIBABLE = re.compile(r"^groundhog://contexts/[A-Za-z0-9._-]{1,128}(/state|/history)?$")
+_SUBSCRIBABLE = re.compile(r"^groundhog://contexts/[A-Za-z0-9._-]{1,128}(/state|/history|/state\?path=[^#]{0,3100})?$")
 
 
 def is_subscribable(uri: str) -> bool:
@@ -61,6 +62,7 @@ class NamespacedSubscriptionBus:
 
     def __init__(self) -> None:
         self._listeners: dict[object, tuple[Principal | None, Callable[[ServerEvent], None]]] = {}
+        self._paths: dict[object, tuple[PathWatch, ...]] = {}  # listener -> the path URIs it asked for
 
     async def publish(self, event: ServerEvent) -> None:
         await self._deliver(event, lambda _: True)
@@ -80,6 +82,25 @@ class NamespacedSubscriptionBus:
 
         await self._deliver(event, wanted)
 
+    async def publish_paths(self, change: Change, *, configured: str | Principal) -> None:
+        """Tell each stream that may read ``change``'s context and listens to one of its path URIs
+        (``…/state?path=…``) touched by the change."""
+        for token, watches in list(self._paths.items()):
+            entry = self._listeners.get(token)
+            if entry is None:
+                continue
+            principal, listener = entry
+            if principal is None:
+                principal = Principal(namespace=configured) if isinstance(configured, str) else configured
+            if not _reads(principal, change.namespace, change.name):
+                continue
+            for watch in watches:
+                if watch.touched_by(change):
+                    try:
+                        listener(ResourceUpdated(uri=watch.uri))
+                    except Exception:  # fan-out boundary: one bad listener must not starve the others
+                        log.exception("subscription listener raised; continuing")
+
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
         try:
             principal = request_principal()
@@ -87,9 +108,13 @@ class NamespacedSubscriptionBus:
             principal = _NOWHERE
         token = object()
         self._listeners[token] = (principal, listener)
+        watches = path_watches(listen_uris.get())
+        if watches:
+            self._paths[token] = watches
 
         def unsubscribe() -> None:
             self._listeners.pop(token, None)
+            self._paths.pop(token, None)
 
         return unsubscribe
 
@@ -185,10 +210,13 @@ class Notifier:
         uris = context_uris(change.name)
         for uri in uris:
             await self._publish(change.namespace, ResourceUpdated(uri=uri), change.name)
+        if isinstance(self._subscriptions, NamespacedSubscriptionBus):
+            await self._subscriptions.publish_paths(change, configured=self._principal)
         for connection, subscribed in list(self._subscribed.items()):
             if not _reads(self._connections.get(connection), change.namespace, change.name):
                 continue
-            for uri in uris:
+            touched = [w.uri for w in path_watches(u for u in subscribed if "?path=" in u) if w.touched_by(change)]
+            for uri in (*uris, *touched):
                 if uri in subscribed:
                     try:
                         await connection.send_resource_updated(uri)

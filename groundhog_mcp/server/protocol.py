@@ -24,6 +24,7 @@ from groundhog_mcp.errors import ContextError
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.error_results import protocol_error
 from groundhog_mcp.server.notify import is_subscribable, state_uri
+from groundhog_mcp.server.path_watch import parse_path_uri
 
 __all__ = ["CACHE_HINTS", "link_written_states", "register_protocol_handlers"]
 
@@ -87,6 +88,7 @@ async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
         # fires, since only groundhog:// resources change here.
         return EmptyResult()
     try:
+        parse_path_uri(uri)  # a path subscription names a valid JSON Pointer
         principal = ctx.lifespan_context.request_manager(ctx.request).principal
     except ContextError as exc:
         raise protocol_error(INVALID_PARAMS, exc) from None

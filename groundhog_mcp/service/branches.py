@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from groundhog_mcp.errors import CompactedError, NotFoundError, StateValidationError, ValidationIssue
+from groundhog_mcp.errors import CompactedError, ConflictError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import Change, ContextState, JSONObject, Parent, format_timestamp
 from groundhog_mcp.service.lineage import Point, forked_from, merge_base_candidates
 from groundhog_mcp.service.merge import SourceInfo
@@ -61,17 +61,20 @@ async def fork_context(
     source = await manager.get(name)  # read grant on the source, as get_state
     at = source.revision if revision is None else revision
     state = await manager.revision_state(source, at)
-    result = await manager.register(
-        new_name,
-        version=source.version if version is None else version,
-        state=state,
-        metadata=source.metadata if metadata is None else metadata,
-        settings=source.settings if settings is None else settings,
-        schema=source.schema if schema is None else schema,
-        handlers=source.handlers if handlers is None else handlers,
-        if_exists="error",
-        forked_from=ParentRef(source.id, Parent("fork", source.name, at)),
-    )
+    try:
+        result = await manager.register(
+            new_name,
+            version=source.version if version is None else version,
+            state=state,
+            metadata=source.metadata if metadata is None else metadata,
+            settings=source.settings if settings is None else settings,
+            schema=source.schema if schema is None else schema,
+            handlers=source.handlers if handlers is None else handlers,
+            if_exists="error",
+            forked_from=ParentRef(source.id, Parent("fork", source.name, at)),
+        )
+    except ConflictError as exc:
+        raise ConflictError.already_exists(new_name, exc.current_revision or 0, field="new_name") from None
     assert not isinstance(result, StoredContext)  # if_exists="error" never returns an existing context
     return result
 
