@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_WATCH_PATHS",
+    "TargetMoved",
     "context_lineage",
     "fork_context",
     "merge_base",
@@ -86,6 +87,11 @@ async def context_lineage(manager: StateManager, context: StoredContext) -> Pare
 
 
 # -- merge base -----------------------------------------------------------------------------------
+
+
+class TargetMoved(Exception):
+    """A three-way merge into one of its inputs found the target moved on inside the write: its
+    base, found from lineage for the revision first read, may be stale. Nothing was written."""
 
 
 async def merge_base(

@@ -31,6 +31,7 @@ from groundhog_mcp.errors import (
     NotFoundError,
     StateUpdateError,
     StateValidationError,
+    StoreBusyError,
     ValidationIssue,
 )
 from groundhog_mcp.models import (
@@ -55,6 +56,7 @@ from groundhog_mcp.service.audit import (
     encode_audit_cursor,
 )
 from groundhog_mcp.service.branches import (
+    TargetMoved,
     context_lineage,
     fork_context,
     merge_base,
@@ -127,6 +129,7 @@ _BACKOFF_CAP = 1.0
 _MAX_EVENT_RACES = 50
 _SCAN_PAGE = 500
 _MAX_SCAN_PAGES = 20
+_MERGE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -1179,6 +1182,45 @@ class StateManager:
         write that lands meanwhile is merged in, never overwritten. ``dry_run`` runs every check
         but writes nothing, and lists conflicts instead of raising them.
         """
+        for _ in range(_MERGE_ATTEMPTS - 1):
+            try:
+                return await self._merge_once(
+                    inputs,
+                    strategy=strategy,
+                    base=base,
+                    reducers=reducers,
+                    on_conflict=on_conflict,
+                    target=target,
+                    expected_revision=expected_revision,
+                    dry_run=dry_run,
+                )
+            except TargetMoved:
+                continue  # the merge base may have moved with the target: find it again
+        return await self._merge_once(
+            inputs,
+            strategy=strategy,
+            base=base,
+            reducers=reducers,
+            on_conflict=on_conflict,
+            target=target,
+            expected_revision=expected_revision,
+            dry_run=dry_run,
+            last_attempt=True,
+        )
+
+    async def _merge_once(
+        self,
+        inputs: Sequence[MergeSource | Mapping[str, Any]],
+        *,
+        strategy: Strategy = "ordered",
+        base: MergeSource | Mapping[str, Any] | None = None,
+        reducers: Mapping[str, str] | None = None,
+        on_conflict: OnConflict = "fail",
+        target: str | None = None,
+        expected_revision: int | None = None,
+        dry_run: bool = False,
+        last_attempt: bool = False,
+    ) -> MergeOutcome:
         check_merge_arguments(
             count=len(inputs),
             strategy=strategy,
@@ -1227,6 +1269,7 @@ class StateManager:
             found = await merge_base(self, contexts, infos)
             if found is not None:
                 base_state, base_info = found
+        lineage_base = base_source is None and base_info is not None
 
         def run(given: list[ContextState]) -> MergeResult:
             result = compute_merge(
@@ -1284,6 +1327,14 @@ class StateManager:
         latest = [result]
 
         def apply(current: StoredContext) -> Mutation:
+            if live and current.revision != infos[live[0]].revision and lineage_base:
+                # Its base was found for the revision first read: find it again (within bounds).
+                if last_attempt:
+                    raise StoreBusyError(
+                        f"target: context {target!r} kept changing while the merge base was found "
+                        f"({_MERGE_ATTEMPTS} attempts); retry"
+                    )
+                raise TargetMoved
             if live and current.revision != infos[live[0]].revision:
                 # The target moved since it was read: merge its state as of this transaction.
                 latest[0] = run(
