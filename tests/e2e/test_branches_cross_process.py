@@ -20,6 +20,7 @@ from tests.e2e.harness import Inbox, call_ok, mcp_client
 pytestmark = pytest.mark.e2e
 
 PATH_URI = "groundhog://contexts/shared/state?path=/data/plan"
+MARKER_URI = "groundhog://contexts/marker/state"
 INITIAL = {"data": {"plan": {"step": 0}, "log": []}}
 
 
@@ -36,12 +37,15 @@ async def test_path_watches_hear_only_their_path_from_another_process(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             await a.subscribe_resource(PATH_URI)
-        async with modern.listen(resource_subscriptions=[PATH_URI]) as subscription:
+        await call_ok(b, "register_context", {"name": "marker"})
+        async with modern.listen(resource_subscriptions=[PATH_URI, MARKER_URI]) as subscription:
             await call_ok(b, "update_state", {"name": "shared", "merge_patch": {"log": ["sibling"]}})
+            await call_ok(b, "update_state", {"name": "marker", "data": {"n": 1}})
             child = await call_ok(b, "update_state", {"name": "shared", "merge_patch": {"plan": {"step": 1}}})
             with anyio.fail_after(10):
-                event = await subscription.__anext__()
-            assert type(event).__name__ == "ResourceUpdated" and event.uri == PATH_URI  # type: ignore[attr-defined]
+                events = [await subscription.__anext__(), await subscription.__anext__()]
+        # In commit order: a notification for the sibling write would come before the marker's.
+        assert [getattr(e, "uri", None) for e in events] == [MARKER_URI, PATH_URI]
         # Notifications go out in commit order: had the sibling's been sent, it would be first.
         await inbox.wait_for_count(types.ResourceUpdatedNotification, 1)
         uris = [str(n.params.uri) for n in inbox.notifications if isinstance(n, types.ResourceUpdatedNotification)]

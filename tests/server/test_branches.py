@@ -135,17 +135,19 @@ async def test_path_subscription_legacy_fires_only_for_the_path(server: MCPServe
 
 
 async def test_path_subscription_on_the_2026_stream(server: MCPServer[AppContext]) -> None:
-    async with (
-        Client(server, mode="2026-07-28") as client,
-        client.listen(resource_subscriptions=[PLAN_URI]) as subscription,
-    ):
+    marker = "groundhog://contexts/marker/state"
+    async with Client(server, mode="2026-07-28") as client:
         await call(client, "register_context", name="w", state={"data": {"plan": {"step": 1}, "log": []}})
-        await call(client, "update_state", name="w", merge_patch={"log": ["x"]})
-        await call(client, "update_state", name="w", merge_patch={"plan": {"step": 2}})
-        seen: list[str] = []
-        with anyio.fail_after(5):
-            async for event in subscription:
-                seen.append(str(getattr(event, "uri", "")))
-                break
-    # The registration has no diff (it touches every path); the sibling write sent nothing.
-    assert seen == [PLAN_URI]
+        await call(client, "register_context", name="marker")
+        async with client.listen(resource_subscriptions=[PLAN_URI, marker]) as subscription:
+            await call(client, "update_state", name="w", merge_patch={"log": ["x"]})  # a sibling: silent
+            await call(client, "update_state", name="marker", data={"n": 1})
+            await call(client, "update_state", name="w", merge_patch={"plan": {"step": 2}})  # a child
+            seen: list[str] = []
+            with anyio.fail_after(5):
+                async for event in subscription:
+                    seen.append(str(getattr(event, "uri", "")))
+                    if len(seen) == 2:
+                        break
+    # Events arrive in commit order: a notification for the sibling write would come first.
+    assert seen == [marker, PLAN_URI]
