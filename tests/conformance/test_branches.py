@@ -10,8 +10,8 @@ import pytest
 from groundhog_mcp import ContextState, NotFoundError, StateManager
 from groundhog_mcp.errors import CompactedError, ConflictError, MergeConflictError, StateValidationError
 from groundhog_mcp.models import Parent, Principal
-from groundhog_mcp.store import Retention
-from tests.conformance.conftest import Backend
+from groundhog_mcp.store import Retention, maintenance
+from tests.conformance.conftest import Backend, MakeBackend
 
 
 async def _merge(manager: StateManager, ours: str, theirs: str, *, dry_run: bool = False, **kwargs: object):
@@ -226,3 +226,28 @@ async def test_lineage_never_crosses_namespaces(manager: StateManager) -> None:
         await _merge(other, "shared", "mine", dry_run=True)
     assert await other.forked_from(await other.get("mine")) is None
     assert (await other.history("mine"))[0].parents == ()
+
+
+async def test_lineage_survives_export_and_import(backend: Backend, make_backend: MakeBackend) -> None:
+    """An export carries the lineage: after an import the fork point and the last merge are found."""
+    source = StateManager(backend.store())
+    await source.start()
+    try:
+        await source.register("main", state=ContextState(data={"a": 0, "b": 0}))
+        await source.fork("main", "side")
+        await source.update("side", merge_patch_={"b": 1})
+        await _merge(source, "main", "side")
+        records = [r async for r in maintenance(source.store).export_records()]
+    finally:
+        await source.close()
+    assert sorted(r["kind"] for r in records if r["type"] == "lineage") == ["fork", "merge"]
+    copy = StateManager((await make_backend(backend.kind)).store())
+    await copy.start()
+    try:
+        await maintenance(copy.store).import_records(records)
+        assert await copy.forked_from(await copy.get("side")) == Parent("fork", "main", 1)
+        await copy.update("side", merge_patch_={"a": 2})
+        preview = await _merge(copy, "main", "side", dry_run=True)
+        assert preview.base is not None and (preview.base.context, preview.base.revision) == ("side", 2)
+    finally:
+        await copy.close()
