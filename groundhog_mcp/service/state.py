@@ -1182,7 +1182,7 @@ class StateManager:
         write that lands meanwhile is merged in, never overwritten. ``dry_run`` runs every check
         but writes nothing, and lists conflicts instead of raising them.
         """
-        for _ in range(_MERGE_ATTEMPTS - 1):
+        for attempt in range(1, _MERGE_ATTEMPTS + 1):
             try:
                 return await self._merge_once(
                     inputs,
@@ -1193,20 +1193,11 @@ class StateManager:
                     target=target,
                     expected_revision=expected_revision,
                     dry_run=dry_run,
+                    last_attempt=attempt == _MERGE_ATTEMPTS,
                 )
             except TargetMoved:
                 continue  # the merge base may have moved with the target: find it again
-        return await self._merge_once(
-            inputs,
-            strategy=strategy,
-            base=base,
-            reducers=reducers,
-            on_conflict=on_conflict,
-            target=target,
-            expected_revision=expected_revision,
-            dry_run=dry_run,
-            last_attempt=True,
-        )
+        raise AssertionError("the last attempt raises StoreBusyError, never TargetMoved")
 
     async def _merge_once(
         self,
