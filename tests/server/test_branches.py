@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 import warnings
 from typing import Any
 
@@ -13,7 +15,10 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 
+from groundhog_mcp.models import Change, Grant, Principal, utcnow
 from groundhog_mcp.server import AppContext
+from groundhog_mcp.server.notify import NamespacedSubscriptionBus
+from groundhog_mcp.server.path_watch import listen_uris
 from tests.server.conftest import call, fail
 
 PLAN_URI = "groundhog://contexts/w/state?path=/data/plan"
@@ -151,3 +156,26 @@ async def test_path_subscription_on_the_2026_stream(server: MCPServer[AppContext
                         break
     # Events arrive in commit order: a notification for the sibling write would come first.
     assert seen == [marker, PLAN_URI]
+
+
+async def test_path_watches_never_hear_another_namespace_or_an_unreadable_context() -> None:
+    """A listen stream's path URI names a context by name: a same-named context of another
+    namespace, or one its grants do not let it read, never fires it."""
+    bus = NamespacedSubscriptionBus()
+    heard: list[object] = []
+    token = listen_uris.set((PLAN_URI,))
+    try:
+        unsubscribe = bus.subscribe(heard.append)
+    finally:
+        listen_uris.reset(token)
+    touching = Change(1, uuid.uuid4(), "other", "w", 2, "update", "x", utcnow(), [{"op": "add", "path": "/data/plan"}])
+    await bus.publish_paths(touching, configured=Principal(namespace="default"))
+    assert heard == []
+    reader_of_x = Principal(namespace="default", grants=(Grant("x", "read"),))
+    await bus.publish_paths(dataclasses.replace(touching, namespace="default"), configured=reader_of_x)
+    assert heard == []
+    await bus.publish_paths(dataclasses.replace(touching, namespace="default"), configured=Principal())
+    assert [getattr(e, "uri", None) for e in heard] == [PLAN_URI]
+    unsubscribe()
+    await bus.publish_paths(dataclasses.replace(touching, namespace="default"), configured=Principal())
+    assert len(heard) == 1
