@@ -23,11 +23,22 @@ from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import ChangeBus, Resync
 from groundhog_mcp.service.bus import cancel_and_wait
 
-__all__ = ["NamespacedSubscriptionBus", "Notifier", "context_uris", "is_subscribable", "state_uri"]
+__all__ = [
+    "MAX_PATH_SUBSCRIPTIONS",
+    "NamespacedSubscriptionBus",
+    "Notifier",
+    "context_uris",
+    "is_subscribable",
+    "state_uri",
+]
 
 log = structlog.get_logger("groundhog_mcp.notify")
 
 _LIST_CHANGING_OPS = frozenset({"register", "unregister", "import"})
+
+
+MAX_PATH_SUBSCRIPTIONS = 100
+"""Path URIs one connection (or listen stream) may watch: each is matched against every change."""
 
 
 def state_uri(name: str) -> str:
@@ -108,7 +119,7 @@ class NamespacedSubscriptionBus:
             principal = _NOWHERE
         token = object()
         self._listeners[token] = (principal, listener)
-        watches = path_watches(listen_uris.get())
+        watches = path_watches(listen_uris.get()[:MAX_PATH_SUBSCRIPTIONS])
         if watches:
             self._paths[token] = watches
 
@@ -150,6 +161,7 @@ class Notifier:
         self._namespace = self._principal.namespace
         self._connections: dict[Connection, Principal] = {}
         self._subscribed: dict[Connection, set[str]] = {}
+        self._paths: dict[Connection, dict[str, PathWatch]] = {}  # path URIs among them, parsed once
         self._task: asyncio.Task[None] | None = None
 
     def track(self, connection: Connection, principal: Principal | None = None) -> None:
@@ -163,14 +175,22 @@ class Notifier:
     def _forget(self, connection: Connection) -> None:
         self._connections.pop(connection, None)
         self._subscribed.pop(connection, None)
+        self._paths.pop(connection, None)
 
     def subscribe(self, connection: Connection, uri: str, principal: Principal | None = None) -> None:
         """``resources/subscribe`` (2024-11-05 … 2025-11-25): tell this connection when ``uri`` changes."""
         self.track(connection, principal)
         self._subscribed.setdefault(connection, set()).add(uri)
+        for watch in path_watches((uri,)):
+            self._paths.setdefault(connection, {})[uri] = watch
 
     def unsubscribe(self, connection: Connection, uri: str) -> None:
         self._subscribed.get(connection, set()).discard(uri)
+        self._paths.get(connection, {}).pop(uri, None)
+
+    def path_subscriptions(self, connection: Connection) -> int:
+        """Path URIs (``…/state?path=…``) this connection is subscribed to."""
+        return len(self._paths.get(connection, {}))
 
     def subscription_count(self, namespace: str | None = None) -> int:
         """Open resource subscriptions (of connections in ``namespace``, when given)."""
@@ -215,7 +235,7 @@ class Notifier:
         for connection, subscribed in list(self._subscribed.items()):
             if not _reads(self._connections.get(connection), change.namespace, change.name):
                 continue
-            touched = [w.uri for w in path_watches(u for u in subscribed if "?path=" in u) if w.touched_by(change)]
+            touched = [w.uri for w in self._paths.get(connection, {}).values() if w.touched_by(change)]
             for uri in (*uris, *touched):
                 if uri in subscribed:
                     try:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager, WriteResult
 
 __all__ = [
+    "MAX_MATCHED_OPERATIONS",
     "MAX_WATCH_PATHS",
     "TargetMoved",
     "context_lineage",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 MAX_WATCH_PATHS = 32
+MAX_MATCHED_OPERATIONS = 1_000
+"""A diff with more operations touches every watched path (bounded matching work per change)."""
 _MAX_POINTER_CHARS = 1024
 
 
@@ -205,10 +208,11 @@ def _related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
 def touches(change: Change, watched: tuple[tuple[str, ...], ...]) -> bool:
     """Whether ``change`` touches a watched path (the path itself, an ancestor or a descendant).
 
-    A change without a diff (register, unregister, fork, import) and a diff the change feed kept
-    only in part (the first operations of a large one) count as touching every path."""
+    A change without a diff (register, unregister, fork, import), a diff the change feed kept only
+    in part (the first operations of a large one) and a diff of more than
+    :data:`MAX_MATCHED_OPERATIONS` operations count as touching every path."""
     patch = change.patch
-    if patch is None or _maybe_truncated(patch):
+    if patch is None or len(patch) > MAX_MATCHED_OPERATIONS or _maybe_truncated(patch):
         return True
     for op in patch:
         for key in ("path", "from"):
