@@ -3,7 +3,7 @@
 A state resource with a ``path`` query names one part of a context's state (a JSON Pointer into
 the state document). Reading it returns that part; subscribing to it, in either protocol era
 (``resources/subscribe`` or a ``subscriptions/listen`` filter), is told of a change only when the
-change touches the path, an ancestor or a descendant (``service.branches.touches``), so a watcher
+change touches the path, an ancestor or a descendant (``service.paths.touches``), so a watcher
 of one part of a large state is not woken by writes elsewhere.
 
 For the 2026-07-28 era the URIs a listen stream asked for are known only to the SDK's listen
@@ -23,7 +23,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Change, check_name
-from groundhog_mcp.service.branches import parse_watch_paths, touches
+from groundhog_mcp.service.paths import parse_watch_paths, touches
 
 __all__ = ["PathWatch", "capture_listen_uris", "listen_uris", "parse_path_uri", "path_uri", "path_watches"]
 

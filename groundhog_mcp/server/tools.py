@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from groundhog_mcp.errors import AccessDeniedError, ContextError
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal, format_timestamp
-from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.app_context import AppContext, current_operation, current_request_id
 from groundhog_mcp.server.arguments import Timestamp
 from groundhog_mcp.server.error_results import INTERNAL, CodedToolError
 from groundhog_mcp.server.outputs import (
@@ -44,8 +44,7 @@ from groundhog_mcp.server.outputs import (
     summary_of,
 )
 from groundhog_mcp.server.principals import request_principal
-from groundhog_mcp.service import Event, StateManager, WriteResult
-from groundhog_mcp.service.audit import current_operation, current_request_id
+from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
@@ -162,7 +161,9 @@ async def _audit_denied(ctx: AppCtx, tool: str, name: object, error: AccessDenie
         principal = request_principal(ctx.request_context.request)
     except AccessDeniedError:
         principal = None
-    await _app(ctx).manager.audit_denied(
+    manager = _app(ctx).manager
+    caller = Caller(manager.principal, current_request_id.get(), tool)
+    await manager.with_caller(caller).audit_denied(
         tool, name if isinstance(name, str) else None, error, principal=principal or _ANONYMOUS
     )
 

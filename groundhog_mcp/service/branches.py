@@ -1,10 +1,9 @@
 """Branches and time: fork a context, find a merge's base from lineage, read a context as of a
-moment, and tell whether a change touches a watched path.
+moment (path watches: :mod:`groundhog_mcp.service.paths`).
 
-The :class:`~groundhog_mcp.service.state.StateManager` methods ``fork``, ``read_upcast(as_of=…)``,
-``history(since=…, until=…)``, ``diff`` with times, ``merge`` (three-way without a base) and
-``wait_for_changes(paths=…)`` delegate here; the store core does the one-transaction parts for
-both backends (the fork's registration with its lineage row, the merge's lineage rows, the
+``StateManager.fork`` and ``forked_from`` delegate here; ``reads`` (``as_of``, ``since``/``until``,
+diffs by time) and ``merging`` (three-way without a base) call in; the store core does the
+one-transaction parts for both backends (the fork's registration with its lineage row, the merge's lineage rows, the
 index seek by commit time).
 """
 
@@ -15,32 +14,24 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from groundhog_mcp.errors import CompactedError, ConflictError, NotFoundError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import Change, ContextState, JSONObject, Parent, format_timestamp
+from groundhog_mcp.models import ContextState, JSONObject, Parent, format_timestamp
 from groundhog_mcp.service.lineage import Point, forked_from, merge_base_candidates
 from groundhog_mcp.service.merge import SourceInfo
 from groundhog_mcp.service.validation import check_name
-from groundhog_mcp.store.base import FEED_PATCH_MAX_OPS, ParentRef, StoredContext, StoredRevision
+from groundhog_mcp.store.base import ParentRef, StoredContext, StoredRevision
 
 if TYPE_CHECKING:
-    from groundhog_mcp.service.state import StateManager, WriteResult
+    from groundhog_mcp.service.state import StateManager
+    from groundhog_mcp.service.writes import WriteResult
 
 __all__ = [
-    "MAX_MATCHED_OPERATIONS",
-    "MAX_WATCH_PATHS",
     "TargetMoved",
     "context_lineage",
     "fork_context",
     "merge_base",
     "merge_parents",
-    "parse_watch_paths",
     "state_as_of",
-    "touches",
 ]
-
-MAX_WATCH_PATHS = 32
-MAX_MATCHED_OPERATIONS = 1_000
-"""A diff with more operations touches every watched path (bounded matching work per change)."""
-_MAX_POINTER_CHARS = 1024
 
 
 # -- fork -----------------------------------------------------------------------------------------
@@ -64,7 +55,7 @@ async def fork_context(
     check_name(new_name, field="new_name")
     source = await manager.get(name)  # read grant on the source, as get_state
     at = source.revision if revision is None else revision
-    state = await manager.revision_state(source, at)
+    state = await manager.reader.revision_state(source, at)
     try:
         result = await manager.register(
             new_name,
@@ -124,7 +115,7 @@ async def merge_base(
     known = contexts.get(point.name)
     state = found.state
     if known is not None and known.id == point.id:  # in the context's current format, like the inputs
-        state = await manager.upcast(known, state, point.revision)
+        state = await manager.reader.upcast_off_loop(known, state, point.revision)
     return state, SourceInfo(point.name, point.revision)
 
 
@@ -165,64 +156,3 @@ async def state_as_of(
     if found is None:
         raise NotFoundError(f"{field}: context {context.name!r} has no history (purged)")
     raise CompactedError.at_time(context.name, format_timestamp(at), found, field=field)
-
-
-# -- path watches ---------------------------------------------------------------------------------
-
-
-def _tokens(pointer: str) -> tuple[str, ...]:
-    return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]) if pointer else ()
-
-
-def parse_watch_paths(paths: Sequence[str] | None, field: str = "paths") -> tuple[tuple[str, ...], ...] | None:
-    """Watched JSON Pointers into the state document (``/data/...``, ``/metadata/...``), as tokens."""
-    if paths is None:
-        return None
-    if not 1 <= len(paths) <= MAX_WATCH_PATHS:
-        raise StateValidationError(
-            [ValidationIssue("", f"give 1 to {MAX_WATCH_PATHS} JSON Pointers; got {len(paths)}")], field=field
-        )
-    parsed: list[tuple[str, ...]] = []
-    for i, path in enumerate(paths):
-        if len(path) > _MAX_POINTER_CHARS or (path and not path.startswith("/")):
-            raise StateValidationError(
-                [
-                    ValidationIssue(
-                        "",
-                        f"must be a JSON Pointer into the state document starting with / (e.g. /data/plan), "
-                        f"at most {_MAX_POINTER_CHARS} characters",
-                    )
-                ],
-                field=f"{field}[{i}]",
-            )
-        parsed.append(_tokens(path))
-    return tuple(parsed)
-
-
-def _related(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """One path is the other, an ancestor or a descendant of it."""
-    n = min(len(a), len(b))
-    return a[:n] == b[:n]
-
-
-def touches(change: Change, watched: tuple[tuple[str, ...], ...]) -> bool:
-    """Whether ``change`` touches a watched path (the path itself, an ancestor or a descendant).
-
-    A change without a diff (register, unregister, fork, import), a diff the change feed kept only
-    in part (the first operations of a large one) and a diff of more than
-    :data:`MAX_MATCHED_OPERATIONS` operations count as touching every path."""
-    patch = change.patch
-    if patch is None or len(patch) > MAX_MATCHED_OPERATIONS or _maybe_truncated(patch):
-        return True
-    for op in patch:
-        for key in ("path", "from"):
-            pointer = op.get(key)
-            if isinstance(pointer, str) and any(_related(_tokens(pointer), w) for w in watched):
-                return True
-    return False
-
-
-def _maybe_truncated(patch: list[JSONObject]) -> bool:
-    # feed_patch keeps op and path only (no values) of a large diff, and then only the first
-    # FEED_PATCH_MAX_OPS operations: with that many, more may have been dropped.
-    return len(patch) >= FEED_PATCH_MAX_OPS and all(set(op) <= {"op", "path"} for op in patch)
