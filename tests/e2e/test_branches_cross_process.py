@@ -34,22 +34,28 @@ async def test_path_watches_hear_only_their_path_from_another_process(
         mcp_client(database, mode="legacy", stderr_path=tmp_path / "b.err", env=sdk_env) as b,
     ):
         registered = await call_ok(b, "register_context", {"name": "shared", "state": INITIAL})
+        marker = await call_ok(b, "register_context", {"name": "marker"})
+        # Both watchers' processes have seen the registrations (which touch every path) first.
+        for watcher in (a, modern):
+            seen = {"after_sequence": marker["sequence"] - 1, "timeout": 10}
+            assert (await call_ok(watcher, "wait_for_change", seen))["cursor"] == marker["sequence"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             await a.subscribe_resource(PATH_URI)
-        await call_ok(b, "register_context", {"name": "marker"})
         async with modern.listen(resource_subscriptions=[PATH_URI, MARKER_URI]) as subscription:
             await call_ok(b, "update_state", {"name": "shared", "merge_patch": {"log": ["sibling"]}})
             await call_ok(b, "update_state", {"name": "marker", "data": {"n": 1}})
             child = await call_ok(b, "update_state", {"name": "shared", "merge_patch": {"plan": {"step": 1}}})
+            uris: list[str | None] = []
             with anyio.fail_after(10):
-                events = [await subscription.__anext__(), await subscription.__anext__()]
+                while PATH_URI not in uris:
+                    uris.append(getattr(await subscription.__anext__(), "uri", None))
         # In commit order: a notification for the sibling write would come before the marker's.
-        assert [getattr(e, "uri", None) for e in events] == [MARKER_URI, PATH_URI]
+        assert uris[-2:] == [MARKER_URI, PATH_URI], uris
         # Notifications go out in commit order: had the sibling's been sent, it would be first.
         await inbox.wait_for_count(types.ResourceUpdatedNotification, 1)
-        uris = [str(n.params.uri) for n in inbox.notifications if isinstance(n, types.ResourceUpdatedNotification)]
-        assert uris == [PATH_URI]
+        legacy = [str(n.params.uri) for n in inbox.notifications if isinstance(n, types.ResourceUpdatedNotification)]
+        assert legacy == [PATH_URI]
         watched = await call_ok(
             a,
             "wait_for_change",
