@@ -5,15 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from groundhog_mcp.models import dumps, json_type
+from groundhog_mcp.models import dumps, json_type, pointer_token
 
 __all__ = ["TooLarge", "bounded"]
 
 _MAX_PARTS = 50
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _kind(value: Any) -> str:
@@ -45,7 +41,7 @@ def bounded(value: Any, base_pointer: str, limit: int) -> TooLarge | None:
         return None
     children: list[tuple[str, Any]]
     if isinstance(value, dict):
-        children = [(f"{base_pointer}/{_escape(k)}", v) for k, v in value.items()]  # pyright: ignore[reportUnknownVariableType]
+        children = [(f"{base_pointer}/{pointer_token(k)}", v) for k, v in value.items()]  # pyright: ignore[reportUnknownVariableType]
     elif isinstance(value, list):
         children = [(f"{base_pointer}/{i}", v) for i, v in enumerate(value)]  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
     else:

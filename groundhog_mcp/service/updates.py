@@ -21,6 +21,7 @@ from groundhog_mcp.service.validation import (
     check_semver,
     inspect_json,
     raise_if_invalid,
+    small_json,
 )
 from groundhog_mcp.service.writes import WriteResult, mutation
 from groundhog_mcp.store.base import Mutation, NewContext, ParentRef, StoredContext
@@ -157,7 +158,11 @@ async def update(
             if value is not None:
                 raise_if_invalid(inspect_json(value, manager.limits), field)
 
-    await asyncio.to_thread(check_inputs)
+    small = small_json(data, merge_patch_, patch, metadata)
+    if small:
+        check_inputs()  # a hop to a thread would cost more than this walk
+    else:
+        await asyncio.to_thread(check_inputs)
     if version is not None:
         check_semver(version)
     if expected_revision == 0:
@@ -187,8 +192,19 @@ async def update(
         return mutation(current, state)
 
     return await manager.writer.mutate(
-        manager.caller, name, expected_revision, apply, detail=", ".join(given) or "metadata"
+        manager.caller,
+        name,
+        expected_revision,
+        apply,
+        detail=", ".join(given) or "metadata",
+        inline=_cheap if small else None,
     )
+
+
+def _cheap(context: StoredContext) -> bool:
+    """Whether applying small inputs to ``context`` is cheap: no JSON Schema to check, no state
+    format to upcast (plugin code). The store runs a cheap mutation inside the transaction."""
+    return context.schema is None and format_of(context.settings) is None
 
 
 async def _create_from_update(

@@ -190,10 +190,13 @@ class Store(Protocol):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
         """One CAS write: check ``expected_revision``, apply ``mutator``, commit. With ``event`` the
         event record commits in the same transaction; a repeated idempotency key raises
-        :class:`EventAlreadyHandled` and writes nothing."""
+        :class:`EventAlreadyHandled` and writes nothing. ``inline(current)`` true: the mutator is
+        cheap on that context (no schema to check, no plugin code, small inputs), and may run
+        inside the transaction where the backend would otherwise run it in a worker thread."""
         ...
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...
@@ -392,15 +395,18 @@ FEED_PATCH_MAX_BYTES = 2048
 FEED_PATCH_MAX_OPS = 100
 
 
-def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
-    """The diff a change row keeps: whole up to 2 KB; beyond that only each operation's ``op`` and
-    ``path`` (the first 100), so the change feed stays small. Values live in the history snapshots
-    (``diff_states``)."""
+def feed_patch(patch: list[JSONObject] | None) -> tuple[str | None, int]:
+    """The diff a change row keeps, as JSON text: whole up to 2 KB; beyond that only each
+    operation's ``op`` and ``path`` (the first 100), so the change feed stays small (values live
+    in the history snapshots: ``diff_states``). With it, the size of the whole diff in bytes:
+    the diff is serialised once per write."""
     if patch is None:
-        return None
-    if len(dumps(patch).encode("utf-8")) <= FEED_PATCH_MAX_BYTES:
-        return patch
-    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:FEED_PATCH_MAX_OPS]]
+        return None, 0
+    text = dumps(patch)
+    size = len(text.encode("utf-8"))
+    if size <= FEED_PATCH_MAX_BYTES:
+        return text, size
+    return dumps([{"op": op.get("op"), "path": op.get("path")} for op in patch[:FEED_PATCH_MAX_OPS]]), size
 
 
 # -- the audit log ------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ Contents pass through the :class:`~groundhog_mcp.store.codec.RecordCodec`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, LiteralString
 
@@ -143,7 +145,14 @@ class StoreCore(Maintenance):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
+        # A mutator runs inside the transaction when ``inline`` says it is cheap on the context and
+        # the state is at most PREPARE_ABOVE_BYTES; otherwise, for a backend whose units of work
+        # hold its one database thread (SQLite), before the transaction in a worker thread, and the
+        # result is used when the context is still at the revision it was computed on.
+        prepared: tuple[StoredContext, Mutation, EncodedState] | None = None
+
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
             current = await self._context(await self._lock_live(tx, namespace, name))
             if event is not None and event.idempotency_key is not None:
@@ -153,8 +162,14 @@ class StoreCore(Maintenance):
                     raise EventAlreadyHandled(seen)
             await self._check_expected(tx, current, expected_revision)
             revision = current.revision + 1
-            # The mutator runs off the event loop, as the protocol promises (it may be slow).
-            mutation, encoded = await self._compute(None, self._apply, current, mutator, revision)
+            light = inline is not None and current.state_size <= self.PREPARE_ABOVE_BYTES and inline(current)
+            if prepared is not None and (prepared[0].id, prepared[0].revision) == (current.id, current.revision):
+                _, mutation, encoded = prepared
+            elif prepared is None and not light and self.PREPARES:
+                raise _Prepare(current)
+            else:
+                size = current.state_size if light else None  # None: worth a thread (PostgreSQL)
+                mutation, encoded = await self._compute(size, self._apply, current, mutator, revision)
             now = utcnow()
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
@@ -169,7 +184,13 @@ class StoreCore(Maintenance):
                 await self._link(tx, stored, mutation.parents)
             return stored, change
 
-        return await self._transaction(work, writing=True)
+        try:
+            return await self._transaction(work, writing=True)
+        except _Prepare as large:
+            current = large.current
+            mutation, encoded = await asyncio.to_thread(self._apply, current, mutator, current.revision + 1)
+            prepared = (current, mutation, encoded)
+            return await self._transaction(work, writing=True)
 
     async def unregister(
         self,
@@ -272,7 +293,7 @@ class StoreCore(Maintenance):
             (ctx.namespace, ctx.name, ctx.revision),
         )
         codec, ns, cid, revision = self.codec, ctx.namespace, ctx.id, ctx.revision
-        stored_patch = feed_patch(patch)
+        stored_patch, patch_bytes = feed_patch(patch)
         sequence, head = await self._append_change(
             tx,
             ChangeWrite(
@@ -283,7 +304,7 @@ class StoreCore(Maintenance):
                 op=op,
                 actor=actor,
                 now=now,
-                patch=codec.encode_text("changes.patch", ns, cid, revision, dumps(stored_patch))
+                patch=codec.encode_text("changes.patch", ns, cid, revision, stored_patch)
                 if stored_patch is not None
                 else None,
                 snapshot=encoded.snapshot if encoded is not None else None,
@@ -297,7 +318,9 @@ class StoreCore(Maintenance):
         retention = self.retention.for_context(ctx.settings)
         if encoded is not None and retention.due(revision):
             await self._prune(tx, cid, revision, retention, now)
-        change = Change(sequence, cid, ns, ctx.name, revision, op, actor, now, patch)
+        change = Change(
+            sequence, cid, ns, ctx.name, revision, op, actor, now, patch, patch_bytes if patch is not None else None
+        )
         if self.audit_signer is not None:
             await self._append_audit(tx, AuditEntry.of_change(change, audit), head, now)
         return change
@@ -646,6 +669,14 @@ class StoreCore(Maintenance):
             return int(count[0]) if count else 0, int(last[0]) if last else 0
 
         return await self._transaction(work, writing=False)
+
+
+class _Prepare(Exception):
+    """A unit of work found a mutation too costly to run on the database thread."""
+
+    def __init__(self, current: StoredContext) -> None:
+        super().__init__(current.name)
+        self.current = current
 
 
 def _missed(snapshot_text: str, current: StoredContext) -> list[JSONObject]:

@@ -324,6 +324,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        6,
+        "PostgreSQL: change sequence without a store-wide row lock",
+        # The store_counter row was locked by every write in every namespace until its commit.
+        # A SEQUENCE hands out numbers without a lock; they may commit out of order (and a
+        # rollback leaves a gap), which the change feed's visibility horizon accounts for
+        # (store/pg_feed.py). SQLite's single writer keeps its AUTOINCREMENT: nothing to do.
+        sqlite="",
+        postgres="""
+        CREATE SEQUENCE change_sequence AS BIGINT MINVALUE 1;
+        SELECT setval('change_sequence', greatest(value, 1), value > 0) FROM store_counter WHERE name = 'sequence';
+        DROP TABLE store_counter;
+        """,
+    ),
+    Migration(
         7,
         "branches and time: lineage of forks and merges, history by commit time",
         # One row per parent of a revision: the fork point of a context's first revision, or a
