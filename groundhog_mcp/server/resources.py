@@ -110,7 +110,7 @@ async def history_resource(name: str, ctx: AppCtx) -> str:
         {
             "name": name,
             "current_revision": context.revision,
-            "revisions": [RevisionOut.of(e).model_dump() for e in entries],
+            "revisions": [RevisionOut.of(e).model_dump(exclude_none=True) for e in entries],
         }
     )
 
