@@ -163,7 +163,14 @@ class StateOut(BaseModel):
     revision: int = Field(description="the revision returned")
     current_revision: int
     path: str | None = Field(default=None, description="the JSON Pointer read, when one was given")
-    value: Any = Field(default=None, description="the value at path (only when path was given)")
+    value: Any = Field(
+        default=None,
+        description="the value at path (with offset/limit: that page of the array), or with fields a sparse copy "
+        "of the data holding only them",
+    )
+    length: int | None = Field(default=None, description="with offset/limit: the array's length")
+    offset: int | None = Field(default=None, description="with offset/limit: the index of value's first item")
+    missing: list[str] | None = Field(default=None, description="with fields: those the data does not have")
     state: StateValue | None = Field(default=None, description="the whole state (when no path was given)")
     too_large: TooLargeOut | None = Field(
         default=None, description="set instead of value/state when it exceeds the read limit: read its parts by path"

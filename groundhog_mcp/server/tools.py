@@ -46,8 +46,7 @@ from groundhog_mcp.server.outputs import (
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
 from groundhog_mcp.service.migration import format_of
-from groundhog_mcp.service.patching import resolve_pointer
-from groundhog_mcp.service.reading import TooLarge, bounded
+from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, read_part
 
 __all__ = ["register_tools"]
 
@@ -285,39 +284,48 @@ async def get_state(
         Field(description="JSON Pointer into data (e.g. /tasks/0): read only that part", max_length=4096),
     ] = None,
     as_of: Annotated[Timestamp | None, Field(description="The revision in force at this time")] = None,
+    fields: Annotated[
+        list[str] | None, Field(description="instead of path: several pointers; a sparse copy", max_length=MAX_FIELDS)
+    ] = None,
+    offset: Annotated[int | None, Field(ge=0, description="path is an array: items from here")] = None,
+    limit: Annotated[int | None, Field(ge=1, le=1000, description="...this many (length comes back)")] = None,
 ) -> StateOut:
     """Read a context's state (data, metadata, timestamp, format version) and revision; pass the
     revision as expected_revision when you write. A state over the read limit comes back as
     too_large, listing its parts: read those with path."""
     manager = _manager(ctx)
     context, at, state, stored_version = await manager.read_upcast(name, revision, as_of=as_of)
-    limit = manager.limits.max_read_bytes
+    max_read = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
     if as_of is not None:
         out.as_of = format_timestamp(as_of)
     if stored_version != state.version:
         out.upcast_from = stored_version
     revision_arg = f", revision={at}" if revision is not None or as_of is not None else ""
-    if path is not None:
-        value = resolve_pointer(state.data, path)
-        too_large = bounded(value, path, limit)
+    hint = (
+        f"get_state(name={name!r}, path=<a part's path>{revision_arg}), or several parts at once with "
+        "fields=[paths], or an array page by page with path, offset and limit"
+    )
+    if path is None and fields is None and offset is None and limit is None:
+        # The current state's serialised size is stored with it: no need to serialise it to measure.
+        fits = state is context.state and context.state_size <= max_read
+        too_large = None if fits else bounded(state.to_json(), "", max_read)
         if too_large is not None:
-            out.too_large = TooLargeOut.of(too_large, f"get_state(name={name!r}, path=<a part's path>{revision_arg})")
+            data_outline = bounded(state.data, "", 0)
+            assert data_outline is not None  # a limit of 0 always outlines
+            out.too_large = TooLargeOut.of(
+                TooLarge(too_large.bytes, max_read, data_outline.parts, data_outline.more_parts), hint
+            )
         else:
-            out.value = value
+            out.state = StateValue.of(state)
         return out
-    # The current state's serialised size is stored with it: no need to serialise it to measure.
-    fits = state is context.state and context.state_size <= limit
-    too_large = None if fits else bounded(state.to_json(), "", limit)
+    part = read_part(state.data, path=path, fields=fields, offset=offset, limit=limit)
+    value, out.length, out.offset, out.missing = part.value, part.length, part.offset, part.missing
+    too_large = bounded(value, path or "", max_read)
     if too_large is not None:
-        data_outline = bounded(state.data, "", 0)
-        assert data_outline is not None  # a limit of 0 always outlines
-        out.too_large = TooLargeOut.of(
-            TooLarge(too_large.bytes, limit, data_outline.parts, data_outline.more_parts),
-            f"get_state(name={name!r}, path=<a part's path>{revision_arg})",
-        )
+        out.too_large = TooLargeOut.of(too_large, hint)
     else:
-        out.state = StateValue.of(state)
+        out.value = value
     return out
 
 

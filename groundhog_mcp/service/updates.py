@@ -14,6 +14,7 @@ from groundhog_mcp.service.events import parse_handler_specs
 from groundhog_mcp.service.migration import dry_run_chains, format_of
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.reads import check_written, format_version, state_issues
+from groundhog_mcp.service.search import declared_indexes
 from groundhog_mcp.service.validation import (
     check_name,
     check_retention_settings,
@@ -106,6 +107,7 @@ async def register(
         return initial
 
     state = await asyncio.to_thread(checked_state)
+    await manager.store.ensure_search_indexes(declared_indexes(settings))
     new = NewContext(
         id=context_id or uuid.uuid4(),
         namespace=manager.principal.namespace,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from groundhog_mcp.errors import EncryptionKeyError
 from groundhog_mcp.models import (
@@ -35,6 +35,9 @@ from groundhog_mcp.store.rows import (
     StoredEvent,
     StoredRevision,
 )
+
+if TYPE_CHECKING:
+    from groundhog_mcp.store.search import JsonRef, SearchQuery
 
 __all__ = [
     "AUDIT_DENIED",
@@ -249,6 +252,14 @@ class Store(Protocol):
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         """Live contexts ordered by name, names > ``after``, starting with ``prefix``."""
+        ...
+
+    async def find(self, query: SearchQuery) -> list[tuple[StoredContext, tuple[Any, ...]]]:
+        """Live contexts matching ``query`` in its order, each with its sort key (the next cursor)."""
+        ...
+
+    async def ensure_search_indexes(self, refs: tuple[JsonRef, ...] = ()) -> None:
+        """Create the indexes of ``refs`` and of the configured ``search_indexes`` (if missing)."""
         ...
 
     async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:

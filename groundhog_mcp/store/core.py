@@ -56,11 +56,12 @@ from groundhog_mcp.store.rows import (
     decode_lineage,
     decode_state,
 )
+from groundhog_mcp.store.search import Searching
 
 __all__ = ["RotationProgress", "StoreCore"]
 
 
-class StoreCore(Maintenance):
+class StoreCore(Maintenance, Searching):
     """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
 
     # -- the write sequence -------------------------------------------------------------------

@@ -78,6 +78,7 @@ from groundhog_mcp.store.pg_session import (
 from groundhog_mcp.store.pg_tx import PgBatchTx, Statement, abandon, outside_pool
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
+from groundhog_mcp.store.search import POSTGRES_SEARCH, budget_exceeded
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
 
@@ -145,6 +146,7 @@ class PostgresStore(StoreCore):
     backend = "postgres"
     # Contents are json/text; a sealed value goes to a bytea column beside (history snapshots
     # are bytea already and hold either form in place).
+    SEARCH = POSTGRES_SEARCH
     SEALED_SIDE: dict[str, LiteralString] = {
         "contexts.state": "state_sealed",
         "changes.patch": "patch_sealed",
@@ -350,6 +352,18 @@ class PostgresStore(StoreCore):
 
     async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
         return await self._run(work, writing=writing)
+
+    async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
+        async def bounded(tx: PgBatchTx) -> _T:
+            timeout = str(min(budget_ms, self.statement_timeout_ms))
+            await tx.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
+            try:
+                return await work(tx)
+            except errors.QueryCanceled:
+                raise budget_exceeded(budget_ms) from None
+
+        # One transaction, not one per query (a read's way): the timeout holds for every query of it.
+        return await self._run(bounded, writing=True)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncGenerator[Runner]:

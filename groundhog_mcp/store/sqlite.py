@@ -35,6 +35,7 @@ from groundhog_mcp.store.core import RotationProgress, StoreCore
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
+from groundhog_mcp.store.search import budget_exceeded
 from groundhog_mcp.store.sqlite_files import (
     BUSY_CODES,
     CORRUPT_CODES,
@@ -213,6 +214,22 @@ class SQLiteStore(StoreCore):
     def commit_stats(self) -> CommitStats:
         """Write transactions committed, and the writes they carried (this process)."""
         return self._writer.stats if self._writer is not None else CommitStats()
+
+    async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
+        return await self._call(self._run_bounded, work, budget_ms)
+
+    def _run_bounded(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
+        # SQLite calls the handler every 10,000 virtual machine steps; True interrupts the statement.
+        conn, deadline = self._db, time.monotonic() + budget_ms / 1000
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            return drive(work(_SQLiteTx(conn)))
+        except sqlite3.OperationalError as exc:
+            if primary_code(exc) == sqlite3.SQLITE_INTERRUPT:
+                raise budget_exceeded(budget_ms) from None
+            raise self._translate(exc) from exc
+        finally:
+            conn.set_progress_handler(None, 0)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncGenerator[Runner]:

@@ -274,7 +274,7 @@ def _inspect_json_any_depth(value, limits, *, depth_offset=0):
 _FETCHES_REMOTE_REF = Defect(
     "fetches_remote_ref",
     "a JSON Schema $ref to a URL is fetched (jsonschema's old automatic retrieval)",
-    "service/validation.py",
+    "service/json_schema.py",
     """
 def _fetch_remote(uri):
     import json
