@@ -123,15 +123,13 @@ class ConflictError(StateUpdateError):
         super().__init__(message or self._message(detail))
 
     @classmethod
-    def already_exists(cls, name: str, current_revision: int) -> ConflictError:
+    def already_exists(cls, name: str, current_revision: int, *, field: str = "name") -> ConflictError:
+        hint = "pass if_exists='return' to use it, or choose another name" if field == "name" else "choose another name"
         error = cls(
             name,
             0,
             current_revision,
-            message=(
-                f"name: a context named {name!r} already exists (revision {current_revision}); "
-                "pass if_exists='return' to use it, or choose another name"
-            ),
+            message=f"{field}: a context named {name!r} already exists (revision {current_revision}); {hint}",
         )
         error.retryable = False  # the same create fails again: the name is taken
         return error
@@ -280,6 +278,16 @@ class CompactedError(NotFoundError):
             f"revision: compacted, revision {revision} of context {name!r} was pruned by history "
             f"retention; the oldest available revision is {oldest_available}"
         )
+
+    @classmethod
+    def at_time(cls, name: str, at: str, oldest_available: int, *, field: str = "as_of") -> CompactedError:
+        """The revision in force at time ``at`` was pruned."""
+        error = cls(name, 0, oldest_available)
+        error.args = (
+            f"{field}: compacted, the revision of context {name!r} in force at {at} was pruned by history "
+            f"retention; the oldest available revision is {oldest_available}",
+        )
+        return error
 
 
 class AccessDeniedError(ContextError):

@@ -33,6 +33,7 @@ __all__ = [
     "Grant",
     "HistoryEntry",
     "JSONObject",
+    "Parent",
     "Principal",
     "Right",
     "check_name",
@@ -322,8 +323,18 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Parent:
+    """A revision of another context that a revision descends from: the fork point of a fork's
+    first revision (``kind="fork"``), or an input of a merge written into it (``kind="merge"``)."""
+
+    kind: str
+    name: str
+    revision: int
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
-    """One revision in a context's history."""
+    """One revision in a context's history (``parents``: what it was forked or merged from)."""
 
     revision: int
     sequence: int
@@ -331,6 +342,7 @@ class HistoryEntry:
     actor: str
     timestamp: datetime
     size: int
+    parents: tuple[Parent, ...] = ()
 
 
 def json_diff(source: Any, target: Any) -> list[JSONObject]:

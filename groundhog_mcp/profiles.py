@@ -35,6 +35,7 @@ ALL_TOOLS: tuple[str, ...] = (
     "migrate_context",
     "merge_states",
     "audit_log",
+    "fork_context",
     "find_contexts",
 )
 """Every tool, in the order tools/list shows them (a test holds this to the registered tools)."""

@@ -26,9 +26,11 @@ from groundhog_mcp.server.arguments import (
     make_arguments_strict,
 )
 from groundhog_mcp.server.audit_tool import register_audit_tool
+from groundhog_mcp.server.branch_tools import register_branch_tools
 from groundhog_mcp.server.error_results import admit_error_results, error_result, invalid_params, tool_error_result
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
+from groundhog_mcp.server.path_watch import capture_listen_uris
 from groundhog_mcp.server.prompts import register_prompts
 from groundhog_mcp.server.protocol import CACHE_HINTS, link_written_states, register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
@@ -156,7 +158,7 @@ def build_server(
         version=version,
         lifespan=bound_lifespan,
         subscriptions=subscriptions,
-        middleware=[_track_sessions, link_written_states],
+        middleware=[_track_sessions, link_written_states, capture_listen_uris],
         cache_hints=CACHE_HINTS,
         token_verifier=token_verifier,
         auth=auth,
@@ -166,6 +168,7 @@ def build_server(
     register_tools(server)
     register_merge_tool(server)
     register_audit_tool(server)
+    register_branch_tools(server)
     register_search_tool(server)
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added

@@ -153,8 +153,8 @@ async def merge_states(
         MergeInput | None,
         Field(
             description=(
-                "three_way: the state the inputs started from, e.g. {context, revision}; default: the lowest "
-                "revision when all inputs are one context's"
+                "three_way: the state the inputs started from, e.g. {context, revision}; default: the fork "
+                "point or last merge between the inputs"
             )
         ),
     ] = None,

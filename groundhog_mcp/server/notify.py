@@ -18,15 +18,27 @@ from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, Serv
 
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Change, Principal
+from groundhog_mcp.server.path_watch import PathWatch, listen_uris, path_watches
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import ChangeBus, Resync
 from groundhog_mcp.service.bus import cancel_and_wait
 
-__all__ = ["NamespacedSubscriptionBus", "Notifier", "context_uris", "is_subscribable", "state_uri"]
+__all__ = [
+    "MAX_PATH_SUBSCRIPTIONS",
+    "NamespacedSubscriptionBus",
+    "Notifier",
+    "context_uris",
+    "is_subscribable",
+    "state_uri",
+]
 
 log = structlog.get_logger("groundhog_mcp.notify")
 
 _LIST_CHANGING_OPS = frozenset({"register", "unregister", "import"})
+
+
+MAX_PATH_SUBSCRIPTIONS = 100
+"""Path URIs one connection (or listen stream) may watch: each is matched against every change."""
 
 
 def state_uri(name: str) -> str:
@@ -39,7 +51,7 @@ def context_uris(name: str) -> tuple[str, str, str]:
     return base, f"{base}/state", f"{base}/history"
 
 
-_SUBSCRIBABLE = re.compile(r"^groundhog://contexts/[A-Za-z0-9._-]{1,128}(/state|/history)?$")
+_SUBSCRIBABLE = re.compile(r"^groundhog://contexts/[A-Za-z0-9._-]{1,128}(/state|/history|/state\?path=[^#]{0,3100})?$")
 
 
 def is_subscribable(uri: str) -> bool:
@@ -61,6 +73,7 @@ class NamespacedSubscriptionBus:
 
     def __init__(self) -> None:
         self._listeners: dict[object, tuple[Principal | None, Callable[[ServerEvent], None]]] = {}
+        self._paths: dict[object, tuple[PathWatch, ...]] = {}  # listener -> the path URIs it asked for
 
     async def publish(self, event: ServerEvent) -> None:
         await self._deliver(event, lambda _: True)
@@ -80,6 +93,25 @@ class NamespacedSubscriptionBus:
 
         await self._deliver(event, wanted)
 
+    async def publish_paths(self, change: Change, *, configured: str | Principal) -> None:
+        """Tell each stream that may read ``change``'s context and listens to one of its path URIs
+        (``…/state?path=…``) touched by the change."""
+        for token, watches in list(self._paths.items()):
+            entry = self._listeners.get(token)
+            if entry is None:
+                continue
+            principal, listener = entry
+            if principal is None:
+                principal = Principal(namespace=configured) if isinstance(configured, str) else configured
+            if not _reads(principal, change.namespace, change.name):
+                continue
+            for watch in watches:
+                if watch.touched_by(change):
+                    try:
+                        listener(ResourceUpdated(uri=watch.uri))
+                    except Exception:  # fan-out boundary: one bad listener must not starve the others
+                        log.exception("subscription listener raised; continuing")
+
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
         try:
             principal = request_principal()
@@ -87,9 +119,13 @@ class NamespacedSubscriptionBus:
             principal = _NOWHERE
         token = object()
         self._listeners[token] = (principal, listener)
+        watches = path_watches(listen_uris.get()[:MAX_PATH_SUBSCRIPTIONS])
+        if watches:
+            self._paths[token] = watches
 
         def unsubscribe() -> None:
             self._listeners.pop(token, None)
+            self._paths.pop(token, None)
 
         return unsubscribe
 
@@ -125,6 +161,7 @@ class Notifier:
         self._namespace = self._principal.namespace
         self._connections: dict[Connection, Principal] = {}
         self._subscribed: dict[Connection, set[str]] = {}
+        self._paths: dict[Connection, dict[str, PathWatch]] = {}  # path URIs among them, parsed once
         self._task: asyncio.Task[None] | None = None
 
     def track(self, connection: Connection, principal: Principal | None = None) -> None:
@@ -138,14 +175,22 @@ class Notifier:
     def _forget(self, connection: Connection) -> None:
         self._connections.pop(connection, None)
         self._subscribed.pop(connection, None)
+        self._paths.pop(connection, None)
 
     def subscribe(self, connection: Connection, uri: str, principal: Principal | None = None) -> None:
         """``resources/subscribe`` (2024-11-05 … 2025-11-25): tell this connection when ``uri`` changes."""
         self.track(connection, principal)
         self._subscribed.setdefault(connection, set()).add(uri)
+        for watch in path_watches((uri,)):
+            self._paths.setdefault(connection, {})[uri] = watch
 
     def unsubscribe(self, connection: Connection, uri: str) -> None:
         self._subscribed.get(connection, set()).discard(uri)
+        self._paths.get(connection, {}).pop(uri, None)
+
+    def path_subscriptions(self, connection: Connection) -> int:
+        """Path URIs (``…/state?path=…``) this connection is subscribed to."""
+        return len(self._paths.get(connection, {}))
 
     def subscription_count(self, namespace: str | None = None) -> int:
         """Open resource subscriptions (of connections in ``namespace``, when given)."""
@@ -185,10 +230,13 @@ class Notifier:
         uris = context_uris(change.name)
         for uri in uris:
             await self._publish(change.namespace, ResourceUpdated(uri=uri), change.name)
+        if isinstance(self._subscriptions, NamespacedSubscriptionBus):
+            await self._subscriptions.publish_paths(change, configured=self._principal)
         for connection, subscribed in list(self._subscribed.items()):
             if not _reads(self._connections.get(connection), change.namespace, change.name):
                 continue
-            for uri in uris:
+            touched = [w.uri for w in self._paths.get(connection, {}).values() if w.touched_by(change)]
+            for uri in (*uris, *touched):
                 if uri in subscribed:
                     try:
                         await connection.send_resource_updated(uri)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from groundhog_mcp.models import Change, ContextState, HistoryEntry, dumps, format_timestamp
+from groundhog_mcp.models import Change, ContextState, HistoryEntry, Parent, dumps, format_timestamp
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
 from groundhog_mcp.service.migration import ContextMigration, MigrationReport
 from groundhog_mcp.service.reading import TooLarge
@@ -19,6 +19,7 @@ __all__ = [
     "HistoryOut",
     "ListOut",
     "MigrateOut",
+    "ParentOut",
     "RevisionOut",
     "StateOut",
     "StateValue",
@@ -66,6 +67,16 @@ class ContextSummary(BaseModel):
     updated_at: str
 
 
+class ParentOut(BaseModel):
+    kind: str = Field(description="fork: copied from this revision; merge: took this revision in")
+    name: str
+    revision: int
+
+    @classmethod
+    def of(cls, parent: Parent) -> ParentOut:
+        return cls(kind=parent.kind, name=parent.name, revision=parent.revision)
+
+
 class ContextOut(ContextSummary):
     namespace: str
     metadata: dict[str, Any]
@@ -77,9 +88,17 @@ class ContextOut(ContextSummary):
         default=None, description="register_context: false when an existing context was returned"
     )
     sequence: int | None = Field(default=None, description="change-feed sequence of the registration")
+    forked_from: ParentOut | None = Field(default=None, description="the context and revision this one was forked from")
 
     @classmethod
-    def of(cls, ctx: StoredContext, *, created: bool | None = None, sequence: int | None = None) -> ContextOut:
+    def of(
+        cls,
+        ctx: StoredContext,
+        *,
+        created: bool | None = None,
+        sequence: int | None = None,
+        forked_from: Parent | None = None,
+    ) -> ContextOut:
         return cls(
             id=str(ctx.id),
             name=ctx.name,
@@ -95,6 +114,7 @@ class ContextOut(ContextSummary):
             state_version=ctx.state.version,
             created=created,
             sequence=sequence,
+            forked_from=ParentOut.of(forked_from) if forked_from is not None else None,
         )
 
 
@@ -160,6 +180,7 @@ class StateOut(BaseModel):
         description="set when the stored state has an older format version: it was upcast on read from this "
         "version (stored as is; migrate_context rewrites it)",
     )
+    as_of: str | None = Field(default=None, description="the time asked for: revision is the one in force then")
 
 
 class WriteOut(BaseModel):
@@ -216,6 +237,7 @@ class RevisionOut(BaseModel):
     actor: str
     timestamp: str
     size: int
+    parents: list[ParentOut] | None = Field(default=None, description="what this revision was forked or merged from")
 
     @classmethod
     def of(cls, entry: HistoryEntry) -> RevisionOut:
@@ -226,6 +248,7 @@ class RevisionOut(BaseModel):
             actor=entry.actor,
             timestamp=format_timestamp(entry.timestamp),
             size=entry.size,
+            parents=[ParentOut.of(p) for p in entry.parents] or None,
         )
 
 

@@ -20,10 +20,11 @@ from mcp_types import (
     UnsubscribeRequestParams,
 )
 
-from groundhog_mcp.errors import ContextError
+from groundhog_mcp.errors import ContextError, LimitExceededError
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.error_results import protocol_error
-from groundhog_mcp.server.notify import is_subscribable, state_uri
+from groundhog_mcp.server.notify import MAX_PATH_SUBSCRIPTIONS, is_subscribable, state_uri
+from groundhog_mcp.server.path_watch import parse_path_uri
 
 __all__ = ["CACHE_HINTS", "link_written_states", "register_protocol_handlers"]
 
@@ -87,6 +88,14 @@ async def _subscribe(ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
         # fires, since only groundhog:// resources change here.
         return EmptyResult()
     try:
+        # A path subscription names a valid JSON Pointer, and a connection has a bounded number.
+        if parse_path_uri(uri) is not None and (
+            ctx.lifespan_context.notifier.path_subscriptions(_connection(ctx)) >= MAX_PATH_SUBSCRIPTIONS
+        ):
+            raise LimitExceededError(
+                f"uri: a connection may subscribe to at most {MAX_PATH_SUBSCRIPTIONS} path resources "
+                "(…/state?path=…); unsubscribe from one first"
+            )
         principal = ctx.lifespan_context.request_manager(ctx.request).principal
     except ContextError as exc:
         raise protocol_error(INVALID_PARAMS, exc) from None

@@ -7,6 +7,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resources.templates import ResourceSecurity
 from mcp_types import INVALID_PARAMS, ListResourcesResult, PaginatedRequestParams, Resource
 
 from groundhog_mcp import schemas
@@ -17,6 +18,7 @@ from groundhog_mcp.server.error_results import invalid_params, protocol_error
 from groundhog_mcp.server.notify import state_uri
 from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, TooLargeOut, summary_of
 from groundhog_mcp.service import StateManager
+from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
 
 __all__ = ["register_resources"]
@@ -62,7 +64,9 @@ async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
 
 @_resource_errors
 async def context_resource(name: str, ctx: AppCtx) -> str:
-    return ContextOut.of(await _manager(ctx).get(name)).model_dump_json()
+    manager = _manager(ctx)
+    context = await manager.get(name)
+    return ContextOut.of(context, forked_from=await manager.forked_from(context)).model_dump_json()
 
 
 def _state_document(name: str, revision: int, state: ContextState, limit: int) -> str:
@@ -76,10 +80,25 @@ def _state_document(name: str, revision: int, state: ContextState, limit: int) -
 
 
 @_resource_errors
-async def state_resource(name: str, ctx: AppCtx) -> str:
+async def state_resource(name: str, ctx: AppCtx, path: str | None = None) -> str:
     manager = _manager(ctx)
     _, revision, state = await manager.read(name)
-    return _state_document(name, revision, state, manager.limits.max_read_bytes)
+    if path is None:
+        return _state_document(name, revision, state, manager.limits.max_read_bytes)
+    # The pointer is into the state document (/data/..., /metadata/...), as in a path watch.
+    value = resolve_pointer(state.document(), path)
+    too_large = bounded(value, path, manager.limits.max_read_bytes)
+    if too_large is not None:
+        hint = "read a smaller part (a longer path)"
+        return dumps(
+            {
+                "name": name,
+                "revision": revision,
+                "path": path,
+                "too_large": TooLargeOut.of(too_large, hint).model_dump(),
+            }
+        )
+    return dumps({"name": name, "revision": revision, "path": path, "value": value})
 
 
 @_resource_errors
@@ -91,7 +110,7 @@ async def history_resource(name: str, ctx: AppCtx) -> str:
         {
             "name": name,
             "current_revision": context.revision,
-            "revisions": [RevisionOut.of(e).model_dump() for e in entries],
+            "revisions": [RevisionOut.of(e).model_dump(exclude_none=True) for e in entries],
         }
     )
 
@@ -166,10 +185,13 @@ def register_resources(server: MCPServer[AppContext]) -> None:
         mime_type=JSON,
     )(context_resource)
     server.resource(
-        "groundhog://contexts/{name}/state",
+        "groundhog://contexts/{name}/state{?path}",
         name="context-state",
         title="Context state",
-        description="The current state of a context with its revision",
+        description="The current state of a context with its revision; ?path=/data/x: that part only "
+        "(a subscription then fires only for changes touching it)",
+        # A JSON Pointer starts with / and is no filesystem path: the SDK's path checks do not apply.
+        security=ResourceSecurity(exempt_params={"path"}),
         mime_type=JSON,
     )(state_resource)
     server.resource(

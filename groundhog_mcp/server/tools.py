@@ -7,6 +7,7 @@ import inspect
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import structlog
@@ -16,8 +17,9 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from groundhog_mcp.errors import AccessDeniedError, ContextError
-from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal
+from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal, format_timestamp
 from groundhog_mcp.server.app_context import AppContext, current_operation, current_request_id
+from groundhog_mcp.server.arguments import Timestamp
 from groundhog_mcp.server.error_results import INTERNAL, CodedToolError
 from groundhog_mcp.server.outputs import (
     ChangeOut,
@@ -256,7 +258,9 @@ async def unregister_context(
 @tool_errors
 async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
     """Describe a context: id, versions, revision, state size, metadata, settings, schema."""
-    return ContextOut.of(await _manager(ctx).get(name))
+    manager = _manager(ctx)
+    context = await manager.get(name)
+    return ContextOut.of(context, forked_from=await manager.forked_from(context))
 
 
 @tool_errors
@@ -280,6 +284,7 @@ async def get_state(
         str | None,
         Field(description="JSON Pointer into data (e.g. /tasks/0): read only that part", max_length=4096),
     ] = None,
+    as_of: Annotated[Timestamp | None, Field(description="The revision in force at this time")] = None,
     fields: Annotated[
         list[str] | None, Field(description="instead of path: several pointers; a sparse copy", max_length=MAX_FIELDS)
     ] = None,
@@ -290,12 +295,14 @@ async def get_state(
     revision as expected_revision when you write. A state over the read limit comes back as
     too_large, listing its parts: read those with path."""
     manager = _manager(ctx)
-    context, at, state, stored_version = await manager.read_upcast(name, revision)
+    context, at, state, stored_version = await manager.read_upcast(name, revision, as_of=as_of)
     max_read = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
+    if as_of is not None:
+        out.as_of = format_timestamp(as_of)
     if stored_version != state.version:
         out.upcast_from = stored_version
-    revision_arg = f", revision={at}" if revision is not None else ""
+    revision_arg = f", revision={at}" if revision is not None or as_of is not None else ""
     hint = (
         f"get_state(name={name!r}, path=<a part's path>{revision_arg}), or several parts at once with "
         "fields=[paths], or an array page by page with path, offset and limit"
@@ -376,11 +383,13 @@ async def get_history(
     ctx: AppCtx,
     before: Annotated[int | None, Field(description="Only revisions older than this (paging)", ge=1)] = None,
     limit: Annotated[int, Field(description="Page size", ge=1, le=100)] = 20,
+    since: Annotated[Timestamp | None, Field(description="From this time")] = None,
+    until: Annotated[Timestamp | None, Field(description="Before this time")] = None,
 ) -> HistoryOut:
     """List a context's revisions, newest first: who wrote each, when, how, and its size."""
     manager = _manager(ctx)
     context = await manager.get(name)
-    entries = await manager.history(name, before=before, limit=limit)
+    entries = await manager.history(name, before=before, limit=limit, since=since, until=until)
     next_before = entries[-1].revision if len(entries) == limit and entries[-1].revision > 1 else None
     return HistoryOut(
         name=name,
@@ -393,15 +402,24 @@ async def get_history(
 @tool_errors
 async def diff_states(
     name: Name,
-    from_revision: Revision,
     ctx: AppCtx,
-    to_revision: Annotated[int | None, Field(description="Current when omitted", ge=1)] = None,
+    from_revision: Annotated[
+        Annotated[int, Field(ge=1)] | Timestamp | None,
+        Field(description="A revision, or an RFC 3339 time: the revision in force then"),
+    ] = None,
+    to_revision: Annotated[
+        Annotated[int, Field(ge=1)] | Timestamp | None, Field(description="Likewise; current when omitted")
+    ] = None,
 ) -> DiffOut:
     """The RFC 6902 patch between two revisions of a context (paths under /data, /metadata)."""
-    manager = _manager(ctx)
-    context = await manager.get(name)
-    patch = await manager.diff(name, from_revision, to_revision)
-    return DiffOut(name=name, from_revision=from_revision, to_revision=to_revision or context.revision, patch=patch)
+    start, end, patch = await _manager(ctx).diff_between(
+        name,
+        from_revision if isinstance(from_revision, int) else None,
+        to_revision if isinstance(to_revision, int) else None,
+        from_as_of=from_revision if isinstance(from_revision, datetime) else None,
+        to_as_of=to_revision if isinstance(to_revision, datetime) else None,
+    )
+    return DiffOut(name=name, from_revision=start, to_revision=end, patch=patch)
 
 
 @tool_errors
@@ -431,12 +449,16 @@ async def wait_for_change(
     ] = None,
     timeout: Annotated[float, Field(description="Seconds to wait", ge=0, le=60)] = 30,  # noqa: ASYNC109
     limit: Annotated[int, Field(description="At most this many changes", ge=1, le=100)] = 100,
+    paths: Annotated[
+        list[str] | None,
+        Field(description="JSON Pointers: only changes touching one", max_length=32),
+    ] = None,
 ) -> ChangesOut:
     """Wait until a context changes (by anyone, any process) and return the changes; an empty list
     when timeout passes first. Pass the cursor as after_sequence next time: nothing is missed or
     seen twice."""
     changes, cursor = await _manager(ctx).wait_for_changes(
-        contexts, after_sequence=after_sequence, timeout=timeout, limit=limit
+        contexts, after_sequence=after_sequence, timeout=timeout, limit=limit, paths=paths
     )
     return ChangesOut(changes=[ChangeOut.of(c) for c in changes], cursor=cursor, timed_out=not changes)
 

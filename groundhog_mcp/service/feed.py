@@ -23,6 +23,7 @@ from groundhog_mcp.errors import ContextError, StateValidationError, ValidationI
 from groundhog_mcp.models import Change, check_name
 from groundhog_mcp.service.access import sees
 from groundhog_mcp.service.bus import ChangeBus, Resync, cancel_and_wait
+from groundhog_mcp.service.paths import parse_watch_paths, touches
 from groundhog_mcp.service.validation import check_limit
 from groundhog_mcp.store.base import ChangeAnnouncer, Store
 
@@ -139,11 +140,15 @@ async def wait_for_changes(
     after_sequence: int | None = None,
     timeout: float = 30.0,  # noqa: ASYNC109 - the wait is the operation itself, bounded and validated here
     limit: int = 100,
+    paths: Sequence[str] | None = None,
 ) -> tuple[list[Change], int]:
     """Changes after ``after_sequence`` to ``names`` (or to any of your contexts), waiting up
     to ``timeout`` seconds for the first. Returns ``(changes, cursor)``; pass ``cursor`` as the
-    next ``after_sequence``. ``after_sequence=None`` means "from now"."""
+    next ``after_sequence``. ``after_sequence=None`` means "from now". ``paths`` (JSON Pointers
+    into the state document): only changes touching one of them, an ancestor or a descendant;
+    the cursor still moves past the others."""
     wanted = set(names) if names else None
+    watched = parse_watch_paths(paths)
     for name in wanted or ():
         check_name(name, field="contexts")
     if not 0 <= timeout <= MAX_WAIT_SECONDS:
@@ -154,7 +159,11 @@ async def wait_for_changes(
     check_limit(limit, manager.limits.max_page)
 
     def matches(change: Change) -> bool:
-        return sees(manager.principal, change) and (wanted is None or change.name in wanted)
+        return (
+            sees(manager.principal, change)
+            and (wanted is None or change.name in wanted)
+            and (watched is None or touches(change, watched))
+        )
 
     subscription = manager.bus.subscribe()
     try:

@@ -639,7 +639,8 @@ def compute_merge(
         raise _invalid(
             "strategy",
             "three_way needs a base: pass base (the state both sides started from, e.g. the revision you read); "
-            "it is found automatically only when every input is a revision of one context",
+            "it is found automatically when every input is a context revision and they share a fork or merge "
+            "ancestor (or all are revisions of one context)",
         )
     labelled = [(f"{field}[{i}]", s) for i, s in enumerate(states)]
     if base is not None:

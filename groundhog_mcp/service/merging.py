@@ -7,11 +7,13 @@ the merge itself (strategies, reducers, conflicts) is :mod:`groundhog_mcp.servic
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationError, ValidationIssue
+from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationError, StoreBusyError, ValidationIssue
 from groundhog_mcp.models import ContextState
+from groundhog_mcp.service.branches import TargetMoved, merge_base, merge_parents
 from groundhog_mcp.service.merge import (
     ContextRef,
     MergeOutcome,
@@ -32,7 +34,10 @@ from groundhog_mcp.store.base import Mutation, StoredContext
 if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager
 
-__all__ = ["merge"]
+__all__ = ["MERGE_ATTEMPTS", "merge"]
+
+MERGE_ATTEMPTS = 5
+"""Times a three-way merge into one of its inputs finds its base again when the target moves."""
 
 
 async def merge(
@@ -48,6 +53,38 @@ async def merge(
     dry_run: bool = False,
 ) -> MergeOutcome:
     """See :meth:`groundhog_mcp.service.state.StateManager.merge`."""
+    for attempt in range(1, MERGE_ATTEMPTS + 1):
+        try:
+            return await _merge_once(
+                manager,
+                inputs,
+                strategy=strategy,
+                base=base,
+                reducers=reducers,
+                on_conflict=on_conflict,
+                target=target,
+                expected_revision=expected_revision,
+                dry_run=dry_run,
+                last_attempt=attempt == MERGE_ATTEMPTS,
+            )
+        except TargetMoved:
+            continue  # the merge base may have moved with the target: find it again
+    raise AssertionError("the last attempt raises StoreBusyError, never TargetMoved")
+
+
+async def _merge_once(
+    manager: StateManager,
+    inputs: Sequence[MergeSource | Mapping[str, Any]],
+    *,
+    strategy: Strategy,
+    base: MergeSource | Mapping[str, Any] | None,
+    reducers: Mapping[str, str] | None,
+    on_conflict: OnConflict,
+    target: str | None,
+    expected_revision: int | None,
+    dry_run: bool,
+    last_attempt: bool,
+) -> MergeOutcome:
     check_merge_arguments(
         count=len(inputs),
         strategy=strategy,
@@ -87,10 +124,16 @@ async def merge(
     states = [state for state, _ in resolved]
     infos = [info for _, info in resolved]
     refs = [s for s in sources if isinstance(s, ContextRef)]
-    one_context = len(refs) == len(sources) and len({r.context for r in refs}) == 1
-    if strategy == "three_way" and base_source is None and one_context:
-        base_source = ContextRef(refs[0].context, min(i.revision or 0 for i in infos))
-    base_state, base_info = await resolve(base_source, "base") if base_source is not None else (None, None)
+    base_state: ContextState | None = None
+    base_info: SourceInfo | None = None
+    if base_source is not None:
+        base_state, base_info = await resolve(base_source, "base")
+    elif strategy == "three_way" and len(refs) == len(sources):
+        # The fork point or the last merge between them (one context: the lowest revision given).
+        found = await merge_base(manager, contexts, infos)
+        if found is not None:
+            base_state, base_info = found
+    lineage_base = base_source is None and base_info is not None
 
     def run(given: list[ContextState]) -> MergeResult:
         result = compute_merge(
@@ -149,6 +192,14 @@ async def merge(
     latest = [result]
 
     def apply(current: StoredContext) -> Mutation:
+        if live and current.revision != infos[live[0]].revision and lineage_base:
+            # Its base was found for the revision first read: find it again (within bounds).
+            if last_attempt:
+                raise StoreBusyError(
+                    f"target: context {target!r} kept changing while the merge base was found "
+                    f"({MERGE_ATTEMPTS} attempts); retry"
+                )
+            raise TargetMoved
         if live and current.revision != infos[live[0]].revision:
             # The target moved since it was read: merge its state as of this transaction.
             latest[0] = run(
@@ -158,7 +209,9 @@ async def merge(
                 infos[i] = SourceInfo(target, current.revision)
         state = latest[0].state
         check_written(state, current, manager.limits)
-        return mutation(current, state, op="merge")
+        return dataclasses.replace(
+            mutation(current, state, op="merge"), parents=merge_parents(contexts, infos, current)
+        )
 
     try:
         write = await manager.writer.mutate(

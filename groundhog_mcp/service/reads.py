@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from groundhog_mcp.errors import CompactedError, NotFoundError, ValidationIssue
+from groundhog_mcp.errors import CompactedError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import ContextId, ContextState, HistoryEntry, JSONObject, dumps
+from groundhog_mcp.service.branches import state_as_of
 from groundhog_mcp.service.migration import UpcastCache, format_of, upcast
 from groundhog_mcp.service.validation import Limits, check_limit, inspect_state, raise_if_invalid, schema_issues
 from groundhog_mcp.service.writes import state_diff
@@ -141,11 +143,15 @@ async def load_state(manager: StateManager, context_id: ContextId) -> ContextSta
 
 
 async def read_upcast(
-    manager: StateManager, name: str, revision: int | None = None
+    manager: StateManager, name: str, revision: int | None = None, *, as_of: datetime | None = None
 ) -> tuple[StoredContext, int, ContextState, str]:
     """See :meth:`groundhog_mcp.service.state.StateManager.read_upcast`."""
     context = await manager.get(name)
-    if revision is None or revision == context.revision:
+    if as_of is not None:
+        if revision is not None:
+            raise StateValidationError([ValidationIssue("", "give revision or as_of, not both")], field="as_of")
+        at, stored = await state_as_of(manager, context, as_of)
+    elif revision is None or revision == context.revision:
         at, stored = context.revision, context.state
     else:
         at, stored = revision, await manager.reader.revision_state(context, revision)
@@ -169,24 +175,47 @@ async def check(
 
 
 async def history(
-    manager: StateManager, name: str, *, before: int | None = None, limit: int = 20
+    manager: StateManager,
+    name: str,
+    *,
+    before: int | None = None,
+    limit: int = 20,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[HistoryEntry]:
     """See :meth:`groundhog_mcp.service.state.StateManager.history`."""
     check_limit(limit, manager.limits.max_history_page)
     context = await manager.get(name)
-    return await manager.store.history(context.id, before=before, limit=limit)
+    return await manager.store.history(context.id, before=before, limit=limit, since=since, until=until)
 
 
 async def diff(
-    manager: StateManager, name: str, from_revision: int, to_revision: int | None = None
-) -> list[JSONObject]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.diff`."""
+    manager: StateManager,
+    name: str,
+    from_revision: int | None,
+    to_revision: int | None = None,
+    *,
+    from_as_of: datetime | None = None,
+    to_as_of: datetime | None = None,
+) -> tuple[int, int, list[JSONObject]]:
+    """See :meth:`groundhog_mcp.service.state.StateManager.diff_between`."""
+    if (from_revision is None) == (from_as_of is None):
+        raise StateValidationError(
+            [ValidationIssue("", "give exactly one of from_revision or from_as_of")], field="from_revision"
+        )
+    if to_revision is not None and to_as_of is not None:
+        raise StateValidationError([ValidationIssue("", "give to_revision or to_as_of, not both")], field="to_revision")
     context = await manager.get(name)
-    source = await manager.reader.revision_state(context, from_revision, field="from_revision")
-    target = (
-        context.state
-        if to_revision is None or to_revision == context.revision
-        else await manager.reader.revision_state(context, to_revision, field="to_revision")
-    )
+    if from_as_of is not None:
+        from_revision, source = await state_as_of(manager, context, from_as_of, field="from_as_of")
+    else:
+        assert from_revision is not None
+        source = await manager.reader.revision_state(context, from_revision, field="from_revision")
+    if to_as_of is not None:
+        to_revision, target = await state_as_of(manager, context, to_as_of, field="to_as_of")
+    elif to_revision is None or to_revision == context.revision:
+        to_revision, target = context.revision, context.state
+    else:
+        target = await manager.reader.revision_state(context, to_revision, field="to_revision")
     # Proportional to two whole states: computed in a worker thread, not on the event loop.
-    return await asyncio.to_thread(state_diff, source, target)
+    return from_revision, to_revision, await asyncio.to_thread(state_diff, source, target)

@@ -33,11 +33,12 @@ from groundhog_mcp.models import (
     ContextState,
     HistoryEntry,
     JSONObject,
+    Parent,
     Principal,
     Right,
 )
 from groundhog_mcp.security.audit import Signer
-from groundhog_mcp.service import handling, merging, metrics, migration, reads, updates
+from groundhog_mcp.service import branches, handling, merging, metrics, migration, reads, updates
 from groundhog_mcp.service.access import (
     ContextPage,
     authorize,
@@ -66,7 +67,7 @@ from groundhog_mcp.service.validation import (
 )
 from groundhog_mcp.service.writes import Writer, WriteResult
 from groundhog_mcp.store import open_store
-from groundhog_mcp.store.base import DeadLetter, Store, StoredContext
+from groundhog_mcp.store.base import DeadLetter, ParentRef, Store, StoredContext
 
 __all__ = ["MAX_WAIT_SECONDS", "Caller", "ContextPage", "EventResult", "StateManager", "WriteResult"]
 
@@ -226,8 +227,10 @@ class StateManager:
         handlers: JSONObject | None = None,
         if_exists: Literal["error", "return"] = "error",
         context_id: ContextId | None = None,
+        forked_from: ParentRef | None = None,
     ) -> WriteResult | StoredContext:
-        """Create a context; with ``if_exists="return"`` an existing one is returned as is."""
+        """Create a context; with ``if_exists="return"`` an existing one is returned as is
+        (``forked_from``: set by :meth:`fork`)."""
         return await updates.register(
             self,
             name,
@@ -239,6 +242,7 @@ class StateManager:
             handlers=handlers,
             if_exists=if_exists,
             context_id=context_id,
+            forked_from=forked_from,
         )
 
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
@@ -262,15 +266,20 @@ class StateManager:
         """Search the contexts this principal may read: :func:`~groundhog_mcp.service.search.find_contexts`."""
         return await find_contexts(self, **request)
 
-    async def read(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState]:
-        """The current state, or the state at ``revision``: ``(context, revision, state)``; a state
-        stored in an older format version is upcast to the context's current one."""
-        context, at, state, _ = await self.read_upcast(name, revision)
+    async def read(
+        self, name: str, revision: int | None = None, *, as_of: datetime | None = None
+    ) -> tuple[StoredContext, int, ContextState]:
+        """The current state, or the state at ``revision`` (or in force at time ``as_of``):
+        ``(context, revision, state)``; a state stored in an older format version is upcast to the
+        context's current one."""
+        context, at, state, _ = await self.read_upcast(name, revision, as_of=as_of)
         return context, at, state
 
-    async def read_upcast(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState, str]:
+    async def read_upcast(
+        self, name: str, revision: int | None = None, *, as_of: datetime | None = None
+    ) -> tuple[StoredContext, int, ContextState, str]:
         """Like :meth:`read`, plus the format version the state is stored in."""
-        return await reads.read_upcast(self, name, revision)
+        return await reads.read_upcast(self, name, revision, as_of=as_of)
 
     async def update(
         self,
@@ -301,11 +310,42 @@ class StateManager:
         """Validate a candidate (or the current) state of ``name`` without writing."""
         return await reads.check(self, name, data=data, metadata=metadata)
 
-    async def history(self, name: str, *, before: int | None = None, limit: int = 20) -> list[HistoryEntry]:
-        return await reads.history(self, name, before=before, limit=limit)
+    async def history(
+        self,
+        name: str,
+        *,
+        before: int | None = None,
+        limit: int = 20,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[HistoryEntry]:
+        """Revisions newest first (``before``: older than it; ``since``/``until``: committed at or
+        after / before these times); each names what it was forked or merged from."""
+        return await reads.history(self, name, before=before, limit=limit, since=since, until=until)
 
-    async def diff(self, name: str, from_revision: int, to_revision: int | None = None) -> list[JSONObject]:
-        return await reads.diff(self, name, from_revision, to_revision)
+    async def diff(
+        self,
+        name: str,
+        from_revision: int | None,
+        to_revision: int | None = None,
+        *,
+        from_as_of: datetime | None = None,
+        to_as_of: datetime | None = None,
+    ) -> list[JSONObject]:
+        """The RFC 6902 diff between two revisions, each given by number or by time (``*_as_of``)."""
+        return (await self.diff_between(name, from_revision, to_revision, from_as_of=from_as_of, to_as_of=to_as_of))[2]
+
+    async def diff_between(
+        self,
+        name: str,
+        from_revision: int | None,
+        to_revision: int | None = None,
+        *,
+        from_as_of: datetime | None = None,
+        to_as_of: datetime | None = None,
+    ) -> tuple[int, int, list[JSONObject]]:
+        """Like :meth:`diff`, with the two revisions compared: ``(from, to, patch)``."""
+        return await reads.diff(self, name, from_revision, to_revision, from_as_of=from_as_of, to_as_of=to_as_of)
 
     async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
         """Restore ``revision``'s data and metadata as a *new* revision."""
@@ -322,11 +362,47 @@ class StateManager:
         after_sequence: int | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the wait is the operation itself, bounded and validated there
         limit: int = 100,
+        paths: Sequence[str] | None = None,
     ) -> tuple[list[Change], int]:
         """Changes after ``after_sequence`` to ``names`` (or to any of your contexts), waiting up
         to ``timeout`` seconds for the first. Returns ``(changes, cursor)``; pass ``cursor`` as the
-        next ``after_sequence``. ``after_sequence=None`` means "from now"."""
-        return await wait_for_changes(self, names, after_sequence=after_sequence, timeout=timeout, limit=limit)
+        next ``after_sequence``. ``after_sequence=None`` means "from now". ``paths``: only changes
+        touching one of these JSON Pointers (see :mod:`groundhog_mcp.service.paths`)."""
+        return await wait_for_changes(
+            self, names, after_sequence=after_sequence, timeout=timeout, limit=limit, paths=paths
+        )
+
+    # -- branches (service/branches.py) -----------------------------------------------------
+
+    async def fork(
+        self,
+        name: str,
+        new_name: str,
+        *,
+        revision: int | None = None,
+        version: str | None = None,
+        metadata: JSONObject | None = None,
+        settings: JSONObject | None = None,
+        schema: JSONObject | None = None,
+        handlers: JSONObject | None = None,
+    ) -> WriteResult:
+        """A new context ``new_name`` with ``name``'s state at ``revision`` (current when None) and
+        its definition unless overridden; it records ``forked_from`` (see :meth:`forked_from`)."""
+        return await branches.fork_context(
+            self,
+            name,
+            new_name,
+            revision=revision,
+            version=version,
+            metadata=metadata,
+            settings=settings,
+            schema=schema,
+            handlers=handlers,
+        )
+
+    async def forked_from(self, context: StoredContext) -> Parent | None:
+        """The context and revision ``context`` was forked from (None: registered, not forked)."""
+        return await branches.context_lineage(self, context)
 
     # -- metrics (service/metrics.py) ------------------------------------------------------
 
@@ -381,8 +457,9 @@ class StateManager:
         """Merge 2+ inputs, each ``{"context": name, "revision": n | None}`` (None: current) or an
         inline state, and optionally write the result to ``target`` as one new revision (op ``merge``).
 
-        ``three_way`` without ``base``: when every input is a revision of one context, the base is
-        the lowest revision given, their common ancestor in the context's linear history. With
+        ``three_way`` without ``base``: the base is found from the inputs' lineage, the fork point or
+        the last merge between them (when every input is a revision of one context: the lowest
+        revision given, their common ancestor in the context's linear history). With
         ``target`` the result is validated against the target's schema and limits and written
         through the usual compare-and-set (``expected_revision``; ``0`` creates the target); an
         input naming the target's current state is re-read inside the write transaction, so a

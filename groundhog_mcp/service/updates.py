@@ -25,7 +25,7 @@ from groundhog_mcp.service.validation import (
     small_json,
 )
 from groundhog_mcp.service.writes import WriteResult, mutation
-from groundhog_mcp.store.base import Mutation, NewContext, StoredContext
+from groundhog_mcp.store.base import Mutation, NewContext, ParentRef, StoredContext
 
 if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager
@@ -78,8 +78,9 @@ async def register(
     handlers: JSONObject | None = None,
     if_exists: Literal["error", "return"] = "error",
     context_id: ContextId | None = None,
+    forked_from: ParentRef | None = None,
 ) -> WriteResult | StoredContext:
-    """See :meth:`groundhog_mcp.service.state.StateManager.register`."""
+    """See :meth:`groundhog_mcp.service.state.StateManager.register` (``forked_from``: set by a fork)."""
     check_name(name)
     await manager.authorize("write", name)
     check_semver(version)
@@ -117,6 +118,7 @@ async def register(
         schema=schema,
         handlers=handlers or {},
         state=state,
+        forked_from=forked_from,
     )
     return await manager.writer.register(manager.caller, new, if_exists=if_exists)
 

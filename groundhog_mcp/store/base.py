@@ -29,6 +29,8 @@ from groundhog_mcp.store.rows import (
     AuditRecord,
     AuditValue,
     DeadLetter,
+    LineageEdge,
+    ParentRef,
     StoredContext,
     StoredEvent,
     StoredRevision,
@@ -41,6 +43,7 @@ __all__ = [
     "AUDIT_DENIED",
     "AUDIT_OK",
     "FEED_PATCH_MAX_BYTES",
+    "FEED_PATCH_MAX_OPS",
     "SEALED_MAGIC",
     "AuditEntry",
     "AuditNote",
@@ -51,10 +54,12 @@ __all__ = [
     "DeadLetter",
     "EventAlreadyHandled",
     "EventRecord",
+    "LineageEdge",
     "MaintenanceStore",
     "Mutation",
     "Mutator",
     "NewContext",
+    "ParentRef",
     "RecordCipher",
     "Retention",
     "RotationProgress",
@@ -83,6 +88,7 @@ class NewContext:
     schema: JSONObject | None
     handlers: JSONObject
     state: ContextState
+    forked_from: ParentRef | None = None  # a fork: the revision its state was copied from
 
 
 def registered(new: NewContext, *, revision: int, state_size: int, now: datetime) -> StoredContext:
@@ -111,6 +117,7 @@ class Mutation:
     state: ContextState
     patch: list[JSONObject]
     op: str = "update"
+    parents: tuple[ParentRef, ...] = ()  # a merge: the other contexts' revisions it took in
 
 
 @dataclass(frozen=True)
@@ -259,8 +266,26 @@ class Store(Protocol):
         """The snapshot, or the oldest available revision when this one was pruned, or None."""
         ...
 
-    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
-        """Newest first, revisions < ``before``."""
+    async def history(
+        self,
+        context_id: ContextId,
+        *,
+        before: int | None,
+        limit: int,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[HistoryEntry]:
+        """Newest first, revisions < ``before`` committed at or after ``since`` and before
+        ``until``; each with the parents its lineage records."""
+        ...
+
+    async def revision_at(self, context_id: ContextId, at: datetime) -> StoredRevision | int | None:
+        """The revision in force at ``at`` (the last one committed at or before it), or the
+        oldest available revision when that one was pruned, or None when there is no history."""
+        ...
+
+    async def lineage(self, namespace: str, context_ids: list[ContextId], *, limit: int) -> list[LineageEdge]:
+        """The lineage rows of these contexts of ``namespace`` (at most ``limit``)."""
         ...
 
     async def changes_after(self, sequence: int, *, limit: int) -> list[Change]: ...
@@ -378,7 +403,7 @@ class ChangeAnnouncer(Protocol):
 
 
 FEED_PATCH_MAX_BYTES = 2048
-_FEED_PATCH_MAX_OPS = 100
+FEED_PATCH_MAX_OPS = 100
 
 
 def feed_patch(patch: list[JSONObject] | None) -> tuple[str | None, int]:
@@ -392,7 +417,7 @@ def feed_patch(patch: list[JSONObject] | None) -> tuple[str | None, int]:
     size = len(text.encode("utf-8"))
     if size <= FEED_PATCH_MAX_BYTES:
         return text, size
-    return dumps([{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]), size
+    return dumps([{"op": op.get("op"), "path": op.get("path")} for op in patch[:FEED_PATCH_MAX_OPS]]), size
 
 
 # -- the audit log ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from groundhog_mcp.store.base import (
     Mutation,
     Mutator,
     NewContext,
+    ParentRef,
     Retention,
     StoredContext,
     StoredEvent,
@@ -45,11 +46,14 @@ from groundhog_mcp.store.rows import (
     CONTEXT_COLUMNS,
     DEAD_LETTER_COLUMNS,
     HISTORY_COLUMNS,
+    LINEAGE_COLUMNS,
+    LineageEdge,
     decode_audit,
     decode_change,
     decode_dead_letter,
     decode_event,
     decode_history,
+    decode_lineage,
     decode_state,
 )
 from groundhog_mcp.store.search import Searching
@@ -126,6 +130,8 @@ class StoreCore(Maintenance, Searching):
             )
             stored = registered(new, revision=revision, state_size=encoded.size, now=now)
             change = await self._record(tx, stored, "register", actor, now, None, encoded, None, audit)
+            if new.forked_from is not None:
+                await self._link(tx, stored, (new.forked_from,))
             return stored, change
 
         return await self._transaction(work, writing=True)
@@ -175,6 +181,8 @@ class StoreCore(Maintenance, Searching):
                 current, revision=revision, state=mutation.state, state_size=encoded.size, updated_at=now
             )
             change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
+            if mutation.parents:
+                await self._link(tx, stored, mutation.parents)
             return stored, change
 
         try:
@@ -209,6 +217,7 @@ class StoreCore(Maintenance, Searching):
                 await tx.execute(f"UPDATE changes SET {patch_null} WHERE context_id = %s", (context_id,))
                 await tx.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
                 await tx.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
+                await tx.execute("DELETE FROM lineage WHERE context_id = %s", (context_id,))
                 await tx.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
             elif self.codec.sealing or is_sealed(row[13] if row[13] is not None else row[9]):
                 # The state's associated data names the revision: sealed again for the new one.
@@ -228,6 +237,23 @@ class StoreCore(Maintenance, Searching):
             return await self._record(tx, stored, "unregister", actor, now, None, None, None, audit)
 
         return await self._transaction(work, writing=True)
+
+    async def _link(self, tx: Tx, ctx: StoredContext, parents: tuple[ParentRef, ...]) -> None:
+        """Record where revision ``ctx.revision`` came from (a fork point, merged inputs)."""
+        for ref in parents:
+            await tx.execute(
+                f"INSERT INTO lineage ({LINEAGE_COLUMNS}, namespace) VALUES ({marks(7)})"
+                " ON CONFLICT (context_id, revision, parent_id) DO NOTHING",
+                (
+                    ctx.id,
+                    ctx.revision,
+                    ref.id,
+                    ref.parent.revision,
+                    ref.parent.name,
+                    ref.parent.kind,
+                    ctx.namespace,
+                ),
+            )
 
     async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
         row = await tx.fetchone(self._live_row + self.FOR_UPDATE, (namespace, name))
@@ -528,24 +554,88 @@ class StoreCore(Maintenance, Searching):
                 if oldest is not None and revision < oldest[0] and oldest[1] != "register":
                     return int(oldest[0])
                 return None
-            # A sealed snapshot's associated data names the namespace: one more read.
-            namespace = await self._namespace_of(tx, context_id) if is_sealed(row[6]) else ""
-            text = self.codec.decode_snapshot(namespace, context_id, int(row[0]), row[6])
-            state = await self._compute(len(text), decode_state, text)
-            return StoredRevision(context_id=context_id, entry=decode_history(row), state=state)
+            return await self._open_snapshot(tx, context_id, row)
 
         return await self._transaction(work, writing=False)
 
-    async def history(self, context_id: ContextId, *, before: int | None, limit: int) -> list[HistoryEntry]:
+    async def _open_snapshot(self, tx: Tx, context_id: ContextId, row: Row) -> StoredRevision:
+        """A history row read with ``HISTORY_COLUMNS, snapshot``, its snapshot opened."""
+        # A sealed snapshot's associated data names the namespace: one more read.
+        namespace = await self._namespace_of(tx, context_id) if is_sealed(row[6]) else ""
+        text = self.codec.decode_snapshot(namespace, context_id, int(row[0]), row[6])
+        state = await self._compute(len(text), decode_state, text)
+        return StoredRevision(context_id=context_id, entry=decode_history(row), state=state)
+
+    async def revision_at(self, context_id: ContextId, at: datetime) -> StoredRevision | int | None:
+        async def work(tx: Tx) -> StoredRevision | int | None:
+            # history_time (context_id, timestamp, revision): one index seek, whatever the history's length.
+            row = await tx.fetchone(
+                f"SELECT {HISTORY_COLUMNS}, snapshot FROM history WHERE context_id = %s AND timestamp <= %s"
+                " ORDER BY timestamp DESC, revision DESC LIMIT 1",
+                (context_id, at),
+            )
+            if row is not None:
+                return await self._open_snapshot(tx, context_id, row)
+            oldest = await tx.fetchone(
+                "SELECT revision FROM history WHERE context_id = %s ORDER BY revision LIMIT 1", (context_id,)
+            )
+            return int(oldest[0]) if oldest is not None else None
+
+        return await self._transaction(work, writing=False)
+
+    async def lineage(self, namespace: str, context_ids: list[ContextId], *, limit: int) -> list[LineageEdge]:
+        if not context_ids:
+            return []
         rows = await self._transaction(
             lambda tx: tx.fetchall(
-                f"SELECT {HISTORY_COLUMNS} FROM history WHERE context_id = %s AND revision < %s"
-                " ORDER BY revision DESC LIMIT %s",
-                (context_id, before if before is not None else 2**62, limit),
+                f"SELECT {LINEAGE_COLUMNS} FROM lineage WHERE namespace = %s"
+                f" AND context_id IN ({marks(len(context_ids))}) ORDER BY context_id, revision LIMIT %s",
+                (namespace, *context_ids, limit),
             ),
             writing=False,
         )
-        return [decode_history(r) for r in rows]
+        return [decode_lineage(r) for r in rows]
+
+    async def history(
+        self,
+        context_id: ContextId,
+        *,
+        before: int | None,
+        limit: int,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[HistoryEntry]:
+        sql: LiteralString = f"SELECT {HISTORY_COLUMNS} FROM history WHERE context_id = %s AND revision < %s"
+        params: list[Any] = [context_id, before if before is not None else 2**62]
+        if since is not None:
+            sql += " AND timestamp >= %s"
+            params.append(since)
+        if until is not None:
+            sql += " AND timestamp < %s"
+            params.append(until)
+
+        async def work(tx: Tx) -> list[HistoryEntry]:
+            rows = await tx.fetchall(sql + " ORDER BY revision DESC LIMIT %s", (*params, limit))
+            entries = [decode_history(r) for r in rows]
+            if not entries:
+                return entries
+            links = await tx.fetchall(
+                f"SELECT {LINEAGE_COLUMNS} FROM lineage WHERE context_id = %s AND revision >= %s AND revision <= %s"
+                " ORDER BY revision, parent_name",
+                (context_id, entries[-1].revision, entries[0].revision),
+            )
+            parents: dict[int, list[LineageEdge]] = {}
+            for link in links:
+                edge = decode_lineage(link)
+                parents.setdefault(edge.revision, []).append(edge)
+            return [
+                dataclasses.replace(e, parents=tuple(p.ref.parent for p in parents[e.revision]))
+                if e.revision in parents
+                else e
+                for e in entries
+            ]
+
+        return await self._transaction(work, writing=False)
 
     async def _changes_after(self, tx: Tx, sequence: int, limit: int) -> list[Change]:
         rows = await tx.fetchall(

@@ -338,6 +338,40 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        7,
+        "branches and time: lineage of forks and merges, history by commit time",
+        # One row per parent of a revision: the fork point of a context's first revision, or a
+        # context revision that a merge into this one took as input. Merge bases are found from
+        # these rows (service/lineage.py); `parent_name` is the parent's name when recorded.
+        # history_time serves get_state(as_of) and get_history(since, until) by index seek.
+        sqlite="""
+        CREATE TABLE lineage (
+            context_id      TEXT NOT NULL,
+            revision        INTEGER NOT NULL,
+            parent_id       TEXT NOT NULL,
+            parent_revision INTEGER NOT NULL,
+            namespace       TEXT NOT NULL,
+            parent_name     TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            PRIMARY KEY (context_id, revision, parent_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX history_time ON history (context_id, timestamp, revision);
+        """,
+        postgres="""
+        CREATE TABLE lineage (
+            context_id      UUID NOT NULL,
+            revision        BIGINT NOT NULL,
+            parent_id       UUID NOT NULL,
+            parent_revision BIGINT NOT NULL,
+            namespace       TEXT COLLATE "C" NOT NULL,
+            parent_name     TEXT COLLATE "C" NOT NULL,
+            kind            TEXT NOT NULL,
+            PRIMARY KEY (context_id, revision, parent_id)
+        );
+        CREATE INDEX history_time ON history (context_id, timestamp, revision);
+        """,
+    ),
+    Migration(
         9,
         "search: text of the data of live states (FTS5 / GIN), jsonb containment index on PostgreSQL",
         # The text searched is the string values of a state's data. SQLite keeps it in an FTS5

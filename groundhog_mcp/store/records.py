@@ -8,6 +8,7 @@ time, in :data:`EXPORT_KINDS` order::
     context        a context (live or unregistered) with its current state
     revision       a history snapshot
     name_revision  the highest revision ever given to a name (revisions are never reused)
+    lineage        where a revision came from: a fork point or a merged input (schema 7)
     change         a change-feed entry (``sequence`` order)
     event          a handled event: its idempotency key answers a repeat after an import too
     dead_letter    an event whose handler kept failing, replayed or not
@@ -202,6 +203,20 @@ EXPORT_KINDS: Final[tuple[RecordKind, ...]] = (
         "name_revisions",
         ("namespace", "name"),
         (_f("namespace", "namespace"), _f("name", "name"), _f("last_revision", "positive")),
+    ),
+    RecordKind(
+        "lineage",
+        "lineage",
+        ("context_id", "revision", "parent_id"),
+        (
+            _f("context_id", "id"),
+            _f("revision", "positive"),
+            _f("parent_id", "id"),
+            _f("parent_revision", "positive"),
+            _f("namespace", "namespace"),
+            _f("parent_name", "name"),
+            _f("kind", "text"),
+        ),
     ),
     RecordKind(
         "change",

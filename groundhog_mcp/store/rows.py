@@ -22,6 +22,7 @@ from groundhog_mcp.models import (
     ContextState,
     HistoryEntry,
     JSONObject,
+    Parent,
     format_timestamp,
     parse_timestamp,
 )
@@ -35,9 +36,12 @@ __all__ = [
     "CONTEXT_COLUMNS",
     "DEAD_LETTER_COLUMNS",
     "HISTORY_COLUMNS",
+    "LINEAGE_COLUMNS",
     "AuditRecord",
     "AuditValue",
     "DeadLetter",
+    "LineageEdge",
+    "ParentRef",
     "StoredContext",
     "StoredEvent",
     "StoredRevision",
@@ -49,6 +53,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_event",
     "decode_history",
+    "decode_lineage",
     "decode_state",
 ]
 
@@ -59,6 +64,7 @@ CONTEXT_COLUMNS: Final = (
 )
 CHANGE_COLUMNS: Final = "sequence, context_id, namespace, name, revision, op, actor, timestamp, patch"
 HISTORY_COLUMNS: Final = "revision, sequence, op, actor, timestamp, size"
+LINEAGE_COLUMNS: Final = "context_id, revision, parent_id, parent_revision, parent_name, kind"
 DEAD_LETTER_COLUMNS: Final = (
     "id, namespace, context_id, name, type, payload, idempotency_key, attempts, last_error, created_at,"
     " replayed_at, replay_revision"
@@ -257,6 +263,29 @@ def decode_change(row: Row, patch_text: str | None) -> Change:
 def decode_history(row: Row) -> HistoryEntry:
     """A row read with :data:`HISTORY_COLUMNS`."""
     return HistoryEntry(row[0], row[1], row[2], row[3], as_time(row[4]), row[5])
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A parent revision as written and read: the parent context's id, and what is shown of it."""
+
+    id: ContextId
+    parent: Parent
+
+
+@dataclass(frozen=True)
+class LineageEdge:
+    """A lineage row: revision ``revision`` of ``context_id`` descends from ``ref``."""
+
+    context_id: ContextId
+    revision: int
+    ref: ParentRef
+
+
+def decode_lineage(row: Row) -> LineageEdge:
+    """A row read with :data:`LINEAGE_COLUMNS`."""
+    parent = Parent(kind=str(row[5]), name=str(row[4]), revision=int(row[3]))
+    return LineageEdge(as_id(row[0]), int(row[1]), ParentRef(as_id(row[2]), parent))
 
 
 def decode_event(row: Row, context_id: ContextId, idempotency_key: str) -> StoredEvent:

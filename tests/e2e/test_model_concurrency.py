@@ -2,13 +2,15 @@
 
 Eight workers share three ``groundhog-mcp`` stdio processes on one SQLite file (processes 0 and
 2 in the legacy protocol era, process 1 in whatever ``mode="auto"`` negotiates). Each worker runs
-a seeded random mix over three contexts: ``get_state`` (current and past revisions),
+a seeded random mix over four contexts: ``get_state`` (current and past revisions),
 ``update_state`` in its three forms (``data`` replace, RFC 7396 ``merge_patch``, RFC 6902
 ``patch``, some with a ``test`` op, some with a ``metadata`` merge patch), each form with or without
 compare-and-set (``expected_revision``), ``rollback_state`` and ``merge_states`` into a target
-context. The test logs every acknowledged write, every read and every refusal with the client's
-send and receive times, then reads the whole history back through a fourth process (one that
-took no part in the workload) and checks the log against a model built in the test:
+context; the fourth context is a ``fork_context`` of the first, and workers merge either into the
+other with ``three_way`` and no base (found by the server from lineage). The test logs every
+acknowledged write, every read and every refusal with the client's send and receive times, then
+reads the whole history back through a fourth process (one that took no part in the workload)
+and checks the log against a model built in the test:
 
 - every acknowledged write appears exactly once in ``get_history`` (same sequence and op), and
   history holds nothing that was not acknowledged (no lost write, no phantom write);
@@ -24,6 +26,9 @@ took no part in the workload) and checks the log against a model built in the te
 - a CAS conflict names the context's current revision: one that had been written, and no later
   one had been acknowledged before the conflicting call was sent; the diff it carries turns the
   expected revision's state into the current one;
+- a three-way merge-back used the base the model finds from the lineage the log records (the
+  fork point, or the last merge between the two), and wrote the model's three-way merge of the
+  inputs at the revisions the server reported;
 - refusals are only CAS conflicts and failed ``test`` ops; anything else is a violation.
 
 The checker is a pure function of the log, so the test also proves it can fail: after a clean
@@ -63,7 +68,9 @@ pytestmark = pytest.mark.e2e
 PROCESS_MODES = ("legacy", "auto", "legacy")
 WORKERS = 8
 OPS_PER_WORKER = 40  # 320 operations in all
-CONTEXTS = ("model-a", "model-b", "model-c")
+SOURCE, FORK = "model-a", "model-a-try"
+CONTEXTS = ("model-a", "model-b", "model-c", FORK)  # FORK: a fork_context of SOURCE at setup
+_ABSENT = object()
 # Bounds that turn a hang into a failure; they measure nothing.
 WHOLE_RUN_TIMEOUT_S = 120.0
 
@@ -85,7 +92,7 @@ class Write:
 
     worker: int
     context: str
-    kind: str  # register | replace | merge_patch | json_patch | rollback | merge
+    kind: str  # register | fork | replace | merge_patch | json_patch | rollback | merge | merge_back
     arguments: Json  # what was sent
     revision: int
     previous_revision: int | None
@@ -94,6 +101,7 @@ class Write:
     patch: list[Json] | None  # the RFC 6902 diff the server returned (merge_states returns none)
     merged_state: Json | None = None  # merge_states: the state the server said it wrote
     merge_inputs: tuple[tuple[str, int], ...] = ()  # merge_states: (context, revision) per input
+    merge_base: tuple[str, int] | None = None  # merge_states three_way: the base the server chose
     sent: float = 0.0
     received: float = 0.0
 
@@ -184,11 +192,89 @@ def document(state: Json) -> Json:
     return {"data": state["data"], "metadata": state["metadata"], "version": state["version"]}
 
 
-def expected_state(write: Write, model: dict[str, dict[int, Json]]) -> Json | str:
+def merge3(base: Json, ours: Json, theirs: Json) -> Json:
+    """Three-way merge of JSON objects, conflicts settled for theirs (arrays are values)."""
+    result: Json = {}
+    for key in [*ours, *(k for k in theirs if k not in ours)]:
+        b, o, t = base.get(key, _ABSENT), ours.get(key, _ABSENT), theirs.get(key, _ABSENT)
+        if o == b:
+            value = t
+        elif t == b or o == t:
+            value = o
+        elif isinstance(o, dict) and isinstance(t, dict):
+            value = merge3(b if isinstance(b, dict) else {}, o, t)  # type: ignore[arg-type]
+        else:
+            value = t
+        if value is not _ABSENT:
+            result[key] = value
+    return result
+
+
+Edge = tuple[str, int, str, int]  # context@revision descends from parent@revision
+
+
+def lineage_edges(writes: list[Write]) -> list[Edge]:
+    """What the log says each revision was forked or merged from."""
+    edges: list[Edge] = []
+    for write in writes:
+        if write.kind == "fork":
+            edges.append((write.context, write.revision, write.arguments["name"], write.arguments["revision"]))
+        elif write.kind in ("merge", "merge_back"):
+            taken: dict[str, int] = {}
+            for context, revision in write.merge_inputs:
+                if context != write.context:
+                    taken[context] = max(taken.get(context, 0), revision)
+            edges += [(write.context, write.revision, c, r) for c, r in taken.items()]
+    return edges
+
+
+def model_merge_base(heads: tuple[tuple[str, int], ...], earlier: list[Write]) -> tuple[str, int] | None:
+    """The best common ancestor of ``heads`` (the latest committed of several): ``git merge-base``."""
+    edges = lineage_edges(earlier)
+    sequence = {(w.context, w.revision): w.sequence for w in earlier}
+
+    def ancestors(context: str, revision: int) -> dict[str, int]:
+        reach = {context: revision}
+        changed = True
+        while changed:
+            changed = False
+            for child, child_revision, parent, parent_revision in edges:
+                if child in reach and child_revision <= reach[child] and reach.get(parent, 0) < parent_revision:
+                    reach[parent] = parent_revision
+                    changed = True
+        return reach
+
+    reaches = [ancestors(*head) for head in heads]
+    common = {c: min(r[c] for r in reaches) for c in reaches[0] if all(c in r for r in reaches)}
+    best = [
+        (c, r)
+        for c, r in common.items()
+        if not any(ancestors(*other).get(c, 0) >= r for other in common.items() if other != (c, r))
+    ]
+    return max(best, key=lambda point: sequence.get(point, -1)) if best else None
+
+
+def expected_state(write: Write, model: dict[str, dict[int, Json]], earlier: list[Write]) -> Json | str:
     """The state ``write`` must have produced, or why the model cannot tell."""
     history = model.setdefault(write.context, {})
     if write.kind == "register":
         return {"data": {}, "metadata": {}, "version": "1.0.0"} | write.arguments.get("state", {})
+    if write.kind == "fork":
+        source = model.get(write.arguments["name"], {}).get(write.arguments["revision"])
+        return copy.deepcopy(source) if source is not None else "its fork point is not a revision the model knows"
+    if write.kind == "merge_back":
+        base = model_merge_base(write.merge_inputs, earlier)
+        if base != write.merge_base:
+            return f"the server merged from base {write.merge_base}, the model's merge base is {base}"
+        states = [model.get(c, {}).get(r) for c, r in (*write.merge_inputs, base)]
+        if any(state is None for state in states):
+            return "an input or the base is not a revision the model knows"
+        ours, theirs, common = states  # type: ignore[misc]
+        return {
+            "data": merge3(common["data"], ours["data"], theirs["data"]),
+            "metadata": merge3(common["metadata"], ours["metadata"], theirs["metadata"]),
+            "version": max(ours["version"], theirs["version"]),
+        }
     if write.kind == "merge":
         inputs: list[Json] = []
         for context, revision in write.merge_inputs:
@@ -267,7 +353,7 @@ def check(log: Log, view: ServerView) -> list[str]:
         if any(b <= a for a, b in itertools.pairwise(revisions)):
             problems.append(f"{context}: revisions are not strictly increasing in sequence order: {revisions}")
         for write in ordered:
-            if write.kind != "register" and write.previous_revision != write.revision - 1:
+            if write.kind not in ("register", "fork") and write.previous_revision != write.revision - 1:
                 problems.append(
                     f"{context}@{write.revision}: previous_revision {write.previous_revision}, not {write.revision - 1}"
                 )
@@ -279,11 +365,12 @@ def check(log: Log, view: ServerView) -> list[str]:
 
     # The model: replay acknowledged writes in commit order.
     model: dict[str, dict[int, Json]] = {}
-    for write in sorted(log.writes, key=lambda w: w.sequence):
+    committed = sorted(log.writes, key=lambda w: w.sequence)
+    for index, write in enumerate(committed):
         label = f"{write.context}@{write.revision} ({write.kind} by worker {write.worker})"
-        if write.kind == "merge":
+        if write.kind in ("merge", "merge_back"):
             label += f" of {list(write.merge_inputs)}"
-        expected = expected_state(write, model)
+        expected = expected_state(write, model, committed[:index])
         if isinstance(expected, str):
             problems.append(f"{label}: {expected}")
             continue
@@ -415,10 +502,16 @@ class Worker:
                 {"op": "copy", "from": "/counter", "path": "/counter_copy"},
             ]
             await self.update(name, "json_patch", {"patch": operations, **self.cas(name), **self.metadata(i)})
-        elif roll < 0.85:
+        elif roll < 0.82:
             revision = rng.choice(sorted(self.known[name].revisions))
             arguments = {"name": name, "revision": revision, **self.cas(name)}
             await self.write("rollback_state", name, "rollback", arguments)
+        elif roll < 0.91:
+            # Merge the fork back into its source, or the source into the fork: no base given.
+            target, other = rng.choice([(SOURCE, FORK), (FORK, SOURCE)])
+            inputs = [{"context": target}, {"context": other}]
+            arguments = {"inputs": inputs, "strategy": "three_way", "on_conflict": "theirs", "target": target}
+            await self.write("merge_states", target, "merge_back", arguments | self.cas(target))
         else:
             first, second = rng.sample(CONTEXTS, 2)
             inputs = [
@@ -465,6 +558,7 @@ class Worker:
         assert out is not None, f"{tool}: no structured output"
         merged = out.get("state") if tool == "merge_states" else None
         inputs = tuple((i["context"], i["revision"]) for i in out.get("inputs", ()))
+        base = out.get("base") if tool == "merge_states" else None
         self.log.writes.append(
             Write(
                 worker=self.index,
@@ -478,6 +572,7 @@ class Worker:
                 patch=out.get("patch"),
                 merged_state=merged,
                 merge_inputs=inputs,
+                merge_base=(base["context"], base["revision"]) if base else None,
                 sent=sent,
                 received=received,
             )
@@ -559,11 +654,16 @@ async def run_workload(database: Path, env: dict[str, str], tmp_path: Path, seed
             await all_up.wait()
             log.seconds["start-up"] = time.monotonic() - started
             writers = [clients[p] for p in range(len(PROCESS_MODES))]
-            for name in CONTEXTS:
+            for name in CONTEXTS[:-1]:
                 initial = {"data": {"counter": 0, "origin": name}, "metadata": {"created_by": "setup"}}
                 created = await call_ok(writers[0], "register_context", {"name": name, "state": initial})
                 register = Write(-1, name, "register", {"state": initial}, 1, None, created["sequence"], "register", [])
                 log.writes.append(dataclasses.replace(register, revision=created["revision"]))
+            forked = await call_ok(writers[0], "fork_context", {"name": SOURCE, "new_name": FORK})
+            fork_point = forked["forked_from"]
+            log.writes.append(
+                Write(-1, FORK, "fork", fork_point, forked["revision"], None, forked["sequence"], "register", [])
+            )
             ready = asyncio.Barrier(WORKERS)
             workers = [Worker(w, writers[w % len(writers)], seed, log) for w in range(WORKERS)]
             async with asyncio.TaskGroup() as workload:
@@ -580,7 +680,7 @@ async def run_workload(database: Path, env: dict[str, str], tmp_path: Path, seed
 def plant_anomalies(log: Log, view: ServerView) -> dict[str, tuple[Log, ServerView]]:
     """One doctored copy of the real log per kind of anomaly the checker must catch."""
     updates = [w for w in log.writes if w.kind in ("replace", "merge_patch", "json_patch")]
-    deep = [w for w in log.writes if w.kind != "register" and w.revision >= 3]
+    deep = [w for w in log.writes if w.kind not in ("register", "fork") and w.revision >= 3]
     assert updates and deep and log.reads, "the run produced too few writes or reads to doctor"
     planted: dict[str, tuple[Log, ServerView]] = {}
 
@@ -595,6 +695,14 @@ def plant_anomalies(log: Log, view: ServerView) -> dict[str, tuple[Log, ServerVi
     lost = updates[-1]
     v.history[lost.context] = [e for e in v.history[lost.context] if e["revision"] != lost.revision]
     planted["is missing from history"] = (doctored, v)
+
+    backs = [w for w in log.writes if w.kind == "merge_back"]
+    if backs:
+        doctored, v = copied()
+        back = backs[-1]
+        wrong = (SOURCE, 1) if back.merge_base != (SOURCE, 1) else (FORK, 1)
+        doctored.writes[doctored.writes.index(back)] = dataclasses.replace(back, merge_base=wrong)
+        planted["the model's merge base is"] = (doctored, v)
 
     doctored, v = copied()
     read = doctored.reads[0]
@@ -672,7 +780,8 @@ async def test_concurrent_clients_agree_with_the_model(database: Path, sdk_env: 
             + "\n".join(problems[:40])
         )
     # The workload exercised what it claims to (else the checks above proved little).
-    assert {"replace", "merge_patch", "json_patch", "rollback", "merge"} <= set(kinds), f"seed {seed}: {kinds}"
+    kinds_wanted = {"replace", "merge_patch", "json_patch", "rollback", "merge", "fork", "merge_back"}
+    assert kinds_wanted <= set(kinds), f"seed {seed}: {kinds}"
     assert conflicts > 0, f"seed {seed}: no CAS conflict happened; the clients did not contend"
     assert len(log.reads) >= WORKERS * len(CONTEXTS)
 

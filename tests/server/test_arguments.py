@@ -18,6 +18,7 @@ JSON_TYPES = ("boolean", "integer", "number", "string", "object", "array", "null
 # A valid value for each required argument, so that the wrong one is the only problem.
 VALID = {
     "name": "t",
+    "new_name": "t2",
     "from_revision": 1,
     "revision": 1,
     "type": "inc",
@@ -103,7 +104,7 @@ async def test_every_argument_of_every_tool_refuses_every_wrong_json_type(db_pat
         await call(client, "update_state", name="t", data={"n": 2})
         before = fingerprint(db_path)
         tools = (await client.list_tools()).tools
-        assert len(tools) == 19
+        assert len(tools) == 20
         cases = 0
         covered: set[str] = set()
         for tool in tools:

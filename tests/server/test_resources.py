@@ -32,7 +32,7 @@ async def test_resources_list_and_templates(client: Client) -> None:
     assert {
         "groundhog://contexts{?cursor}",
         "groundhog://contexts/{name}",
-        "groundhog://contexts/{name}/state",
+        "groundhog://contexts/{name}/state{?path}",
         "groundhog://contexts/{name}/history",
         "groundhog://contexts/{name}/revisions/{revision}",
         "groundhog://schemas/{name}",

@@ -203,7 +203,7 @@ async def test_argument_errors_name_field_and_rule_without_noise(client: Client)
         (
             "get_state",
             {"name": "a", "nmae": "b"},
-            "nmae: not accepted by get_state (accepted: name, revision, path, fields, offset, limit)",
+            "nmae: not accepted by get_state (accepted: name, revision, path, as_of, fields, offset, limit)",
         ),
     ]
     for tool, arguments, expected in cases:
