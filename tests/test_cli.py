@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from groundhog_mcp import ContextState, StateManager
-from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
+from groundhog_mcp.store.migrations import MIGRATIONS
 from tests.cli_in_process import run_cli
 from tests.e2e.harness import server_command
 
@@ -89,7 +89,7 @@ def test_db_status_and_migrate(populated: Path, tmp_path: Path) -> None:
     assert migrated["applied"] == []
     fresh = tmp_path / "fresh.sqlite"
     applied = json.loads(run("--database", str(fresh), "db", "migrate").stdout)["applied"]
-    assert applied == list(range(1, LATEST_SCHEMA_VERSION + 1))
+    assert applied == [m.version for m in MIGRATIONS]
     missing = run_cli("--database", str(tmp_path / "none.sqlite"), "db", "status", check=False)
     assert missing.returncode == 1 and "no database at" in missing.stderr
 

@@ -14,7 +14,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ from groundhog_mcp.models import (
     json_diff,
     utcnow,
 )
+from groundhog_mcp.service import leases
 from groundhog_mcp.service.audit import (
     AuditPage,
     DenialLog,
@@ -56,6 +57,7 @@ from groundhog_mcp.service.audit import (
 from groundhog_mcp.service.bus import ChangeBus, Resync
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec, parse_handler_specs
 from groundhog_mcp.service.feed import ChangeFeed
+from groundhog_mcp.service.leases import LeaseQueues, presented_lease
 from groundhog_mcp.service.merge import (
     ContextRef,
     MergeOutcome,
@@ -97,6 +99,8 @@ from groundhog_mcp.store.base import (
     DeadLetter,
     EventAlreadyHandled,
     EventRecord,
+    Lease,
+    LeaseGrant,
     Mutation,
     NewContext,
     Store,
@@ -188,6 +192,7 @@ class StateManager:
         self.upcasts = UpcastCache()
         self.denials = DenialLog()
         self.denial_summary_interval = 5.0  # seconds between looks for counts whose minute has passed
+        self.lease_queues = LeaseQueues()
         self._pending: set[asyncio.Task[Any]] = set()
         self._denial_flusher: asyncio.Task[None] | None = None
 
@@ -365,6 +370,7 @@ class StateManager:
                 purge=purge,
                 actor=self.principal.name,
                 audit=self._audit_note("purge" if purge else None),
+                lease_token=presented_lease.get(),
             ),
             lambda c: c,
         )
@@ -989,6 +995,7 @@ class StateManager:
                     actor=self.principal.name,
                     event=event,
                     audit=self._audit_note(detail),
+                    lease_token=presented_lease.get(),
                 ),
                 lambda r: r[1],
             )
@@ -1246,6 +1253,46 @@ class StateManager:
         view = copy.copy(self)  # shallow on purpose: the view shares the manager's parts
         view.principal = principal
         return view
+
+    # -- leases (appended: keep at the end of the class; the logic is in service/leases.py) ---
+
+    async def take_lease(
+        self,
+        name: str,
+        *,
+        ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS,
+        wait_seconds: float = 0,
+        holder: str | None = None,
+    ) -> LeaseGrant:
+        """Take the lease of context ``name`` (see :func:`groundhog_mcp.service.leases.take_lease`)."""
+        return await leases.take_lease(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
+
+    async def renew_lease(
+        self, name: str, token: int, *, ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS
+    ) -> LeaseGrant:
+        """Extend the live lease ``token`` to ``ttl_seconds`` from now."""
+        return await leases.lease_action(self, name, "renew", token=token, ttl_seconds=ttl_seconds)
+
+    async def release_lease(self, name: str, token: int) -> LeaseGrant:
+        """Release lease ``token`` (a release of a lease already released does nothing)."""
+        return await leases.lease_action(self, name, "release", token=token)
+
+    def leased(
+        self,
+        name: str,
+        *,
+        ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS,
+        wait_seconds: float = 0,
+        holder: str | None = None,
+    ) -> AbstractAsyncContextManager[Lease]:
+        """``async with manager.leased(name) as lease:`` every write in the block presents the
+        lease's token; the lease is released at the end."""
+        return leases.leased(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
+
+    async def lease_of(self, context: StoredContext) -> Lease | None:
+        """The lease held on ``context`` now (read with :meth:`get`), None when it is free."""
+        lease = await self.store.read_lease(context.id)
+        return lease if lease is not None and lease.held(utcnow()) else None
 
     # -- the audit log (appended: keep at the end of the class) ------------------------------
 

@@ -29,6 +29,9 @@ from groundhog_mcp.store.rows import (
     AuditRecord,
     AuditValue,
     DeadLetter,
+    Lease,
+    LeaseAction,
+    LeaseGrant,
     StoredContext,
     StoredEvent,
     StoredRevision,
@@ -48,6 +51,9 @@ __all__ = [
     "DeadLetter",
     "EventAlreadyHandled",
     "EventRecord",
+    "Lease",
+    "LeaseAction",
+    "LeaseGrant",
     "MaintenanceStore",
     "Mutation",
     "Mutator",
@@ -183,10 +189,35 @@ class Store(Protocol):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
     ) -> tuple[StoredContext, Change]:
-        """One CAS write: check ``expected_revision``, apply ``mutator``, commit. With ``event`` the
-        event record commits in the same transaction; a repeated idempotency key raises
-        :class:`EventAlreadyHandled` and writes nothing."""
+        """One CAS write: check the lease (``lease_token``, see :meth:`lease`) and
+        ``expected_revision``, apply ``mutator``, commit. With ``event`` the event record commits
+        in the same transaction; a repeated idempotency key raises :class:`EventAlreadyHandled`
+        and writes nothing."""
+        ...
+
+    async def lease(
+        self,
+        namespace: str,
+        name: str,
+        action: LeaseAction,
+        *,
+        token: int | None,
+        holder: str,
+        ttl_seconds: float,
+        actor: str,
+        audit: AuditNote | None = None,
+    ) -> LeaseGrant:
+        """Take (a new fencing token, one more than the last), renew (``token``: the live lease's)
+        or release (``token``) the lease of a live context, with a change row (op ``lease_take``,
+        ``lease_renew``, ``lease_release``; the revision does not move) and an audit row. While a
+        lease is held, :meth:`mutate` and :meth:`unregister` need its token; a token that is not
+        the live lease's is refused. Raises :class:`~groundhog_mcp.errors.LeasedError`."""
+        ...
+
+    async def read_lease(self, context_id: ContextId) -> Lease | None:
+        """The context's lease row (held or not), None when it was never leased."""
         ...
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...
@@ -224,8 +255,10 @@ class Store(Protocol):
         purge: bool,
         actor: str,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
     ) -> Change:
-        """Remove a live context; history stays unless ``purge`` (audit rows always stay)."""
+        """Remove a live context (its lease with it: the fencing check applies, as in
+        :meth:`mutate`); history stays unless ``purge`` (audit rows always stay)."""
         ...
 
     async def get(self, namespace: str, name: str) -> StoredContext | None: ...

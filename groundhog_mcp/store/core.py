@@ -36,6 +36,7 @@ from groundhog_mcp.store.base import (
     registered,
 )
 from groundhog_mcp.store.codec import is_sealed
+from groundhog_mcp.store.leases import Leasing
 from groundhog_mcp.store.maintenance import Maintenance, RotationProgress
 from groundhog_mcp.store.rows import (
     AUDIT_COLUMNS,
@@ -54,7 +55,7 @@ from groundhog_mcp.store.rows import (
 __all__ = ["RotationProgress", "StoreCore"]
 
 
-class StoreCore(Maintenance):
+class StoreCore(Leasing, Maintenance):
     """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
 
     # -- the write sequence -------------------------------------------------------------------
@@ -137,9 +138,11 @@ class StoreCore(Maintenance):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
     ) -> tuple[StoredContext, Change]:
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
             current = await self._context(await self._lock_live(tx, namespace, name))
+            await self._fence(tx, current.id, name, lease_token)
             if event is not None and event.idempotency_key is not None:
                 # Under the context's lock: a second instance handling the same event waits, then sees it.
                 seen = await self._find_event(tx, current.id, event.idempotency_key)
@@ -172,10 +175,13 @@ class StoreCore(Maintenance):
         purge: bool,
         actor: str,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
     ) -> Change:
         async def work(tx: Tx) -> Change:
             row = await self._lock_live(tx, namespace, name)
             current = await self._context(row)  # (ids as the store's types, not the row's)
+            await self._fence(tx, current.id, name, lease_token)
+            await tx.execute("DELETE FROM leases WHERE context_id = %s", (current.id,))
             await self._check_expected(tx, current, expected_revision)
             now = utcnow()
             revision = current.revision + 1

@@ -323,6 +323,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE dead_letters ADD COLUMN last_error_sealed BYTEA;
         """,
     ),
+    Migration(
+        8,
+        "leases with fencing tokens",
+        # One row per context that was ever leased: the last fencing token issued (kept after a
+        # release, so tokens only grow) and, while held, holder and expiry (groundhog_mcp/store/leases.py).
+        sqlite="""
+        CREATE TABLE leases (
+            context_id  TEXT PRIMARY KEY,
+            token       INTEGER NOT NULL,
+            holder      TEXT,
+            expires_at  TEXT,
+            updated_at  TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+        postgres="""
+        CREATE TABLE leases (
+            context_id  UUID PRIMARY KEY,
+            token       BIGINT NOT NULL,
+            holder      TEXT,
+            expires_at  TIMESTAMPTZ,
+            updated_at  TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

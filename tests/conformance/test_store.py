@@ -38,7 +38,7 @@ from groundhog_mcp.store.base import (
     NewContext,
     StoredRevision,
 )
-from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
+from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 
 from .conftest import Backend, MakeBackend
 
@@ -667,7 +667,7 @@ async def test_migrations_are_recorded(backend: Backend, store: Store) -> None:
     )
     assert (status.pending_migrations, status.contexts, status.last_sequence) == ([], 1, 1)
     rows = await backend.sql("SELECT version, name FROM schema_migrations ORDER BY version")
-    assert [r[0] for r in rows] == list(range(1, LATEST_SCHEMA_VERSION + 1))
+    assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
     assert await store.migrate() == []
 
 
@@ -676,7 +676,7 @@ async def test_two_instances_starting_together_migrate_once(backend: Backend) ->
     await asyncio.gather(*(s.open() for s in stores))
     try:
         rows = await backend.sql("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r[0] for r in rows] == list(range(1, LATEST_SCHEMA_VERSION + 1))
+        assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
         await register(stores[0], "c")
         assert await stores[2].get(NS, "c") is not None
     finally:
@@ -689,7 +689,7 @@ async def test_migrate_applies_pending_migrations_once(backend: Backend) -> None
     await store.open()
     try:
         assert await store.last_sequence() == 0
-        assert await store.migrate() == list(range(1, LATEST_SCHEMA_VERSION + 1))
+        assert await store.migrate() == [m.version for m in MIGRATIONS]
         assert await store.migrate() == []
         status = await store.status()
         assert (status.schema_version, status.pending_migrations) == (LATEST_SCHEMA_VERSION, [])
@@ -704,7 +704,7 @@ async def test_status_of_a_database_not_migrated_yet(backend: Backend) -> None:
     try:
         status = await store.status()
         assert (status.schema_version, status.contexts, status.last_sequence) == (0, 0, 0)
-        assert status.pending_migrations == list(range(1, LATEST_SCHEMA_VERSION + 1))
+        assert status.pending_migrations == [m.version for m in MIGRATIONS]
     finally:
         await store.close()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from groundhog_mcp import ContextState, StateManager
-from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
+from groundhog_mcp.store.migrations import MIGRATIONS
 from tests.e2e.harness import RawServer, assert_error_text, raw_result_text, server_command
 from tests.reliability.battery import REPLY_WITHIN_S, assert_clear_error, start_raw
 from tests.reliability.broken_build import build as build_copy
@@ -386,7 +386,7 @@ async def test_empty_file_is_initialised(database: Path, raw_env: dict[str, str]
     assert code == 0, f"an empty file was refused: {stderr}"
     with contextlib.closing(sqlite3.connect(database)) as db:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    assert versions == list(range(1, LATEST_SCHEMA_VERSION + 1))
+    assert versions == [m.version for m in MIGRATIONS]
 
 
 # -- what an unexpected error leaves in the log ----------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from groundhog_mcp import ContextState, InitializationError, StateManager, StateUpdateError
 from groundhog_mcp.store import SQLiteStore
-from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION
+from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 
 
 def _digest(path: Path) -> str:
@@ -26,7 +26,7 @@ async def test_migrations_are_applied_and_recorded(db_path: Path) -> None:
     assert status.extra["journal_mode"] == "wal"
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-        assert [r[0] for r in rows] == list(range(1, LATEST_SCHEMA_VERSION + 1))
+        assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
         # WAL is a property of the file: a new connection finds it (synchronous is per connection,
         # see test_pragmas_for_durability).
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
