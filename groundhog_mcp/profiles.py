@@ -35,6 +35,7 @@ ALL_TOOLS: tuple[str, ...] = (
     "migrate_context",
     "merge_states",
     "audit_log",
+    "lease",
 )
 """Every tool, in the order tools/list shows them (a test holds this to the registered tools)."""
 
@@ -48,6 +49,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "diff_states",
         "rollback_state",
         "wait_for_change",
+        "lease",
     ),
     "all": ALL_TOOLS,
 }

@@ -27,6 +27,7 @@ from groundhog_mcp.server.arguments import (
 )
 from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.error_results import admit_error_results, error_result, invalid_params, tool_error_result
+from groundhog_mcp.server.lease_tool import register_lease_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
@@ -151,6 +152,7 @@ def build_server(
     register_tools(server)
     register_merge_tool(server)
     register_audit_tool(server)
+    register_lease_tool(server)
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     admit_error_results(server)  # likewise

@@ -13,7 +13,16 @@ from groundhog_mcp.errors import MergeConflict, StateValidationError, Validation
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.outputs import StateValue
-from groundhog_mcp.server.tools import AppCtx, ExpectedRevision, Name, StateInput, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
+from groundhog_mcp.server.tools import (
+    AppCtx,
+    ExpectedRevision,
+    LeaseToken,
+    Name,
+    StateInput,
+    _manager,  # pyright: ignore[reportPrivateUsage]
+    tool_errors,
+)
+from groundhog_mcp.service.leases import using_lease
 from groundhog_mcp.service.merge import MAX_MERGE_INPUTS, MAX_REDUCERS, MergeOutcome, Provenance, SourceInfo
 
 __all__ = ["MAX_LISTED", "ConflictOut", "MergeInput", "MergeOut", "ProvenanceOut", "SourceOut", "register_merge_tool"]
@@ -187,6 +196,7 @@ async def merge_states(
     ] = None,
     expected_revision: ExpectedRevision = None,
     dry_run: Annotated[bool, Field(description="compute and check everything, list conflicts, write nothing")] = False,
+    lease_token: LeaseToken = None,
 ) -> MergeOut:
     """Merge 2-16 JSON states (contexts at revisions and/or inline states); data and metadata alike.
     ordered (default): RFC 7396 merge patches in order, later inputs win. three_way: combine what
@@ -196,16 +206,17 @@ async def merge_states(
     min or take the last value. With target (and expected_revision) the result is written as one
     new revision; dry_run previews result and conflicts."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
-    outcome = await _manager(ctx).merge(
-        sources,
-        strategy=strategy,
-        base=base.as_source("base") if base is not None else None,
-        reducers=reducers,
-        on_conflict=on_conflict,
-        target=target,
-        expected_revision=expected_revision,
-        dry_run=dry_run,
-    )
+    with using_lease(lease_token):
+        outcome = await _manager(ctx).merge(
+            sources,
+            strategy=strategy,
+            base=base.as_source("base") if base is not None else None,
+            reducers=reducers,
+            on_conflict=on_conflict,
+            target=target,
+            expected_revision=expected_revision,
+            dry_run=dry_run,
+        )
     return MergeOut.of(outcome, target)
 
 

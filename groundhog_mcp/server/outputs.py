@@ -10,13 +10,14 @@ from groundhog_mcp.models import Change, ContextState, HistoryEntry, dumps, form
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
 from groundhog_mcp.service.migration import ContextMigration, MigrationReport
 from groundhog_mcp.service.reading import TooLarge
-from groundhog_mcp.store.base import AuditRecord, DeadLetter, StoredContext
+from groundhog_mcp.store.base import AuditRecord, DeadLetter, Lease, StoredContext
 
 __all__ = [
     "ContextOut",
     "ContextSummary",
     "DiffOut",
     "HistoryOut",
+    "LeaseOut",
     "ListOut",
     "MigrateOut",
     "RevisionOut",
@@ -65,6 +66,26 @@ class ContextSummary(BaseModel):
     updated_at: str
 
 
+class LeaseOut(BaseModel):
+    name: str
+    token: int = Field(description="fencing token: pass it as lease_token on your writes, and to renew/release")
+    held: bool = Field(description="false after a release")
+    holder: str | None = None
+    expires_at: str | None = Field(default=None, description="renew before this (RFC 3339 UTC)")
+    sequence: int | None = Field(default=None, description="change-feed sequence of this lease action")
+
+    @classmethod
+    def of(cls, name: str, lease: Lease, *, held: bool = True, sequence: int | None = None) -> LeaseOut:
+        return cls(
+            name=name,
+            token=lease.token,
+            held=held,
+            holder=lease.holder,
+            expires_at=format_timestamp(lease.expires_at) if lease.expires_at is not None else None,
+            sequence=sequence,
+        )
+
+
 class ContextOut(ContextSummary):
     namespace: str
     metadata: dict[str, Any]
@@ -76,9 +97,17 @@ class ContextOut(ContextSummary):
         default=None, description="register_context: false when an existing context was returned"
     )
     sequence: int | None = Field(default=None, description="change-feed sequence of the registration")
+    lease: LeaseOut | None = Field(default=None, description="the lease held on the context now, if any")
 
     @classmethod
-    def of(cls, ctx: StoredContext, *, created: bool | None = None, sequence: int | None = None) -> ContextOut:
+    def of(
+        cls,
+        ctx: StoredContext,
+        *,
+        created: bool | None = None,
+        sequence: int | None = None,
+        lease: Lease | None = None,
+    ) -> ContextOut:
         return cls(
             id=str(ctx.id),
             name=ctx.name,
@@ -94,6 +123,7 @@ class ContextOut(ContextSummary):
             state_version=ctx.state.version,
             created=created,
             sequence=sequence,
+            lease=LeaseOut.of(ctx.name, lease) if lease is not None else None,
         )
 
 

@@ -62,7 +62,9 @@ async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
 
 @_resource_errors
 async def context_resource(name: str, ctx: AppCtx) -> str:
-    return ContextOut.of(await _manager(ctx).get(name)).model_dump_json()
+    manager = _manager(ctx)
+    context = await manager.get(name)
+    return ContextOut.of(context, lease=await manager.lease_of(context)).model_dump_json()
 
 
 def _state_document(name: str, revision: int, state: ContextState, limit: int) -> str:

@@ -44,6 +44,7 @@ from groundhog_mcp.server.outputs import (
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import Event, StateManager, WriteResult
 from groundhog_mcp.service.audit import current_operation, current_request_id
+from groundhog_mcp.service.leases import using_lease
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
@@ -61,9 +62,7 @@ Name = Annotated[
     str,
     Field(
         description="Context name, unique in your namespace",
-        pattern=NAME_PATTERN,
-        min_length=1,
-        max_length=128,
+        pattern=NAME_PATTERN,  # which bounds the length too: {1,128}
     ),
 ]
 ExpectedRevision = Annotated[
@@ -77,6 +76,7 @@ ExpectedRevision = Annotated[
     ),
 ]
 Revision = Annotated[int, Field(description="A revision number of this context (1 = first)", ge=1)]
+LeaseToken = Annotated[int | None, Field(description="From lease take")]
 JSONObjectArg = dict[str, Any]
 EventType = Annotated[
     str, Field(description="Event type; the context needs a handler for it", min_length=1, max_length=128)
@@ -251,17 +251,21 @@ async def unregister_context(
     purge: Annotated[
         bool, Field(description="Also delete the history and the diffs in the change feed (default: keep history)")
     ] = False,
+    lease_token: LeaseToken = None,
 ) -> UnregisterOut:
     """Remove a context. Its history is kept unless purge=true. The name can be registered again;
     revisions of the new context continue after the old ones, never reusing a number."""
-    change = await _manager(ctx).unregister(name, expected_revision=expected_revision, purge=purge)
+    with using_lease(lease_token):
+        change = await _manager(ctx).unregister(name, expected_revision=expected_revision, purge=purge)
     return UnregisterOut(name=name, revision=change.revision, sequence=change.sequence, purged=purge)
 
 
 @tool_errors
 async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
-    """Describe one context: id, versions, current revision, state size, metadata, settings, schema."""
-    return ContextOut.of(await _manager(ctx).get(name))
+    """Describe one context: id, versions, current revision, state size, metadata, settings, schema, lease."""
+    manager = _manager(ctx)
+    context = await manager.get(name)
+    return ContextOut.of(context, lease=await manager.lease_of(context))
 
 
 @tool_errors
@@ -339,18 +343,24 @@ async def update_state(
     metadata: Annotated[
         JSONObjectArg | None, Field(description="RFC 7396 merge patch applied to the state's metadata")
     ] = None,
+    lease_token: LeaseToken = None,
+    release_lease: Annotated[bool, Field(description="Then release the lease")] = False,
 ) -> WriteOut:
     """Change a context's state as one new revision. Give exactly one of data, merge_patch or patch
     (metadata may come alone or with one). Pass the revision you read as expected_revision so a
     concurrent writer's change is never silently overwritten; on conflict, re-read and retry."""
-    result = await _manager(ctx).update(
-        name,
-        data=data,
-        merge_patch_=merge_patch,
-        patch=[p.as_json() for p in patch] if patch is not None else None,
-        metadata=metadata,
-        expected_revision=expected_revision,
-    )
+    manager = _manager(ctx)
+    with using_lease(lease_token):
+        result = await manager.update(
+            name,
+            data=data,
+            merge_patch_=merge_patch,
+            patch=[p.as_json() for p in patch] if patch is not None else None,
+            metadata=metadata,
+            expected_revision=expected_revision,
+        )
+    if release_lease and lease_token is not None:
+        await manager.release_lease(name, lease_token)
     return _write_out(result)
 
 
@@ -413,10 +423,12 @@ async def rollback_state(
     revision: Revision,
     ctx: AppCtx,
     expected_revision: ExpectedRevision = None,
+    lease_token: LeaseToken = None,
 ) -> WriteOut:
     """Undo: restore an earlier revision's data and metadata as a new revision (history is never
     rewritten, so the rollback itself can be undone)."""
-    return _write_out(await _manager(ctx).rollback(name, revision, expected_revision=expected_revision))
+    with using_lease(lease_token):
+        return _write_out(await _manager(ctx).rollback(name, revision, expected_revision=expected_revision))
 
 
 @tool_errors
@@ -456,14 +468,16 @@ async def emit_event(
         str | None,
         Field(description="Send the same key again (e.g. on retry) and the event applies only once", max_length=200),
     ] = None,
+    lease_token: LeaseToken = None,
 ) -> EventOut:
     """Send an event to a context. Its handler turns it into a state change that commits atomically
     with the event record. With idempotency_key, a repeat returns the first result instead of
     applying twice. A handler that keeps failing leaves the state unchanged and the event in the
     dead letters (list_dead_letters, replay_dead_letter)."""
-    result = await _manager(ctx).emit_event(
-        name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key)
-    )
+    with using_lease(lease_token):
+        result = await _manager(ctx).emit_event(
+            name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key)
+        )
     return EventOut.of(result)
 
 

@@ -110,6 +110,8 @@ async def lease_action(
     check_name(name)
     await manager.authorize("write", name)
     _check_arguments(manager, ttl_seconds, 0, holder)
+    if action != "take" and token is None:
+        raise StateValidationError([ValidationIssue("", f"{action} needs the token take returned")], field="token")
     who = manager.principal.name if holder is None else f"{manager.principal.name}/{holder}"
     return await manager._committed(  # pyright: ignore[reportPrivateUsage]
         manager.store.lease(

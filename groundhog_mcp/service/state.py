@@ -1268,12 +1268,12 @@ class StateManager:
         return await leases.take_lease(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
 
     async def renew_lease(
-        self, name: str, token: int, *, ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS
+        self, name: str, token: int | None, *, ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS
     ) -> LeaseGrant:
         """Extend the live lease ``token`` to ``ttl_seconds`` from now."""
         return await leases.lease_action(self, name, "renew", token=token, ttl_seconds=ttl_seconds)
 
-    async def release_lease(self, name: str, token: int) -> LeaseGrant:
+    async def release_lease(self, name: str, token: int | None) -> LeaseGrant:
         """Release lease ``token`` (a release of a lease already released does nothing)."""
         return await leases.lease_action(self, name, "release", token=token)
 

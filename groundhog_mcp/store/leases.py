@@ -118,10 +118,6 @@ class Leasing(StoreAdapter):
                     )
                 after = Lease(context_id, (current.token if current else 0) + 1, holder, now + _ttl(ttl_seconds))
             else:
-                if token is None:
-                    raise LeasedError(
-                        f"token: {action} needs the token take returned", holder=None, expires_at=None, stale=True
-                    )
                 if action == "release" and current is not None and current.token == token and current.holder is None:
                     return LeaseGrant(current, False, None)  # released already: nothing to do
                 if action == "release" and current is not None and current.token == token:
