@@ -10,8 +10,8 @@ same call, repeated (after re-reading, for a conflict), can succeed::
     │   └── EncryptionKeyError    encryption_key   encryption key missing, wrong or malformed
     ├── StateUpdateError          write_failed     a write could not be applied
     │   ├── ConflictError         conflict  (r)    expected_revision did not match (current revision + missed diff)
-    │   ├── LeasedError           leased    (r)    another agent holds the context's lease, or the lease_token is stale
     │   └── MergeConflictError    merge_conflict   conflicting changes and on_conflict is 'fail'
+    ├── LeasedError               leased    (r)    another agent holds the context's lease, or the lease_token is stale
     ├── EventHandlingError        event_failed     an event handler failed
     ├── StateValidationError      invalid_argument a value broke a rule or the context's JSON Schema
     │                             too_large        ... or the state size limit (when that is among the issues)
@@ -167,7 +167,7 @@ class ConflictError(StateUpdateError):
         )
 
 
-class LeasedError(StateUpdateError):
+class LeasedError(ContextError):
     """A write or a lease action was refused by the context's lease: another agent holds it
     (``holder`` until ``expires_at``; retryable once it is released or expires), or the
     ``lease_token`` presented is not the live lease's (stale: not retryable with that token)."""

@@ -12,7 +12,6 @@ from pydantic import Field
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.outputs import LeaseOut
 from groundhog_mcp.server.tools import AppCtx, Name, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
-from groundhog_mcp.service.leases import DEFAULT_LEASE_SECONDS
 
 __all__ = ["register_lease_tool"]
 
@@ -24,7 +23,7 @@ async def lease(
     ctx: AppCtx,
     token: Annotated[int | None, Field(description="renew, release: from take")] = None,
     # Bounds are checked by the service, whose error names the limit (max_lease_seconds is a setting).
-    ttl_seconds: Annotated[float, Field(description="seconds until expiry")] = DEFAULT_LEASE_SECONDS,
+    ttl_seconds: Annotated[float | None, Field(description="seconds until expiry (default 60)")] = None,
     wait_seconds: Annotated[float, Field(description="take: wait in line up to 60 s if held")] = 0,
     holder: Annotated[str | None, Field(description="take: your label", max_length=64)] = None,
 ) -> LeaseOut:

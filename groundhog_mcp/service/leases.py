@@ -75,6 +75,13 @@ class LeaseQueues:
         return lock
 
 
+def _ttl(manager: StateManager, ttl_seconds: float | None) -> float:
+    """The lease length asked for, or the default (60 s, at most the server's cap)."""
+    if ttl_seconds is None:
+        return min(DEFAULT_LEASE_SECONDS, manager.limits.max_lease_seconds)
+    return ttl_seconds
+
+
 def _check_arguments(manager: StateManager, ttl_seconds: float, wait_seconds: float, holder: str | None) -> None:
     limit = manager.limits.max_lease_seconds
     if not 0 < ttl_seconds <= limit:
@@ -102,14 +109,15 @@ async def lease_action(
     action: LeaseAction,
     *,
     token: int | None = None,
-    ttl_seconds: float = DEFAULT_LEASE_SECONDS,
+    ttl_seconds: float | None = None,
     holder: str | None = None,
 ) -> LeaseGrant:
     """One lease action as ``manager``'s principal (needs ``write`` on ``name``), committed and
     published on the change feed."""
     check_name(name)
     await manager.authorize("write", name)
-    _check_arguments(manager, ttl_seconds, 0, holder)
+    ttl = _ttl(manager, ttl_seconds)
+    _check_arguments(manager, ttl, 0, holder)
     if action != "take" and token is None:
         raise StateValidationError([ValidationIssue("", f"{action} needs the token take returned")], field="token")
     who = manager.principal.name if holder is None else f"{manager.principal.name}/{holder}"
@@ -120,7 +128,7 @@ async def lease_action(
             action,
             token=token,
             holder=who,
-            ttl_seconds=ttl_seconds,
+            ttl_seconds=ttl,
             actor=manager.principal.name,
             audit=manager._audit_note(),  # pyright: ignore[reportPrivateUsage]
         ),
@@ -132,7 +140,7 @@ async def take_lease(
     manager: StateManager,
     name: str,
     *,
-    ttl_seconds: float = DEFAULT_LEASE_SECONDS,
+    ttl_seconds: float | None = None,
     wait_seconds: float = 0,
     holder: str | None = None,
 ) -> LeaseGrant:
@@ -140,7 +148,7 @@ async def take_lease(
     ``wait_seconds`` for its release or expiry (in line behind the takers that came first),
     then raise :class:`LeasedError`."""
     check_name(name)
-    _check_arguments(manager, ttl_seconds, wait_seconds, holder)
+    _check_arguments(manager, _ttl(manager, ttl_seconds), wait_seconds, holder)
     if wait_seconds == 0:
         return await lease_action(manager, name, "take", ttl_seconds=ttl_seconds, holder=holder)
     loop = asyncio.get_running_loop()
@@ -188,7 +196,7 @@ async def leased(
     manager: StateManager,
     name: str,
     *,
-    ttl_seconds: float = DEFAULT_LEASE_SECONDS,
+    ttl_seconds: float | None = None,
     wait_seconds: float = 0,
     holder: str | None = None,
 ) -> AsyncGenerator[Lease]:

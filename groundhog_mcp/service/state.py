@@ -1260,7 +1260,7 @@ class StateManager:
         self,
         name: str,
         *,
-        ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS,
+        ttl_seconds: float | None = None,
         wait_seconds: float = 0,
         holder: str | None = None,
     ) -> LeaseGrant:
@@ -1268,7 +1268,7 @@ class StateManager:
         return await leases.take_lease(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
 
     async def renew_lease(
-        self, name: str, token: int | None, *, ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS
+        self, name: str, token: int | None, *, ttl_seconds: float | None = None
     ) -> LeaseGrant:
         """Extend the live lease ``token`` to ``ttl_seconds`` from now."""
         return await leases.lease_action(self, name, "renew", token=token, ttl_seconds=ttl_seconds)
@@ -1281,7 +1281,7 @@ class StateManager:
         self,
         name: str,
         *,
-        ttl_seconds: float = leases.DEFAULT_LEASE_SECONDS,
+        ttl_seconds: float | None = None,
         wait_seconds: float = 0,
         holder: str | None = None,
     ) -> AbstractAsyncContextManager[Lease]:
