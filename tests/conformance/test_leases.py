@@ -190,7 +190,9 @@ async def test_lease_changes_are_in_the_feed_and_the_revision_does_not_move(mana
 async def test_arguments_are_checked_and_tenants_are_apart(manager: StateManager) -> None:
     await manager.register("plan")
     manager.limits = Limits(max_lease_seconds=10)
-    with pytest.raises(StateValidationError, match=r"^ttl_seconds: must be more than 0 and at most 10 seconds; got 11$"):
+    with pytest.raises(
+        StateValidationError, match=r"^ttl_seconds: must be more than 0 and at most 10 seconds; got 11$"
+    ):
         await manager.take_lease("plan", ttl_seconds=11)
     with pytest.raises(StateValidationError, match=r"^wait_seconds: must be between 0 and 60 seconds; got 61$"):
         await manager.take_lease("plan", ttl_seconds=5, wait_seconds=61)
