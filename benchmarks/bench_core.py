@@ -567,7 +567,7 @@ def _environment(workdir: Path) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "mcp": metadata.version("mcp"),
-        "groundhog_mcp": metadata.version("groundhog-mcp"),
+        "groundhog_mcp": metadata.version("groundhog-context-mcp"),
         "git_commit": commit + ("+dirty" if dirty else ""),
         "cpus": os.cpu_count(),
         "loadavg_at_end": os.getloadavg(),

@@ -69,7 +69,7 @@ def filler_name(n: int) -> str:
 
 
 def cache_key(contexts: int, revisions: int) -> str:
-    version = metadata.version("groundhog-mcp")
+    version = metadata.version("groundhog-context-mcp")
     return (
         f"v{version}-schema{LATEST_SCHEMA_VERSION}-export{EXPORT_FORMAT_VERSION}-build{BUILD_FORMAT}"
         f"-{contexts}x{revisions}.sqlite"
