@@ -56,6 +56,7 @@ from groundhog_mcp.service.audit import (
 )
 from groundhog_mcp.service.bus import ChangeBus, Resync
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec, parse_handler_specs
+from groundhog_mcp.service.expiry import expire_if_due, resolve_expiry_settings
 from groundhog_mcp.service.feed import ChangeFeed
 from groundhog_mcp.service.leases import LeaseQueues, presented_lease
 from groundhog_mcp.service.merge import (
@@ -324,7 +325,7 @@ class StateManager:
         await self.authorize("write", name)
         check_semver(version)
         metadata = metadata or {}
-        settings = settings or {}
+        settings = resolve_expiry_settings(settings or {})
 
         def checked_state() -> ContextState:
             # Schemas, formats and states from a client: checked in a worker thread, never on the loop.
@@ -362,18 +363,22 @@ class StateManager:
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
         check_name(name)
         await self.authorize("admin", name)
-        change = await self._committed(
-            self.store.unregister(
-                self.principal.namespace,
-                name,
-                expected_revision,
-                purge=purge,
-                actor=self.principal.name,
-                audit=self._audit_note("purge" if purge else None),
-                lease_token=presented_lease.get(),
-            ),
-            lambda c: c,
-        )
+        try:
+            change = await self._committed(
+                self.store.unregister(
+                    self.principal.namespace,
+                    name,
+                    expected_revision,
+                    purge=purge,
+                    actor=self.principal.name,
+                    audit=self._audit_note("purge" if purge else None),
+                    lease_token=presented_lease.get(),
+                ),
+                lambda c: c,
+            )
+        except NotFoundError:
+            await expire_if_due(self, name)
+            raise
         return change
 
     async def get(self, name: str) -> StoredContext:
@@ -383,6 +388,7 @@ class StateManager:
         await self.authorize("read", name)
         stored = await self.store.get(self.principal.namespace, name)
         if stored is None:
+            await expire_if_due(self, name)
             raise NotFoundError(_missing(name))
         return stored
 
@@ -1001,6 +1007,8 @@ class StateManager:
             )
         except ContextError as exc:
             self.metrics.count_error(type(exc).__name__, self._metric_key(name))
+            if isinstance(exc, NotFoundError):
+                await expire_if_due(self, name)
             raise
         finally:
             self.metrics.observe_write(self._metric_key(name), time.perf_counter() - started)
@@ -1267,9 +1275,7 @@ class StateManager:
         """Take the lease of context ``name`` (see :func:`groundhog_mcp.service.leases.take_lease`)."""
         return await leases.take_lease(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
 
-    async def renew_lease(
-        self, name: str, token: int | None, *, ttl_seconds: float | None = None
-    ) -> LeaseGrant:
+    async def renew_lease(self, name: str, token: int | None, *, ttl_seconds: float | None = None) -> LeaseGrant:
         """Extend the live lease ``token`` to ``ttl_seconds`` from now."""
         return await leases.lease_action(self, name, "renew", token=token, ttl_seconds=ttl_seconds)
 

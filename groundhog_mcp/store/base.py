@@ -220,6 +220,16 @@ class Store(Protocol):
         """The context's lease row (held or not), None when it was never leased."""
         ...
 
+    async def expire(self, namespace: str, name: str, *, actor: str, audit: AuditNote | None = None) -> Change | None:
+        """Record the removal of context ``name`` if it expired and was not removed yet (op
+        ``expired``, like an unregister); None when there was nothing to remove. Reads leave an
+        expired context out whether or not its removal was recorded."""
+        ...
+
+    async def sweep(self, *, limit: int = 1000, actor: str = "expiry") -> list[Change]:
+        """Record the removal of up to ``limit`` expired contexts of every namespace."""
+        ...
+
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...
 
     async def add_dead_letter(

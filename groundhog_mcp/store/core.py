@@ -36,6 +36,7 @@ from groundhog_mcp.store.base import (
     registered,
 )
 from groundhog_mcp.store.codec import is_sealed
+from groundhog_mcp.store.expiry import Expiry, expiry_deadline
 from groundhog_mcp.store.leases import Leasing
 from groundhog_mcp.store.maintenance import Maintenance, RotationProgress
 from groundhog_mcp.store.rows import (
@@ -55,7 +56,7 @@ from groundhog_mcp.store.rows import (
 __all__ = ["RotationProgress", "StoreCore"]
 
 
-class StoreCore(Leasing, Maintenance):
+class StoreCore(Expiry, Leasing, Maintenance):
     """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
 
     # -- the write sequence -------------------------------------------------------------------
@@ -99,12 +100,19 @@ class StoreCore(Leasing, Maintenance):
                 if if_exists == "return":
                     return await self._context(existing), None
                 raise ConflictError.already_exists(new.name, existing[8])
+            if await self._remove_expired(tx, new.namespace, new.name, actor, audit) is not None:
+                # The expired context's removal took a revision of the name: read its mark again.
+                last = await tx.fetchone(
+                    "SELECT last_revision FROM name_revisions WHERE namespace = %s AND name = %s",
+                    (new.namespace, new.name),
+                )
             revision = (last[0] if last else 0) + 1
             encoded = await self._compute(None, self._encode, new.namespace, new.id, revision, new.state)
             now = utcnow()
             state = self._values("contexts.state", encoded.state)
             await tx.execute(
-                f"INSERT INTO contexts ({CONTEXT_COLUMNS}{self._state_side}) VALUES ({marks(12 + len(state))})",
+                f"INSERT INTO contexts ({CONTEXT_COLUMNS}{self._state_side}, expires_at)"
+                f" VALUES ({marks(13 + len(state))})",
                 (
                     new.id,
                     new.namespace,
@@ -120,6 +128,7 @@ class StoreCore(Leasing, Maintenance):
                     now,
                     now,
                     *state[1:],
+                    expiry_deadline(new.settings, now),
                 ),
             )
             stored = registered(new, revision=revision, state_size=encoded.size, now=now)
@@ -155,8 +164,15 @@ class StoreCore(Leasing, Maintenance):
             now = utcnow()
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
-                " updated_at = %s WHERE id = %s",
-                (revision, *self._values("contexts.state", encoded.state), encoded.size, now, current.id),
+                " updated_at = %s, expires_at = %s WHERE id = %s",
+                (
+                    revision,
+                    *self._values("contexts.state", encoded.state),
+                    encoded.size,
+                    now,
+                    expiry_deadline(current.settings, now),  # a write resets the idle expiry
+                    current.id,
+                ),
             )
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=encoded.size, updated_at=now
@@ -181,37 +197,44 @@ class StoreCore(Leasing, Maintenance):
             row = await self._lock_live(tx, namespace, name)
             current = await self._context(row)  # (ids as the store's types, not the row's)
             await self._fence(tx, current.id, name, lease_token)
-            await tx.execute("DELETE FROM leases WHERE context_id = %s", (current.id,))
             await self._check_expected(tx, current, expected_revision)
-            now = utcnow()
-            revision = current.revision + 1
-            context_id = current.id
-            if purge:
-                # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
-                patch_null = self._assign("changes.patch", "patch").replace("%s", "NULL")
-                await tx.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
-                await tx.execute(f"UPDATE changes SET {patch_null} WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
-            elif self.codec.sealing or is_sealed(row[13] if row[13] is not None else row[9]):
-                # The state's associated data names the revision: sealed again for the new one.
-                text = dumps(current.state.to_json())
-                state = self.codec.encode_text("contexts.state", namespace, context_id, revision, text)
-                await tx.execute(
-                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s,"
-                    f" {self._assign('contexts.state', 'state')} WHERE id = %s",
-                    (now, revision, now, *self._values("contexts.state", state), context_id),
-                )
-            else:
-                await tx.execute(
-                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
-                    (now, revision, now, context_id),
-                )
-            stored = dataclasses.replace(current, revision=revision)
-            return await self._record(tx, stored, "unregister", actor, now, None, None, None, audit)
+            return await self._remove(tx, row, current, "unregister", purge=purge, actor=actor, audit=audit)
 
         return await self._transaction(work, writing=True)
+
+    async def _remove(
+        self, tx: Tx, row: Row, current: StoredContext, op: str, *, purge: bool, actor: str, audit: AuditNote | None
+    ) -> Change:
+        """Unregister (or expire) the locked live context ``current`` (read as ``row``)."""
+        await tx.execute("DELETE FROM leases WHERE context_id = %s", (current.id,))
+        now = utcnow()
+        revision = current.revision + 1
+        context_id = current.id
+        namespace = current.namespace
+        if purge:
+            # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
+            patch_null = self._assign("changes.patch", "patch").replace("%s", "NULL")
+            await tx.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
+            await tx.execute(f"UPDATE changes SET {patch_null} WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
+        elif self.codec.sealing or is_sealed(row[13] if row[13] is not None else row[9]):
+            # The state's associated data names the revision: sealed again for the new one.
+            text = dumps(current.state.to_json())
+            state = self.codec.encode_text("contexts.state", namespace, context_id, revision, text)
+            await tx.execute(
+                "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s,"
+                f" {self._assign('contexts.state', 'state')} WHERE id = %s",
+                (now, revision, now, *self._values("contexts.state", state), context_id),
+            )
+        else:
+            await tx.execute(
+                "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
+                (now, revision, now, context_id),
+            )
+        stored = dataclasses.replace(current, revision=revision)
+        return await self._record(tx, stored, op, actor, now, None, None, None, audit)
 
     async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
         row = await tx.fetchone(self._live_row + self.FOR_UPDATE, (namespace, name))
@@ -472,14 +495,14 @@ class StoreCore(Leasing, Maintenance):
     async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
         async def work(tx: Tx) -> StoredContext | None:
             row = await tx.fetchone(
-                f"SELECT {self._context_select} FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+                f"SELECT {self._context_select} FROM contexts WHERE id = %s AND {self._live}", (context_id,)
             )
             return await self._context(row) if row is not None else None
 
         return await self._transaction(work, writing=False)
 
     async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
-        sql: LiteralString = "SELECT namespace, name FROM contexts WHERE id = %s AND deleted_at IS NULL"
+        sql: LiteralString = f"SELECT namespace, name FROM contexts WHERE id = %s AND {self._live}"
         row = await self._transaction(lambda tx: tx.fetchone(sql, (context_id,)), writing=False)
         return (str(row[0]), str(row[1])) if row is not None else None
 
@@ -487,7 +510,7 @@ class StoreCore(Leasing, Maintenance):
         async def work(tx: Tx) -> list[StoredContext]:
             # Names are ASCII and sort bytewise: the prefix range scan is exact, `~` sorts after all of them.
             rows = await tx.fetchall(
-                f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND {self._live}"
                 " AND name >= %s AND name < %s AND name > %s ORDER BY name LIMIT %s",
                 (namespace, prefix, prefix + "~", after or "", limit),
             )
@@ -550,8 +573,7 @@ class StoreCore(Leasing, Maintenance):
 
         async def work(tx: Tx) -> tuple[int, int]:
             count = await tx.fetchone(
-                "SELECT count(*) FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
-                " AND name >= %s AND name < %s",
+                f"SELECT count(*) FROM contexts WHERE namespace = %s AND {self._live} AND name >= %s AND name < %s",
                 bounds,
             )
             last = await tx.fetchone(

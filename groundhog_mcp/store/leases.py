@@ -99,7 +99,7 @@ class Leasing(StoreAdapter):
     ) -> LeaseGrant:
         async def work(tx: Tx) -> LeaseGrant:
             row = await tx.fetchone(
-                "SELECT id, revision FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
+                f"SELECT id, revision FROM contexts WHERE namespace = %s AND name = %s AND {self._live}"
                 + self.FOR_UPDATE,
                 (namespace, name),
             )

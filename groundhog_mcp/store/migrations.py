@@ -325,10 +325,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         8,
-        "leases with fencing tokens",
+        "leases with fencing tokens, context expiry",
         # One row per context that was ever leased: the last fencing token issued (kept after a
         # release, so tokens only grow) and, while held, holder and expiry (groundhog_mcp/store/leases.py).
+        # contexts.expires_at: when a context expires (its settings' expires_at, or its last write
+        # plus expire_after_idle_seconds, whichever is first); an expired context reads as missing
+        # (groundhog_mcp/store/expiry.py).
         sqlite="""
+        ALTER TABLE contexts ADD COLUMN expires_at TEXT;
+        CREATE INDEX contexts_expiry ON contexts (expires_at) WHERE expires_at IS NOT NULL AND deleted_at IS NULL;
         CREATE TABLE leases (
             context_id  TEXT PRIMARY KEY,
             token       INTEGER NOT NULL,
@@ -338,6 +343,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ) WITHOUT ROWID;
         """,
         postgres="""
+        ALTER TABLE contexts ADD COLUMN expires_at TIMESTAMPTZ;
+        CREATE INDEX contexts_expiry ON contexts (expires_at) WHERE expires_at IS NOT NULL AND deleted_at IS NULL;
         CREATE TABLE leases (
             context_id  UUID PRIMARY KEY,
             token       BIGINT NOT NULL,
