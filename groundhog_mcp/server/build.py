@@ -66,7 +66,17 @@ async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNe
 
 class GroundhogServer(MCPServer[AppContext]):
     """MCPServer with argument errors phrased as ``field: rule (got …)`` and every tool error
-    answered with its code in the result's structured part (see ``server/error_results.py``)."""
+    answered with its code in the result's structured part (see ``server/error_results.py``).
+
+    Only the tools of the profile are built (:attr:`served_tools`; None: all): building a tool
+    makes its pydantic argument model and JSON Schema, the largest part of start-up, and a tool
+    left out of the profile would only be removed again."""
+
+    served_tools: frozenset[str] | None = None
+
+    def add_tool(self, fn: Callable[..., Any], name: str | None = None, *args: Any, **kwargs: Any) -> None:
+        if self.served_tools is None or (name or fn.__name__) in self.served_tools:
+            super().add_tool(fn, name, *args, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppContext, Any] | None = None
@@ -149,6 +159,7 @@ def build_server(
         token_verifier=token_verifier,
         auth=auth,
     )
+    server.served_tools = None if tools is None else frozenset(tools)
     register_tools(server)
     register_merge_tool(server)
     register_audit_tool(server)
