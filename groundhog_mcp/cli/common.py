@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from groundhog_mcp.app import Settings, open_manager
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.files import PrivateOutput
-from groundhog_mcp.service import StateManager
+from groundhog_mcp.service import Caller, StateManager
 from groundhog_mcp.store import MaintenanceStore, open_store
 
 __all__ = [
@@ -53,12 +53,13 @@ class UsageError(Exception):
 
 
 @asynccontextmanager
-async def manager_session(settings: Settings) -> AsyncGenerator[StateManager]:
-    """A started state manager over the configured database, closed on the way out."""
+async def manager_session(settings: Settings, operation: str | None = None) -> AsyncGenerator[StateManager]:
+    """A started state manager over the configured database, closed on the way out; with
+    ``operation`` (a tool's name) it acts as that tool's call, so a denial's audit row names it."""
     manager = open_manager(settings)
     await manager.start()
     try:
-        yield manager
+        yield manager if operation is None else manager.with_caller(Caller(manager.principal, operation=operation))
     finally:
         await manager.close()
 

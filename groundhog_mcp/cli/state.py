@@ -20,7 +20,6 @@ from groundhog_mcp.app import Settings
 from groundhog_mcp.cli.common import Handler, InputError, UsageError, manager_session, print_json
 from groundhog_mcp.models import HistoryEntry, JSONObject, format_timestamp, json_type
 from groundhog_mcp.service import WriteResult
-from groundhog_mcp.service.audit import current_operation
 from groundhog_mcp.service.patching import resolve_pointer
 
 __all__ = ["add_state_commands"]
@@ -94,11 +93,8 @@ def _as_tool(tool: str, handler: Handler) -> Handler:
     client calls it (committed writes are recorded by their change op either way)."""
 
     async def as_tool(args: argparse.Namespace, settings: Settings) -> int:
-        operation = current_operation.set(tool)
-        try:
-            return await handler(args, settings)
-        finally:
-            current_operation.reset(operation)
+        args.operation = tool
+        return await handler(args, settings)
 
     return as_tool
 
@@ -125,7 +121,7 @@ def _integer(text: str) -> int:
 
 
 async def _get(args: argparse.Namespace, settings: Settings) -> int:
-    async with manager_session(settings) as manager:
+    async with manager_session(settings, args.operation) as manager:
         context, at, state, _ = await manager.read_upcast(args.name, args.revision)
     out: dict[str, Any] = {"name": context.name, "revision": at, "current_revision": context.revision}
     if args.path is not None:
@@ -146,7 +142,7 @@ async def _set(args: argparse.Namespace, settings: Settings) -> int:
     data, wrong = _load(args.data, args.file, "data")
     if not isinstance(data, dict):
         raise wrong(f"data: must be a JSON object; got a JSON {json_type(data)}")
-    async with manager_session(settings) as manager:
+    async with manager_session(settings, args.operation) as manager:
         result = await manager.update(args.name, data=data, expected_revision=args.expected_revision)
     _print_write(result)
     return 0
@@ -165,7 +161,7 @@ async def _patch(args: argparse.Namespace, settings: Settings) -> int:
         if not isinstance(value, list) or not all(isinstance(op, dict) for op in cast("list[Any]", value)):
             raise wrong("json-patch: an RFC 6902 patch is a JSON array of operation objects")
         operations = cast("list[JSONObject]", value)
-    async with manager_session(settings) as manager:
+    async with manager_session(settings, args.operation) as manager:
         result = await manager.update(
             args.name, merge_patch_=merge, patch=operations, expected_revision=args.expected_revision
         )
@@ -174,7 +170,7 @@ async def _patch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _history(args: argparse.Namespace, settings: Settings) -> int:
-    async with manager_session(settings) as manager:
+    async with manager_session(settings, args.operation) as manager:
         context = await manager.get(args.name)
         entries = await manager.history(args.name, before=args.before, limit=args.limit)
     last = entries[-1].revision if entries else None
@@ -190,7 +186,7 @@ async def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _diff(args: argparse.Namespace, settings: Settings) -> int:
-    async with manager_session(settings) as manager:
+    async with manager_session(settings, args.operation) as manager:
         context = await manager.get(args.name)
         patch = await manager.diff(args.name, args.from_revision, args.to_revision)
     to_revision = args.to_revision or context.revision
@@ -199,7 +195,7 @@ async def _diff(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _rollback(args: argparse.Namespace, settings: Settings) -> int:
-    async with manager_session(settings) as manager:
+    async with manager_session(settings, args.operation) as manager:
         result = await manager.rollback(args.name, args.revision, expected_revision=args.expected_revision)
     _print_write(result)
     return 0

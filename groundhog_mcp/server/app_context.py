@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from groundhog_mcp.errors import AccessDeniedError
 from groundhog_mcp.models import Principal
 from groundhog_mcp.server.notify import Notifier
 from groundhog_mcp.server.principals import request_principal
-from groundhog_mcp.service import StateManager
+from groundhog_mcp.service import Caller, StateManager
 
-__all__ = ["AppContext"]
+__all__ = ["AppContext", "current_operation", "current_request_id"]
+
+current_request_id: ContextVar[str | None] = ContextVar("groundhog_request_id", default=None)
+"""The id of the request being served (the MCP JSON-RPC request id), set per tool call; the
+manager :meth:`AppContext.request_manager` hands out acts for it, so every audit row written
+while serving it carries it."""
+
+current_operation: ContextVar[str | None] = ContextVar("groundhog_operation", default=None)
+"""The operation being served (the MCP tool's name), set per tool call: a denial's audit row
+names it (without one, the right that was missing)."""
 
 
 @dataclass
@@ -35,5 +45,10 @@ class AppContext:
         return self.manager.with_principal(principal)
 
     def request_manager(self, request: object | None = None) -> StateManager:
-        """The manager for the current request (``request``: ``ctx.request_context.request``)."""
-        return self.manager_for(request_principal(request))
+        """The manager for the current request (``request``: ``ctx.request_context.request``),
+        acting for its principal, request id and operation (one :class:`Caller`)."""
+        manager = self.manager_for(request_principal(request))
+        request_id, operation = current_request_id.get(), current_operation.get()
+        if request_id is None and operation is None:
+            return manager
+        return manager.with_caller(Caller(manager.principal, request_id, operation))

@@ -22,7 +22,6 @@ from groundhog_mcp.server.tools import (
     _manager,  # pyright: ignore[reportPrivateUsage]
     tool_errors,
 )
-from groundhog_mcp.service.leases import using_lease
 from groundhog_mcp.service.merge import MAX_MERGE_INPUTS, MAX_REDUCERS, MergeOutcome, Provenance, SourceInfo
 
 __all__ = ["MAX_LISTED", "ConflictOut", "MergeInput", "MergeOut", "ProvenanceOut", "SourceOut", "register_merge_tool"]
@@ -206,8 +205,10 @@ async def merge_states(
     min or take the last value. With target (and expected_revision) the result is written as one
     new revision; dry_run previews result and conflicts."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
-    with using_lease(lease_token):
-        outcome = await _manager(ctx).merge(
+    outcome = (
+        await _manager(ctx)
+        .with_lease(lease_token)
+        .merge(
             sources,
             strategy=strategy,
             base=base.as_source("base") if base is not None else None,
@@ -217,6 +218,7 @@ async def merge_states(
             expected_revision=expected_revision,
             dry_run=dry_run,
         )
+    )
     return MergeOut.of(outcome, target)
 
 

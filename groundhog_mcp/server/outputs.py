@@ -10,7 +10,7 @@ from groundhog_mcp.models import Change, ContextState, HistoryEntry, dumps, form
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
 from groundhog_mcp.service.migration import ContextMigration, MigrationReport
 from groundhog_mcp.service.reading import TooLarge
-from groundhog_mcp.store.base import AuditRecord, DeadLetter, Lease, StoredContext
+from groundhog_mcp.service.types import AuditRecord, DeadLetter, Lease, StoredContext
 
 __all__ = [
     "ContextOut",

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from groundhog_mcp.errors import AccessDeniedError, ContextError
 from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN, ContextState, Principal
-from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.app_context import AppContext, current_operation, current_request_id
 from groundhog_mcp.server.error_results import INTERNAL, CodedToolError
 from groundhog_mcp.server.outputs import (
     ChangeOut,
@@ -42,9 +42,7 @@ from groundhog_mcp.server.outputs import (
     summary_of,
 )
 from groundhog_mcp.server.principals import request_principal
-from groundhog_mcp.service import Event, StateManager, WriteResult
-from groundhog_mcp.service.audit import current_operation, current_request_id
-from groundhog_mcp.service.leases import using_lease
+from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
@@ -160,7 +158,9 @@ async def _audit_denied(ctx: AppCtx, tool: str, name: object, error: AccessDenie
         principal = request_principal(ctx.request_context.request)
     except AccessDeniedError:
         principal = None
-    await _app(ctx).manager.audit_denied(
+    manager = _app(ctx).manager
+    caller = Caller(manager.principal, current_request_id.get(), tool)
+    await manager.with_caller(caller).audit_denied(
         tool, name if isinstance(name, str) else None, error, principal=principal or _ANONYMOUS
     )
 
@@ -255,8 +255,8 @@ async def unregister_context(
 ) -> UnregisterOut:
     """Remove a context. Its history is kept unless purge=true. The name can be registered again;
     revisions of the new context continue after the old ones, never reusing a number."""
-    with using_lease(lease_token):
-        change = await _manager(ctx).unregister(name, expected_revision=expected_revision, purge=purge)
+    manager = _manager(ctx).with_lease(lease_token)
+    change = await manager.unregister(name, expected_revision=expected_revision, purge=purge)
     return UnregisterOut(name=name, revision=change.revision, sequence=change.sequence, purged=purge)
 
 
@@ -349,16 +349,15 @@ async def update_state(
     """Change a context's state as one new revision. Give exactly one of data, merge_patch or patch
     (metadata may come alone or with one). Pass the revision you read as expected_revision so a
     concurrent writer's change is never silently overwritten; on conflict, re-read and retry."""
-    manager = _manager(ctx)
-    with using_lease(lease_token):
-        result = await manager.update(
-            name,
-            data=data,
-            merge_patch_=merge_patch,
-            patch=[p.as_json() for p in patch] if patch is not None else None,
-            metadata=metadata,
-            expected_revision=expected_revision,
-        )
+    manager = _manager(ctx).with_lease(lease_token)
+    result = await manager.update(
+        name,
+        data=data,
+        merge_patch_=merge_patch,
+        patch=[p.as_json() for p in patch] if patch is not None else None,
+        metadata=metadata,
+        expected_revision=expected_revision,
+    )
     if release_lease and lease_token is not None:
         await manager.release_lease(name, lease_token)
     return _write_out(result)
@@ -427,8 +426,8 @@ async def rollback_state(
 ) -> WriteOut:
     """Undo: restore an earlier revision's data and metadata as a new revision (history is never
     rewritten, so the rollback itself can be undone)."""
-    with using_lease(lease_token):
-        return _write_out(await _manager(ctx).rollback(name, revision, expected_revision=expected_revision))
+    manager = _manager(ctx).with_lease(lease_token)
+    return _write_out(await manager.rollback(name, revision, expected_revision=expected_revision))
 
 
 @tool_errors
@@ -474,10 +473,11 @@ async def emit_event(
     with the event record. With idempotency_key, a repeat returns the first result instead of
     applying twice. A handler that keeps failing leaves the state unchanged and the event in the
     dead letters (list_dead_letters, replay_dead_letter)."""
-    with using_lease(lease_token):
-        result = await _manager(ctx).emit_event(
-            name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key)
-        )
+    result = (
+        await _manager(ctx)
+        .with_lease(lease_token)
+        .emit_event(name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key))
+    )
     return EventOut.of(result)
 
 

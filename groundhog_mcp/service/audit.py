@@ -1,41 +1,44 @@
-"""What the service knows about the audit log: the request a write serves, and pages of rows.
+"""What the service knows about the audit log: the request a write serves, denied requests,
+and pages of rows.
 
-The rows themselves are written by the stores, in each write's own transaction; their HMAC
-chain is :mod:`groundhog_mcp.security.audit`'s.
+The rows of writes are written by the stores, in each write's own transaction; their HMAC
+chain is :mod:`groundhog_mcp.security.audit`'s. Denials are bounded here (:class:`DenialLog`)
+and written by :class:`AuditTrail`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import format_timestamp, utcnow
-from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditRecord
+import structlog
+
+from groundhog_mcp.errors import AccessDeniedError, ContextError, StateValidationError, ValidationIssue
+from groundhog_mcp.models import Principal, format_timestamp, utcnow
+from groundhog_mcp.service.caller import Caller
+from groundhog_mcp.service.validation import check_limit
+from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditNote, AuditQuery, AuditRecord, Store
+
+if TYPE_CHECKING:
+    from groundhog_mcp.service.metrics import MetricsRecorder
 
 __all__ = [
     "DENIAL_SUMMARY_OPERATION",
     "DENIAL_WINDOW_SECONDS",
     "AuditPage",
+    "AuditTrail",
     "DenialLog",
-    "current_operation",
-    "current_request_id",
     "decode_audit_cursor",
     "encode_audit_cursor",
 ]
 
-current_request_id: ContextVar[str | None] = ContextVar("groundhog_request_id", default=None)
-"""The id of the request being served (the MCP JSON-RPC request id), set by the server layer;
-every audit row written while serving it carries it."""
-
-current_operation: ContextVar[str | None] = ContextVar("groundhog_operation", default=None)
-"""The operation being served (the MCP tool's name), set by the server layer: a denial's audit
-row names it (without one, the right that was missing)."""
+_log = structlog.get_logger("groundhog_mcp.state")
 
 # Recorded operations: the change ops (register, update, rollback, merge, event, migrate,
 # unregister), dead_letter, import, and for denials the operation that was refused.
@@ -148,3 +151,116 @@ def _taken(window: _Window) -> str | None:
     more = f", {others} more operations" if others > 0 else ""
     plural = "s" if count != 1 else ""
     return f"{count} denied request{plural} not itemized since {since} ({listed}{more})"[:_MAX_DETAIL]
+
+
+class AuditTrail:
+    """What the state manager adds to the audit log: the note each write carries, and the rows
+    of denied requests (bounded by :class:`DenialLog`, written off the request's cancellation,
+    their counts summarised every ``interval`` seconds and at a clean shutdown)."""
+
+    def __init__(self, store: Store, metrics: MetricsRecorder, pending: set[asyncio.Task[Any]]) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.pending = pending  # the manager's: close() waits for these writes too
+        self.denials = DenialLog()
+        self.interval = 5.0  # seconds between looks for counts whose minute has passed
+
+    @staticmethod
+    def note(caller: Caller, detail: str | None = None) -> AuditNote:
+        """What a write adds to its audit row: the request it serves, and ``detail``."""
+        return AuditNote(request_id=caller.request_id, detail=detail)
+
+    async def denied(
+        self,
+        caller: Caller,
+        operation: str,
+        name: str | None,
+        error: AccessDeniedError,
+        *,
+        principal: Principal | None = None,
+        itemize: bool = True,
+    ) -> None:
+        """See :meth:`groundhog_mcp.service.state.StateManager.audit_denied`."""
+        if error.audited:
+            return
+        error.audited = True
+        who = principal or caller.principal
+        self.metrics.count_denied(who.namespace, who.name, operation)
+        entry = AuditEntry(
+            principal=who.name,
+            namespace=who.namespace,
+            operation=operation,
+            outcome=AUDIT_DENIED,
+            context=name,
+            request_id=caller.request_id,
+            detail=str(error)[:500],
+        )
+        row = self.denials.admit(entry, itemize=itemize)
+        if row is not None:
+            await self._append([row])
+
+    async def _append(self, rows: list[AuditEntry]) -> None:
+        async def append_all() -> None:
+            for row in rows:
+                await self.store.append_audit(row)
+
+        task = asyncio.ensure_future(append_all())
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+        try:
+            await asyncio.shield(task)
+        except ContextError as exc:
+            _log.error("audit: could not record denied requests", rows=len(rows), error=str(exc))
+
+    async def write_summaries(self, *, everything: bool = False) -> None:
+        rows = self.denials.due(everything=everything)
+        if rows:
+            await self._append(rows)
+
+    async def summarise_forever(self) -> None:
+        """Counts of denials whose minute has passed get their summary row within a few seconds."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.write_summaries()
+            except Exception:  # a bug here must not end the flushing, nor the server
+                _log.exception("audit: writing denial summaries failed")
+
+    async def page(
+        self,
+        namespace: str,
+        *,
+        max_page: int,
+        context: str | None,
+        prefix: str,
+        principal: str | None,
+        operation: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        cursor: str | None,
+        limit: int,
+        newest_first: bool,
+    ) -> AuditPage:
+        """A page of ``namespace``'s rows (the caller's grant already checked)."""
+        check_limit(limit, max_page)
+        if since is not None and until is not None and until <= since:
+            raise StateValidationError([ValidationIssue("", "must be later than since")], field="until")
+        position = decode_audit_cursor(cursor) if cursor else None
+        records = await self.store.read_audit(
+            AuditQuery(
+                namespace=namespace,
+                context=context,
+                prefix=prefix or None,
+                principal=principal,
+                operation=operation,
+                since=since,
+                until=until,
+                after=None if newest_first else position,
+                before=position if newest_first else None,
+                newest_first=newest_first,
+                limit=limit + 1,
+            )
+        )
+        more = len(records) > limit
+        records = records[:limit]
+        return AuditPage(records, encode_audit_cursor(records[-1].sequence) if more else None)

@@ -67,14 +67,5 @@ def resolve_expiry_settings(settings: JSONObject) -> JSONObject:
 
 
 async def expire_if_due(manager: StateManager, name: str) -> None:
-    """A caller just missed context ``name``: if it expired, record its removal now (once; the
-    feed then tells watchers), as the caller."""
-    await manager._committed(  # pyright: ignore[reportPrivateUsage]
-        manager.store.expire(
-            manager.principal.namespace,
-            name,
-            actor=manager.principal.name,
-            audit=manager._audit_note("expired"),  # pyright: ignore[reportPrivateUsage]
-        ),
-        lambda change: change,
-    )
+    """A caller just missed context ``name``: if it expired, record its removal now."""
+    await manager.writer.expire_if_due(manager.caller, name)

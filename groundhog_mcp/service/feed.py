@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
-from groundhog_mcp.errors import ContextError
-from groundhog_mcp.models import Change
-from groundhog_mcp.service.bus import ChangeBus, cancel_and_wait
+from groundhog_mcp.errors import ContextError, StateValidationError, ValidationIssue
+from groundhog_mcp.models import Change, check_name
+from groundhog_mcp.service.access import sees
+from groundhog_mcp.service.bus import ChangeBus, Resync, cancel_and_wait
+from groundhog_mcp.service.validation import check_limit
 from groundhog_mcp.store.base import ChangeAnnouncer, Store
 
-__all__ = ["ChangeFeed"]
+if TYPE_CHECKING:
+    from groundhog_mcp.service.state import StateManager
+
+__all__ = ["MAX_WAIT_SECONDS", "ChangeFeed", "wait_for_changes"]
 
 log = structlog.get_logger("groundhog_mcp.feed")
 
@@ -118,3 +125,80 @@ class ChangeFeed:
             if len(changes) < _PAGE:
                 return
             force = True
+
+
+MAX_WAIT_SECONDS = 60.0
+_SCAN_PAGE = 500
+_MAX_SCAN_PAGES = 20
+
+
+async def wait_for_changes(
+    manager: StateManager,
+    names: Sequence[str] | None = None,
+    *,
+    after_sequence: int | None = None,
+    timeout: float = 30.0,  # noqa: ASYNC109 - the wait is the operation itself, bounded and validated here
+    limit: int = 100,
+) -> tuple[list[Change], int]:
+    """Changes after ``after_sequence`` to ``names`` (or to any of your contexts), waiting up
+    to ``timeout`` seconds for the first. Returns ``(changes, cursor)``; pass ``cursor`` as the
+    next ``after_sequence``. ``after_sequence=None`` means "from now"."""
+    wanted = set(names) if names else None
+    for name in wanted or ():
+        check_name(name, field="contexts")
+    if not 0 <= timeout <= MAX_WAIT_SECONDS:
+        raise StateValidationError(
+            [ValidationIssue("", f"must be between 0 and {MAX_WAIT_SECONDS} seconds; got {timeout}")],
+            field="timeout",
+        )
+    check_limit(limit, manager.limits.max_page)
+
+    def matches(change: Change) -> bool:
+        return sees(manager.principal, change) and (wanted is None or change.name in wanted)
+
+    subscription = manager.bus.subscribe()
+    try:
+        # "From now" is the last committed change, which the feed may not have published yet.
+        cursor = await manager.store.last_sequence() if after_sequence is None else after_sequence
+        found, cursor = await _scan_feed(manager.store, manager.feed, cursor, matches, limit)
+        if found:
+            return found, cursor
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    item = await subscription.get()
+                    if isinstance(item, Resync) or item.sequence > cursor + 1:
+                        # Fell behind, or missed something: read the feed itself.
+                        found, cursor = await _scan_feed(manager.store, manager.feed, cursor, matches, limit)
+                    elif item.sequence > cursor:
+                        cursor = item.sequence
+                        found = [item] if matches(item) else []
+                    if found:
+                        return found, cursor
+        except TimeoutError:
+            return [], cursor
+    finally:
+        subscription.close()
+
+
+async def _scan_feed(
+    store: Store, feed: ChangeFeed, cursor: int, matches: Callable[[Change], bool], limit: int
+) -> tuple[list[Change], int]:
+    """Matching changes after ``cursor`` up to what the feed has published (bounded pages)."""
+    found: list[Change] = []
+    head = feed.cursor
+    for _ in range(_MAX_SCAN_PAGES):
+        if cursor >= head:
+            break
+        page = await store.changes_after(cursor, limit=_SCAN_PAGE)
+        if not page:
+            break
+        for change in page:
+            if change.sequence > head:
+                return found, cursor
+            cursor = change.sequence
+            if matches(change):
+                found.append(change)
+                if len(found) >= limit:
+                    return found, cursor
+    return found, cursor

@@ -1,13 +1,12 @@
 """Leases: an agent takes a context for a while, and its writes carry the lease's fencing token.
 
 The store keeps the lease and checks the token inside every write transaction
-(:mod:`groundhog_mcp.store.leases`); this module validates the arguments, queues the takers that
-wait (first come, first served within a server process; across processes whoever retries first
-after the release), and carries the token a write presents (:data:`presented_lease`).
-
-A write presents a token through :func:`using_lease` (the MCP tools wrap their call in it when
-given ``lease_token``) or inside :meth:`StateManager.leased`, which takes the lease, presents its
-token to every write in the block, and releases it at the end.
+(:mod:`groundhog_mcp.store.leases`); this module validates the arguments and queues the takers
+that wait (first come, first served within a server process; across processes whoever retries
+first after the release). A write presents a token as its caller's ``lease_token``
+(:meth:`StateManager.with_lease`; the MCP tools pass their ``lease_token`` argument so), or
+inside :meth:`StateManager.leased`, which takes the lease, hands out a view of the manager whose
+writes present its token, and releases it at the end.
 """
 
 from __future__ import annotations
@@ -15,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncGenerator, Generator
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from groundhog_mcp.errors import LeasedError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import NAME_PATTERN, utcnow
 from groundhog_mcp.service.bus import Resync, Subscription
 from groundhog_mcp.service.validation import check_name
-from groundhog_mcp.store.base import Lease, LeaseAction, LeaseGrant
+from groundhog_mcp.store.base import Lease, LeaseAction, LeaseGrant, Store, StoredContext
 
 if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager
@@ -32,32 +30,15 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "MAX_LEASE_WAIT_SECONDS",
     "LeaseQueues",
+    "held_lease",
     "lease_action",
     "leased",
-    "presented_lease",
     "take_lease",
-    "using_lease",
 ]
 
 DEFAULT_LEASE_SECONDS = 60.0
 MAX_LEASE_WAIT_SECONDS = 60.0
 _MAX_HOLDER_CHARS = 64
-
-presented_lease: ContextVar[int | None] = ContextVar("groundhog_presented_lease", default=None)
-"""The fencing token the writes of the current task present (None: none)."""
-
-
-@contextlib.contextmanager
-def using_lease(token: int | None) -> Generator[None]:
-    """Writes inside the block present ``token`` (None: the token of an enclosing block, if any)."""
-    if token is None:
-        yield
-        return
-    reset = presented_lease.set(token)
-    try:
-        yield
-    finally:
-        presented_lease.reset(reset)
 
 
 class LeaseQueues:
@@ -121,7 +102,7 @@ async def lease_action(
     if action != "take" and token is None:
         raise StateValidationError([ValidationIssue("", f"{action} needs the token take returned")], field="token")
     who = manager.principal.name if holder is None else f"{manager.principal.name}/{holder}"
-    return await manager._committed(  # pyright: ignore[reportPrivateUsage]
+    return await manager.writer.committed(
         manager.store.lease(
             manager.principal.namespace,
             name,
@@ -130,7 +111,7 @@ async def lease_action(
             holder=who,
             ttl_seconds=ttl,
             actor=manager.principal.name,
-            audit=manager._audit_note(),  # pyright: ignore[reportPrivateUsage]
+            audit=manager.audit.note(manager.caller),
         ),
         lambda grant: grant.change,
     )
@@ -199,14 +180,20 @@ async def leased(
     ttl_seconds: float | None = None,
     wait_seconds: float = 0,
     holder: str | None = None,
-) -> AsyncGenerator[Lease]:
-    """Take the lease of ``name``, present its token to every write in the block, release it at
-    the end (a lease lost meanwhile, by expiry, is not released again: its writes were refused)."""
+) -> AsyncGenerator[StateManager]:
+    """Take the lease of ``name``; yield a view of ``manager`` whose writes present its token;
+    release it at the end (a lease lost meanwhile, by expiry, is not released again: the writes
+    after its loss were refused)."""
     grant = await take_lease(manager, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
     token = grant.lease.token
     try:
-        with using_lease(token):
-            yield grant.lease
+        yield manager.with_lease(token)
     finally:
         with contextlib.suppress(LeasedError):
             await lease_action(manager, name, "release", token=token)
+
+
+async def held_lease(store: Store, context: StoredContext) -> Lease | None:
+    """The lease held on ``context`` now, None when it is free."""
+    lease = await store.read_lease(context.id)
+    return lease if lease is not None and lease.held(utcnow()) else None

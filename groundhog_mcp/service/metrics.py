@@ -6,9 +6,17 @@ import math
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ContextMetrics", "LatencySummary", "MetricsRecorder", "process_rss_bytes"]
+from groundhog_mcp.models import Principal
+from groundhog_mcp.service.access import visible_prefixes
+
+if TYPE_CHECKING:
+    from groundhog_mcp.service.state import StateManager
+
+__all__ = ["ContextMetrics", "LatencySummary", "MetricsRecorder", "collect", "metric_key", "process_rss_bytes"]
 
 _WINDOW = 1000  # latencies kept per context, newest last
 
@@ -105,3 +113,65 @@ def process_rss_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+def metric_key(namespace: str, name: str) -> str:
+    """Per-context measurements are kept per namespace: same-named contexts of two tenants
+    never share (or reveal) each other's figures."""
+    return f"{namespace}/{name}"
+
+
+async def collect(
+    manager: StateManager, names: Sequence[str] | None = None, *, prefix: str = "", limit: int = 100
+) -> tuple[dict[str, Any], list[ContextMetrics]]:
+    """See :meth:`groundhog_mcp.service.state.StateManager.collect_metrics`."""
+    if names:
+        contexts = [await manager.get(name) for name in names[: manager.limits.max_page]]
+    else:
+        contexts = (await manager.list(prefix=prefix, limit=min(limit, manager.limits.max_page))).contexts
+    counts = await manager.store.context_counts([c.id for c in contexts])
+    per_context: list[ContextMetrics] = []
+    for ctx in contexts:
+        updates, events, letters = counts.get(ctx.id, (0, 0, 0))
+        writes = manager.metrics.write_latency(metric_key(manager.principal.namespace, ctx.name))
+        per_context.append(
+            ContextMetrics(
+                name=ctx.name,
+                revision=ctx.revision,
+                state_updates=updates,
+                event_count=events,
+                dead_letters=letters,
+                state_size=ctx.state_size,
+                average_latency_ms=writes.average_ms,
+                write_latency=writes,
+                handler_latency=manager.metrics.handler_latency(metric_key(manager.principal.namespace, ctx.name)),
+                errors=dict(manager.metrics.context_errors.get(metric_key(manager.principal.namespace, ctx.name), {})),
+            )
+        )
+    status = await manager.store.status()
+    # Counts of what this principal may read, never of the whole store: other namespaces'
+    # (and unreadable) contexts stay invisible here too.
+    visible, last_sequence = 0, 0
+    for visible_prefix in visible_prefixes(manager.principal, ""):
+        count, last = await manager.store.namespace_summary(manager.principal.namespace, visible_prefix)
+        visible, last_sequence = visible + count, max(last_sequence, last)
+    server: dict[str, Any] = {
+        "uptime_seconds": manager.metrics.uptime_seconds(),
+        "rss_bytes": process_rss_bytes(),
+        "database_bytes": status.size_bytes,
+        "backend": status.backend,
+        "contexts": visible,
+        "last_sequence": last_sequence,
+        "errors": dict(manager.metrics.namespace_errors.get(manager.principal.namespace, {})),
+        "denied_requests": _visible_denials(manager.principal, manager.metrics),
+    }
+    return server, per_context
+
+
+def _visible_denials(principal: Principal, metrics: MetricsRecorder) -> dict[str, dict[str, int]]:
+    """Denied requests of this namespace by principal: every principal's for an admin of the
+    whole namespace (as the audit log), otherwise the caller's own."""
+    denied = metrics.denied_in(principal.namespace)
+    if principal.allows("admin", ""):
+        return denied
+    return {name: counts for name, counts in denied.items() if name == principal.name}

@@ -46,15 +46,17 @@ from groundhog_mcp.errors import (
     StateValidationError,
     ValidationIssue,
 )
-from groundhog_mcp.models import NAME_PATTERN, ContextState, JSONObject, dumps, is_semver, json_diff, utcnow
+from groundhog_mcp.models import NAME_PATTERN, ContextState, JSONObject, dumps, is_semver, utcnow
 from groundhog_mcp.schemas import load_schema
+from groundhog_mcp.service.access import check_prefix, list_visible
 from groundhog_mcp.service.merge import semver_key
 from groundhog_mcp.service.patching import apply_json_patch
-from groundhog_mcp.service.validation import Limits, check_schema_definition, inspect_json, schema_issues
+from groundhog_mcp.service.validation import Limits, check_name, check_schema_definition, inspect_json, schema_issues
+from groundhog_mcp.service.writes import WriteResult, mutation, state_diff
 from groundhog_mcp.store.base import Mutation, Mutator, StoredContext
 
 if TYPE_CHECKING:
-    from groundhog_mcp.service.state import WriteResult
+    from groundhog_mcp.service.state import StateManager
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -69,6 +71,7 @@ __all__ = [
     "format_of",
     "load_format_file",
     "load_upcaster",
+    "migrate",
     "migrate_contexts",
     "parse_state_format",
     "upcast",
@@ -498,7 +501,7 @@ class _AlreadyMigrated(Exception):
 
 
 Checker = Callable[[ContextState, StoredContext], list[ValidationIssue]]
-Writer = Callable[[str, int | None, Mutator], Awaitable["WriteResult"]]
+Write = Callable[[str, int | None, Mutator], Awaitable[WriteResult]]
 Lister = Callable[[str, str | None, int], Awaitable[Sequence[StoredContext]]]
 
 
@@ -521,7 +524,7 @@ async def migrate_contexts(
     *,
     get: Callable[[str], Awaitable[StoredContext]],
     list_page: Lister,
-    write: Writer,
+    write: Write,
     check: Checker,
     limits: Limits,
     name: str | None = None,
@@ -532,7 +535,7 @@ async def migrate_contexts(
     progress: Progress | None = None,
 ) -> MigrationReport:
     """Bring the selected contexts' states to ``to_version`` (default: each one's current format
-    version) as new revisions (op ``migrate``). Called through :meth:`StateManager.migrate`.
+    version) as new revisions (op ``migrate``). Called through :func:`migrate`.
 
     Two phases. *Check*: every selected context is read, upcast and validated against the
     target version's schema; the first failure raises :class:`MigrationError` naming context,
@@ -579,7 +582,7 @@ async def migrate_contexts(
                     revision=context.revision,
                     previous_revision=None,
                     # A real run reports the diff each write made; only a dry run needs it now.
-                    patch=json_diff(context.state.document(), new.document()) if dry_run else [],
+                    patch=state_diff(context.state, new) if dry_run else [],
                 )
             )
         return found, same, plain
@@ -630,7 +633,7 @@ async def migrate_contexts(
                 raise _AlreadyMigrated
             new, _ = _migrated_state(current, fmt, to_version, check, limits)
             new = replace(new, timestamp=utcnow())
-            return Mutation(new, json_diff(current.state.document(), new.document()), op="migrate")
+            return mutation(current, new, op="migrate")
 
         return apply
 
@@ -667,3 +670,52 @@ async def migrate_contexts(
         if progress is not None and (index % every == 0 or index == len(planned)):
             await progress(index, len(planned), f"migrated {index} of {len(planned)} contexts")
     return MigrationReport(False, to_version, matched, len(done), unchanged, without_format, done)
+
+
+async def migrate(
+    manager: StateManager,
+    name: str | None = None,
+    *,
+    prefix: str | None = None,
+    to_version: str | None = None,
+    dry_run: bool = False,
+    expected_revision: int | None = None,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """See :meth:`groundhog_mcp.service.state.StateManager.migrate`."""
+    from groundhog_mcp.service.reads import state_issues  # reads builds on this module's formats
+
+    if name is not None:
+        check_name(name)
+        await manager.authorize("admin", name)
+    if prefix:
+        check_prefix(prefix)
+    caller = manager.caller
+
+    async def list_page(prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        # Only contexts this principal may read are selected (the others stay invisible);
+        # among those, one it may not administer refuses the whole call before any write.
+        page = await list_visible(manager.store, caller.principal, prefix, after, limit)
+        for context in page:
+            await manager.authorize("admin", context.name)
+        return page
+
+    def check(state: ContextState, context: StoredContext) -> list[ValidationIssue]:
+        return state_issues(state, context.schema, context.settings, manager.limits)
+
+    async def write(name: str, expected_revision: int | None, mutator: Mutator) -> WriteResult:
+        return await manager.writer.mutate(caller, name, expected_revision, mutator)
+
+    return await migrate_contexts(
+        get=manager.get,
+        list_page=list_page,
+        write=write,
+        check=check,
+        limits=manager.limits,
+        name=name,
+        prefix=prefix,
+        to_version=to_version,
+        dry_run=dry_run,
+        expected_revision=expected_revision,
+        progress=progress,
+    )

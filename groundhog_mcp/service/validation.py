@@ -28,7 +28,9 @@ from groundhog_mcp.service.schema_engine import (
 
 __all__ = [
     "Limits",
+    "check_limit",
     "check_name",
+    "check_retention_settings",
     "check_schema_definition",
     "check_semver",
     "inspect_json",
@@ -283,3 +285,26 @@ def check_semver(version: str, field: str = "version") -> None:
 def raise_if_invalid(issues: list[ValidationIssue], field: str) -> None:
     if issues:
         raise StateValidationError(issues, field=field)
+
+
+def check_retention_settings(settings: JSONObject) -> None:
+    keep_revisions = settings.get("keep_revisions")
+    if keep_revisions is not None and (
+        isinstance(keep_revisions, bool) or not isinstance(keep_revisions, int) or keep_revisions < 0
+    ):
+        raise StateValidationError(
+            [ValidationIssue("", "must be an integer >= 0 (0 keeps every revision)")], field="settings.keep_revisions"
+        )
+    keep_days = settings.get("keep_days")
+    if keep_days is not None and (
+        isinstance(keep_days, bool) or not isinstance(keep_days, int | float) or keep_days <= 0
+    ):
+        raise StateValidationError([ValidationIssue("", "must be a number of days > 0")], field="settings.keep_days")
+
+
+def check_limit(limit: int, maximum: int) -> None:
+    """A page size (argument ``limit``) must be between 1 and ``maximum``."""
+    if not 1 <= limit <= maximum:
+        raise StateValidationError(
+            [ValidationIssue("", f"must be between 1 and {maximum}; got {limit}")], field="limit"
+        )

@@ -13,7 +13,6 @@ from groundhog_mcp.errors import AccessDeniedError, LeasedError, NotFoundError, 
 from groundhog_mcp.models import Grant, Principal
 from groundhog_mcp.service import WriteResult
 from groundhog_mcp.service.events import Event
-from groundhog_mcp.service.leases import using_lease
 from groundhog_mcp.service.validation import Limits
 
 from .conftest import Backend
@@ -58,13 +57,13 @@ async def test_every_write_needs_the_token_while_held_and_none_after(manager: St
         assert error.expires_at == grant.lease.expires_at, what
         assert str(error).startswith("lease_token: context 'plan' is leased by 'local/agent-a' until "), what
         assert await _snapshot(manager, "plan") == before, what  # nothing written, not even a change row
-    with pytest.raises(LeasedError, match="presented lease_token 7, not the lease's token"), using_lease(7):
-        await manager.update("plan", data={"n": 2})
-    with using_lease(grant.lease.token):
-        await manager.update("plan", data={"n": 2})
-        await manager.emit_event("plan", Event(type="inc", payload={}))
-        await manager.rollback("plan", 2)
-        await manager.merge([{"context": "other"}, {"context": "plan"}], target="plan")
+    with pytest.raises(LeasedError, match="presented lease_token 7, not the lease's token"):
+        await manager.with_lease(7).update("plan", data={"n": 2})
+    holder = manager.with_lease(grant.lease.token)
+    await holder.update("plan", data={"n": 2})
+    await holder.emit_event("plan", Event(type="inc", payload={}))
+    await holder.rollback("plan", 2)
+    await holder.merge([{"context": "other"}, {"context": "plan"}], target="plan")
     assert (await manager.get("plan")).state.data == {"n": 2}
     await manager.release_lease("plan", grant.lease.token)
     assert (await manager.update("plan", data={"n": 3})).context.revision == 6
@@ -77,18 +76,18 @@ async def test_tokens_increase_and_an_older_token_is_refused_even_after_release(
     await manager.release_lease("plan", first.lease.token)
     second = await manager.take_lease("plan")
     assert second.lease.token == first.lease.token + 1
-    with pytest.raises(LeasedError) as refused, using_lease(first.lease.token):
-        await manager.update("plan", data={"stale": True})
+    with pytest.raises(LeasedError) as refused:
+        await manager.with_lease(first.lease.token).update("plan", data={"stale": True})
     assert refused.value.holder == "local"  # held by the second
     await manager.release_lease("plan", second.lease.token)
     for token, why in ((first.lease.token, "a newer lease, token 2, was taken since"), (2, "it was released")):
-        with pytest.raises(LeasedError) as refused, using_lease(token):
-            await manager.update("plan", data={"stale": True})
+        with pytest.raises(LeasedError) as refused:
+            await manager.with_lease(token).update("plan", data={"stale": True})
         error = refused.value
         assert (error.retryable, error.holder, error.expires_at) == (False, None, None)
         assert f"lease_token: {token} is not a live lease of context 'plan' ({why})" in str(error)
-    with pytest.raises(LeasedError, match="no such token was issued"), using_lease(9):
-        await manager.update("plan", data={"stale": True})
+    with pytest.raises(LeasedError, match="no such token was issued"):
+        await manager.with_lease(9).update("plan", data={"stale": True})
     assert (await manager.get("plan")).revision == 1
     # Renewing or releasing with a stale token is refused too; releasing twice is harmless.
     with pytest.raises(LeasedError):
@@ -110,13 +109,13 @@ async def test_a_holder_that_stops_renewing_loses_it_at_expiry(manager: StateMan
         await other.update("plan", data={"by": "other"})
     await asyncio.sleep(0.4)  # the holder pauses past its expiry; no process runs a timer
     # Expired and not taken again: a write with its token is refused, one without passes.
-    with pytest.raises(LeasedError, match=r"it expired at "), using_lease(slow.lease.token):
-        await manager.update("plan", data={"by": "slow"})
+    with pytest.raises(LeasedError, match=r"it expired at "):
+        await manager.with_lease(slow.lease.token).update("plan", data={"by": "slow"})
     assert (await other.update("plan", data={"by": "other"})).context.revision == 2
     fresh = await other.take_lease("plan", holder="fresh")
     assert fresh.lease.token == slow.lease.token + 1
-    with pytest.raises(LeasedError), using_lease(slow.lease.token):
-        await manager.update("plan", data={"by": "slow"})
+    with pytest.raises(LeasedError):
+        await manager.with_lease(slow.lease.token).update("plan", data={"by": "slow"})
     with pytest.raises(LeasedError):
         await manager.renew_lease("plan", slow.lease.token)
     assert (await manager.get("plan")).state.data == {"by": "other"}
@@ -218,8 +217,10 @@ async def test_arguments_are_checked_and_tenants_are_apart(manager: StateManager
     assert (await tenant.take_lease("plan", ttl_seconds=5)).lease.token == 1  # tokens count per context
     await manager.release_lease("plan", grant.lease.token)
     mine = await manager.take_lease("plan")
-    with using_lease(mine.lease.token), pytest.raises(LeasedError, match="leased by 'mallory' until"):
-        await tenant.update("plan", data={"x": 1})  # the default namespace's token 2 is nothing there
+    with pytest.raises(LeasedError, match="leased by 'mallory' until"):
+        await tenant.with_lease(mine.lease.token).update(
+            "plan", data={"x": 1}
+        )  # the default namespace's token 2 is nothing there
     assert [c.op for c in await tenant.changes_after(0)] == ["register", "lease_take"]
     reader = manager.with_principal(Principal(name="reader", grants=(Grant(prefix="", right="read"),)))
     with pytest.raises(AccessDeniedError, match=r"^access: the write grant on 'plan' is missing"):

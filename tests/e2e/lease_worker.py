@@ -17,7 +17,6 @@ import sys
 from groundhog_mcp import StateManager
 from groundhog_mcp.errors import LeasedError
 from groundhog_mcp.models import format_timestamp
-from groundhog_mcp.service.leases import using_lease
 from groundhog_mcp.store import open_store
 
 
@@ -66,8 +65,8 @@ async def main(database: str, name: str, seed: int, iterations: int) -> None:
                 except LeasedError:
                     emit(op="renew", ok=False, token=token)
             try:
-                with using_lease(token):
-                    written = await manager.update(name, data={"n": int(current.get("n", 0)) + 1, "token": token})
+                data = {"n": int(current.get("n", 0)) + 1, "token": token}
+                written = await manager.with_lease(token).update(name, data=data)
                 emit(
                     op="write",
                     ok=True,

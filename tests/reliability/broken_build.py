@@ -160,7 +160,7 @@ _UNCLEAR_MISSING_CONTEXT = Defect(
 def _missing_unclearly(name):
     raise RuntimeError("injected fault: a context the code did not expect to be missing")
 """,
-    (("", "_missing", "_missing_unclearly"),),
+    (("", "missing", "_missing_unclearly"),),
     in_process=True,
 )
 
@@ -174,7 +174,7 @@ def _missing_or_die(name):
 
     os._exit(70)
 """,
-    (("", "_missing", "_missing_or_die"),),
+    (("", "missing", "_missing_or_die"),),
 )
 
 _LISTING_QUOTES_METADATA = Defect(
@@ -257,8 +257,10 @@ _sdk_get_prompt = MCPServer.get_prompt
 _NO_DEPTH_LIMIT = Defect(
     "no_depth_limit",
     "stored JSON is accepted at any nesting depth",
-    "service/state.py",
+    "service/updates.py",
     """
+import dataclasses
+
 _real_inspect_json = inspect_json
 
 

@@ -11,6 +11,7 @@ import pytest
 from groundhog_mcp import NotFoundError, StateManager
 from groundhog_mcp.models import Grant, Principal
 from groundhog_mcp.security.audit import AuditKey
+from groundhog_mcp.service import Caller
 from groundhog_mcp.service.audit import DENIAL_SUMMARY_OPERATION, DenialLog
 from groundhog_mcp.store import SQLiteStore
 from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditQuery, AuditRecord
@@ -124,5 +125,32 @@ async def test_a_running_manager_writes_the_count_once_the_minute_has_passed(db_
             ("r", DENIAL_SUMMARY_OPERATION, None),
         ]
         assert rows[1].detail is not None and rows[1].detail.endswith("(read 2)")
+    finally:
+        await manager.close()
+
+
+async def test_the_caller_is_one_explicit_value_each_view_audits_its_own_request(db_path: Path) -> None:
+    """Request id and operation come from the view's Caller, not from context variables: two
+    requests served at once on one manager each find their own id (and operation) in their rows."""
+    manager = StateManager(SQLiteStore(db_path, audit_signer=AuditKey("k" * 32)))
+    manager.denials.window = 0.0  # every denial is itemized
+    await manager.start()
+    try:
+        writer = manager.with_caller(Caller(Principal(), request_id="req-w", operation="update_state"))
+        reader = manager.with_caller(
+            Caller(Principal("r", "default", grants=(Grant.parse("read:open."),)), "req-r", "get_state")
+        )
+
+        async def denied() -> None:
+            with pytest.raises(NotFoundError):
+                await reader.get("closed")
+
+        await asyncio.gather(writer.update("notes", data={"n": 1}, expected_revision=0), denied())
+        rows = await manager.store.read_audit(AuditQuery(limit=10))
+        assert sorted((r.principal, r.operation, r.context, r.request_id) for r in rows) == [
+            ("local", "register", "notes", "req-w"),
+            ("r", "get_state", "closed", "req-r"),
+        ]
+        assert manager.caller == Caller(Principal())  # the views never change the manager's own
     finally:
         await manager.close()
