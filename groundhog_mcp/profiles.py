@@ -36,6 +36,7 @@ ALL_TOOLS: tuple[str, ...] = (
     "merge_states",
     "audit_log",
     "lease",
+    "update_context",
 )
 """Every tool, in the order tools/list shows them (a test holds this to the registered tools)."""
 

@@ -26,6 +26,7 @@ from groundhog_mcp.server.arguments import (
     make_arguments_strict,
 )
 from groundhog_mcp.server.audit_tool import register_audit_tool
+from groundhog_mcp.server.definition_tool import register_definition_tool
 from groundhog_mcp.server.error_results import admit_error_results, error_result, invalid_params, tool_error_result
 from groundhog_mcp.server.lease_tool import register_lease_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
@@ -164,6 +165,7 @@ def build_server(
     register_merge_tool(server)
     register_audit_tool(server)
     register_lease_tool(server)
+    register_definition_tool(server)
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     admit_error_results(server)  # likewise

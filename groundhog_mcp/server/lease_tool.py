@@ -23,12 +23,12 @@ async def lease(
     ctx: AppCtx,
     token: Annotated[int | None, Field(description="renew, release: from take")] = None,
     # Bounds are checked by the service, whose error names the limit (max_lease_seconds is a setting).
-    ttl_seconds: Annotated[float | None, Field(description="seconds until expiry (default 60)")] = None,
-    wait_seconds: Annotated[float, Field(description="take: wait in line up to 60 s if held")] = 0,
+    ttl_seconds: Annotated[float | None, Field(description="seconds until expiry")] = None,
+    wait_seconds: Annotated[float, Field(description="take: wait in line, up to 60 s")] = 0,
     holder: Annotated[str | None, Field(description="take: your label", max_length=64)] = None,
 ) -> LeaseOut:
-    """Take turns with other agents: take returns a fencing token to pass as lease_token on writes;
-    while held, writes without it fail (code leased). Renew before expires_at; release when done."""
+    """Take turns with other agents: take returns a fencing token, pass it as lease_token on
+    writes. While held, writes without it fail (code leased). Renew before expires_at; release."""
     manager = _manager(ctx)
     if action == "take":
         grant = await manager.take_lease(name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)

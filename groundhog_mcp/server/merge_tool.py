@@ -200,10 +200,10 @@ async def merge_states(
     """Merge 2-16 JSON states (contexts at revisions and/or inline states); data and metadata alike.
     ordered (default): RFC 7396 merge patches in order, later inputs win. three_way: combine what
     each input changed since base; a key changed differently on both sides is a conflict that
-    on_conflict settles (fail: an error listing them). reducers: key by key, the same result
-    however inputs are batched. reducers at given paths (any strategy) append, union, sum, max,
-    min or take the last value. With target (and expected_revision) the result is written as one
-    new revision; dry_run previews result and conflicts."""
+    on_conflict settles (fail: an error listing them). reducers at given paths (any strategy)
+    append, union, sum, max, min or take the last value, however inputs are batched. With target
+    (and expected_revision) the result is written as one new revision; dry_run previews result
+    and conflicts."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
     outcome = (
         await _manager(ctx)

@@ -98,6 +98,11 @@ class ContextOut(ContextSummary):
     )
     sequence: int | None = Field(default=None, description="change-feed sequence of the registration")
     lease: LeaseOut | None = Field(default=None, description="the lease held on the context now, if any")
+    differs: list[str] | None = Field(
+        default=None,
+        description="register_context with if_exists='return': the parts of the definition you gave that differ "
+        "from the stored one (unchanged; update_context changes them)",
+    )
 
     @classmethod
     def of(
@@ -107,6 +112,7 @@ class ContextOut(ContextSummary):
         created: bool | None = None,
         sequence: int | None = None,
         lease: Lease | None = None,
+        differs: list[str] | None = None,
     ) -> ContextOut:
         return cls(
             id=str(ctx.id),
@@ -124,6 +130,7 @@ class ContextOut(ContextSummary):
             created=created,
             sequence=sequence,
             lease=LeaseOut.of(ctx.name, lease) if lease is not None else None,
+            differs=differs,
         )
 
 

@@ -43,6 +43,7 @@ from groundhog_mcp.server.outputs import (
 )
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
+from groundhog_mcp.service.definition import differences
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.patching import resolve_pointer
 from groundhog_mcp.service.reading import TooLarge, bounded
@@ -66,10 +67,7 @@ Name = Annotated[
 ExpectedRevision = Annotated[
     int | None,
     Field(
-        description=(
-            "The revision you last read: if the context has moved on, the write fails with a conflict "
-            "naming the current revision. null: write unconditionally; 0: must not exist yet"
-        ),
+        description="The revision you last read, else a conflict names the current one; 0: must not exist yet",
         ge=0,
     ),
 ]
@@ -182,9 +180,8 @@ def _write_out(result: WriteResult) -> WriteOut:
 async def register_context(
     name: Name,
     ctx: AppCtx,
-    version: Annotated[
-        str, Field(description="Version of the context's definition (semver)", pattern=SEMVER_PATTERN)
-    ] = "1.0.0",
+    # The service checks it (check_semver): the same message, without the pattern in the schema.
+    version: Annotated[str, Field(description="Version of the context's definition (semver)")] = "1.0.0",
     state: Annotated[StateInput | None, Field(description="Initial state; empty when omitted")] = None,
     metadata: Annotated[JSONObjectArg | None, Field(description="Metadata about the context itself")] = None,
     settings: Annotated[JSONObjectArg | None, Field(description="Free-form settings stored with the context")] = None,
@@ -200,9 +197,8 @@ async def register_context(
         dict[str, dict[str, Any]] | None,
         Field(
             description=(
-                "Handlers per event type for emit_event. Declarative: {action: set|merge|append|increment|remove, "
-                "path: JSON Pointer into data, value_from?: JSON Pointer into the payload, value?: literal, "
-                "payload_schema?: JSON Schema, max_attempts?: 1-10}; or {plugin: entry point name}"
+                "Per event type, for emit_event: {action: set|merge|append|increment|remove, path, value_from?: "
+                "payload pointer, value?, payload_schema?, max_attempts?: 1-10} or {plugin: entry point name}"
             )
         ),
     ] = None,
@@ -210,10 +206,8 @@ async def register_context(
         str | JSONObjectArg | None,
         Field(
             description=(
-                "State format versioning (stored as settings.state_format): a format file's name, or "
-                "{version: current format version, migrations?: [{from, to, patch: RFC 6902 ops on the data} | "
-                "{from, to, plugin: upcaster name}], schemas?: {version: JSON Schema of the data}}. "
-                "Older states are upcast on read; migrate_context rewrites them"
+                "State format versioning (settings.state_format): a format file's name, or {version, migrations?: "
+                "[{from, to, patch: RFC 6902 | plugin}], schemas?: {version: JSON Schema}}; older states upcast on read"
             )
         ),
     ] = None,
@@ -240,7 +234,10 @@ async def register_context(
     )
     if isinstance(result, WriteResult):
         return ContextOut.of(result.context, created=True, sequence=result.change.sequence)
-    return ContextOut.of(result, created=False)
+    differs = differences(
+        result, version=version, metadata=metadata, settings=settings, schema=json_schema, handlers=event_handlers
+    )
+    return ContextOut.of(result, created=False, differs=differs)
 
 
 @tool_errors

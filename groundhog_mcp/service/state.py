@@ -36,7 +36,7 @@ from groundhog_mcp.models import (
     Principal,
     Right,
 )
-from groundhog_mcp.service import handling, leases, merging, metrics, migration, reads, updates
+from groundhog_mcp.service import definition, handling, leases, merging, metrics, migration, reads, updates
 from groundhog_mcp.service.access import (
     ContextPage,
     authorize,
@@ -248,6 +248,37 @@ class StateManager:
 
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
         return await updates.unregister(self, name, expected_revision=expected_revision, purge=purge)
+
+    async def update_context(
+        self,
+        name: str,
+        *,
+        expected_revision: int | None = None,
+        schema: JSONObject | None = None,
+        settings: JSONObject | None = None,
+        handlers: JSONObject | None = None,
+        metadata: JSONObject | None = None,
+        version: str | None = None,
+        state_format: str | JSONObject | None = None,
+        validate_current: bool = True,
+    ) -> WriteResult:
+        """Change the definition of context ``name`` (needs ``admin``): the parts given replace the
+        stored ones (``state_format`` goes into the settings). A new revision, op ``redefine``, keeps
+        the state as it is; unless ``validate_current`` is False, a current state the new
+        definition refuses refuses the change, listing every violation
+        (see :mod:`groundhog_mcp.service.definition`)."""
+        return await definition.update_definition(
+            self,
+            name,
+            expected_revision=expected_revision,
+            schema=schema,
+            settings=settings,
+            handlers=handlers,
+            metadata=metadata,
+            version=version,
+            state_format=state_format,
+            validate_current=validate_current,
+        )
 
     async def get(self, name: str) -> StoredContext:
         check_name(name)

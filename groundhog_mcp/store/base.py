@@ -49,6 +49,7 @@ __all__ = [
     "AuditSigner",
     "ChangeAnnouncer",
     "DeadLetter",
+    "Definition",
     "EventAlreadyHandled",
     "EventRecord",
     "Lease",
@@ -108,12 +109,25 @@ def registered(new: NewContext, *, revision: int, state_size: int, now: datetime
 
 
 @dataclass(frozen=True)
+class Definition:
+    """A context's definition as a redefinition writes it (see :class:`Mutation`)."""
+
+    version: str
+    metadata: JSONObject
+    settings: JSONObject
+    schema: JSONObject | None
+    handlers: JSONObject
+
+
+@dataclass(frozen=True)
 class Mutation:
-    """What a mutator returns: the new state and the RFC 6902 patch from the current one."""
+    """What a mutator returns: the new state and the RFC 6902 patch from the current one, and
+    with ``definition`` the context's new definition, written in the same transaction."""
 
     state: ContextState
     patch: list[JSONObject]
     op: str = "update"
+    definition: Definition | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from groundhog_mcp.store.base import (
     AuditQuery,
     AuditRecord,
     DeadLetter,
+    Definition,
     EventAlreadyHandled,
     EventRecord,
     Mutation,
@@ -170,13 +171,16 @@ class StoreCore(Expiry, Leasing, Maintenance):
                     *self._values("contexts.state", encoded.state),
                     encoded.size,
                     now,
-                    expiry_deadline(current.settings, now),  # a write resets the idle expiry
+                    # A write resets the idle expiry (under the new settings, for a redefinition).
+                    expiry_deadline((mutation.definition or current).settings, now),
                     current.id,
                 ),
             )
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=encoded.size, updated_at=now
             )
+            if mutation.definition is not None:
+                stored = await self._redefine(tx, stored, mutation.definition)
             change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
             return stored, change
 
@@ -235,6 +239,28 @@ class StoreCore(Expiry, Leasing, Maintenance):
             )
         stored = dataclasses.replace(current, revision=revision)
         return await self._record(tx, stored, op, actor, now, None, None, None, audit)
+
+    async def _redefine(self, tx: Tx, current: StoredContext, definition: Definition) -> StoredContext:
+        new = definition
+        await tx.execute(
+            "UPDATE contexts SET version = %s, metadata = %s, settings = %s, schema = %s, handlers = %s WHERE id = %s",
+            (
+                new.version,
+                dumps(new.metadata),
+                dumps(new.settings),
+                dumps(new.schema) if new.schema is not None else None,
+                dumps(new.handlers),
+                current.id,
+            ),
+        )
+        return dataclasses.replace(
+            current,
+            version=new.version,
+            metadata=new.metadata,
+            settings=new.settings,
+            schema=new.schema,
+            handlers=new.handlers,
+        )
 
     async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
         row = await tx.fetchone(self._live_row + self.FOR_UPDATE, (namespace, name))

@@ -27,7 +27,7 @@ async def test_expiry_by_time_across_a_restart(backend: Backend) -> None:
     first = StateManager(backend.store())
     await first.start()
     try:
-        registered = await first.register("scratch", settings={"ttl_seconds": 0.3, "keep_revisions": 5})
+        registered = await first.register("scratch", settings={"ttl_seconds": 1.5, "keep_revisions": 5})
         await first.register("kept")
         assert isinstance(registered, WriteResult)
         expires_at = registered.context.settings["expires_at"]
@@ -35,7 +35,7 @@ async def test_expiry_by_time_across_a_restart(backend: Backend) -> None:
         assert [c.name for c in (await first.list()).contexts] == ["kept", "scratch"]
     finally:
         await first.close()
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.6)
     second = StateManager(backend.store())  # after a restart, no process ran meanwhile
     await second.start()
     try:
@@ -57,15 +57,15 @@ async def test_expiry_by_time_across_a_restart(backend: Backend) -> None:
 
 
 async def test_idle_expiry_is_reset_by_writes(manager: StateManager) -> None:
-    registered = await manager.register("session", settings={"expire_after_idle_seconds": 0.4})
+    registered = await manager.register("session", settings={"expire_after_idle_seconds": 1.5})
     assert isinstance(registered, WriteResult)
-    for n in range(3):  # 0.75 s in all, never 0.4 s without a write
-        await asyncio.sleep(0.25)
+    for n in range(3):  # 1.8 s in all, never 1.5 s without a write
+        await asyncio.sleep(0.6)
         await manager.update("session", data={"n": n})
     # A lease is not a write: it does not keep the context alive.
     await manager.take_lease("session", ttl_seconds=5)
     assert (await manager.get("session")).revision == 4
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.6)
     with pytest.raises(NotFoundError, match=r"^name: no context named 'session'$"):
         await manager.update("session", data={"n": 9})  # the write path records the removal
     ops = [c.op for c in await manager.changes_after(0)]
@@ -75,12 +75,12 @@ async def test_idle_expiry_is_reset_by_writes(manager: StateManager) -> None:
 
 
 async def test_a_fixed_time_and_the_sweep(manager: StateManager) -> None:
-    soon = format_timestamp(utcnow() + timedelta(seconds=0.3))
+    soon = format_timestamp(utcnow() + timedelta(seconds=1.5))
     await manager.register("a", settings={"expires_at": soon})
     tenant = manager.with_principal(Principal(name="other", namespace="tenant-b"))
-    await tenant.register("b", settings={"ttl_seconds": 0.3})
+    await tenant.register("b", settings={"ttl_seconds": 1.5})
     await manager.register("stays", settings={"expire_after_idle_seconds": 3600})
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.6)
     removed = await manager.store.sweep(limit=10)
     assert sorted((c.namespace, c.name, c.op, c.actor) for c in removed) == [
         ("default", "a", "expired", "expiry"),

@@ -101,13 +101,13 @@ async def test_tokens_increase_and_an_older_token_is_refused_even_after_release(
 
 async def test_a_holder_that_stops_renewing_loses_it_at_expiry(manager: StateManager, other: StateManager) -> None:
     await manager.register("plan")
-    slow = await manager.take_lease("plan", ttl_seconds=0.3, holder="slow")
-    renewed = await manager.renew_lease("plan", slow.lease.token, ttl_seconds=0.3)
+    slow = await manager.take_lease("plan", ttl_seconds=1.5, holder="slow")
+    renewed = await manager.renew_lease("plan", slow.lease.token, ttl_seconds=1.5)
     assert renewed.lease.expires_at is not None and slow.lease.expires_at is not None
     assert renewed.lease.expires_at > slow.lease.expires_at and renewed.lease.token == slow.lease.token
     with pytest.raises(LeasedError):
         await other.update("plan", data={"by": "other"})
-    await asyncio.sleep(0.4)  # the holder pauses past its expiry; no process runs a timer
+    await asyncio.sleep(1.6)  # the holder pauses past its expiry; no process runs a timer
     # Expired and not taken again: a write with its token is refused, one without passes.
     with pytest.raises(LeasedError, match=r"it expired at "):
         await manager.with_lease(slow.lease.token).update("plan", data={"by": "slow"})
