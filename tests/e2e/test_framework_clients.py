@@ -32,6 +32,7 @@ DEFAULT_TOOLS = [
     "diff_states",
     "get_history",
     "get_state",
+    "lease",
     "list_contexts",
     "register_context",
     "rollback_state",

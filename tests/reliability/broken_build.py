@@ -118,10 +118,15 @@ _NO_IDEMPOTENCY = Defect(
 _real_mutate = StoreCore.mutate
 
 
-async def _mutate_forgetting_keys(self, namespace, name, expected_revision, mutator, *, actor, event=None, audit=None):
+async def _mutate_forgetting_keys(
+    self, namespace, name, expected_revision, mutator, *, actor, event=None, audit=None, lease_token=None
+):
     if event is not None:
         event = dataclasses.replace(event, idempotency_key=None)
-    return await _real_mutate(self, namespace, name, expected_revision, mutator, actor=actor, event=event, audit=audit)
+    return await _real_mutate(
+        self, namespace, name, expected_revision, mutator, actor=actor, event=event, audit=audit,
+        lease_token=lease_token,
+    )
 
 
 async def _find_no_event(self, tx, context_id, key):
