@@ -3,6 +3,7 @@
     python benchmarks/bench_postgres.py            # ~1.5 minutes on a busy 2-CPU machine
     python benchmarks/bench_postgres.py --quick    # ~1 minute there
     python benchmarks/bench_postgres.py --url postgresql://user@host/db
+    python benchmarks/bench_postgres.py --audit off   # instances run with audit = false
 
 Three measurements, every instance a real ``groundhog-mcp`` process driven by the MCP SDK
 client (``--url`` default: ``GROUNDHOG_TEST_POSTGRES_URL`` or the local test server; every
@@ -10,7 +11,8 @@ run works in a fresh schema, dropped at the end):
 
 1. One instance: ``get_state`` and ``update_state`` p50/p99 on PostgreSQL, and on SQLite
    alongside it (both instances running, batches interleaved round by round, the order
-   alternating) for the ratio, with its per-round min / median / max.
+   alternating) for the ratio, with its per-round min / median / max; and PostgreSQL's commit
+   floor (a one-row INSERT and COMMIT), which every write pays once.
 2. Scale-out: 1, 2 and 4 instances, each driven by one client writing its own context
    (``update_state`` back to back, no conflicts): aggregate writes/s and per-call p50/p99.
    All seven instances run throughout; each round gives each group a time slice, in a
@@ -20,6 +22,11 @@ run works in a fresh schema, dropped at the end):
    is from the commit (the change's timestamp, taken in the write transaction: same clock)
    to the ``notifications/resources/updated`` arriving at A's client, through B's NOTIFY,
    A's LISTEN session, A's change feed and A's notifier.
+
+Instances keep the audit log (the default) unless ``--audit off``: with it on, every write
+locks the audit chain's head for its last round trip and commit, the one row all writes share
+(docs/scaling.md, "The write path on PostgreSQL"); 2. with ``--audit off`` shows the write
+rate without it.
 
 It prints a table and exits 0 when the run completed, whatever the figures (non-zero only on
 an error); it asserts nothing (tests never assert on wall-clock time). Shared machines drift:
@@ -71,6 +78,7 @@ class Mode:
 FULL = Mode(latency_calls=1000, scale_seconds=8.0, notifications=500, warmup=100, rounds=10)
 QUICK = Mode(latency_calls=300, scale_seconds=3.0, notifications=150, warmup=30, rounds=6)
 RATIO_TARGET = 1.5  # PostgreSQL / SQLite p50, one instance (issue 7)
+AUDIT = True  # --audit on|off
 
 
 def data(i: int) -> dict[str, Any]:
@@ -89,6 +97,7 @@ def server_env(home: Path) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)
         env[name] = str(path)
     env["GROUNDHOG_LOG_LEVEL"] = "WARNING"
+    env["GROUNDHOG_AUDIT"] = "true" if AUDIT else "false"
     return env
 
 
@@ -169,11 +178,38 @@ class Solo:
         return [statistics.median(batch) for batch in self.rounds[tool]]
 
 
-async def single_instance(postgres: str, sqlite: str, home: Path, mode: Mode) -> tuple[Solo, Solo, list[float]]:
+class CommitFloor:
+    """What one durable commit costs on this server: a one-row INSERT and its COMMIT, one round
+    trip (autocommit), into a table of the benchmark's schema. A write cannot beat it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.samples: list[float] = []
+
+    async def batch(self, calls: int) -> None:
+        for _ in range(calls):
+            started = time.perf_counter()
+            await self.conn.execute("INSERT INTO commit_floor (at) VALUES (now())")
+            self.samples.append((time.perf_counter() - started) * 1000)
+
+
+async def single_instance(
+    postgres: str, sqlite: str, home: Path, mode: Mode
+) -> tuple[Solo, Solo, list[float], list[float]]:
     """Both instances run side by side; each round runs a batch on one then the other, the
-    order alternating, so machine drift and load hit both backends alike."""
+    order alternating, so machine drift and load hit both backends alike. Each round also
+    measures PostgreSQL's commit floor."""
     loads: list[float] = []
-    async with instance(postgres, home / "pg") as pg_client, instance(sqlite, home / "sqlite") as sqlite_client:
+    url, schema = postgres.rsplit("schema=", 1)
+    url = url.rstrip("?&")
+    async with (
+        instance(postgres, home / "pg") as pg_client,
+        instance(sqlite, home / "sqlite") as sqlite_client,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+    ):
+        await conn.execute(f'CREATE TABLE "{schema}".commit_floor (at timestamptz)')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        floor = CommitFloor(conn)
         pg, lite = Solo(pg_client), Solo(sqlite_client)
         for solo in (pg, lite):
             await solo.prepare(mode.warmup)
@@ -181,8 +217,9 @@ async def single_instance(postgres: str, sqlite: str, home: Path, mode: Mode) ->
         for r in range(mode.rounds):
             for solo in (pg, lite) if r % 2 == 0 else (lite, pg):
                 await solo.batch(per_round)
+            await floor.batch(per_round)
             loads.append(os.getloadavg()[0])
-    return pg, lite, loads
+    return pg, lite, floor.samples, loads
 
 
 # -- 2. scale-out: writes/s with N instances, interleaved -----------------------------------
@@ -310,11 +347,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL database (a schema is created in it)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--audit", choices=["on", "off"], default="on", help="the instances' audit log")
     args = parser.parse_args()
+    global AUDIT  # one setting for every instance of the run
+    AUDIT = args.audit == "on"
     mode = QUICK if args.quick else FULL
     load = os.getloadavg()[0]
     print(
-        f"groundhog-mcp on PostgreSQL: {os.cpu_count()} CPUs, load {load:.1f}, mode {'quick' if args.quick else 'full'}"
+        f"groundhog-mcp on PostgreSQL: {os.cpu_count()} CPUs, load {load:.1f},"
+        f" mode {'quick' if args.quick else 'full'}, audit {args.audit}"
     )
     if load > (os.cpu_count() or 1) / 2:
         print("  warning: the machine is busy; figures will be noisy")
@@ -328,7 +369,7 @@ async def main() -> None:
             f"1. One instance, sequential calls (~1 KB state), PostgreSQL and SQLite interleaved, {mode.rounds} rounds"
         )
         async with fresh_schema(args.url) as database:
-            pg, lite, loads = await single_instance(database, str(home / "sqlite" / "bench.sqlite"), home, mode)
+            pg, lite, floor, loads = await single_instance(database, str(home / "sqlite" / "bench.sqlite"), home, mode)
         for tool in ("get_state", "update_state"):
             print(row(f"{tool}  PostgreSQL", pg.samples(tool)) + f"   round p50s {spread(pg.round_p50s(tool))}")
             print(row(f"{tool}  SQLite", lite.samples(tool)) + f"   round p50s {spread(lite.round_p50s(tool))}")
@@ -340,6 +381,11 @@ async def main() -> None:
                 f"  {tool}  PostgreSQL / SQLite p50: {ratio:.2f}x (target <= {RATIO_TARGET}x: {verdict}); "
                 f"per round min / median / max {spread(per_round)}"
             )
+        print(row("PostgreSQL commit floor", floor) + "   (INSERT one row + COMMIT, one round trip)")
+        print(
+            "  a PostgreSQL update_state is the service's read (1 round trip) and the write (3: lock"
+            " and read | write | audit row + COMMIT); get_state is 1"
+        )
         print(f"  1-minute load average over the rounds: min / median / max {spread(loads)}")
 
         print(

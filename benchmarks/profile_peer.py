@@ -254,7 +254,7 @@ HAND_OFF = (
 def builtin_layer(function: str, caller: str) -> str:
     """The layer of a C function (cProfile: ``<method 'x' of 'y' objects>``) called by ``caller``."""
     if "sqlite3" in function:
-        if caller.endswith(":_write_transaction"):
+        if caller.endswith((":_run_batch", ":_commit")):  # store/sqlite_writer.py
             return "SQLite BEGIN IMMEDIATE / COMMIT (WAL append + fdatasync)"
         return "SQLite statements"
     if any(h in function for h in HAND_OFF):

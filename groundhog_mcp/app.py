@@ -36,6 +36,7 @@ from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, rea
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import Limits, StateManager
 from groundhog_mcp.store import Retention, open_store
+from groundhog_mcp.store.search import parse_ref
 
 if TYPE_CHECKING:
     # The MCP SDK and the HTTP stack are imported by the functions that serve (create_server,
@@ -130,6 +131,14 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255, description="HTTP bind address")
     port: int = Field(default=8765, ge=0, le=65535, description="0: any free port (logged at start)")
+    search_indexes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str],
+        description="JSON Pointers (/data/..., /context_metadata/...) whose equality and range conditions in "
+        "find_contexts use an index (comma-separated)",
+    )
+    search_budget_ms: int = Field(
+        default=2000, ge=10, le=600_000, description="longest a find_contexts query may run (then: code budget)"
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list[str], description="Host headers to accept besides localhost"
     )
@@ -202,7 +211,14 @@ class Settings(BaseSettings):
             name=self.principal, namespace=self.namespace, grants=tuple(Grant.parse(g) for g in self.grants)
         )
 
-    @field_validator("allowed_hosts", "allowed_origins", "grants", mode="before")
+    @field_validator("search_indexes")
+    @classmethod
+    def _valid_search_indexes(cls, value: list[str]) -> list[str]:
+        for pointer in value:
+            parse_ref(pointer, "search_indexes")  # names the pointer and what is wrong with it
+        return value
+
+    @field_validator("allowed_hosts", "allowed_origins", "grants", "search_indexes", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -413,6 +429,8 @@ def open_manager(settings: Settings) -> StateManager:
             retention=Retention(keep_revisions=settings.keep_revisions, keep_days=settings.keep_days),
             audit_signer=audit_key(settings),
             cipher=keyring,
+            search_indexes=tuple(settings.search_indexes),
+            search_budget_ms=settings.search_budget_ms,
         ),
         limits=settings.limits(),
         principal=settings.local_principal(),

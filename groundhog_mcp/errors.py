@@ -21,6 +21,8 @@ same call, repeated (after re-reading, for a conflict), can succeed::
     ├── LimitExceededError        too_large        a request exceeded a configured limit
     ├── MigrationError            migration_failed an upcaster failed or no path exists (too_large: over the bound)
     ├── StoreBusyError            busy      (r)    the database stayed locked past the busy timeout
+    ├── BudgetError               budget           a query needed more work than its bound allows
+    ├── SealedSearchError         sealed           a search would need plaintext of sealed state (encryption at rest)
     └── RecordIntegrityError      integrity        an encrypted record failed authentication (altered or moved)
 
     (r) retryable. Two codes come from the server, not from this tree: ``invalid_argument`` for
@@ -42,6 +44,7 @@ from typing import Any
 __all__ = [
     "MAX_MESSAGE_CHARS",
     "AccessDeniedError",
+    "BudgetError",
     "CompactedError",
     "ConflictError",
     "ContextError",
@@ -55,6 +58,7 @@ __all__ = [
     "MigrationError",
     "NotFoundError",
     "RecordIntegrityError",
+    "SealedSearchError",
     "StateUpdateError",
     "StateValidationError",
     "StoreBusyError",
@@ -337,6 +341,19 @@ class StoreBusyError(ContextError):
     code = "busy"
 
     retryable = True
+
+
+class BudgetError(ContextError):
+    """A query needed more work than its bound allows (the message names the bound and how to narrow it)."""
+
+    code = "budget"
+
+
+class SealedSearchError(ContextError):
+    """Encryption at rest is on: a condition on state contents or a text search would need the
+    plaintext of sealed state in a query or an index, which sealing rules out."""
+
+    code = "sealed"
 
 
 class EncryptionKeyError(InitializationError):

@@ -46,6 +46,7 @@ __all__ = [
     "json_type_phrase",
     "parse_stored_timestamp",
     "parse_timestamp",
+    "pointer_token",
     "utcnow",
 ]
 
@@ -315,6 +316,9 @@ class Change:
     actor: str
     timestamp: datetime
     patch: list[JSONObject] | None = None
+    # The serialised size of ``patch`` in bytes, when the store measured it (it serialises the
+    # diff once, for the change row): the answer's size check reuses it.
+    patch_bytes: int | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -353,7 +357,8 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _pointer_token(key: str) -> str:
+def pointer_token(key: str) -> str:
+    """``key`` as one JSON Pointer reference token (RFC 6901: ``~`` → ``~0``, ``/`` → ``~1``)."""
     return key.replace("~", "~0").replace("/", "~1")
 
 
@@ -363,9 +368,9 @@ def _diff(a: Any, b: Any, pointer: str, operations: list[JSONObject]) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in a:
             if key not in b:
-                operations.append({"op": "remove", "path": f"{pointer}/{_pointer_token(key)}"})
+                operations.append({"op": "remove", "path": f"{pointer}/{pointer_token(key)}"})
         for key, value in b.items():  # pyright: ignore[reportUnknownVariableType]
-            child = f"{pointer}/{_pointer_token(key)}"  # pyright: ignore[reportUnknownArgumentType]
+            child = f"{pointer}/{pointer_token(key)}"  # pyright: ignore[reportUnknownArgumentType]
             if key in a:
                 _diff(a[key], value, child, operations)
             else:

@@ -37,6 +37,7 @@ ALL_TOOLS: tuple[str, ...] = (
     "audit_log",
     "lease",
     "update_context",
+    "find_contexts",
 )
 """Every tool, in the order tools/list shows them (a test holds this to the registered tools)."""
 
@@ -51,6 +52,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "rollback_state",
         "wait_for_change",
         "lease",
+        "find_contexts",
     ),
     "all": ALL_TOOLS,
 }

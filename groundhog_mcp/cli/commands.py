@@ -40,6 +40,7 @@ from groundhog_mcp.cli.common import (
     private_output,
     unmigrated_store,
 )
+from groundhog_mcp.cli.search import add_find_command
 from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
@@ -101,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     show = contexts_commands.add_parser("show", parents=[common], help="show one context and its state")
     show.add_argument("name")
     show.set_defaults(handler=_contexts_show)
+    add_find_command(contexts_commands, common)
 
     export = commands.add_parser("export", parents=[common], help="write every context with history as JSON Lines")
     export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")

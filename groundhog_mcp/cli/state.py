@@ -20,7 +20,7 @@ from groundhog_mcp.app import Settings
 from groundhog_mcp.cli.common import Handler, InputError, UsageError, manager_session, print_json
 from groundhog_mcp.models import HistoryEntry, JSONObject, format_timestamp, json_type
 from groundhog_mcp.service import WriteResult
-from groundhog_mcp.service.patching import resolve_pointer
+from groundhog_mcp.service.reading import read_part
 
 __all__ = ["add_state_commands"]
 
@@ -36,6 +36,15 @@ def add_state_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     get.add_argument("name")
     get.add_argument("--revision", type=_revision, default=None, help="a past revision (default: the current one)")
     get.add_argument("--path", default=None, help="JSON Pointer into the data (e.g. /tasks/0): print only that part")
+    get.add_argument(
+        "--field",
+        action="append",
+        default=None,
+        dest="fields",
+        help="instead of --path: a JSON Pointer (repeat it): print a sparse copy of the data holding only these",
+    )
+    get.add_argument("--offset", type=_integer, default=None, help="with --path to an array: the first item to print")
+    get.add_argument("--limit", type=_integer, default=None, help="with --path to an array: how many items")
     get.set_defaults(handler=_as_tool("get_state", _get))
 
     expected = argparse.ArgumentParser(add_help=False)
@@ -124,9 +133,18 @@ async def _get(args: argparse.Namespace, settings: Settings) -> int:
     async with manager_session(settings, args.operation) as manager:
         context, at, state, _ = await manager.read_upcast(args.name, args.revision)
     out: dict[str, Any] = {"name": context.name, "revision": at, "current_revision": context.revision}
-    if args.path is not None:
-        out["path"] = args.path
-        out["value"] = resolve_pointer(state.data, args.path)
+    if args.path is not None or args.fields is not None or args.offset is not None or args.limit is not None:
+        part = read_part(state.data, path=args.path, fields=args.fields, offset=args.offset, limit=args.limit)
+        if args.path is not None:
+            out["path"] = args.path
+        out["value"] = part.value
+        out.update(
+            {
+                k: v
+                for k, v in (("length", part.length), ("offset", part.offset), ("missing", part.missing))
+                if v is not None
+            }
+        )
     else:
         out["state"] = {
             "data": state.data,

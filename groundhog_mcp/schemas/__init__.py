@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import json
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
 
 __all__ = ["SCHEMA_NAMES", "load_schema", "validator"]
 
@@ -26,6 +27,8 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @functools.cache
 def _registry() -> Registry[Any]:
+    from referencing import Registry, Resource  # loaded on first use, not at start-up
+
     registry: Registry[Any] = Registry()
     for name in SCHEMA_NAMES:
         registry = registry.with_resource(f"{name}.schema.json", Resource.from_contents(load_schema(name)))
@@ -35,4 +38,6 @@ def _registry() -> Registry[Any]:
 
 @functools.cache
 def validator(name: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # loaded on first use, not at start-up
+
     return Draft202012Validator(load_schema(name), registry=_registry())

@@ -22,26 +22,25 @@ __all__ = ["register_audit_tool"]
 async def audit_log(
     ctx: AppCtx,
     context: Annotated[str | None, Field(description="Only this context's rows", pattern=NAME_PATTERN)] = None,
-    prefix: Annotated[str, Field(description="Only contexts whose name starts with this", max_length=128)] = "",
+    prefix: Annotated[str, Field(description="Only names starting with this", max_length=128)] = "",
     principal: Annotated[str | None, Field(description="Only this principal's rows", max_length=128)] = None,
     operation: Annotated[
         str | None,
         Field(
             description="Only this operation: register, update, rollback, merge, event, migrate, unregister, "
-            "dead_letter, import, or the name of a refused operation",
+            "dead_letter, import, or a refused tool's name",
             max_length=64,
         ),
     ] = None,
     since: Annotated[Timestamp | None, Field(description="Only rows at or after this RFC 3339 time")] = None,
     until: Annotated[Timestamp | None, Field(description="Only rows before this RFC 3339 time")] = None,
-    newest_first: Annotated[bool, Field(description="Newest rows first (default); false: oldest first")] = True,
-    cursor: Annotated[str | None, Field(description="next_cursor from the previous page", max_length=32)] = None,
-    limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
+    newest_first: Annotated[bool, Field(description="false: oldest first")] = True,
+    cursor: Annotated[str | None, Field(description="next_cursor of the previous page", max_length=32)] = None,
+    limit: Annotated[int, Field(description="Page size", ge=1, le=100)] = 50,
 ) -> AuditLogOut:
-    """Admins: the audit log of your namespace: every committed write (who, which context, which
-    revision, when, from which request) and denied requests (per principal the first of each
-    minute, then a count), a page at a time. It never holds state contents.
-    `groundhog-mcp audit verify` proves the log was not altered."""
+    """Admins: your namespace's audit log, a page at a time: every committed write (who, context,
+    revision, when, request) and denied requests (per principal the first each minute, then a
+    count). It never holds state contents."""
     manager = _manager(ctx)
     page = await manager.audit_log(
         context=context,

@@ -34,6 +34,7 @@ from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.prompts import register_prompts
 from groundhog_mcp.server.protocol import CACHE_HINTS, link_written_states, register_protocol_handlers
 from groundhog_mcp.server.resources import register_resources
+from groundhog_mcp.server.search_tool import register_search_tool
 from groundhog_mcp.server.surface import select_tools
 from groundhog_mcp.server.tools import register_tools
 
@@ -47,7 +48,8 @@ shared with other agents. Typical use: register_context once (if_exists='return'
 get-or-create), get_state to read (note the revision), update_state with expected_revision set to
 that revision. If the write conflicts, someone else changed the context: the error tells you the
 current revision and what changed; re-read and retry. get_history, diff_states and rollback_state
-show and undo past changes. Resources groundhog://contexts/{name}/state mirror the state."""
+show and undo past changes. find_contexts finds contexts by conditions on their state or by text.
+Resources groundhog://contexts/{name}/state mirror the state."""
 
 
 async def _track_sessions(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -166,6 +168,7 @@ def build_server(
     register_audit_tool(server)
     register_lease_tool(server)
     register_definition_tool(server)
+    register_search_tool(server)
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     admit_error_results(server)  # likewise

@@ -39,11 +39,9 @@ class MergeInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    context: Name | None = Field(default=None, description="a context's name: merge its state")
-    revision: int | None = Field(
-        default=None, ge=1, description="with context: the revision to take (current when omitted)"
-    )
-    state: StateInput | None = Field(default=None, description="instead of context: an inline state {data, ...}")
+    context: Name | None = Field(default=None)
+    revision: int | None = Field(default=None, ge=1, description="with context; current when omitted")
+    state: StateInput | None = Field(default=None, description="instead of context: an inline state")
 
     def as_source(self, field: str) -> dict[str, Any]:
         if (self.context is None) == (self.state is None):
@@ -150,60 +148,44 @@ async def merge_states(
     inputs: Annotated[
         list[MergeInput],
         Field(
-            description=(
-                "2-16 states in order: {context, revision?} (revision omitted = current) or "
-                "{state: {data, metadata?, version?}}"
-            ),
+            description="States in order: {context, revision?} or {state: {data, metadata?, version?}}",
             min_length=2,
             max_length=MAX_MERGE_INPUTS,
         ),
     ],
     strategy: Annotated[
         StrategyArg,
-        Field(
-            description=(
-                "ordered: RFC 7396 fold, later inputs win; three_way: merge each input's changes since base; "
-                "reducers: key-by-key, the same however inputs are batched"
-            )
-        ),
+        Field(description="ordered: RFC 7396 fold, later wins; three_way: each input's changes since base; reducers"),
     ] = "ordered",
     base: Annotated[
         MergeInput | None,
         Field(
             description=(
-                "three_way only: the state the inputs started from, e.g. {context, revision} you read; "
-                "default: the lowest revision given when all inputs are revisions of one context"
+                "three_way: the state the inputs started from, e.g. {context, revision}; default: the lowest "
+                "revision when all inputs are one context's"
             )
         ),
     ] = None,
     reducers: Annotated[
         dict[str, ReducerArg] | None,
         Field(
-            description=(
-                "JSON Pointer into the state (/data/... or /metadata/...) -> append | union | sum | max | min | "
-                'last, e.g. {"/data/log": "append", "/data/visits": "sum"}; other arrays are replaced whole'
-            ),
+            description='Pointer (/data/... or /metadata/...) -> reducer, e.g. {"/data/log": "append"}',
             max_length=MAX_REDUCERS,
         ),
     ] = None,
     on_conflict: Annotated[
         OnConflictArg,
-        Field(description="three_way/reducers conflicts: fail (error listing them), ours (earlier) or theirs (later)"),
+        Field(description="fail (an error listing conflicts), ours (earlier input) or theirs (later)"),
     ] = "fail",
-    target: Annotated[
-        Name | None, Field(description="write the merged state to this context as a new revision")
-    ] = None,
+    target: Annotated[Name | None, Field(description="Write the result to this context as a new revision")] = None,
     expected_revision: ExpectedRevision = None,
-    dry_run: Annotated[bool, Field(description="compute and check everything, list conflicts, write nothing")] = False,
+    dry_run: Annotated[bool, Field(description="Check and list conflicts; write nothing")] = False,
     lease_token: LeaseToken = None,
 ) -> MergeOut:
-    """Merge 2-16 JSON states (contexts at revisions and/or inline states); data and metadata alike.
-    ordered (default): RFC 7396 merge patches in order, later inputs win. three_way: combine what
-    each input changed since base; a key changed differently on both sides is a conflict that
-    on_conflict settles (fail: an error listing them). reducers at given paths (any strategy)
-    append, union, sum, max, min or take the last value, however inputs are batched. With target
-    (and expected_revision) the result is written as one new revision; dry_run previews result
-    and conflicts."""
+    """Merge 2-16 states (contexts at revisions, inline states), data and metadata. three_way:
+    a key changed differently on both sides is a conflict on_conflict settles. reducers at given
+    paths (any strategy) combine values. With target (and expected_revision) the result is
+    written as one new revision; dry_run previews it."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
     outcome = (
         await _manager(ctx)

@@ -32,10 +32,11 @@ __all__ = [
 ANSWER_PATCH_MAX_BYTES = 64 * 1024
 
 
-def answer_patch(patch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+def answer_patch(patch: list[dict[str, Any]], size: int | None = None) -> tuple[list[dict[str, Any]], bool]:
     """A write's diff as returned to the client: whole up to 64 KiB, else its ops and paths only
-    (a replaced megabyte state must not come back as a megabyte answer)."""
-    if len(dumps(patch).encode("utf-8")) <= ANSWER_PATCH_MAX_BYTES:
+    (a replaced megabyte state must not come back as a megabyte answer). ``size``: its serialised
+    size, when known (the store measured a committed change's)."""
+    if (size if size is not None else len(dumps(patch).encode("utf-8"))) <= ANSWER_PATCH_MAX_BYTES:
         return patch, False
     return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:1000]], True
 
@@ -179,7 +180,14 @@ class StateOut(BaseModel):
     revision: int = Field(description="the revision returned")
     current_revision: int
     path: str | None = Field(default=None, description="the JSON Pointer read, when one was given")
-    value: Any = Field(default=None, description="the value at path (only when path was given)")
+    value: Any = Field(
+        default=None,
+        description="the value at path (with offset/limit: that page of the array), or with fields a sparse copy "
+        "of the data holding only them",
+    )
+    length: int | None = Field(default=None, description="with offset/limit: the array's length")
+    offset: int | None = Field(default=None, description="with offset/limit: the index of value's first item")
+    missing: list[str] | None = Field(default=None, description="with fields: those the data does not have")
     state: StateValue | None = Field(default=None, description="the whole state (when no path was given)")
     too_large: TooLargeOut | None = Field(
         default=None, description="set instead of value/state when it exceeds the read limit: read its parts by path"
@@ -205,7 +213,7 @@ class WriteOut(BaseModel):
 
     @classmethod
     def of(cls, result: WriteResult) -> WriteOut:
-        patch, truncated = answer_patch(result.change.patch or [])
+        patch, truncated = answer_patch(result.change.patch or [], result.change.patch_bytes)
         # Values the server produced itself: no validation walk over the diff.
         return cls.model_construct(
             name=result.context.name,

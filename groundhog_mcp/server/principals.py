@@ -7,6 +7,7 @@ namespace into the SDK's ``AccessToken`` claims; the tools read them back from t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -49,13 +50,21 @@ def principal_of(token: AccessToken) -> Principal:
         raise AccessDeniedError("authorization: the bearer token names no groundhog principal and namespace")
     # Our verifiers always set the grants; a token without them gets none (fail closed).
     listed = claims.get(GRANTS_CLAIM)
-    grants: list[Grant] = []
-    for text in listed if isinstance(listed, list) else []:  # pyright: ignore[reportUnknownVariableType]
+    texts = tuple(str(t) for t in listed) if isinstance(listed, list) else ()  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType]
+    return _principal(name, namespace, texts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _principal(name: str, namespace: str, grants: tuple[str, ...]) -> Principal:
+    """Grants are parsed once per token's claims, not once per request (keyed by everything the
+    principal is made of, so two tokens share an entry only when they grant the same)."""
+    parsed: list[Grant] = []
+    for text in grants:
         try:
-            grants.append(Grant.parse(str(text)))  # pyright: ignore[reportUnknownArgumentType]
+            parsed.append(Grant.parse(text))
         except ValueError:
             continue
-    return Principal(name=name, namespace=namespace, grants=tuple(grants))
+    return Principal(name=name, namespace=namespace, grants=tuple(parsed))
 
 
 def request_principal(request: object | None = None) -> Principal | None:

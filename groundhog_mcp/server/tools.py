@@ -45,8 +45,7 @@ from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
 from groundhog_mcp.service.definition import differences
 from groundhog_mcp.service.migration import format_of
-from groundhog_mcp.service.patching import resolve_pointer
-from groundhog_mcp.service.reading import TooLarge, bounded
+from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, read_part
 
 __all__ = ["register_tools"]
 
@@ -60,7 +59,7 @@ AppCtx = Context[AppContext, Any]
 Name = Annotated[
     str,
     Field(
-        description="Context name, unique in your namespace",
+        description="Context name",
         pattern=NAME_PATTERN,  # which bounds the length too: {1,128}
     ),
 ]
@@ -71,7 +70,7 @@ ExpectedRevision = Annotated[
         ge=0,
     ),
 ]
-Revision = Annotated[int, Field(description="A revision number of this context (1 = first)", ge=1)]
+Revision = Annotated[int, Field(description="A revision of this context", ge=1)]
 LeaseToken = Annotated[int | None, Field(description="From lease take")]
 JSONObjectArg = dict[str, Any]
 EventType = Annotated[
@@ -84,9 +83,9 @@ class StateInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    data: JSONObjectArg = Field(default_factory=dict, description="the state's JSON object")
-    metadata: JSONObjectArg = Field(default_factory=dict, description="free-form metadata about the state")
-    version: str = Field(default="1.0.0", description="state format version (semver)", pattern=SEMVER_PATTERN)
+    data: JSONObjectArg = Field(default_factory=dict)
+    metadata: JSONObjectArg = Field(default_factory=dict)
+    version: str = Field(default="1.0.0", description="state format version", pattern=SEMVER_PATTERN)
 
 
 class PatchOperation(BaseModel):
@@ -95,9 +94,9 @@ class PatchOperation(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     op: Literal["add", "remove", "replace", "move", "copy", "test"]
-    path: str = Field(description="JSON Pointer into the data object, e.g. /items/0")
-    value: Any = Field(default=None, description="for add, replace and test")
-    from_: str | None = Field(default=None, alias="from", description="source pointer for move and copy")
+    path: str = Field(description="JSON Pointer into data, e.g. /items/0")
+    value: Any = Field(default=None)
+    from_: str | None = Field(default=None, alias="from", description="for move and copy")
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_unset=True)
@@ -183,15 +182,15 @@ async def register_context(
     # The service checks it (check_semver): the same message, without the pattern in the schema.
     version: Annotated[str, Field(description="Version of the context's definition (semver)")] = "1.0.0",
     state: Annotated[StateInput | None, Field(description="Initial state; empty when omitted")] = None,
-    metadata: Annotated[JSONObjectArg | None, Field(description="Metadata about the context itself")] = None,
-    settings: Annotated[JSONObjectArg | None, Field(description="Free-form settings stored with the context")] = None,
+    metadata: Annotated[JSONObjectArg | None, Field(description="About the context itself")] = None,
+    settings: Annotated[JSONObjectArg | None, Field(description="Free-form, stored with the context")] = None,
     json_schema: Annotated[
         JSONObjectArg | None,
-        Field(description="JSON Schema (draft 2020-12) every state's data must satisfy; checked on every write"),
+        Field(description="JSON Schema (2020-12) the data must satisfy on every write"),
     ] = None,
     if_exists: Annotated[
         Literal["error", "return"],
-        Field(description="When the name is taken: 'error' (default) or 'return' the existing context unchanged"),
+        Field(description="Name taken: error, or return the existing context unchanged"),
     ] = "error",
     event_handlers: Annotated[
         dict[str, dict[str, Any]] | None,
@@ -206,14 +205,14 @@ async def register_context(
         str | JSONObjectArg | None,
         Field(
             description=(
-                "State format versioning (settings.state_format): a format file's name, or {version, migrations?: "
-                "[{from, to, patch: RFC 6902 | plugin}], schemas?: {version: JSON Schema}}; older states upcast on read"
+                "A format file's name, or {version: current, migrations?: [{from, to, patch: RFC 6902 on "
+                "data} | {from, to, plugin}], schemas?: {version: JSON Schema}}; older states are upcast on read"
             )
         ),
     ] = None,
 ) -> ContextOut:
-    """Create a named context to hold JSON state that survives restarts and is shared with other
-    agents. Revision 1 is the initial state. Use if_exists='return' to get-or-create."""
+    """Create a named context holding durable JSON state shared with other agents; revision 1 is
+    the initial state. if_exists='return': get-or-create."""
     if state_format is not None:
         settings = {**(settings or {}), "state_format": state_format}
     initial = (
@@ -245,13 +244,11 @@ async def unregister_context(
     name: Name,
     ctx: AppCtx,
     expected_revision: ExpectedRevision = None,
-    purge: Annotated[
-        bool, Field(description="Also delete the history and the diffs in the change feed (default: keep history)")
-    ] = False,
+    purge: Annotated[bool, Field(description="Also delete its history and change feed diffs")] = False,
     lease_token: LeaseToken = None,
 ) -> UnregisterOut:
-    """Remove a context. Its history is kept unless purge=true. The name can be registered again;
-    revisions of the new context continue after the old ones, never reusing a number."""
+    """Remove a context (history kept unless purge). Registering the name again continues its
+    revision numbers."""
     manager = _manager(ctx).with_lease(lease_token)
     change = await manager.unregister(name, expected_revision=expected_revision, purge=purge)
     return UnregisterOut(name=name, revision=change.revision, sequence=change.sequence, purged=purge)
@@ -259,7 +256,7 @@ async def unregister_context(
 
 @tool_errors
 async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
-    """Describe one context: id, versions, current revision, state size, metadata, settings, schema, lease."""
+    """Describe a context: id, versions, revision, state size, metadata, settings, schema, lease."""
     manager = _manager(ctx)
     context = await manager.get(name)
     return ContextOut.of(context, lease=await manager.lease_of(context))
@@ -269,8 +266,8 @@ async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
 async def list_contexts(
     ctx: AppCtx,
     prefix: Annotated[str, Field(description="Only names starting with this", max_length=128)] = "",
-    cursor: Annotated[str | None, Field(description="next_cursor from the previous page", max_length=400)] = None,
-    limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Field(description="next_cursor of the previous page", max_length=400)] = None,
+    limit: Annotated[int, Field(description="Page size", ge=1, le=100)] = 50,
 ) -> ListOut:
     """List your contexts by name, a page at a time."""
     page = await _manager(ctx).list(prefix=prefix, cursor=cursor, limit=limit)
@@ -281,45 +278,51 @@ async def list_contexts(
 async def get_state(
     name: Name,
     ctx: AppCtx,
-    revision: Annotated[int | None, Field(description="A past revision to read; current when omitted", ge=1)] = None,
+    revision: Annotated[int | None, Field(description="A past revision; current when omitted", ge=1)] = None,
     path: Annotated[
         str | None,
-        Field(
-            description="JSON Pointer into the data object (e.g. /tasks/0) to read only that part",
-            max_length=4096,
-        ),
+        Field(description="JSON Pointer into data (e.g. /tasks/0): read only that part", max_length=4096),
     ] = None,
+    fields: Annotated[
+        list[str] | None, Field(description="instead of path: several pointers; a sparse copy", max_length=MAX_FIELDS)
+    ] = None,
+    offset: Annotated[int | None, Field(ge=0, description="path is an array: items from here")] = None,
+    limit: Annotated[int | None, Field(ge=1, le=1000, description="...this many (length comes back)")] = None,
 ) -> StateOut:
-    """Read a context's state (data, metadata, timestamp, format version) and its revision.
-    Keep the revision: pass it as expected_revision when you write. A state larger than the
-    server's read limit comes back as too_large, listing its parts: read those with path."""
+    """Read a context's state (data, metadata, timestamp, format version) and revision; pass the
+    revision as expected_revision when you write. A state over the read limit comes back as
+    too_large, listing its parts: read those with path."""
     manager = _manager(ctx)
     context, at, state, stored_version = await manager.read_upcast(name, revision)
-    limit = manager.limits.max_read_bytes
+    max_read = manager.limits.max_read_bytes
     out = StateOut(name=name, revision=at, current_revision=context.revision, path=path)
     if stored_version != state.version:
         out.upcast_from = stored_version
     revision_arg = f", revision={at}" if revision is not None else ""
-    if path is not None:
-        value = resolve_pointer(state.data, path)
-        too_large = bounded(value, path, limit)
+    hint = (
+        f"get_state(name={name!r}, path=<a part's path>{revision_arg}), or several parts at once with "
+        "fields=[paths], or an array page by page with path, offset and limit"
+    )
+    if path is None and fields is None and offset is None and limit is None:
+        # The current state's serialised size is stored with it: no need to serialise it to measure.
+        fits = state is context.state and context.state_size <= max_read
+        too_large = None if fits else bounded(state.to_json(), "", max_read)
         if too_large is not None:
-            out.too_large = TooLargeOut.of(too_large, f"get_state(name={name!r}, path=<a part's path>{revision_arg})")
+            data_outline = bounded(state.data, "", 0)
+            assert data_outline is not None  # a limit of 0 always outlines
+            out.too_large = TooLargeOut.of(
+                TooLarge(too_large.bytes, max_read, data_outline.parts, data_outline.more_parts), hint
+            )
         else:
-            out.value = value
+            out.state = StateValue.of(state)
         return out
-    # The current state's serialised size is stored with it: no need to serialise it to measure.
-    fits = state is context.state and context.state_size <= limit
-    too_large = None if fits else bounded(state.to_json(), "", limit)
+    part = read_part(state.data, path=path, fields=fields, offset=offset, limit=limit)
+    value, out.length, out.offset, out.missing = part.value, part.length, part.offset, part.missing
+    too_large = bounded(value, path or "", max_read)
     if too_large is not None:
-        data_outline = bounded(state.data, "", 0)
-        assert data_outline is not None  # a limit of 0 always outlines
-        out.too_large = TooLargeOut.of(
-            TooLarge(too_large.bytes, limit, data_outline.parts, data_outline.more_parts),
-            f"get_state(name={name!r}, path=<a part's path>{revision_arg})",
-        )
+        out.too_large = TooLargeOut.of(too_large, hint)
     else:
-        out.state = StateValue.of(state)
+        out.value = value
     return out
 
 
@@ -328,24 +331,22 @@ async def update_state(
     name: Name,
     ctx: AppCtx,
     expected_revision: ExpectedRevision = None,
-    data: Annotated[JSONObjectArg | None, Field(description="Replace the whole data object with this")] = None,
+    data: Annotated[JSONObjectArg | None, Field(description="Replaces the whole data object")] = None,
     merge_patch: Annotated[
         JSONObjectArg | None,
-        Field(description="RFC 7396 merge patch: objects merge, null deletes a key, other values replace"),
+        Field(description="RFC 7396: objects merge, null deletes a key, other values replace"),
     ] = None,
     patch: Annotated[
         list[PatchOperation] | None,
-        Field(description="RFC 6902 operations applied atomically; a failing 'test' op aborts the whole write"),
+        Field(description="RFC 6902 operations, all or none; a failing test op aborts the write"),
     ] = None,
-    metadata: Annotated[
-        JSONObjectArg | None, Field(description="RFC 7396 merge patch applied to the state's metadata")
-    ] = None,
+    metadata: Annotated[JSONObjectArg | None, Field(description="RFC 7396 merge patch of the metadata")] = None,
     lease_token: LeaseToken = None,
     release_lease: Annotated[bool, Field(description="Then release the lease")] = False,
 ) -> WriteOut:
-    """Change a context's state as one new revision. Give exactly one of data, merge_patch or patch
-    (metadata may come alone or with one). Pass the revision you read as expected_revision so a
-    concurrent writer's change is never silently overwritten; on conflict, re-read and retry."""
+    """Write a context's state as one new revision: exactly one of data, merge_patch or patch
+    (metadata alone or with one). Pass the revision you read as expected_revision so no concurrent
+    write is overwritten; on conflict, re-read and retry."""
     manager = _manager(ctx).with_lease(lease_token)
     result = await manager.update(
         name,
@@ -364,13 +365,11 @@ async def update_state(
 async def validate_state(
     name: Name,
     ctx: AppCtx,
-    data: Annotated[
-        JSONObjectArg | None, Field(description="Candidate data to check; the current data when omitted")
-    ] = None,
-    metadata: Annotated[JSONObjectArg | None, Field(description="Candidate metadata to check")] = None,
+    data: Annotated[JSONObjectArg | None, Field(description="Candidate data; the current data when omitted")] = None,
+    metadata: Annotated[JSONObjectArg | None, Field(description="Candidate metadata")] = None,
 ) -> ValidationOut:
-    """Check a candidate (or the current) state against the context's JSON Schema and the server's
-    limits without writing. Returns every problem with its JSON Pointer."""
+    """Check a candidate (or the current) state against the context's JSON Schema and the limits,
+    writing nothing; lists every problem with its JSON Pointer."""
     _, issues = await _manager(ctx).check(name, data=data, metadata=metadata)
     return ValidationOut(
         name=name,
@@ -383,8 +382,8 @@ async def validate_state(
 async def get_history(
     name: Name,
     ctx: AppCtx,
-    before: Annotated[int | None, Field(description="Only revisions older than this (for paging)", ge=1)] = None,
-    limit: Annotated[int, Field(description="How many revisions, 1-100", ge=1, le=100)] = 20,
+    before: Annotated[int | None, Field(description="Only revisions older than this (paging)", ge=1)] = None,
+    limit: Annotated[int, Field(description="Page size", ge=1, le=100)] = 20,
 ) -> HistoryOut:
     """List a context's revisions, newest first: who wrote each, when, how, and its size."""
     manager = _manager(ctx)
@@ -404,9 +403,9 @@ async def diff_states(
     name: Name,
     from_revision: Revision,
     ctx: AppCtx,
-    to_revision: Annotated[int | None, Field(description="Target revision; current when omitted", ge=1)] = None,
+    to_revision: Annotated[int | None, Field(description="Current when omitted", ge=1)] = None,
 ) -> DiffOut:
-    """The RFC 6902 patch between two revisions of a context (paths start with /data, /metadata)."""
+    """The RFC 6902 patch between two revisions of a context (paths under /data, /metadata)."""
     manager = _manager(ctx)
     context = await manager.get(name)
     patch = await manager.diff(name, from_revision, to_revision)
@@ -421,8 +420,8 @@ async def rollback_state(
     expected_revision: ExpectedRevision = None,
     lease_token: LeaseToken = None,
 ) -> WriteOut:
-    """Undo: restore an earlier revision's data and metadata as a new revision (history is never
-    rewritten, so the rollback itself can be undone)."""
+    """Undo: restore an earlier revision's data and metadata as a new revision (history is kept,
+    so a rollback can be undone too)."""
     manager = _manager(ctx).with_lease(lease_token)
     return _write_out(await manager.rollback(name, revision, expected_revision=expected_revision))
 
@@ -431,21 +430,21 @@ async def rollback_state(
 async def wait_for_change(
     ctx: AppCtx,
     contexts: Annotated[
-        list[Name] | None, Field(description="Names to watch; all of your contexts when omitted", max_length=100)
+        list[Name] | None, Field(description="Names to watch; all when omitted", max_length=100)
     ] = None,
     after_sequence: Annotated[
         int | None,
         Field(
-            description="Return changes after this sequence (a cursor from a previous call); from now when omitted",
+            description="A previous call's cursor: changes after it; from now when omitted",
             ge=0,
         ),
     ] = None,
-    timeout: Annotated[float, Field(description="Seconds to wait for a change, 0-60", ge=0, le=60)] = 30,  # noqa: ASYNC109
-    limit: Annotated[int, Field(description="At most this many changes, 1-100", ge=1, le=100)] = 100,
+    timeout: Annotated[float, Field(description="Seconds to wait", ge=0, le=60)] = 30,  # noqa: ASYNC109
+    limit: Annotated[int, Field(description="At most this many changes", ge=1, le=100)] = 100,
 ) -> ChangesOut:
-    """Wait until a context changes (written by you, another agent or another process), then return
-    the changes. Returns an empty list when timeout passes first. Pass the returned cursor as
-    after_sequence next time so no change is missed or seen twice."""
+    """Wait until a context changes (by anyone, any process) and return the changes; an empty list
+    when timeout passes first. Pass the cursor as after_sequence next time: nothing is missed or
+    seen twice."""
     changes, cursor = await _manager(ctx).wait_for_changes(
         contexts, after_sequence=after_sequence, timeout=timeout, limit=limit
     )
@@ -459,17 +458,16 @@ async def emit_event(
         str, Field(description="Event type; the context needs a handler for it", min_length=1, max_length=128)
     ],
     ctx: AppCtx,
-    payload: Annotated[JSONObjectArg | None, Field(description="Event data (a JSON object, at most 256 KiB)")] = None,
+    payload: Annotated[JSONObjectArg | None, Field(description="Event data, at most 256 KiB")] = None,
     idempotency_key: Annotated[
         str | None,
-        Field(description="Send the same key again (e.g. on retry) and the event applies only once", max_length=200),
+        Field(description="The same key again (a retry) applies the event only once", max_length=200),
     ] = None,
     lease_token: LeaseToken = None,
 ) -> EventOut:
-    """Send an event to a context. Its handler turns it into a state change that commits atomically
-    with the event record. With idempotency_key, a repeat returns the first result instead of
-    applying twice. A handler that keeps failing leaves the state unchanged and the event in the
-    dead letters (list_dead_letters, replay_dead_letter)."""
+    """Send an event to a context: its handler turns it into a state change, committed atomically
+    with the event. A handler that keeps failing changes nothing and leaves the event in the dead
+    letters."""
     result = (
         await _manager(ctx)
         .with_lease(lease_token)
@@ -482,8 +480,8 @@ async def emit_event(
 async def list_dead_letters(
     ctx: AppCtx,
     name: Annotated[str | None, Field(description="Only this context's", pattern=NAME_PATTERN)] = None,
-    after_id: Annotated[int, Field(description="Only ids above this (for paging)", ge=0)] = 0,
-    limit: Annotated[int, Field(description="Page size, 1-100", ge=1, le=100)] = 50,
+    after_id: Annotated[int, Field(description="Only ids above this (paging)", ge=0)] = 0,
+    limit: Annotated[int, Field(description="Page size", ge=1, le=100)] = 50,
     include_replayed: Annotated[bool, Field(description="Also those already replayed")] = False,
 ) -> DeadLettersOut:
     """Events whose handler kept failing, with the last error: fix the cause, then replay them."""
@@ -498,10 +496,10 @@ async def list_dead_letters(
 
 @tool_errors
 async def replay_dead_letter(
-    id: Annotated[int, Field(description="The dead letter's id", ge=1)],
+    id: Annotated[int, Field(description="Dead letter id", ge=1)],
     ctx: AppCtx,
 ) -> EventOut:
-    """Handle a dead-lettered event again. It applies at most once, even if you replay it twice."""
+    """Handle a dead-lettered event again; it applies at most once, even if replayed twice."""
     return EventOut.of(await _manager(ctx).replay_dead_letter(id))
 
 
@@ -509,12 +507,11 @@ async def replay_dead_letter(
 async def get_metrics(
     ctx: AppCtx,
     names: Annotated[list[Name] | None, Field(description="Only these contexts", max_length=100)] = None,
-    prefix: Annotated[str, Field(description="Only contexts whose name starts with this", max_length=128)] = "",
-    limit: Annotated[int, Field(description="At most this many contexts, 1-100", ge=1, le=100)] = 100,
+    prefix: Annotated[str, Field(description="Only names starting with this", max_length=128)] = "",
+    limit: Annotated[int, Field(description="At most this many contexts", ge=1, le=100)] = 100,
 ) -> MetricsOut:
-    """Metrics: per context, state updates, events handled, open dead letters, state size, write and
-    handler latency (average, p95, this server process) and errors by class; for the server, uptime,
-    memory, database size, open subscriptions and errors."""
+    """Metrics per context (updates, events, open dead letters, size, write and handler latency,
+    errors) and of the server (uptime, memory, database size, subscriptions, errors)."""
     app = _app(ctx)
     manager = _manager(ctx)
     server, contexts = await manager.collect_metrics(names, prefix=prefix, limit=limit)
@@ -537,23 +534,20 @@ async def migrate_context(
     name: Annotated[str | None, Field(description="The context to migrate", pattern=NAME_PATTERN)] = None,
     prefix: Annotated[
         str | None,
-        Field(description="Instead of name: every context whose name starts with this ('' = all)", max_length=128),
+        Field(description="Instead of name: all names starting with this ('' = all)", max_length=128),
     ] = None,
     to_version: Annotated[
         str | None,
-        Field(
-            description="Target state format version; each context's current one when omitted", pattern=SEMVER_PATTERN
-        ),
+        Field(description="Target format version; the context's current one when omitted", pattern=SEMVER_PATTERN),
     ] = None,
-    dry_run: Annotated[bool, Field(description="Check and show the RFC 6902 diff per context; write nothing")] = False,
+    dry_run: Annotated[bool, Field(description="Show the RFC 6902 diff per context; write nothing")] = False,
     expected_revision: Annotated[
-        int | None, Field(description="With name: compare-and-set token, the revision you last read", ge=1)
+        int | None, Field(description="With name: the revision you last read (compare-and-set)", ge=1)
     ] = None,
 ) -> MigrateOut:
-    """Rewrite states in their context's current format version (state_format), one new revision
-    each; reads already upcast on the fly, this makes it permanent. All selected contexts are
-    upcast and validated first: if one fails, nothing is written and the error names it. Try
-    dry_run first. Reports progress when given a progressToken."""
+    """Rewrite states in their context's current format version (state_format), a new revision
+    each (reads upcast on the fly; this makes it permanent). All are upcast and validated first:
+    one failure writes nothing and is named. Try dry_run first."""
 
     async def progress(done: int, total: int | None, message: str) -> None:
         await ctx.report_progress(done, total, message)

@@ -19,6 +19,7 @@ from groundhog_mcp.service.events import parse_handler_specs
 from groundhog_mcp.service.expiry import resolve_expiry_settings
 from groundhog_mcp.service.migration import StateFormat, format_of
 from groundhog_mcp.service.reads import state_issues
+from groundhog_mcp.service.search import declared_indexes
 from groundhog_mcp.service.validation import (
     Limits,
     check_name,
@@ -119,6 +120,8 @@ async def update_definition(
     await asyncio.to_thread(
         check_definition, manager.limits, metadata=metadata, settings=settings, schema=schema, handlers=handlers
     )
+    if settings is not None:  # new settings.search_indexes are created first, as at registration
+        await manager.store.ensure_search_indexes(declared_indexes(settings))
     limits = manager.limits
 
     def redefine(current: StoredContext) -> Mutation:

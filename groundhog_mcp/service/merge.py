@@ -56,7 +56,7 @@ from groundhog_mcp.errors import (
     StateValidationError,
     ValidationIssue,
 )
-from groundhog_mcp.models import ContextState, JSONObject, is_semver, parse_timestamp, utcnow
+from groundhog_mcp.models import ContextState, JSONObject, is_semver, parse_timestamp, pointer_token, utcnow
 from groundhog_mcp.service.validation import check_name
 
 if TYPE_CHECKING:
@@ -201,10 +201,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return f"a {type(value).__name__}"
-
-
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _unescape(segment: str) -> str:
@@ -524,7 +520,7 @@ class _Merge:
         result: JSONObject = dict(target) if isinstance(target, dict) else {}  # type: ignore[arg-type]
         track = pointer in self.reducers.above
         for key, value in patch.items():  # type: ignore[union-attr]
-            child = f"{pointer}/{_escape(key)}" if track else ""
+            child = f"{pointer}/{pointer_token(key)}" if track else ""
             reducer = self.reducers.at.get(child) if track else None
             if value is None:
                 if keep_nulls:
@@ -544,7 +540,7 @@ class _Merge:
         track = pointer in self.reducers.above
         for key, value in nxt.items():
             current = result.get(key, _ABSENT)
-            child = f"{pointer}/{_escape(key)}" if track else ""
+            child = f"{pointer}/{pointer_token(key)}" if track else ""
             reducer = self.reducers.at.get(child) if track else None
             if reducer is not None:
                 result[key] = _combine(reducer, current, value)
@@ -552,9 +548,9 @@ class _Merge:
                 isinstance(current, dict) or (current is _ABSENT and child in self.reducers.above)
             ):
                 below = current if isinstance(current, dict) else {}
-                result[key] = self.fold(below, value, child or f"{pointer}/{_escape(key)}")  # type: ignore[arg-type]
+                result[key] = self.fold(below, value, child or f"{pointer}/{pointer_token(key)}")  # type: ignore[arg-type]
             elif current is not _ABSENT and (isinstance(current, dict) or isinstance(value, dict)):
-                result[key] = self.type_mismatch(f"{pointer}/{_escape(key)}", current, value)
+                result[key] = self.type_mismatch(f"{pointer}/{pointer_token(key)}", current, value)
             else:
                 result[key] = value
         return result
@@ -578,7 +574,7 @@ class _Merge:
             return ours
         # Both sides changed it. A reducer counts both changes even when they are equal
         # (two increments of 1 add 2), so reducers come before "same on both sides".
-        path = f"{pointer}/{_escape(key)}"
+        path = f"{pointer}/{pointer_token(key)}"
         reducer = self.reducers.at.get(path)
         if reducer is not None:
             return self.reduce3(reducer, base, ours, theirs, path)
@@ -714,5 +710,5 @@ def _provenance(
             if _same(value, got):
                 winner = index
                 break
-        found.append(Provenance(f"{root}/{_escape(key)}", tuple(indexes), winner))
+        found.append(Provenance(f"{root}/{pointer_token(key)}", tuple(indexes), winner))
     return found

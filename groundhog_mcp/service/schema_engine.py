@@ -33,6 +33,8 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema._utils import equal  # pyright: ignore[reportPrivateUsage]
 from jsonschema.exceptions import ValidationError
 
+from groundhog_mcp.models import pointer_token
+
 __all__ = [
     "BoundedValidator",
     "PatternProblem",
@@ -365,12 +367,8 @@ BoundedValidator: Any = validators.extend(
 # -- registration: every pattern in a schema must compile on RE2 ----------------------------------
 
 
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
 def _pointer(path: Iterable[Any]) -> str:
-    return "".join(f"/{_escape(str(p))}" for p in path)
+    return "".join(f"/{pointer_token(str(p))}" for p in path)
 
 
 @functools.cache

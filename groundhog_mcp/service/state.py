@@ -56,6 +56,7 @@ from groundhog_mcp.service.merge import MergeOutcome, MergeSource, OnConflict, S
 from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder
 from groundhog_mcp.service.migration import MigrationReport, Progress, UpcastCache
 from groundhog_mcp.service.reads import StateReader
+from groundhog_mcp.service.search import FindPage, find_contexts
 from groundhog_mcp.service.validation import (
     Limits,
     check_name,
@@ -157,6 +158,7 @@ class StateManager:
     async def start(self) -> None:
         """Open the store and follow its change feed from the current sequence."""
         await self.store.open()
+        await self.store.ensure_search_indexes()
         self.bus.last_sequence = await self.store.last_sequence()
         await self.feed.start(self.bus.last_sequence)
         self._denial_flusher = asyncio.create_task(self.audit.summarise_forever())
@@ -294,6 +296,10 @@ class StateManager:
     async def list(self, *, prefix: str = "", cursor: str | None = None, limit: int = 50) -> ContextPage:
         """The live contexts this principal may read, by name, a page at a time."""
         return await list_page(self.store, self.principal, self.limits.max_page, prefix, cursor, limit)
+
+    async def find(self, **request: Any) -> FindPage:
+        """Search the contexts this principal may read: :func:`~groundhog_mcp.service.search.find_contexts`."""
+        return await find_contexts(self, **request)
 
     async def read(self, name: str, revision: int | None = None) -> tuple[StoredContext, int, ContextState]:
         """The current state, or the state at ``revision``: ``(context, revision, state)``; a state

@@ -12,14 +12,16 @@ from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationEr
 from groundhog_mcp.models import Change, ContextId, ContextState, JSONObject, utcnow
 from groundhog_mcp.service.definition import check_definition
 from groundhog_mcp.service.expiry import expire_if_due, resolve_expiry_settings
-from groundhog_mcp.service.migration import dry_run_chains
+from groundhog_mcp.service.migration import dry_run_chains, format_of
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.reads import check_written, format_version, state_issues
+from groundhog_mcp.service.search import declared_indexes
 from groundhog_mcp.service.validation import (
     check_name,
     check_semver,
     inspect_json,
     raise_if_invalid,
+    small_json,
 )
 from groundhog_mcp.service.writes import WriteResult, mutation
 from groundhog_mcp.store.base import Mutation, NewContext, StoredContext
@@ -96,6 +98,7 @@ async def register(
         return initial
 
     state = await asyncio.to_thread(checked_state)
+    await manager.store.ensure_search_indexes(declared_indexes(settings))
     new = NewContext(
         id=context_id or uuid.uuid4(),
         namespace=manager.principal.namespace,
@@ -147,7 +150,11 @@ async def update(
             if value is not None:
                 raise_if_invalid(inspect_json(value, manager.limits), field)
 
-    await asyncio.to_thread(check_inputs)
+    small = small_json(data, merge_patch_, patch, metadata)
+    if small:
+        check_inputs()  # a hop to a thread would cost more than this walk
+    else:
+        await asyncio.to_thread(check_inputs)
     if version is not None:
         check_semver(version)
     if expected_revision == 0:
@@ -177,8 +184,19 @@ async def update(
         return mutation(current, state)
 
     return await manager.writer.mutate(
-        manager.caller, name, expected_revision, apply, detail=", ".join(given) or "metadata"
+        manager.caller,
+        name,
+        expected_revision,
+        apply,
+        detail=", ".join(given) or "metadata",
+        inline=_cheap if small else None,
     )
+
+
+def _cheap(context: StoredContext) -> bool:
+    """Whether applying small inputs to ``context`` is cheap: no JSON Schema to check, no state
+    format to upcast (plugin code). The store runs a cheap mutation inside the transaction."""
+    return context.schema is None and format_of(context.settings) is None
 
 
 async def _create_from_update(

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
-from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource, Unresolvable
-
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver, json_type_phrase
-from groundhog_mcp.service.schema_engine import (
-    BoundedValidator,
-    WorkBudgetExceeded,
-    budget_for,
-    pattern_problems,
-    shown_pattern,
-    spending,
-)
+from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver, pointer_token
 
 __all__ = [
     "Limits",
@@ -36,9 +20,10 @@ __all__ = [
     "inspect_json",
     "inspect_state",
     "schema_issues",
+    "small_json",
 ]
 
-_MAX_ISSUES = 50
+MAX_ISSUES = 50
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
@@ -55,10 +40,6 @@ class Limits:
     max_lease_seconds: float = 3600.0
 
 
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
 def _lone_surrogate(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -71,7 +52,7 @@ def inspect_json(value: Any, limits: Limits, *, depth_offset: int = 0) -> list[V
     """Structural checks every stored JSON value must pass: depth, finite numbers, UTF-8."""
     issues: list[ValidationIssue] = []
     stack: list[tuple[Any, str, int]] = [(value, "", 1 + depth_offset)]
-    while stack and len(issues) < _MAX_ISSUES:
+    while stack and len(issues) < MAX_ISSUES:
         node, pointer, depth = stack.pop()
         if isinstance(node, dict | list) and depth > limits.max_depth:
             issues.append(ValidationIssue(pointer, f"nesting depth {depth} exceeds limit {limits.max_depth}"))
@@ -81,7 +62,7 @@ def inspect_json(value: Any, limits: Limits, *, depth_offset: int = 0) -> list[V
                 if not isinstance(key, str):
                     issues.append(ValidationIssue(pointer, f"object key {key!r} is not a string"))
                     continue
-                child_pointer = f"{pointer}/{_escape(key)}"
+                child_pointer = f"{pointer}/{pointer_token(key)}"
                 if _lone_surrogate(key):
                     issues.append(
                         ValidationIssue(child_pointer, "object key contains a lone surrogate (not valid UTF-8)")
@@ -140,139 +121,18 @@ def inspect_state(
 
 def schema_issues(schema: JSONObject, data: JSONObject) -> Iterator[ValidationIssue]:
     """Where ``data`` breaks ``schema``: at most 50 issues, each naming the pointer and the rule but
-    never quoting the data. Runs on the work budget of :mod:`~groundhog_mcp.service.schema_engine`."""
-    validator = _validator(dumps(schema))
-    try:
-        with spending(budget_for(data)):
-            errors = sorted(itertools.islice(validator.iter_errors(data), _MAX_ISSUES), key=_path_key)
-    except Unresolvable as exc:
-        # The reference is the schema's own text, never the data's.
-        reference = str(exc)[:200]
-        yield ValidationIssue(
-            "", f"the context's JSON Schema has a $ref that cannot be resolved ({reference}); {_NO_REMOTE}"
-        )
-        return
-    except WorkBudgetExceeded as exc:
-        spent = f"{exc.cpu_seconds:g} s of CPU" if exc.cpu_seconds is not None else f"{exc.budget} steps"
-        yield ValidationIssue(
-            "",
-            f"validating against the JSON Schema needs more than {spent} (the work budget: 16 steps per JSON "
-            "value of the data, at least 200000, and 5 s of CPU); simplify the schema (nested anyOf/oneOf/$ref)",
-        )
-        return
-    except RecursionError:
-        yield ValidationIssue("", "the JSON Schema refers to itself too deeply to validate ($ref recursion)")
-        return
-    for error in errors:
-        pointer = "".join(f"/{_escape(str(p))}" for p in error.absolute_path)
-        yield ValidationIssue(pointer, f"{_rule_text(error)} (JSON Schema rule '{error.validator}')")
+    never quoting the data (:func:`groundhog_mcp.service.json_schema.schema_issues`)."""
+    from groundhog_mcp.service import json_schema  # jsonschema loads with the first schema, not at start-up
 
-
-def _path_key(error: ValidationError) -> list[str]:
-    return [str(p) for p in error.absolute_path]
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_RULE_TEXT = {
-    "minimum": "must be at least {v}",
-    "maximum": "must be at most {v}",
-    "exclusiveMinimum": "must be greater than {v}",
-    "exclusiveMaximum": "must be less than {v}",
-    "multipleOf": "must be a multiple of {v}",
-    "minLength": "must be at least {v} characters long",
-    "maxLength": "must be at most {v} characters long",
-    "minItems": "must have at least {v} items",
-    "maxItems": "must have at most {v} items",
-    "minProperties": "must have at least {v} properties",
-    "maxProperties": "must have at most {v} properties",
-    "minContains": "must contain at least {v} items valid under contains",
-    "maxContains": "must contain at most {v} items valid under contains",
-    "contains": "must contain an item valid under contains",
-    "const": "must equal the schema's const",
-    "anyOf": "must be valid under at least one schema of anyOf",
-    "oneOf": "must be valid under exactly one schema of oneOf",
-    "not": "must not be valid under the schema of not",
-    "items": "has more items than the schema allows",
-    "unevaluatedItems": "has items the schema does not allow (unevaluatedItems)",
-    "format": "must be a valid {v}",
-    "propertyNames": "has a property name the schema does not allow (propertyNames)",
-}
-# Rules whose message names only parts of the schema (or was written by the schema engine).
-_SCHEMA_WORDED = {
-    "required",
-    "dependentRequired",
-    "pattern",
-    "patternProperties",
-    "additionalProperties",
-    "unevaluatedProperties",
-    "uniqueItems",
-    "enum",
-    "false",
-}
-
-
-def _rule_text(error: ValidationError) -> str:
-    """What the rule demands, in words that never quote the validated value (jsonschema's own
-    messages begin with the value's repr, which for a large state is the whole state)."""
-    rule = str(error.validator)
-    if rule in _SCHEMA_WORDED:
-        return error.message[:300]
-    if rule == "type":
-        return f"must be of type {_short(error.validator_value)} (got {json_type_phrase(error.instance)})"
-    template = _RULE_TEXT.get(rule)
-    if template is not None:
-        return template.format(v=_short(error.validator_value))
-    if rule in ("None", "false"):  # a `false` (sub)schema
-        return "is not allowed here (the schema is false)"
-    return f"fails the schema's {rule!r} rule"
-
-
-_NO_REMOTE = "schemas may only $ref their own parts (#/$defs/...); remote references are never fetched"
-
-
-def _refuse_remote(uri: str) -> Resource[Any]:
-    # A schema from a client must not make the server fetch URLs (SSRF) or read files.
-    raise NoSuchResource(ref=uri)
-
-
-@functools.lru_cache(maxsize=256)
-def _validator(schema_text: str) -> Any:
-    return BoundedValidator(json.loads(schema_text), registry=Registry(retrieve=_refuse_remote))
+    return json_schema.schema_issues(schema, data)
 
 
 def check_schema_definition(schema: JSONObject, field: str = "schema") -> None:
-    """Reject a schema that is not valid JSON Schema draft 2020-12, or has a pattern RE2 cannot
-    run (backreferences, lookaround): each issue names the pointer into the schema and the rule."""
-    # The meta-schema without format checks: regexes are checked below, on RE2, not on Python's re.
-    error = best_match(Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema))
-    if error is not None:
-        pointer = "".join(f"/{_escape(str(p))}" for p in error.absolute_path)
-        raise StateValidationError(
-            [ValidationIssue(pointer, f"not a valid JSON Schema (draft 2020-12): {_schema_error_text(error)}")],
-            field=field,
-        )
-    problems = pattern_problems(schema)
-    if problems:
-        raise StateValidationError([ValidationIssue(p, m) for p, m in problems], field=field)
+    """Reject a schema that is not valid JSON Schema draft 2020-12 or has a pattern RE2 cannot run
+    (:func:`groundhog_mcp.service.json_schema.check_schema_definition`)."""
+    from groundhog_mcp.service import json_schema  # as above
 
-
-def _schema_error_text(exc: ValidationError) -> str:
-    """The meta-schema's complaint, without quoting the (possibly huge) offending part."""
-    rule = str(exc.validator)
-    if rule == "type":
-        return f"must be of type {_short(exc.validator_value)} (got {json_type_phrase(exc.instance)}) (rule 'type')"
-    if rule == "format" and isinstance(exc.instance, str):
-        return f"{shown_pattern(exc.instance)} is not a valid {exc.validator_value} (rule 'format')"
-    template = _RULE_TEXT.get(rule)
-    text = template.format(v=_short(exc.validator_value)) if template else f"fails the meta-schema's {rule!r} rule"
-    if isinstance(exc.instance, str | int | float | bool):
-        # The schema's own (short) text, not state data: quoted so the client sees what to fix.
-        text = f"{_short(exc.instance, 60)} {text}"
-    return f"{text} (rule {rule!r})"
+    json_schema.check_schema_definition(schema, field)
 
 
 def check_semver(version: str, field: str = "version") -> None:
@@ -308,3 +168,31 @@ def check_limit(limit: int, maximum: int) -> None:
         raise StateValidationError(
             [ValidationIssue("", f"must be between 1 and {maximum}; got {limit}")], field="limit"
         )
+
+
+SMALL_INPUT_COST = 512
+"""Up to this many JSON values (a string counts one per 64 characters) an argument is checked on
+the event loop and its write may be applied inside the write transaction: a thread hop would
+cost more than the work."""
+
+
+def small_json(*values: Any, budget: int = SMALL_INPUT_COST) -> bool:
+    """Whether ``values`` together are within ``budget`` (see :data:`SMALL_INPUT_COST`); stops as
+    soon as they are not, so a large value costs no more than the budget to look at."""
+    stack: list[Any] = [v for v in values if v is not None]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if isinstance(node, dict | list) and len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
+            return False
+        if isinstance(node, dict):
+            for key, child in node.items():  # pyright: ignore[reportUnknownVariableType, reportUnknownMemberType]
+                budget -= 1 + (len(key) // 64 if isinstance(key, str) else 0)
+                stack.append(child)
+        elif isinstance(node, list):
+            stack.extend(node)  # pyright: ignore[reportUnknownArgumentType]
+        elif isinstance(node, str):
+            budget -= len(node) // 64
+        if budget < 0:
+            return False
+    return True

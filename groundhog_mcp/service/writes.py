@@ -1,5 +1,6 @@
-"""The write machinery: a mutation computed off the event loop, committed through the store's one
-write sequence, then announced on the change feed; and the one place a mutation's diff is built.
+"""The write machinery: a mutation committed through the store's one write sequence (inside the
+transaction when the caller calls it cheap, else computed in a worker thread first by the store),
+then announced on the change feed; and the one place a mutation's diff is built.
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ class Writer:
         *,
         event: EventRecord | None = None,
         detail: str | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> WriteResult:
+        """``inline(current)`` true: the mutation is cheap on that context and may run inside the
+        write transaction (the store prepares any other in a worker thread first)."""
         namespace = caller.principal.namespace
         started = time.perf_counter()
         try:
-            mutator = await self.prepared(namespace, name, expected_revision, mutator)
             stored, change = await self.committed(
                 self.store.mutate(
                     namespace,
@@ -94,6 +97,7 @@ class Writer:
                     event=event,
                     audit=self.audit.note(caller, detail),
                     lease_token=caller.lease_token,
+                    inline=inline,
                 ),
                 lambda r: r[1],
             )
@@ -118,27 +122,6 @@ class Writer:
             ),
             lambda change: change,
         )
-
-    async def prepared(
-        self, namespace: str, name: str, expected_revision: int | None, mutator: Callable[[StoredContext], Mutation]
-    ) -> Callable[[StoredContext], Mutation]:
-        """``mutator``, already run on the current state in a worker thread.
-
-        A mutator applies, validates and diffs a state: CPU work proportional to its size. Inside
-        the write transaction it would run on the database's thread (SQLite has one for every
-        request) and hold every other tenant's reads up. Run first here, its result is reused by
-        the transaction when the context is still at the revision it was computed on; only after
-        a race does the transaction run it again."""
-        current = await self.store.get(namespace, name)
-        if current is None or (expected_revision is not None and expected_revision != current.revision):
-            return mutator  # the transaction raises the NotFoundError / ConflictError
-        computed = await asyncio.to_thread(mutator, current)
-        seen = (current.id, current.revision)
-
-        def reuse(now: StoredContext) -> Mutation:
-            return computed if (now.id, now.revision) == seen else mutator(now)
-
-        return reuse
 
     async def committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
         """Run a write to completion even if the caller is cancelled, then hand its change to the feed.

@@ -14,6 +14,7 @@ from groundhog_mcp.store.base import (
     StoreStatus,
 )
 from groundhog_mcp.store.core import StoreCore
+from groundhog_mcp.store.search import parse_ref
 from groundhog_mcp.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -38,6 +39,8 @@ def open_store(
     retention: Retention | None = None,
     audit_signer: AuditSigner | None = None,
     cipher: RecordCipher | None = None,
+    search_indexes: tuple[str, ...] = (),
+    search_budget_ms: int = 2000,
 ) -> MaintenanceStore:
     """The backend for a ``--database`` value: a file path (SQLite) or a postgresql:// URL.
 
@@ -45,7 +48,8 @@ def open_store(
     ``busy_timeout_ms`` is the lock wait on both backends; ``synchronous`` is SQLite's only
     (PostgreSQL durability is the server's ``synchronous_commit``). ``audit_signer`` turns the
     audit log on: every write appends its signed row in its own transaction. ``cipher`` turns on
-    encryption at rest (both backends).
+    encryption at rest (both backends). ``search_indexes`` are the JSON Pointers whose
+    ``find`` conditions use an index (created at start); ``search_budget_ms`` bounds a ``find``.
     """
     text = str(database)
     if text.startswith(("postgresql://", "postgres://")):
@@ -59,7 +63,7 @@ def open_store(
                 f"database: the PostgreSQL backend needs psycopg ({exc.name} is not installed); "
                 "install groundhog-context-mcp[postgres]"
             ) from exc
-        return PostgresStore(
+        store: StoreCore = PostgresStore(
             text,
             busy_timeout_ms=busy_timeout_ms,
             auto_migrate=auto_migrate,
@@ -67,15 +71,19 @@ def open_store(
             audit_signer=audit_signer,
             cipher=cipher,
         )
-    return SQLiteStore(
-        Path(text).expanduser(),
-        busy_timeout_ms=busy_timeout_ms,
-        synchronous=synchronous,
-        auto_migrate=auto_migrate,
-        retention=retention,
-        audit_signer=audit_signer,
-        cipher=cipher,
-    )
+    else:
+        store = SQLiteStore(
+            Path(text).expanduser(),
+            busy_timeout_ms=busy_timeout_ms,
+            synchronous=synchronous,
+            auto_migrate=auto_migrate,
+            retention=retention,
+            audit_signer=audit_signer,
+            cipher=cipher,
+        )
+    store.search_indexes = tuple(parse_ref(p, "search_indexes") for p in search_indexes)
+    store.search_budget_ms = search_budget_ms
+    return store
 
 
 def maintenance(store: Store) -> MaintenanceStore:

@@ -113,6 +113,12 @@ class StoreAdapter:
     NOW: LiteralString = "CURRENT_TIMESTAMP"
     # States up to this size are decoded where the unit of work runs; larger ones via _compute.
     INLINE_BYTES = 64 * 1024
+    # A backend whose units of work run on its one database thread (SQLite) runs a mutation there
+    # only when the caller says it is cheap (``mutate(inline=...)``) and the state is at most
+    # PREPARE_ABOVE_BYTES; any other before the write transaction, in a worker thread. Others
+    # run it in the transaction, in a thread unless it is cheap (_compute).
+    PREPARES = False
+    PREPARE_ABOVE_BYTES = 64 * 1024
     _IMPORT_TARGET = "a new, empty database"
 
     def __init__(

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from groundhog_mcp.errors import EncryptionKeyError
 from groundhog_mcp.models import (
@@ -36,6 +36,9 @@ from groundhog_mcp.store.rows import (
     StoredEvent,
     StoredRevision,
 )
+
+if TYPE_CHECKING:
+    from groundhog_mcp.store.search import JsonRef, SearchQuery
 
 __all__ = [
     "AUDIT_DENIED",
@@ -204,11 +207,14 @@ class Store(Protocol):
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
         lease_token: int | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
         """One CAS write: check the lease (``lease_token``, see :meth:`lease`) and
         ``expected_revision``, apply ``mutator``, commit. With ``event`` the event record commits
         in the same transaction; a repeated idempotency key raises :class:`EventAlreadyHandled`
-        and writes nothing."""
+        and writes nothing. ``inline(current)`` true: the mutator is cheap on that context (no schema
+        to check, no plugin code, small inputs), and may run inside the transaction where the
+        backend would otherwise run it in a worker thread."""
         ...
 
     async def lease(
@@ -296,6 +302,14 @@ class Store(Protocol):
 
     async def list(self, namespace: str, *, prefix: str, after: str | None, limit: int) -> list[StoredContext]:
         """Live contexts ordered by name, names > ``after``, starting with ``prefix``."""
+        ...
+
+    async def find(self, query: SearchQuery) -> list[tuple[StoredContext, tuple[Any, ...]]]:
+        """Live contexts matching ``query`` in its order, each with its sort key (the next cursor)."""
+        ...
+
+    async def ensure_search_indexes(self, refs: tuple[JsonRef, ...] = ()) -> None:
+        """Create the indexes of ``refs`` and of the configured ``search_indexes`` (if missing)."""
         ...
 
     async def read_revision(self, context_id: ContextId, revision: int) -> StoredRevision | int | None:
@@ -424,15 +438,18 @@ FEED_PATCH_MAX_BYTES = 2048
 _FEED_PATCH_MAX_OPS = 100
 
 
-def feed_patch(patch: list[JSONObject] | None) -> list[JSONObject] | None:
-    """The diff a change row keeps: whole up to 2 KB; beyond that only each operation's ``op`` and
-    ``path`` (the first 100), so the change feed stays small. Values live in the history snapshots
-    (``diff_states``)."""
+def feed_patch(patch: list[JSONObject] | None) -> tuple[str | None, int]:
+    """The diff a change row keeps, as JSON text: whole up to 2 KB; beyond that only each
+    operation's ``op`` and ``path`` (the first 100), so the change feed stays small (values live
+    in the history snapshots: ``diff_states``). With it, the size of the whole diff in bytes:
+    the diff is serialised once per write."""
     if patch is None:
-        return None
-    if len(dumps(patch).encode("utf-8")) <= FEED_PATCH_MAX_BYTES:
-        return patch
-    return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]
+        return None, 0
+    text = dumps(patch)
+    size = len(text.encode("utf-8"))
+    if size <= FEED_PATCH_MAX_BYTES:
+        return text, size
+    return dumps([{"op": op.get("op"), "path": op.get("path")} for op in patch[:_FEED_PATCH_MAX_OPS]]), size
 
 
 # -- the audit log ------------------------------------------------------------------------------

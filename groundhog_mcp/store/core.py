@@ -10,7 +10,9 @@ Contents pass through the :class:`~groundhog_mcp.store.codec.RecordCodec`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, LiteralString
 
@@ -53,11 +55,12 @@ from groundhog_mcp.store.rows import (
     decode_history,
     decode_state,
 )
+from groundhog_mcp.store.search import Searching
 
 __all__ = ["RotationProgress", "StoreCore"]
 
 
-class StoreCore(Expiry, Leasing, Maintenance):
+class StoreCore(Expiry, Leasing, Maintenance, Searching):
     """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
 
     # -- the write sequence -------------------------------------------------------------------
@@ -149,10 +152,18 @@ class StoreCore(Expiry, Leasing, Maintenance):
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
         lease_token: int | None = None,
+        inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
+        # A mutator runs inside the transaction when ``inline`` says it is cheap on the context and
+        # the state is at most PREPARE_ABOVE_BYTES; otherwise, for a backend whose units of work
+        # hold its one database thread (SQLite), before the transaction in a worker thread, and the
+        # result is used when the context is still at the revision it was computed on.
+        prepared: tuple[StoredContext, Mutation, EncodedState] | None = None
+
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
-            current = await self._context(await self._lock_live(tx, namespace, name))
-            await self._fence(tx, current.id, name, lease_token)
+            row = await self._lock_live(tx, namespace, name)
+            current = await self._context(row)
+            self._fence(row, current.id, name, lease_token)
             if event is not None and event.idempotency_key is not None:
                 # Under the context's lock: a second instance handling the same event waits, then sees it.
                 seen = await self._find_event(tx, current.id, event.idempotency_key)
@@ -160,8 +171,14 @@ class StoreCore(Expiry, Leasing, Maintenance):
                     raise EventAlreadyHandled(seen)
             await self._check_expected(tx, current, expected_revision)
             revision = current.revision + 1
-            # The mutator runs off the event loop, as the protocol promises (it may be slow).
-            mutation, encoded = await self._compute(None, self._apply, current, mutator, revision)
+            light = inline is not None and current.state_size <= self.PREPARE_ABOVE_BYTES and inline(current)
+            if prepared is not None and (prepared[0].id, prepared[0].revision) == (current.id, current.revision):
+                _, mutation, encoded = prepared
+            elif prepared is None and not light and self.PREPARES:
+                raise _Prepare(current)
+            else:
+                size = current.state_size if light else None  # None: worth a thread (PostgreSQL)
+                mutation, encoded = await self._compute(size, self._apply, current, mutator, revision)
             now = utcnow()
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
@@ -184,7 +201,13 @@ class StoreCore(Expiry, Leasing, Maintenance):
             change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
             return stored, change
 
-        return await self._transaction(work, writing=True)
+        try:
+            return await self._transaction(work, writing=True)
+        except _Prepare as large:
+            current = large.current
+            mutation, encoded = await asyncio.to_thread(self._apply, current, mutator, current.revision + 1)
+            prepared = (current, mutation, encoded)
+            return await self._transaction(work, writing=True)
 
     async def unregister(
         self,
@@ -200,7 +223,7 @@ class StoreCore(Expiry, Leasing, Maintenance):
         async def work(tx: Tx) -> Change:
             row = await self._lock_live(tx, namespace, name)
             current = await self._context(row)  # (ids as the store's types, not the row's)
-            await self._fence(tx, current.id, name, lease_token)
+            self._fence(row, current.id, name, lease_token)
             await self._check_expected(tx, current, expected_revision)
             return await self._remove(tx, row, current, "unregister", purge=purge, actor=actor, audit=audit)
 
@@ -263,7 +286,7 @@ class StoreCore(Expiry, Leasing, Maintenance):
         )
 
     async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
-        row = await tx.fetchone(self._live_row + self.FOR_UPDATE, (namespace, name))
+        row = await tx.fetchone(self._locked_row + self.FOR_UPDATE, (namespace, name))
         if row is None:
             raise NotFoundError(f"name: no context named {name!r}")
         return row
@@ -301,7 +324,7 @@ class StoreCore(Expiry, Leasing, Maintenance):
             (ctx.namespace, ctx.name, ctx.revision),
         )
         codec, ns, cid, revision = self.codec, ctx.namespace, ctx.id, ctx.revision
-        stored_patch = feed_patch(patch)
+        stored_patch, patch_bytes = feed_patch(patch)
         sequence, head = await self._append_change(
             tx,
             ChangeWrite(
@@ -312,7 +335,7 @@ class StoreCore(Expiry, Leasing, Maintenance):
                 op=op,
                 actor=actor,
                 now=now,
-                patch=codec.encode_text("changes.patch", ns, cid, revision, dumps(stored_patch))
+                patch=codec.encode_text("changes.patch", ns, cid, revision, stored_patch)
                 if stored_patch is not None
                 else None,
                 snapshot=encoded.snapshot if encoded is not None else None,
@@ -326,7 +349,9 @@ class StoreCore(Expiry, Leasing, Maintenance):
         retention = self.retention.for_context(ctx.settings)
         if encoded is not None and retention.due(revision):
             await self._prune(tx, cid, revision, retention, now)
-        change = Change(sequence, cid, ns, ctx.name, revision, op, actor, now, patch)
+        change = Change(
+            sequence, cid, ns, ctx.name, revision, op, actor, now, patch, patch_bytes if patch is not None else None
+        )
         if self.audit_signer is not None:
             await self._append_audit(tx, AuditEntry.of_change(change, audit), head, now)
         return change
@@ -610,6 +635,14 @@ class StoreCore(Expiry, Leasing, Maintenance):
             return int(count[0]) if count else 0, int(last[0]) if last else 0
 
         return await self._transaction(work, writing=False)
+
+
+class _Prepare(Exception):
+    """A unit of work found a mutation too costly to run on the database thread."""
+
+    def __init__(self, current: StoredContext) -> None:
+        super().__init__(current.name)
+        self.current = current
 
 
 def _missed(snapshot_text: str, current: StoredContext) -> list[JSONObject]:

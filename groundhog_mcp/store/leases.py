@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
+from typing import Any, Final, LiteralString
 
 from groundhog_mcp.errors import LeasedError, NotFoundError
 from groundhog_mcp.models import Change, ContextId, format_timestamp, utcnow
-from groundhog_mcp.store.adapter import ChangeWrite, StoreAdapter, Tx
+from groundhog_mcp.store.adapter import ChangeWrite, Row, StoreAdapter, Tx
 from groundhog_mcp.store.base import AuditEntry, AuditNote
 from groundhog_mcp.store.rows import Lease, LeaseAction, LeaseGrant, as_id, as_time
 
@@ -37,6 +38,7 @@ def check_fence(name: str, lease: Lease | None, token: int | None, now: datetime
             " wait_seconds), or write with the holder's token",
             holder=lease.holder,
             expires_at=lease.expires_at,
+            stale=token is not None,  # superseded: that token can never write again
         )
     if token is None:
         return
@@ -59,9 +61,28 @@ def _why_stale(lease: Lease | None, token: int, now: datetime) -> str:
     return f"it expired at {format_timestamp(_at(lease))}"
 
 
+def _lease(context_id: ContextId, token: Any, holder: Any, expires_at: Any) -> Lease:
+    """A lease row's columns (token, holder, expires_at) as a :class:`Lease`."""
+    return Lease(
+        context_id=context_id,
+        token=int(token),
+        holder=str(holder) if holder is not None else None,
+        expires_at=as_time(expires_at) if expires_at is not None else None,
+    )
+
+
 def _at(lease: Lease) -> datetime:
     assert lease.expires_at is not None  # a held lease has an expiry
     return lease.expires_at
+
+
+# The lease row's columns beside the locked context row (primary-key lookups in the same
+# statement): the fencing check costs a write no round trip of its own.
+_LEASE_COLUMNS: Final[LiteralString] = (
+    ", (SELECT token FROM leases WHERE context_id = contexts.id),"
+    " (SELECT holder FROM leases WHERE context_id = contexts.id),"
+    " (SELECT expires_at FROM leases WHERE context_id = contexts.id)"
+)
 
 
 class Leasing(StoreAdapter):
@@ -69,18 +90,19 @@ class Leasing(StoreAdapter):
 
     async def _read_lease(self, tx: Tx, context_id: ContextId) -> Lease | None:
         row = await tx.fetchone("SELECT token, holder, expires_at FROM leases WHERE context_id = %s", (context_id,))
-        if row is None:
-            return None
-        return Lease(
-            context_id=context_id,
-            token=int(row[0]),
-            holder=str(row[1]) if row[1] is not None else None,
-            expires_at=as_time(row[2]) if row[2] is not None else None,
-        )
+        return _lease(context_id, *row) if row is not None else None
 
-    async def _fence(self, tx: Tx, context_id: ContextId, name: str, token: int | None) -> None:
-        """The fencing check of a write, in its transaction, after the context row is locked."""
-        check_fence(name, await self._read_lease(tx, context_id), token, utcnow())
+    @property
+    def _locked_row(self) -> LiteralString:
+        """The live context row with its lease's columns last (see :meth:`_fence`)."""
+        return self._live_row.replace(" FROM contexts ", _LEASE_COLUMNS + " FROM contexts ", 1)
+
+    def _fence(self, row: Row, context_id: ContextId, name: str, token: int | None) -> None:
+        """The fencing check of a write, in its transaction, on the context row it locked
+        (read with :attr:`_locked_row`)."""
+        held_token, holder, expires_at = row[-3], row[-2], row[-1]
+        lease = _lease(context_id, held_token, holder, expires_at) if held_token is not None else None
+        check_fence(name, lease, token, utcnow())
 
     async def read_lease(self, context_id: ContextId) -> Lease | None:
         return await self._transaction(lambda tx: self._read_lease(tx, context_id), writing=False)

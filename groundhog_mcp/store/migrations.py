@@ -324,6 +324,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        6,
+        "PostgreSQL: change sequence without a store-wide row lock",
+        # The store_counter row was locked by every write in every namespace until its commit.
+        # A SEQUENCE hands out numbers without a lock; they may commit out of order (and a
+        # rollback leaves a gap), which the change feed's visibility horizon accounts for
+        # (store/pg_feed.py). SQLite's single writer keeps its AUTOINCREMENT: nothing to do.
+        sqlite="",
+        postgres="""
+        CREATE SEQUENCE change_sequence AS BIGINT MINVALUE 1;
+        SELECT setval('change_sequence', greatest(value, 1), value > 0) FROM store_counter WHERE name = 'sequence';
+        DROP TABLE store_counter;
+        """,
+    ),
+    Migration(
         8,
         "leases with fencing tokens, context expiry",
         # One row per context that was ever leased: the last fencing token issued (kept after a
@@ -352,6 +366,57 @@ MIGRATIONS: tuple[Migration, ...] = (
             expires_at  TIMESTAMPTZ,
             updated_at  TIMESTAMPTZ NOT NULL
         );
+        """,
+    ),
+    Migration(
+        9,
+        "search: text of the data of live states (FTS5 / GIN), jsonb containment index on PostgreSQL",
+        # The text searched is the string values of a state's data. SQLite keeps it in an FTS5
+        # table (rowid = the context row's rowid) that triggers keep in step with every write in
+        # the write's own transaction; a sealed state (a BLOB) is never indexed, and sealing a
+        # state (rotate-key) drops its text. PostgreSQL indexes the same text by expression: a
+        # sealed row's state is NULL there. Contentless (the words only, no copy of the text;
+        # a row's words are removed by giving them again, from the old state) and detail=none
+        # (no positions): the smallest FTS5 index.
+        sqlite="""
+        CREATE VIRTUAL TABLE context_text USING fts5(body, content='', detail=none);
+        INSERT INTO context_text (rowid, body)
+            SELECT rowid, (SELECT group_concat(value, ' ') FROM json_tree(contexts.state, '$.data') WHERE type = 'text')
+            FROM contexts WHERE typeof(state) = 'text';
+        CREATE TRIGGER context_text_insert AFTER INSERT ON contexts WHEN typeof(new.state) = 'text'
+        BEGIN
+            INSERT INTO context_text (rowid, body) VALUES
+                (new.rowid, (SELECT group_concat(value, ' ') FROM json_tree(new.state, '$.data') WHERE type = 'text'));
+        END;
+        CREATE TRIGGER context_text_update AFTER UPDATE OF state ON contexts
+        BEGIN
+            INSERT INTO context_text (context_text, rowid, body)
+                SELECT 'delete', old.rowid,
+                    (SELECT group_concat(value, ' ') FROM json_tree(old.state, '$.data') WHERE type = 'text')
+                WHERE typeof(old.state) = 'text';
+            INSERT INTO context_text (rowid, body)
+                SELECT new.rowid,
+                    (SELECT group_concat(value, ' ') FROM json_tree(new.state, '$.data') WHERE type = 'text')
+                WHERE typeof(new.state) = 'text';
+        END;
+        CREATE TRIGGER context_text_delete AFTER DELETE ON contexts WHEN typeof(old.state) = 'text'
+        BEGIN
+            INSERT INTO context_text (context_text, rowid, body) VALUES
+                ('delete', old.rowid,
+                 (SELECT group_concat(value, ' ') FROM json_tree(old.state, '$.data') WHERE type = 'text'));
+        END;
+        """,
+        # json keeps "\u0000", which jsonb refuses: search_jsonb reads it as U+FFFD (searches
+        # only; the state is stored and returned exactly), so no state can fail an index.
+        postgres="""
+        CREATE FUNCTION search_jsonb(value json) RETURNS jsonb
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+            AS $$ SELECT replace(value::text, '\\u0000', '\\ufffd')::jsonb $$;
+        CREATE INDEX contexts_text ON contexts
+            USING GIN (jsonb_to_tsvector('simple'::regconfig, (search_jsonb(state) -> 'data'), '["string"]'::jsonb))
+            WHERE deleted_at IS NULL;
+        CREATE INDEX contexts_data ON contexts USING GIN ((search_jsonb(state) -> 'data') jsonb_path_ops)
+            WHERE deleted_at IS NULL;
         """,
     ),
 )

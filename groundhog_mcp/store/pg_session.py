@@ -56,6 +56,9 @@ class ChangeListener:
         self.location = location
         self.listening = False
         self._announcements = 0
+        # The change feed holds changes back behind a write in flight (store/pg_feed.py): the
+        # NOTIFY of that write is news even when it is our own.
+        self.held_back = False
         self._announced = asyncio.Event()
         # Sequences this store committed: their NOTIFY comes back to us, but the change feed was
         # woken by the write itself, so it is not announced again.
@@ -86,7 +89,7 @@ class ChangeListener:
         if sequence not in self._own_sequences:
             return False
         self._own_sequences.discard(sequence)
-        return True
+        return not self.held_back
 
     async def listen(self, tried: asyncio.Event) -> None:
         """Hold the LISTEN session for as long as the store is open, reconnecting with backoff;

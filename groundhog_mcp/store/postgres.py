@@ -14,12 +14,13 @@ transaction starts with ``set_config(…, true)`` for ``search_path``, ``stateme
 
 A write is one transaction of the store core's write sequence (:mod:`groundhog_mcp.store.core`):
 ``SELECT … FOR UPDATE`` on the live context row (a register locks the name's
-``name_revisions`` row instead), check ``expected_revision``, run the mutator in a thread,
-write the state, take the store ``sequence`` from the ``store_counter`` row, write the change
-and the history snapshot, commit. The counter row
-is the last lock a write takes and it is held to commit, so sequences are gap-free, never
-reused, and committed in order: a reader that sees ``sequence`` n has seen every change
-before it.
+``name_revisions`` row instead), check ``expected_revision``, run the mutator, write the
+state, take the ``sequence`` from the ``change_sequence`` SEQUENCE, write the change and the
+history snapshot, commit. Its statements travel in three round trips
+(:mod:`~groundhog_mcp.store.pg_tx`); a read is one. No row is locked by every write: writes to
+different contexts, in any namespace, never wait for each other (with the audit log on, its
+chain head is the exception: see ``_RECORD``). Sequences are never reused but may commit out
+of order; the change feed hands them out in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
 
 Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
 server-side timeouts above bound every call. A connection lost before commit is replaced
@@ -41,13 +42,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final, LiteralString, TypeVar
 
 import psycopg
 import structlog
-from psycopg import AsyncConnection, AsyncCursor, errors
+from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 from psycopg.types.string import TextLoader
@@ -56,11 +57,12 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from groundhog_mcp.errors import ContextError, InitializationError, StateUpdateError, StoreBusyError
 from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import Change, ContextId, dumps, utcnow
-from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Params, Runner, Tx
+from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Runner, Tx
 from groundhog_mcp.store.base import SEALED_MAGIC, AuditSigner, RecordCipher, Retention, StoreStatus
 from groundhog_mcp.store.codec import SealedColumn
 from groundhog_mcp.store.core import StoreCore
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+from groundhog_mcp.store.pg_feed import FEED_LOCK, FeedHorizon
 from groundhog_mcp.store.pg_session import (
     CHANGES_CHANNEL,
     SCHEMA_NAME,
@@ -73,8 +75,10 @@ from groundhog_mcp.store.pg_session import (
     pool_size,
     split_parameters,
 )
+from groundhog_mcp.store.pg_tx import PgBatchTx, Statement, abandon, outside_pool
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
+from groundhog_mcp.store.search import POSTGRES_SEARCH, budget_exceeded
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
 
@@ -84,10 +88,12 @@ _T = TypeVar("_T")
 _Cursor = AsyncCursor[TupleRow]
 _Connection = AsyncConnection[TupleRow]
 
-# A change's rows in one statement: the sequence from the counter row, the change, the history
-# snapshot (when given), the event record (when given), and the NOTIFY, delivered on commit.
-_RECORD: Final = (
-    "WITH counter AS (UPDATE store_counter SET value = value + 1 WHERE name = 'sequence' RETURNING value),"
+# A change's rows in one statement: the sequence, the change, the history snapshot (when
+# given), the event record (when given), and the NOTIFY, delivered on commit.
+_RECORD: Final[LiteralString] = (
+    # The in-flight marker, then the number: see store/pg_feed.py (no row lock; never waited for).
+    f"WITH flight AS (SELECT {FEED_LOCK}),"
+    " counter AS (SELECT nextval('change_sequence') AS value FROM flight),"
     " change AS (INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch,"
     "  patch_sealed)"
     "  SELECT value, %(id)s::uuid, %(namespace)s::text, %(name)s::text, %(revision)s::bigint, %(op)s::text,"
@@ -102,7 +108,8 @@ _RECORD: Final = (
     # Encryption at rest: the id of the key this write sealed with (no round trip of its own).
     " sealing AS (INSERT INTO encryption_keys (key_id, first_used) SELECT %(key_id)s::text, %(now)s::timestamptz"
     "  WHERE %(key_id)s::text IS NOT NULL ON CONFLICT (key_id) DO NOTHING),"
-    # The audit chain head, locked after the counter row and held to commit (when audit is on).
+    # The audit chain head, locked and held to commit (when audit is on): the one row every
+    # audited write of every namespace takes, for this statement, the audit row and the commit.
     " head AS (UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 AND %(audit)s::boolean"
     "  RETURNING sequence, hmac)"
     " SELECT value, pg_notify(%(channel)s::text, value::text), head.sequence, head.hmac FROM counter"
@@ -120,39 +127,12 @@ _EXPORT_PAGE = 500
 _TABLES: Final[dict[str, LiteralString]] = {"events": "events", "dead_letters": "dead_letters"}
 # A transaction whose connection turned out dead before commit is run this many times at most.
 _ATTEMPTS = 3
+_BEGIN: Statement = ("BEGIN", ())
 
 
 async def _configure(conn: _Connection) -> None:
     # json columns arrive as their exact text: we choose where (and whether) to parse them.
     conn.adapters.register_loader("json", TextLoader)
-
-
-class _PgTx:
-    """The core's :class:`~groundhog_mcp.store.adapter.Tx` on a psycopg cursor."""
-
-    __slots__ = ("_cur",)
-
-    def __init__(self, cur: _Cursor) -> None:
-        self._cur = cur
-
-    async def execute(self, sql: LiteralString, params: Params = ()) -> None:
-        await self._cur.execute(sql, params)
-
-    async def executemany(self, sql: LiteralString, rows: Sequence[Sequence[Any]]) -> None:
-        await self._cur.executemany(sql, rows)
-
-    async def fetchone(self, sql: LiteralString, params: Params = ()) -> TupleRow | None:
-        await self._cur.execute(sql, params)
-        return await self._cur.fetchone()
-
-    async def fetchall(self, sql: LiteralString, params: Params = ()) -> list[TupleRow]:
-        await self._cur.execute(sql, params)
-        return await self._cur.fetchall()
-
-    async def insert(self, sql: LiteralString, params: Params, key: LiteralString) -> int:
-        await self._cur.execute(f"{sql} RETURNING {key}", params)
-        row = await self._cur.fetchone()
-        return int(row[0]) if row else 0
 
 
 class PostgresStore(StoreCore):
@@ -166,6 +146,7 @@ class PostgresStore(StoreCore):
     backend = "postgres"
     # Contents are json/text; a sealed value goes to a bytea column beside (history snapshots
     # are bytea already and hold either form in place).
+    SEARCH = POSTGRES_SEARCH
     SEALED_SIDE: dict[str, LiteralString] = {
         "contexts.state": "state_sealed",
         "changes.patch": "patch_sealed",
@@ -240,30 +221,41 @@ class PostgresStore(StoreCore):
         self.pool_timeout_s = pool_timeout_s
         self.auto_migrate = auto_migrate
         self._pool: AsyncConnectionPool[_Connection] | None = None
+        self.round_trips = 0  # of the units of work so far (benchmarks and tests count them)
         self._listener: asyncio.Task[None] | None = None
         self._changes = ChangeListener(self._listen_conninfo, self.listen_location)
+        self._horizon = FeedHorizon(
+            f"{params.get('dbname') or ''}.{schema or ''}",
+            lambda work: self._transaction(work, writing=False),
+            wait_limit_ms=busy_timeout_ms,
+        )
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _preamble(self, *, lock_timeout_ms: int, idle_timeout_ms: int) -> tuple[LiteralString, list[str]]:
+    def _preamble(
+        self,
+        *,
+        lock_timeout_ms: int | None = None,
+        idle_timeout_ms: int | None = None,
+        statement_timeout_ms: int | None = None,
+    ) -> Statement:
         """The first statement of every transaction: transaction-local settings only."""
+        statement_timeout_ms = self.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
+        lock_timeout_ms = self.busy_timeout_ms if lock_timeout_ms is None else lock_timeout_ms
+        idle_timeout_ms = self.statement_timeout_ms if idle_timeout_ms is None else idle_timeout_ms
         query: LiteralString = (
             "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
             " set_config('idle_in_transaction_session_timeout', %s, true)"
         )
-        params = [str(self.statement_timeout_ms), str(lock_timeout_ms), str(idle_timeout_ms)]
+        params = [str(statement_timeout_ms), str(lock_timeout_ms), str(idle_timeout_ms)]
         if self.pg_schema is not None:
             query += ", set_config('search_path', %s, true)"
             params.append(f'"{self.pg_schema}"')
         return query, params
 
-    async def _begin(
-        self, cur: _Cursor, *, lock_timeout_ms: int | None = None, idle_timeout_ms: int | None = None
-    ) -> None:
-        query, params = self._preamble(
-            lock_timeout_ms=self.busy_timeout_ms if lock_timeout_ms is None else lock_timeout_ms,
-            idle_timeout_ms=self.statement_timeout_ms if idle_timeout_ms is None else idle_timeout_ms,
-        )
+    async def _begin(self, cur: _Cursor, *, lock_timeout_ms: int | None = None) -> None:
+        """The preamble on a connection outside the pool (its transaction begins implicitly)."""
+        query, params = self._preamble(lock_timeout_ms=lock_timeout_ms)
         await cur.execute(query, params)
 
     async def _connect(self) -> _Connection:
@@ -277,8 +269,11 @@ class PostgresStore(StoreCore):
         await _configure(conn)
         return conn
 
-    async def _run(self, work: Callable[[_Cursor], Awaitable[_T]], *, writing: bool) -> _T:
-        """Run ``work`` in one transaction on a pooled connection and commit.
+    async def _run(
+        self, work: Callable[[PgBatchTx], Awaitable[_T]], *, writing: bool, statement_timeout_ms: int | None = None
+    ) -> _T:
+        """Run ``work`` in one transaction on a pooled connection and commit (a read: each of its
+        queries a transaction of its own, see :class:`~groundhog_mcp.store.pg_tx.PgBatchTx`).
 
         A connection found dead before commit (server restart, ``pg_terminate_backend``,
         network) is replaced and the transaction run again (at most twice): nothing of it was
@@ -294,12 +289,20 @@ class PostgresStore(StoreCore):
             try:
                 async with pool.connection() as conn:
                     deliver_swallowed_cancel(requested)
-                    async with conn.cursor() as cur:
-                        await self._begin(cur)
-                        result = await work(cur)
-                    committing = True
-                    await conn.commit()
-                    return result
+                    try:
+                        async with AsyncClientCursor(conn) as cur:
+                            opening = [_BEGIN, self._preamble(statement_timeout_ms=statement_timeout_ms)]
+                            tx = PgBatchTx(cur, opening, autonomous=not writing)
+                            try:
+                                result = await work(tx)
+                                committing = True
+                                await tx.commit()
+                            finally:
+                                self.round_trips += tx.round_trips
+                        return result
+                    except BaseException:
+                        await abandon(conn)
+                        raise
             except PoolClosed as exc:
                 raise InitializationError("database: the store is not open (it was closed)") from exc
             except PoolTimeout as exc:
@@ -359,7 +362,16 @@ class PostgresStore(StoreCore):
         return StateUpdateError(f"database: {first_line(exc)}; {nothing}")
 
     async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
-        return await self._run(lambda cur: work(_PgTx(cur)), writing=writing)
+        return await self._run(work, writing=writing)
+
+    async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
+        async def bounded(tx: PgBatchTx) -> _T:
+            try:
+                return await work(tx)
+            except errors.QueryCanceled:
+                raise budget_exceeded(budget_ms) from None
+
+        return await self._run(bounded, writing=False, statement_timeout_ms=min(budget_ms, self.statement_timeout_ms))
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncGenerator[Runner]:
@@ -368,18 +380,21 @@ class PostgresStore(StoreCore):
             raise InitializationError("database: the store is not open")
         requested = cancel_requests()
         try:
-            async with self._pool.connection() as conn, conn.cursor() as cur:
+            async with self._pool.connection() as conn, AsyncClientCursor(conn) as cur:
                 deliver_swallowed_cancel(requested)
-                await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 # The consumer may be slow (a pipe): no idle-in-transaction limit here.
-                await self._begin(cur, idle_timeout_ms=0)
-                tx = _PgTx(cur)
+                opening: Statement = ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", ())
+                tx = PgBatchTx(cur, [opening, self._preamble(idle_timeout_ms=0)], autonomous=False)
 
                 async def run(work: Callable[[Tx], Awaitable[Any]]) -> Any:
                     return await work(tx)
 
-                yield run
-                await conn.commit()
+                try:
+                    yield run
+                    await tx.commit()
+                except BaseException:
+                    await abandon(conn)
+                    raise
         except PoolTimeout as exc:
             raise StoreBusyError(
                 f"database: no connection to PostgreSQL at {self.location} within {self.pool_timeout_s:g} s; "
@@ -404,9 +419,9 @@ class PostgresStore(StoreCore):
         """The sequence, the change row, the history snapshot and the event record, the key
         note and the NOTIFY in one statement (``_RECORD``).
 
-        The counter row is the last lock of the transaction and is held to commit (see the
-        module docstring): one statement, then the commit, keeps that critical section to two
-        round trips, which is what bounds the store's aggregate write rate.
+        The sequence takes no lock. With the audit log on, the chain head's row lock is taken
+        here and held to commit (the audit row and ``COMMIT``: one more round trip): that
+        critical section is what bounds the aggregate rate of audited writes.
         """
         patch, patch_sealed = self._values("changes.patch", write.patch)
         payload, payload_sealed = self._values("events.payload", write.payload)
@@ -431,10 +446,11 @@ class PostgresStore(StoreCore):
                 "key": write.event.idempotency_key if write.event is not None else None,
                 "channel": CHANGES_CHANNEL,
                 "audit": self.audit_signer is not None,
+                **self._horizon.parameters(),
             },
         )
-        if counter is None:
-            raise InitializationError(f"database: the store_counter row is missing at {self.location}")
+        if counter is None:  # pragma: no cover - the statement always returns its one row
+            raise InitializationError(f"database: the change statement returned nothing at {self.location}")
         sequence = int(counter[0])
         self._changes.committed(sequence)
         return sequence, (int(counter[2]), str(counter[3])) if counter[2] is not None else None
@@ -455,15 +471,15 @@ class PostgresStore(StoreCore):
 
     async def _import_bounds(self, tx: Tx, rows: ImportRows | None) -> int:
         if rows is None:
-            # The counter row first: a concurrent writer or importer waits for this import.
-            await tx.execute("SELECT value FROM store_counter WHERE name = 'sequence' FOR UPDATE")
+            # A concurrent writer (its change row) or importer waits for this import.
+            await tx.execute("LOCK TABLE changes IN SHARE ROW EXCLUSIVE MODE")
             return 0
         # The sequence and the event and dead letter ids continue after everything imported.
         counter = await tx.fetchone(
-            "UPDATE store_counter SET value = greatest(value,"
+            "SELECT v, setval('change_sequence', greatest(v, 1), v > 0), pg_notify(%s, v::text) FROM (SELECT"
+            " greatest(coalesce(pg_sequence_last_value('change_sequence'), 0),"
             " (SELECT coalesce(max(sequence), 0) FROM changes),"
-            " (SELECT coalesce(max(sequence), 0) FROM history)) WHERE name = 'sequence'"
-            " RETURNING value, pg_notify(%s, value::text)",
+            " (SELECT coalesce(max(sequence), 0) FROM history)) AS v) AS imported",
             (CHANGES_CHANNEL,),
         )
         for table in ("events", "dead_letters"):
@@ -499,26 +515,25 @@ class PostgresStore(StoreCore):
 
     async def _check_keys(self, conn: _Connection) -> None:
         """Refuse a database whose records are under a key the codec cannot open (reads only)."""
-        async with conn.cursor() as cur:
+        async with AsyncClientCursor(conn) as cur:
             await self._begin(cur)
-            used = await self._sealing_key_ids(cur)
+            used = await self._sealing_key_ids(outside_pool(cur))
         await conn.rollback()
         self.codec.check_keys(used, str(self.location), "Nothing was modified.")
 
-    async def _sealing_key_ids(self, cur: _Cursor) -> list[str]:
-        await cur.execute("SELECT to_regclass('encryption_keys') IS NOT NULL")
-        exists = await cur.fetchone()
+    async def _sealing_key_ids(self, tx: Tx) -> list[str]:
+        exists = await tx.fetchone("SELECT to_regclass('encryption_keys') IS NOT NULL")
         if exists is None or not exists[0]:
             return []
-        return await self._key_ids(_PgTx(cur))
+        return await self._key_ids(tx)
 
     # -- reads whose SQL is PostgreSQL's ------------------------------------------------------
 
     async def context_counts(self, context_ids: list[ContextId]) -> dict[ContextId, tuple[int, int, int]]:
         """Per context: (state updates after registration, events handled, open dead letters)."""
 
-        async def work(cur: _Cursor) -> list[TupleRow]:
-            await cur.execute(
+        async def work(tx: Tx) -> list[TupleRow]:
+            return await tx.fetchall(
                 "SELECT i.id,"
                 # Revisions are consecutive from the registration on, so the count survives pruning.
                 " COALESCE((SELECT x.revision - r.revision FROM contexts x JOIN changes r ON r.context_id = x.id"
@@ -528,7 +543,6 @@ class PostgresStore(StoreCore):
                 " FROM unnest(%s::uuid[]) WITH ORDINALITY AS i(id, n) ORDER BY i.n",
                 (context_ids,),
             )
-            return await cur.fetchall()
 
         if not context_ids:
             return {}
@@ -539,30 +553,44 @@ class PostgresStore(StoreCore):
         # check would be, so ``force`` changes nothing here; announcements say when to call.
         return await self.changes_after(sequence, limit=limit)
 
+    async def changes_after(self, sequence: int, *, limit: int) -> list[Change]:
+        """Changes after ``sequence`` up to the feed's visibility horizon (store/pg_feed.py)."""
+        ready, held_back = await self._horizon.read(
+            sequence, lambda: super(PostgresStore, self).changes_after(sequence, limit=limit)
+        )
+        # Held back by a write in flight: its own NOTIFY must wake the feed even when it is ours.
+        self._changes.held_back = held_back
+        return ready
+
     async def last_sequence(self) -> int:
-        async def work(cur: _Cursor) -> int:
-            if await self._schema_version(cur) == 0:  # not migrated yet (db status / db migrate)
+        """The last committed change such that every change before it is committed too."""
+        last = await self._horizon.settle()
+
+        async def work(tx: Tx) -> int:
+            if last > 0:
+                row = await tx.fetchone("SELECT coalesce(max(sequence), 0) FROM changes WHERE sequence <= %s", (last,))
+            elif (await tx.fetchone("SELECT to_regclass('store_counter') IS NOT NULL") or (False,))[0]:
+                # Before schema 6 (`audit verify` or `db status` of a database not migrated yet).
+                row = await tx.fetchone("SELECT value FROM store_counter WHERE name = 'sequence'")
+            else:
                 return 0
-            await cur.execute("SELECT value FROM store_counter WHERE name = 'sequence'")
-            row = await cur.fetchone()
             return int(row[0]) if row else 0
 
-        return await self._run(work, writing=False)
+        return await self._transaction(work, writing=False)
 
     async def status(self) -> StoreStatus:
-        async def work(cur: _Cursor) -> StoreStatus:
-            version = await self._schema_version(cur)
+        async def work(tx: Tx) -> StoreStatus:
+            version = await self._schema_version(tx)
             contexts = last = 0
             size: int | None = None
             if version > 0:
-                await cur.execute(
+                row = await tx.fetchone(
                     "SELECT (SELECT count(*) FROM contexts WHERE deleted_at IS NULL),"
-                    " (SELECT value FROM store_counter WHERE name = 'sequence')"
+                    " (SELECT max(sequence) FROM changes)"
                 )
-                row = await cur.fetchone()
                 if row is not None:
                     contexts, last = int(row[0]), int(row[1] or 0)
-                await cur.execute(
+                total = await tx.fetchone(
                     "SELECT sum(pg_total_relation_size(to_regclass(t)))::bigint FROM unnest(%s::text[]) AS t",
                     (
                         [
@@ -572,7 +600,7 @@ class PostgresStore(StoreCore):
                             "changes",
                             "events",
                             "dead_letters",
-                            "store_counter",
+                            "change_sequence",
                             "encryption_keys",
                             "audit_log",
                             "audit_head",
@@ -580,11 +608,9 @@ class PostgresStore(StoreCore):
                         ],
                     ),
                 )
-                total = await cur.fetchone()
                 size = int(total[0]) if total and total[0] is not None else None
-            key_ids = await self._sealing_key_ids(cur) if version > 0 else []
-            await cur.execute("SELECT current_schema(), current_setting('server_version')")
-            info = await cur.fetchone()
+            key_ids = await self._sealing_key_ids(tx) if version > 0 else []
+            info = await tx.fetchone("SELECT current_schema(), current_setting('server_version')")
             return StoreStatus(
                 backend=self.backend,
                 location=self.location,
@@ -676,7 +702,8 @@ class PostgresStore(StoreCore):
             self._conninfo,
             min_size=self.pool_min_size,
             max_size=self.pool_max_size,
-            kwargs={"prepare_threshold": None, "autocommit": False},
+            # Autocommit: PgBatchTx sends BEGIN and COMMIT with the statements (one round trip).
+            kwargs={"prepare_threshold": None, "autocommit": True},
             configure=_configure,
             open=False,
             timeout=self.pool_timeout_s,
@@ -700,23 +727,21 @@ class PostgresStore(StoreCore):
 
     async def _probe(self, conn: _Connection) -> int:
         """The recorded schema version (0 for an empty schema); reads only."""
-        async with conn.cursor() as cur:
+        async with AsyncClientCursor(conn) as cur:
             await self._begin(cur)
-            return await self._schema_version(cur)
+            return await self._schema_version(outside_pool(cur))
 
-    async def _schema_version(self, cur: _Cursor) -> int:
-        await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        row = await cur.fetchone()
+    async def _schema_version(self, tx: Tx) -> int:
+        row = await tx.fetchone("SELECT to_regclass('schema_migrations') IS NOT NULL")
         if row is None or not row[0]:
             return 0
-        await cur.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        row = await cur.fetchone()
+        row = await tx.fetchone("SELECT coalesce(max(version), 0) FROM schema_migrations")
         return int(row[0]) if row else 0
 
     async def _migrate_on(self, conn: _Connection) -> list[int]:
         """Apply pending migrations in one transaction, under an advisory lock per schema."""
         applied: list[int] = []
-        async with conn.cursor() as cur:
+        async with AsyncClientCursor(conn) as cur:
             # A first start may wait for another instance's migration: allow it the statement timeout.
             await self._begin(cur, lock_timeout_ms=self.statement_timeout_ms)
             await cur.execute(
@@ -727,7 +752,8 @@ class PostgresStore(StoreCore):
                 await cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.pg_schema,))
                 if await cur.fetchone() is None:
                     await cur.execute(f'CREATE SCHEMA "{literal_identifier(self.pg_schema)}"')
-            current = await self._schema_version(cur)  # re-read under the lock: another instance may have won
+            # Re-read under the lock: another instance may have won.
+            current = await self._schema_version(outside_pool(cur))
             if current > LATEST_SCHEMA_VERSION:
                 await conn.rollback()
                 raise _newer_schema(self.location, current)

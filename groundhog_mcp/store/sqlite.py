@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from groundhog_mcp.store.core import RotationProgress, StoreCore
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
+from groundhog_mcp.store.search import budget_exceeded
 from groundhog_mcp.store.sqlite_files import (
     BUSY_CODES,
     CORRUPT_CODES,
@@ -43,6 +44,7 @@ from groundhog_mcp.store.sqlite_files import (
     primary_code,
     statements,
 )
+from groundhog_mcp.store.sqlite_writer import CommitStats, GroupCommitter
 
 __all__ = ["RotationProgress", "SQLiteStore"]
 
@@ -115,6 +117,10 @@ class _SQLiteTx:
         return int(self._conn.execute(_sql(sql), _params(params)).lastrowid or 0)
 
 
+def _run_unit(work: Callable[[Tx], Awaitable[_T]], conn: sqlite3.Connection) -> _T:
+    return drive(work(_SQLiteTx(conn)))
+
+
 class SQLiteStore(StoreCore):
     """The default backend: one SQLite file shared safely by several processes."""
 
@@ -124,6 +130,9 @@ class SQLiteStore(StoreCore):
     NOW: LiteralString = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
     _IMPORT_TARGET = "a new database file"
     INLINE_BYTES = sys.maxsize  # a unit of work already runs on the store's own thread
+    # A costly mutation on that thread would hold up every other request meanwhile.
+    PREPARES = True
+    PREPARE_ABOVE_BYTES = 32 * 1024
 
     def __init__(
         self,
@@ -142,6 +151,7 @@ class SQLiteStore(StoreCore):
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
+        self._writer: GroupCommitter | None = None
         self._conn: sqlite3.Connection | None = None
         self._data_version: int | None = None
         self._thread: int | None = None  # the store's own thread (set when it opens the file)
@@ -168,25 +178,6 @@ class SQLiteStore(StoreCore):
             raise InitializationError("database: the store is not open")
         return self._conn
 
-    @contextlib.contextmanager
-    def _write_transaction(self) -> Generator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``; any exception rolls back and is translated."""
-        conn = self._db
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise self._translate(exc) from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise self._translate(exc) from exc
-            raise
-
     def _translate(self, exc: sqlite3.Error) -> Exception:
         # By SQLite's result code, never the message: the text of an error can quote anything
         # (a trigger's RAISE, an identifier), and it is not part of SQLite's interface.
@@ -207,14 +198,41 @@ class SQLiteStore(StoreCore):
             )
         return StateUpdateError(f"database: {exc}; nothing was written")
 
-    async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
-        return await self._call(self._run_sync, work, writing)
+    def _translate_any(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, sqlite3.Error):
+            return exc
+        translated = self._translate(exc)
+        translated.__cause__ = exc
+        return translated
 
-    def _run_sync(self, work: Callable[[Tx], Awaitable[_T]], writing: bool) -> _T:
+    async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
         if not writing:
-            return drive(work(_SQLiteTx(self._db)))
-        with self._write_transaction() as conn:
+            return await self._call(lambda: _run_unit(work, self._db))
+        if self._writer is None:
+            raise InitializationError("database: the store is not open")
+        # Group commit (store/sqlite_writer.py): answered after the COMMIT of the batch holding it.
+        return await asyncio.wrap_future(self._writer.submit(functools.partial(_run_unit, work)))
+
+    @property
+    def commit_stats(self) -> CommitStats:
+        """Write transactions committed, and the writes they carried (this process)."""
+        return self._writer.stats if self._writer is not None else CommitStats()
+
+    async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
+        return await self._call(self._run_bounded, work, budget_ms)
+
+    def _run_bounded(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
+        # SQLite calls the handler every 10,000 virtual machine steps; True interrupts the statement.
+        conn, deadline = self._db, time.monotonic() + budget_ms / 1000
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
             return drive(work(_SQLiteTx(conn)))
+        except sqlite3.OperationalError as exc:
+            if primary_code(exc) == sqlite3.SQLITE_INTERRUPT:
+                raise budget_exceeded(budget_ms) from None
+            raise self._translate(exc) from exc
+        finally:
+            conn.set_progress_handler(None, 0)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncGenerator[Runner]:
@@ -353,6 +371,7 @@ class SQLiteStore(StoreCore):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        self._writer = GroupCommitter(self._executor, lambda: self._db, self._translate_any)
 
     def _open_sync(self) -> None:
         create_database_file(self.path)
@@ -513,6 +532,7 @@ class SQLiteStore(StoreCore):
             await self._call(self._close_sync)
         self._executor.shutdown(wait=True)
         self._executor = None
+        self._writer = None
 
     def _close_sync(self) -> None:
         if self._conn is not None:

@@ -78,7 +78,7 @@ async def test_tokens_increase_and_an_older_token_is_refused_even_after_release(
     assert second.lease.token == first.lease.token + 1
     with pytest.raises(LeasedError) as refused:
         await manager.with_lease(first.lease.token).update("plan", data={"stale": True})
-    assert refused.value.holder == "local"  # held by the second
+    assert (refused.value.holder, refused.value.retryable) == ("local", False)  # held by the second; superseded
     await manager.release_lease("plan", second.lease.token)
     for token, why in ((first.lease.token, "a newer lease, token 2, was taken since"), (2, "it was released")):
         with pytest.raises(LeasedError) as refused:

@@ -30,6 +30,7 @@ CLIENT_TIMEOUT_S = 180
 # change there shows up here too.
 DEFAULT_TOOLS = [
     "diff_states",
+    "find_contexts",
     "get_history",
     "get_state",
     "lease",

@@ -22,6 +22,7 @@ __all__ = [
     "REPLY_WITHIN_S",
     "assert_clear_error",
     "scaled",
+    "start_initialized",
     "start_raw",
 ]
 
@@ -58,6 +59,13 @@ async def start_raw(
             limit=64 * 1024 * 1024,
         )
     return RawServer(process, stderr_path)
+
+
+async def start_initialized(database: Path, *, env: dict[str, str], stderr_path: Path) -> RawServer:
+    """:func:`start_raw`, then the MCP handshake."""
+    server = await start_raw(database, env=env, stderr_path=stderr_path)
+    await server.initialize()
+    return server
 
 
 def assert_clear_error(text: str, tool: str, *mentions: str) -> None:

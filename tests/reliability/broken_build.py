@@ -74,29 +74,30 @@ class Defect:
 
 _ACK_BEFORE_COMMIT = Defect(
     "ack_before_commit",
-    "a write is answered before its COMMIT, which runs only when the next write begins",
-    "store/sqlite.py",
+    "a batch of writes is answered before its COMMIT, which runs only when the next batch begins",
+    "store/sqlite_writer.py",
     """
-def _ack_before_commit(self):
-    conn = self._db
-    try:
-        if conn.in_transaction:
-            conn.execute("COMMIT")  # the previous write's deferred commit
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        raise self._translate(exc) from exc
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    # No COMMIT here: the caller answers the client while the write is still uncommitted.
+_real_run_batch = GroupCommitter._run_batch
 
 
-_ack_before_commit_transaction = contextlib.contextmanager(_ack_before_commit)
+def _run_batch_after_committing_the_last(self, first):
+    conn = self._connection()
+    if conn.in_transaction:
+        conn.execute("COMMIT")  # the previous batch's deferred commit
+    _real_run_batch(self, first)
+
+
+def _answer_without_commit(self, conn, done, failed):
+    # No COMMIT here: the caller answers the client while the batch is still uncommitted.
+    for each, result in done:
+        each.future.set_result(result)
+    for each, error in failed:
+        each.future.set_exception(error)
 """,
-    (("SQLiteStore", "_write_transaction", "_ack_before_commit_transaction"),),
+    (
+        ("GroupCommitter", "_run_batch", "_run_batch_after_committing_the_last"),
+        ("GroupCommitter", "_commit", "_answer_without_commit"),
+    ),
 )
 
 _NO_CAS = Defect(
@@ -118,15 +119,10 @@ _NO_IDEMPOTENCY = Defect(
 _real_mutate = StoreCore.mutate
 
 
-async def _mutate_forgetting_keys(
-    self, namespace, name, expected_revision, mutator, *, actor, event=None, audit=None, lease_token=None
-):
+async def _mutate_forgetting_keys(self, namespace, name, expected_revision, mutator, *, actor, event=None, **more):
     if event is not None:
         event = dataclasses.replace(event, idempotency_key=None)
-    return await _real_mutate(
-        self, namespace, name, expected_revision, mutator, actor=actor, event=event, audit=audit,
-        lease_token=lease_token,
-    )
+    return await _real_mutate(self, namespace, name, expected_revision, mutator, actor=actor, event=event, **more)
 
 
 async def _find_no_event(self, tx, context_id, key):
@@ -278,7 +274,7 @@ def _inspect_json_any_depth(value, limits, *, depth_offset=0):
 _FETCHES_REMOTE_REF = Defect(
     "fetches_remote_ref",
     "a JSON Schema $ref to a URL is fetched (jsonschema's old automatic retrieval)",
-    "service/validation.py",
+    "service/json_schema.py",
     """
 def _fetch_remote(uri):
     import json

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import RawServer
-from tests.reliability.battery import scaled, start_raw
+from tests.reliability.battery import scaled, start_initialized
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
@@ -41,12 +41,6 @@ _CAUGHT = r"answered event \S+ applied again on retry"
 
 def _emit(key: str) -> dict[str, Any]:
     return {"name": "ledger", "type": "seen", "payload": {"key": key}, "idempotency_key": key}
-
-
-async def _start(database: Path, env: dict[str, str], stderr_path: Path) -> RawServer:
-    server = await start_raw(database, env=env, stderr_path=stderr_path)
-    await server.initialize()
-    return server
 
 
 async def _answer_then_kill(server: RawServer, keys: list[str], rng: random.Random) -> dict[str, dict[str, Any]]:
@@ -84,7 +78,7 @@ async def test_retried_events_apply_exactly_once_across_kill_9(
     rng = random.Random(seed)
     sent: list[str] = []
     answered_before_kill = window_hits = bursts = 0
-    server = await _start(database, raw_env, tmp_path / "events-0.stderr")
+    server = await start_initialized(database, env=raw_env, stderr_path=tmp_path / "events-0.stderr")
     try:
         await server.call_ok(
             "register_context",
@@ -109,7 +103,9 @@ async def test_retried_events_apply_exactly_once_across_kill_9(
             answered_before_kill += len(answers)
             await server.ensure_dead()
 
-            server = await _start(database, raw_env, tmp_path / f"events-{round_number}.stderr")
+            server = await start_initialized(
+                database, env=raw_env, stderr_path=tmp_path / f"events-{round_number}.stderr"
+            )
             for key in keys:  # the client retries the whole round with the same keys
                 retry = await server.call_ok("emit_event", _emit(key))
                 if key in answers:

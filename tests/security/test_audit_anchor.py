@@ -51,7 +51,7 @@ async def cut_last_write(backend: Backend) -> None:
     if backend.kind == "sqlite":
         await backend.sql("UPDATE sqlite_sequence SET seq = seq - 1 WHERE name = 'changes'")
     else:
-        await backend.sql("UPDATE store_counter SET value = value - 1 WHERE name = 'sequence'")
+        await backend.sql("SELECT setval('change_sequence', (SELECT max(sequence) FROM changes))")
 
 
 async def test_head_prints_the_last_row(audited: Backend, capsys: pytest.CaptureFixture[str]) -> None:

@@ -42,12 +42,13 @@ async def test_default_profile_is_the_agent_workflow(db_path: Path) -> None:
         "rollback_state",
         "wait_for_change",
         "lease",
+        "find_contexts",
     ]
 
 
 async def test_all_lists_every_registered_tool_in_order(db_path: Path) -> None:
     assert [t.name for t in await _tools(db_path, "all")] == list(ALL_TOOLS)
-    assert len(ALL_TOOLS) == 20
+    assert len(ALL_TOOLS) == 21
 
 
 async def test_explicit_list_and_a_left_out_tool_is_unknown(db_path: Path) -> None:
@@ -132,3 +133,33 @@ def test_compact_schema_keeps_meaning_and_drops_noise() -> None:
         },
         "$defs": {"M": {"type": "object", "additionalProperties": False}},
     }
+
+
+def test_compact_schema_shortens_what_a_pattern_already_says() -> None:
+    from groundhog_mcp.models import NAME_PATTERN, SEMVER_PATTERN
+
+    schema = {
+        "type": "object",
+        "description": "Two\n    lines",
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": 128},
+            "other": {"type": "string", "pattern": "^a+$", "minLength": 1, "maxLength": 128},
+            "version": {"type": "string", "pattern": SEMVER_PATTERN},
+        },
+    }
+    assert compact_schema(schema) == {
+        "type": "object",
+        "description": "Two lines",
+        "properties": {
+            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "other": {"type": "string", "pattern": "^a+$", "minLength": 1, "maxLength": 128},
+            "version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+"},
+        },
+    }
+
+
+async def test_a_version_the_short_pattern_lets_through_is_still_refused(db_path: Path) -> None:
+    async with Client(create_server(Settings(database=str(db_path)))) as client:
+        result = await client.call_tool("register_context", {"name": "v", "version": "1.0.0-01"})
+        text = getattr(result.content[0], "text", "")
+        assert result.is_error and "version: must be a semantic version like 1.0.0" in text, text

@@ -200,7 +200,11 @@ async def test_argument_errors_name_field_and_rule_without_noise(client: Client)
         ("list_contexts", {"limit": 1000}, "limit: input should be less than or equal to 100 (got 1000)"),
         ("get_state", {}, "name: is required"),
         ("register_context", {"name": "a", "state": {"data": {}, "bogus": 1}}, "state.bogus: is not an accepted field"),
-        ("get_state", {"name": "a", "nmae": "b"}, "nmae: not accepted by get_state (accepted: name, revision, path)"),
+        (
+            "get_state",
+            {"name": "a", "nmae": "b"},
+            "nmae: not accepted by get_state (accepted: name, revision, path, fields, offset, limit)",
+        ),
     ]
     for tool, arguments, expected in cases:
         text = await fail(client, tool, **arguments)

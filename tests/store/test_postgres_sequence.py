@@ -1,0 +1,257 @@
+"""PostgreSQL: no store-wide lock on the write path, and a change feed that stays exactly-once and
+in order although sequences commit out of order (store/pg_feed.py), in round trips counted.
+
+A write "held open" is a real write of a real store, stopped after its change statement (it has
+its sequence, and before schema 6 it held the store_counter row lock) until the test releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from groundhog_mcp import ContextState, StateManager, StoreBusyError
+from groundhog_mcp.models import Change
+from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Tx
+from groundhog_mcp.store.base import Mutation, NewContext, Retention, StoredContext
+from groundhog_mcp.store.migrations import MIGRATIONS
+from groundhog_mcp.store.postgres import PostgresStore
+from tests.conformance.conftest import POSTGRES_URL, MakeBackend, make_backend
+
+__all__ = ["make_backend"]  # the fixture
+
+BOUND_S = 30.0  # a hang guard, never a timing assertion
+
+
+class HeldStore(PostgresStore):
+    """A store whose next write in ``namespace`` stops right after its change statement."""
+
+    def __init__(self, url: str, namespace: str, **kwargs: Any) -> None:
+        super().__init__(url, retention=Retention(keep_revisions=0), **kwargs)
+        self.url = url
+        self.namespace = namespace
+        self.armed = False
+        self.fail = False
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
+        appended = await super()._append_change(tx, write)
+        if self.armed and write.namespace == self.namespace:
+            self.armed = False
+            self.reached.set()
+            await self.release.wait()
+            if self.fail:
+                raise RuntimeError("the write fails after taking its sequence")
+        return appended
+
+
+def new_context(namespace: str, name: str) -> NewContext:
+    return NewContext(uuid.uuid4(), namespace, name, "1.0.0", {}, {}, None, {}, ContextState(data={"n": 0}))
+
+
+def bump(current: StoredContext) -> Mutation:
+    return Mutation(ContextState(data={"n": current.state.data["n"] + 1}), [], "update")
+
+
+@pytest.fixture
+async def stores(make_backend: MakeBackend) -> AsyncIterator[tuple[HeldStore, PostgresStore]]:
+    """Two instances on one fresh schema: ``held`` (writes in namespace x can be held open) and
+    ``other``; context ``a`` in x and ``b`` in y exist."""
+    backend = await make_backend("postgres")
+    held = HeldStore(backend.database, "x", busy_timeout_ms=1000)
+    other = PostgresStore(backend.database, busy_timeout_ms=1000, retention=Retention(keep_revisions=0))
+    await held.open()
+    await other.open()
+    try:
+        await held.register(new_context("x", "a"), actor="t", if_exists="error")
+        await other.register(new_context("y", "b"), actor="t", if_exists="error")
+        yield held, other
+    finally:
+        held.release.set()
+        await held.close()
+        await other.close()
+
+
+async def hold_write_in_x(held: HeldStore) -> asyncio.Task[tuple[StoredContext, Change]]:
+    held.armed = True
+    write = asyncio.create_task(held.mutate("x", "a", None, bump, actor="t"))
+    async with asyncio.timeout(BOUND_S):
+        await held.reached.wait()
+    return write
+
+
+async def test_a_write_in_another_namespace_commits_while_one_is_held_open(
+    stores: tuple[HeldStore, PostgresStore],
+) -> None:
+    held, other = stores
+    x = await hold_write_in_x(held)
+    # Before schema 6 this waited for x's store_counter row lock and failed after busy_timeout.
+    _, y = await other.mutate("y", "b", None, bump, actor="t")
+    assert not x.done()
+    held.release.set()
+    _, x_change = await x
+    assert (x_change.namespace, y.namespace) == ("x", "y")
+    assert x_change.sequence == y.sequence - 1  # x took its number first and committed last
+
+
+async def test_the_feed_holds_a_later_change_back_until_the_earlier_one_commits(
+    stores: tuple[HeldStore, PostgresStore],
+) -> None:
+    held, other = stores
+    start = await other.last_sequence()
+    x = await hold_write_in_x(held)
+    _, y = await other.mutate("y", "b", None, bump, actor="t")
+    # y is committed and visible, but x's earlier number is in flight: nothing after `start` is
+    # final, so a reader waits for x (here: longer than its busy_timeout) rather than skip it.
+    with pytest.raises(StoreBusyError, match="writes in flight"):
+        await other.changes_after(start, limit=10)
+    with pytest.raises(StoreBusyError, match="writes in flight"):
+        await other.last_sequence()
+    held.release.set()
+    await x
+    assert [(c.sequence, c.namespace) for c in await other.changes_after(start, limit=10)] == [
+        (y.sequence - 1, "x"),
+        (y.sequence, "y"),
+    ]
+    assert await other.last_sequence() == y.sequence
+
+
+async def test_a_number_rolled_back_after_nextval_is_a_gap_the_feed_moves_past(
+    stores: tuple[HeldStore, PostgresStore],
+) -> None:
+    held, other = stores
+    start = await other.last_sequence()
+    held.fail = True
+    x = await hold_write_in_x(held)
+    _, y = await other.mutate("y", "b", None, bump, actor="t")
+    held.release.set()
+    with pytest.raises(RuntimeError, match="after taking its sequence"):
+        await x
+    assert [c.sequence for c in await other.changes_after(start, limit=10)] == [y.sequence]
+    assert y.sequence == start + 2  # start + 1 was x's, rolled back
+    assert await other.last_sequence() == y.sequence
+    a = await held.get("x", "a")
+    assert a is not None and a.revision == 1
+
+
+async def test_a_follower_instance_publishes_out_of_order_commits_once_in_sequence_order(
+    stores: tuple[HeldStore, PostgresStore],
+) -> None:
+    held, other = stores
+    follower = StateManager(PostgresStore(held.url, retention=Retention(keep_revisions=0)))
+    await follower.start()
+    subscription = follower.bus.subscribe()
+    try:
+        x = await hold_write_in_x(held)
+        _, y = await other.mutate("y", "b", None, bump, actor="t")
+        _, y2 = await other.mutate("y", "b", None, bump, actor="t")
+        held.release.set()
+        _, x_change = await x
+        published: list[tuple[int, str]] = []
+        async with asyncio.timeout(BOUND_S):
+            while len(published) < 3:
+                item = await subscription.get()
+                assert isinstance(item, Change)
+                published.append((item.sequence, item.namespace))
+        assert published == [(x_change.sequence, "x"), (y.sequence, "y"), (y2.sequence, "y")]
+    finally:
+        subscription.close()
+        await follower.close()
+
+
+async def test_a_read_is_one_round_trip_and_a_write_three(make_backend: MakeBackend) -> None:
+    backend = await make_backend("postgres")
+    store = PostgresStore(backend.database, retention=Retention(keep_revisions=0))
+    await store.open()
+    try:
+        await store.register(new_context("x", "a"), actor="t", if_exists="error")
+        before = store.round_trips
+        assert (await store.get("x", "a")) is not None
+        read = store.round_trips - before
+        before = store.round_trips
+        await store.mutate("x", "a", 1, bump, actor="t")
+        write = store.round_trips - before
+    finally:
+        await store.close()
+    # read: BEGIN, settings, SELECT, COMMIT in one message. write: lock and read the row | the
+    # state, name index and change statement | COMMIT (before: 3 and 7).
+    assert (read, write) == (1, 3)
+
+
+async def test_schema_6_continues_the_sequence_of_a_schema_5_database(make_backend: MakeBackend) -> None:
+    backend = await make_backend("postgres")
+    async with await psycopg.AsyncConnection.connect(POSTGRES_URL) as conn:
+        schema = sql.Identifier(backend.pg_schema or "")
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+        await conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        for migration in MIGRATIONS[:5]:
+            await conn.execute(migration.postgres)
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, now())", (migration.version, migration.name)
+            )
+        await conn.execute("UPDATE store_counter SET value = 41")  # 41 changes so far
+    unmigrated = PostgresStore(backend.database, auto_migrate=False)  # as `audit verify` opens it
+    await unmigrated.open()
+    try:
+        assert await unmigrated.last_sequence() == 41
+    finally:
+        await unmigrated.close()
+    store = PostgresStore(backend.database)
+    await store.open()
+    try:
+        _, change = await store.register(new_context("x", "a"), actor="t", if_exists="error")
+        assert change is not None and change.sequence == 42
+        assert await store.last_sequence() == 42
+    finally:
+        await store.close()
+    assert await backend.sql("SELECT to_regclass('store_counter') IS NULL, max(version) FROM schema_migrations") == [
+        (True, MIGRATIONS[-1].version)
+    ]
+
+
+async def test_concurrent_writers_in_many_namespaces_reach_a_follower_once_each_in_order(
+    make_backend: MakeBackend,
+) -> None:
+    backend = await make_backend("postgres")
+    writers = [PostgresStore(backend.database, retention=Retention(keep_revisions=0)) for _ in range(4)]
+    follower = StateManager(PostgresStore(backend.database, retention=Retention(keep_revisions=0)))
+    for store in writers:
+        await store.open()
+    await follower.start()
+    subscription = follower.bus.subscribe(maxsize=10_000)
+    committed: list[int] = []
+    try:
+
+        async def write(store: PostgresStore, namespace: str) -> None:
+            for name in ("a", "b"):
+                _, change = await store.register(new_context(namespace, name), actor="t", if_exists="error")
+                assert change is not None
+                committed.append(change.sequence)
+            for i in range(30):
+                _, change = await store.mutate(namespace, "ab"[i % 2], None, bump, actor="t")
+                committed.append(change.sequence)
+
+        await asyncio.gather(*(write(store, f"ns{k}") for k, store in enumerate(writers)))
+        published: list[int] = []
+        async with asyncio.timeout(BOUND_S):
+            while len(published) < len(committed):
+                item = await subscription.get()
+                assert isinstance(item, Change)
+                published.append(item.sequence)
+        assert published == sorted(committed)
+    finally:
+        subscription.close()
+        await follower.close()
+        for store in writers:
+            await store.close()
