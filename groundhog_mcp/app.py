@@ -112,6 +112,9 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         description="largest value get_state and state resources return; a larger one is an outline to read by path",
     )
+    max_lease_seconds: float = Field(
+        default=3600, gt=0, le=7 * 24 * 3600, description="longest lease an agent may take or renew, in seconds"
+    )
     keep_revisions: int = Field(default=100, ge=0, description="history revisions kept per context; 0 keeps all")
     keep_days: float | None = Field(default=None, gt=0, description="drop history older than this many days")
     principal: str = Field(
@@ -230,7 +233,10 @@ class Settings(BaseSettings):
 
     def limits(self) -> Limits:
         return Limits(
-            max_state_bytes=self.max_state_bytes, max_depth=self.max_depth, max_read_bytes=self.max_read_bytes
+            max_state_bytes=self.max_state_bytes,
+            max_depth=self.max_depth,
+            max_read_bytes=self.max_read_bytes,
+            max_lease_seconds=self.max_lease_seconds,
         )
 
     @classmethod

@@ -11,6 +11,7 @@ same call, repeated (after re-reading, for a conflict), can succeed::
     ├── StateUpdateError          write_failed     a write could not be applied
     │   ├── ConflictError         conflict  (r)    expected_revision did not match (current revision + missed diff)
     │   └── MergeConflictError    merge_conflict   conflicting changes and on_conflict is 'fail'
+    ├── LeasedError               leased    (r)    another agent holds the context's lease, or the lease_token is stale
     ├── EventHandlingError        event_failed     an event handler failed
     ├── StateValidationError      invalid_argument a value broke a rule or the context's JSON Schema
     │                             too_large        ... or the state size limit (when that is among the issues)
@@ -37,6 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "EncryptionKeyError",
     "EventHandlingError",
     "InitializationError",
+    "LeasedError",
     "LimitExceededError",
     "MergeConflict",
     "MergeConflictError",
@@ -164,6 +167,22 @@ class ConflictError(StateUpdateError):
             f"{head}; changes since revision {self.expected_revision} (RFC 6902): {diff}; "
             "re-read the state and retry with the current revision"
         )
+
+
+class LeasedError(ContextError):
+    """A write or a lease action was refused by the context's lease: another agent holds it
+    (``holder`` until ``expires_at``; retryable once it is released or expires), or the
+    ``lease_token`` presented is not the live lease's (stale: not retryable with that token)."""
+
+    code = "leased"
+    retryable = True
+
+    def __init__(self, message: str, *, holder: str | None, expires_at: datetime | None, stale: bool = False) -> None:
+        self.holder = holder
+        self.expires_at = expires_at
+        if stale:
+            self.retryable = False
+        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ ALL_TOOLS: tuple[str, ...] = (
     "merge_states",
     "audit_log",
     "fork_context",
+    "lease",
+    "update_context",
     "find_contexts",
 )
 """Every tool, in the order tools/list shows them (a test holds this to the registered tools)."""
@@ -50,6 +52,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "diff_states",
         "rollback_state",
         "wait_for_change",
+        "lease",
         "find_contexts",
     ),
     "all": ALL_TOOLS,

@@ -11,6 +11,7 @@ import groundhog_mcp.errors as errors_module
 from groundhog_mcp.errors import (
     ConflictError,
     ContextError,
+    LeasedError,
     MigrationError,
     StateValidationError,
     ValidationIssue,
@@ -44,7 +45,7 @@ def _documented() -> dict[str, tuple[bool, set[str]]]:
 
 def test_every_error_class_has_a_documented_code_and_retryable() -> None:
     documented = _documented()
-    assert len(CLASSES) == 17
+    assert len(CLASSES) == 18
     for cls in CLASSES:
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", cls.code), cls
         assert cls.code in documented, f"{cls.__name__}: code {cls.code!r} is not in docs/errors.md"
@@ -82,3 +83,5 @@ def test_instances_refine_their_code_where_the_table_says_so() -> None:
     taken = ConflictError.already_exists("c", 2)
     assert (taken.code, taken.retryable, taken.current_revision) == ("conflict", False, 2)
     assert ConflictError.retryable is True  # the instance override did not leak into the class
+    stale = LeasedError("lease_token: 3 is not a live lease", holder=None, expires_at=None, stale=True)
+    assert (stale.code, stale.retryable, LeasedError.retryable) == ("leased", False, True)

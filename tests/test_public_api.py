@@ -21,6 +21,7 @@ EXPECTED = {
     "EventHandlingError",
     "Grant",
     "InitializationError",
+    "LeasedError",
     "LimitExceededError",
     "Limits",
     "MergeConflictError",
@@ -52,7 +53,7 @@ def test_error_tree() -> None:
     assert issubclass(g.MergeConflictError, g.StateUpdateError)
     assert issubclass(g.MigrationError, g.ContextError)
     assert issubclass(g.CompactedError, g.NotFoundError)
-    for error in (g.NotFoundError, g.AccessDeniedError, g.LimitExceededError, g.StoreBusyError):
+    for error in (g.NotFoundError, g.AccessDeniedError, g.LimitExceededError, g.StoreBusyError, g.LeasedError):
         assert issubclass(error, g.ContextError)
 
 

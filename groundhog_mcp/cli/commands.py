@@ -160,6 +160,11 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_db_status)
     db_migrate = db_commands.add_parser("migrate", parents=[common], help="apply pending schema migrations")
     db_migrate.set_defaults(handler=_db_migrate)
+    sweep = db_commands.add_parser(
+        "sweep", parents=[common], help="record the removal of expired contexts now (reads leave them out anyway)"
+    )
+    sweep.add_argument("--limit", type=int, default=10_000, help="remove at most this many (default 10000)")
+    sweep.set_defaults(handler=_db_sweep)
     return parser
 
 
@@ -302,6 +307,18 @@ async def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
         applied = await store.migrate()
         status = await store.status()
     print_json({"applied": applied, "schema_version": status.schema_version})
+    return 0
+
+
+async def _db_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    removed: list[str] = []
+    async with manager_session(settings) as manager:
+        while len(removed) < args.limit:
+            batch = await manager.store.sweep(limit=min(500, args.limit - len(removed)))
+            removed += [f"{c.namespace}/{c.name}" for c in batch]
+            if not batch:
+                break
+    print_json({"expired": len(removed), "contexts": removed[:100]})
     return 0
 
 

@@ -27,7 +27,9 @@ from groundhog_mcp.server.arguments import (
 )
 from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.branch_tools import register_branch_tools
+from groundhog_mcp.server.definition_tool import register_definition_tool
 from groundhog_mcp.server.error_results import admit_error_results, error_result, invalid_params, tool_error_result
+from groundhog_mcp.server.lease_tool import register_lease_tool
 from groundhog_mcp.server.merge_tool import register_merge_tool
 from groundhog_mcp.server.notify import NamespacedSubscriptionBus
 from groundhog_mcp.server.path_watch import capture_listen_uris
@@ -169,6 +171,8 @@ def build_server(
     register_merge_tool(server)
     register_audit_tool(server)
     register_branch_tools(server)
+    register_lease_tool(server)
+    register_definition_tool(server)
     register_search_tool(server)
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added

@@ -6,7 +6,8 @@ A tool error is a ``CallToolResult`` with ``isError: true``, the human text in `
     {"error": {"code": "conflict", "retryable": true, "message": "...", "current_revision": 7}}
 
 ``current_revision`` comes with a conflict (when the context exists), ``oldest_available`` with
-``compacted``, ``field`` when the error names one argument. Resource reads and prompts fail with
+``compacted``, ``holder`` and ``expires_at`` with ``leased`` (while another agent holds the
+lease), ``field`` when the error names one argument. Resource reads and prompts fail with
 a JSON-RPC error whose ``data`` is ``{"code": ..., "retryable": ...}``.
 
 Why every tool's ``outputSchema`` admits the error shape: the TypeScript SDK's client (and so
@@ -26,7 +27,8 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 
-from groundhog_mcp.errors import CompactedError, ConflictError, ContextError, StateValidationError
+from groundhog_mcp.errors import CompactedError, ConflictError, ContextError, LeasedError, StateValidationError
+from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.arguments import INVALID_ARGUMENT
 
 __all__ = [
@@ -54,6 +56,8 @@ ERROR_SCHEMA: dict[str, Any] = {
         "retryable": {"type": "boolean"},
         "message": {"type": "string"},
         "current_revision": {"type": "integer"},
+        "holder": {"type": "string"},
+        "expires_at": {"type": "string"},
         "oldest_available": {"type": "integer"},
         "field": {"type": "string"},
     },
@@ -81,6 +85,9 @@ def _details(exc: ContextError) -> dict[str, Any]:
         return {"current_revision": exc.current_revision}
     if isinstance(exc, CompactedError):
         return {"oldest_available": exc.oldest_available}
+    if isinstance(exc, LeasedError):
+        expires = format_timestamp(exc.expires_at) if exc.expires_at is not None else None
+        return {"holder": exc.holder, "expires_at": expires}
     if isinstance(exc, StateValidationError):
         return {"field": exc.field}
     return {}

@@ -13,7 +13,15 @@ from groundhog_mcp.errors import MergeConflict, StateValidationError, Validation
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.outputs import StateValue
-from groundhog_mcp.server.tools import AppCtx, ExpectedRevision, Name, StateInput, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
+from groundhog_mcp.server.tools import (
+    AppCtx,
+    ExpectedRevision,
+    LeaseToken,
+    Name,
+    StateInput,
+    _manager,  # pyright: ignore[reportPrivateUsage]
+    tool_errors,
+)
 from groundhog_mcp.service.merge import MAX_MERGE_INPUTS, MAX_REDUCERS, MergeOutcome, Provenance, SourceInfo
 
 __all__ = ["MAX_LISTED", "ConflictOut", "MergeInput", "MergeOut", "ProvenanceOut", "SourceOut", "register_merge_tool"]
@@ -172,21 +180,26 @@ async def merge_states(
     target: Annotated[Name | None, Field(description="Write the result to this context as a new revision")] = None,
     expected_revision: ExpectedRevision = None,
     dry_run: Annotated[bool, Field(description="Check and list conflicts; write nothing")] = False,
+    lease_token: LeaseToken = None,
 ) -> MergeOut:
     """Merge 2-16 states (contexts at revisions, inline states), data and metadata. three_way:
     a key changed differently on both sides is a conflict on_conflict settles. reducers at given
     paths (any strategy) combine values. With target (and expected_revision) the result is
     written as one new revision; dry_run previews it."""
     sources = [item.as_source(f"inputs[{i}]") for i, item in enumerate(inputs)]
-    outcome = await _manager(ctx).merge(
-        sources,
-        strategy=strategy,
-        base=base.as_source("base") if base is not None else None,
-        reducers=reducers,
-        on_conflict=on_conflict,
-        target=target,
-        expected_revision=expected_revision,
-        dry_run=dry_run,
+    outcome = (
+        await _manager(ctx)
+        .with_lease(lease_token)
+        .merge(
+            sources,
+            strategy=strategy,
+            base=base.as_source("base") if base is not None else None,
+            reducers=reducers,
+            on_conflict=on_conflict,
+            target=target,
+            expected_revision=expected_revision,
+            dry_run=dry_run,
+        )
     )
     return MergeOut.of(outcome, target)
 

@@ -10,13 +10,14 @@ from groundhog_mcp.models import Change, ContextState, HistoryEntry, Parent, dum
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
 from groundhog_mcp.service.migration import ContextMigration, MigrationReport
 from groundhog_mcp.service.reading import TooLarge
-from groundhog_mcp.service.types import AuditRecord, DeadLetter, StoredContext
+from groundhog_mcp.service.types import AuditRecord, DeadLetter, Lease, StoredContext
 
 __all__ = [
     "ContextOut",
     "ContextSummary",
     "DiffOut",
     "HistoryOut",
+    "LeaseOut",
     "ListOut",
     "MigrateOut",
     "ParentOut",
@@ -77,6 +78,26 @@ class ParentOut(BaseModel):
         return cls(kind=parent.kind, name=parent.name, revision=parent.revision)
 
 
+class LeaseOut(BaseModel):
+    name: str
+    token: int = Field(description="fencing token: pass it as lease_token on your writes, and to renew/release")
+    held: bool = Field(description="false after a release")
+    holder: str | None = None
+    expires_at: str | None = Field(default=None, description="renew before this (RFC 3339 UTC)")
+    sequence: int | None = Field(default=None, description="change-feed sequence of this lease action")
+
+    @classmethod
+    def of(cls, name: str, lease: Lease, *, held: bool = True, sequence: int | None = None) -> LeaseOut:
+        return cls(
+            name=name,
+            token=lease.token,
+            held=held,
+            holder=lease.holder,
+            expires_at=format_timestamp(lease.expires_at) if lease.expires_at is not None else None,
+            sequence=sequence,
+        )
+
+
 class ContextOut(ContextSummary):
     namespace: str
     metadata: dict[str, Any]
@@ -89,6 +110,12 @@ class ContextOut(ContextSummary):
     )
     sequence: int | None = Field(default=None, description="change-feed sequence of the registration")
     forked_from: ParentOut | None = Field(default=None, description="the context and revision this one was forked from")
+    lease: LeaseOut | None = Field(default=None, description="the lease held on the context now, if any")
+    differs: list[str] | None = Field(
+        default=None,
+        description="register_context with if_exists='return': the parts of the definition you gave that differ "
+        "from the stored one (unchanged; update_context changes them)",
+    )
 
     @classmethod
     def of(
@@ -98,6 +125,8 @@ class ContextOut(ContextSummary):
         created: bool | None = None,
         sequence: int | None = None,
         forked_from: Parent | None = None,
+        lease: Lease | None = None,
+        differs: list[str] | None = None,
     ) -> ContextOut:
         return cls(
             id=str(ctx.id),
@@ -115,6 +144,8 @@ class ContextOut(ContextSummary):
             created=created,
             sequence=sequence,
             forked_from=ParentOut.of(forked_from) if forked_from is not None else None,
+            lease=LeaseOut.of(ctx.name, lease) if lease is not None else None,
+            differs=differs,
         )
 
 

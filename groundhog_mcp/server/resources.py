@@ -66,7 +66,9 @@ async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
 async def context_resource(name: str, ctx: AppCtx) -> str:
     manager = _manager(ctx)
     context = await manager.get(name)
-    return ContextOut.of(context, forked_from=await manager.forked_from(context)).model_dump_json()
+    return ContextOut.of(
+        context, forked_from=await manager.forked_from(context), lease=await manager.lease_of(context)
+    ).model_dump_json()
 
 
 def _state_document(name: str, revision: int, state: ContextState, limit: int) -> str:

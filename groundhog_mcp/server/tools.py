@@ -46,6 +46,7 @@ from groundhog_mcp.server.outputs import (
 from groundhog_mcp.server.principals import request_principal
 from groundhog_mcp.server.timeline_app import ui_meta
 from groundhog_mcp.service import Caller, Event, StateManager, WriteResult
+from groundhog_mcp.service.definition import differences
 from groundhog_mcp.service.migration import format_of
 from groundhog_mcp.service.reading import MAX_FIELDS, TooLarge, bounded, read_part
 
@@ -62,22 +63,18 @@ Name = Annotated[
     str,
     Field(
         description="Context name",
-        pattern=NAME_PATTERN,
-        min_length=1,
-        max_length=128,
+        pattern=NAME_PATTERN,  # which bounds the length too: {1,128}
     ),
 ]
 ExpectedRevision = Annotated[
     int | None,
     Field(
-        description=(
-            "Compare-and-set: the revision you last read (conflict if it moved on); 0: must not exist; "
-            "null: unconditional"
-        ),
+        description="The revision you last read, else a conflict names the current one; 0: must not exist yet",
         ge=0,
     ),
 ]
 Revision = Annotated[int, Field(description="A revision of this context", ge=1)]
+LeaseToken = Annotated[int | None, Field(description="From lease take")]
 JSONObjectArg = dict[str, Any]
 EventType = Annotated[
     str, Field(description="Event type; the context needs a handler for it", min_length=1, max_length=128)
@@ -185,7 +182,8 @@ def _write_out(result: WriteResult) -> WriteOut:
 async def register_context(
     name: Name,
     ctx: AppCtx,
-    version: Annotated[str, Field(description="Version of the context's definition", pattern=SEMVER_PATTERN)] = "1.0.0",
+    # The service checks it (check_semver): the same message, without the pattern in the schema.
+    version: Annotated[str, Field(description="Version of the context's definition (semver)")] = "1.0.0",
     state: Annotated[StateInput | None, Field(description="Initial state; empty when omitted")] = None,
     metadata: Annotated[JSONObjectArg | None, Field(description="About the context itself")] = None,
     settings: Annotated[JSONObjectArg | None, Field(description="Free-form, stored with the context")] = None,
@@ -201,9 +199,8 @@ async def register_context(
         dict[str, dict[str, Any]] | None,
         Field(
             description=(
-                "Per event type (emit_event): {action: set|merge|append|increment|remove, path: pointer into "
-                "data, value_from?: pointer into payload, value?, payload_schema?, max_attempts?: 1-10} "
-                "or {plugin: entry point}"
+                "Per event type, for emit_event: {action: set|merge|append|increment|remove, path, value_from?: "
+                "payload pointer, value?, payload_schema?, max_attempts?: 1-10} or {plugin: entry point name}"
             )
         ),
     ] = None,
@@ -239,7 +236,10 @@ async def register_context(
     )
     if isinstance(result, WriteResult):
         return ContextOut.of(result.context, created=True, sequence=result.change.sequence)
-    return ContextOut.of(result, created=False)
+    differs = differences(
+        result, version=version, metadata=metadata, settings=settings, schema=json_schema, handlers=event_handlers
+    )
+    return ContextOut.of(result, created=False, differs=differs)
 
 
 @tool_errors
@@ -248,19 +248,21 @@ async def unregister_context(
     ctx: AppCtx,
     expected_revision: ExpectedRevision = None,
     purge: Annotated[bool, Field(description="Also delete its history and change feed diffs")] = False,
+    lease_token: LeaseToken = None,
 ) -> UnregisterOut:
     """Remove a context (history kept unless purge). Registering the name again continues its
     revision numbers."""
-    change = await _manager(ctx).unregister(name, expected_revision=expected_revision, purge=purge)
+    manager = _manager(ctx).with_lease(lease_token)
+    change = await manager.unregister(name, expected_revision=expected_revision, purge=purge)
     return UnregisterOut(name=name, revision=change.revision, sequence=change.sequence, purged=purge)
 
 
 @tool_errors
 async def get_context(name: Name, ctx: AppCtx) -> ContextOut:
-    """Describe a context: id, versions, revision, state size, metadata, settings, schema."""
+    """Describe a context: id, versions, revision, state size, metadata, settings, schema, lease."""
     manager = _manager(ctx)
     context = await manager.get(name)
-    return ContextOut.of(context, forked_from=await manager.forked_from(context))
+    return ContextOut.of(context, forked_from=await manager.forked_from(context), lease=await manager.lease_of(context))
 
 
 @tool_errors
@@ -345,11 +347,14 @@ async def update_state(
         Field(description="RFC 6902 operations, all or none; a failing test op aborts the write"),
     ] = None,
     metadata: Annotated[JSONObjectArg | None, Field(description="RFC 7396 merge patch of the metadata")] = None,
+    lease_token: LeaseToken = None,
+    release_lease: Annotated[bool, Field(description="Then release the lease")] = False,
 ) -> WriteOut:
     """Write a context's state as one new revision: exactly one of data, merge_patch or patch
     (metadata alone or with one). Pass the revision you read as expected_revision so no concurrent
     write is overwritten; on conflict, re-read and retry."""
-    result = await _manager(ctx).update(
+    manager = _manager(ctx).with_lease(lease_token)
+    result = await manager.update(
         name,
         data=data,
         merge_patch_=merge_patch,
@@ -357,6 +362,8 @@ async def update_state(
         metadata=metadata,
         expected_revision=expected_revision,
     )
+    if release_lease and lease_token is not None:
+        await manager.release_lease(name, lease_token)
     return _write_out(result)
 
 
@@ -428,10 +435,12 @@ async def rollback_state(
     revision: Revision,
     ctx: AppCtx,
     expected_revision: ExpectedRevision = None,
+    lease_token: LeaseToken = None,
 ) -> WriteOut:
     """Undo: restore an earlier revision's data and metadata as a new revision (history is kept,
     so a rollback can be undone too)."""
-    return _write_out(await _manager(ctx).rollback(name, revision, expected_revision=expected_revision))
+    manager = _manager(ctx).with_lease(lease_token)
+    return _write_out(await manager.rollback(name, revision, expected_revision=expected_revision))
 
 
 @tool_errors
@@ -475,12 +484,15 @@ async def emit_event(
         str | None,
         Field(description="The same key again (a retry) applies the event only once", max_length=200),
     ] = None,
+    lease_token: LeaseToken = None,
 ) -> EventOut:
     """Send an event to a context: its handler turns it into a state change, committed atomically
     with the event. A handler that keeps failing changes nothing and leaves the event in the dead
     letters."""
-    result = await _manager(ctx).emit_event(
-        name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key)
+    result = (
+        await _manager(ctx)
+        .with_lease(lease_token)
+        .emit_event(name, Event(type=type, payload=payload or {}, idempotency_key=idempotency_key))
     )
     return EventOut.of(result)
 

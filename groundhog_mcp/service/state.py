@@ -17,7 +17,7 @@ import asyncio
 import copy
 import dataclasses
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from groundhog_mcp.models import (
     Right,
 )
 from groundhog_mcp.security.audit import Signer
-from groundhog_mcp.service import branches, handling, merging, metrics, migration, reads, updates
+from groundhog_mcp.service import branches, definition, handling, leases, merging, metrics, migration, reads, updates
 from groundhog_mcp.service.access import (
     ContextPage,
     authorize,
@@ -51,6 +51,7 @@ from groundhog_mcp.service.audit import AuditPage, AuditTrail, AuditVerification
 from groundhog_mcp.service.bus import ChangeBus
 from groundhog_mcp.service.caller import Caller
 from groundhog_mcp.service.events import Event, EventHandler
+from groundhog_mcp.service.expiry import expire_if_due
 from groundhog_mcp.service.feed import MAX_WAIT_SECONDS, ChangeFeed, wait_for_changes
 from groundhog_mcp.service.handling import EventResult
 from groundhog_mcp.service.merge import MergeOutcome, MergeSource, OnConflict, Strategy, compute_merge
@@ -67,7 +68,7 @@ from groundhog_mcp.service.validation import (
 )
 from groundhog_mcp.service.writes import Writer, WriteResult
 from groundhog_mcp.store import open_store
-from groundhog_mcp.store.base import DeadLetter, ParentRef, Store, StoredContext
+from groundhog_mcp.store.base import DeadLetter, Lease, LeaseGrant, ParentRef, Store, StoredContext
 
 __all__ = ["MAX_WAIT_SECONDS", "Caller", "ContextPage", "EventResult", "StateManager", "WriteResult"]
 
@@ -102,6 +103,7 @@ class StateManager:
         self.audit = AuditTrail(store, self.metrics, self._pending)
         self.writer = Writer(store, self.feed, self.metrics, self.audit, self._pending)
         self.reader = StateReader(store, self.limits, self.upcasts)
+        self.lease_queues = leases.LeaseQueues()  # takers waiting in line, per context
 
     @property
     def principal(self) -> Principal:
@@ -136,6 +138,12 @@ class StateManager:
     def with_principal(self, principal: Principal) -> StateManager:
         """A view of this manager acting as ``principal`` (see :meth:`with_caller`)."""
         return self.with_caller(dataclasses.replace(self.caller, principal=principal))
+
+    def with_lease(self, token: int | None) -> StateManager:
+        """A view of this manager whose writes present lease ``token`` (None: this manager)."""
+        if token is None:
+            return self
+        return self.with_caller(dataclasses.replace(self.caller, lease_token=token))
 
     @classmethod
     @asynccontextmanager
@@ -248,6 +256,37 @@ class StateManager:
     async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
         return await updates.unregister(self, name, expected_revision=expected_revision, purge=purge)
 
+    async def update_context(
+        self,
+        name: str,
+        *,
+        expected_revision: int | None = None,
+        schema: JSONObject | None = None,
+        settings: JSONObject | None = None,
+        handlers: JSONObject | None = None,
+        metadata: JSONObject | None = None,
+        version: str | None = None,
+        state_format: str | JSONObject | None = None,
+        validate_current: bool = True,
+    ) -> WriteResult:
+        """Change the definition of context ``name`` (needs ``admin``): the parts given replace the
+        stored ones (``state_format`` goes into the settings). A new revision, op ``redefine``, keeps
+        the state as it is; unless ``validate_current`` is False, a current state the new
+        definition refuses refuses the change, listing every violation
+        (see :mod:`groundhog_mcp.service.definition`)."""
+        return await definition.update_definition(
+            self,
+            name,
+            expected_revision=expected_revision,
+            schema=schema,
+            settings=settings,
+            handlers=handlers,
+            metadata=metadata,
+            version=version,
+            state_format=state_format,
+            validate_current=validate_current,
+        )
+
     async def get(self, name: str) -> StoredContext:
         check_name(name)
         # Before the lookup: a context you may not read is never read nor decoded, so it costs
@@ -255,6 +294,7 @@ class StateManager:
         await self.authorize("read", name)
         stored = await self.store.get(self.principal.namespace, name)
         if stored is None:
+            await expire_if_due(self, name)
             raise NotFoundError(missing(name))
         return stored
 
@@ -590,3 +630,40 @@ class StateManager:
         namespace, so the answer (a row count and the first broken row) is the store's."""
         await self.authorize("admin", "")
         return await verify_audit_chain(self.store, key)
+
+    # -- leases (service/leases.py) ---------------------------------------------------------
+
+    async def take_lease(
+        self,
+        name: str,
+        *,
+        ttl_seconds: float | None = None,
+        wait_seconds: float = 0,
+        holder: str | None = None,
+    ) -> LeaseGrant:
+        """Take the lease of context ``name`` (see :func:`groundhog_mcp.service.leases.take_lease`)."""
+        return await leases.take_lease(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
+
+    async def renew_lease(self, name: str, token: int | None, *, ttl_seconds: float | None = None) -> LeaseGrant:
+        """Extend the live lease ``token`` to ``ttl_seconds`` from now."""
+        return await leases.lease_action(self, name, "renew", token=token, ttl_seconds=ttl_seconds)
+
+    async def release_lease(self, name: str, token: int | None) -> LeaseGrant:
+        """Release lease ``token`` (a release of a lease already released does nothing)."""
+        return await leases.lease_action(self, name, "release", token=token)
+
+    def leased(
+        self,
+        name: str,
+        *,
+        ttl_seconds: float | None = None,
+        wait_seconds: float = 0,
+        holder: str | None = None,
+    ) -> AbstractAsyncContextManager[StateManager]:
+        """``async with manager.leased(name) as agent:`` take the lease; every write through
+        ``agent`` (a view of this manager) presents its token; release it at the end."""
+        return leases.leased(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
+
+    async def lease_of(self, context: StoredContext) -> Lease | None:
+        """The lease held on ``context`` now (read with :meth:`get`), None when it is free."""
+        return await leases.held_lease(self.store, context)

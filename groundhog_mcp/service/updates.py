@@ -8,17 +8,16 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Literal
 
-from groundhog_mcp.errors import ConflictError, StateValidationError, ValidationIssue
+from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import Change, ContextId, ContextState, JSONObject, utcnow
-from groundhog_mcp.service.events import parse_handler_specs
+from groundhog_mcp.service.definition import check_definition
+from groundhog_mcp.service.expiry import expire_if_due, resolve_expiry_settings
 from groundhog_mcp.service.migration import dry_run_chains, format_of
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.reads import check_written, format_version, state_issues
 from groundhog_mcp.service.search import declared_indexes
 from groundhog_mcp.service.validation import (
     check_name,
-    check_retention_settings,
-    check_schema_definition,
     check_semver,
     inspect_json,
     raise_if_invalid,
@@ -85,20 +84,13 @@ async def register(
     await manager.authorize("write", name)
     check_semver(version)
     metadata = metadata or {}
-    settings = settings or {}
+    settings = resolve_expiry_settings(settings or {})
 
     def checked_state() -> ContextState:
         # Schemas, formats and states from a client: checked in a worker thread, never on the loop.
-        raise_if_invalid(inspect_json(metadata, manager.limits), "metadata")
-        raise_if_invalid(inspect_json(settings, manager.limits), "settings")
-        check_retention_settings(settings)
-        state_format = format_of(settings)  # parsed and checked once per distinct declaration
-        if schema is not None:
-            raise_if_invalid(inspect_json(schema, manager.limits), "schema")
-            check_schema_definition(schema)
-        if handlers:
-            raise_if_invalid(inspect_json(handlers, manager.limits), "event_handlers")
-            parse_handler_specs(handlers)
+        state_format = check_definition(
+            manager.limits, metadata=metadata, settings=settings, schema=schema, handlers=handlers
+        )
         initial = state or ContextState(version=state_format.version if state_format else "1.0.0")
         if state_format is not None:
             state_format.check_plugins()
@@ -257,15 +249,19 @@ async def unregister(
     """See :meth:`groundhog_mcp.service.state.StateManager.unregister`."""
     check_name(name)
     await manager.authorize("admin", name)
-    change = await manager.writer.committed(
-        manager.store.unregister(
-            manager.principal.namespace,
-            name,
-            expected_revision,
-            purge=purge,
-            actor=manager.principal.name,
-            audit=manager.audit.note(manager.caller, "purge" if purge else None),
-        ),
-        lambda c: c,
-    )
-    return change
+    try:
+        return await manager.writer.committed(
+            manager.store.unregister(
+                manager.principal.namespace,
+                name,
+                expected_revision,
+                purge=purge,
+                actor=manager.principal.name,
+                audit=manager.audit.note(manager.caller, "purge" if purge else None),
+                lease_token=manager.caller.lease_token,
+            ),
+            lambda c: c,
+        )
+    except NotFoundError:
+        await expire_if_due(manager, name)
+        raise

@@ -37,6 +37,7 @@ class Limits:
     max_history_page: int = 100
     max_event_payload_bytes: int = 256 * 1024
     max_read_bytes: int = 256 * 1024
+    max_lease_seconds: float = 3600.0
 
 
 def _lone_surrogate(text: str) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from groundhog_mcp.errors import ContextError
+from groundhog_mcp.errors import ContextError, NotFoundError
 from groundhog_mcp.models import Change, ContextState, JSONObject, json_diff
 from groundhog_mcp.service.audit import AuditTrail
 from groundhog_mcp.service.caller import Caller
@@ -96,16 +96,32 @@ class Writer:
                     actor=caller.principal.name,
                     event=event,
                     audit=self.audit.note(caller, detail),
+                    lease_token=caller.lease_token,
                     inline=inline,
                 ),
                 lambda r: r[1],
             )
         except ContextError as exc:
             self.metrics.count_error(type(exc).__name__, metric_key(namespace, name))
+            if isinstance(exc, NotFoundError):
+                await self.expire_if_due(caller, name)
             raise
         finally:
             self.metrics.observe_write(metric_key(namespace, name), time.perf_counter() - started)
         return WriteResult(stored, change, change.revision - 1)
+
+    async def expire_if_due(self, caller: Caller, name: str) -> None:
+        """``caller`` just missed context ``name``: if it expired, record its removal now (once;
+        the feed then tells watchers), as the caller (groundhog_mcp/store/expiry.py)."""
+        await self.committed(
+            self.store.expire(
+                caller.principal.namespace,
+                name,
+                actor=caller.principal.name,
+                audit=self.audit.note(caller, "expired"),
+            ),
+            lambda change: change,
+        )
 
     async def committed(self, write: Awaitable[_T], change_of: Callable[[_T], Change | None]) -> _T:
         """Run a write to completion even if the caller is cancelled, then hand its change to the feed.

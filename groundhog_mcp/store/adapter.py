@@ -109,6 +109,8 @@ class StoreAdapter:
     # json/text beside bytea); the others hold either form in place.
     SEALED_SIDE: dict[str, LiteralString] = {}
     FOR_UPDATE: LiteralString = ""
+    # The current time in SQL, comparable with a stored timestamp (contexts.expires_at).
+    NOW: LiteralString = "CURRENT_TIMESTAMP"
     # States up to this size are decoded where the unit of work runs; larger ones via _compute.
     INLINE_BYTES = 64 * 1024
     # A backend whose units of work run on its one database thread (SQLite) runs a mutation there
@@ -130,8 +132,10 @@ class StoreAdapter:
         self._context_select: LiteralString = f"{CONTEXT_COLUMNS}, {self._side('contexts.state')}"
         side = self.SEALED_SIDE.get("contexts.state")
         self._state_side: LiteralString = f", {side}" if side else ""
+        # A live context: not unregistered, not expired (an expired one reads as missing).
+        self._live: LiteralString = f"deleted_at IS NULL AND (expires_at IS NULL OR expires_at > {self.NOW})"
         self._live_row: LiteralString = (
-            f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND name = %s AND deleted_at IS NULL"
+            f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND name = %s AND {self._live}"
         )
 
     # -- what a backend provides --------------------------------------------------------------

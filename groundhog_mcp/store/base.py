@@ -29,6 +29,9 @@ from groundhog_mcp.store.rows import (
     AuditRecord,
     AuditValue,
     DeadLetter,
+    Lease,
+    LeaseAction,
+    LeaseGrant,
     LineageEdge,
     ParentRef,
     StoredContext,
@@ -52,8 +55,12 @@ __all__ = [
     "AuditSigner",
     "ChangeAnnouncer",
     "DeadLetter",
+    "Definition",
     "EventAlreadyHandled",
     "EventRecord",
+    "Lease",
+    "LeaseAction",
+    "LeaseGrant",
     "LineageEdge",
     "MaintenanceStore",
     "Mutation",
@@ -111,13 +118,26 @@ def registered(new: NewContext, *, revision: int, state_size: int, now: datetime
 
 
 @dataclass(frozen=True)
+class Definition:
+    """A context's definition as a redefinition writes it (see :class:`Mutation`)."""
+
+    version: str
+    metadata: JSONObject
+    settings: JSONObject
+    schema: JSONObject | None
+    handlers: JSONObject
+
+
+@dataclass(frozen=True)
 class Mutation:
-    """What a mutator returns: the new state and the RFC 6902 patch from the current one."""
+    """What a mutator returns: the new state and the RFC 6902 patch from the current one, and
+    with ``definition`` the context's new definition, written in the same transaction."""
 
     state: ContextState
     patch: list[JSONObject]
     op: str = "update"
     parents: tuple[ParentRef, ...] = ()  # a merge: the other contexts' revisions it took in
+    definition: Definition | None = None
 
 
 @dataclass(frozen=True)
@@ -193,13 +213,48 @@ class Store(Protocol):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
         inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
-        """One CAS write: check ``expected_revision``, apply ``mutator``, commit. With ``event`` the
-        event record commits in the same transaction; a repeated idempotency key raises
-        :class:`EventAlreadyHandled` and writes nothing. ``inline(current)`` true: the mutator is
-        cheap on that context (no schema to check, no plugin code, small inputs), and may run
-        inside the transaction where the backend would otherwise run it in a worker thread."""
+        """One CAS write: check the lease (``lease_token``, see :meth:`lease`) and
+        ``expected_revision``, apply ``mutator``, commit. With ``event`` the event record commits
+        in the same transaction; a repeated idempotency key raises :class:`EventAlreadyHandled`
+        and writes nothing. ``inline(current)`` true: the mutator is cheap on that context (no schema
+        to check, no plugin code, small inputs), and may run inside the transaction where the
+        backend would otherwise run it in a worker thread."""
+        ...
+
+    async def lease(
+        self,
+        namespace: str,
+        name: str,
+        action: LeaseAction,
+        *,
+        token: int | None,
+        holder: str,
+        ttl_seconds: float,
+        actor: str,
+        audit: AuditNote | None = None,
+    ) -> LeaseGrant:
+        """Take (a new fencing token, one more than the last), renew (``token``: the live lease's)
+        or release (``token``) the lease of a live context, with a change row (op ``lease_take``,
+        ``lease_renew``, ``lease_release``; the revision does not move) and an audit row. While a
+        lease is held, :meth:`mutate` and :meth:`unregister` need its token; a token that is not
+        the live lease's is refused. Raises :class:`~groundhog_mcp.errors.LeasedError`."""
+        ...
+
+    async def read_lease(self, context_id: ContextId) -> Lease | None:
+        """The context's lease row (held or not), None when it was never leased."""
+        ...
+
+    async def expire(self, namespace: str, name: str, *, actor: str, audit: AuditNote | None = None) -> Change | None:
+        """Record the removal of context ``name`` if it expired and was not removed yet (op
+        ``expired``, like an unregister); None when there was nothing to remove. Reads leave an
+        expired context out whether or not its removal was recorded."""
+        ...
+
+    async def sweep(self, *, limit: int = 1000, actor: str = "expiry") -> list[Change]:
+        """Record the removal of up to ``limit`` expired contexts of every namespace."""
         ...
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None: ...
@@ -237,8 +292,10 @@ class Store(Protocol):
         purge: bool,
         actor: str,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
     ) -> Change:
-        """Remove a live context; history stays unless ``purge`` (audit rows always stay)."""
+        """Remove a live context (its lease with it: the fencing check applies, as in
+        :meth:`mutate`); history stays unless ``purge`` (audit rows always stay)."""
         ...
 
     async def get(self, namespace: str, name: str) -> StoredContext | None: ...

@@ -25,6 +25,7 @@ from groundhog_mcp.store.base import (
     AuditQuery,
     AuditRecord,
     DeadLetter,
+    Definition,
     EventAlreadyHandled,
     EventRecord,
     Mutation,
@@ -39,6 +40,8 @@ from groundhog_mcp.store.base import (
     registered,
 )
 from groundhog_mcp.store.codec import is_sealed
+from groundhog_mcp.store.expiry import Expiry, expiry_deadline
+from groundhog_mcp.store.leases import Leasing
 from groundhog_mcp.store.maintenance import Maintenance, RotationProgress
 from groundhog_mcp.store.rows import (
     AUDIT_COLUMNS,
@@ -61,7 +64,7 @@ from groundhog_mcp.store.search import Searching
 __all__ = ["RotationProgress", "StoreCore"]
 
 
-class StoreCore(Maintenance, Searching):
+class StoreCore(Expiry, Leasing, Maintenance, Searching):
     """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
 
     # -- the write sequence -------------------------------------------------------------------
@@ -105,12 +108,19 @@ class StoreCore(Maintenance, Searching):
                 if if_exists == "return":
                     return await self._context(existing), None
                 raise ConflictError.already_exists(new.name, existing[8])
+            if await self._remove_expired(tx, new.namespace, new.name, actor, audit) is not None:
+                # The expired context's removal took a revision of the name: read its mark again.
+                last = await tx.fetchone(
+                    "SELECT last_revision FROM name_revisions WHERE namespace = %s AND name = %s",
+                    (new.namespace, new.name),
+                )
             revision = (last[0] if last else 0) + 1
             encoded = await self._compute(None, self._encode, new.namespace, new.id, revision, new.state)
             now = utcnow()
             state = self._values("contexts.state", encoded.state)
             await tx.execute(
-                f"INSERT INTO contexts ({CONTEXT_COLUMNS}{self._state_side}) VALUES ({marks(12 + len(state))})",
+                f"INSERT INTO contexts ({CONTEXT_COLUMNS}{self._state_side}, expires_at)"
+                f" VALUES ({marks(13 + len(state))})",
                 (
                     new.id,
                     new.namespace,
@@ -126,6 +136,7 @@ class StoreCore(Maintenance, Searching):
                     now,
                     now,
                     *state[1:],
+                    expiry_deadline(new.settings, now),
                 ),
             )
             stored = registered(new, revision=revision, state_size=encoded.size, now=now)
@@ -146,6 +157,7 @@ class StoreCore(Maintenance, Searching):
         actor: str,
         event: EventRecord | None = None,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
         inline: Callable[[StoredContext], bool] | None = None,
     ) -> tuple[StoredContext, Change]:
         # A mutator runs inside the transaction when ``inline`` says it is cheap on the context and
@@ -155,7 +167,9 @@ class StoreCore(Maintenance, Searching):
         prepared: tuple[StoredContext, Mutation, EncodedState] | None = None
 
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
-            current = await self._context(await self._lock_live(tx, namespace, name))
+            row = await self._lock_live(tx, namespace, name)
+            current = await self._context(row)
+            self._fence(row, current.id, name, lease_token)
             if event is not None and event.idempotency_key is not None:
                 # Under the context's lock: a second instance handling the same event waits, then sees it.
                 seen = await self._find_event(tx, current.id, event.idempotency_key)
@@ -174,12 +188,22 @@ class StoreCore(Maintenance, Searching):
             now = utcnow()
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
-                " updated_at = %s WHERE id = %s",
-                (revision, *self._values("contexts.state", encoded.state), encoded.size, now, current.id),
+                " updated_at = %s, expires_at = %s WHERE id = %s",
+                (
+                    revision,
+                    *self._values("contexts.state", encoded.state),
+                    encoded.size,
+                    now,
+                    # A write resets the idle expiry (under the new settings, for a redefinition).
+                    expiry_deadline((mutation.definition or current).settings, now),
+                    current.id,
+                ),
             )
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=encoded.size, updated_at=now
             )
+            if mutation.definition is not None:
+                stored = await self._redefine(tx, stored, mutation.definition)
             change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
             if mutation.parents:
                 await self._link(tx, stored, mutation.parents)
@@ -202,41 +226,73 @@ class StoreCore(Maintenance, Searching):
         purge: bool,
         actor: str,
         audit: AuditNote | None = None,
+        lease_token: int | None = None,
     ) -> Change:
         async def work(tx: Tx) -> Change:
             row = await self._lock_live(tx, namespace, name)
             current = await self._context(row)  # (ids as the store's types, not the row's)
+            self._fence(row, current.id, name, lease_token)
             await self._check_expected(tx, current, expected_revision)
-            now = utcnow()
-            revision = current.revision + 1
-            context_id = current.id
-            if purge:
-                # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
-                patch_null = self._assign("changes.patch", "patch").replace("%s", "NULL")
-                await tx.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
-                await tx.execute(f"UPDATE changes SET {patch_null} WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM lineage WHERE context_id = %s", (context_id,))
-                await tx.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
-            elif self.codec.sealing or is_sealed(row[13] if row[13] is not None else row[9]):
-                # The state's associated data names the revision: sealed again for the new one.
-                text = dumps(current.state.to_json())
-                state = self.codec.encode_text("contexts.state", namespace, context_id, revision, text)
-                await tx.execute(
-                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s,"
-                    f" {self._assign('contexts.state', 'state')} WHERE id = %s",
-                    (now, revision, now, *self._values("contexts.state", state), context_id),
-                )
-            else:
-                await tx.execute(
-                    "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
-                    (now, revision, now, context_id),
-                )
-            stored = dataclasses.replace(current, revision=revision)
-            return await self._record(tx, stored, "unregister", actor, now, None, None, None, audit)
+            return await self._remove(tx, row, current, "unregister", purge=purge, actor=actor, audit=audit)
 
         return await self._transaction(work, writing=True)
+
+    async def _remove(
+        self, tx: Tx, row: Row, current: StoredContext, op: str, *, purge: bool, actor: str, audit: AuditNote | None
+    ) -> Change:
+        """Unregister (or expire) the locked live context ``current`` (read as ``row``)."""
+        await tx.execute("DELETE FROM leases WHERE context_id = %s", (current.id,))
+        now = utcnow()
+        revision = current.revision + 1
+        context_id = current.id
+        namespace = current.namespace
+        if purge:
+            # Purge removes the content everywhere: snapshots, the diffs in the change feed, events.
+            patch_null = self._assign("changes.patch", "patch").replace("%s", "NULL")
+            await tx.execute("DELETE FROM history WHERE context_id = %s", (context_id,))
+            await tx.execute(f"UPDATE changes SET {patch_null} WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM events WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM dead_letters WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM lineage WHERE context_id = %s", (context_id,))
+            await tx.execute("DELETE FROM contexts WHERE id = %s", (context_id,))
+        elif self.codec.sealing or is_sealed(row[13] if row[13] is not None else row[9]):
+            # The state's associated data names the revision: sealed again for the new one.
+            text = dumps(current.state.to_json())
+            state = self.codec.encode_text("contexts.state", namespace, context_id, revision, text)
+            await tx.execute(
+                "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s,"
+                f" {self._assign('contexts.state', 'state')} WHERE id = %s",
+                (now, revision, now, *self._values("contexts.state", state), context_id),
+            )
+        else:
+            await tx.execute(
+                "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
+                (now, revision, now, context_id),
+            )
+        stored = dataclasses.replace(current, revision=revision)
+        return await self._record(tx, stored, op, actor, now, None, None, None, audit)
+
+    async def _redefine(self, tx: Tx, current: StoredContext, definition: Definition) -> StoredContext:
+        new = definition
+        await tx.execute(
+            "UPDATE contexts SET version = %s, metadata = %s, settings = %s, schema = %s, handlers = %s WHERE id = %s",
+            (
+                new.version,
+                dumps(new.metadata),
+                dumps(new.settings),
+                dumps(new.schema) if new.schema is not None else None,
+                dumps(new.handlers),
+                current.id,
+            ),
+        )
+        return dataclasses.replace(
+            current,
+            version=new.version,
+            metadata=new.metadata,
+            settings=new.settings,
+            schema=new.schema,
+            handlers=new.handlers,
+        )
 
     async def _link(self, tx: Tx, ctx: StoredContext, parents: tuple[ParentRef, ...]) -> None:
         """Record where revision ``ctx.revision`` came from (a fork point, merged inputs)."""
@@ -256,7 +312,7 @@ class StoreCore(Maintenance, Searching):
             )
 
     async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
-        row = await tx.fetchone(self._live_row + self.FOR_UPDATE, (namespace, name))
+        row = await tx.fetchone(self._locked_row + self.FOR_UPDATE, (namespace, name))
         if row is None:
             raise NotFoundError(f"name: no context named {name!r}")
         return row
@@ -516,14 +572,14 @@ class StoreCore(Maintenance, Searching):
     async def get_by_id(self, context_id: ContextId) -> StoredContext | None:
         async def work(tx: Tx) -> StoredContext | None:
             row = await tx.fetchone(
-                f"SELECT {self._context_select} FROM contexts WHERE id = %s AND deleted_at IS NULL", (context_id,)
+                f"SELECT {self._context_select} FROM contexts WHERE id = %s AND {self._live}", (context_id,)
             )
             return await self._context(row) if row is not None else None
 
         return await self._transaction(work, writing=False)
 
     async def locate(self, context_id: ContextId) -> tuple[str, str] | None:
-        sql: LiteralString = "SELECT namespace, name FROM contexts WHERE id = %s AND deleted_at IS NULL"
+        sql: LiteralString = f"SELECT namespace, name FROM contexts WHERE id = %s AND {self._live}"
         row = await self._transaction(lambda tx: tx.fetchone(sql, (context_id,)), writing=False)
         return (str(row[0]), str(row[1])) if row is not None else None
 
@@ -531,7 +587,7 @@ class StoreCore(Maintenance, Searching):
         async def work(tx: Tx) -> list[StoredContext]:
             # Names are ASCII and sort bytewise: the prefix range scan is exact, `~` sorts after all of them.
             rows = await tx.fetchall(
-                f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
+                f"SELECT {self._context_select} FROM contexts WHERE namespace = %s AND {self._live}"
                 " AND name >= %s AND name < %s AND name > %s ORDER BY name LIMIT %s",
                 (namespace, prefix, prefix + "~", after or "", limit),
             )
@@ -658,8 +714,7 @@ class StoreCore(Maintenance, Searching):
 
         async def work(tx: Tx) -> tuple[int, int]:
             count = await tx.fetchone(
-                "SELECT count(*) FROM contexts WHERE namespace = %s AND deleted_at IS NULL"
-                " AND name >= %s AND name < %s",
+                f"SELECT count(*) FROM contexts WHERE namespace = %s AND {self._live} AND name >= %s AND name < %s",
                 bounds,
             )
             last = await tx.fetchone(

@@ -372,6 +372,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
+        8,
+        "leases with fencing tokens, context expiry",
+        # One row per context that was ever leased: the last fencing token issued (kept after a
+        # release, so tokens only grow) and, while held, holder and expiry (groundhog_mcp/store/leases.py).
+        # contexts.expires_at: when a context expires (its settings' expires_at, or its last write
+        # plus expire_after_idle_seconds, whichever is first); an expired context reads as missing
+        # (groundhog_mcp/store/expiry.py).
+        sqlite="""
+        ALTER TABLE contexts ADD COLUMN expires_at TEXT;
+        CREATE INDEX contexts_expiry ON contexts (expires_at) WHERE expires_at IS NOT NULL AND deleted_at IS NULL;
+        CREATE TABLE leases (
+            context_id  TEXT PRIMARY KEY,
+            token       INTEGER NOT NULL,
+            holder      TEXT,
+            expires_at  TEXT,
+            updated_at  TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+        postgres="""
+        ALTER TABLE contexts ADD COLUMN expires_at TIMESTAMPTZ;
+        CREATE INDEX contexts_expiry ON contexts (expires_at) WHERE expires_at IS NOT NULL AND deleted_at IS NULL;
+        CREATE TABLE leases (
+            context_id  UUID PRIMARY KEY,
+            token       BIGINT NOT NULL,
+            holder      TEXT,
+            expires_at  TIMESTAMPTZ,
+            updated_at  TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+    Migration(
         9,
         "search: text of the data of live states (FTS5 / GIN), jsonb containment index on PostgreSQL",
         # The text searched is the string values of a state's data. SQLite keeps it in an FTS5

@@ -155,6 +155,7 @@ class PostgresStore(StoreCore):
         "dead_letters.last_error": "last_error_sealed",
     }
     FOR_UPDATE: LiteralString = " FOR UPDATE"
+    NOW: LiteralString = "statement_timestamp()"
     _IMPORT_TARGET = "a new, empty database or schema"
 
     def __init__(
@@ -231,15 +232,22 @@ class PostgresStore(StoreCore):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _preamble(self, *, lock_timeout_ms: int | None = None, idle_timeout_ms: int | None = None) -> Statement:
+    def _preamble(
+        self,
+        *,
+        lock_timeout_ms: int | None = None,
+        idle_timeout_ms: int | None = None,
+        statement_timeout_ms: int | None = None,
+    ) -> Statement:
         """The first statement of every transaction: transaction-local settings only."""
+        statement_timeout_ms = self.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
         lock_timeout_ms = self.busy_timeout_ms if lock_timeout_ms is None else lock_timeout_ms
         idle_timeout_ms = self.statement_timeout_ms if idle_timeout_ms is None else idle_timeout_ms
         query: LiteralString = (
             "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true),"
             " set_config('idle_in_transaction_session_timeout', %s, true)"
         )
-        params = [str(self.statement_timeout_ms), str(lock_timeout_ms), str(idle_timeout_ms)]
+        params = [str(statement_timeout_ms), str(lock_timeout_ms), str(idle_timeout_ms)]
         if self.pg_schema is not None:
             query += ", set_config('search_path', %s, true)"
             params.append(f'"{self.pg_schema}"')
@@ -261,7 +269,9 @@ class PostgresStore(StoreCore):
         await _configure(conn)
         return conn
 
-    async def _run(self, work: Callable[[PgBatchTx], Awaitable[_T]], *, writing: bool) -> _T:
+    async def _run(
+        self, work: Callable[[PgBatchTx], Awaitable[_T]], *, writing: bool, statement_timeout_ms: int | None = None
+    ) -> _T:
         """Run ``work`` in one transaction on a pooled connection and commit (a read: each of its
         queries a transaction of its own, see :class:`~groundhog_mcp.store.pg_tx.PgBatchTx`).
 
@@ -281,7 +291,8 @@ class PostgresStore(StoreCore):
                     deliver_swallowed_cancel(requested)
                     try:
                         async with AsyncClientCursor(conn) as cur:
-                            tx = PgBatchTx(cur, [_BEGIN, self._preamble()], autonomous=not writing)
+                            opening = [_BEGIN, self._preamble(statement_timeout_ms=statement_timeout_ms)]
+                            tx = PgBatchTx(cur, opening, autonomous=not writing)
                             try:
                                 result = await work(tx)
                                 committing = True
@@ -355,15 +366,14 @@ class PostgresStore(StoreCore):
 
     async def _bounded_read(self, work: Callable[[Tx], Awaitable[_T]], budget_ms: int) -> _T:
         async def bounded(tx: PgBatchTx) -> _T:
-            timeout = str(min(budget_ms, self.statement_timeout_ms))
-            await tx.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
             try:
                 return await work(tx)
             except errors.QueryCanceled:
                 raise budget_exceeded(budget_ms) from None
 
-        # One transaction, not one per query (a read's way): the timeout holds for every query of it.
-        return await self._run(bounded, writing=True)
+        # One transaction, not one per query (a read's way): its opening carries the budget.
+        timeout_ms = min(budget_ms, self.statement_timeout_ms)
+        return await self._run(bounded, writing=True, statement_timeout_ms=timeout_ms)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncGenerator[Runner]:

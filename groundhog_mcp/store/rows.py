@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from groundhog_mcp.models import (
     Change,
@@ -40,6 +40,9 @@ __all__ = [
     "AuditRecord",
     "AuditValue",
     "DeadLetter",
+    "Lease",
+    "LeaseAction",
+    "LeaseGrant",
     "LineageEdge",
     "ParentRef",
     "StoredContext",
@@ -104,6 +107,32 @@ class StoredContext:
     state_size: int
     created_at: datetime
     updated_at: datetime
+
+
+LeaseAction = Literal["take", "renew", "release"]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A context's lease row: the last fencing token issued; holder and expiry while held."""
+
+    context_id: ContextId
+    token: int
+    holder: str | None
+    expires_at: datetime | None
+
+    def held(self, now: datetime) -> bool:
+        return self.holder is not None and self.expires_at is not None and self.expires_at > now
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """What a lease action did: the lease row after it (``held`` False after a release) and its
+    change-feed entry (None when nothing changed: a release of a lease already free)."""
+
+    lease: Lease
+    held: bool
+    change: Change | None
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ class SQLiteStore(StoreCore):
     """The default backend: one SQLite file shared safely by several processes."""
 
     backend = "sqlite"
+    # Stored times are RFC 3339 text in UTC (microseconds); this one has milliseconds, which is
+    # enough for an expiry and still compares as text.
+    NOW: LiteralString = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
     _IMPORT_TARGET = "a new database file"
     INLINE_BYTES = sys.maxsize  # a unit of work already runs on the store's own thread
     # A costly mutation on that thread would hold up every other request meanwhile.

@@ -33,6 +33,7 @@ DEFAULT_TOOLS = [
     "find_contexts",
     "get_history",
     "get_state",
+    "lease",
     "list_contexts",
     "register_context",
     "rollback_state",

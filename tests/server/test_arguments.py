@@ -24,6 +24,7 @@ VALID = {
     "type": "inc",
     "id": 1,
     "inputs": [{"context": "t"}, {"context": "t"}],
+    "action": "take",
 }
 
 
@@ -104,7 +105,7 @@ async def test_every_argument_of_every_tool_refuses_every_wrong_json_type(db_pat
         await call(client, "update_state", name="t", data={"n": 2})
         before = fingerprint(db_path)
         tools = (await client.list_tools()).tools
-        assert len(tools) == 20
+        assert len(tools) == 22
         cases = 0
         covered: set[str] = set()
         for tool in tools:

@@ -54,6 +54,7 @@ async def test_tool_is_listed_for_a_model(client: Client) -> None:
         "target",
         "expected_revision",
         "dry_run",
+        "lease_token",
     }
     assert tool.input_schema["required"] == ["inputs"]
 

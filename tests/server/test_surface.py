@@ -41,13 +41,14 @@ async def test_default_profile_is_the_agent_workflow(db_path: Path) -> None:
         "diff_states",
         "rollback_state",
         "wait_for_change",
+        "lease",
         "find_contexts",
     ]
 
 
 async def test_all_lists_every_registered_tool_in_order(db_path: Path) -> None:
     assert [t.name for t in await _tools(db_path, "all")] == list(ALL_TOOLS)
-    assert len(ALL_TOOLS) == 20
+    assert len(ALL_TOOLS) == 22
 
 
 async def test_explicit_list_and_a_left_out_tool_is_unknown(db_path: Path) -> None:
