@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from groundhog_mcp.errors import AccessDeniedError, NotFoundError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import Change, Principal, Right, check_name
+from groundhog_mcp.models import Change, HistoryEntry, Parent, Principal, Right, check_name
 from groundhog_mcp.service.audit import AuditTrail
 from groundhog_mcp.service.caller import Caller
 from groundhog_mcp.service.validation import check_limit
@@ -24,6 +26,8 @@ __all__ = [
     "list_page",
     "list_visible",
     "missing",
+    "readable_history",
+    "readable_parents",
     "sees",
     "visible_prefixes",
 ]
@@ -52,6 +56,23 @@ async def authorize(
 def sees(principal: Principal, change: Change) -> bool:
     """Whether a change on the feed is one ``principal`` may hear about."""
     return change.namespace == principal.namespace and principal.allows("read", change.name)
+
+
+def readable_parents(principal: Principal, parents: Sequence[Parent]) -> tuple[Parent, ...]:
+    """The lineage (fork points, merge inputs) ``principal`` may be shown: only parents in
+    contexts it may read. Lineage records a parent by name, and grants are per name prefix, so a
+    parent outside the reader's grants is left out, never hinted at."""
+    return tuple(p for p in parents if principal.allows("read", p.name))
+
+
+def readable_history(principal: Principal, entries: Sequence[HistoryEntry]) -> list[HistoryEntry]:
+    """``entries`` with their ``parents`` cut to what ``principal`` may read (see
+    :func:`readable_parents`)."""
+    shown: list[HistoryEntry] = []
+    for entry in entries:
+        parents = readable_parents(principal, entry.parents)
+        shown.append(entry if parents == entry.parents else dataclasses.replace(entry, parents=parents))
+    return shown
 
 
 def visible_prefixes(principal: Principal, prefix: str) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from groundhog_mcp.errors import CompactedError, ConflictError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import ContextState, JSONObject, Parent, format_timestamp
+from groundhog_mcp.service.access import readable_parents
 from groundhog_mcp.service.lineage import Point, forked_from, merge_base_candidates
 from groundhog_mcp.service.merge import SourceInfo
 from groundhog_mcp.service.validation import check_name
@@ -75,12 +76,19 @@ async def fork_context(
 
 
 async def context_lineage(manager: StateManager, context: StoredContext) -> Parent | None:
-    """Where ``context`` was forked from (None: it was registered, not forked)."""
+    """Where ``context`` was forked from (None: it was registered, not forked, or forked from a
+    context the manager's principal may not read: lineage never names a context it may not read)."""
     edges = await manager.store.lineage(context.namespace, [context.id], limit=1_000)
-    return forked_from(edges)
+    parent = forked_from(edges)
+    return parent if parent is not None and readable_parents(manager.principal, [parent]) else None
 
 
 # -- merge base -----------------------------------------------------------------------------------
+
+
+_HIDDEN_BASE = (
+    "base: the merge base of these inputs (from their lineage) is in a context you may not read; pass base explicitly"
+)
 
 
 class TargetMoved(Exception):
@@ -98,7 +106,8 @@ async def merge_base(
     candidates = await merge_base_candidates(manager.store, manager.principal.namespace, heads)
     best: tuple[StoredRevision, Point] | None = None
     for point in candidates:
-        await manager.authorize("read", point.name)
+        # Not named when unreadable: the reader may not learn the hidden context's name.
+        await manager.authorize("read", point.name, missing=_HIDDEN_BASE)
         found = await manager.store.read_revision(point.id, point.revision)
         if isinstance(found, int):
             raise CompactedError(point.name, point.revision, found)

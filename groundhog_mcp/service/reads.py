@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from groundhog_mcp.errors import CompactedError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import ContextId, ContextState, HistoryEntry, JSONObject, dumps
+from groundhog_mcp.service.access import readable_history
 from groundhog_mcp.service.branches import state_as_of
 from groundhog_mcp.service.migration import UpcastCache, format_of, upcast
 from groundhog_mcp.service.validation import Limits, check_limit, inspect_state, raise_if_invalid, schema_issues
@@ -186,7 +187,8 @@ async def history(
     """See :meth:`groundhog_mcp.service.state.StateManager.history`."""
     check_limit(limit, manager.limits.max_history_page)
     context = await manager.get(name)
-    return await manager.store.history(context.id, before=before, limit=limit, since=since, until=until)
+    entries = await manager.store.history(context.id, before=before, limit=limit, since=since, until=until)
+    return readable_history(manager.principal, entries)
 
 
 async def diff(
