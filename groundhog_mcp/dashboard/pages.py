@@ -14,13 +14,14 @@ from typing import Any
 
 from groundhog_mcp.dashboard.charts import bar_chart, line_chart
 from groundhog_mcp.dashboard.markup import Html, attrs_query, join, markup, url_part
-from groundhog_mcp.models import Change, HistoryEntry, JSONObject, Principal, format_timestamp
+from groundhog_mcp.models import Change, HistoryEntry, JSONObject, Parent, Principal, format_timestamp
 from groundhog_mcp.security.audit import ChainProblem
 from groundhog_mcp.service.metrics import ContextMetrics
-from groundhog_mcp.service.types import AuditRecord, DeadLetter, StoredContext
+from groundhog_mcp.service.types import AuditRecord, DeadLetter, Lease, StoredContext
 
 __all__ = [
     "Chrome",
+    "ContextAbout",
     "DiffLine",
     "TreeChild",
     "audit_page",
@@ -39,6 +40,7 @@ __all__ = [
 
 MAX_SHOWN_CHARS = 2000  # of one value in a table cell or tree leaf
 MAX_BLOCK_CHARS = 64 * 1024  # of a JSON block (metadata, schema, a patch)
+MAX_MERGES_SHOWN = 10  # the latest merges a context page lists
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,15 @@ def _context_link(base: str, name: str, suffix: str = "", label: str | None = No
     return markup('<a href="{b}/c/{n}{s}">{label}</a>', b=base, n=url_part(name), s=suffix, label=label or name)
 
 
+def _parent_link(base: str, parent: Parent) -> Html:
+    """``name@revision``, a link to that revision of the parent context."""
+    return _context_link(base, parent.name, attrs_query(revision=parent.revision), f"{parent.name}@{parent.revision}")
+
+
+def _lease_text(lease: Lease) -> str:
+    return f"{lease.holder} until {when(lease.expires_at)}"
+
+
 # -- contexts ------------------------------------------------------------------------------
 
 
@@ -152,6 +163,8 @@ def contexts_page(
     chrome: Chrome,
     contexts: Sequence[StoredContext],
     last_writes: dict[str, HistoryEntry],
+    leases: dict[str, Lease],
+    expiries: dict[str, datetime],
     *,
     prefix: str,
     next_cursor: str | None,
@@ -159,13 +172,16 @@ def contexts_page(
     base = chrome.base
     rows = [
         markup(
-            "<tr><td>{link}</td><td>{rev}</td><td>{size}</td><td>{updated}</td><td>{who}</td><td>{op}</td></tr>",
+            "<tr><td>{link}</td><td>{rev}</td><td>{size}</td><td>{updated}</td><td>{who}</td><td>{op}</td>"
+            '<td class="lease">{lease}</td><td class="expires">{expires}</td></tr>',
             link=_context_link(base, c.name),
             rev=c.revision,
             size=size(c.state_size),
             updated=when(c.updated_at),
             who=last_writes[c.name].actor if c.name in last_writes else "",
             op=last_writes[c.name].op if c.name in last_writes else "",
+            lease=_lease_text(leases[c.name]) if c.name in leases else "",
+            expires=when(expiries.get(c.name)),
         )
         for c in contexts
     ]
@@ -180,7 +196,7 @@ def contexts_page(
         b=base,
         p=prefix,
         table=_table(
-            ["context", "revision", "size", "last change", "last writer", "how"],
+            ["context", "revision", "size", "last change", "last writer", "how", "leased by", "expires"],
             rows,
             "no context you may read",
             id_="contexts",
@@ -250,6 +266,33 @@ def _definition_list(pairs: Sequence[tuple[str, object]]) -> Html:
     return markup("<dl>{}</dl>", join(markup("<dt>{}</dt><dd>{}</dd>", k, v) for k, v in pairs))
 
 
+@dataclass(frozen=True)
+class ContextAbout:
+    """What a context page shows beside its definition: its lease, its expiry and its lineage
+    (already cut to the contexts the reader may read)."""
+
+    lease: Lease | None = None
+    expires_at: datetime | None = None
+    lineage: Sequence[Parent] = ()
+
+
+def _about(base: str, about: ContextAbout) -> list[tuple[str, object]]:
+    facts: list[tuple[str, object]] = [
+        ("lease", f"held by {_lease_text(about.lease)}" if about.lease else "free"),
+        ("expires", when(about.expires_at) if about.expires_at else "never"),
+    ]
+    fork = next((p for p in about.lineage if p.kind == "fork"), None)
+    if fork is not None:
+        facts.append(("forked from", _parent_link(base, fork)))
+    merges = [p for p in about.lineage if p.kind == "merge"]
+    if merges:
+        shown = join((_parent_link(base, p) for p in reversed(merges[-MAX_MERGES_SHOWN:])), ", ")
+        earlier = len(merges) - MAX_MERGES_SHOWN
+        more = markup(" (and {} earlier)", earlier) if earlier > 0 else Html("")
+        facts.append(("merged in", markup("{}{}", shown, more)))
+    return facts
+
+
 def context_page(
     chrome: Chrome,
     context: StoredContext,
@@ -258,6 +301,7 @@ def context_page(
     format_version: str,
     root: Html,
     state_metadata: JSONObject,
+    about: ContextAbout | None = None,
 ) -> Html:
     base = chrome.base
     past = at != context.revision
@@ -285,6 +329,7 @@ def context_page(
             ("state format version", f"{state_version} (stored: {format_version})"),
             ("created", when(context.created_at)),
             ("last change", when(context.updated_at)),
+            *_about(base, about or ContextAbout()),
             ("id", context.id),
         ]
     )
@@ -326,7 +371,7 @@ def timeline_page(chrome: Chrome, context: StoredContext, entries: Sequence[Hist
             r=e.revision,
             f=Html(" checked") if i == 1 else Html(""),
             t=Html(" checked") if i == 0 else Html(""),
-            op=e.op,
+            op=markup("{} ← {}", e.op, join((_parent_link(base, p) for p in e.parents), ", ")) if e.parents else e.op,
             actor=e.actor,
             ts=when(e.timestamp),
             size=size(e.size),

@@ -19,6 +19,7 @@ from groundhog_mcp.models import Change, HistoryEntry, JSONObject, dumps, json_t
 from groundhog_mcp.security.audit import Signer
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.service.audit import AuditVerification, encode_audit_cursor
+from groundhog_mcp.service.expiry import context_expires_at
 from groundhog_mcp.service.patching import resolve_pointer
 
 __all__ = ["Views"]
@@ -101,7 +102,11 @@ class Views:
                 continue  # unregistered or compacted meanwhile
             if entries:
                 last[context.name] = entries[0]
-        return pages.contexts_page(chrome, page.contexts, last, prefix=prefix, next_cursor=page.next_cursor)
+        leases = await manager.leases_of(page.contexts)  # one query for the page
+        expiries = {c.name: at for c in page.contexts if (at := context_expires_at(c)) is not None}
+        return pages.contexts_page(
+            chrome, page.contexts, last, leases, expiries, prefix=prefix, next_cursor=page.next_cursor
+        )
 
     async def node(
         self, manager: StateManager, base: str, name: str, revision: int | None, path: str, offset: int
@@ -117,7 +122,12 @@ class Views:
     ) -> Html:
         context, at, state, stored_format = await manager.read_upcast(name, revision)
         root = await self.node(manager, chrome.base, name, revision, path, 0)
-        return pages.context_page(chrome, context, at, state.version, stored_format, root, state.metadata)
+        about = pages.ContextAbout(
+            lease=await manager.lease_of(context),
+            expires_at=context_expires_at(context),
+            lineage=await manager.lineage(context),  # only the contexts this principal may read
+        )
+        return pages.context_page(chrome, context, at, state.version, stored_format, root, state.metadata, about)
 
     async def timeline(self, manager: StateManager, chrome: pages.Chrome, name: str, before: int | None) -> Html:
         context = await manager.get(name)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TargetMoved",
     "context_lineage",
+    "context_parents",
     "fork_context",
     "merge_base",
     "merge_parents",
@@ -81,6 +82,13 @@ async def context_lineage(manager: StateManager, context: StoredContext) -> Pare
     edges = await manager.store.lineage(context.namespace, [context.id], limit=1_000)
     parent = forked_from(edges)
     return parent if parent is not None and readable_parents(manager.principal, [parent]) else None
+
+
+async def context_parents(manager: StateManager, context: StoredContext) -> tuple[Parent, ...]:
+    """The fork point and merge inputs of ``context``'s revisions, oldest first, among the
+    contexts ``manager``'s principal may read (at most the first 1,000 lineage rows)."""
+    edges = await manager.store.lineage(context.namespace, [context.id], limit=1_000)
+    return readable_parents(manager.principal, [e.ref.parent for e in edges])
 
 
 # -- merge base -----------------------------------------------------------------------------------

@@ -9,16 +9,18 @@ settings and records the removal of an expired context a caller just missed.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import JSONObject, format_timestamp, parse_timestamp, utcnow
+from groundhog_mcp.store.base import StoredContext
+from groundhog_mcp.store.expiry import expiry_deadline
 
 if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager
 
-__all__ = ["EXPIRY_SETTINGS", "expire_if_due", "resolve_expiry_settings"]
+__all__ = ["EXPIRY_SETTINGS", "context_expires_at", "expire_if_due", "resolve_expiry_settings"]
 
 EXPIRY_SETTINGS = ("expires_at", "ttl_seconds", "expire_after_idle_seconds")
 _MAX_SECONDS = 100 * 365 * 24 * 3600.0  # a hundred years: beyond that, do not set an expiry
@@ -64,6 +66,13 @@ def resolve_expiry_settings(settings: JSONObject) -> JSONObject:
         del resolved["ttl_seconds"]
         resolved["expires_at"] = format_timestamp(utcnow() + timedelta(seconds=ttl))
     return resolved
+
+
+def context_expires_at(context: StoredContext) -> datetime | None:
+    """When ``context`` expires unless written again (None: never): its settings' ``expires_at``
+    or its last write plus ``expire_after_idle_seconds``, whichever comes first (the deadline the
+    store keeps, moved by every write)."""
+    return expiry_deadline(context.settings, context.updated_at)
 
 
 async def expire_if_due(manager: StateManager, name: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
 from groundhog_mcp.errors import LeasedError, StateValidationError, ValidationIssue
@@ -31,6 +31,7 @@ __all__ = [
     "MAX_LEASE_WAIT_SECONDS",
     "LeaseQueues",
     "held_lease",
+    "held_leases",
     "lease_action",
     "leased",
     "take_lease",
@@ -195,5 +196,11 @@ async def leased(
 
 async def held_lease(store: Store, context: StoredContext) -> Lease | None:
     """The lease held on ``context`` now, None when it is free."""
-    lease = await store.read_lease(context.id)
-    return lease if lease is not None and lease.held(utcnow()) else None
+    return (await held_leases(store, [context])).get(context.name)
+
+
+async def held_leases(store: Store, contexts: Sequence[StoredContext]) -> dict[str, Lease]:
+    """The leases held now on ``contexts`` (of one namespace), by context name; one store query."""
+    names = {context.id: context.name for context in contexts}
+    now = utcnow()
+    return {names[lease.context_id]: lease for lease in await store.read_leases(list(names)) if lease.held(now)}

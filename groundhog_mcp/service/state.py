@@ -444,6 +444,11 @@ class StateManager:
         """The context and revision ``context`` was forked from (None: registered, not forked)."""
         return await branches.context_lineage(self, context)
 
+    async def lineage(self, context: StoredContext) -> tuple[Parent, ...]:
+        """What ``context`` was forked from and the merges it took in (oldest first), of the
+        contexts this principal may read."""
+        return await branches.context_parents(self, context)
+
     # -- metrics (service/metrics.py) ------------------------------------------------------
 
     async def collect_metrics(
@@ -667,3 +672,8 @@ class StateManager:
     async def lease_of(self, context: StoredContext) -> Lease | None:
         """The lease held on ``context`` now (read with :meth:`get`), None when it is free."""
         return await leases.held_lease(self.store, context)
+
+    async def leases_of(self, contexts: Sequence[StoredContext]) -> dict[str, Lease]:
+        """The leases held now on ``contexts`` (read with :meth:`get` or :meth:`list`), by name;
+        one store query for a whole page."""
+        return await leases.held_leases(self.store, contexts)

@@ -10,7 +10,7 @@ rolls back and nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -243,8 +243,9 @@ class Store(Protocol):
         the live lease's is refused. Raises :class:`~groundhog_mcp.errors.LeasedError`."""
         ...
 
-    async def read_lease(self, context_id: ContextId) -> Lease | None:
-        """The context's lease row (held or not), None when it was never leased."""
+    async def read_leases(self, context_ids: Sequence[ContextId]) -> list[Lease]:
+        """The lease rows (held or not) of these contexts, in one query; a context never leased
+        has none."""
         ...
 
     async def expire(self, namespace: str, name: str, *, actor: str, audit: AuditNote | None = None) -> Change | None:

@@ -13,12 +13,13 @@ to the same context are ordered, on every process and instance.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, LiteralString
 
 from groundhog_mcp.errors import LeasedError, NotFoundError
 from groundhog_mcp.models import Change, ContextId, format_timestamp, utcnow
-from groundhog_mcp.store.adapter import ChangeWrite, Row, StoreAdapter, Tx
+from groundhog_mcp.store.adapter import ChangeWrite, Row, StoreAdapter, Tx, marks
 from groundhog_mcp.store.base import AuditEntry, AuditNote
 from groundhog_mcp.store.rows import Lease, LeaseAction, LeaseGrant, as_id, as_time
 
@@ -104,8 +105,18 @@ class Leasing(StoreAdapter):
         lease = _lease(context_id, held_token, holder, expires_at) if held_token is not None else None
         check_fence(name, lease, token, utcnow())
 
-    async def read_lease(self, context_id: ContextId) -> Lease | None:
-        return await self._transaction(lambda tx: self._read_lease(tx, context_id), writing=False)
+    async def read_leases(self, context_ids: Sequence[ContextId]) -> list[Lease]:
+        if not context_ids:
+            return []
+        rows = await self._transaction(
+            lambda tx: tx.fetchall(
+                "SELECT context_id, token, holder, expires_at FROM leases"
+                f" WHERE context_id IN ({marks(len(context_ids))})",
+                tuple(context_ids),
+            ),
+            writing=False,
+        )
+        return [_lease(as_id(row[0]), *row[1:]) for row in rows]
 
     async def lease(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import pytest
 
@@ -225,3 +226,26 @@ async def test_arguments_are_checked_and_tenants_are_apart(manager: StateManager
     reader = manager.with_principal(Principal(name="reader", grants=(Grant(prefix="", right="read"),)))
     with pytest.raises(AccessDeniedError, match=r"^access: the write grant on 'plan' is missing"):
         await reader.take_lease("plan", ttl_seconds=5)
+
+
+async def test_the_leases_of_a_page_of_contexts_in_one_query(manager: StateManager, other: StateManager) -> None:
+    for name in ("a", "b", "c", "d"):
+        await manager.register(name)
+    held = await manager.take_lease("a", ttl_seconds=30, holder="x")
+    released = await other.take_lease("b", ttl_seconds=30, holder="y")  # another instance's lease
+    await other.release_lease("b", released.lease.token)
+    await other.take_lease("c", ttl_seconds=30, holder="z")
+    page = (await manager.list()).contexts
+    reads: list[int] = []
+    read_leases = manager.store.read_leases
+
+    async def counted(context_ids: Any) -> Any:
+        reads.append(len(context_ids))
+        return await read_leases(context_ids)
+
+    manager.store.read_leases = counted  # type: ignore[method-assign]
+    leases = await manager.leases_of(page)
+    assert reads == [4]  # one query for the page
+    assert {n: (lease.holder, lease.token) for n, lease in leases.items()} == {"a": ("local/x", 1), "c": ("local/z", 1)}
+    assert leases["a"].expires_at == held.lease.expires_at
+    assert await manager.leases_of([]) == {}
