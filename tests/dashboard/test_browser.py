@@ -116,6 +116,8 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncGenerator[Site]
         await team.update("notes.plan", merge_patch_={"owner": "bob"})
         await team.register("secrets.keys", state=ContextState(data={"k": "hidden-value"}))
         await team.register("notes.live", state=ContextState(data={"steps": ["draft", "review"]}))
+        await team.fork("secrets.keys", "notes.fork")  # its source is outside the reader's grants
+        await team.register("notes.draft", state=ContextState(data={"v": 1}), settings={"ttl_seconds": 86400})
     finally:
         await manager.close()
     shots = Path(os.environ.get("GROUNDHOG_SCREENSHOT_DIR") or root / "screenshots")
@@ -129,15 +131,19 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncGenerator[Site]
 async def test_list_context_timeline_diff_audit(site: Site, page: Page) -> None:
     await site.sign_in(page, site.admin)
     # The tests share the site (one dashboard per module): only the live test writes, to notes.live.
-    await expect(page.locator("#contexts tbody tr")).to_have_count(3)
+    await expect(page.locator("#contexts tbody tr")).to_have_count(5)
     plan = page.locator("#contexts tbody tr", has_text="notes.plan")
     await expect(plan.locator("td").nth(1)).to_have_text("3")
     await expect(plan.locator("td").nth(4)).to_have_text("alice")
+    draft = page.locator("#contexts tbody tr", has_text="notes.draft")
+    await expect(draft.locator("td.expires")).to_have_text(re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z$"))
     await site.shot(page, "contexts")
 
     await page.click("#contexts >> text=notes.plan")
     await expect(page.locator("h1")).to_have_text("notes.plan")
     await expect(page.locator("#facts")).to_contain_text("revision3")
+    await expect(page.locator("#facts")).to_contain_text("leasefree")
+    await expect(page.locator("#facts")).to_contain_text("expiresnever")
     await page.click("summary:has-text('steps')")  # loaded on demand, by JSON Pointer
     await expect(page.locator("#state")).to_contain_text('"review"')
     await site.shot(page, "context")
@@ -196,10 +202,60 @@ async def test_a_change_through_mcp_by_another_process_appears_without_reload(si
     assert await tab.evaluate("window.__sameDocument") is True
 
 
+async def test_lineage_and_a_lease_taken_through_mcp_by_another_process(site: Site, page: Page) -> None:
+    await site.sign_in(page, site.admin)
+    await expect(page.locator("#live")).to_have_text("live updates: on")
+    lease = page.locator("#contexts tbody tr", has_text="notes.fork").locator("td.lease")
+    await expect(lease).to_have_text("")
+    tab = await page.context.new_page()
+    await tab.goto(site.dashboard.base + "/c/notes.fork")
+    facts = tab.locator("#facts")
+    await expect(facts.locator("dt:has-text('forked from') + dd")).to_have_text("secrets.keys@1")
+    await expect(facts.locator("dt:has-text('forked from') + dd a")).to_have_attribute(
+        "href", "/c/secrets.keys?revision=1"
+    )
+    await expect(facts.locator("dt:has-text('lease') + dd")).to_have_text("free")
+    await expect(tab.locator("#live")).to_have_text("live updates: on")
+    for opened in (page, tab):
+        await opened.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    held = re.compile(r"^local/reviewer until \d{4}-\d\d-\d\dT[\d:.]+Z$")
+    env = {**server_env(site.launcher.tmp_path / "home", os.environ), "GROUNDHOG_NAMESPACE": "team"}
+    async with mcp_client(
+        site.launcher.database, mode="legacy", stderr_path=site.launcher.tmp_path / "lease.log", env=env
+    ) as client:  # the stdio server: another process, taking the lease through MCP
+        taken = await client.call_tool("lease", {"name": "notes.fork", "action": "take", "holder": "reviewer"})
+        assert not taken.is_error and taken.structured_content is not None, taken.content
+        await expect(lease).to_have_text(held, timeout=2000)
+        await expect(facts.locator("dt:has-text('lease') + dd")).to_have_text(
+            re.compile(r"^held by local/reviewer until "), timeout=2000
+        )
+        await expect(page.locator("#live")).to_contain_text("(lease_take by local)")
+        await site.shot(tab, "lineage")
+        token = taken.structured_content["token"]
+        released = await client.call_tool("lease", {"name": "notes.fork", "action": "release", "token": token})
+        assert not released.is_error, released.content
+    await expect(lease).to_have_text("", timeout=2000)
+    await expect(facts.locator("dt:has-text('lease') + dd")).to_have_text("free", timeout=2000)
+    assert await page.evaluate("window.__sameDocument") is True
+    assert await tab.evaluate("window.__sameDocument") is True
+    await facts.locator("dt:has-text('forked from') + dd a").click()  # the source, at the fork point
+    await expect(tab.locator("h1")).to_have_text("secrets.keys")
+    await expect(tab.locator("#state")).to_contain_text("hidden-value")
+
+
 async def test_a_read_only_token_sees_only_its_prefix(site: Site, page: Page) -> None:
     await site.sign_in(page, site.reader)
     names = await page.locator("#contexts tbody tr td:first-child").all_inner_texts()
-    assert names == ["notes.live", "notes.plan"]
+    assert names == ["notes.draft", "notes.fork", "notes.live", "notes.plan"]
+    # A fork of a context it may not read: no lineage row, and the source's name nowhere.
+    await page.goto(site.dashboard.base + "/c/notes.fork")
+    await expect(page.locator("#facts")).to_contain_text("leasefree")
+    await expect(page.locator("#facts")).not_to_contain_text("forked from")
+    await expect(page.locator("body")).not_to_contain_text("secrets")
+    await page.goto(site.dashboard.base + "/c/notes.fork/timeline")
+    await expect(page.locator("#timeline tbody tr")).to_have_count(1)
+    await expect(page.locator("#timeline tbody tr td").nth(3)).to_have_text("register")
     await page.goto(site.dashboard.base + "/c/secrets.keys")
     await expect(page.locator("main")).to_contain_text("no context named 'secrets.keys'")
     await expect(page.locator("main")).not_to_contain_text("hidden-value")
