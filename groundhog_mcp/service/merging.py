@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationError, StoreBusyError, ValidationIssue
 from groundhog_mcp.models import ContextState
+from groundhog_mcp.service import updates
 from groundhog_mcp.service.branches import TargetMoved, merge_base, merge_parents
 from groundhog_mcp.service.merge import (
     ContextRef,
@@ -182,7 +183,13 @@ async def _merge_once(
         return outcome(result)
     if expected_revision == 0:
         try:
-            created = await manager.register(target, state=result.state, if_exists="error")
+            created = await updates.register(
+                manager,
+                target,
+                state=result.state,
+                if_exists="error",
+                merged_from=merge_parents(contexts, infos, target),  # lineage, as a merge into an existing target
+            )
         except ConflictError as exc:
             raise ConflictError(target, 0, exc.current_revision) from None
         assert isinstance(created, WriteResult)  # if_exists="error" never returns an existing context
@@ -209,9 +216,7 @@ async def _merge_once(
                 infos[i] = SourceInfo(target, current.revision)
         state = latest[0].state
         check_written(state, current, manager.limits)
-        return dataclasses.replace(
-            mutation(current, state, op="merge"), parents=merge_parents(contexts, infos, current)
-        )
+        return dataclasses.replace(mutation(current, state, op="merge"), parents=merge_parents(contexts, infos, target))
 
     try:
         write = await manager.writer.mutate(

@@ -78,8 +78,10 @@ async def register(
     if_exists: Literal["error", "return"] = "error",
     context_id: ContextId | None = None,
     forked_from: ParentRef | None = None,
+    merged_from: tuple[ParentRef, ...] = (),
 ) -> WriteResult | StoredContext:
-    """See :meth:`groundhog_mcp.service.state.StateManager.register` (``forked_from``: set by a fork)."""
+    """See :meth:`groundhog_mcp.service.state.StateManager.register` (``forked_from``: set by a fork;
+    ``merged_from``: by a merge that creates its target, the revisions it took in)."""
     check_name(name)
     await manager.authorize("write", name)
     check_semver(version)
@@ -111,6 +113,7 @@ async def register(
         handlers=handlers or {},
         state=state,
         forked_from=forked_from,
+        merged_from=merged_from,
     )
     return await manager.writer.register(manager.caller, new, if_exists=if_exists)
 
