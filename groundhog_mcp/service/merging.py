@@ -53,7 +53,18 @@ async def merge(
     expected_revision: int | None = None,
     dry_run: bool = False,
 ) -> MergeOutcome:
-    """See :meth:`groundhog_mcp.service.state.StateManager.merge`."""
+    """Merge 2+ inputs, each ``{"context": name, "revision": n | None}`` (None: current) or an
+    inline state, and optionally write the result to ``target`` as one new revision (op ``merge``).
+
+    ``three_way`` without ``base``: the base is found from the inputs' lineage, the fork point or
+    the last merge between them (when every input is a revision of one context: the lowest
+    revision given, their common ancestor in the context's linear history). With
+    ``target`` the result is validated against the target's schema and limits and written
+    through the usual compare-and-set (``expected_revision``; ``0`` creates the target); an
+    input naming the target's current state is re-read inside the write transaction, so a
+    write that lands meanwhile is merged in, never overwritten. ``dry_run`` runs every check
+    but writes nothing, and lists conflicts instead of raising them.
+    """
     for attempt in range(1, MERGE_ATTEMPTS + 1):
         try:
             return await _merge_once(
