@@ -33,20 +33,22 @@ import random
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_core import (
     HOT,
-    POPULATE_TIMEOUT_S,
     Server,
     _environment,  # pyright: ignore[reportPrivateUsage]
     _ratio,  # pyright: ignore[reportPrivateUsage]
+    bench_env,
     call,
-    populate,
+    groundhog_args,
+    populate_hot,
+    run_in_workdir,
     start_server,
+    write_results,
 )
 
 from groundhog_mcp.models import format_timestamp, parse_timestamp
@@ -156,15 +158,13 @@ async def wait_latencies(server: Server, rounds: int) -> list[float]:
 async def run(rounds: int, workdir: Path) -> dict[str, Any]:
     print(f"groundhog-mcp branches benchmark ({rounds} rounds) in {workdir}", flush=True)
     path = workdir / "branches.sqlite"
-    async with asyncio.timeout(POPULATE_TIMEOUT_S):
-        populated = await populate(path, contexts=len(HOT), revisions=REVISIONS)
+    populated = await populate_hot(path, revisions=REVISIONS)
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     spread_history(path, start)
     print(f"  populated: {populated}", flush=True)
     async with contextlib.AsyncExitStack() as stack:
-        env = {"XDG_CONFIG_HOME": str(workdir / "config"), "GROUNDHOG_KEEP_REVISIONS": "0"}
-        args = ["-m", "groundhog_mcp", "--database", str(path), "--log-level", "WARNING", "--tools", "all"]
-        server = await start_server(stack, "branches", args, env)
+        env = bench_env(workdir, GROUNDHOG_KEEP_REVISIONS="0")
+        server = await start_server(stack, "branches", groundhog_args(path, "--tools", "all"), env)
         big = await call(server, "update_state", {"name": HOT[0], "data": big_state(0)})
         state_bytes = len(json.dumps(big_state(0), separators=(",", ":")))
         await fork_series(server, 1, 3, "warm")  # warm-up
@@ -238,11 +238,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=HERE / "results" / "branches.json")
     args = parser.parse_args()
     rounds = 5 if args.quick else 15
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        results = asyncio.run(run(rounds, Path(tmp)))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(render(results))
+    results = run_in_workdir(lambda workdir: run(rounds, workdir), prefix="groundhog-bench-branches-", parent=args.dir)
+    write_results(results, render, args.output)
     return 0
 
 

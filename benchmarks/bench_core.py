@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,15 +59,21 @@ __all__ = [
     "START_TIMEOUT_S",
     "Series",
     "Server",
+    "bench_env",
     "call",
     "fsync_series",
     "get_series",
+    "groundhog_args",
     "noop_series",
     "payload",
     "populate",
+    "populate_hot",
+    "run_in_workdir",
     "spread",
     "start_server",
     "update_series",
+    "warn_if_loaded",
+    "write_results",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -138,6 +144,54 @@ class Server:
     pid: int
     startup_ms: float
     revisions: dict[str, int] = field(default_factory=dict)  # hot context -> revision of the last write
+
+
+def groundhog_args(database: Path, *extra: str) -> list[str]:
+    """The command line of a measured groundhog-mcp server (stdio, warnings only, on stderr)."""
+    return ["-m", "groundhog_mcp", "--database", str(database), "--log-level", "WARNING", *extra]
+
+
+def bench_env(workdir: Path, **settings: str) -> dict[str, str]:
+    """A server's environment: ``settings`` (``GROUNDHOG_*``) and no user config file."""
+    return {"XDG_CONFIG_HOME": str(workdir / "config"), **settings}
+
+
+async def populate_hot(path: Path, *, revisions: int, contexts: int = len(HOT)) -> dict[str, Any]:
+    """``populate`` a database (``contexts``, the hot ones with ``revisions`` each), bounded in time."""
+    async with asyncio.timeout(POPULATE_TIMEOUT_S):
+        return await populate(path, contexts=contexts, revisions=revisions)
+
+
+def warn_if_loaded() -> tuple[float, float, float]:
+    """The load average now, with a warning when the machine is already busy."""
+    load = os.getloadavg()
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        print(f"  warning: load average {load[0]:.2f} on {os.cpu_count()} CPUs; expect noisy figures")
+    return load
+
+
+def run_in_workdir(
+    run: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]], *, prefix: str, parent: Path | None, keep: bool = False
+) -> dict[str, Any]:
+    """Run a benchmark in a new directory under ``parent`` (default: the temporary one), removed
+    afterwards unless ``keep``."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        return asyncio.run(run(workdir))
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_results(results: dict[str, Any], render: Callable[[dict[str, Any]], str], output: Path) -> None:
+    """Print the report's table and write its JSON to ``output``."""
+    print()
+    print(render(results))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwritten to {output}")
 
 
 async def start_server(stack: contextlib.AsyncExitStack, label: str, args: list[str], env: dict[str, str]) -> Server:
@@ -316,9 +370,7 @@ def cold_series(
 
 async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     print(f"groundhog-mcp core benchmark ({mode.name}) in {workdir}", flush=True)
-    load_at_start = os.getloadavg()
-    if load_at_start[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"  warning: load average {load_at_start[0]:.2f} on {os.cpu_count()} CPUs; expect noisy figures")
+    load_at_start = warn_if_loaded()
     n, deep = mode.many_contexts, mode.deep_revisions
     built = {  # database -> (contexts, revisions of the hot contexts)
         "small": (10, HOT_REVISIONS),
@@ -329,8 +381,7 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     paths = {key: workdir / f"{key}.sqlite" for key in built}
     db_info: dict[str, Any] = {}
     for key, (contexts, revisions) in built.items():
-        async with asyncio.timeout(POPULATE_TIMEOUT_S):
-            db_info[key] = await populate(paths[key], contexts=contexts, revisions=revisions)
+        db_info[key] = await populate_hot(paths[key], contexts=contexts, revisions=revisions)
         print(f"  populated {key}: {db_info[key]}", flush=True)
     # server -> (database, GROUNDHOG_KEEP_REVISIONS); many_cold serves the cold-cache calls only
     serving = {
@@ -342,7 +393,7 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     }
 
     # No user config file may leak into the measured server.
-    env = {"XDG_CONFIG_HOME": str(workdir / "config"), "GROUNDHOG_TOOLS": "all"}
+    env = bench_env(workdir, GROUNDHOG_TOOLS="all")
     loads: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         noop = await start_server(stack, "noop", [str(HERE / "noop_server.py")], env)
@@ -350,7 +401,7 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
             key: await start_server(
                 stack,
                 f"groundhog-{key}",
-                ["-m", "groundhog_mcp", "--database", str(paths[database]), "--log-level", "WARNING"],
+                groundhog_args(paths[database]),
                 env | {"GROUNDHOG_KEEP_REVISIONS": keep},
             )
             for key, (database, keep) in serving.items()
@@ -658,19 +709,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="groundhog-bench-", dir=args.dir))
-    try:
-        results = asyncio.run(run(mode, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten to {args.output}")
+    results = run_in_workdir(
+        lambda workdir: run(mode, workdir), prefix="groundhog-bench-", parent=args.dir, keep=args.keep
+    )
+    write_results(results, render, args.output)
     return 0
 
 

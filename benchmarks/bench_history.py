@@ -21,14 +21,10 @@ p50 deep / shallow ≤ 1.2, retention on and off alike. Prints a table, writes J
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
-import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +33,18 @@ from typing import Any
 from bench_core import (
     HOT,
     HOT_REVISIONS,
-    POPULATE_TIMEOUT_S,
     Server,
     _environment,  # pyright: ignore[reportPrivateUsage]
     _ratio,  # pyright: ignore[reportPrivateUsage]
+    bench_env,
     call,
-    populate,
+    groundhog_args,
+    populate_hot,
+    run_in_workdir,
     start_server,
     update_series,
+    warn_if_loaded,
+    write_results,
 )
 from populate import history_rows
 
@@ -75,13 +75,10 @@ SERVERS = {
 
 async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     print(f"groundhog-mcp history benchmark ({mode.name}) in {workdir}", flush=True)
-    load_at_start = os.getloadavg()
-    if load_at_start[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"  warning: load average {load_at_start[0]:.2f} on {os.cpu_count()} CPUs; expect noisy figures")
+    load_at_start = warn_if_loaded()
     populated: dict[str, Any] = {}
     for key, revisions in (("shallow", HOT_REVISIONS), ("deep", DEEP_REVISIONS)):
-        async with asyncio.timeout(POPULATE_TIMEOUT_S):
-            populated[key] = await populate(workdir / f"{key}.sqlite", contexts=len(HOT), revisions=revisions)
+        populated[key] = await populate_hot(workdir / f"{key}.sqlite", revisions=revisions)
         print(f"  populated {key}: {populated[key]}", flush=True)
     paths: dict[str, Path] = {}
     for key, (source, _) in SERVERS.items():
@@ -91,9 +88,8 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         servers: dict[str, Server] = {}
         for key, (_, keep) in SERVERS.items():
-            env = {"XDG_CONFIG_HOME": str(workdir / "config"), "GROUNDHOG_KEEP_REVISIONS": keep}
-            args = ["-m", "groundhog_mcp", "--database", str(paths[key]), "--log-level", "WARNING"]
-            servers[key] = await start_server(stack, key, args, env)
+            env = bench_env(workdir, GROUNDHOG_KEEP_REVISIONS=keep)
+            servers[key] = await start_server(stack, key, groundhog_args(paths[key]), env)
             for name in HOT:
                 servers[key].revisions[name] = (await call(servers[key], "get_state", {"name": name}))["revision"]
         series = [
@@ -202,19 +198,11 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=HERE / "results" / "history.json", help="JSON results file")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     args = parser.parse_args()
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="groundhog-bench-history-", dir=args.dir))
-    try:
-        results = asyncio.run(run(QUICK if args.quick else FULL, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten to {args.output}")
+    mode = QUICK if args.quick else FULL
+    results = run_in_workdir(
+        lambda workdir: run(mode, workdir), prefix="groundhog-bench-history-", parent=args.dir, keep=args.keep
+    )
+    write_results(results, render, args.output)
     return 0
 
 

@@ -26,10 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +37,16 @@ from bench_core import (
     Server,
     _environment,  # pyright: ignore[reportPrivateUsage]
     _ratio,  # pyright: ignore[reportPrivateUsage]
+    bench_env,
     call,
+    groundhog_args,
     payload,
     ratio_lines,
+    run_in_workdir,
     spread,
     start_server,
+    warn_if_loaded,
+    write_results,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -65,14 +67,10 @@ FULL = Mode("full", rounds=20, batch=50, warmup=50, increments=40)
 QUICK = Mode("quick", rounds=8, batch=50, warmup=30, increments=15)
 
 
-def _server_args(database: Path) -> list[str]:
-    return ["-m", "groundhog_mcp", "--database", str(database), "--log-level", "WARNING"]
-
-
 async def _latency(mode: Mode, workdir: Path, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     database = workdir / "latency.sqlite"
     async with contextlib.AsyncExitStack() as stack:
-        server = await start_server(stack, "latency", _server_args(database), env)
+        server = await start_server(stack, "latency", groundhog_args(database), env)
         pool = [payload(i) for i in range(3)]
         revision = {"update": 0, "leased": 0}
         for name in revision:
@@ -125,7 +123,7 @@ async def _contention(mode: Mode, workdir: Path, env: dict[str, str], how: str) 
     database = workdir / f"contention-{how}.sqlite"
     async with contextlib.AsyncExitStack() as stack:
         agents: list[Server] = [
-            await start_server(stack, f"{how}-{i}", _server_args(database), env) for i in range(AGENTS)
+            await start_server(stack, f"{how}-{i}", groundhog_args(database), env) for i in range(AGENTS)
         ]
         await call(agents[0], "register_context", {"name": "counter", "state": {"data": {"n": 0}}})
         retries = [0] * AGENTS
@@ -180,8 +178,8 @@ async def _contention(mode: Mode, workdir: Path, env: dict[str, str], how: str) 
 
 async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     print(f"groundhog-mcp lease benchmark ({mode.name}) in {workdir}", flush=True)
-    env = {"XDG_CONFIG_HOME": str(workdir / "config"), "GROUNDHOG_TOOLS": "all"}
-    load_at_start = os.getloadavg()
+    env = bench_env(workdir, GROUNDHOG_TOOLS="all")
+    load_at_start = warn_if_loaded()
     series, ratio = await _latency(mode, workdir, env)
     contention = {}
     for how in ("cas", "leases"):
@@ -239,13 +237,11 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=HERE / "results" / "leases.json", help="JSON results file")
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
-    with contextlib.ExitStack() as stack:
-        workdir = args.dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh-bench-leases-")))
-        workdir.mkdir(parents=True, exist_ok=True)
-        results = asyncio.run(run(mode, workdir))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
+    # With --dir the databases stay there afterwards.
+    results = run_in_workdir(
+        lambda workdir: run(mode, workdir), prefix="gh-bench-leases-", parent=args.dir, keep=args.dir is not None
+    )
+    write_results(results, render, args.output)
     return 0
 
 

@@ -25,13 +25,11 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
 import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,6 @@ from bench_core import (
     CALL_TIMEOUT_S,
     HOT,
     HOT_REVISIONS,
-    POPULATE_TIMEOUT_S,
     START_TIMEOUT_S,
     Series,
     Server,
@@ -49,10 +46,14 @@ from bench_core import (
     call,
     fsync_series,
     get_series,
+    groundhog_args,
     noop_series,
-    populate,
+    populate_hot,
+    run_in_workdir,
     start_server,
     update_series,
+    warn_if_loaded,
+    write_results,
 )
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -139,11 +140,8 @@ async def start_http_server(
 
 async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
     print(f"groundhog-mcp transport benchmark ({mode.name}) in {workdir}", flush=True)
-    load_at_start = os.getloadavg()
-    if load_at_start[0] > 0.5 * (os.cpu_count() or 1):
-        print(f"  warning: load average {load_at_start[0]:.2f} on {os.cpu_count()} CPUs; expect noisy figures")
-    async with asyncio.timeout(POPULATE_TIMEOUT_S):
-        populated = await populate(workdir / "populated.sqlite", contexts=len(HOT), revisions=HOT_REVISIONS)
+    load_at_start = warn_if_loaded()
+    populated = await populate_hot(workdir / "populated.sqlite", revisions=HOT_REVISIONS)
     print(f"  populated: {populated}", flush=True)
 
     # No user config file, token file or GROUNDHOG_* variable may reach the measured servers.
@@ -157,13 +155,13 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         for transport in TRANSPORTS:
             database = workdir / f"{transport}.sqlite"
             shutil.copyfile(workdir / "populated.sqlite", database)
-            groundhog_args = ["-m", "groundhog_mcp", "--database", str(database), "--log-level", "WARNING"]
+            command = groundhog_args(database)
             if transport == "stdio":
                 noops[transport] = await start_server(
                     stack, "noop-stdio", [str(HERE / "noop_server.py")], {"XDG_CONFIG_HOME": config_home}
                 )
                 groundhogs[transport] = await start_server(
-                    stack, "groundhog-stdio", groundhog_args, {"XDG_CONFIG_HOME": config_home}
+                    stack, "groundhog-stdio", command, {"XDG_CONFIG_HOME": config_home}
                 )
             else:
                 log = workdir / f"{transport}.stderr"
@@ -175,7 +173,7 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
                     base_env,
                     log,
                 )
-                serve_args = ["-m", "groundhog_mcp", "serve", "--transport", transport, *groundhog_args[2:]]
+                serve_args = ["-m", "groundhog_mcp", "serve", "--transport", transport, *command[2:]]
                 groundhogs[transport] = await start_http_server(
                     stack, f"groundhog-{transport}", transport, serve_args, base_env, log
                 )
@@ -318,19 +316,10 @@ def main() -> int:
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
     mode = dataclasses.replace(mode, rounds=args.rounds or mode.rounds, batch=args.batch or mode.batch)
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="groundhog-bench-transports-", dir=args.dir))
-    try:
-        results = asyncio.run(run(mode, workdir))
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten to {args.output}")
+    results = run_in_workdir(
+        lambda workdir: run(mode, workdir), prefix="groundhog-bench-transports-", parent=args.dir, keep=args.keep
+    )
+    write_results(results, render, args.output)
     return 0
 
 

@@ -19,7 +19,9 @@ schema's ``required`` into an ``anyOf`` with the error alternative, so both shap
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from mcp.server.mcpserver import MCPServer
@@ -40,6 +42,7 @@ __all__ = [
     "error_result",
     "invalid_params",
     "protocol_error",
+    "protocol_errors",
     "tool_error_result",
 ]
 
@@ -127,6 +130,25 @@ def error_data(exc: ContextError) -> dict[str, Any]:
 def protocol_error(rpc_code: int, exc: ContextError) -> MCPError:
     """A JSON-RPC error carrying the error's code (resources, prompts, subscriptions)."""
     return MCPError(code=rpc_code, message=str(exc), data=error_data(exc))
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def protocol_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Decorate a resource or prompt handler: a :class:`ContextError` it raises is answered as a
+    JSON-RPC invalid-params error (-32602) carrying the error's code (``not_found`` too, as the
+    SDK answers a ``ResourceNotFoundError``)."""
+
+    @functools.wraps(fn)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except ContextError as exc:
+            raise protocol_error(INVALID_PARAMS, exc) from None
+
+    return guarded
 
 
 def invalid_params(message: str, *, code: str = INVALID_ARGUMENT) -> MCPError:

@@ -3,41 +3,23 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import INVALID_PARAMS
 from pydantic import Field
 
-from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
-from groundhog_mcp.server.error_results import invalid_params, protocol_error
+from groundhog_mcp.server.error_results import invalid_params, protocol_errors
 
 __all__ = ["register_prompts"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 AppCtx = Context[AppContext, Any]
 
 # A prompt lands in a model's context window: keep what it quotes bounded.
 _MAX_STATE_CHARS = 20_000
 _RECENT_REVISIONS = 10
 _MAX_DIFF_CHARS = 10_000
-
-
-def _prompt_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    import functools
-
-    @functools.wraps(fn)
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except ContextError as exc:
-            raise protocol_error(INVALID_PARAMS, exc) from None
-
-    return guarded
 
 
 def _bounded(value: Any, limit: int, how_to_read_all: str) -> str:
@@ -48,7 +30,7 @@ def _bounded(value: Any, limit: int, how_to_read_all: str) -> str:
     return text[:limit] + f"\n… (truncated at {limit} characters; {how_to_read_all})"
 
 
-@_prompt_errors
+@protocol_errors
 async def resume_context(name: Annotated[str, Field(description="The context to pick back up")], ctx: AppCtx) -> str:
     """Pick up work on a context: its current state and its most recent changes."""
     manager = ctx.request_context.lifespan_context.request_manager(ctx.request_context.request)
@@ -79,7 +61,7 @@ async def resume_context(name: Annotated[str, Field(description="The context to 
     return "\n".join(lines)
 
 
-@_prompt_errors
+@protocol_errors
 async def summarize_changes(
     name: Annotated[str, Field(description="The context whose changes to summarize")],
     since_revision: Annotated[str, Field(description="Summarize what changed after this revision (a number)")],

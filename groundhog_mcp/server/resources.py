@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
@@ -14,7 +13,7 @@ from groundhog_mcp import schemas
 from groundhog_mcp.errors import ContextError, NotFoundError
 from groundhog_mcp.models import ContextState, dumps
 from groundhog_mcp.server.app_context import AppContext
-from groundhog_mcp.server.error_results import invalid_params, protocol_error
+from groundhog_mcp.server.error_results import invalid_params, protocol_error, protocol_errors
 from groundhog_mcp.server.notify import state_uri
 from groundhog_mcp.server.outputs import ContextOut, RevisionOut, StateValue, TooLargeOut, summary_of
 from groundhog_mcp.service import StateManager
@@ -23,25 +22,9 @@ from groundhog_mcp.service.reading import TooLarge, bounded
 
 __all__ = ["register_resources"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 AppCtx = Context[AppContext, Any]
 JSON = "application/json"
 _HISTORY_IN_RESOURCE = 20
-
-
-def _resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    import functools
-
-    @functools.wraps(fn)
-    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except ContextError as exc:
-            # -32602 for not_found too, as the SDK answers a ResourceNotFoundError.
-            raise protocol_error(INVALID_PARAMS, exc) from None
-
-    return guarded
 
 
 def _manager(ctx: AppCtx) -> StateManager:
@@ -49,7 +32,7 @@ def _manager(ctx: AppCtx) -> StateManager:
     return ctx.request_context.lifespan_context.request_manager(ctx.request_context.request)
 
 
-@_resource_errors
+@protocol_errors
 async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
     manager = _manager(ctx)
     page = await manager.list(cursor=cursor, limit=manager.limits.max_page)
@@ -62,7 +45,7 @@ async def contexts_resource(ctx: AppCtx, cursor: str | None = None) -> str:
     )
 
 
-@_resource_errors
+@protocol_errors
 async def context_resource(name: str, ctx: AppCtx) -> str:
     manager = _manager(ctx)
     context = await manager.get(name)
@@ -81,7 +64,7 @@ def _state_document(name: str, revision: int, state: ContextState, limit: int) -
     return dumps({"name": name, "revision": revision, "too_large": TooLargeOut.of(too_large, hint).model_dump()})
 
 
-@_resource_errors
+@protocol_errors
 async def state_resource(name: str, ctx: AppCtx, path: str | None = None) -> str:
     manager = _manager(ctx)
     _, revision, state = await manager.read(name)
@@ -103,7 +86,7 @@ async def state_resource(name: str, ctx: AppCtx, path: str | None = None) -> str
     return dumps({"name": name, "revision": revision, "path": path, "value": value})
 
 
-@_resource_errors
+@protocol_errors
 async def history_resource(name: str, ctx: AppCtx) -> str:
     manager = _manager(ctx)
     context = await manager.get(name)
@@ -117,7 +100,7 @@ async def history_resource(name: str, ctx: AppCtx) -> str:
     )
 
 
-@_resource_errors
+@protocol_errors
 async def revision_resource(name: str, revision: str, ctx: AppCtx) -> str:
     if not revision.isdigit() or int(revision) < 1 or len(revision) > 18:
         raise invalid_params(f"revision: must be a positive integer; got {revision[:40]!r}")

@@ -137,12 +137,13 @@ async def merge_base(
 
 
 def merge_parents(
-    contexts: dict[str, StoredContext], inputs: Sequence[SourceInfo], target: StoredContext
+    contexts: dict[str, StoredContext], inputs: Sequence[SourceInfo], target: str
 ) -> tuple[ParentRef, ...]:
-    """The lineage rows of a merge written to ``target``: each other context's revision it took in."""
+    """The lineage rows of a merge written to context ``target`` (existing or created by the merge):
+    each other context's revision it took in."""
     taken: dict[str, int] = {}
     for info in inputs:
-        if info.context and info.revision and info.context != target.name:
+        if info.context and info.revision and info.context != target:
             taken[info.context] = max(taken.get(info.context, 0), info.revision)
     return tuple(
         ParentRef(contexts[name].id, Parent("merge", name, revision))

@@ -97,7 +97,11 @@ async def update_definition(
     state_format: str | JSONObject | None = None,
     validate_current: bool = True,
 ) -> WriteResult:
-    """See :meth:`groundhog_mcp.service.state.StateManager.update_context`."""
+    """Change the definition of context ``name`` (needs ``admin``): the parts given replace the
+    stored ones (``state_format`` goes into the settings). A new revision, op ``redefine``, keeps
+    the state as it is; unless ``validate_current`` is False, a current state the new
+    definition refuses refuses the change, listing every violation
+    (see :mod:`groundhog_mcp.service.definition`)."""
     check_name(name)
     await manager.authorize("admin", name)
     given = {

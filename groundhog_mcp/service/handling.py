@@ -60,7 +60,9 @@ async def emit_event(
     handlers: Mapping[str, EventHandler] | None = None,
     dead_letter: DeadLetter | None = None,
 ) -> EventResult:
-    """See :meth:`groundhog_mcp.service.state.StateManager.emit_event`."""
+    """Handle ``event`` on context ``name``: validate, run the handler, commit the state change
+    and the event record in one transaction. A repeated ``idempotency_key`` returns the first
+    result; a failing handler is retried with backoff, then the event is dead-lettered."""
     check_name(name)
     await manager.authorize("write", name)
     check_event(event, manager.limits)
@@ -140,9 +142,15 @@ async def emit_event(
 
 
 async def list_dead_letters(
-    manager: StateManager, *, name: str | None, after_id: int, limit: int, include_replayed: bool
+    manager: StateManager,
+    *,
+    name: str | None = None,
+    after_id: int = 0,
+    limit: int = 50,
+    include_replayed: bool = False,
 ) -> list[DeadLetter]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.list_dead_letters`."""
+    """The dead letters of the contexts this principal may read (of ``name`` only, if given),
+    after letter ``after_id``, oldest first; replayed ones only with ``include_replayed``."""
     if name is not None:
         check_name(name)
     principal = manager.principal
@@ -163,9 +171,9 @@ async def list_dead_letters(
 
 
 async def replay_dead_letter(
-    manager: StateManager, letter_id: int, *, handlers: Mapping[str, EventHandler] | None
+    manager: StateManager, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
 ) -> EventResult:
-    """See :meth:`groundhog_mcp.service.state.StateManager.replay_dead_letter`."""
+    """Handle a dead-lettered event again; applied once even if replayed twice."""
     missing = f"id: no dead letter #{letter_id}"
     namespace = manager.principal.namespace
     # The context's name first (nothing decoded), the grants on it, and only then the letter.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationError, StoreBusyError, ValidationIssue
 from groundhog_mcp.models import ContextState
+from groundhog_mcp.service import updates
 from groundhog_mcp.service.branches import TargetMoved, merge_base, merge_parents
 from groundhog_mcp.service.merge import (
     ContextRef,
@@ -52,7 +53,18 @@ async def merge(
     expected_revision: int | None = None,
     dry_run: bool = False,
 ) -> MergeOutcome:
-    """See :meth:`groundhog_mcp.service.state.StateManager.merge`."""
+    """Merge 2+ inputs, each ``{"context": name, "revision": n | None}`` (None: current) or an
+    inline state, and optionally write the result to ``target`` as one new revision (op ``merge``).
+
+    ``three_way`` without ``base``: the base is found from the inputs' lineage, the fork point or
+    the last merge between them (when every input is a revision of one context: the lowest
+    revision given, their common ancestor in the context's linear history). With
+    ``target`` the result is validated against the target's schema and limits and written
+    through the usual compare-and-set (``expected_revision``; ``0`` creates the target); an
+    input naming the target's current state is re-read inside the write transaction, so a
+    write that lands meanwhile is merged in, never overwritten. ``dry_run`` runs every check
+    but writes nothing, and lists conflicts instead of raising them.
+    """
     for attempt in range(1, MERGE_ATTEMPTS + 1):
         try:
             return await _merge_once(
@@ -182,7 +194,13 @@ async def _merge_once(
         return outcome(result)
     if expected_revision == 0:
         try:
-            created = await manager.register(target, state=result.state, if_exists="error")
+            created = await updates.register(
+                manager,
+                target,
+                state=result.state,
+                if_exists="error",
+                merged_from=merge_parents(contexts, infos, target),  # lineage, as a merge into an existing target
+            )
         except ConflictError as exc:
             raise ConflictError(target, 0, exc.current_revision) from None
         assert isinstance(created, WriteResult)  # if_exists="error" never returns an existing context
@@ -209,9 +227,7 @@ async def _merge_once(
                 infos[i] = SourceInfo(target, current.revision)
         state = latest[0].state
         check_written(state, current, manager.limits)
-        return dataclasses.replace(
-            mutation(current, state, op="merge"), parents=merge_parents(contexts, infos, current)
-        )
+        return dataclasses.replace(mutation(current, state, op="merge"), parents=merge_parents(contexts, infos, target))
 
     try:
         write = await manager.writer.mutate(

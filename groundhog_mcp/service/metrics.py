@@ -128,7 +128,7 @@ def metric_key(namespace: str, name: str) -> str:
 async def collect(
     manager: StateManager, names: Sequence[str] | None = None, *, prefix: str = "", limit: int = 100
 ) -> tuple[dict[str, Any], list[ContextMetrics]]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.collect_metrics`."""
+    """Server metrics and per-context metrics (counts from the store, latencies of this process)."""
     if names:
         contexts = [await manager.get(name) for name in names[: manager.limits.max_page]]
     else:

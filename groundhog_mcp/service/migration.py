@@ -52,7 +52,7 @@ from groundhog_mcp.service.access import check_prefix, list_visible
 from groundhog_mcp.service.merge import semver_key
 from groundhog_mcp.service.patching import apply_json_patch
 from groundhog_mcp.service.validation import Limits, check_name, check_schema_definition, inspect_json, schema_issues
-from groundhog_mcp.service.writes import WriteResult, mutation, state_diff
+from groundhog_mcp.service.writes import mutation, state_diff
 from groundhog_mcp.store.base import Mutation, Mutator, StoredContext
 
 if TYPE_CHECKING:
@@ -72,7 +72,6 @@ __all__ = [
     "load_format_file",
     "load_upcaster",
     "migrate",
-    "migrate_contexts",
     "parse_state_format",
     "upcast",
 ]
@@ -501,8 +500,6 @@ class _AlreadyMigrated(Exception):
 
 
 Checker = Callable[[ContextState, StoredContext], list[ValidationIssue]]
-Write = Callable[[str, int | None, Mutator], Awaitable[WriteResult]]
-Lister = Callable[[str, str | None, int], Awaitable[Sequence[StoredContext]]]
 
 
 def _migrated_state(
@@ -520,31 +517,50 @@ def _migrated_state(
     return new, steps
 
 
-async def migrate_contexts(
-    *,
-    get: Callable[[str], Awaitable[StoredContext]],
-    list_page: Lister,
-    write: Write,
-    check: Checker,
-    limits: Limits,
+async def migrate(
+    manager: StateManager,
     name: str | None = None,
+    *,
     prefix: str | None = None,
     to_version: str | None = None,
     dry_run: bool = False,
     expected_revision: int | None = None,
     progress: Progress | None = None,
 ) -> MigrationReport:
-    """Bring the selected contexts' states to ``to_version`` (default: each one's current format
-    version) as new revisions (op ``migrate``). Called through :func:`migrate`.
+    """Rewrite the state of context ``name``, or of every context whose name starts with
+    ``prefix``, in its current state format version (or ``to_version``), one new revision each
+    (op ``migrate``). Only contexts this principal may read are selected; one it may not
+    administer (``admin``) refuses the whole call before any write.
 
     Two phases. *Check*: every selected context is read, upcast and validated against the
     target version's schema; the first failure raises :class:`MigrationError` naming context,
-    step and cause, and nothing has been written. *Write*: one compare-and-set write per context;
-    the upcast runs again inside each write transaction, so a write that landed after the check is
-    migrated too, never overwritten. Only a database failure in the write phase (disk full,
-    locked past the busy timeout) can stop it midway; the error then says how many contexts were
-    already rewritten; those are consistent (reads upcast the rest) and a rerun finishes the job.
+    step and cause, and nothing has been written (``dry_run`` stops here and reports the RFC 6902
+    diff per context). *Write*: one compare-and-set write per context; the upcast runs again
+    inside each write transaction, so a write that landed after the check is migrated too, never
+    overwritten. Only a database failure in the write phase (disk full, locked past the busy
+    timeout) can stop it midway; the error then says how many contexts were already rewritten;
+    those are consistent (reads upcast the rest) and a rerun finishes the job.
     """
+    from groundhog_mcp.service.reads import state_issues  # reads builds on this module's formats
+
+    if name is not None:
+        check_name(name)
+        await manager.authorize("admin", name)
+    if prefix:
+        check_prefix(prefix)
+    caller = manager.caller
+
+    async def list_page(prefix: str, after: str | None, limit: int) -> list[StoredContext]:
+        # Only contexts this principal may read are selected (the others stay invisible);
+        # among those, one it may not administer refuses the whole call before any write.
+        page = await list_visible(manager.store, caller.principal, prefix, after, limit)
+        for context in page:
+            await manager.authorize("admin", context.name)
+        return page
+
+    def check(state: ContextState, context: StoredContext) -> list[ValidationIssue]:
+        return state_issues(state, context.schema, context.settings, manager.limits)
+
     if (name is None) == (prefix is None):
         raise _invalid("", "give exactly one of name (one context) or prefix ('' selects all)", field="name")
     if expected_revision is not None and name is None:
@@ -572,7 +588,7 @@ async def migrate_contexts(
             if context.state.version == (to_version or fmt.version):
                 same += 1
                 continue
-            new, steps = _migrated_state(context, fmt, to_version, check, limits)
+            new, steps = _migrated_state(context, fmt, to_version, check, manager.limits)
             found.append(
                 ContextMigration(
                     name=context.name,
@@ -596,7 +612,7 @@ async def migrate_contexts(
             ) from None
 
     if name is not None:
-        found, unchanged, without_format = await check_page([await get(name)])
+        found, unchanged, without_format = await check_page([await manager.get(name)])
         planned += found
         matched = 1
     else:
@@ -631,7 +647,7 @@ async def migrate_contexts(
             fmt = format_of(current.settings)
             if fmt is None or current.state.version == (to_version or fmt.version):
                 raise _AlreadyMigrated
-            new, _ = _migrated_state(current, fmt, to_version, check, limits)
+            new, _ = _migrated_state(current, fmt, to_version, check, manager.limits)
             new = replace(new, timestamp=utcnow())
             return mutation(current, new, op="migrate")
 
@@ -641,7 +657,7 @@ async def migrate_contexts(
     every = max(1, len(planned) // 20)
     for index, plan in enumerate(planned, start=1):
         try:
-            result = await write(plan.name, expected_revision, mutator_for(plan))
+            result = await manager.writer.mutate(caller, plan.name, expected_revision, mutator_for(plan))
         except _AlreadyMigrated:
             unchanged += 1
             continue
@@ -670,52 +686,3 @@ async def migrate_contexts(
         if progress is not None and (index % every == 0 or index == len(planned)):
             await progress(index, len(planned), f"migrated {index} of {len(planned)} contexts")
     return MigrationReport(False, to_version, matched, len(done), unchanged, without_format, done)
-
-
-async def migrate(
-    manager: StateManager,
-    name: str | None = None,
-    *,
-    prefix: str | None = None,
-    to_version: str | None = None,
-    dry_run: bool = False,
-    expected_revision: int | None = None,
-    progress: Progress | None = None,
-) -> MigrationReport:
-    """See :meth:`groundhog_mcp.service.state.StateManager.migrate`."""
-    from groundhog_mcp.service.reads import state_issues  # reads builds on this module's formats
-
-    if name is not None:
-        check_name(name)
-        await manager.authorize("admin", name)
-    if prefix:
-        check_prefix(prefix)
-    caller = manager.caller
-
-    async def list_page(prefix: str, after: str | None, limit: int) -> list[StoredContext]:
-        # Only contexts this principal may read are selected (the others stay invisible);
-        # among those, one it may not administer refuses the whole call before any write.
-        page = await list_visible(manager.store, caller.principal, prefix, after, limit)
-        for context in page:
-            await manager.authorize("admin", context.name)
-        return page
-
-    def check(state: ContextState, context: StoredContext) -> list[ValidationIssue]:
-        return state_issues(state, context.schema, context.settings, manager.limits)
-
-    async def write(name: str, expected_revision: int | None, mutator: Mutator) -> WriteResult:
-        return await manager.writer.mutate(caller, name, expected_revision, mutator)
-
-    return await migrate_contexts(
-        get=manager.get,
-        list_page=list_page,
-        write=write,
-        check=check,
-        limits=manager.limits,
-        name=name,
-        prefix=prefix,
-        to_version=to_version,
-        dry_run=dry_run,
-        expected_revision=expected_revision,
-        progress=progress,
-    )

@@ -130,7 +130,7 @@ class StateReader:
 
 
 async def load_state(manager: StateManager, context_id: ContextId) -> ContextState:
-    """See :meth:`groundhog_mcp.service.state.StateManager.load_state`."""
+    """The current state of the context with id ``context_id`` (the specification's ``load_state``)."""
     missing = f"context_id: no context with id {context_id}"
     # The name first (nothing decoded), the grant on it, and only then the context itself.
     located = await manager.store.locate(context_id)
@@ -146,7 +146,7 @@ async def load_state(manager: StateManager, context_id: ContextId) -> ContextSta
 async def read_upcast(
     manager: StateManager, name: str, revision: int | None = None, *, as_of: datetime | None = None
 ) -> tuple[StoredContext, int, ContextState, str]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.read_upcast`."""
+    """Like ``StateManager.read``, plus the format version the state is stored in."""
     context = await manager.get(name)
     if as_of is not None:
         if revision is not None:
@@ -162,7 +162,7 @@ async def read_upcast(
 async def check(
     manager: StateManager, name: str, *, data: JSONObject | None = None, metadata: JSONObject | None = None
 ) -> tuple[StoredContext, list[ValidationIssue]]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.check`."""
+    """Validate a candidate (or the current) state of ``name`` without writing."""
     context = await manager.get(name)
     current = await manager.reader.upcast_off_loop(context, context.state)
     candidate = ContextState(
@@ -184,7 +184,8 @@ async def history(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[HistoryEntry]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.history`."""
+    """Revisions newest first (``before``: older than it; ``since``/``until``: committed at or
+    after / before these times); each names what it was forked or merged from."""
     check_limit(limit, manager.limits.max_history_page)
     context = await manager.get(name)
     entries = await manager.store.history(context.id, before=before, limit=limit, since=since, until=until)
@@ -200,7 +201,7 @@ async def diff(
     from_as_of: datetime | None = None,
     to_as_of: datetime | None = None,
 ) -> tuple[int, int, list[JSONObject]]:
-    """See :meth:`groundhog_mcp.service.state.StateManager.diff_between`."""
+    """Like ``StateManager.diff``, with the two revisions compared: ``(from, to, patch)``."""
     if (from_revision is None) == (from_as_of is None):
         raise StateValidationError(
             [ValidationIssue("", "give exactly one of from_revision or from_as_of")], field="from_revision"

@@ -6,9 +6,12 @@ in their own modules, each acting for the manager's :class:`~groundhog_mcp.servi
 :mod:`~groundhog_mcp.service.access` (grants), :mod:`~groundhog_mcp.service.audit` (the audit
 log and denials), :mod:`~groundhog_mcp.service.writes` (the write machinery and the one place a
 diff is built), :mod:`~groundhog_mcp.service.reads` (revisions, upcasting, state checks),
-:mod:`~groundhog_mcp.service.handling` (events and dead letters),
-:mod:`~groundhog_mcp.service.merging`, :mod:`~groundhog_mcp.service.migration` and
-:mod:`~groundhog_mcp.service.metrics`.
+:mod:`~groundhog_mcp.service.updates` and :mod:`~groundhog_mcp.service.definition` (writes by
+name), :mod:`~groundhog_mcp.service.handling` (events and dead letters),
+:mod:`~groundhog_mcp.service.branches`, :mod:`~groundhog_mcp.service.merging`,
+:mod:`~groundhog_mcp.service.migration`, :mod:`~groundhog_mcp.service.leases` and
+:mod:`~groundhog_mcp.service.metrics`. Most methods *are* those modules' functions, bound here
+(``update = updates.update``): each signature and docstring is written once, beside its code.
 """
 
 from __future__ import annotations
@@ -22,41 +25,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from groundhog_mcp.errors import (
-    AccessDeniedError,
-    NotFoundError,
-    ValidationIssue,
-)
-from groundhog_mcp.models import (
-    Change,
-    ContextId,
-    ContextState,
-    HistoryEntry,
-    JSONObject,
-    Parent,
-    Principal,
-    Right,
-)
+from groundhog_mcp.errors import AccessDeniedError, NotFoundError, ValidationIssue
+from groundhog_mcp.models import Change, ContextId, ContextState, JSONObject, Principal, Right
 from groundhog_mcp.security.audit import Signer
-from groundhog_mcp.service import branches, definition, handling, leases, merging, metrics, migration, reads, updates
-from groundhog_mcp.service.access import (
-    ContextPage,
-    authorize,
-    check_prefix,
-    list_page,
-    missing,
-    sees,
+from groundhog_mcp.service import (
+    branches,
+    definition,
+    feed,
+    handling,
+    leases,
+    merging,
+    metrics,
+    migration,
+    reads,
+    updates,
 )
+from groundhog_mcp.service.access import ContextPage, authorize, check_prefix, list_page, missing, sees
 from groundhog_mcp.service.audit import AuditPage, AuditTrail, AuditVerification, DenialLog, verify_audit_chain
 from groundhog_mcp.service.bus import ChangeBus
 from groundhog_mcp.service.caller import Caller
-from groundhog_mcp.service.events import Event, EventHandler
 from groundhog_mcp.service.expiry import expire_if_due
-from groundhog_mcp.service.feed import MAX_WAIT_SECONDS, ChangeFeed, wait_for_changes
+from groundhog_mcp.service.feed import MAX_WAIT_SECONDS, ChangeFeed
 from groundhog_mcp.service.handling import EventResult
-from groundhog_mcp.service.merge import MergeOutcome, MergeSource, OnConflict, Strategy, compute_merge
-from groundhog_mcp.service.metrics import ContextMetrics, MetricsRecorder
-from groundhog_mcp.service.migration import MigrationReport, Progress, UpcastCache
+from groundhog_mcp.service.merge import OnConflict, Strategy, compute_merge
+from groundhog_mcp.service.metrics import MetricsRecorder
+from groundhog_mcp.service.migration import UpcastCache
 from groundhog_mcp.service.reads import StateReader
 from groundhog_mcp.service.search import FindPage, find_contexts
 from groundhog_mcp.service.validation import (
@@ -68,7 +61,7 @@ from groundhog_mcp.service.validation import (
 )
 from groundhog_mcp.service.writes import Writer, WriteResult
 from groundhog_mcp.store import open_store
-from groundhog_mcp.store.base import DeadLetter, Lease, LeaseGrant, ParentRef, Store, StoredContext
+from groundhog_mcp.store.base import Lease, LeaseGrant, ParentRef, Store, StoredContext
 
 __all__ = ["MAX_WAIT_SECONDS", "Caller", "ContextPage", "EventResult", "StateManager", "WriteResult"]
 
@@ -176,20 +169,14 @@ class StateManager:
         await self.feed.stop()
         await self.store.close()
 
+    # An operation whose whole body would be one call of a concern module's function with the same
+    # arguments *is* that function, bound here as a method (its first parameter is the manager):
+    # its signature and documentation live once, beside its code.
+
     # -- the specification's API ------------------------------------------------------------
 
-    async def save_state(
-        self, context_id: ContextId, state: ContextState, *, expected_revision: int | None = None
-    ) -> WriteResult:
-        """Store ``state`` as the context's new revision, exactly as given.
-
-        A context id not seen before is created (named after the id), as the
-        specification's ``save_state`` on a fresh ``ContextId`` expects.
-        """
-        return await updates.save_state(self, context_id, state, expected_revision=expected_revision)
-
-    async def load_state(self, context_id: ContextId) -> ContextState:
-        return await reads.load_state(self, context_id)
+    save_state = updates.save_state
+    load_state = reads.load_state
 
     async def merge_states(
         self,
@@ -221,7 +208,7 @@ class StateManager:
     def check_state(self, state: ContextState, schema: JSONObject | None = None) -> list[ValidationIssue]:
         return inspect_state(state, self.limits, schema)
 
-    # -- name-addressed operations (what the MCP tools call) --------------------------------
+    # -- writes by name (service/updates.py, definition.py) ---------------------------------
 
     async def register(
         self,
@@ -238,7 +225,7 @@ class StateManager:
         forked_from: ParentRef | None = None,
     ) -> WriteResult | StoredContext:
         """Create a context; with ``if_exists="return"`` an existing one is returned as is
-        (``forked_from``: set by :meth:`fork`)."""
+        (``forked_from``: set by :meth:`fork`; see :func:`groundhog_mcp.service.updates.register`)."""
         return await updates.register(
             self,
             name,
@@ -253,39 +240,12 @@ class StateManager:
             forked_from=forked_from,
         )
 
-    async def unregister(self, name: str, *, expected_revision: int | None = None, purge: bool = False) -> Change:
-        return await updates.unregister(self, name, expected_revision=expected_revision, purge=purge)
+    update = updates.update
+    rollback = updates.rollback
+    unregister = updates.unregister
+    update_context = definition.update_definition
 
-    async def update_context(
-        self,
-        name: str,
-        *,
-        expected_revision: int | None = None,
-        schema: JSONObject | None = None,
-        settings: JSONObject | None = None,
-        handlers: JSONObject | None = None,
-        metadata: JSONObject | None = None,
-        version: str | None = None,
-        state_format: str | JSONObject | None = None,
-        validate_current: bool = True,
-    ) -> WriteResult:
-        """Change the definition of context ``name`` (needs ``admin``): the parts given replace the
-        stored ones (``state_format`` goes into the settings). A new revision, op ``redefine``, keeps
-        the state as it is; unless ``validate_current`` is False, a current state the new
-        definition refuses refuses the change, listing every violation
-        (see :mod:`groundhog_mcp.service.definition`)."""
-        return await definition.update_definition(
-            self,
-            name,
-            expected_revision=expected_revision,
-            schema=schema,
-            settings=settings,
-            handlers=handlers,
-            metadata=metadata,
-            version=version,
-            state_format=state_format,
-            validate_current=validate_current,
-        )
+    # -- reads by name (service/reads.py, search.py, feed.py) -------------------------------
 
     async def get(self, name: str) -> StoredContext:
         check_name(name)
@@ -315,53 +275,9 @@ class StateManager:
         context, at, state, _ = await self.read_upcast(name, revision, as_of=as_of)
         return context, at, state
 
-    async def read_upcast(
-        self, name: str, revision: int | None = None, *, as_of: datetime | None = None
-    ) -> tuple[StoredContext, int, ContextState, str]:
-        """Like :meth:`read`, plus the format version the state is stored in."""
-        return await reads.read_upcast(self, name, revision, as_of=as_of)
-
-    async def update(
-        self,
-        name: str,
-        *,
-        data: JSONObject | None = None,
-        merge_patch_: JSONObject | None = None,
-        patch: list[JSONObject] | None = None,
-        metadata: JSONObject | None = None,
-        version: str | None = None,
-        expected_revision: int | None = None,
-    ) -> WriteResult:
-        """Apply exactly one of ``data`` (replace), ``merge_patch_`` (RFC 7396), ``patch`` (RFC 6902)."""
-        return await updates.update(
-            self,
-            name,
-            data=data,
-            merge_patch_=merge_patch_,
-            patch=patch,
-            metadata=metadata,
-            version=version,
-            expected_revision=expected_revision,
-        )
-
-    async def check(
-        self, name: str, *, data: JSONObject | None = None, metadata: JSONObject | None = None
-    ) -> tuple[StoredContext, list[ValidationIssue]]:
-        """Validate a candidate (or the current) state of ``name`` without writing."""
-        return await reads.check(self, name, data=data, metadata=metadata)
-
-    async def history(
-        self,
-        name: str,
-        *,
-        before: int | None = None,
-        limit: int = 20,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[HistoryEntry]:
-        """Revisions newest first (``before``: older than it; ``since``/``until``: committed at or
-        after / before these times); each names what it was forked or merged from."""
-        return await reads.history(self, name, before=before, limit=limit, since=since, until=until)
+    read_upcast = reads.read_upcast
+    check = reads.check
+    history = reads.history
 
     async def diff(
         self,
@@ -375,179 +291,28 @@ class StateManager:
         """The RFC 6902 diff between two revisions, each given by number or by time (``*_as_of``)."""
         return (await self.diff_between(name, from_revision, to_revision, from_as_of=from_as_of, to_as_of=to_as_of))[2]
 
-    async def diff_between(
-        self,
-        name: str,
-        from_revision: int | None,
-        to_revision: int | None = None,
-        *,
-        from_as_of: datetime | None = None,
-        to_as_of: datetime | None = None,
-    ) -> tuple[int, int, list[JSONObject]]:
-        """Like :meth:`diff`, with the two revisions compared: ``(from, to, patch)``."""
-        return await reads.diff(self, name, from_revision, to_revision, from_as_of=from_as_of, to_as_of=to_as_of)
-
-    async def rollback(self, name: str, revision: int, *, expected_revision: int | None = None) -> WriteResult:
-        """Restore ``revision``'s data and metadata as a *new* revision."""
-        return await updates.rollback(self, name, revision, expected_revision=expected_revision)
+    diff_between = reads.diff
 
     async def changes_after(self, sequence: int, *, limit: int = 100) -> list[Change]:
         changes = await self.store.changes_after(sequence, limit=limit)
         return [c for c in changes if sees(self.principal, c)]
 
-    async def wait_for_changes(
-        self,
-        names: Sequence[str] | None = None,
-        *,
-        after_sequence: int | None = None,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the wait is the operation itself, bounded and validated there
-        limit: int = 100,
-        paths: Sequence[str] | None = None,
-    ) -> tuple[list[Change], int]:
-        """Changes after ``after_sequence`` to ``names`` (or to any of your contexts), waiting up
-        to ``timeout`` seconds for the first. Returns ``(changes, cursor)``; pass ``cursor`` as the
-        next ``after_sequence``. ``after_sequence=None`` means "from now". ``paths``: only changes
-        touching one of these JSON Pointers (see :mod:`groundhog_mcp.service.paths`)."""
-        return await wait_for_changes(
-            self, names, after_sequence=after_sequence, timeout=timeout, limit=limit, paths=paths
-        )
+    wait_for_changes = feed.wait_for_changes
 
-    # -- branches (service/branches.py) -----------------------------------------------------
+    # -- branches (service/branches.py), merge (merging.py), migration (migration.py) -------
 
-    async def fork(
-        self,
-        name: str,
-        new_name: str,
-        *,
-        revision: int | None = None,
-        version: str | None = None,
-        metadata: JSONObject | None = None,
-        settings: JSONObject | None = None,
-        schema: JSONObject | None = None,
-        handlers: JSONObject | None = None,
-    ) -> WriteResult:
-        """A new context ``new_name`` with ``name``'s state at ``revision`` (current when None) and
-        its definition unless overridden; it records ``forked_from`` (see :meth:`forked_from`)."""
-        return await branches.fork_context(
-            self,
-            name,
-            new_name,
-            revision=revision,
-            version=version,
-            metadata=metadata,
-            settings=settings,
-            schema=schema,
-            handlers=handlers,
-        )
+    fork = branches.fork_context
+    forked_from = branches.context_lineage
+    merge = merging.merge
+    migrate = migration.migrate
+    lineage = branches.context_parents
 
-    async def forked_from(self, context: StoredContext) -> Parent | None:
-        """The context and revision ``context`` was forked from (None: registered, not forked)."""
-        return await branches.context_lineage(self, context)
+    # -- events and dead letters (service/handling.py), metrics (metrics.py) ----------------
 
-    async def lineage(self, context: StoredContext) -> tuple[Parent, ...]:
-        """What ``context`` was forked from and the merges it took in (oldest first), of the
-        contexts this principal may read."""
-        return await branches.context_parents(self, context)
-
-    # -- metrics (service/metrics.py) ------------------------------------------------------
-
-    async def collect_metrics(
-        self, names: Sequence[str] | None = None, *, prefix: str = "", limit: int = 100
-    ) -> tuple[dict[str, Any], list[ContextMetrics]]:
-        """Server metrics and per-context metrics (counts from the store, latencies of this process)."""
-        return await metrics.collect(self, names, prefix=prefix, limit=limit)
-
-    # -- events and dead letters (service/handling.py) -------------------------------------
-
-    async def emit_event(
-        self,
-        name: str,
-        event: Event,
-        *,
-        handlers: Mapping[str, EventHandler] | None = None,
-        dead_letter: DeadLetter | None = None,
-    ) -> EventResult:
-        """Handle ``event`` on context ``name``: validate, run the handler, commit the state change
-        and the event record in one transaction. A repeated ``idempotency_key`` returns the first
-        result; a failing handler is retried with backoff, then the event is dead-lettered."""
-        return await handling.emit_event(self, name, event, handlers=handlers, dead_letter=dead_letter)
-
-    async def list_dead_letters(
-        self, *, name: str | None = None, after_id: int = 0, limit: int = 50, include_replayed: bool = False
-    ) -> list[DeadLetter]:
-        return await handling.list_dead_letters(
-            self, name=name, after_id=after_id, limit=limit, include_replayed=include_replayed
-        )
-
-    async def replay_dead_letter(
-        self, letter_id: int, *, handlers: Mapping[str, EventHandler] | None = None
-    ) -> EventResult:
-        """Handle a dead-lettered event again; applied once even if replayed twice."""
-        return await handling.replay_dead_letter(self, letter_id, handlers=handlers)
-
-    # -- merge (service/merging.py) and migration (service/migration.py) -------------------
-
-    async def merge(
-        self,
-        inputs: Sequence[MergeSource | Mapping[str, Any]],
-        *,
-        strategy: Strategy = "ordered",
-        base: MergeSource | Mapping[str, Any] | None = None,
-        reducers: Mapping[str, str] | None = None,
-        on_conflict: OnConflict = "fail",
-        target: str | None = None,
-        expected_revision: int | None = None,
-        dry_run: bool = False,
-    ) -> MergeOutcome:
-        """Merge 2+ inputs, each ``{"context": name, "revision": n | None}`` (None: current) or an
-        inline state, and optionally write the result to ``target`` as one new revision (op ``merge``).
-
-        ``three_way`` without ``base``: the base is found from the inputs' lineage, the fork point or
-        the last merge between them (when every input is a revision of one context: the lowest
-        revision given, their common ancestor in the context's linear history). With
-        ``target`` the result is validated against the target's schema and limits and written
-        through the usual compare-and-set (``expected_revision``; ``0`` creates the target); an
-        input naming the target's current state is re-read inside the write transaction, so a
-        write that lands meanwhile is merged in, never overwritten. ``dry_run`` runs every check
-        but writes nothing, and lists conflicts instead of raising them.
-        """
-        return await merging.merge(
-            self,
-            inputs,
-            strategy=strategy,
-            base=base,
-            reducers=reducers,
-            on_conflict=on_conflict,
-            target=target,
-            expected_revision=expected_revision,
-            dry_run=dry_run,
-        )
-
-    async def migrate(
-        self,
-        name: str | None = None,
-        *,
-        prefix: str | None = None,
-        to_version: str | None = None,
-        dry_run: bool = False,
-        expected_revision: int | None = None,
-        progress: Progress | None = None,
-    ) -> MigrationReport:
-        """Rewrite the state of context ``name``, or of every context whose name starts with
-        ``prefix``, in its current state format version (or ``to_version``), one new revision each
-        (op ``migrate``). Every selected context is upcast and validated before the first write: a
-        failing upcaster raises :class:`MigrationError` naming context, step and cause, and changes
-        nothing. ``dry_run`` only checks and reports the RFC 6902 diff per context. See
-        :func:`groundhog_mcp.service.migration.migrate_contexts`."""
-        return await migration.migrate(
-            self,
-            name,
-            prefix=prefix,
-            to_version=to_version,
-            dry_run=dry_run,
-            expected_revision=expected_revision,
-            progress=progress,
-        )
+    emit_event = handling.emit_event
+    list_dead_letters = handling.list_dead_letters
+    replay_dead_letter = handling.replay_dead_letter
+    collect_metrics = metrics.collect
 
     # -- access (service/access.py) and the audit log (service/audit.py) -------------------
 
@@ -638,16 +403,7 @@ class StateManager:
 
     # -- leases (service/leases.py) ---------------------------------------------------------
 
-    async def take_lease(
-        self,
-        name: str,
-        *,
-        ttl_seconds: float | None = None,
-        wait_seconds: float = 0,
-        holder: str | None = None,
-    ) -> LeaseGrant:
-        """Take the lease of context ``name`` (see :func:`groundhog_mcp.service.leases.take_lease`)."""
-        return await leases.take_lease(self, name, ttl_seconds=ttl_seconds, wait_seconds=wait_seconds, holder=holder)
+    take_lease = leases.take_lease
 
     async def renew_lease(self, name: str, token: int | None, *, ttl_seconds: float | None = None) -> LeaseGrant:
         """Extend the live lease ``token`` to ``ttl_seconds`` from now."""

@@ -35,7 +35,11 @@ __all__ = ["register", "rollback", "save_state", "unregister", "update"]
 async def save_state(
     manager: StateManager, context_id: ContextId, state: ContextState, *, expected_revision: int | None = None
 ) -> WriteResult:
-    """See :meth:`groundhog_mcp.service.state.StateManager.save_state`."""
+    """Store ``state`` as the context's new revision, exactly as given.
+
+    A context id not seen before is created (named after the id), as the
+    specification's ``save_state`` on a fresh ``ContextId`` expects.
+    """
     await manager.validate_state(state)
     located = await manager.store.locate(context_id)  # the name only: nothing decoded before the grant check
     await manager.authorize("write", located[1] if located is not None else str(context_id))
@@ -78,8 +82,10 @@ async def register(
     if_exists: Literal["error", "return"] = "error",
     context_id: ContextId | None = None,
     forked_from: ParentRef | None = None,
+    merged_from: tuple[ParentRef, ...] = (),
 ) -> WriteResult | StoredContext:
-    """See :meth:`groundhog_mcp.service.state.StateManager.register` (``forked_from``: set by a fork)."""
+    """See :meth:`groundhog_mcp.service.state.StateManager.register` (``forked_from``: set by a fork;
+    ``merged_from``: by a merge that creates its target, the revisions it took in)."""
     check_name(name)
     await manager.authorize("write", name)
     check_semver(version)
@@ -111,6 +117,7 @@ async def register(
         handlers=handlers or {},
         state=state,
         forked_from=forked_from,
+        merged_from=merged_from,
     )
     return await manager.writer.register(manager.caller, new, if_exists=if_exists)
 
@@ -126,7 +133,7 @@ async def update(
     version: str | None = None,
     expected_revision: int | None = None,
 ) -> WriteResult:
-    """See :meth:`groundhog_mcp.service.state.StateManager.update`."""
+    """Apply exactly one of ``data`` (replace), ``merge_patch_`` (RFC 7396), ``patch`` (RFC 6902)."""
     check_name(name)
     await manager.authorize("write", name)
     given = [f for f, v in (("data", data), ("merge_patch", merge_patch_), ("patch", patch)) if v is not None]
@@ -227,7 +234,7 @@ async def _create_from_update(
 async def rollback(
     manager: StateManager, name: str, revision: int, *, expected_revision: int | None = None
 ) -> WriteResult:
-    """See :meth:`groundhog_mcp.service.state.StateManager.rollback`."""
+    """Restore ``revision``'s data and metadata as a *new* revision."""
     check_name(name)
     await manager.authorize("write", name)
     context = await manager.get(name)
@@ -246,7 +253,8 @@ async def rollback(
 async def unregister(
     manager: StateManager, name: str, *, expected_revision: int | None = None, purge: bool = False
 ) -> Change:
-    """See :meth:`groundhog_mcp.service.state.StateManager.unregister`."""
+    """Remove context ``name`` (needs ``admin``); its history stays until retention prunes it,
+    unless ``purge`` deletes it now."""
     check_name(name)
     await manager.authorize("admin", name)
     try:

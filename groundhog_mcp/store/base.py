@@ -96,6 +96,7 @@ class NewContext:
     handlers: JSONObject
     state: ContextState
     forked_from: ParentRef | None = None  # a fork: the revision its state was copied from
+    merged_from: tuple[ParentRef, ...] = ()  # a merge that creates it: the revisions it took in
 
 
 def registered(new: NewContext, *, revision: int, state_size: int, now: datetime) -> StoredContext:

@@ -141,8 +141,9 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
             )
             stored = registered(new, revision=revision, state_size=encoded.size, now=now)
             change = await self._record(tx, stored, "register", actor, now, None, encoded, None, audit)
-            if new.forked_from is not None:
-                await self._link(tx, stored, (new.forked_from,))
+            parents = (new.forked_from, *new.merged_from) if new.forked_from is not None else new.merged_from
+            if parents:
+                await self._link(tx, stored, parents)
             return stored, change
 
         return await self._transaction(work, writing=True)

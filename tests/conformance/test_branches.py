@@ -128,6 +128,35 @@ async def test_merge_base_across_two_generations_of_forks(manager: StateManager)
     assert chosen.base is not None and (chosen.base.context, chosen.base.revision) == ("a", 1)
 
 
+async def test_a_merge_that_creates_its_target_records_lineage(manager: StateManager) -> None:
+    """A merge written to a new target (expected_revision=0) records what it took in, as a merge
+    into an existing target does, so a later three-way merge finds its base from it."""
+    await manager.register("main", state=ContextState(data={"title": "t", "steps": 1, "notes": "n"}))
+    await manager.fork("main", "feature")
+    await manager.update("main", merge_patch_={"title": "T"})  # main@2
+    await manager.update("feature", merge_patch_={"steps": 2})  # feature@2
+
+    created = await manager.merge(
+        [{"context": "main"}, {"context": "feature"}], strategy="three_way", target="release", expected_revision=0
+    )
+    assert created.write is not None and created.write.context.state.data == {"title": "T", "steps": 2, "notes": "n"}
+    history = await manager.history("release")
+    assert [(e.revision, e.parents) for e in history] == [
+        (1, (Parent("merge", "feature", 2), Parent("merge", "main", 2)))
+    ]
+
+    # Both sides move on; merging main into release again finds main@2 (what release took in).
+    await manager.update("main", merge_patch_={"notes": "N"})
+    await manager.update("release", merge_patch_={"steps": 3})
+    again = await _merge(manager, "release", "main")
+    assert again.base is not None and (again.base.context, again.base.revision) == ("main", 2)
+    assert again.write is not None and again.write.context.state.data == {"title": "T", "steps": 3, "notes": "N"}
+
+    # Any strategy: an ordered merge into a new target records its inputs too.
+    await manager.merge([{"context": "main"}, {"context": "feature"}], target="ordered", expected_revision=0)
+    assert (await manager.history("ordered"))[0].parents == (Parent("merge", "feature", 2), Parent("merge", "main", 3))
+
+
 async def test_unrelated_contexts_still_need_a_base(manager: StateManager) -> None:
     await manager.register("p", state=ContextState(data={"v": 1}))
     await manager.register("q", state=ContextState(data={"v": 2}))
