@@ -116,6 +116,11 @@ def main() -> None:
     if "baseline" in medians:
         ratios = [medians["this"][s] / medians["baseline"][s] for s in SERIES]
         print(f"{'this/base':10} " + " ".join(f"{r:14.2f}" for r in ratios))
+        # Round by round (each pair measured back to back): min / median / max of the ratios.
+        for s in SERIES:
+            pairs = sorted(t[s] / b[s] for t, b in zip(results["this"], results["baseline"], strict=True))
+            print(f"  {s}: per-round ratio {pairs[0]:.2f} / {statistics.median(pairs):.2f} / {pairs[-1]:.2f}")
+    print("load average (1 min) at the end:", f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
