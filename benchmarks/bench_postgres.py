@@ -24,9 +24,10 @@ run works in a fresh schema, dropped at the end):
    A's LISTEN session, A's change feed and A's notifier.
 
 Instances keep the audit log (the default) unless ``--audit off``: with it on, every write
-locks the audit chain's head for its last round trip and commit, the one row all writes share
-(docs/scaling.md, "The write path on PostgreSQL"); 2. with ``--audit off`` shows the write
-rate without it.
+locks its namespace's audit chain head for its last round trip and commit (every instance here
+writes the local principal's namespace, so they share that row; docs/scaling.md, "The write
+path on PostgreSQL", and bench_audit_namespaces.py for several namespaces); 2. with
+``--audit off`` shows the write rate without it.
 
 It prints a table and exits 0 when the run completed, whatever the figures (non-zero only on
 an error); it asserts nothing (tests never assert on wall-clock time). Shared machines drift:

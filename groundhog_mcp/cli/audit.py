@@ -13,11 +13,12 @@ from typing import Any
 from groundhog_mcp.app import Settings, audit_key
 from groundhog_mcp.cli.common import is_url, private_output, unmigrated_store
 from groundhog_mcp.errors import InitializationError
-from groundhog_mcp.models import dumps, format_timestamp
+from groundhog_mcp.models import check_namespace, dumps
 from groundhog_mcp.security.audit import AuditHead
 from groundhog_mcp.service.audit import verify_audit_chain
 from groundhog_mcp.store import Store
 from groundhog_mcp.store.base import AuditQuery
+from groundhog_mcp.store.migrations import AUDIT_CHAINS_SCHEMA
 
 __all__ = ["add_audit_commands"]
 
@@ -27,19 +28,25 @@ def add_audit_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     audit = commands.add_parser("audit", parents=[common], help="the tamper-evident audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = audit_commands.add_parser(
-        "verify", parents=[common], help="check the HMAC chain; name the first altered, removed or reordered row"
+        "verify",
+        parents=[common],
+        help="check every HMAC chain (one per namespace); name the first altered, removed or reordered row",
     )
     verify.add_argument(
         "--head",
-        default=None,
-        metavar="SEQ:HMAC|FILE",
-        help="a head printed earlier by `audit head` (or a file holding its output): fail if the log no longer "
-        "reaches it, e.g. its tail was cut together with the writes it recorded",
+        action="append",
+        default=[],
+        metavar="NS@POS:HMAC|FILE",
+        help="a head printed earlier by `audit head` (or a file holding its output, every chain's head): fail if "
+        "its chain no longer reaches it, e.g. its tail was cut together with the writes it recorded; repeatable",
     )
+    verify.add_argument("--namespace", default=None, metavar="NS", help="verify this namespace's chain only")
     verify.set_defaults(handler=functools.partial(_audit, action=_audit_verify))
-    audit_commands.add_parser(
-        "head", parents=[common], help="print the chain's last row (sequence, HMAC) as JSON, to keep elsewhere"
-    ).set_defaults(handler=functools.partial(_audit, action=_audit_head))
+    head = audit_commands.add_parser(
+        "head", parents=[common], help="print each chain's last row (position, HMAC) as JSON lines, to keep elsewhere"
+    )
+    head.add_argument("--namespace", default=None, metavar="NS", help="this namespace's chain only")
+    head.set_defaults(handler=functools.partial(_audit, action=_audit_head))
     audit_export = audit_commands.add_parser("export", parents=[common], help="write the audit log as JSON Lines")
     audit_export.add_argument("--output", "-o", default="-", help="new file to write, mode 0600 (default: stdout)")
     audit_export.add_argument("--force", action="store_true", help="replace an existing --output file")
@@ -59,10 +66,11 @@ async def _audit(args: argparse.Namespace, settings: Settings, *, action: AuditA
         return 1
     async with unmigrated_store(settings) as store:
         status = await store.status()
-        if status.schema_version < 4:  # the audit log's migration
+        if status.schema_version < AUDIT_CHAINS_SCHEMA:  # one chain per namespace
             print(
-                f"groundhog-mcp: audit: {status.location} has no audit log yet (schema version "
-                f"{status.schema_version}); run `groundhog-mcp db migrate` or start the server once",
+                f"groundhog-mcp: audit: {status.location} has schema version {status.schema_version}; the audit "
+                f"commands need {AUDIT_CHAINS_SCHEMA} (one chain per namespace): run `groundhog-mcp db migrate` "
+                "or start the server once (rows written before stay verifiable, as the legacy chain)",
                 file=sys.stderr,
             )
             return 1
@@ -70,33 +78,49 @@ async def _audit(args: argparse.Namespace, settings: Settings, *, action: AuditA
 
 
 async def _audit_head(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    newest = await store.read_audit(AuditQuery(newest_first=True, limit=1))
-    head = AuditHead(newest[0].sequence, newest[0].hmac) if newest else AuditHead(0, "")
-    stamp = format_timestamp(newest[0].timestamp) if newest else None
-    # One line: easy to append to a log or a ticket kept elsewhere.
-    sys.stdout.write(json.dumps({**head.to_json(), "timestamp": stamp}) + "\n")
+    heads = await store.audit_heads(_namespace(args.namespace))
+    # One line per chain: easy to append to a log or a ticket kept elsewhere.
+    for head in heads:
+        sys.stdout.write(json.dumps(AuditHead(head.position, head.hmac, head.namespace).to_json()) + "\n")
+    if not heads:
+        print("groundhog-mcp: audit head: the audit log has no row yet", file=sys.stderr)
     return 0
 
 
-def _anchor(value: str | None) -> AuditHead | None:
-    """``--head``: ``SEQ:HMAC``, or a file holding ``audit head``'s JSON output (or that text)."""
-    if value is None:
-        return None
+def _namespace(value: str | None) -> str | None:
+    if value is not None and value != "":
+        check_namespace(value)
+    return value
+
+
+def _anchors(values: list[str]) -> list[AuditHead]:
+    return [anchor for value in values for anchor in _anchor(value)]
+
+
+def _anchor(value: str) -> list[AuditHead]:
+    """``--head``: ``NS@POS:HMAC`` / ``SEQ:HMAC``, or a file holding ``audit head``'s JSON lines
+    (or such texts, one a line)."""
     if ":" in value and not Path(value).exists():
-        return AuditHead.parse(value)
+        return [AuditHead.parse(value)]
     try:
         text = Path(value).read_text(encoding="utf-8")
     except OSError as exc:
         raise InitializationError(f"head: cannot read {value}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise InitializationError(f"head: {value} is not text") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        return AuditHead.parse(text)
-    if isinstance(document, dict) and isinstance(document.get("head"), str):
-        return AuditHead.parse(str(document["head"]))  # pyright: ignore[reportUnknownArgumentType]
-    raise InitializationError(f'head: {value} holds no "head" field (expected the output of `audit head`)')
+    heads: list[AuditHead] = []
+    for line in filter(None, (line.strip() for line in text.splitlines())):
+        try:
+            document = json.loads(line)
+        except json.JSONDecodeError:
+            heads.append(AuditHead.parse(line))
+            continue
+        if not isinstance(document, dict) or not isinstance(document.get("head"), str):
+            raise InitializationError(f'head: {value} holds no "head" field (expected the output of `audit head`)')
+        heads.append(AuditHead.parse(str(document["head"])))  # pyright: ignore[reportUnknownArgumentType]
+    if not heads:
+        raise InitializationError(f"head: {value} holds no head (expected the output of `audit head`)")
+    return heads
 
 
 async def _audit_export(args: argparse.Namespace, settings: Settings, store: Store) -> int:
@@ -111,24 +135,30 @@ async def _audit_export(args: argparse.Namespace, settings: Settings, store: Sto
 
 
 async def _audit_verify(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    anchor = _anchor(args.head)
+    anchors = _anchors(args.head)
+    namespace = _namespace(args.namespace)
     key = audit_key(settings, create=False)
     if key is None:
         print("groundhog-mcp: audit verify: the audit log is turned off (audit = false): no key", file=sys.stderr)
         return 1
-    verification = await verify_audit_chain(store, key, anchor)
-    problem = verification.problem
-    if problem is not None:
-        print(
-            f"audit log FAILED at row {problem.sequence} ({problem.kind}): {problem.message}; "
-            f"{verification.rows} row(s) before it verified"
-        )
+    verification = await verify_audit_chain(store, key, anchors, namespace=namespace)
+    for chain in verification.chains:
+        problem = chain.problem
+        if problem is not None:
+            where = ""
+            if problem.at_sequence is not None:
+                # A removed row shows where the next one is; any other problem is the row itself.
+                where = f", {'before ' if problem.kind == 'removed' else ''}log sequence {problem.at_sequence}"
+            print(
+                f"audit log FAILED in {chain.label} at row {problem.sequence}{where} ({problem.kind}): "
+                f"{problem.message}; {chain.rows} row(s) before it verified"
+            )
+    if verification.problem is not None:
         return 1
-    span = f" (rows 1-{verification.rows})" if verification.rows else ""
-    anchored = f"; reaches the anchored head {anchor.sequence}" if anchor is not None and anchor.sequence else ""
-    print(
-        f"audit log OK: {verification.rows} row(s) verified{span}, key {key.key_id}"
-        + (f", head {verification.last_hmac}" if verification.last_hmac else "")
-        + anchored
-    )
+    print(f"audit log OK: {verification.rows} row(s) verified in {len(verification.chains)} chain(s), key {key.key_id}")
+    for chain in verification.chains:
+        reached = [a.position for a in anchors if a.chain == chain.chain and a.position]
+        anchored = f"; reaches the anchored head {max(reached)}" if reached else ""
+        span = f"rows 1-{chain.rows}" if chain.rows else "no row"
+        print(f"  {chain.label}: {span}, head {chain.head}{anchored}")
     return 0

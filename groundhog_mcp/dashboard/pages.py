@@ -538,7 +538,7 @@ def audit_page(
                     ' <a href="{b}/audit{q}">show row {s}</a>',
                     b=base,
                     q=attrs_query(cursor=broken_cursor),
-                    s=problem.sequence,
+                    s=problem.at_sequence,
                 )
                 if broken_cursor
                 else Html("")
@@ -552,7 +552,7 @@ def audit_page(
                 rows=rows,
                 jump=jump,
             )
-    broken = problem.sequence if problem is not None else None
+    broken = problem.at_sequence if problem is not None else None  # the table shows log sequences
     lines = [
         markup(
             "<tr{cls}><td>{seq}</td><td>{at}</td><td>{who}</td><td>{op}</td><td>{outcome}</td><td>{ctx}</td>"

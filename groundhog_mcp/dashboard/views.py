@@ -171,8 +171,9 @@ class Views:
         else:
             verification = await self._verify(manager, self._audit_key)
             verified = (verification.rows, verification.problem)
-            if verification.problem is not None:
-                broken_cursor = encode_audit_cursor(verification.problem.sequence + 1)
+            problem = verification.problem
+            if problem is not None and problem.at_sequence is not None:
+                broken_cursor = encode_audit_cursor(problem.at_sequence + 1)
         return pages.audit_page(
             chrome, page.records, verified=verified, next_cursor=page.next_cursor, broken_cursor=broken_cursor
         )

@@ -1,14 +1,19 @@
 """The audit log's key, row signatures and chain verification.
 
-Every audit row carries ``HMAC-SHA256(key, previous row's HMAC || canonical JSON of the row)``
-(the first row chains to ``""``). The canonical JSON has sorted keys, no spaces and UTF-8 text,
-and covers every column but the HMAC itself, the row's sequence included. So a row whose
-content was changed, a row removed from the middle, and two rows swapped all break the chain
-at the first row concerned, and nobody without the key can write a row that verifies.
+The log is one HMAC chain per namespace (``""``: the store-wide rows, such as denials of
+requests without a principal), so writes of different namespaces never wait on one chain.
+Every row carries ``HMAC-SHA256(key, previous row's HMAC || canonical JSON of the row)``,
+where the previous row is the one before it in its chain (the first row chains to ``""``),
+and the row's ``position`` in its chain is part of the JSON. The canonical JSON has sorted
+keys, no spaces and UTF-8 text, and covers every column but the HMAC itself, the row's
+sequence and position included. So a row whose content was changed, a row removed from the
+middle, and two rows swapped all break their chain at the first row concerned, and nobody
+without the key can write a row that verifies. Rows written before schema 10 have no position:
+they form one legacy chain over every namespace, in sequence order, verified as before.
 
 The stores call :meth:`AuditKey.sign` inside their write transactions (they see it only as the
 ``AuditSigner`` protocol of :mod:`groundhog_mcp.store.base`); :class:`ChainVerifier` walks the
-rows in sequence order for ``groundhog-mcp audit verify``.
+rows of one chain in chain order for ``groundhog-mcp audit verify``.
 """
 
 from __future__ import annotations
@@ -168,50 +173,69 @@ def key_file_problem(path: Path) -> str | None:
 
 @dataclass(frozen=True)
 class AuditHead:
-    """The last row of the chain, as ``groundhog-mcp audit head`` prints it: kept somewhere the
-    database's writers cannot reach, it anchors the log. A later ``audit verify --head`` fails
-    if row ``sequence`` is gone (a cut tail, even one cut together with the writes it recorded)
-    or holds another HMAC (the chain was rewritten from there on, which takes the key)."""
+    """The last row of one chain, as ``groundhog-mcp audit head`` prints it: kept somewhere the
+    database's writers cannot reach, it anchors that chain. A later ``audit verify --head``
+    fails if the chain's row ``position`` is gone (a cut tail, even one cut together with the
+    writes it recorded) or holds another HMAC (the chain was rewritten from there on, which
+    takes the key).
 
-    sequence: int
+    ``chain`` is the namespace (``""``: the store-wide chain), written ``NAMESPACE@POSITION:HMAC``;
+    None is the legacy chain of the rows written before schema 10, written ``SEQUENCE:HMAC``
+    as ``audit head`` printed it then (so an anchor kept from then still applies)."""
+
+    position: int
     hmac: str
+    chain: str | None = None
 
-    _TEXT = re.compile(r"^(0|[1-9][0-9]{0,18}):([0-9a-f]{64})?$")
+    _TEXT = re.compile(r"^(?:([A-Za-z0-9._-]{0,128})@)?(0|[1-9][0-9]{0,18}):([0-9a-f]{64})?$")
 
     def __str__(self) -> str:
-        return f"{self.sequence}:{self.hmac}"
+        at = f"{self.chain}@" if self.chain is not None else ""
+        return f"{at}{self.position}:{self.hmac}"
 
-    def to_json(self) -> dict[str, int | str]:
-        return {"sequence": self.sequence, "hmac": self.hmac, "head": str(self)}
+    def to_json(self) -> dict[str, int | str | None]:
+        return {"chain": self.chain, "position": self.position, "hmac": self.hmac, "head": str(self)}
 
     @classmethod
     def parse(cls, text: str) -> AuditHead:
-        """``SEQUENCE:HMAC`` (the ``head`` field of ``audit head``'s output); ``0:`` is an empty log."""
+        """``NAMESPACE@POSITION:HMAC`` or ``SEQUENCE:HMAC`` (the ``head`` field of ``audit head``'s
+        output); ``POSITION`` 0 with no HMAC is an empty chain."""
         match = cls._TEXT.fullmatch(text.strip())
-        if match is None or (match.group(1) == "0") != (match.group(2) is None):
+        if match is None or (match.group(2) == "0") != (match.group(3) is None):
             raise InitializationError(
-                "head: expected SEQUENCE:HMAC as `groundhog-mcp audit head` prints it (e.g. 12:7cd1…, 64 hex "
-                f"digits), or a file holding that output; got {len(text)} characters that are neither"
+                "head: expected NAMESPACE@POSITION:HMAC (or SEQUENCE:HMAC for the legacy chain) as "
+                "`groundhog-mcp audit head` prints it (e.g. default@12:7cd1…, 64 hex digits), or a file holding "
+                f"that output; got {len(text)} characters that are neither"
             )
-        return cls(int(match.group(1)), match.group(2) or "")
+        return cls(int(match.group(2)), match.group(3) or "", match.group(1))
 
 
 @dataclass(frozen=True)
 class ChainProblem:
-    """The first row at which the chain breaks, and how."""
+    """The first row at which a chain breaks, and how: ``sequence`` is the row's number in its
+    chain (its position; in the legacy chain, its sequence), ``at_sequence`` the log sequence
+    of the row where the break shows, when there is one."""
 
     sequence: int
     kind: str  # "altered" | "removed" | "reordered" | "foreign key" | "missing tail" | "anchor mismatch"
     message: str
+    at_sequence: int | None = None
+
+
+# The fields that place a row (kept by the row's slot when contents are swapped).
+_PLACE = ("sequence", "position")
 
 
 class ChainVerifier:
-    """Feed it the rows (their ``content()`` and ``hmac``) in sequence order; it stops at the first
-    problem. Rows must be numbered 1, 2, 3, … without gaps."""
+    """Feed it the rows of one chain (their ``content()`` and ``hmac``) in chain order; it stops
+    at the first problem. Rows must be numbered 1, 2, 3, … without gaps in ``number``: the
+    ``position`` of a namespace's chain, the ``sequence`` of the legacy chain. ``anchors`` are
+    heads the chain must reach (kept elsewhere, or recorded by the store)."""
 
-    def __init__(self, key: Signer, anchor: AuditHead | None = None) -> None:
+    def __init__(self, key: Signer, anchor: AuditHead | None = None, *, number: str = "sequence") -> None:
         self.key = key
-        self.anchor = anchor
+        self.anchors: list[tuple[AuditHead, str]] = [(anchor, "the anchored head")] if anchor is not None else []
+        self.number = number
         self.rows = 0
         self.previous = ""
         self.expected = 1
@@ -221,12 +245,18 @@ class ChainVerifier:
         self._suspect: tuple[Mapping[str, AuditValue], str] | None = None
         self._last_hmac = ""
 
+    def anchor_to(self, head: AuditHead, what: str) -> None:
+        """Also require ``head`` (``what`` names it in a problem: "the head the store recorded")."""
+        self.anchors.append((head, what))
+
     def feed(self, content: Mapping[str, AuditValue], row_hmac: str) -> bool:
         """Check one row; False once the chain is broken (further rows are only used to
         diagnose a reordering: pass them to :meth:`diagnose`)."""
         if self.problem is not None:
             return False
-        sequence = content.get("sequence")
+        sequence = content.get(self.number)
+        logged = content.get("sequence")
+        at = logged if isinstance(logged, int) else None
         if not isinstance(sequence, int) or sequence != self.expected:
             if isinstance(sequence, int) and sequence > self.expected:
                 missing = (
@@ -235,11 +265,14 @@ class ChainVerifier:
                     else f"rows {self.expected}-{sequence - 1} are missing"
                 )
                 self.problem = ChainProblem(
-                    self.expected, "removed", f"{missing} (the log goes from row {self.expected - 1} to row {sequence})"
+                    self.expected,
+                    "removed",
+                    f"{missing} (the log goes from row {self.expected - 1} to row {sequence})",
+                    at,
                 )
             else:
                 self.problem = ChainProblem(
-                    self.expected, "reordered", f"row {sequence!r} appears where row {self.expected} belongs"
+                    self.expected, "reordered", f"row {sequence!r} appears where row {self.expected} belongs", at
                 )
             return False
         if content.get("key_id") != self.key.key_id:
@@ -248,23 +281,26 @@ class ChainVerifier:
                 "foreign key",
                 f"row {sequence} was signed with audit key {content.get('key_id')!r}, not with the configured key "
                 f"{self.key.key_id!r} (wrong key configured, or the row was forged)",
+                at,
             )
             return False
         expected = self.key.sign(content, self.previous)
         if not hmac.compare_digest(expected, row_hmac):
             self.problem = ChainProblem(
-                sequence, "altered", f"row {sequence} was altered (its HMAC does not match its content)"
+                sequence, "altered", f"row {sequence} was altered (its HMAC does not match its content)", at
             )
             self._suspect = (content, row_hmac)
             return False
-        if self.anchor is not None and sequence == self.anchor.sequence and row_hmac != self.anchor.hmac:
-            self.problem = ChainProblem(
-                sequence,
-                "anchor mismatch",
-                f"row {sequence} verifies but is not the anchored head ({self.anchor.hmac[:16]}…): the log was "
-                f"rewritten with the key from row {sequence} or earlier, or the head belongs to another database",
-            )
-            return False
+        for anchor, what in self.anchors:
+            if sequence == anchor.position and row_hmac != anchor.hmac:
+                self.problem = ChainProblem(
+                    sequence,
+                    "anchor mismatch",
+                    f"row {sequence} verifies but is not {what} ({anchor.hmac[:16]}…): the log was "
+                    f"rewritten with the key from row {sequence} or earlier, or the head belongs to another database",
+                    at,
+                )
+                return False
         self.rows += 1
         self.previous = row_hmac
         self.expected += 1
@@ -283,16 +319,17 @@ class ChainVerifier:
         if self._suspect is None or self.problem is None:
             return True
         suspect, suspect_hmac = self._suspect
-        sequence = content.get("sequence")
+        sequence = content.get(self.number)
         # The suspect came from row `sequence` if it verifies as that row, chained to whatever
         # preceded that row originally: the row now before it, or (adjacent swap) this row's own.
         for previous in (self._last_hmac, row_hmac):
-            moved = {**suspect, "sequence": sequence}
+            moved = {**suspect, **{k: content.get(k) for k in _PLACE if k in suspect}}
             if hmac.compare_digest(self.key.sign(moved, previous), suspect_hmac):
                 self.problem = ChainProblem(
                     self.problem.sequence,
                     "reordered",
                     f"row {self.problem.sequence} holds the content of row {sequence}: rows were reordered",
+                    self.problem.at_sequence,
                 )
                 self._suspect = None
                 return True
@@ -304,19 +341,20 @@ class ChainVerifier:
         self._last_hmac = previous_row_hmac
 
     def check_anchor(self) -> None:
-        """After the last row: the anchored head must have been among the rows verified."""
-        if self.problem is None and self.anchor is not None and self.rows < self.anchor.sequence:
-            missing = (
-                f"row {self.anchor.sequence} is"
-                if self.rows + 1 == self.anchor.sequence
-                else f"rows {self.rows + 1}-{self.anchor.sequence} are"
-            )
-            self.problem = ChainProblem(
-                self.rows + 1,
-                "missing tail",
-                f"the log ends at row {self.rows}, but the anchored head is row {self.anchor.sequence}: {missing} "
-                "gone (cut from the end of the log, with or without the writes they recorded)",
-            )
+        """After the last row: every anchored head must have been among the rows verified."""
+        for anchor, what in sorted(self.anchors, key=lambda a: -a[0].position):
+            if self.problem is None and self.rows < anchor.position:
+                missing = (
+                    f"row {anchor.position} is"
+                    if self.rows + 1 == anchor.position
+                    else f"rows {self.rows + 1}-{anchor.position} are"
+                )
+                self.problem = ChainProblem(
+                    self.rows + 1,
+                    "missing tail",
+                    f"the log ends at row {self.rows}, but {what} is row {anchor.position}: {missing} "
+                    "gone (cut from the end of the log, with or without the writes they recorded)",
+                )
 
     def check_tail(self, last_change_sequence: int) -> None:
         """Every committed change has its audit row: a log whose last rows were deleted (which

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,15 @@ from groundhog_mcp.models import Principal, format_timestamp, utcnow
 from groundhog_mcp.security.audit import AuditHead, ChainProblem, ChainVerifier, Signer
 from groundhog_mcp.service.caller import Caller
 from groundhog_mcp.service.validation import check_limit
-from groundhog_mcp.store.base import AUDIT_DENIED, AuditEntry, AuditNote, AuditQuery, AuditRecord, Store
+from groundhog_mcp.store.base import (
+    AUDIT_DENIED,
+    AuditChainHead,
+    AuditEntry,
+    AuditNote,
+    AuditQuery,
+    AuditRecord,
+    Store,
+)
 
 if TYPE_CHECKING:
     from groundhog_mcp.service.metrics import MetricsRecorder
@@ -35,6 +43,7 @@ __all__ = [
     "AuditPage",
     "AuditTrail",
     "AuditVerification",
+    "ChainVerification",
     "DenialLog",
     "decode_audit_cursor",
     "encode_audit_cursor",
@@ -67,23 +76,77 @@ def decode_audit_cursor(cursor: str) -> int:
 
 
 @dataclass(frozen=True)
-class AuditVerification:
-    """What ``audit verify`` found: rows verified, the last one's HMAC, and the first problem."""
+class ChainVerification:
+    """What ``audit verify`` found in one chain: ``chain`` is its namespace (``""``: the
+    store-wide chain; None: the legacy chain of rows written before schema 10), the rows
+    verified, the last one's HMAC, and the first problem."""
 
+    chain: str | None
     rows: int
     last_hmac: str
     problem: ChainProblem | None
+
+    @property
+    def head(self) -> AuditHead:
+        """The last verified row, as ``audit head`` prints it."""
+        return AuditHead(self.rows, self.last_hmac, self.chain)
+
+    @property
+    def label(self) -> str:
+        if self.chain is None:
+            return "the legacy chain"
+        return f"chain {self.chain!r}" if self.chain else "the store-wide chain"
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """Every chain verified (the legacy one first, then by namespace)."""
+
+    chains: list[ChainVerification]
+
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.chains)
+
+    @property
+    def problem(self) -> ChainProblem | None:
+        """The first problem of the first broken chain."""
+        return next((c.problem for c in self.chains if c.problem is not None), None)
 
 
 _VERIFY_PAGE = 1000
 
 
-async def verify_audit_chain(store: Store, key: Signer, anchor: AuditHead | None = None) -> AuditVerification:
-    """Check the whole HMAC chain, a page of rows at a time, up to the first broken row (and,
-    for an altered row, the rows after it that tell a reordering apart)."""
-    verifier = ChainVerifier(key, anchor)
+async def verify_audit_chain(
+    store: Store, key: Signer, anchors: Sequence[AuditHead] = (), *, namespace: str | None = None
+) -> AuditVerification:
+    """Check every HMAC chain (``namespace``: that namespace's chain only, which reads no other
+    namespace's row), each up to its first broken row. Each chain must reach the head the store
+    recorded for it and each of ``anchors`` (heads kept elsewhere) of that chain."""
+    recorded = {h.namespace: h for h in await store.audit_heads(namespace)}
+    wanted: dict[str | None, list[AuditHead]] = {chain: [] for chain in recorded}
+    for anchor in anchors:
+        if namespace is None or anchor.chain == namespace:
+            wanted.setdefault(anchor.chain, []).append(anchor)
+    order = sorted(wanted, key=lambda chain: (chain is not None, chain or ""))
+    return AuditVerification(
+        [await _verify_one(store, key, chain, recorded.get(chain), wanted[chain]) for chain in order]
+    )
+
+
+async def _verify_one(
+    store: Store, key: Signer, chain: str | None, recorded: AuditChainHead | None, anchors: list[AuditHead]
+) -> ChainVerification:
+    verifier = ChainVerifier(key, number="position" if chain is not None else "sequence")
+    for anchor in anchors:
+        verifier.anchor_to(anchor, "the anchored head")
+    if recorded is not None and recorded.position > 0:
+        verifier.anchor_to(AuditHead(recorded.position, recorded.hmac, chain), "the head the store recorded")
+    # Read before the rows: a write committed meanwhile has its audit row among them.
+    last_change = (await store.namespace_summary(chain, ""))[1] if chain is not None else 0
     after, last_hmac, done = 0, "", False
-    while not done and (page := await store.read_audit(AuditQuery(after=after, limit=_VERIFY_PAGE))):
+    query = AuditQuery(namespace=chain, chain=True, limit=_VERIFY_PAGE)
+    while not done and (page := await store.read_audit(dataclasses.replace(query, after=after))):
         for record in page:
             if verifier.problem is None:
                 if verifier.feed(record.content(), record.hmac):
@@ -96,11 +159,12 @@ async def verify_audit_chain(store: Store, key: Signer, anchor: AuditHead | None
             elif verifier.diagnose(record.content(), record.hmac):
                 done = True
                 break
-        after = page[-1].sequence
+        last = page[-1]
+        after = last.position if chain is not None and last.position is not None else last.sequence
     if verifier.problem is None:
-        verifier.check_tail(await store.last_sequence())
+        verifier.check_tail(last_change)
         verifier.check_anchor()
-    return AuditVerification(verifier.rows, last_hmac, verifier.problem)
+    return ChainVerification(chain, verifier.rows, last_hmac, verifier.problem)
 
 
 DENIAL_WINDOW_SECONDS = 60.0

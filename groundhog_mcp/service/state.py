@@ -396,10 +396,11 @@ class StateManager:
         )
 
     async def verify_audit(self, key: Signer) -> AuditVerification:
-        """``groundhog-mcp audit verify`` for admins of the whole namespace: the chain spans every
-        namespace, so the answer (a row count and the first broken row) is the store's."""
+        """``groundhog-mcp audit verify`` of this namespace's own chain, for admins of the whole
+        namespace: it reads no other namespace's row, and its answer (a row count, the first
+        broken row) is about this namespace only."""
         await self.authorize("admin", "")
-        return await verify_audit_chain(self.store, key)
+        return await verify_audit_chain(self.store, key, namespace=self.principal.namespace)
 
     # -- leases (service/leases.py) ---------------------------------------------------------
 

@@ -41,8 +41,9 @@ Row = tuple[Any, ...]
 Params = Sequence[Any] | Mapping[str, Any]
 Runner = Callable[[Callable[["Tx"], Awaitable[Any]]], Awaitable[Any]]
 """Runs a unit of work in a backend's transaction (``_snapshot``: all in one snapshot)."""
-AuditHead = tuple[int, str]
-"""The number of the next audit row and the HMAC of the one before it ("" before the first)."""
+AuditHead = tuple[int, int, str]
+"""Where the next audit row of a chain goes: its log sequence, its position in its namespace's
+chain, and the HMAC of the chain's row before it ("" before the first)."""
 
 
 class Tx(Protocol):
@@ -178,11 +179,15 @@ class StoreAdapter:
 
     async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
         """Write the change row, snapshot and event record; return the change's sequence and,
-        when the backend locked it on the way, the audit chain head."""
+        when the backend locked it on the way, the head of the namespace's audit chain."""
         raise NotImplementedError
 
-    async def _audit_head(self, tx: Tx) -> AuditHead:
-        """Lock the audit chain (to commit) and return its head."""
+    async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:
+        """Lock ``namespace``'s audit chain (to commit) and return its head."""
+        raise NotImplementedError
+
+    async def _chain_heads(self, tx: Tx, namespace: str | None) -> list[Row]:
+        """``(namespace, position, hmac)`` of every chain's last row, or of ``namespace``'s."""
         raise NotImplementedError
 
     async def _insert_audit(self, tx: Tx, record: AuditRecord) -> None:
@@ -259,14 +264,14 @@ class StoreAdapter:
     async def _append_audit(
         self, tx: Tx, entry: AuditEntry, head: AuditHead | None = None, now: datetime | None = None
     ) -> AuditRecord | None:
-        """Chain ``entry`` to the last row, inside the caller's write transaction (whose lock on
-        the chain orders the appends of every process)."""
+        """Chain ``entry`` to the last row of its namespace's chain, inside the caller's write
+        transaction (whose lock on that chain orders the appends of every process)."""
         signer = self.audit_signer
         if signer is None:
             return None
-        sequence, previous = head if head is not None else await self._audit_head(tx)
+        sequence, position, previous = head if head is not None else await self._audit_head(tx, entry.namespace)
         record = AuditRecord.chained(
-            entry, sequence=sequence, timestamp=now or utcnow(), signer=signer, previous=previous
+            entry, sequence=sequence, position=position, timestamp=now or utcnow(), signer=signer, previous=previous
         )
         await self._insert_audit(tx, record)
         return record

@@ -48,6 +48,7 @@ __all__ = [
     "FEED_PATCH_MAX_BYTES",
     "FEED_PATCH_MAX_OPS",
     "SEALED_MAGIC",
+    "AuditChainHead",
     "AuditEntry",
     "AuditNote",
     "AuditQuery",
@@ -363,7 +364,12 @@ class Store(Protocol):
         ...
 
     async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
-        """Audit rows in sequence order (``newest_first``: descending)."""
+        """Audit rows in sequence order (``newest_first``: descending); see ``AuditQuery.chain``."""
+        ...
+
+    async def audit_heads(self, namespace: str | None = None) -> list[AuditChainHead]:
+        """The recorded head of every audit chain (the legacy chain first, when it has rows), or
+        of ``namespace``'s chain only (position 0 when it has no row)."""
         ...
 
     async def namespace_summary(self, namespace: str, prefix: str) -> tuple[int, int]:
@@ -559,7 +565,11 @@ class AuditSigner(Protocol):
 class AuditQuery:
     """A page of audit rows. ``namespace`` None: every namespace (maintenance commands only).
     ``after`` / ``before`` bound the sequence (exclusive); ``since`` / ``until`` the time
-    (inclusive / exclusive)."""
+    (inclusive / exclusive).
+
+    ``chain``: the rows of ``namespace``'s HMAC chain in chain order, ``after`` / ``before``
+    bounding the position; with ``namespace`` None, the legacy chain (rows written before
+    schema 10, of every namespace) in sequence order."""
 
     namespace: str | None = None
     context: str | None = None
@@ -572,6 +582,17 @@ class AuditQuery:
     before: int | None = None
     newest_first: bool = False
     limit: int = 100
+    chain: bool = False
+
+
+@dataclass(frozen=True)
+class AuditChainHead:
+    """The last row of one audit chain as the store records it: ``namespace`` None is the
+    legacy chain (closed at schema 10), ``""`` the store-wide chain. ``position`` 0: no row."""
+
+    namespace: str | None
+    position: int
+    hmac: str
 
 
 # -- encryption at rest -----------------------------------------------------------------------

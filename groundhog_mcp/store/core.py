@@ -20,6 +20,7 @@ from groundhog_mcp.errors import ConflictError, NotFoundError
 from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject, dumps, json_diff, utcnow
 from groundhog_mcp.store.adapter import ChangeWrite, EncodedState, Row, Tx, marks
 from groundhog_mcp.store.base import (
+    AuditChainHead,
     AuditEntry,
     AuditNote,
     AuditQuery,
@@ -418,6 +419,10 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
     async def read_audit(self, query: AuditQuery) -> list[AuditRecord]:
         where: list[LiteralString] = []
         params: list[Any] = []
+        # A chain's rows are ordered by position (a namespace's) or sequence (the legacy chain).
+        order: LiteralString = "position" if query.chain and query.namespace is not None else "sequence"
+        if query.chain:
+            where.append("position IS NOT NULL" if query.namespace is not None else "position IS NULL")
         conditions: tuple[tuple[LiteralString, Any], ...] = (
             ("namespace = %s", query.namespace),
             ("context = %s", query.context),
@@ -425,8 +430,8 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
             ("operation = %s", query.operation),
             ("timestamp >= %s", query.since),
             ("timestamp < %s", query.until),
-            ("sequence > %s", query.after),
-            ("sequence < %s", query.before),
+            (f"{order} > %s", query.after),
+            (f"{order} < %s", query.before),
         )
         for condition, value in conditions:
             if value is not None:
@@ -439,9 +444,24 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
         sql: LiteralString = f"SELECT {AUDIT_COLUMNS} FROM audit_log"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY sequence DESC LIMIT %s" if query.newest_first else " ORDER BY sequence LIMIT %s"
+        sql += f" ORDER BY {order} DESC LIMIT %s" if query.newest_first else f" ORDER BY {order} LIMIT %s"
         rows = await self._transaction(lambda tx: tx.fetchall(sql, (*params, query.limit)), writing=False)
         return [decode_audit(r) for r in rows]
+
+    async def audit_heads(self, namespace: str | None = None) -> list[AuditChainHead]:
+        async def work(tx: Tx) -> list[AuditChainHead]:
+            heads: list[AuditChainHead] = []
+            if namespace is None:
+                legacy = await tx.fetchone("SELECT sequence, hmac FROM audit_legacy")
+                if legacy is not None:
+                    heads.append(AuditChainHead(None, int(legacy[0]), str(legacy[1])))
+            rows = sorted(await self._chain_heads(tx, namespace), key=lambda r: str(r[0]))
+            heads.extend(AuditChainHead(str(r[0]), int(r[1]), str(r[2])) for r in rows)
+            if namespace is not None and not rows:
+                heads.append(AuditChainHead(namespace, 0, ""))
+            return heads
+
+        return await self._transaction(work, writing=False)
 
     # -- events and dead letters ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import LiteralString
 
-__all__ = ["LATEST_SCHEMA_VERSION", "MIGRATIONS", "Migration"]
+__all__ = ["AUDIT_CHAINS_SCHEMA", "LATEST_SCHEMA_VERSION", "MIGRATIONS", "Migration"]
 
 
 @dataclass(frozen=True)
@@ -453,6 +453,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE deleted_at IS NULL;
         """,
     ),
+    Migration(
+        10,
+        "audit log: one HMAC chain per namespace",
+        # Every new audit row goes to its namespace's chain ("" is the store-wide chain) and
+        # carries its position there; its HMAC covers the position and chains to the previous
+        # row of that chain (security/audit.py). Rows written before this migration keep
+        # position NULL: they stay one legacy chain over every namespace, verified as before,
+        # and audit_legacy records where it ends (a cut of its tail is then noticed). On
+        # PostgreSQL a write locks its namespace's audit_heads row instead of the one
+        # audit_head row every audited write took; the log's sequence comes from a SEQUENCE.
+        # SQLite takes a chain's head from its last row (index audit_log_chain).
+        sqlite="""
+        ALTER TABLE audit_log ADD COLUMN position INTEGER;
+        CREATE UNIQUE INDEX audit_log_chain ON audit_log (namespace, position) WHERE position IS NOT NULL;
+        CREATE TABLE audit_legacy (sequence INTEGER NOT NULL, hmac TEXT NOT NULL);
+        INSERT INTO audit_legacy (sequence, hmac) SELECT sequence, hmac FROM audit_log ORDER BY sequence DESC LIMIT 1;
+        """,
+        postgres="""
+        ALTER TABLE audit_log ADD COLUMN position BIGINT;
+        CREATE UNIQUE INDEX audit_log_chain ON audit_log (namespace, position) WHERE position IS NOT NULL;
+        CREATE TABLE audit_legacy (sequence BIGINT NOT NULL, hmac TEXT NOT NULL);
+        INSERT INTO audit_legacy (sequence, hmac) SELECT sequence, hmac FROM audit_log ORDER BY sequence DESC LIMIT 1;
+        CREATE TABLE audit_heads (
+            namespace TEXT COLLATE "C" PRIMARY KEY,
+            position  BIGINT NOT NULL,
+            hmac      TEXT NOT NULL
+        );
+        CREATE SEQUENCE audit_sequence AS BIGINT MINVALUE 1;
+        SELECT setval('audit_sequence', greatest(sequence, 1), sequence > 0) FROM audit_head;
+        DROP TABLE audit_head;
+        """,
+    ),
 )
+
+# The schema from which the audit log has one chain per namespace (audit commands need it).
+AUDIT_CHAINS_SCHEMA = 10
 
 LATEST_SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -18,8 +18,8 @@ A write is one transaction of the store core's write sequence (:mod:`groundhog_m
 state, take the ``sequence`` from the ``change_sequence`` SEQUENCE, write the change and the
 history snapshot, commit. Its statements travel in three round trips
 (:mod:`~groundhog_mcp.store.pg_tx`); a read is one. No row is locked by every write: writes to
-different contexts, in any namespace, never wait for each other (with the audit log on, its
-chain head is the exception: see ``_RECORD``). Sequences are never reused but may commit out
+different contexts, in any namespace, never wait for each other (with the audit log on, writes
+of one namespace take turns at its audit chain's head: see ``_RECORD``). Sequences are never reused but may commit out
 of order; the change feed hands them out in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
 
 Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
@@ -57,11 +57,12 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from groundhog_mcp.errors import ContextError, InitializationError, StateUpdateError, StoreBusyError
 from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import Change, ContextId, dumps, utcnow
-from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Runner, Tx
+from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Row, Runner, Tx
 from groundhog_mcp.store.base import SEALED_MAGIC, AuditSigner, RecordCipher, Retention, StoreStatus
 from groundhog_mcp.store.codec import SealedColumn
 from groundhog_mcp.store.core import StoreCore
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+from groundhog_mcp.store.pg_errors import newer_schema, nothing, translate
 from groundhog_mcp.store.pg_feed import FEED_LOCK, FeedHorizon
 from groundhog_mcp.store.pg_session import (
     CHANGES_CHANNEL,
@@ -88,6 +89,11 @@ _T = TypeVar("_T")
 _Cursor = AsyncCursor[TupleRow]
 _Connection = AsyncConnection[TupleRow]
 
+# A chain's next position and the HMAC of its last row: a new chain starts at 1 after "".
+_HEAD_UPSERT: Final = "INSERT INTO audit_heads (namespace, position, hmac) SELECT %(namespace)s::text, 1, ''"
+_HEAD_CONFLICT: Final = (
+    "ON CONFLICT (namespace) DO UPDATE SET position = audit_heads.position + 1 RETURNING position, hmac"
+)
 # A change's rows in one statement: the sequence, the change, the history snapshot (when
 # given), the event record (when given), and the NOTIFY, delivered on commit.
 _RECORD: Final[LiteralString] = (
@@ -108,19 +114,22 @@ _RECORD: Final[LiteralString] = (
     # Encryption at rest: the id of the key this write sealed with (no round trip of its own).
     " sealing AS (INSERT INTO encryption_keys (key_id, first_used) SELECT %(key_id)s::text, %(now)s::timestamptz"
     "  WHERE %(key_id)s::text IS NOT NULL ON CONFLICT (key_id) DO NOTHING),"
-    # The audit chain head, locked and held to commit (when audit is on): the one row every
-    # audited write of every namespace takes, for this statement, the audit row and the commit.
-    " head AS (UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 AND %(audit)s::boolean"
-    "  RETURNING sequence, hmac)"
-    " SELECT value, pg_notify(%(channel)s::text, value::text), head.sequence, head.hmac FROM counter"
-    " LEFT JOIN head ON true"
+    # The head of the namespace's audit chain (when audit is on), locked and held to commit:
+    # audited writes of one namespace take turns there; other namespaces' never wait on it.
+    f" head AS ({_HEAD_UPSERT} WHERE %(audit)s::boolean {_HEAD_CONFLICT}),"
+    # The log's sequence once the head is held: a chain's rows are numbered in chain order.
+    " audit AS (SELECT position, hmac, nextval('audit_sequence') AS sequence FROM head)"
+    " SELECT value, pg_notify(%(channel)s::text, value::text), audit.sequence, audit.position, audit.hmac"
+    " FROM counter LEFT JOIN audit ON true"
 )
-# The row, and the head's new HMAC, in one statement (the head's row lock is already held).
+# The row, and the chain head's new HMAC, in one statement (the head's row lock is already held).
 _AUDIT_APPEND: Final = (
-    "WITH head AS (UPDATE audit_head SET hmac = %s WHERE id = 1)"
-    f" INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    "WITH head AS (UPDATE audit_heads SET hmac = %s WHERE namespace = %s)"
+    f" INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
-_AUDIT_LOCK_HEAD: Final = "UPDATE audit_head SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence, hmac"
+_AUDIT_LOCK_HEAD: Final = (
+    f"WITH head AS ({_HEAD_UPSERT} {_HEAD_CONFLICT}) SELECT nextval('audit_sequence'), position, hmac FROM head"
+)
 # The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
 _MIGRATION_LOCK_CLASS = 0x67686D63
 _EXPORT_PAGE = 500
@@ -309,7 +318,7 @@ class PostgresStore(StoreCore):
                 raise StoreBusyError(
                     f"database: no connection to PostgreSQL at {self.location} within "
                     f"pool_timeout={self.pool_timeout_s:g} s (server unreachable, or all {self.pool_max_size} "
-                    f"pooled connections busy); {_nothing(writing)}, retry the call"
+                    f"pooled connections busy); {nothing(writing)}, retry the call"
                 ) from exc
             except psycopg.OperationalError as exc:
                 lost = conn is not None and (conn.broken or conn.closed)
@@ -328,38 +337,7 @@ class PostgresStore(StoreCore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _translate(self, exc: psycopg.Error, writing: bool) -> ContextError:
-        nothing = _nothing(writing)
-        if isinstance(exc, errors.LockNotAvailable):
-            return StoreBusyError(
-                f"database: locked by another writer for more than busy_timeout={self.busy_timeout_ms} ms; "
-                f"{nothing}, retry the call"
-            )
-        if isinstance(exc, errors.QueryCanceled):
-            return StoreBusyError(
-                f"database: a statement ran longer than statement_timeout={self.statement_timeout_ms} ms; "
-                f"{nothing}, retry the call"
-            )
-        if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected):
-            return StoreBusyError(f"database: {first_line(exc)}; {nothing}, retry the call")
-        if isinstance(exc, errors.UndefinedTable):
-            return InitializationError(
-                f"database: the groundhog-mcp tables are missing at {self.location} (schema not migrated); "
-                "run `groundhog-mcp db migrate`"
-            )
-        if isinstance(exc, errors.DiskFull):
-            return StateUpdateError(
-                f"database: disk full on the PostgreSQL server at {self.location}; {nothing}, the previous "
-                "state is intact; free space and retry"
-            )
-        if isinstance(exc, errors.ReadOnlySqlTransaction):
-            return StateUpdateError(
-                f"database: PostgreSQL at {self.location} is read-only (a standby?); {nothing}; connect to the primary"
-            )
-        if isinstance(exc, psycopg.OperationalError):
-            return StoreBusyError(
-                f"database: PostgreSQL at {self.location} is unavailable ({first_line(exc)}); {nothing}, retry the call"
-            )
-        return StateUpdateError(f"database: {first_line(exc)}; {nothing}")
+        return translate(exc, writing, self.location, self.busy_timeout_ms, self.statement_timeout_ms)
 
     async def _transaction(self, work: Callable[[Tx], Awaitable[_T]], *, writing: bool) -> _T:
         return await self._run(work, writing=writing)
@@ -455,17 +433,22 @@ class PostgresStore(StoreCore):
             raise InitializationError(f"database: the change statement returned nothing at {self.location}")
         sequence = int(counter[0])
         self._changes.committed(sequence)
-        return sequence, (int(counter[2]), str(counter[3])) if counter[2] is not None else None
+        return sequence, (int(counter[2]), int(counter[3]), str(counter[4])) if counter[2] is not None else None
 
-    async def _audit_head(self, tx: Tx) -> AuditHead:
-        head = await tx.fetchone(_AUDIT_LOCK_HEAD)
-        if head is None:
-            raise InitializationError(f"database: the audit_head row is missing at {self.location}")
-        return int(head[0]), str(head[1])
+    async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:
+        head = await tx.fetchone(_AUDIT_LOCK_HEAD, {"namespace": namespace})
+        if head is None:  # pragma: no cover - the upsert always returns its row
+            raise InitializationError(f"database: no audit chain head for a namespace at {self.location}")
+        return int(head[0]), int(head[1]), str(head[2])
+
+    async def _chain_heads(self, tx: Tx, namespace: str | None) -> list[Row]:
+        if namespace is None:
+            return await tx.fetchall("SELECT namespace, position, hmac FROM audit_heads")
+        return await tx.fetchall("SELECT namespace, position, hmac FROM audit_heads WHERE namespace = %s", (namespace,))
 
     async def _insert_audit(self, tx: Tx, record: AuditRecord) -> None:
-        # The row, and the head's new HMAC, in one statement (the head's row lock is already held).
-        await tx.execute(_AUDIT_APPEND, (record.hmac, record.sequence, record.timestamp, *record.stored_values()))
+        values = (record.sequence, record.timestamp, *record.stored_values())
+        await tx.execute(_AUDIT_APPEND, (record.hmac, record.namespace, *values))
 
     async def _reserve_dead_letter_id(self, tx: Tx) -> int:
         row = await tx.fetchone("SELECT nextval(pg_get_serial_sequence('dead_letters', 'id'))")
@@ -605,7 +588,9 @@ class PostgresStore(StoreCore):
                             "change_sequence",
                             "encryption_keys",
                             "audit_log",
-                            "audit_head",
+                            "audit_heads",
+                            "audit_legacy",
+                            "audit_sequence",
                             "schema_migrations",
                         ],
                     ),
@@ -689,7 +674,7 @@ class PostgresStore(StoreCore):
             version = await self._probe(conn)
             await conn.commit()
             if version > LATEST_SCHEMA_VERSION:
-                raise _newer_schema(self.location, version)
+                raise newer_schema(self.location, version)
             if self.auto_migrate:
                 await self._check_keys(conn)  # read-only: a wrong key leaves the database as it was
             if self.auto_migrate and version < LATEST_SCHEMA_VERSION:
@@ -758,7 +743,7 @@ class PostgresStore(StoreCore):
             current = await self._schema_version(outside_pool(cur))
             if current > LATEST_SCHEMA_VERSION:
                 await conn.rollback()
-                raise _newer_schema(self.location, current)
+                raise newer_schema(self.location, current)
             await cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
@@ -796,17 +781,6 @@ class PostgresStore(StoreCore):
                 await listener
         pool, self._pool = self._pool, None
         await pool.close()
-
-
-def _newer_schema(location: str, version: int) -> InitializationError:
-    return InitializationError(
-        f"database: {location} has schema version {version}, newer than this groundhog-mcp supports "
-        f"({LATEST_SCHEMA_VERSION}); upgrade groundhog-mcp. The database was not modified."
-    )
-
-
-def _nothing(writing: bool) -> str:
-    return "nothing was written" if writing else "nothing was read"
 
 
 async def _scalar(conn: _Connection, query: LiteralString) -> Any:

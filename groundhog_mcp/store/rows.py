@@ -74,7 +74,7 @@ DEAD_LETTER_COLUMNS: Final = (
 )
 AUDIT_COLUMNS: Final = (
     "sequence, timestamp, principal, namespace, operation, outcome, context, context_id, revision, "
-    "change_sequence, request_id, detail, key_id, hmac"
+    "change_sequence, request_id, detail, key_id, hmac, position"
 )
 
 Row = Sequence[Any]
@@ -180,7 +180,11 @@ AuditValue = str | int | None
 
 @dataclass(frozen=True)
 class AuditRecord:
-    """A stored audit row: ``hmac`` covers :meth:`content` and the previous row's ``hmac``."""
+    """A stored audit row: ``hmac`` covers :meth:`content` and the previous row's ``hmac`` in
+    its chain. ``sequence`` numbers the rows of the whole log; ``position`` numbers the rows of
+    the row's chain (its namespace's; ``""``: store-wide rows), and is None for a row written
+    before schema 10, which belongs to the legacy chain of every namespace, ordered by
+    ``sequence`` (security/audit.py)."""
 
     sequence: int
     timestamp: datetime
@@ -196,10 +200,12 @@ class AuditRecord:
     detail: str | None
     key_id: str
     hmac: str
+    position: int | None = None
 
     def content(self) -> dict[str, AuditValue]:
-        """Every field but the HMAC, as the signer sees it (ids and times as text)."""
-        return {
+        """Every field but the HMAC, as the signer sees it (ids and times as text; a legacy
+        row's content has no ``position``, as it was signed)."""
+        content: dict[str, AuditValue] = {
             "sequence": self.sequence,
             "timestamp": format_timestamp(self.timestamp),
             "principal": self.principal,
@@ -214,23 +220,35 @@ class AuditRecord:
             "detail": self.detail,
             "key_id": self.key_id,
         }
+        if self.position is not None:
+            content["position"] = self.position
+        return content
 
     def to_json(self) -> JSONObject:
         return {**self.content(), "hmac": self.hmac}
 
     def stored_values(self) -> tuple[Any, ...]:
-        """The ``audit_log`` columns from ``principal`` to ``hmac``, in table order (the stores
-        write ``sequence`` and ``timestamp`` first, each in its own type)."""
+        """The ``audit_log`` columns from ``principal`` to ``position``, in :data:`AUDIT_COLUMNS`
+        order (the stores write ``sequence`` and ``timestamp`` first, each in its own type)."""
         content = self.content()
-        return (*(content[k] for k in list(content)[2:]), self.hmac)
+        return (*(content[k] for k in list(content)[2:13]), self.hmac, self.position)
 
     @classmethod
     def chained(
-        cls, entry: AuditEntry, *, sequence: int, timestamp: datetime, signer: AuditSigner, previous: str
+        cls,
+        entry: AuditEntry,
+        *,
+        sequence: int,
+        position: int,
+        timestamp: datetime,
+        signer: AuditSigner,
+        previous: str,
     ) -> AuditRecord:
-        """The row that follows the one whose HMAC is ``previous`` ("" before the first row)."""
+        """Row ``position`` of ``entry.namespace``'s chain, after the row whose HMAC is
+        ``previous`` ("" before the chain's first row)."""
         unsigned = cls(
             sequence=sequence,
+            position=position,
             timestamp=timestamp,
             principal=entry.principal,
             namespace=entry.namespace,
@@ -342,7 +360,23 @@ def decode_dead_letter(row: Row, payload_text: str, last_error: str) -> DeadLett
 
 def decode_audit(row: Row) -> AuditRecord:
     """A row read with :data:`AUDIT_COLUMNS`."""
-    (seq, ts, principal, namespace, operation, outcome, context, cid, revision, change_seq, rid, detail, key, mac) = row
+    (
+        seq,
+        ts,
+        principal,
+        namespace,
+        operation,
+        outcome,
+        context,
+        cid,
+        revision,
+        change_seq,
+        rid,
+        detail,
+        key,
+        mac,
+        pos,
+    ) = tuple(row)
     return AuditRecord(
         sequence=seq,
         timestamp=as_time(ts),
@@ -358,4 +392,5 @@ def decode_audit(row: Row) -> AuditRecord:
         detail=detail,
         key_id=key,
         hmac=mac,
+        position=pos,
     )

@@ -28,7 +28,7 @@ import structlog
 
 from groundhog_mcp.errors import InitializationError, StateUpdateError, StoreBusyError
 from groundhog_mcp.models import ContextId, format_timestamp, utcnow
-from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Params, Runner, Tx, drive
+from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Params, Row, Runner, Tx, drive
 from groundhog_mcp.store.base import SEALED_MAGIC, AuditSigner, Change, RecordCipher, Retention, StoreStatus
 from groundhog_mcp.store.codec import SealedColumn
 from groundhog_mcp.store.core import RotationProgress, StoreCore
@@ -302,14 +302,32 @@ class SQLiteStore(StoreCore):
             await self._note_key(tx)
         return sequence, None
 
-    async def _audit_head(self, tx: Tx) -> AuditHead:
-        # The caller's BEGIN IMMEDIATE lock orders the appends of every process.
-        last = await tx.fetchone("SELECT sequence, hmac FROM audit_log ORDER BY sequence DESC LIMIT 1")
-        return (int(last[0]) + 1, str(last[1])) if last else (1, "")
+    async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:
+        # The caller's BEGIN IMMEDIATE lock orders the appends of every process; the chain's
+        # head is its last row (index audit_log_chain), the log's next sequence max + 1.
+        head = await tx.fetchone(
+            "SELECT coalesce((SELECT max(sequence) FROM audit_log), 0) + 1, last.position, last.hmac"
+            " FROM (SELECT 1) LEFT JOIN (SELECT position, hmac FROM audit_log WHERE namespace = %s"
+            " AND position IS NOT NULL ORDER BY position DESC LIMIT 1) AS last ON 1",
+            (namespace,),
+        )
+        if head is None or head[1] is None:
+            return (int(head[0]) if head else 1), 1, ""
+        return int(head[0]), int(head[1]) + 1, str(head[2])
+
+    async def _chain_heads(self, tx: Tx, namespace: str | None) -> list[Row]:
+        chains: LiteralString = "SELECT namespace, max(position) FROM audit_log WHERE position IS NOT NULL"
+        if namespace is not None:
+            chains += " AND namespace = %s"
+        return await tx.fetchall(
+            "SELECT namespace, position, hmac FROM audit_log WHERE position IS NOT NULL"
+            f" AND (namespace, position) IN ({chains} GROUP BY namespace)",
+            (namespace,) if namespace is not None else (),
+        )
 
     async def _insert_audit(self, tx: Tx, record: AuditRecord) -> None:
         await tx.execute(
-            f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (record.sequence, record.timestamp, *record.stored_values()),
         )
 

@@ -262,15 +262,30 @@ async def verify(backend: Backend, key: str = KEY_TEXT) -> subprocess.CompletedP
     return await cli(backend, "audit", "verify", key=key)
 
 
-async def seeded(backend: Backend, writes: int = 6) -> None:
+async def seeded(backend: Backend, writes: int = 6, namespace: str = "default") -> None:
     manager = StateManager(audited_store(backend))
     await manager.start()
     try:
-        await manager.register("c")
+        writer = manager.with_principal(Principal("local", namespace))
+        await writer.register("c")
         for i in range(writes - 1):
-            await manager.update("c", data={"i": i})
+            await writer.update("c", data={"i": i})
     finally:
         await manager.close()
+
+
+# Two chains of 6 rows: "default" holds log sequences 1-6, "team" 7-12 (each its positions 1-6).
+CHAINS = pytest.mark.parametrize("chain", ["default", "team"])
+
+
+async def two_chains(backend: Backend) -> None:
+    await seeded(backend)
+    await seeded(backend, namespace="team")
+
+
+def logged(chain: str, position: int) -> int:
+    """The log sequence of row ``position`` of ``chain`` after :func:`two_chains`."""
+    return position + (6 if chain == "team" else 0)
 
 
 async def drop_triggers(backend: Backend) -> None:
@@ -287,20 +302,28 @@ _CONTENT_COLUMNS = (
 )
 
 
-async def swap(backend: Backend, a: int, b: int) -> None:
-    """Swap every column but the sequence of rows ``a`` and ``b``."""
-    rows = {r[0]: r[1:] for r in await backend.sql(f"SELECT sequence, {_CONTENT_COLUMNS} FROM audit_log")}
+async def swap(backend: Backend, chain: str, a: int, b: int) -> None:
+    """Swap every column but the sequence and the position of rows ``a`` and ``b`` of ``chain``."""
+    rows = {
+        r[0]: r[1:]
+        for r in await backend.sql(f"SELECT position, {_CONTENT_COLUMNS} FROM audit_log WHERE namespace = %s", (chain,))
+    }
     columns = [c.strip() for c in _CONTENT_COLUMNS.split(",")]
     assignments = ", ".join(f"{c} = %s" for c in columns)
-    await backend.sql(f"UPDATE audit_log SET {assignments} WHERE sequence = %s", (*rows[b], a))
-    await backend.sql(f"UPDATE audit_log SET {assignments} WHERE sequence = %s", (*rows[a], b))
+    where = "WHERE namespace = %s AND position = %s"
+    await backend.sql(f"UPDATE audit_log SET {assignments} {where}", (*rows[b], chain, a))
+    await backend.sql(f"UPDATE audit_log SET {assignments} {where}", (*rows[a], chain, b))
 
 
 async def test_verify_ok_and_export(backend: Backend, tmp_path: Path) -> None:
     await seeded(backend)
     result = await verify(backend)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith(f"audit log OK: 6 row(s) verified (rows 1-6), key {KEY.key_id}, head ")
+    (head,) = await backend.sql("SELECT hmac FROM audit_log WHERE sequence = 6")
+    assert result.stdout.splitlines() == [
+        f"audit log OK: 6 row(s) verified in 1 chain(s), key {KEY.key_id}",
+        f"  chain 'default': rows 1-6, head default@6:{head[0]}",
+    ]
     out = tmp_path / "audit.jsonl"
     exported = await cli(backend, "audit", "export", "--output", str(out))
     assert exported.returncode == 0, exported.stderr
@@ -310,8 +333,9 @@ async def test_verify_ok_and_export(backend: Backend, tmp_path: Path) -> None:
     assert lines[0]["operation"] == "register" and lines[-1]["revision"] == 6
     assert set(lines[0]) == {
         "sequence", "timestamp", "principal", "namespace", "operation", "outcome", "context", "context_id",
-        "revision", "change_sequence", "request_id", "detail", "key_id", "hmac",
+        "revision", "change_sequence", "request_id", "detail", "key_id", "hmac", "position",
     }  # fmt: skip
+    assert [line["position"] for line in lines] == [1, 2, 3, 4, 5, 6]
     # The exported rows verify on their own, with the key (an archive can be checked later).
     previous = ""
     for line in lines:
@@ -367,56 +391,89 @@ async def test_denials_are_one_row_per_principal_per_minute_and_counted_exactly(
     assert result.stdout.startswith(f"audit log OK: {len(rows)} row(s) verified"), result.stdout
 
 
-async def test_verify_names_an_altered_row(backend: Backend) -> None:
-    await seeded(backend)
+@CHAINS
+async def test_verify_names_an_altered_row(backend: Backend, chain: str) -> None:
+    await two_chains(backend)
     await drop_triggers(backend)
-    await backend.sql("UPDATE audit_log SET principal = 'someone-else' WHERE sequence = 4")
+    await backend.sql("UPDATE audit_log SET principal = 'someone-else' WHERE namespace = %s AND position = 4", (chain,))
     result = await verify(backend)
     assert result.returncode == 1
     assert result.stdout.strip() == (
-        "audit log FAILED at row 4 (altered): row 4 was altered (its HMAC does not match its content); "
-        "3 row(s) before it verified"
+        f"audit log FAILED in chain {chain!r} at row 4, log sequence {logged(chain, 4)} (altered): row 4 was altered "
+        "(its HMAC does not match its content); 3 row(s) before it verified"
+    )  # the other chain is intact: no line of its own
+
+
+@CHAINS
+async def test_verify_names_a_removed_row(backend: Backend, chain: str) -> None:
+    await two_chains(backend)
+    await drop_triggers(backend)
+    await backend.sql("DELETE FROM audit_log WHERE namespace = %s AND position = 3", (chain,))
+    result = await verify(backend)
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        f"audit log FAILED in chain {chain!r} at row 3, before log sequence {logged(chain, 4)} (removed): row 3 is "
+        "missing (the log goes from row 2 to row 4); 2 row(s) before it verified"
     )
 
 
-async def test_verify_names_a_removed_row(backend: Backend) -> None:
-    await seeded(backend)
+@CHAINS
+async def test_verify_names_the_first_row_removed(backend: Backend, chain: str) -> None:
+    await two_chains(backend)
     await drop_triggers(backend)
-    await backend.sql("DELETE FROM audit_log WHERE sequence = 3")
+    await backend.sql("DELETE FROM audit_log WHERE namespace = %s AND position <= 2", (chain,))
     result = await verify(backend)
     assert result.returncode == 1
-    assert "audit log FAILED at row 3 (removed): row 3 is missing (the log goes from row 2 to row 4)" in result.stdout
+    assert f"FAILED in chain {chain!r} at row 1, before log sequence {logged(chain, 3)} (removed): rows 1-2 are " in (
+        result.stdout
+    )
 
 
-async def test_verify_names_the_first_row_removed(backend: Backend) -> None:
-    await seeded(backend)
+@CHAINS
+async def test_verify_notices_a_removed_tail(backend: Backend, chain: str) -> None:
+    await two_chains(backend)
     await drop_triggers(backend)
-    await backend.sql("DELETE FROM audit_log WHERE sequence <= 2")
+    await backend.sql("DELETE FROM audit_log WHERE namespace = %s AND position >= 5", (chain,))
     result = await verify(backend)
     assert result.returncode == 1
-    assert "FAILED at row 1 (removed): rows 1-2 are missing" in result.stdout
+    # The chain's namespace committed changes its rows no longer reach.
+    assert result.stdout.strip() == (
+        f"audit log FAILED in chain {chain!r} at row 5 (missing tail): the log ends at row 4, but changes up to "
+        f"sequence {logged(chain, 6)} were committed and the last audited one is {logged(chain, 4)}: rows were "
+        "removed from the end of the log (or audit was turned off for those writes); 4 row(s) before it verified"
+    )
 
 
-async def test_verify_notices_a_removed_tail(backend: Backend) -> None:
-    await seeded(backend)
-    await drop_triggers(backend)
-    await backend.sql("DELETE FROM audit_log WHERE sequence >= 5")
-    result = await verify(backend)
-    assert result.returncode == 1
-    assert "FAILED at row 5 (missing tail): the log ends at row 4, but changes up to sequence 6" in result.stdout
-
-
+@CHAINS
 @pytest.mark.parametrize(("a", "b"), [(2, 5), (3, 4)])
-async def test_verify_names_reordered_rows(backend: Backend, a: int, b: int) -> None:
-    await seeded(backend)
+async def test_verify_names_reordered_rows(backend: Backend, chain: str, a: int, b: int) -> None:
+    await two_chains(backend)
     await drop_triggers(backend)
-    await swap(backend, a, b)
+    await swap(backend, chain, a, b)
     result = await verify(backend)
     assert result.returncode == 1
     assert result.stdout.strip() == (
-        f"audit log FAILED at row {a} (reordered): row {a} holds the content of row {b}: rows were reordered; "
-        f"{a - 1} row(s) before it verified"
+        f"audit log FAILED in chain {chain!r} at row {a}, log sequence {logged(chain, a)} (reordered): row {a} holds "
+        f"the content of row {b}: rows were reordered; {a - 1} row(s) before it verified"
     )
+
+
+async def test_rows_moved_to_another_chain_are_named(backend: Backend) -> None:
+    """A row given another namespace leaves a gap in its chain and a stranger in the other."""
+    await two_chains(backend)
+    await drop_triggers(backend)
+    await backend.sql(
+        "UPDATE audit_log SET namespace = 'team', position = 7 WHERE namespace = 'default' AND position = 6"
+    )
+    result = await verify(backend)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        "audit log FAILED in chain 'default' at row 6 (missing tail): the log ends at row 5, but changes up to "
+        "sequence 6 were committed and the last audited one is 5: rows were removed from the end of the log (or "
+        "audit was turned off for those writes); 5 row(s) before it verified",
+        "audit log FAILED in chain 'team' at row 7, log sequence 6 (altered): row 7 was altered (its HMAC does not "
+        "match its content); 6 row(s) before it verified",
+    ]
 
 
 async def test_verify_with_another_key_says_so(backend: Backend) -> None:

@@ -19,10 +19,12 @@ from psycopg import sql
 from groundhog_mcp import ContextState, StateManager, StoreBusyError
 from groundhog_mcp.models import Change
 from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Tx
-from groundhog_mcp.store.base import Mutation, NewContext, Retention, StoredContext
+from groundhog_mcp.store.base import AuditQuery, Mutation, NewContext, Retention, StoredContext
 from groundhog_mcp.store.migrations import MIGRATIONS
 from groundhog_mcp.store.postgres import PostgresStore
+from groundhog_mcp.store.rows import AuditRecord
 from tests.conformance.conftest import POSTGRES_URL, MakeBackend, make_backend
+from tests.security.test_audit import KEY
 
 __all__ = ["make_backend"]  # the fixture
 
@@ -99,6 +101,47 @@ async def test_a_write_in_another_namespace_commits_while_one_is_held_open(
     _, x_change = await x
     assert (x_change.namespace, y.namespace) == ("x", "y")
     assert x_change.sequence == y.sequence - 1  # x took its number first and committed last
+
+
+async def test_an_audited_write_in_another_namespace_commits_while_one_is_held_open(
+    make_backend: MakeBackend,
+) -> None:
+    """With the audit log on, the held write holds its namespace's audit chain head (taken in its
+    change statement) until it commits. Before schema 10 that was the one head of every
+    namespace: y's write waited for it and failed after busy_timeout."""
+    backend = await make_backend("postgres")
+    held = HeldStore(backend.database, "x", busy_timeout_ms=1000, audit_signer=KEY)
+    other = PostgresStore(
+        backend.database, busy_timeout_ms=1000, retention=Retention(keep_revisions=0), audit_signer=KEY
+    )
+    await held.open()
+    await other.open()
+    try:
+        await held.register(new_context("x", "a"), actor="t", if_exists="error")
+        await held.register(new_context("x", "a2"), actor="t", if_exists="error")
+        await other.register(new_context("y", "b"), actor="t", if_exists="error")
+        x = await hold_write_in_x(held)
+        _, y = await other.mutate("y", "b", None, bump, actor="t")
+        assert not x.done()
+        # Within x the chain still has one writer at a time: no fork of x's chain.
+        with pytest.raises(StoreBusyError, match="locked by another writer"):
+            await other.mutate("x", "a2", None, bump, actor="t")
+        held.release.set()
+        _, x_change = await x
+        rows: list[AuditRecord] = await other.read_audit(AuditQuery(limit=100))
+    finally:
+        held.release.set()
+        await held.close()
+        await other.close()
+    # In log order: x's row took its numbers first (change 4, audit row 4) and committed last.
+    assert [(r.sequence, r.namespace, r.position, r.change_sequence) for r in rows] == [
+        (1, "x", 1, 1),
+        (2, "x", 2, 2),
+        (3, "y", 1, 3),
+        (4, "x", 3, x_change.sequence),
+        (5, "y", 2, y.sequence),
+    ]
+    assert x_change.sequence == y.sequence - 1
 
 
 async def test_the_feed_holds_a_later_change_back_until_the_earlier_one_commits(
