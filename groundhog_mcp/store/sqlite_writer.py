@@ -161,8 +161,9 @@ class GroupCommitter:
             self._run_one(conn, pending, done, failed, savepoint=savepoint)
             savepoint = True
             if not conn.in_transaction:
-                # SQLite rolled the whole transaction back (I/O error, disk full): what the batch
-                # had written so far is gone with it. Those writes fail with that error.
+                # The whole transaction was rolled back: by SQLite (I/O error, disk full), with
+                # what the batch had written so far, whose writes fail with that error; or by
+                # _run_one, after the batch's only write failed without a savepoint.
                 error = failed[-1][1]
                 failed.extend((each, error) for each, _ in done)
                 done.clear()
