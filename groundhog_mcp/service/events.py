@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkabl
 from groundhog_mcp.errors import EventHandlingError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import ContextState, JSONObject
 from groundhog_mcp.service.patching import merge_patch
-from groundhog_mcp.service.validation import check_schema_definition, schema_issues
+from groundhog_mcp.service.validation import check_schema_definition, schema_issues, small_json
 
 if TYPE_CHECKING:
     from groundhog_mcp.service.registry import Context
@@ -94,7 +94,10 @@ class DeclarativeHandler:
 
     async def handle_event(self, event: Event, context: Context) -> None:
         state = await context.get_state()
-        data = await asyncio.to_thread(self.apply, state.data, event)  # copies the whole data
+        if small_json(state.data, event.payload):
+            data = self.apply(state.data, event)  # a thread hop would cost more than the copy
+        else:
+            data = await asyncio.to_thread(self.apply, state.data, event)  # copies the whole data
         await context.update_state(ContextState(data=data, metadata=state.metadata, version=state.version))
 
     def _payload_value(self, event: Event) -> Any:

@@ -24,7 +24,7 @@ from groundhog_mcp.errors import (
 from groundhog_mcp.models import ContextState, JSONObject, dumps, utcnow
 from groundhog_mcp.service.events import Event, EventHandler, HandlerFailure, handler_from_spec
 from groundhog_mcp.service.metrics import metric_key
-from groundhog_mcp.service.reads import check_written
+from groundhog_mcp.service.reads import check_written, inline_if_small
 from groundhog_mcp.service.validation import Limits, check_limit, check_name, inspect_json, raise_if_invalid
 from groundhog_mcp.service.writes import mutation
 from groundhog_mcp.store.base import DeadLetter, EventAlreadyHandled, EventRecord, Mutation, StoredContext
@@ -84,11 +84,13 @@ async def emit_event(
     last_error = ""
     attempt = races = 0
     while attempt < attempts:
-        current = await manager.get(name)
+        # The first attempt handles the context as just read; a retry reads it again. (Its revision
+        # is the write's expected revision: a write in between is a conflict, then a retry.)
+        current = context if attempt == races == 0 else await manager.get(name)
         try:
             started = time.perf_counter()
             try:
-                upcast_current = await asyncio.to_thread(manager.reader.upcast_context, current)
+                upcast_current = await manager.reader.upcast_context_off_loop(current)
                 staged = await _run_handler(handler, event, upcast_current)
             finally:
                 manager.metrics.observe_handler(
@@ -101,6 +103,7 @@ async def emit_event(
                 _event_mutator(staged, manager.limits),
                 event=_record_of(event),
                 detail=_event_detail(event, dead_letter),
+                inline=inline_if_small(staged.data, staged.metadata),
             )
             return EventResult(
                 name, event.type, result.context.revision, result.change.sequence, result.change.patch or []
@@ -220,8 +223,8 @@ def check_event(event: Event, limits: Limits) -> None:
 def _event_mutator(staged: ContextState, limits: Limits) -> Callable[[StoredContext], Mutation]:
     def apply(current: StoredContext) -> Mutation:
         state = ContextState(data=staged.data, metadata=staged.metadata, timestamp=utcnow(), version=staged.version)
-        check_written(state, current, limits)
-        return mutation(current, state, op="event")
+        text = check_written(state, current, limits)
+        return mutation(current, state, op="event", text=text)
 
     return apply
 

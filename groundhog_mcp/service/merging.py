@@ -27,7 +27,7 @@ from groundhog_mcp.service.merge import (
     compute_merge,
     parse_source,
 )
-from groundhog_mcp.service.reads import check_written, state_issues
+from groundhog_mcp.service.reads import check_written, inline_if_small, state_issues
 from groundhog_mcp.service.validation import check_name, inspect_state, raise_if_invalid
 from groundhog_mcp.service.writes import WriteResult, mutation
 from groundhog_mcp.store.base import Mutation, StoredContext
@@ -226,12 +226,23 @@ async def _merge_once(
             for i in live:  # and report the revision that was merged, not the one first read
                 infos[i] = SourceInfo(target, current.revision)
         state = latest[0].state
-        check_written(state, current, manager.limits)
-        return dataclasses.replace(mutation(current, state, op="merge"), parents=merge_parents(contexts, infos, target))
+        text = check_written(state, current, manager.limits)
+        return dataclasses.replace(
+            mutation(current, state, op="merge", text=text), parents=merge_parents(contexts, infos, target)
+        )
 
     try:
         write = await manager.writer.mutate(
-            manager.caller, target, expected_revision, apply, detail=f"strategy {strategy}"
+            manager.caller,
+            target,
+            expected_revision,
+            apply,
+            detail=f"strategy {strategy}",
+            # Inside the transaction when the inputs and the result are small (a target that
+            # moved is merged again there, from those inputs).
+            inline=inline_if_small(
+                *(part for s in (*states, base_state, result.state) if s is not None for part in (s.data, s.metadata))
+            ),
         )
     except NotFoundError:
         raise NotFoundError(missing) from None

@@ -6,15 +6,23 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from groundhog_mcp.errors import CompactedError, NotFoundError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import ContextId, ContextState, HistoryEntry, JSONObject, dumps
 from groundhog_mcp.service.access import readable_history
 from groundhog_mcp.service.branches import state_as_of
 from groundhog_mcp.service.migration import UpcastCache, format_of, upcast
-from groundhog_mcp.service.validation import Limits, check_limit, inspect_state, raise_if_invalid, schema_issues
+from groundhog_mcp.service.validation import (
+    Limits,
+    check_limit,
+    inspect_state_text,
+    raise_if_invalid,
+    schema_issues,
+    small_json,
+)
 from groundhog_mcp.service.writes import state_diff
 from groundhog_mcp.store.base import Store, StoredContext
 
@@ -44,27 +52,58 @@ def state_issues(
 ) -> list[ValidationIssue]:
     """Limits and schema; with a declared state format, the version must be one of the format's
     and the data is checked against the schema(s) of that version."""
+    return _state_issues(state, schema, settings, limits, structure_known_valid=structure_known_valid)[0]
+
+
+def _state_issues(
+    state: ContextState,
+    schema: JSONObject | None,
+    settings: JSONObject,
+    limits: Limits,
+    *,
+    structure_known_valid: bool,
+) -> tuple[list[ValidationIssue], str | None]:
     state_format = format_of(settings)
     if state_format is None:
-        return inspect_state(state, limits, schema, structure_known_valid=structure_known_valid)
+        return inspect_state_text(state, limits, schema, structure_known_valid=structure_known_valid)
     problem = state_format.version_problem(state.version)
     if problem is not None:
-        return [ValidationIssue("/version", problem)]
+        return [ValidationIssue("/version", problem)], None
     schemas = state_format.schemas_for(state.version, schema)
-    issues = inspect_state(state, limits, schemas[0] if schemas else None, structure_known_valid=structure_known_valid)
+    issues, text = inspect_state_text(
+        state, limits, schemas[0] if schemas else None, structure_known_valid=structure_known_valid
+    )
     for extra in schemas[1:]:
         issues += [ValidationIssue("/data" + i.pointer, i.message) for i in schema_issues(extra, state.data)]
-    return issues
+    return issues, text
 
 
 def check_written(
     state: ContextState, context: StoredContext, limits: Limits, *, structure_known_valid: bool = False
-) -> None:
-    """Raise unless ``state`` may be written to ``context`` (its limits, schema and format)."""
-    raise_if_invalid(
-        state_issues(state, context.schema, context.settings, limits, structure_known_valid=structure_known_valid),
-        "state",
+) -> str:
+    """Raise unless ``state`` may be written to ``context`` (its limits, schema and format).
+
+    Returns the state serialised (``dumps(state.to_json())``, made for the size limit): pass it
+    on as :attr:`~groundhog_mcp.store.base.Mutation.text` so the store does not serialise again."""
+    issues, text = _state_issues(
+        state, context.schema, context.settings, limits, structure_known_valid=structure_known_valid
     )
+    raise_if_invalid(issues, "state")
+    assert text is not None  # a state without issues was serialised for its size
+    return text
+
+
+def cheap_on(context: StoredContext) -> bool:
+    """Whether applying small inputs to ``context`` is cheap: no JSON Schema to check, no state
+    format to upcast (plugin code). The store runs a cheap mutation inside the transaction."""
+    return context.schema is None and format_of(context.settings) is None
+
+
+def inline_if_small(*inputs: Any) -> Callable[[StoredContext], bool] | None:
+    """The ``inline`` argument of a write whose mutation is made of ``inputs`` (JSON values):
+    :func:`cheap_on` when they are small (:func:`~groundhog_mcp.service.validation.small_json`),
+    else ``None`` (the store prepares the mutation in a worker thread first)."""
+    return cheap_on if small_json(*inputs) else None
 
 
 def format_version(context: StoredContext) -> str | None:
@@ -103,6 +142,12 @@ class StateReader:
         if state_format is None or state.version == state_format.version:
             return state
         return await asyncio.to_thread(self.upcast, context, state, revision)
+
+    async def upcast_context_off_loop(self, context: StoredContext) -> StoredContext:
+        """:meth:`upcast_context`, in a worker thread unless the context declares no state format."""
+        if format_of(context.settings) is None:
+            return context
+        return await asyncio.to_thread(self.upcast_context, context)
 
     def upcast_context(self, context: StoredContext) -> StoredContext:
         state = self.upcast(context, context.state)

@@ -12,9 +12,9 @@ from groundhog_mcp.errors import ConflictError, NotFoundError, StateValidationEr
 from groundhog_mcp.models import Change, ContextId, ContextState, JSONObject, utcnow
 from groundhog_mcp.service.definition import check_definition
 from groundhog_mcp.service.expiry import expire_if_due, resolve_expiry_settings
-from groundhog_mcp.service.migration import dry_run_chains, format_of
+from groundhog_mcp.service.migration import dry_run_chains
 from groundhog_mcp.service.patching import apply_json_patch, merge_patch
-from groundhog_mcp.service.reads import check_written, format_version, state_issues
+from groundhog_mcp.service.reads import cheap_on, check_written, format_version, inline_if_small, state_issues
 from groundhog_mcp.service.search import declared_indexes
 from groundhog_mcp.service.validation import (
     check_name,
@@ -63,8 +63,8 @@ async def save_state(
         return created
 
     def replace_state(current: StoredContext) -> Mutation:
-        check_written(state, current, manager.limits)
-        return mutation(current, state)
+        text = check_written(state, current, manager.limits)
+        return mutation(current, state, text=text)
 
     return await manager.writer.mutate(manager.caller, located[1], expected_revision, replace_state)
 
@@ -189,8 +189,8 @@ async def update(
         # A replace or merge only puts checked input values at the paths they had in the input
         # (depth included): the structural walk can be skipped. A JSON Patch can move values
         # anywhere, so its result is walked.
-        check_written(state, current, manager.limits, structure_known_valid=patch is None)
-        return mutation(current, state)
+        text = check_written(state, current, manager.limits, structure_known_valid=patch is None)
+        return mutation(current, state, text=text)
 
     return await manager.writer.mutate(
         manager.caller,
@@ -198,14 +198,8 @@ async def update(
         expected_revision,
         apply,
         detail=", ".join(given) or "metadata",
-        inline=_cheap if small else None,
+        inline=cheap_on if small else None,
     )
-
-
-def _cheap(context: StoredContext) -> bool:
-    """Whether applying small inputs to ``context`` is cheap: no JSON Schema to check, no state
-    format to upcast (plugin code). The store runs a cheap mutation inside the transaction."""
-    return context.schema is None and format_of(context.settings) is None
 
 
 async def _create_from_update(
@@ -242,11 +236,16 @@ async def rollback(
 
     def restore(current: StoredContext) -> Mutation:
         state = ContextState(data=old.data, metadata=old.metadata, timestamp=utcnow(), version=old.version)
-        check_written(state, current, manager.limits)
-        return mutation(current, state, op="rollback")
+        text = check_written(state, current, manager.limits)
+        return mutation(current, state, op="rollback", text=text)
 
     return await manager.writer.mutate(
-        manager.caller, name, expected_revision, restore, detail=f"restores revision {revision}"
+        manager.caller,
+        name,
+        expected_revision,
+        restore,
+        detail=f"restores revision {revision}",
+        inline=inline_if_small(old.data, old.metadata),
     )
 
 

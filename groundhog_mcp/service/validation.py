@@ -19,6 +19,7 @@ __all__ = [
     "check_semver",
     "inspect_json",
     "inspect_state",
+    "inspect_state_text",
     "schema_issues",
     "small_json",
 ]
@@ -101,13 +102,23 @@ def inspect_state(
     ``structure_known_valid`` skips the structural walk when the caller has already checked
     every value the state is made of (a replace or merge of checked input into a stored state).
     """
+    return inspect_state_text(state, limits, schema, structure_known_valid=structure_known_valid)[0]
+
+
+def inspect_state_text(
+    state: ContextState, limits: Limits, schema: JSONObject | None, *, structure_known_valid: bool = False
+) -> tuple[list[ValidationIssue], str | None]:
+    """:func:`inspect_state`, and the state serialised for its size (``dumps(state.to_json())``):
+    a write stores that text instead of serialising the state a second time. ``None`` when the
+    structural walk found problems (such a state is not serialised: it may not be serialisable)."""
     issues: list[ValidationIssue] = []
     if not structure_known_valid:
         issues += [ValidationIssue("/data" + i.pointer, i.message) for i in inspect_json(state.data, limits)]
         issues += [ValidationIssue("/metadata" + i.pointer, i.message) for i in inspect_json(state.metadata, limits)]
         if issues:
-            return issues
-    size = len(dumps(state.to_json()).encode("utf-8"))
+            return issues, None
+    text = dumps(state.to_json())
+    size = len(text.encode("utf-8"))
     if size > limits.max_state_bytes:
         issues.append(
             ValidationIssue(
@@ -116,7 +127,7 @@ def inspect_state(
         )
     if schema is not None:
         issues += [ValidationIssue("/data" + i.pointer, i.message) for i in schema_issues(schema, state.data)]
-    return issues
+    return issues, text
 
 
 def schema_issues(schema: JSONObject, data: JSONObject) -> Iterator[ValidationIssue]:

@@ -38,9 +38,10 @@ def state_diff(before: ContextState, after: ContextState) -> list[JSONObject]:
     return json_diff(before.document(), after.document())
 
 
-def mutation(current: StoredContext, state: ContextState, op: str = "update") -> Mutation:
-    """The write of ``state`` over ``current``: the state and its patch from the current one."""
-    return Mutation(state, state_diff(current.state, state), op=op)
+def mutation(current: StoredContext, state: ContextState, op: str = "update", *, text: str | None = None) -> Mutation:
+    """The write of ``state`` over ``current``: the state and its patch from the current one;
+    ``text``: ``state`` serialised, as :func:`~groundhog_mcp.service.reads.check_written` returns it."""
+    return Mutation(state, state_diff(current.state, state), op=op, text=text)
 
 
 class Writer:

@@ -140,6 +140,9 @@ class Mutation:
     op: str = "update"
     parents: tuple[ParentRef, ...] = ()  # a merge: the other contexts' revisions it took in
     definition: Definition | None = None
+    # ``dumps(state.to_json())`` when the mutator already made it (to check the size limit): the
+    # store writes it as it is instead of serialising the state again.
+    text: str | None = None
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,13 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
 
     # -- the write sequence -------------------------------------------------------------------
 
-    def _encode(self, namespace: str, context_id: ContextId, revision: int, state: ContextState) -> EncodedState:
-        """A state as stored at ``revision``: serialised once, sealed, and its snapshot compressed."""
-        text = dumps(state.to_json())
+    def _encode(
+        self, namespace: str, context_id: ContextId, revision: int, state: ContextState, text: str | None = None
+    ) -> EncodedState:
+        """A state as stored at ``revision``: serialised once (``text``, when the caller already
+        serialised it), sealed, and its snapshot compressed."""
+        if text is None:
+            text = dumps(state.to_json())
         return EncodedState(
             state=self.codec.encode_text("contexts.state", namespace, context_id, revision, text),
             size=len(text.encode("utf-8")),
@@ -82,7 +86,7 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
     def _apply(self, current: StoredContext, mutator: Mutator, revision: int) -> tuple[Mutation, EncodedState]:
         """Mutate and encode: the CPU part of a write, in one step."""
         mutation = mutator(current)
-        return mutation, self._encode(current.namespace, current.id, revision, mutation.state)
+        return mutation, self._encode(current.namespace, current.id, revision, mutation.state, mutation.text)
 
     async def register(
         self,
@@ -206,7 +210,9 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
             )
             if mutation.definition is not None:
                 stored = await self._redefine(tx, stored, mutation.definition)
-            change = await self._record(tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit)
+            change = await self._record(
+                tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit, mark_name=False
+            )
             if mutation.parents:
                 await self._link(tx, stored, mutation.parents)
             return stored, change
@@ -343,14 +349,21 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
         encoded: EncodedState | None,
         event: EventRecord | None,
         audit: AuditNote | None,
+        *,
+        mark_name: bool = True,
     ) -> Change:
         """The name's revision high-water mark, then the change row, the history snapshot and the
-        event record (one statement on PostgreSQL), retention, and the audit row."""
-        await tx.execute(
-            "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, %s)"
-            " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
-            (ctx.namespace, ctx.name, ctx.revision),
-        )
+        event record (one statement on PostgreSQL), retention, and the audit row.
+
+        The mark is what a later registration of the name continues from, so it is written when
+        a context is registered or removed; a live context's row holds its revision, and an
+        update (``mark_name`` false) does not write the mark: one statement less per write."""
+        if mark_name:
+            await tx.execute(
+                "INSERT INTO name_revisions (namespace, name, last_revision) VALUES (%s, %s, %s)"
+                " ON CONFLICT (namespace, name) DO UPDATE SET last_revision = excluded.last_revision",
+                (ctx.namespace, ctx.name, ctx.revision),
+            )
         codec, ns, cid, revision = self.codec, ctx.namespace, ctx.id, ctx.revision
         stored_patch, patch_bytes = feed_patch(patch)
         sequence, head = await self._append_change(

@@ -211,7 +211,7 @@ class SQLiteStore(StoreCore):
         if self._writer is None:
             raise InitializationError("database: the store is not open")
         # Group commit (store/sqlite_writer.py): answered after the COMMIT of the batch holding it.
-        return await asyncio.wrap_future(self._writer.submit(functools.partial(_run_unit, work)))
+        return await self._writer.submit_async(functools.partial(_run_unit, work))
 
     @property
     def commit_stats(self) -> CommitStats:

@@ -8,10 +8,16 @@ back to its savepoint alone), one ``COMMIT``, and only then is any write of the 
 A batch takes what is queued when it starts and what arrives while it runs, up to
 ``max_writes`` writes or ``max_seconds`` of work, so a single write waits for nobody and a
 batch holds the write lock (and the thread reads also run on) for a bounded time.
+
+A write that starts a batch with nothing queued behind it runs without a savepoint: if it fails,
+the transaction (holding nothing else) is rolled back whole. Writes that join it later still get
+one each. The writes of a batch submitted from an event loop (:meth:`GroupCommitter.submit_async`)
+are answered in one hand-off to that loop after the ``COMMIT``, not one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import sqlite3
@@ -30,6 +36,8 @@ WriteUnit = Callable[[sqlite3.Connection], Any]
 MAX_BATCH_WRITES: Final = 64
 MAX_BATCH_SECONDS: Final = 0.05  # of work in one transaction before the batch commits
 
+_Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]  # a future, its result or its error
+
 
 @dataclass
 class CommitStats:
@@ -38,12 +46,15 @@ class CommitStats:
     commits: int = 0  # write transactions committed: one fdatasync each with synchronous=FULL
     writes: int = 0  # writes committed (savepoints released and then committed)
     largest_batch: int = 0
+    savepoints: int = 0  # writes run inside a SAVEPOINT (the others began a batch alone)
+    handoffs: int = 0  # callbacks handed to an event loop to answer its writes: one per batch
 
 
 @dataclass(frozen=True)
 class _Pending:
     unit: WriteUnit
-    future: Future[Any]
+    future: Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None  # set for an asyncio future (answered on its loop)
 
 
 class GroupCommitter:
@@ -70,11 +81,23 @@ class GroupCommitter:
 
     def submit(self, unit: WriteUnit) -> Future[Any]:
         """Queue ``unit``; its future completes after the batch holding it has committed."""
-        pending = _Pending(unit, Future())
+        future: Future[Any] = Future()
+        self._queue_pending(_Pending(unit, future))
+        return future
+
+    def submit_async(self, unit: WriteUnit) -> asyncio.Future[Any]:
+        """:meth:`submit` from the running event loop: the writes of a batch are answered on it
+        together, in one callback after the ``COMMIT``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue_pending(_Pending(unit, future, loop))
+        return future
+
+    def _queue_pending(self, pending: _Pending) -> None:
         with self._lock:
             self._queue.append(pending)
             if self._scheduled:
-                return pending.future
+                return
             self._scheduled = True
         try:
             self._executor.submit(self._drain)
@@ -82,7 +105,6 @@ class GroupCommitter:
             with self._lock:
                 self._scheduled = False
             self._fail_queued(exc)
-        return pending.future
 
     def _take(self) -> _Pending | None:
         """The next queued write whose caller still waits for it (the store's thread only)."""
@@ -91,7 +113,11 @@ class GroupCommitter:
                 if not self._queue:
                     return None
                 pending = self._queue.popleft()
-            if pending.future.set_running_or_notify_cancel():
+            future = pending.future
+            if isinstance(future, Future):
+                if future.set_running_or_notify_cancel():
+                    return pending
+            elif not future.cancelled():  # (read across threads: a late cancel only drops the answer)
                 return pending
 
     def _drain(self) -> None:
@@ -113,25 +139,31 @@ class GroupCommitter:
                     self._fail_queued(exc)
 
     def _fail_queued(self, exc: BaseException) -> None:
+        failed: list[tuple[_Pending, BaseException]] = []
         while (pending := self._take()) is not None:
-            pending.future.set_exception(self._translate(exc))
+            failed.append((pending, self._translate(exc)))
+        self._answer([], failed)
 
     def _run_batch(self, first: _Pending) -> None:
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
-            first.future.set_exception(self._translate(exc))
+            self._answer([], [(first, self._translate(exc))])
             return
         started = time.monotonic()
         done: list[tuple[_Pending, Any]] = []
         failed: list[tuple[_Pending, BaseException]] = []
         pending: _Pending | None = first
+        # Alone so far: the write needs no savepoint (the transaction holds nothing else to keep).
+        savepoint = bool(self._queue)
         while pending is not None:
-            self._run_one(conn, pending, done, failed)
+            self._run_one(conn, pending, done, failed, savepoint=savepoint)
+            savepoint = True
             if not conn.in_transaction:
-                # SQLite rolled the whole transaction back (I/O error, disk full): what the batch
-                # had written so far is gone with it. Those writes fail with that error.
+                # The whole transaction was rolled back: by SQLite (I/O error, disk full), with
+                # what the batch had written so far, whose writes fail with that error; or by
+                # _run_one, after the batch's only write failed without a savepoint.
                 error = failed[-1][1]
                 failed.extend((each, error) for each, _ in done)
                 done.clear()
@@ -147,16 +179,25 @@ class GroupCommitter:
         pending: _Pending,
         done: list[tuple[_Pending, Any]],
         failed: list[tuple[_Pending, BaseException]],
+        *,
+        savepoint: bool,
     ) -> None:
         try:
-            conn.execute("SAVEPOINT groundhog_write")
-            result = pending.unit(conn)
-            conn.execute("RELEASE groundhog_write")
+            if savepoint:
+                conn.execute("SAVEPOINT groundhog_write")
+                result = pending.unit(conn)
+                conn.execute("RELEASE groundhog_write")
+                self.stats.savepoints += 1
+            else:
+                result = pending.unit(conn)
         except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO groundhog_write")
-                    conn.execute("RELEASE groundhog_write")
+                    if savepoint:
+                        conn.execute("ROLLBACK TO groundhog_write")
+                        conn.execute("RELEASE groundhog_write")
+                    else:  # the batch's first and only write: nothing else to keep
+                        conn.execute("ROLLBACK")
             failed.append((pending, self._translate(exc)))
             return
         done.append((pending, result))
@@ -184,7 +225,34 @@ class GroupCommitter:
                 stats.writes += len(done)
                 stats.largest_batch = max(stats.largest_batch, len(done))
         # Answered only now: a write is acknowledged after the COMMIT that made it durable.
-        for each, result in done:
-            each.future.set_result(result)
-        for each, error in failed:
-            each.future.set_exception(error)
+        self._answer(done, failed)
+
+    def _answer(self, done: list[tuple[_Pending, Any]], failed: list[tuple[_Pending, BaseException]]) -> None:
+        """Complete the futures: a concurrent one here, an event loop's in one callback on that loop."""
+        on_loops: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+        answers: list[tuple[_Pending, Any, BaseException | None]] = [(each, result, None) for each, result in done]
+        answers += [(each, None, error) for each, error in failed]
+        for each, result, error in answers:
+            future, loop = each.future, each.loop
+            if isinstance(future, Future):
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            elif loop is not None:
+                on_loops.setdefault(loop, []).append((future, result, error))
+        for loop, settled in on_loops.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, settled)
+                self.stats.handoffs += 1
+
+
+def _settle(answers: list[_Answer]) -> None:
+    """On the event loop: answer the writes of one batch (a cancelled caller's answer is dropped)."""
+    for future, result, error in answers:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

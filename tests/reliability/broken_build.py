@@ -89,10 +89,7 @@ def _run_batch_after_committing_the_last(self, first):
 
 def _answer_without_commit(self, conn, done, failed):
     # No COMMIT here: the caller answers the client while the batch is still uncommitted.
-    for each, result in done:
-        each.future.set_result(result)
-    for each, error in failed:
-        each.future.set_exception(error)
+    self._answer(done, failed)
 """,
     (
         ("GroupCommitter", "_run_batch", "_run_batch_after_committing_the_last"),

@@ -87,6 +87,7 @@ async def test_concurrent_writes_share_one_commit(store: SQLiteStore, db_path: P
     assert all(not isinstance(r, BaseException) for r in results), results
     assert store.commit_stats.commits - before == 1  # one COMMIT (one fdatasync) for N writes
     assert store.commit_stats.largest_batch == N
+    assert store.commit_stats.savepoints == N  # all queued before the batch began: a savepoint each
     sequences = [r[1].sequence for r in results if not isinstance(r, BaseException)]
     assert sequences == sorted(sequences) and len(set(sequences)) == N  # committed in queue order
     with contextlib.closing(sqlite3.connect(db_path)) as db:
@@ -120,6 +121,38 @@ async def test_a_conflict_fails_only_its_own_write(store: SQLiteStore) -> None:
     assert store.commit_stats.commits - before == 1
     history = await store.history(first[0].id, before=None, limit=10)
     assert [h.revision for h in history] == [3, 2, 1]  # nothing of the failed write
+
+
+def _rows(db_path: Path) -> list[list[tuple[Any, ...]]]:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        return [
+            db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            for table in ("contexts", "changes", "history", "name_revisions", "events")
+        ]
+
+
+async def test_a_write_alone_needs_no_savepoint_and_its_failure_leaves_nothing(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """Nothing queued behind it: the write runs without SAVEPOINT/RELEASE; if it fails after
+    writing, the transaction (holding only it) is rolled back whole: the file is as it was."""
+    await register(store, "c", {"n": 0})
+    before, stats = _rows(db_path), store.commit_stats
+    commits, savepoints = stats.commits, stats.savepoints
+
+    async def writes_then_fails(tx: Any) -> None:
+        await tx.execute("UPDATE contexts SET revision = 99, state = '{}'")
+        await tx.execute("DELETE FROM history")
+        raise ValueError("the write fails after writing")
+
+    with pytest.raises(ValueError, match="after writing"):
+        await store._transaction(writes_then_fails, writing=True)
+    with pytest.raises(ConflictError):
+        await store.mutate(NS, "c", 7, set_data({"n": "lost"}), actor="t", inline=_cheap)
+    assert _rows(db_path) == before  # byte for byte
+    stored, _ = await store.mutate(NS, "c", 1, set_data({"n": 1}), actor="t", inline=_cheap)
+    assert stored.revision == 2
+    assert (stats.commits - commits, stats.savepoints - savepoints) == (1, 0)
 
 
 async def test_another_namespace_in_the_batch_sees_nothing_of_a_failing_write(store: SQLiteStore) -> None:
