@@ -5,6 +5,7 @@ SQLite thread; anything costlier is computed in a worker thread before the trans
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,13 +144,17 @@ class _Statements:
 
 
 def _outer_from(sql: str) -> str:
-    """The table a SELECT reads (its FROM outside any parenthesised subquery)."""
+    """The table a SELECT reads (its FROM outside any parenthesised subquery; when that is a
+    subquery itself, the first table named inside)."""
     depth = 0
     for i, char in enumerate(sql):
         depth += {"(": 1, ")": -1}.get(char, 0)
         if depth == 0 and sql.startswith(" FROM ", i):
-            return sql[i + 6 :].split()[0]
-    return "?"
+            table = sql[i + 6 :].split()[0]
+            if not table.startswith("("):
+                return table
+    tables = [word for word in re.findall(r"\bFROM\s+(\w+)", sql)]
+    return tables[0] if tables else "?"
 
 
 async def test_an_update_serialises_its_state_once(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
