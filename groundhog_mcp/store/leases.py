@@ -138,7 +138,9 @@ class Leasing(StoreAdapter):
         context_id = as_id(row[0])
         lease = _lease(context_id, row[2], row[3], row[4]) if row[2] is not None else None
         first_deadline = as_time(row[6]) if row[6] is not None else None
-        return _Line(context_id, int(row[1]), lease, int(row[5]), first_deadline, bool(row[7]), int(row[8]))
+        return _Line(
+            context_id, int(row[1]), lease, int(row[5]), first_deadline, bool(row[7]), int(row[8]), int(row[9])
+        )
 
     async def _take(
         self,
@@ -209,9 +211,10 @@ class Leasing(StoreAdapter):
     async def _skip_the_dead(self, tx: Tx, line: _Line, now: datetime) -> None:
         """Waiters that stopped waiting (gave up, or their process died) leave the line here, at
         use: no timer runs."""
-        await tx.execute(
-            "DELETE FROM lease_waiters WHERE context_id = %s AND alive_until <= %s", (line.context_id, now)
-        )
+        if line.rows > line.waiting:
+            await tx.execute(
+                "DELETE FROM lease_waiters WHERE context_id = %s AND alive_until <= %s", (line.context_id, now)
+            )
 
     async def lease(
         self,
@@ -274,7 +277,10 @@ class Leasing(StoreAdapter):
             line = await self._lock_line(tx, namespace, name, place, now)
             await self._skip_the_dead(tx, line, now)
             held = line.lease if line.lease is not None and line.lease.held(now) else None
-            if held is None and line.ahead == 0:
+            # A waiter whose place went dead (it stalled past its deadline) was skipped: it comes
+            # back behind everyone.
+            ahead = line.ahead if place is None or line.alive else line.waiting
+            if held is None and ahead == 0:
                 if place is not None:
                     await tx.execute("DELETE FROM lease_waiters WHERE id = %s", (place,))
                 grant = await self._take(tx, line, namespace, name, holder, ttl_seconds, actor, audit, now)
@@ -305,7 +311,7 @@ class Leasing(StoreAdapter):
                     "id",
                 )
             moves = [t for t in (held.expires_at if held else None, line.first_deadline) if t is not None]
-            return LeaseTurn(None, kept, line.ahead, held, min(moves) if moves else None)
+            return LeaseTurn(None, kept, ahead, held, min(moves) if moves else None)
 
         return await self._transaction(work, writing=True)
 
@@ -327,6 +333,7 @@ class _Line:
     first_deadline: datetime | None  # the earliest heartbeat deadline among them
     alive: bool  # this waiter's place is still live
     waiting: int  # live waiters in all
+    rows: int  # rows in the line, live or dead
 
 
 # Places are ids from a sequence: a newcomer counts everyone in line as before it.
@@ -334,13 +341,14 @@ _BEHIND_EVERYONE: Final = 2**62
 
 # The waiting line beside the locked context row (parameters: now, place, now, place, now, place,
 # now): live waiters before the place, the earliest of their deadlines, whether the place is live,
-# and the live waiters in all.
+# the live waiters in all, and the rows in all (dead ones to delete, when more).
 _LINE_COLUMNS: Final[LiteralString] = (
     ", (SELECT count(*) FROM lease_waiters WHERE context_id = contexts.id AND alive_until > %s AND id < %s),"
     " (SELECT min(alive_until) FROM lease_waiters WHERE context_id = contexts.id AND alive_until > %s"
     " AND id < %s),"
     " (SELECT count(*) FROM lease_waiters WHERE context_id = contexts.id AND alive_until > %s AND id = %s),"
-    " (SELECT count(*) FROM lease_waiters WHERE context_id = contexts.id AND alive_until > %s)"
+    " (SELECT count(*) FROM lease_waiters WHERE context_id = contexts.id AND alive_until > %s),"
+    " (SELECT count(*) FROM lease_waiters WHERE context_id = contexts.id)"
 )
 
 

@@ -216,3 +216,36 @@ async def test_the_line_is_bounded_and_a_namespace_never_delays_another(
         task.cancel()
     await asyncio.gather(*flood, return_exceptions=True)
     await until(lambda: _equals(waiting(backend), 0), "the flood left the line")
+
+
+async def test_a_waiter_that_stalled_past_its_deadline_comes_back_behind_everyone(
+    backend: Backend, manager: StateManager
+) -> None:
+    await manager.register("plan")
+    store: Store = manager.store
+    held = await manager.take_lease("plan", ttl_seconds=30)
+
+    async def turn(place: int | None, holder: str, seconds: float):
+        return await store.take_in_turn(
+            "default",
+            "plan",
+            place=place,
+            holder=holder,
+            ttl_seconds=30,
+            wait_until=utcnow() + timedelta(seconds=seconds),
+            actor="local",
+            max_waiters=32,
+            max_namespace_waiters=256,
+        )
+
+    stalled = await turn(None, "local/stalled", 0.3)  # its place lives 0.3 s unless it tries again
+    live = await turn(None, "local/live", 30)
+    assert stalled.place is not None and live.place is not None and live.ahead == 1
+    await manager.release_lease("plan", held.lease.token)
+    await asyncio.sleep(0.4)  # the stalled waiter's deadline passes; the live one's does not
+    back = await turn(stalled.place, "local/stalled", 30)
+    assert (back.grant, back.ahead) == (None, 1)  # the lease is free, but it was skipped
+    assert back.place is not None and back.place > live.place
+    got = await turn(live.place, "local/live", 30)
+    assert got.grant is not None and got.grant.lease.holder == "local/live"
+    assert await waiting(backend) == 1
