@@ -249,3 +249,27 @@ async def test_a_waiter_that_stalled_past_its_deadline_comes_back_behind_everyon
     got = await turn(live.place, "local/live", 30)
     assert got.grant is not None and got.grant.lease.holder == "local/live"
     assert await waiting(backend) == 1
+
+
+async def test_a_sweep_deletes_the_rows_of_waiters_nobody_came_back_for(
+    backend: Backend, manager: StateManager
+) -> None:
+    await manager.register("plan")
+    store: Store = manager.store
+    await manager.take_lease("plan", ttl_seconds=30)
+    for label, seconds in (("gone", 0.2), ("waiting", 30)):
+        await store.take_in_turn(
+            "default",
+            "plan",
+            place=None,
+            holder=f"local/{label}",
+            ttl_seconds=30,
+            wait_until=utcnow() + timedelta(seconds=seconds),
+            actor="local",
+            max_waiters=32,
+            max_namespace_waiters=256,
+        )
+    await asyncio.sleep(0.3)  # the first one's wait is over; nobody tries on the context again
+    assert await waiting(backend) == 2
+    assert await store.sweep() == []  # no context expired
+    assert await backend.sql("SELECT holder FROM lease_waiters") == [("local/waiting",)]
