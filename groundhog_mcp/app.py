@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     max_lease_seconds: float = Field(
         default=3600, gt=0, le=7 * 24 * 3600, description="longest lease an agent may take or renew, in seconds"
     )
+    max_lease_waiters: int = Field(
+        default=32, ge=1, le=10_000, description="most agents waiting in line for one context's lease"
+    )
+    max_lease_waiters_per_namespace: int = Field(
+        default=256, ge=1, le=100_000, description="most agents of one namespace waiting in line for leases"
+    )
     keep_revisions: int = Field(default=100, ge=0, description="history revisions kept per context; 0 keeps all")
     keep_days: float | None = Field(default=None, gt=0, description="drop history older than this many days")
     principal: str = Field(
@@ -237,6 +243,8 @@ class Settings(BaseSettings):
             max_depth=self.max_depth,
             max_read_bytes=self.max_read_bytes,
             max_lease_seconds=self.max_lease_seconds,
+            max_lease_waiters=self.max_lease_waiters,
+            max_lease_waiters_per_namespace=self.max_lease_waiters_per_namespace,
         )
 
     @classmethod

@@ -20,7 +20,7 @@ same call, repeated (after re-reading, for a conflict), can succeed::
     ├── AccessDeniedError         access           the principal lacks a grant
     ├── LimitExceededError        too_large        a request exceeded a configured limit
     ├── MigrationError            migration_failed an upcaster failed or no path exists (too_large: over the bound)
-    ├── StoreBusyError            busy      (r)    the database stayed locked past the busy timeout
+    ├── StoreBusyError            busy      (r)    the database stayed locked past the busy timeout, a line is full
     ├── BudgetError               budget           a query needed more work than its bound allows
     ├── SealedSearchError         sealed           a search would need plaintext of sealed state (encryption at rest)
     └── RecordIntegrityError      integrity        an encrypted record failed authentication (altered or moved)
@@ -344,7 +344,8 @@ class MigrationError(ContextError):
 
 
 class StoreBusyError(ContextError):
-    """The database stayed locked by another process past the busy timeout."""
+    """The database stayed locked by another process past the busy timeout, or a bounded queue
+    (a lease's waiting line) is full; nothing was written."""
 
     code = "busy"
 

@@ -1,27 +1,29 @@
 """Leases: an agent takes a context for a while, and its writes carry the lease's fencing token.
 
 The store keeps the lease and checks the token inside every write transaction
-(:mod:`groundhog_mcp.store.leases`); this module validates the arguments and queues the takers
-that wait (first come, first served within a server process; across processes whoever retries
-first after the release). A write presents a token as its caller's ``lease_token``
-(:meth:`StateManager.with_lease`; the MCP tools pass their ``lease_token`` argument so), or
-inside :meth:`StateManager.leased`, which takes the lease, hands out a view of the manager whose
-writes present its token, and releases it at the end.
+(:mod:`groundhog_mcp.store.leases`); this module validates the arguments and runs the takers
+that wait: each joins the store's waiting line for the context (first come, first served on
+every process and instance), tries again when the lease is released (the change feed wakes it)
+or its holder's expiry passes, and at least every :data:`WAITER_HEARTBEAT_SECONDS`, which keeps
+its place alive; it leaves the line when it takes the lease, gives up or is cancelled. A write
+presents a token as its caller's ``lease_token`` (:meth:`StateManager.with_lease`; the MCP tools
+pass their ``lease_token`` argument so), or inside :meth:`StateManager.leased`, which takes the
+lease, hands out a view of the manager whose writes present its token, and releases it at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from groundhog_mcp.errors import LeasedError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import NAME_PATTERN, utcnow
+from groundhog_mcp.models import NAME_PATTERN, format_timestamp, utcnow
 from groundhog_mcp.service.bus import Resync, Subscription
 from groundhog_mcp.service.validation import check_name
-from groundhog_mcp.store.base import Lease, LeaseAction, LeaseGrant, Store, StoredContext
+from groundhog_mcp.store.base import Lease, LeaseAction, LeaseGrant, LeaseTurn, Store, StoredContext
 
 if TYPE_CHECKING:
     from groundhog_mcp.service.state import StateManager
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "MAX_LEASE_WAIT_SECONDS",
-    "LeaseQueues",
+    "WAITER_HEARTBEAT_SECONDS",
     "held_lease",
     "held_leases",
     "lease_action",
@@ -39,22 +41,14 @@ __all__ = [
 
 DEFAULT_LEASE_SECONDS = 60.0
 MAX_LEASE_WAIT_SECONDS = 60.0
+WAITER_HEARTBEAT_SECONDS = 1.0
+"""A waiter tries again at least this often: its place in line stays live (the store keeps it
+for ``store.leases.WAITER_ALIVE_SECONDS`` after a try), and a line that moved without a change
+in the feed (a waiter ahead gave up) is noticed."""
 _MAX_HOLDER_CHARS = 64
-
-
-class LeaseQueues:
-    """One FIFO queue per context of the takers that wait in this process (asyncio locks hand
-    themselves over in arrival order); a queue nobody waits in is dropped."""
-
-    def __init__(self) -> None:
-        self._queues: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def queue(self, namespace: str, name: str) -> asyncio.Lock:
-        key = (namespace, name)
-        lock = self._queues.get(key)
-        if lock is None:
-            lock = self._queues[key] = asyncio.Lock()
-        return lock
+# The changes of a context after which a waiter tries again at once: the lease was released, or
+# the context is gone (the try says so).
+_WAKING_OPS = frozenset({"lease_release", "unregister", "expired"})
 
 
 def _ttl(manager: StateManager, ttl_seconds: float | None) -> float:
@@ -85,6 +79,11 @@ def _check_arguments(manager: StateManager, ttl_seconds: float, wait_seconds: fl
             )
 
 
+def _holder(manager: StateManager, holder: str | None) -> str:
+    """A lease's holder as recorded: the principal, and the label the agent gave."""
+    return manager.principal.name if holder is None else f"{manager.principal.name}/{holder}"
+
+
 async def lease_action(
     manager: StateManager,
     name: str,
@@ -102,14 +101,13 @@ async def lease_action(
     _check_arguments(manager, ttl, 0, holder)
     if action != "take" and token is None:
         raise StateValidationError([ValidationIssue("", f"{action} needs the token take returned")], field="token")
-    who = manager.principal.name if holder is None else f"{manager.principal.name}/{holder}"
     return await manager.writer.committed(
         manager.store.lease(
             manager.principal.namespace,
             name,
             action,
             token=token,
-            holder=who,
+            holder=_holder(manager, holder),
             ttl_seconds=ttl,
             actor=manager.principal.name,
             audit=manager.audit.note(manager.caller),
@@ -126,50 +124,122 @@ async def take_lease(
     wait_seconds: float = 0,
     holder: str | None = None,
 ) -> LeaseGrant:
-    """Take the lease of ``name`` for ``ttl_seconds``; while another agent holds it, wait up to
-    ``wait_seconds`` for its release or expiry (in line behind the takers that came first),
-    then raise :class:`LeasedError`."""
+    """Take the lease of ``name`` for ``ttl_seconds``; while another agent holds it (or others
+    wait for it), wait in line up to ``wait_seconds``, first come, first served across processes
+    and instances, then raise :class:`LeasedError`. A full line raises
+    :class:`~groundhog_mcp.errors.StoreBusyError` (``max_lease_waiters``, per context and per namespace)."""
     check_name(name)
-    _check_arguments(manager, _ttl(manager, ttl_seconds), wait_seconds, holder)
+    ttl = _ttl(manager, ttl_seconds)
+    _check_arguments(manager, ttl, wait_seconds, holder)
     if wait_seconds == 0:
         return await lease_action(manager, name, "take", ttl_seconds=ttl_seconds, holder=holder)
+    await manager.authorize("write", name)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
+    wait_until = utcnow() + timedelta(seconds=wait_seconds)
+    namespace = manager.principal.namespace
     # Subscribed before the first try: a release committed after it is never missed.
     subscription = manager.bus.subscribe()
-    queue = manager.lease_queues.queue(manager.principal.namespace, name)
+    place: int | None = None
     try:
-        try:
-            async with asyncio.timeout_at(deadline):
-                await queue.acquire()
-        except TimeoutError:
-            # Everyone ahead in the line was still waiting: one last try says who holds it.
-            return await lease_action(manager, name, "take", ttl_seconds=ttl_seconds, holder=holder)
-        try:
-            while True:
-                # The write itself is never cut short by the deadline (a lease taken and then
-                # abandoned would block everyone until it expired); only the waits are.
-                try:
-                    return await lease_action(manager, name, "take", ttl_seconds=ttl_seconds, holder=holder)
-                except LeasedError as refused:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0 or refused.expires_at is None:
-                        raise
-                    expiry = (refused.expires_at - utcnow()).total_seconds()
-                    await _next_change(subscription, manager.principal.namespace, name, min(remaining, max(expiry, 0)))
-        finally:
-            queue.release()
+        while True:
+            turn = await _try(manager, name, place, _holder(manager, holder), ttl, wait_until)
+            place = turn.place
+            if turn.grant is not None:
+                return turn.grant
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _waited_out(name, turn, wait_seconds)
+            pause = min(remaining, WAITER_HEARTBEAT_SECONDS)
+            if turn.retry_at is not None:
+                pause = min(pause, max((turn.retry_at - utcnow()).total_seconds(), 0) + 0.005)
+            await _next_release(subscription, namespace, name, pause)
     finally:
         subscription.close()
+        if place is not None:
+            await _leave(manager, place)
 
 
-async def _next_change(subscription: Subscription, namespace: str, name: str, timeout: float) -> None:  # noqa: ASYNC109
-    """Return at the next change of context ``name`` on the feed (or a resync), or after ``timeout``."""
+async def _try(
+    manager: StateManager, name: str, place: int | None, holder: str, ttl: float, wait_until: datetime
+) -> LeaseTurn:
+    """One try in line, committed and published even if the caller is cancelled meanwhile (then
+    the lease it took is released, or its place left, by a task of its own)."""
+    limits = manager.limits
+    attempt = asyncio.ensure_future(
+        manager.writer.committed(
+            manager.store.take_in_turn(
+                manager.principal.namespace,
+                name,
+                place=place,
+                holder=holder,
+                ttl_seconds=ttl,
+                wait_until=wait_until,
+                actor=manager.principal.name,
+                audit=manager.audit.note(manager.caller),
+                max_waiters=limits.max_lease_waiters,
+                max_namespace_waiters=limits.max_lease_waiters_per_namespace,
+            ),
+            lambda turn: turn.grant.change if turn.grant is not None else None,
+        )
+    )
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        _track(manager, _abandon(manager, name, attempt))
+        raise
+
+
+async def _abandon(manager: StateManager, name: str, attempt: asyncio.Future[LeaseTurn]) -> None:
+    """Undo the try of a waiter that went away: nobody would use the lease it took."""
+    with contextlib.suppress(Exception):
+        turn = await attempt
+        if turn.grant is not None:
+            await lease_action(manager, name, "release", token=turn.grant.lease.token)
+        elif turn.place is not None:
+            await manager.store.leave_line(manager.principal.namespace, turn.place)
+
+
+async def _leave(manager: StateManager, place: int) -> None:
+    """Leave the line (run to its end even if the waiter is being cancelled)."""
+    task = _track(manager, manager.store.leave_line(manager.principal.namespace, place))
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
+
+
+def _track(manager: StateManager, work: Any) -> asyncio.Task[None]:
+    task: asyncio.Task[None] = asyncio.ensure_future(work)
+    manager.writer.pending.add(task)  # close() waits for it
+    task.add_done_callback(manager.writer.pending.discard)
+    return task
+
+
+def _waited_out(name: str, turn: LeaseTurn, wait_seconds: float) -> LeasedError:
+    ahead = f"; {turn.ahead} agent{'s' if turn.ahead != 1 else ''} came before you in line" if turn.ahead else ""
+    waited = f"waited {wait_seconds:g} s{ahead}"
+    if turn.held is not None:
+        until = format_timestamp(turn.held.expires_at) if turn.held.expires_at is not None else "?"
+        return LeasedError(
+            f"name: context {name!r} is leased by {turn.held.holder!r} until {until}; {waited}",
+            holder=turn.held.holder,
+            expires_at=turn.held.expires_at,
+        )
+    return LeasedError(
+        f"name: the lease of context {name!r} is free, but it is not your turn yet ({waited})",
+        holder=None,
+        expires_at=None,
+    )
+
+
+async def _next_release(subscription: Subscription, namespace: str, name: str, timeout: float) -> None:  # noqa: ASYNC109
+    """Return at the next release (or removal) of context ``name`` on the feed, at a resync, or after ``timeout``."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             while True:
                 item = await subscription.get()
-                if isinstance(item, Resync) or (item.namespace == namespace and item.name == name):
+                if isinstance(item, Resync) or (
+                    item.namespace == namespace and item.name == name and item.op in _WAKING_OPS
+                ):
                     return
 
 

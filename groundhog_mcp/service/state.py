@@ -96,7 +96,6 @@ class StateManager:
         self.audit = AuditTrail(store, self.metrics, self._pending)
         self.writer = Writer(store, self.feed, self.metrics, self.audit, self._pending)
         self.reader = StateReader(store, self.limits, self.upcasts)
-        self.lease_queues = leases.LeaseQueues()  # takers waiting in line, per context
 
     @property
     def principal(self) -> Principal:

@@ -39,6 +39,8 @@ class Limits:
     max_event_payload_bytes: int = 256 * 1024
     max_read_bytes: int = 256 * 1024
     max_lease_seconds: float = 3600.0
+    max_lease_waiters: int = 32
+    max_lease_waiters_per_namespace: int = 256
 
 
 def _lone_surrogate(text: str) -> bool:

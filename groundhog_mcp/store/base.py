@@ -32,6 +32,7 @@ from groundhog_mcp.store.rows import (
     Lease,
     LeaseAction,
     LeaseGrant,
+    LeaseTurn,
     LineageEdge,
     ParentRef,
     StoredContext,
@@ -62,6 +63,7 @@ __all__ = [
     "Lease",
     "LeaseAction",
     "LeaseGrant",
+    "LeaseTurn",
     "LineageEdge",
     "MaintenanceStore",
     "Mutation",
@@ -245,7 +247,35 @@ class Store(Protocol):
         or release (``token``) the lease of a live context, with a change row (op ``lease_take``,
         ``lease_renew``, ``lease_release``; the revision does not move) and an audit row. While a
         lease is held, :meth:`mutate` and :meth:`unregister` need its token; a token that is not
-        the live lease's is refused. Raises :class:`~groundhog_mcp.errors.LeasedError`."""
+        the live lease's is refused. A take is refused while agents wait in line for the lease
+        (:meth:`take_in_turn`). Raises :class:`~groundhog_mcp.errors.LeasedError`."""
+        ...
+
+    async def take_in_turn(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        place: int | None,
+        holder: str,
+        ttl_seconds: float,
+        wait_until: datetime,
+        actor: str,
+        audit: AuditNote | None = None,
+        max_waiters: int,
+        max_namespace_waiters: int,
+    ) -> LeaseTurn:
+        """One try of a waiter for the lease of ``name``, first come, first served across
+        processes and instances: take it (as :meth:`lease` ``take``) when it is free and no live
+        waiter came before ``place``; otherwise join the line (``place`` None; refused with
+        :class:`~groundhog_mcp.errors.StoreBusyError` when ``max_waiters`` wait for the context
+        or ``max_namespace_waiters`` in the namespace) or keep the place, alive until a short
+        heartbeat deadline, never after ``wait_until``. Waiters past their deadline are skipped
+        and their rows deleted, here, at use."""
+        ...
+
+    async def leave_line(self, namespace: str, place: int) -> None:
+        """A waiter stops waiting: its place in line is deleted (nothing to do when it is gone)."""
         ...
 
     async def read_leases(self, context_ids: Sequence[ContextId]) -> list[Lease]:

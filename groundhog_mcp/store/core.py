@@ -250,6 +250,7 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
     ) -> Change:
         """Unregister (or expire) the locked live context ``current`` (read as ``row``)."""
         await tx.execute("DELETE FROM leases WHERE context_id = %s", (current.id,))
+        await tx.execute("DELETE FROM lease_waiters WHERE context_id = %s", (current.id,))
         now = utcnow()
         revision = current.revision + 1
         context_id = current.id

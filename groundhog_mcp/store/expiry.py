@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from groundhog_mcp.models import Change, JSONObject, parse_timestamp
+from groundhog_mcp.models import Change, JSONObject, parse_timestamp, utcnow
 from groundhog_mcp.store.adapter import Row, StoreAdapter, Tx
 from groundhog_mcp.store.base import AuditNote
 
@@ -78,8 +78,9 @@ class Expiry(StoreAdapter):
         return await self._transaction(lambda tx: self._remove_expired(tx, namespace, name, actor, audit), writing=True)
 
     async def sweep(self, *, limit: int = 1000, actor: str = EXPIRY_ACTOR) -> list[Change]:
-        """Remove up to ``limit`` expired contexts of any namespace, one transaction each; the
-        removals made (fewer than ``limit``: none is left)."""
+        """Remove up to ``limit`` expired contexts of any namespace, one transaction each, and the
+        rows of lease waiters that stopped waiting; the removals made (fewer than ``limit``: none
+        is left)."""
         rows = await self._transaction(
             lambda tx: tx.fetchall(
                 "SELECT namespace, name FROM contexts WHERE deleted_at IS NULL AND expires_at IS NOT NULL"
@@ -87,6 +88,11 @@ class Expiry(StoreAdapter):
                 (limit,),
             ),
             writing=False,
+        )
+        # Waiters for a lease whose wait ended (or whose process died) and whose line was not
+        # used since: their rows go too.
+        await self._transaction(
+            lambda tx: tx.execute("DELETE FROM lease_waiters WHERE alive_until <= %s", (utcnow(),)), writing=True
         )
         removed: list[Change] = []
         for namespace, name in rows:

@@ -485,6 +485,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE audit_head;
         """,
     ),
+    Migration(
+        11,
+        "lease waiting line: first come, first served across processes and instances",
+        # One row per agent waiting for a context's lease (groundhog_mcp/store/leases.py). The id
+        # is its place in line: given under the context's lock, so it grows in the order the
+        # waiters came, on every process and instance. ``alive_until`` is its heartbeat deadline,
+        # never after the end of its wait: a waiter that stopped waiting (gave up, or its process
+        # died) is skipped once it passes, and its row is deleted by the next use of the line.
+        sqlite="""
+        CREATE TABLE lease_waiters (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            context_id  TEXT NOT NULL,
+            namespace   TEXT NOT NULL,
+            holder      TEXT NOT NULL,
+            alive_until TEXT NOT NULL
+        );
+        CREATE INDEX lease_waiters_line ON lease_waiters (context_id, id);
+        CREATE INDEX lease_waiters_namespace ON lease_waiters (namespace, alive_until);
+        """,
+        postgres="""
+        CREATE TABLE lease_waiters (
+            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            context_id  UUID NOT NULL,
+            namespace   TEXT COLLATE "C" NOT NULL,
+            holder      TEXT NOT NULL,
+            alive_until TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX lease_waiters_line ON lease_waiters (context_id, id);
+        CREATE INDEX lease_waiters_namespace ON lease_waiters (namespace, alive_until);
+        """,
+    ),
 )
 
 # The schema from which the audit log has one chain per namespace (audit commands need it).

@@ -43,6 +43,7 @@ __all__ = [
     "Lease",
     "LeaseAction",
     "LeaseGrant",
+    "LeaseTurn",
     "LineageEdge",
     "ParentRef",
     "StoredContext",
@@ -133,6 +134,21 @@ class LeaseGrant:
     lease: Lease
     held: bool
     change: Change | None
+
+
+@dataclass(frozen=True)
+class LeaseTurn:
+    """One try of a waiter in the lease's waiting line: the lease taken (``grant``), or its
+    ``place`` in line (kept until it takes the lease or leaves), the ``ahead`` live waiters that
+    came before it, the lease held now (None: free), and ``retry_at``: when the line may move
+    without a change in the feed (the held lease's expiry, or the heartbeat deadline of a waiter
+    ahead, were it to stop waiting)."""
+
+    grant: LeaseGrant | None
+    place: int | None
+    ahead: int
+    held: Lease | None
+    retry_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,18 @@ import asyncio
 import pytest
 
 from groundhog_mcp import ContextState, StateManager
-from groundhog_mcp.errors import AccessDeniedError, ConflictError, NotFoundError, StateValidationError
+from groundhog_mcp.errors import (
+    AccessDeniedError,
+    ConflictError,
+    NotFoundError,
+    SealedSearchError,
+    StateValidationError,
+)
 from groundhog_mcp.models import Grant, Principal
+from groundhog_mcp.store.search import SQLITE_SEARCH, index_statement, parse_ref
+
+from .conftest import Backend
+from .test_search import explain, on, query
 
 SCHEMA = {
     "type": "object",
@@ -88,3 +98,42 @@ async def test_bad_definitions_and_missing_grants_are_refused(manager: StateMana
         await manager.update_context("c", metadata={"a": 1})
     await manager.with_lease(grant.lease.token).update_context("c", metadata={"a": 1})
     assert (await manager.get("c")).revision == 2
+
+
+async def test_new_search_indexes_are_created_as_at_registration(manager: StateManager, backend: Backend) -> None:
+    for i in range(40):
+        await manager.register(f"c{i}", state=ContextState(data={"status": "open" if i % 4 else "done", "n": i}))
+    settings = {"search_indexes": ["/data/status"]}
+    if backend.cipher is not None:  # a state index would need plaintext: refused, nothing written
+        with pytest.raises(SealedSearchError):
+            await manager.update_context("c0", settings=settings)
+        assert (await manager.get("c0")).revision == 1
+        return
+    ref = parse_ref("/data/status", "test")
+    index = index_statement(SQLITE_SEARCH, ref).split()[5]  # CREATE INDEX IF NOT EXISTS <name> ...
+    done = query(conditions=(on("/data/status", "eq", "done"),))
+    assert not await index_exists(backend, index)
+    assert index not in await explain(backend, manager, done)
+    result = await manager.update_context("c0", settings=settings)
+    assert (result.change.op, result.context.settings) == ("redefine", settings)
+    assert await index_exists(backend, index)
+    assert index in await explain(backend, manager, done)  # a find on the pointer is an index lookup
+    found = await manager.find(where=[{"path": "/data/status", "op": "eq", "value": "done"}])
+    assert sorted(f.name for f in found.contexts) == sorted(f"c{i}" for i in range(0, 40, 4))
+    # Another instance (another process) knows it too.
+    other = StateManager(backend.store())
+    await other.start()
+    try:
+        assert index in await explain(backend, other, done)
+    finally:
+        await other.close()
+
+
+async def index_exists(backend: Backend, index: str) -> bool:
+    if backend.kind == "sqlite":
+        rows = await backend.sql("SELECT name FROM sqlite_master WHERE type = 'index' AND name = %s", (index,))
+    else:
+        rows = await backend.sql(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND indexname = %s", (backend.pg_schema, index)
+        )
+    return len(rows) == 1

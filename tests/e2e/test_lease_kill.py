@@ -1,20 +1,32 @@
 """A lease held by a server process that is killed -9 frees at its expiry: no process has to
-release it, no timer has to run; the dead holder's token stays refused."""
+release it, no timer has to run; the dead holder's token stays refused. Two server processes on
+one SQLite file, and on one PostgreSQL database."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.conformance.conftest import MakeBackend, make_backend  # noqa: F401 - the fixture
 from tests.e2e.harness import RawServer, raw_result_text
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_a_lease_of_a_killed_process_frees_at_expiry(
-    database: Path, tmp_path: Path, raw_env: dict[str, str]
+    make_backend: MakeBackend,  # noqa: F811
+    kind: str,
+    tmp_path: Path,
+    raw_env: dict[str, str],
 ) -> None:
+    backend = await make_backend(kind)  # type: ignore[arg-type]
+    if backend.path is not None:
+        backend.path.parent.mkdir(parents=True)
+    # The harness passes it on as --database: a file, or a URL as it is.
+    database: Any = backend.path if backend.path is not None else backend.database
     holder = await RawServer.start(database, env=raw_env, stderr_path=tmp_path / "holder.err")
     other = await RawServer.start(database, env=raw_env, stderr_path=tmp_path / "other.err")
     try:
