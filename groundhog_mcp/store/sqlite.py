@@ -93,6 +93,9 @@ def _params(params: Params) -> tuple[Any, ...] | dict[str, Any]:
     return tuple([_param(p) if type(p) in _CONVERTED else p for p in params])
 
 
+_AUDIT_SEQUENCE: Final = "audit"  # batch memo keys: the log's next sequence; with a namespace, its chain's next
+
+
 class _SQLiteTx:
     """The core's :class:`~groundhog_mcp.store.adapter.Tx` on a connection: never suspends."""
 
@@ -304,7 +307,13 @@ class SQLiteStore(StoreCore):
 
     async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:
         # The caller's BEGIN IMMEDIATE lock orders the appends of every process; the chain's
-        # head is its last row (index audit_log_chain), the log's next sequence max + 1.
+        # head is its last row (index audit_log_chain), the log's next sequence max + 1. A write
+        # after another in the same batch (one transaction) takes what that one appended.
+        memo = self._batch_memo()
+        if memo is not None:
+            sequence, chain = memo.get(_AUDIT_SEQUENCE), memo.get((_AUDIT_SEQUENCE, namespace))
+            if sequence is not None and chain is not None:
+                return sequence, chain[0], chain[1]
         head = await tx.fetchone(
             "SELECT coalesce((SELECT max(sequence) FROM audit_log), 0) + 1, last.position, last.hmac"
             " FROM (SELECT 1) LEFT JOIN (SELECT position, hmac FROM audit_log WHERE namespace = %s"
@@ -330,6 +339,16 @@ class SQLiteStore(StoreCore):
             f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (record.sequence, record.timestamp, *record.stored_values()),
         )
+        memo = self._batch_memo()
+        if memo is not None and record.position is not None:
+            # The next append of the batch: every audit row goes through here, in this transaction.
+            memo[_AUDIT_SEQUENCE] = record.sequence + 1
+            memo[(_AUDIT_SEQUENCE, record.namespace)] = (record.position + 1, record.hmac)
+
+    def _batch_memo(self) -> dict[Any, Any] | None:
+        """The running group-commit batch's memo (None outside one: nothing is remembered)."""
+        writer = self._writer
+        return writer.batch_memo if writer is not None else None
 
     async def _reserve_dead_letter_id(self, tx: Tx) -> int:
         # AUTOINCREMENT's next id (under the write lock: nobody else takes it meanwhile).

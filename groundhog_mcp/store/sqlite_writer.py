@@ -13,6 +13,11 @@ A write that starts a batch with nothing queued behind it runs without a savepoi
 the transaction (holding nothing else) is rolled back whole. Writes that join it later still get
 one each. The writes of a batch submitted from an event loop (:meth:`GroupCommitter.submit_async`)
 are answered in one hand-off to that loop after the ``COMMIT``, not one each.
+
+:attr:`GroupCommitter.batch_memo` is what the writes of the running batch may remember for the
+ones after them (the store keeps each namespace's audit chain head there): empty at each
+``BEGIN``, ``None`` outside a batch, and put back as it was when a write's savepoint is rolled
+back, so nothing a failed write did is remembered.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class GroupCommitter:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._lock = threading.Lock()
         self._scheduled = False  # a drain is queued on (or running on) the executor
+        # Facts the writes of the running batch hand on to the next ones (the store's thread only).
+        self.batch_memo: dict[Any, Any] | None = None
 
     def submit(self, unit: WriteUnit) -> Future[Any]:
         """Queue ``unit``; its future completes after the batch holding it has committed."""
@@ -151,6 +158,13 @@ class GroupCommitter:
         except BaseException as exc:
             self._answer([], [(first, self._translate(exc))])
             return
+        self.batch_memo = {}
+        try:
+            self._run_writes(conn, first)
+        finally:
+            self.batch_memo = None
+
+    def _run_writes(self, conn: sqlite3.Connection, first: _Pending) -> None:
         started = time.monotonic()
         done: list[tuple[_Pending, Any]] = []
         failed: list[tuple[_Pending, BaseException]] = []
@@ -182,6 +196,8 @@ class GroupCommitter:
         *,
         savepoint: bool,
     ) -> None:
+        memo = self.batch_memo
+        remembered = dict(memo) if memo is not None and savepoint else None
         try:
             if savepoint:
                 conn.execute("SAVEPOINT groundhog_write")
@@ -198,6 +214,10 @@ class GroupCommitter:
                         conn.execute("RELEASE groundhog_write")
                     else:  # the batch's first and only write: nothing else to keep
                         conn.execute("ROLLBACK")
+            if memo is not None:  # forget what the failed write remembered
+                memo.clear()
+                if remembered is not None and conn.in_transaction:
+                    memo.update(remembered)
             failed.append((pending, self._translate(exc)))
             return
         done.append((pending, result))

@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
-from groundhog_mcp import ConflictError, ContextState, Event, StateManager
+from groundhog_mcp import ConflictError, ContextState, Event, StateManager, StateUpdateError
 from groundhog_mcp.security.audit import AuditKey
 from groundhog_mcp.service import WriteResult
+from groundhog_mcp.service.audit import verify_audit_chain
 from groundhog_mcp.service.validation import SMALL_INPUT_COST, small_json
 from groundhog_mcp.store import SQLiteStore
+from groundhog_mcp.store.adapter import Tx
+from groundhog_mcp.store.base import AuditEntry
 from tests.conformance.test_store import NS, register, set_data
 from tests.store.test_sqlite_group_commit import batch
 
@@ -325,3 +328,65 @@ async def test_a_costly_rollback_is_still_prepared_off_the_database_thread(
         assert result.context.state.data == big
         trips, threads = hops.counts
         assert trips == 4 and threads == 1  # reads, the write that found it costly, the thread, the write
+
+
+async def _audited_store(db_path: Path) -> SQLiteStore:
+    store = SQLiteStore(db_path, audit_signer=AuditKey("k" * 32))
+    await store.open()
+    for name in ("a", "b", "c", "d"):
+        await register(store, name, {"n": 0})
+    await store.append_audit(AuditEntry("t", "other", "note", "ok"))  # another namespace's chain
+    return store
+
+
+async def test_one_audit_head_query_per_namespace_per_batch(db_path: Path) -> None:
+    """A batch's writes take their audit chain head from the write before them in the same
+    transaction: one head query per namespace in the batch (was: one per write)."""
+    store = await _audited_store(db_path)
+    try:
+        statements = _Statements()
+        await statements.trace(store)
+        writes = [store.mutate(NS, name, 1, set_data({"n": 1}), actor="t", inline=lambda _: True) for name in "abcd"]
+        writes.append(store.append_audit(AuditEntry("t", "other", "note", "ok")))
+        results = await batch(store, writes)
+        assert not [r for r in results if isinstance(r, BaseException)]
+        verbs = statements.verbs()
+        assert verbs.count("INSERT audit_log") == 5
+        assert verbs.count("SELECT FROM audit_log") == 2, verbs  # NS's chain, then "other"'s
+        assert (await verify_audit_chain(store, AuditKey("k" * 32))).problem is None
+    finally:
+        await store.close()
+
+
+async def test_a_failed_write_in_a_batch_leaves_no_remembered_audit_head(db_path: Path) -> None:
+    """A write that appended its audit row and then failed is rolled back to its savepoint, and
+    so is the head it left for the next write of the batch: the chains stay unbroken. A conflict
+    in the middle of the batch fails alone too."""
+    store = await _audited_store(db_path)
+    try:
+
+        async def appended_then_failed(tx: Tx) -> None:
+            await store._append_audit(tx, AuditEntry("t", NS, "note", "ok"))
+            raise StateUpdateError("failed after its audit row")
+
+        results = await batch(
+            store,
+            [
+                store.mutate(NS, "a", 1, set_data({"n": 1}), actor="t", inline=lambda _: True),
+                store._transaction(appended_then_failed, writing=True),
+                store.mutate(NS, "b", 1, set_data({"n": 1}), actor="t", inline=lambda _: True),
+                store.mutate(NS, "a", 1, set_data({"n": 2}), actor="t", inline=lambda _: True),  # conflict
+                store.mutate(NS, "c", 1, set_data({"n": 1}), actor="t", inline=lambda _: True),
+            ],
+        )
+        assert isinstance(results[1], StateUpdateError) and isinstance(results[3], ConflictError)
+        assert [isinstance(r, BaseException) for r in results] == [False, True, False, True, False]
+        verification = await verify_audit_chain(store, AuditKey("k" * 32))
+        assert verification.problem is None
+        heads = {h.namespace: h.position for h in await store.audit_heads(None)}
+        assert heads[NS] == 4 + 3  # four registrations, three updates: nothing of the failed write
+        # Outside a batch nothing is remembered: the next write reads the head again.
+        await store.mutate(NS, "d", 1, set_data({"n": 1}), actor="t", inline=lambda _: True)
+        assert (await verify_audit_chain(store, AuditKey("k" * 32))).problem is None
+    finally:
+        await store.close()
