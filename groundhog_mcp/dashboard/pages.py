@@ -14,7 +14,7 @@ from typing import Any
 
 from groundhog_mcp.dashboard.charts import bar_chart, line_chart
 from groundhog_mcp.dashboard.markup import Html, attrs_query, join, markup, url_part
-from groundhog_mcp.models import Change, HistoryEntry, JSONObject, Parent, Principal, format_timestamp
+from groundhog_mcp.models import Change, HistoryEntry, JSONObject, Parent, Principal, format_timestamp, utcnow
 from groundhog_mcp.security.audit import ChainProblem
 from groundhog_mcp.service.metrics import ContextMetrics
 from groundhog_mcp.service.types import AuditRecord, DeadLetter, Lease, StoredContext
@@ -156,6 +156,19 @@ def _lease_text(lease: Lease) -> str:
     return f"{lease.holder} until {when(lease.expires_at)}"
 
 
+def _epoch_ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def _until(lease: Lease | None) -> Html:
+    """``data-until``: when ``lease`` runs out, and ``data-now``: the server's clock now, both in ms
+    since the epoch. A lease that runs out puts nothing in the change feed; the page's script
+    refreshes itself then, timed by the server's clock (the browser's may be off)."""
+    if lease is None or lease.expires_at is None:
+        return Html("")
+    return markup(' data-until="{}" data-now="{}"', _epoch_ms(lease.expires_at), _epoch_ms(utcnow()))
+
+
 # -- contexts ------------------------------------------------------------------------------
 
 
@@ -172,8 +185,9 @@ def contexts_page(
     base = chrome.base
     rows = [
         markup(
-            "<tr><td>{link}</td><td>{rev}</td><td>{size}</td><td>{updated}</td><td>{who}</td><td>{op}</td>"
+            "<tr{until}><td>{link}</td><td>{rev}</td><td>{size}</td><td>{updated}</td><td>{who}</td><td>{op}</td>"
             '<td class="lease">{lease}</td><td class="expires">{expires}</td></tr>',
+            until=_until(leases.get(c.name)),
             link=_context_link(base, c.name),
             rev=c.revision,
             size=size(c.state_size),
@@ -346,10 +360,11 @@ def context_page(
         if value
     )
     body = markup(
-        '{links}<section id="facts" data-live>{facts}</section>{blocks}{banner}'
+        '{links}<section id="facts" data-live>{facts}<span hidden{until}></span></section>{blocks}{banner}'
         '<h2>State</h2><section id="state" class="state" data-live>{root}</section>',
         links=links,
         facts=facts,
+        until=_until(about.lease if about else None),
         blocks=blocks,
         banner=banner,
         root=root,

@@ -94,14 +94,7 @@ class Views:
 
     async def contexts(self, manager: StateManager, chrome: pages.Chrome, prefix: str, cursor: str | None) -> Html:
         page = await manager.list(prefix=prefix, cursor=cursor, limit=PAGE)
-        last: dict[str, HistoryEntry] = {}
-        for context in page.contexts:
-            try:
-                entries = await manager.history(context.name, limit=1)
-            except ContextError:
-                continue  # unregistered or compacted meanwhile
-            if entries:
-                last[context.name] = entries[0]
+        last = await manager.last_writes(page.contexts)  # one query for the page
         leases = await manager.leases_of(page.contexts)  # one query for the page
         expiries = {c.name: at for c in page.contexts if (at := context_expires_at(c)) is not None}
         return pages.contexts_page(

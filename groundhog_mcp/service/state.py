@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from groundhog_mcp.errors import AccessDeniedError, NotFoundError, ValidationIssue
-from groundhog_mcp.models import Change, ContextId, ContextState, JSONObject, Principal, Right
+from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject, Principal, Right
 from groundhog_mcp.security.audit import Signer
 from groundhog_mcp.service import (
     branches,
@@ -428,6 +428,14 @@ class StateManager:
     async def lease_of(self, context: StoredContext) -> Lease | None:
         """The lease held on ``context`` now (read with :meth:`get`), None when it is free."""
         return await leases.held_lease(self.store, context)
+
+    async def last_writes(self, contexts: Sequence[StoredContext]) -> dict[str, HistoryEntry]:
+        """The newest revision of each of ``contexts`` (read with :meth:`get` or :meth:`list`):
+        who wrote it, when and how, by name; one store query for a whole page. Unlike
+        :meth:`history`, an entry's ``parents`` are not read (empty)."""
+        names = {context.id: context.name for context in contexts}
+        found = await self.store.last_writes(self.principal.namespace, list(names))
+        return {names[context_id]: entry for context_id, entry in found.items()}
 
     async def leases_of(self, contexts: Sequence[StoredContext]) -> dict[str, Lease]:
         """The leases held now on ``contexts`` (read with :meth:`get` or :meth:`list`), by name;

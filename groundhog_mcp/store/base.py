@@ -377,6 +377,11 @@ class Store(Protocol):
         oldest available revision when that one was pruned, or None when there is no history."""
         ...
 
+    async def last_writes(self, namespace: str, context_ids: Sequence[ContextId]) -> dict[ContextId, HistoryEntry]:
+        """The newest history entry of each of these contexts of ``namespace``, by id, in one
+        query (``parents`` not read: empty); a context of another namespace has none."""
+        ...
+
     async def lineage(self, namespace: str, context_ids: list[ContextId], *, limit: int) -> list[LineageEdge]:
         """The lineage rows of these contexts of ``namespace`` (at most ``limit``)."""
         ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, LiteralString
 
@@ -52,6 +52,7 @@ from groundhog_mcp.store.rows import (
     HISTORY_COLUMNS,
     LINEAGE_COLUMNS,
     LineageEdge,
+    as_id,
     decode_audit,
     decode_change,
     decode_dead_letter,
@@ -686,6 +687,21 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
             writing=False,
         )
         return [decode_lineage(r) for r in rows]
+
+    async def last_writes(self, namespace: str, context_ids: Sequence[ContextId]) -> dict[ContextId, HistoryEntry]:
+        if not context_ids:
+            return {}
+        rows = await self._transaction(
+            lambda tx: tx.fetchall(  # the newest revision of each: one primary-key seek per context
+                "SELECT h.context_id, h.revision, h.sequence, h.op, h.actor, h.timestamp, h.size"
+                " FROM history h JOIN contexts c ON c.id = h.context_id"
+                f" WHERE c.namespace = %s AND h.context_id IN ({marks(len(context_ids))})"
+                " AND h.revision = (SELECT max(m.revision) FROM history m WHERE m.context_id = h.context_id)",
+                (namespace, *context_ids),
+            ),
+            writing=False,
+        )
+        return {as_id(r[0]): decode_history(r[1:]) for r in rows}
 
     async def history(
         self,

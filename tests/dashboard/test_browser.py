@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from groundhog_mcp import StateManager
 from groundhog_mcp.app import Settings, audit_key, create_server
-from groundhog_mcp.models import ContextState, Grant, Principal
+from groundhog_mcp.models import ContextState, Grant, Principal, parse_timestamp
 from groundhog_mcp.server.timeline_app import TIMELINE_APP_URI
 from groundhog_mcp.store import open_store
 from tests.dashboard.test_command import start_dashboard
@@ -242,6 +243,38 @@ async def test_lineage_and_a_lease_taken_through_mcp_by_another_process(site: Si
     await facts.locator("dt:has-text('forked from') + dd a").click()  # the source, at the fork point
     await expect(tab.locator("h1")).to_have_text("secrets.keys")
     await expect(tab.locator("#state")).to_contain_text("hidden-value")
+
+
+async def test_a_lease_that_runs_out_shows_as_free_at_expiry_without_reload(site: Site, page: Page) -> None:
+    """Expiry puts nothing in the change feed: the page refreshes itself at the earliest expiry it shows."""
+    await site.sign_in(page, site.admin)
+    await expect(page.locator("#live")).to_have_text("live updates: on")
+    lease = page.locator("#contexts tbody tr", has_text="notes.draft").locator("td.lease")
+    await expect(lease).to_have_text("")
+    tab = await page.context.new_page()
+    await tab.goto(site.dashboard.base + "/c/notes.draft")
+    fact = tab.locator("#facts dt:has-text('lease') + dd")
+    await expect(fact).to_have_text("free")
+    await expect(tab.locator("#live")).to_have_text("live updates: on")
+    for opened in (page, tab):
+        await opened.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    env = {**server_env(site.launcher.tmp_path / "home", os.environ), "GROUNDHOG_NAMESPACE": "team"}
+    async with mcp_client(
+        site.launcher.database, mode="legacy", stderr_path=site.launcher.tmp_path / "expiry.log", env=env
+    ) as client:  # the stdio server: another process, taking a 2 s lease through MCP and never releasing it
+        taken = await client.call_tool(
+            "lease", {"name": "notes.draft", "action": "take", "holder": "sprinter", "ttl_seconds": 2}
+        )
+        assert not taken.is_error and taken.structured_content is not None, taken.content
+    await expect(lease).to_have_text(re.compile(r"^local/sprinter until "), timeout=2000)
+    await expect(fact).to_have_text(re.compile(r"^held by local/sprinter until "), timeout=2000)
+    expires = parse_timestamp(str(taken.structured_content["expires_at"]))
+    await expect(lease).to_have_text("", timeout=4000)  # no change in the feed: the page's own timer
+    await expect(fact).to_have_text("free", timeout=2000)
+    assert datetime.now(UTC) >= expires  # shown free only once it has run out
+    assert await page.evaluate("window.__sameDocument") is True
+    assert await tab.evaluate("window.__sameDocument") is True
 
 
 async def test_a_read_only_token_sees_only_its_prefix(site: Site, page: Page) -> None:

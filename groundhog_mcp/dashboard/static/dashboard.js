@@ -62,6 +62,24 @@
       timer = window.setTimeout(refresh, delay);
     }
   }
+  // A lease that runs out puts nothing in the change feed: the page refreshes itself at the earliest
+  // expiry it shows: data-until and data-now are ms since the epoch by the server's clock (when the
+  // lease runs out, when it was rendered), so the browser's own clock may be off.
+  let expiryTimer = null;
+  function scheduleExpiry() {
+    if (expiryTimer !== null) window.clearTimeout(expiryTimer);
+    expiryTimer = null;
+    let remaining = Infinity;
+    document.querySelectorAll("[data-until][data-now]").forEach(function (element) {
+      remaining = Math.min(remaining, Number(element.dataset.until) - Number(element.dataset.now));
+    });
+    if (!isFinite(remaining)) return;
+    const delay = Math.min(Math.max(remaining + 50, 250), 2147483647);
+    expiryTimer = window.setTimeout(function () {
+      expiryTimer = null;
+      schedule(0);
+    }, delay);
+  }
   function refresh() {
     timer = null;
     running = true;
@@ -84,6 +102,7 @@
             reopenWithin(region);
           }
         });
+        scheduleExpiry();
       })
       .finally(function () {
         running = false;
@@ -95,6 +114,7 @@
   }
   let url = base + "/live?after=" + encodeURIComponent(body.dataset.sequence || "0");
   if (watch !== "*") url += "&context=" + encodeURIComponent(watch);
+  scheduleExpiry();
   const source = new EventSource(url);
   source.addEventListener("ready", function () {
     if (status) status.textContent = "live updates: on";
