@@ -8,13 +8,19 @@ PostgreSQL ``LISTEN``/``NOTIFY``) wakes the feed too; while its announcements ar
 poll is only the fallback and runs every ``announced_interval`` seconds. The feed reads
 from the last ``sequence`` it published, so subscribers see each change once, in
 ``sequence`` order, whoever wrote it, and a lost announcement loses nothing.
+
+While a lease waiter of this process is next in line (:meth:`ChangeFeed.hurry`), a store
+without announcements is polled every ``hurried_interval`` seconds instead (SQLite: a
+``PRAGMA data_version`` check, the changes read only when another connection committed), so the
+waiter hears of the release within milliseconds; the poll slows down again when no waiter of
+this process is next in line. One rate for the process, however many waiters hurry it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -39,14 +45,24 @@ _PAGE = 500
 
 class ChangeFeed:
     def __init__(
-        self, store: Store, bus: ChangeBus, *, interval: float = 0.05, announced_interval: float = 1.0
+        self,
+        store: Store,
+        bus: ChangeBus,
+        *,
+        interval: float = 0.05,
+        announced_interval: float = 1.0,
+        hurried_interval: float = 0.005,
     ) -> None:
         self._store = store
         self._bus = bus
         self.interval = interval
         self.announced_interval = announced_interval
+        self.hurried_interval = hurried_interval
         self.cursor = 0
+        self.polls = 0  # reads of the store (a cheap check or the changes), for tests and metrics
         self._wake = asyncio.Event()
+        self._forced = False
+        self._hurrying = 0
         self._task: asyncio.Task[None] | None = None
         self._announcer = store if isinstance(store, ChangeAnnouncer) else None
         self._follower: asyncio.Task[None] | None = None
@@ -64,7 +80,25 @@ class ChangeFeed:
 
     def wake(self) -> None:
         """A local write committed: read the feed now instead of at the next poll."""
+        self._forced = True
         self._wake.set()
+
+    @contextlib.contextmanager
+    def hurry(self) -> Generator[None]:
+        """Poll every ``hurried_interval`` seconds while in this block (a lease waiter next in
+        line waits for a release by another process). Nested and concurrent blocks share one rate;
+        a store that announces its commits is not polled faster (the announcement wakes the feed)."""
+        self._hurrying += 1
+        if self._hurrying == 1:
+            self._wake.set()  # re-arm the poll at the hurried rate (a cheap check, not a forced read)
+        try:
+            yield
+        finally:
+            self._hurrying -= 1
+
+    @property
+    def hurried(self) -> bool:
+        return self._hurrying > 0
 
     def committed(self, change: Change) -> None:
         """A local write committed. When it is the next change, publish it now (no read back);
@@ -91,20 +125,23 @@ class ChangeFeed:
                 log.warning("change feed read failed; retrying", error=str(exc))
             except Exception:
                 log.exception("change feed read failed unexpectedly; retrying")
-            if loop.time() >= next_poll:
-                next_poll = loop.time() + self._poll_interval()
+            now, interval = loop.time(), self._poll_interval()
+            if now >= next_poll or next_poll - now > interval:
+                next_poll = now + interval
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # races with the wake-up, and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(next_poll):
                     await self._wake.wait()
-            force = self._wake.is_set()
+            force, self._forced = self._forced, False
             self._wake.clear()
 
     def _poll_interval(self) -> float:
         follower, announcer = self._follower, self._announcer
         if announcer is not None and follower is not None and not follower.done() and announcer.announcing:
             return self.announced_interval
+        if self._hurrying:
+            return min(self.interval, self.hurried_interval)
         return self.interval
 
     async def _follow(self, announcer: ChangeAnnouncer) -> None:
@@ -112,10 +149,12 @@ class ChangeFeed:
         seen = 0
         while True:
             seen = await announcer.wait_for_changes(seen)
+            self._forced = True
             self._wake.set()
 
     async def _drain(self, force: bool) -> None:
         while True:
+            self.polls += 1
             changes = await self._store.poll_changes(self.cursor, limit=_PAGE, force=force)
             if not changes:
                 return

@@ -3,9 +3,15 @@
 The store keeps the lease and checks the token inside every write transaction
 (:mod:`groundhog_mcp.store.leases`); this module validates the arguments and runs the takers
 that wait: each joins the store's waiting line for the context (first come, first served on
-every process and instance), tries again when the lease is released (the change feed wakes it)
-or its holder's expiry passes, and at least every :data:`WAITER_HEARTBEAT_SECONDS`, which keeps
-its place alive; it leaves the line when it takes the lease, gives up or is cancelled. A write
+every process and instance), tries again when the lease is released or its holder's expiry
+passes, and at least every :data:`WAITER_HEARTBEAT_SECONDS`, which keeps its place alive; it
+leaves the line when it takes the lease, gives up or is cancelled.
+
+The hand-over is fast: a release in this process wakes this process's waiters of that context
+at once (:class:`_LocalWaiters`, no feed round trip); a release by another process reaches them
+through the change feed, which polls every few milliseconds (:meth:`ChangeFeed.hurry`) while one
+of them is next in line (or the lease is free and the line is moving) and at its usual rate
+otherwise; on PostgreSQL the release's ``NOTIFY`` wakes the feed at once. A write
 presents a token as its caller's ``lease_token`` (:meth:`StateManager.with_lease`; the MCP tools
 pass their ``lease_token`` argument so), or inside :meth:`StateManager.leased`, which takes the
 lease, hands out a view of the manager whose writes present its token, and releases it at the end.
@@ -15,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Generator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from groundhog_mcp.errors import LeasedError, StateValidationError, ValidationIssue
 from groundhog_mcp.models import NAME_PATTERN, format_timestamp, utcnow
-from groundhog_mcp.service.bus import Resync, Subscription
+from groundhog_mcp.service.bus import ChangeBus, Resync, Subscription
 from groundhog_mcp.service.validation import check_name
 from groundhog_mcp.store.base import Lease, LeaseAction, LeaseGrant, LeaseTurn, Store, StoredContext
 
@@ -49,6 +56,45 @@ _MAX_HOLDER_CHARS = 64
 # The changes of a context after which a waiter tries again at once: the lease was released, or
 # the context is gone (the try says so).
 _WAKING_OPS = frozenset({"lease_release", "unregister", "expired"})
+# And, for a waiter that found the lease free but others before it: the take by one of them
+# (after which it may be next in line).
+_MOVING_OPS = _WAKING_OPS | {"lease_take"}
+
+
+class _LocalWaiters:
+    """This process's lease waiters, by context: a release (or a waiter leaving) here wakes them at
+    once. As many entries as waiters, which the store's line caps bound."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str], set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def join(self, namespace: str, name: str) -> Generator[asyncio.Event]:
+        key = (namespace, name)
+        woken = asyncio.Event()
+        self._waiting.setdefault(key, set()).add(woken)
+        try:
+            yield woken
+        finally:
+            waiters = self._waiting[key]
+            waiters.discard(woken)
+            if not waiters:
+                del self._waiting[key]
+
+    def wake(self, namespace: str, name: str) -> None:
+        for woken in self._waiting.get((namespace, name), ()):
+            woken.set()
+
+
+# One per manager (and its views, which share its bus); gone with it.
+_LOCAL: weakref.WeakKeyDictionary[ChangeBus, _LocalWaiters] = weakref.WeakKeyDictionary()
+
+
+def _local(manager: StateManager) -> _LocalWaiters:
+    local = _LOCAL.get(manager.bus)
+    if local is None:
+        local = _LOCAL[manager.bus] = _LocalWaiters()
+    return local
 
 
 def _ttl(manager: StateManager, ttl_seconds: float | None) -> float:
@@ -101,7 +147,7 @@ async def lease_action(
     _check_arguments(manager, ttl, 0, holder)
     if action != "take" and token is None:
         raise StateValidationError([ValidationIssue("", f"{action} needs the token take returned")], field="token")
-    return await manager.writer.committed(
+    grant = await manager.writer.committed(
         manager.store.lease(
             manager.principal.namespace,
             name,
@@ -114,6 +160,9 @@ async def lease_action(
         ),
         lambda grant: grant.change,
     )
+    if action == "release" and grant.change is not None:
+        _local(manager).wake(manager.principal.namespace, name)  # this process's waiters: at once
+    return grant
 
 
 async def take_lease(
@@ -142,22 +191,28 @@ async def take_lease(
     subscription = manager.bus.subscribe()
     place: int | None = None
     try:
-        while True:
-            turn = await _try(manager, name, place, _holder(manager, holder), ttl, wait_until)
-            place = turn.place
-            if turn.grant is not None:
-                return turn.grant
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise _waited_out(name, turn, wait_seconds)
-            pause = min(remaining, WAITER_HEARTBEAT_SECONDS)
-            if turn.retry_at is not None:
-                pause = min(pause, max((turn.retry_at - utcnow()).total_seconds(), 0) + 0.005)
-            await _next_release(subscription, namespace, name, pause)
+        with _local(manager).join(namespace, name) as woken:
+            while True:
+                woken.clear()  # a wake-up before this try is answered by it
+                turn = await _try(manager, name, place, _holder(manager, holder), ttl, wait_until)
+                place = turn.place
+                if turn.grant is not None:
+                    return turn.grant
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise _waited_out(name, turn, wait_seconds)
+                pause = min(remaining, WAITER_HEARTBEAT_SECONDS)
+                if turn.retry_at is not None:
+                    pause = min(pause, max((turn.retry_at - utcnow()).total_seconds(), 0) + 0.005)
+                # Next in line (or the lease is free and those before are taking it): hear the
+                # release by another process within milliseconds.
+                moving = turn.held is None
+                with manager.feed.hurry() if turn.ahead == 0 or moving else contextlib.nullcontext():
+                    await _next_release(subscription, woken, namespace, name, pause, moving=moving)
     finally:
         subscription.close()
         if place is not None:
-            await _leave(manager, place)
+            await _leave(manager, name, place)
 
 
 async def _try(
@@ -200,9 +255,16 @@ async def _abandon(manager: StateManager, name: str, attempt: asyncio.Future[Lea
             await manager.store.leave_line(manager.principal.namespace, turn.place)
 
 
-async def _leave(manager: StateManager, place: int) -> None:
-    """Leave the line (run to its end even if the waiter is being cancelled)."""
-    task = _track(manager, manager.store.leave_line(manager.principal.namespace, place))
+async def _leave(manager: StateManager, name: str, place: int) -> None:
+    """Leave the line (run to its end even if the waiter is being cancelled); the line moved, so
+    this process's other waiters of ``name`` try again."""
+    namespace = manager.principal.namespace
+
+    async def leave() -> None:
+        await manager.store.leave_line(namespace, place)
+        _local(manager).wake(namespace, name)
+
+    task = _track(manager, leave())
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.shield(task)
 
@@ -231,16 +293,37 @@ def _waited_out(name: str, turn: LeaseTurn, wait_seconds: float) -> LeasedError:
     )
 
 
-async def _next_release(subscription: Subscription, namespace: str, name: str, timeout: float) -> None:  # noqa: ASYNC109
-    """Return at the next release (or removal) of context ``name`` on the feed, at a resync, or after ``timeout``."""
-    with contextlib.suppress(TimeoutError):
+async def _next_release(
+    subscription: Subscription,
+    woken: asyncio.Event,
+    namespace: str,
+    name: str,
+    timeout: float,  # noqa: ASYNC109 - the waiter's heartbeat pause, bounded by the caller
+    *,
+    moving: bool,
+) -> None:
+    """Return when ``woken`` is set (a release in this process), at the next release (or removal;
+    when ``moving``, also a take) of context ``name`` on the feed, at a resync, or after ``timeout``."""
+    ops = _MOVING_OPS if moving else _WAKING_OPS
+    waker = asyncio.ensure_future(woken.wait())
+    try:
         async with asyncio.timeout(timeout):
-            while True:
-                item = await subscription.get()
-                if isinstance(item, Resync) or (
-                    item.namespace == namespace and item.name == name and item.op in _WAKING_OPS
-                ):
-                    return
+            while not waker.done():
+                getter = asyncio.ensure_future(subscription.get())
+                try:
+                    await asyncio.wait((getter, waker), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    getter.cancel()
+                if getter.done() and not getter.cancelled():
+                    item = getter.result()
+                    if isinstance(item, Resync) or (
+                        item.namespace == namespace and item.name == name and item.op in ops
+                    ):
+                        return
+    except TimeoutError:
+        return
+    finally:
+        waker.cancel()
 
 
 @contextlib.asynccontextmanager
