@@ -21,7 +21,6 @@ module no longer has what a defect replaces, building it fails with a message na
 
 from __future__ import annotations
 
-import compileall
 import importlib
 import shutil
 import stat
@@ -477,16 +476,15 @@ def build(defects: Defect | str | Sequence[Defect | str], destination: Path) -> 
     """A copy of the installed package carrying ``defects``; returns its executable ``groundhog-mcp``."""
     chosen = [defects] if isinstance(defects, Defect | str) else list(defects)
     package = destination / "groundhog_mcp"
-    shutil.copytree(Path(groundhog_mcp.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    # With the bytecode (copytree keeps the sources' times, so it stays valid): a process of the
+    # copy then compiles only the patched module, not the whole package (~0.2 s of CPU a start).
+    shutil.copytree(Path(groundhog_mcp.__file__).parent, package)
     for defect in chosen:
         defect = DEFECTS[defect] if isinstance(defect, str) else defect
         module = package / defect.module
         text = module.read_text(encoding="utf-8")
         defect.check_fits(text)
         module.write_text(text + defect.patch_source(), encoding="utf-8")
-    # Bytecode now, once: with PYTHONDONTWRITEBYTECODE=1 (CI images set it) every process of the
-    # copy would compile the whole package again (~0.2 s of CPU a start, hundreds of starts a run).
-    compileall.compile_dir(package, quiet=1, workers=1)
     launcher = destination / "groundhog-mcp"
     launcher.write_text(_LAUNCHER.format(python=sys.executable), encoding="utf-8")
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
