@@ -9,6 +9,7 @@ from another worker, or from another run on the same server, can wake a store un
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 import warnings
@@ -45,12 +46,23 @@ def pytest_configure(config: pytest.Config) -> None:
     global _private_database
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None and getattr(config.option, "numprocesses", None):
-        return  # the xdist controller
+        # The xdist controller. Hand tests out one at a time, as .ci/run asks: by default xdist
+        # first gives each worker a quarter of its share in one block, so with the longest tests
+        # first (pytest_collection_modifyitems) one worker got nearly all of them and finished
+        # minutes after the other.
+        if getattr(config.option, "maxschedchunk", 0) is None:
+            config.option.maxschedchunk = 1
+        return
     base = os.environ.get(POSTGRES_URL_VARIABLE, DEFAULT_POSTGRES_URL)
     name = f"gh_test_{worker or 'main'}_{uuid.uuid4().hex[:10]}"
     try:
         with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
+            # Commits are not flushed to disk before they return: the schemas and migrations every
+            # PostgreSQL test creates cost no fsync each. Nothing visible changes (a commit is seen
+            # at once either way); only a crash of the PostgreSQL server could lose the last
+            # commits, and no test crashes it.
+            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     except psycopg.OperationalError as exc:
         if "permission denied" in str(exc):
             _no_private_database(base, exc)
@@ -87,32 +99,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-# Rough seconds per test of the longest files, with -n 2 on a 2-core machine: only their order
-# matters. .ci/run hands tests out one at a time (--dist load --maxschedchunk 1), longest first,
-# so the long ones start at once on different workers instead of last, running alone at the end.
-_LONG_FILES = {
-    "tests/reliability/test_official_tools.py": 140.0,
-    "tests/reliability/test_crash_injection.py": 60.0,
-    "tests/reliability/test_crash_events.py": 35.0,
-    "tests/e2e/test_postgres_instances.py": 15.0,
-    "tests/reliability/test_fuzz_memory.py": 15.0,
-    "tests/e2e/test_v1_client.py": 15.0,
-    "tests/e2e/test_framework_clients.py": 11.0,
-    "tests/reliability/test_contention.py": 11.0,
-    "tests/e2e/test_model_concurrency.py": 9.0,
-    "tests/reliability/test_faults.py": 7.0,
-    "tests/e2e/test_cross_process.py": 6.0,
-    "tests/dashboard/test_browser.py": 8.0,
-    "tests/dashboard/test_command.py": 5.0,
-}
+# Seconds per test of the tests that take 0.5 s or more (tests/durations.json, measured with -n 2;
+# docs/testing.md says how to refresh it): only their order matters. Tests are handed out one at a
+# time (--maxschedchunk 1, see pytest_configure), longest first, so the long ones start at once on
+# different workers instead of last, running alone at the end. A test not in the file (new, or
+# short) is estimated from its kind.
+_DURATIONS: dict[str, float] = json.loads((Path(__file__).parent / "durations.json").read_text(encoding="utf-8"))
 _PROCESS_TEST_S = 2.0  # a test marked e2e starts server processes
 _IN_PROCESS_TEST_S = 0.1
 
 
 def _expected_seconds(item: pytest.Item) -> float:
-    path = item.nodeid.split("::", 1)[0]
-    if path in _LONG_FILES:
-        return _LONG_FILES[path]
+    if item.nodeid in _DURATIONS:
+        return _DURATIONS[item.nodeid]
     return _PROCESS_TEST_S if item.get_closest_marker("e2e") else _IN_PROCESS_TEST_S
 
 

@@ -203,15 +203,10 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
     ],
     ids=lambda argv: " ".join(a for a in argv if not a.startswith("{")),
 )
-def test_maintenance_commands_load_neither_the_sdk_nor_the_http_stack(tmp_path: Path, argv: list[str]) -> None:
-    database = tmp_path / "g.sqlite"
-    subprocess.run(
-        [sys.executable, "-m", "groundhog_mcp", "--database", str(database), "db", "migrate"],
-        check=True,
-        capture_output=True,
-        env=_env(tmp_path),
-        timeout=60,
-    )
+def test_maintenance_commands_load_neither_the_sdk_nor_the_http_stack(
+    tmp_path: Path, database: Path, argv: list[str]
+) -> None:
+    # The database is migrated in-process (the fixture): only the command under test needs a process.
     (tmp_path / "empty.jsonl").write_text('{"type": "header", "format": "groundhog-export", "format_version": 2}\n')
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     result = subprocess.run(

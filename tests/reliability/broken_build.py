@@ -473,7 +473,9 @@ def build(defects: Defect | str | Sequence[Defect | str], destination: Path) -> 
     """A copy of the installed package carrying ``defects``; returns its executable ``groundhog-mcp``."""
     chosen = [defects] if isinstance(defects, Defect | str) else list(defects)
     package = destination / "groundhog_mcp"
-    shutil.copytree(Path(groundhog_mcp.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    # With the bytecode (copytree keeps the sources' times, so it stays valid): a process of the
+    # copy then compiles only the patched module, not the whole package (~0.2 s of CPU a start).
+    shutil.copytree(Path(groundhog_mcp.__file__).parent, package)
     for defect in chosen:
         defect = DEFECTS[defect] if isinstance(defect, str) else defect
         module = package / defect.module

@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import psycopg
 import pytest
 
 from groundhog_mcp import ContextState, StateManager
 from groundhog_mcp.cli import main
-from tests.conformance.conftest import Backend, MakeBackend, make_backend
+from tests.conformance.conftest import POSTGRES_URL, Backend, Kind, MakeBackend, make_backend, require_postgres
 
 __all__ = ["make_backend"]  # the fixture
 
@@ -61,16 +65,42 @@ async def populate(backend: Backend) -> None:
         await manager.close()
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Kind], Path]]:
+    """The export of a populated database of each kind, made once per module: tests only read it."""
+    made: dict[Kind, Path] = {}
+    schemas: list[str] = []
+
+    def export_of(kind: Kind) -> Path:
+        if kind not in made:
+            folder = tmp_path_factory.mktemp(f"export-{kind}")
+            if kind == "sqlite":
+                database = str(folder / "source.sqlite")
+            else:
+                anyio.run(require_postgres)
+                schemas.append(f"gh_test_{uuid.uuid4().hex[:16]}")
+                database = f"{POSTGRES_URL}?schema={schemas[-1]}"
+            anyio.run(populate, Backend(kind, database))
+            assert main(["--database", database, "export", "-o", str(folder / "export.jsonl")]) == 0
+            made[kind] = folder / "export.jsonl"
+        return made[kind]
+
+    yield export_of
+    if schemas:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def source_and_target(request: pytest.FixtureRequest, make_backend: MakeBackend, tmp_path: Path) -> Any:
-    kind = request.param
-    source, target = await make_backend(kind), await make_backend(kind)
-    await populate(source)
-    export = tmp_path / "export.jsonl"
-    assert await run_cli("--database", source.database, "export", "-o", str(export)) == 0
+async def target_and_export(
+    request: pytest.FixtureRequest, make_backend: MakeBackend, exports: Callable[[Kind], Path]
+) -> tuple[Backend, Path]:
+    export = await asyncio.to_thread(exports, request.param)  # made outside this event loop
+    target = await make_backend(request.param)
     # The target exists and is migrated: a refused import must not change one byte of it.
     assert await run_cli("--database", target.database, "db", "migrate") == 0
-    return source, target, export
+    return target, export
 
 
 async def run_cli(*argv: str) -> int:
@@ -79,7 +109,7 @@ async def run_cli(*argv: str) -> int:
 
 @pytest.mark.parametrize(("kind", "field", "value"), BAD_FIELDS)
 async def test_one_bad_field_refuses_the_whole_import(
-    source_and_target: tuple[Backend, Backend, Path],
+    target_and_export: tuple[Backend, Path],
     kind: str,
     field: str,
     value: Any,
@@ -87,7 +117,7 @@ async def test_one_bad_field_refuses_the_whole_import(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, target, export = source_and_target
+    target, export = target_and_export
     lines = export.read_text().splitlines()
     records = [json.loads(line) for line in lines]
     if kind in ("event", "dead_letter") and not any(r["type"] == kind for r in records):
