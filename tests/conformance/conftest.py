@@ -144,3 +144,14 @@ async def manager(backend: Backend) -> AsyncGenerator[StateManager]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def other(backend: Backend) -> AsyncGenerator[StateManager]:
+    """A second instance on the same database (another process, another PostgreSQL instance)."""
+    opened = StateManager(backend.store())
+    await opened.start()
+    try:
+        yield opened
+    finally:
+        await opened.close()

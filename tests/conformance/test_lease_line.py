@@ -10,7 +10,7 @@ tests/e2e/test_lease_line.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -22,17 +22,6 @@ from groundhog_mcp.service.validation import Limits
 from groundhog_mcp.store import Store
 
 from .conftest import Backend
-
-
-@pytest.fixture
-async def other(backend: Backend) -> AsyncGenerator[StateManager]:
-    """A second instance on the same database (another process, another PostgreSQL instance)."""
-    opened = StateManager(backend.store())
-    await opened.start()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def waiting(backend: Backend, namespace: str | None = None) -> int:

@@ -4,7 +4,6 @@ write, waiting in line, expiry checked at use, and two instances on one database
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -16,20 +15,7 @@ from groundhog_mcp.service import WriteResult
 from groundhog_mcp.service.events import Event
 from groundhog_mcp.service.validation import Limits
 
-from .conftest import Backend
-
 HANDLERS = {"inc": {"action": "increment", "path": "/n"}}
-
-
-@pytest.fixture
-async def other(backend: Backend) -> AsyncGenerator[StateManager]:
-    """A second instance on the same database (another process, another PostgreSQL instance)."""
-    opened = StateManager(backend.store())
-    await opened.start()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def _snapshot(manager: StateManager, name: str) -> tuple[int, str, int]:
