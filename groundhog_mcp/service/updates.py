@@ -17,11 +17,11 @@ from groundhog_mcp.service.patching import apply_json_patch, merge_patch
 from groundhog_mcp.service.reads import cheap_on, check_written, format_version, inline_if_small, state_issues
 from groundhog_mcp.service.search import declared_indexes
 from groundhog_mcp.service.validation import (
+    SMALL_INPUT_COST,
+    check_json_inputs,
     check_name,
     check_semver,
-    inspect_json,
     raise_if_invalid,
-    small_json,
 )
 from groundhog_mcp.service.writes import WriteResult, mutation
 from groundhog_mcp.store.base import Mutation, NewContext, ParentRef, StoredContext
@@ -149,21 +149,12 @@ async def update(
             field="update",
         )
 
-    def check_inputs() -> None:
-        for field, value in (
-            ("data", data),
-            ("merge_patch", merge_patch_),
-            ("patch", patch),
-            ("metadata", metadata),
-        ):
-            if value is not None:
-                raise_if_invalid(inspect_json(value, manager.limits), field)
-
-    small = small_json(data, merge_patch_, patch, metadata)
-    if small:
-        check_inputs()  # a hop to a thread would cost more than this walk
-    else:
-        await asyncio.to_thread(check_inputs)
+    inputs = (("data", data), ("merge_patch", merge_patch_), ("patch", patch), ("metadata", metadata))
+    # One walk checks small inputs here (a hop to a thread would cost more than it) and tells
+    # whether they are small; larger ones are checked in a worker thread.
+    small = check_json_inputs(inputs, manager.limits, budget=SMALL_INPUT_COST)
+    if not small:
+        await asyncio.to_thread(check_json_inputs, inputs, manager.limits)
     if version is not None:
         check_semver(version)
     if expected_revision == 0:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is
 
 __all__ = [
     "Limits",
+    "check_json_inputs",
     "check_limit",
     "check_name",
     "check_retention_settings",
@@ -53,30 +55,71 @@ def _lone_surrogate(text: str) -> bool:
 
 def inspect_json(value: Any, limits: Limits, *, depth_offset: int = 0) -> list[ValidationIssue]:
     """Structural checks every stored JSON value must pass: depth, finite numbers, UTF-8."""
+    return _walk(value, limits, depth_offset, _UNBOUNDED)[0]
+
+
+def check_json_inputs(inputs: Iterable[tuple[str, Any]], limits: Limits, *, budget: int | None = None) -> bool:
+    """:func:`inspect_json` on each ``(field, value)`` (``None`` values skipped): raises
+    :class:`~groundhog_mcp.errors.StateValidationError` naming the first field with issues.
+
+    With a ``budget`` the same walk also counts the values' cost as :func:`small_json` does and
+    stops once they are over it, returning ``False``: nothing is concluded, check them again
+    without a budget (off the event loop). ``True``: within budget, and every value checked."""
+    left = _UNBOUNDED if budget is None else budget
+    for field, value in inputs:
+        if value is not None:
+            issues, left = _walk(value, limits, 0, left)
+            if left < 0:
+                return False
+            raise_if_invalid(issues, field)
+    return True
+
+
+_UNBOUNDED = sys.maxsize
+
+
+def _walk(value: Any, limits: Limits, depth_offset: int, budget: int) -> tuple[list[ValidationIssue], int]:
+    """:func:`inspect_json`'s walk, charging ``budget`` as :func:`small_json` does; a negative
+    budget left means the walk stopped there (the issues are then incomplete)."""
     issues: list[ValidationIssue] = []
+    max_depth = limits.max_depth
     stack: list[tuple[Any, str, int]] = [(value, "", 1 + depth_offset)]
     while stack and len(issues) < MAX_ISSUES:
         node, pointer, depth = stack.pop()
-        if isinstance(node, dict | list) and depth > limits.max_depth:
-            issues.append(ValidationIssue(pointer, f"nesting depth {depth} exceeds limit {limits.max_depth}"))
-            continue
+        budget -= 1
         if isinstance(node, dict):
+            if depth > max_depth:
+                issues.append(ValidationIssue(pointer, f"nesting depth {depth} exceeds limit {max_depth}"))
+                continue
+            if len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
+                return issues, -1  # over budget by its length alone: not walked
             for key, child in reversed(list(node.items())):  # type: ignore[union-attr]
                 if not isinstance(key, str):
+                    budget -= 1
                     issues.append(ValidationIssue(pointer, f"object key {key!r} is not a string"))
                     continue
+                budget -= 1 + (len(key) >> 6)
                 child_pointer = f"{pointer}/{pointer_token(key)}"
-                if _lone_surrogate(key):
+                if not key.isascii() and _lone_surrogate(key):
                     issues.append(
                         ValidationIssue(child_pointer, "object key contains a lone surrogate (not valid UTF-8)")
                     )
                     continue
                 stack.append((child, child_pointer, depth + 1))
         elif isinstance(node, list):
+            if depth > max_depth:
+                issues.append(ValidationIssue(pointer, f"nesting depth {depth} exceeds limit {max_depth}"))
+                continue
+            if len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
+                return issues, -1
             for index in range(len(node) - 1, -1, -1):  # type: ignore[arg-type]
                 stack.append((node[index], f"{pointer}/{index}", depth + 1))
         elif node is None or isinstance(node, bool):
-            continue
+            pass
+        elif isinstance(node, str):
+            budget -= len(node) >> 6
+            if not node.isascii() and _lone_surrogate(node):
+                issues.append(ValidationIssue(pointer, "string contains a lone surrogate (not valid UTF-8)"))
         elif isinstance(node, int):
             if not _INT_MIN <= node <= _INT_MAX:
                 issues.append(
@@ -87,12 +130,11 @@ def inspect_json(value: Any, limits: Limits, *, depth_offset: int = 0) -> list[V
                 issues.append(
                     ValidationIssue(pointer, f"{node!r} is not a JSON number (NaN and Infinity are rejected)")
                 )
-        elif isinstance(node, str):
-            if _lone_surrogate(node):
-                issues.append(ValidationIssue(pointer, "string contains a lone surrogate (not valid UTF-8)"))
         else:
             issues.append(ValidationIssue(pointer, f"a {type(node).__name__} is not a JSON value"))
-    return issues
+        if budget < 0:
+            return issues, budget
+    return issues, budget
 
 
 def inspect_state(

@@ -259,13 +259,13 @@ _NO_DEPTH_LIMIT = Defect(
     """
 import dataclasses
 
-_real_inspect_json = inspect_json
+_real_check_json_inputs = check_json_inputs
 
 
-def _inspect_json_any_depth(value, limits, *, depth_offset=0):
-    return _real_inspect_json(value, dataclasses.replace(limits, max_depth=10_000), depth_offset=depth_offset)
+def _check_json_inputs_any_depth(inputs, limits, *, budget=None):
+    return _real_check_json_inputs(inputs, dataclasses.replace(limits, max_depth=10_000), budget=budget)
 """,
-    (("", "inspect_json", "_inspect_json_any_depth"),),
+    (("", "check_json_inputs", "_check_json_inputs_any_depth"),),
 )
 
 _FETCHES_REMOTE_REF = Defect(

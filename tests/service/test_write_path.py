@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from groundhog_mcp import ConflictError, ContextState, Event, StateManager, Stat
 from groundhog_mcp.security.audit import AuditKey
 from groundhog_mcp.service import WriteResult
 from groundhog_mcp.service.audit import verify_audit_chain
-from groundhog_mcp.service.validation import SMALL_INPUT_COST, small_json
+from groundhog_mcp.service.validation import SMALL_INPUT_COST, Limits, check_json_inputs, small_json
 from groundhog_mcp.store import SQLiteStore
 from groundhog_mcp.store.adapter import Tx
 from groundhog_mcp.store.base import AuditEntry
@@ -31,6 +32,46 @@ def test_small_json_counts_values_and_stops_early() -> None:
     assert not small_json(list(range(SMALL_INPUT_COST + 1)))
     assert not small_json({f"k{i}": i for i in range(10**6)})  # refused by its length, not walked
     assert small_json([[[]]] * 10) and not small_json([[[]]] * SMALL_INPUT_COST)
+
+
+def test_the_checking_walk_tells_small_as_small_json_does() -> None:
+    """check_json_inputs with a budget: within it exactly when small_json says so (valid inputs)."""
+    cases: list[tuple[Any, ...]] = [
+        ({"items": [{"id": i, "text": "x" * 40} for i in range(16)], "n": 1}, None, {"note": "a"}),
+        ({"s": "x" * (64 * SMALL_INPUT_COST)},),
+        ({"s": "x" * (64 * (SMALL_INPUT_COST - 3))},),
+        ({"k" * 64 * (SMALL_INPUT_COST - 2): 1},),
+        (list(range(SMALL_INPUT_COST)),),
+        (list(range(SMALL_INPUT_COST - 1)),),
+        ({f"k{i}": i for i in range(10**6)},),
+        ([[[]]] * 10,),
+        ([[[]]] * SMALL_INPUT_COST,),
+        ({"a": list(range(200))}, {"b": list(range(200))}, [{"op": "add", "path": "/c", "value": 1}] * 30),
+    ]
+    for values in cases:
+        inputs = [(f"f{i}", v) for i, v in enumerate(values)]
+        assert check_json_inputs(inputs, Limits(), budget=SMALL_INPUT_COST) == small_json(*values)
+
+
+class _Walked(dict[str, Any]):
+    """A JSON object that counts how often service/validation.py lists its members."""
+
+    walks = 0
+
+    def items(self) -> Any:
+        if sys._getframe(1).f_code.co_filename.endswith("validation.py"):
+            _Walked.walks += 1
+        return super().items()
+
+
+async def test_an_update_walks_its_inputs_once(db_path: Path) -> None:
+    """The size decision (small_json's) and the structural checks (inspect_json's) are one walk."""
+    async with StateManager.open(db_path, poll_interval=_NO_POLL) as manager:
+        await manager.register("c", state=ContextState(data={"n": 1}))
+        _Walked.walks = 0
+        patch = _Walked(a=_Walked(b=1), c=[_Walked(d="x")])
+        await manager.update("c", merge_patch_=patch, metadata=_Walked(m=1), expected_revision=1)
+        assert _Walked.walks == 4  # each object once: two walks would list each twice
 
 
 _NO_POLL = 3600.0  # the change feed's poll of the file would be one more trip at any moment
