@@ -39,3 +39,35 @@ def test_a_server_without_schemas_never_imports_jsonschema_and_builds_only_its_p
     assert out.returncode == 0, out.stderr[-2000:]
     # Before these two lines: log lines (logging is not set up here).
     assert out.stdout.splitlines()[-2:] == ["[]", str(len(PROFILES["default"]))]
+
+
+# Loaded by the CLI's stdio serve only through something it does not use: structlog's dev renderer
+# and tracebacks module (rich's pretty-printer, tracebacks and syntax highlighting, pygments, attrs:
+# the JSON logs render tracebacks without locals, so without rich), the dashboard package (the
+# timeline app's assets live in its folder).
+# rich.console and rich.logging stay: the SDK's MCPServer loads them for every server.
+NOT_AT_SERVE = (
+    "rich.traceback",
+    "rich.pretty",
+    "rich.syntax",
+    "pygments",
+    "attr",
+    "groundhog_mcp.dashboard",
+)
+
+
+def test_stdio_serve_does_not_import_what_answering_tools_list_does_not_need(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "groundhog_mcp", "--database", str(tmp_path / "s.sqlite")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "groundhog_mcp.server.stdio" in imported  # the serve path ran
+    assert sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_AT_SERVE)) == []
+    # The logs are still JSON lines on stderr.
+    logs = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert logs and all(line.startswith("{") for line in logs), logs[:3]
