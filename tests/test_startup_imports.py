@@ -6,6 +6,7 @@ target is measured by benchmarks/bench_peer.py; this holds the parts of it a tes
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,47 @@ def test_a_server_without_schemas_never_imports_jsonschema_and_builds_only_its_p
     assert out.returncode == 0, out.stderr[-2000:]
     # Before these two lines: log lines (logging is not set up here).
     assert out.stdout.splitlines()[-2:] == ["[]", str(len(PROFILES["default"]))]
+
+
+# Loaded by the CLI's stdio serve only through something it does not use: structlog's dev renderer
+# and tracebacks module (rich's pretty-printer, tracebacks and syntax highlighting, pygments, attrs:
+# the JSON logs render tracebacks without locals, so without rich), its deprecated threadlocal
+# module (greenlet), the dashboard package (the timeline app's assets live in its folder).
+# rich.console and rich.logging stay: the SDK's MCPServer loads them for every server.
+NOT_AT_SERVE = (
+    "rich.traceback",
+    "rich.pretty",
+    "rich.syntax",
+    "pygments",
+    "attr",
+    "greenlet",
+    "groundhog_mcp.dashboard",
+)
+
+
+# `python -m groundhog_mcp` (stdin at its end: serve answers nothing and stops), then the modules loaded.
+SERVE = """
+import atexit, json, runpy, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps([m for m, v in sys.modules.items() if v is not None])))
+sys.argv[0] = "groundhog-mcp"
+runpy.run_module("groundhog_mcp", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_stdio_serve_does_not_import_what_answering_tools_list_does_not_need(tmp_path: Path) -> None:
+    listed = tmp_path / "modules.json"
+    out = subprocess.run(
+        [sys.executable, "-c", SERVE, str(listed), "--database", str(tmp_path / "s.sqlite")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = set(json.loads(listed.read_text()))
+    assert "groundhog_mcp.server.stdio" in imported  # the serve path ran
+    assert sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_AT_SERVE)) == []
+    # The logs are still JSON lines on stderr.
+    logs = out.stderr.splitlines()
+    assert logs and all(json.loads(line)["event"] for line in logs), logs[:3]

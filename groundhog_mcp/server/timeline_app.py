@@ -25,7 +25,8 @@ TIMELINE_TOOL = "get_history"
 
 
 def _asset(name: str) -> str:
-    return (resources.files("groundhog_mcp.dashboard") / "static" / name).read_text(encoding="utf-8")
+    # The dashboard's folder, not its package: importing that would load the web dashboard.
+    return (resources.files("groundhog_mcp") / "dashboard" / "static" / name).read_text(encoding="utf-8")
 
 
 def _sha256(text: str) -> str:
