@@ -42,20 +42,11 @@ def test_a_server_without_schemas_never_imports_jsonschema_and_builds_only_its_p
     assert out.stdout.splitlines()[-2:] == ["[]", str(len(PROFILES["default"]))]
 
 
-# Loaded by the CLI's stdio serve only through something it does not use: structlog's dev renderer
-# and tracebacks module (rich's pretty-printer, tracebacks and syntax highlighting, pygments, attrs:
-# the JSON logs render tracebacks without locals, so without rich), its deprecated threadlocal
-# module (greenlet), the dashboard package (the timeline app's assets live in its folder).
-# rich.console and rich.logging stay: the SDK's MCPServer loads them for every server.
-NOT_AT_SERVE = (
-    "rich.traceback",
-    "rich.pretty",
-    "rich.syntax",
-    "pygments",
-    "attr",
-    "greenlet",
-    "groundhog_mcp.dashboard",
-)
+# Loaded by the CLI's stdio serve only through something it does not use: the dashboard package
+# (the timeline app's assets live in its folder). structlog's rich-based tracebacks stay: hiding
+# rich from it changed what a logged traceback shows, and the broken build that logs frame locals
+# was no longer caught (tests/reliability/test_faults.py).
+NOT_AT_SERVE = ("groundhog_mcp.dashboard",)
 
 
 # `python -m groundhog_mcp` (stdin at its end: serve answers nothing and stops), then the modules loaded.
