@@ -110,6 +110,11 @@ class StoreAdapter:
     # json/text beside bytea); the others hold either form in place.
     SEALED_SIDE: dict[str, LiteralString] = {}
     FOR_UPDATE: LiteralString = ""
+    # A statement that waited for a row lock still reads other tables as of its start (PostgreSQL's
+    # READ COMMITTED: only the locked row is re-read): the rows read beside a locked context row
+    # (its lease, its waiting line) are read again by a statement of their own once the lock is
+    # held. SQLite's write lock is taken before anything is read.
+    REREAD_AFTER_LOCK = False
     # The current time in SQL, comparable with a stored timestamp (contexts.expires_at).
     NOW: LiteralString = "CURRENT_TIMESTAMP"
     # States up to this size are decoded where the unit of work runs; larger ones via _compute.

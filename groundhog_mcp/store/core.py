@@ -322,6 +322,7 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
             )
 
     async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
+        await self._wait_for_lock(tx, namespace, name)
         row = await tx.fetchone(self._locked_row + self.FOR_UPDATE, (namespace, name))
         if row is None:
             raise NotFoundError(f"name: no context named {name!r}")

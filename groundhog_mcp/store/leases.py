@@ -103,6 +103,17 @@ _LEASE_COLUMNS: Final[LiteralString] = (
 class Leasing(StoreAdapter):
     """The lease operations of :class:`~groundhog_mcp.store.core.StoreCore`."""
 
+    async def _wait_for_lock(self, tx: Tx, namespace: str, name: str) -> None:
+        """On a backend whose statements read as of their start (``REREAD_AFTER_LOCK``): lock the
+        live context row in a statement of its own, sent with the next one, so that the next
+        statement reads the lease and the waiting line as committed once the lock is held — not as
+        before a lease action that committed while this one waited (its token would pass the fence)."""
+        if self.REREAD_AFTER_LOCK:
+            await tx.execute(
+                f"SELECT 1 FROM contexts WHERE namespace = %s AND name = %s AND {self._live}" + self.FOR_UPDATE,
+                (namespace, name),
+            )
+
     async def _read_lease(self, tx: Tx, context_id: ContextId) -> Lease | None:
         row = await tx.fetchone("SELECT token, holder, expires_at FROM leases WHERE context_id = %s", (context_id,))
         return _lease(context_id, *row) if row is not None else None
@@ -132,16 +143,16 @@ class Leasing(StoreAdapter):
         )
         return [_lease(as_id(row[0]), *row[1:]) for row in rows]
 
-    async def _lock_line(self, tx: Tx, namespace: str, name: str, place: int | None, now: datetime) -> _Line:
+    async def _lock_line(self, tx: Tx, namespace: str, name: str, place: int | None) -> tuple[_Line, datetime]:
         """Lock the live context row; read its lease and its waiting line as ``place`` sees it
-        (None: a newcomer, behind everyone), in one statement."""
+        (None: a newcomer, behind everyone), and the time to act at: taken once the lock is held,
+        so that a take is recorded after the release or expiry it follows."""
+        await self._wait_for_lock(tx, namespace, name)
+        now = utcnow()
+        where: LiteralString = f" FROM contexts WHERE namespace = %s AND name = %s AND {self._live}"
         before = place if place is not None else _BEHIND_EVERYONE
         row = await tx.fetchone(
-            "SELECT id, revision"
-            + _LEASE_COLUMNS
-            + _LINE_COLUMNS
-            + f" FROM contexts WHERE namespace = %s AND name = %s AND {self._live}"
-            + self.FOR_UPDATE,
+            "SELECT id, revision" + _LEASE_COLUMNS + _LINE_COLUMNS + where + self.FOR_UPDATE,
             (now, before, now, before, now, place if place is not None else 0, now, namespace, name),
         )
         if row is None:
@@ -149,9 +160,10 @@ class Leasing(StoreAdapter):
         context_id = as_id(row[0])
         lease = _lease(context_id, row[2], row[3], row[4]) if row[2] is not None else None
         first_deadline = as_time(row[6]) if row[6] is not None else None
-        return _Line(
+        line = _Line(
             context_id, int(row[1]), lease, int(row[5]), first_deadline, bool(row[7]), int(row[8]), int(row[9])
         )
+        return line, utcnow()
 
     async def _take(
         self,
@@ -240,8 +252,7 @@ class Leasing(StoreAdapter):
         audit: AuditNote | None = None,
     ) -> LeaseGrant:
         async def work(tx: Tx) -> LeaseGrant:
-            now = utcnow()
-            line = await self._lock_line(tx, namespace, name, None, now)
+            line, now = await self._lock_line(tx, namespace, name, None)
             current = line.lease
             if action == "take":
                 if current is not None and current.held(now):
@@ -284,8 +295,7 @@ class Leasing(StoreAdapter):
         max_namespace_waiters: int,
     ) -> LeaseTurn:
         async def work(tx: Tx) -> LeaseTurn:
-            now = utcnow()
-            line = await self._lock_line(tx, namespace, name, place, now)
+            line, now = await self._lock_line(tx, namespace, name, place)
             await self._skip_the_dead(tx, line, now)
             held = line.lease if line.lease is not None and line.lease.held(now) else None
             # A waiter whose place went dead (it stalled past its deadline) was skipped: it comes

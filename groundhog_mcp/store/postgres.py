@@ -164,6 +164,7 @@ class PostgresStore(StoreCore):
         "dead_letters.last_error": "last_error_sealed",
     }
     FOR_UPDATE: LiteralString = " FOR UPDATE"
+    REREAD_AFTER_LOCK = True
     NOW: LiteralString = "statement_timestamp()"
     _IMPORT_TARGET = "a new, empty database or schema"
 
