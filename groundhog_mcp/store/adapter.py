@@ -111,9 +111,9 @@ class StoreAdapter:
     SEALED_SIDE: dict[str, LiteralString] = {}
     FOR_UPDATE: LiteralString = ""
     # A statement that waited for a row lock still reads other tables as of its start (PostgreSQL's
-    # READ COMMITTED: only the locked row is re-read): the rows read beside a locked context row
-    # (its lease, its waiting line) are read again by a statement of their own once the lock is
-    # held. SQLite's write lock is taken before anything is read.
+    # READ COMMITTED: only the locked row is re-read): the context row is locked by a statement of
+    # its own, and its lease and waiting line are read by the next one, once the lock is held
+    # (Leasing._wait_for_lock). SQLite's write lock is taken before anything is read.
     REREAD_AFTER_LOCK = False
     # The current time in SQL, comparable with a stored timestamp (contexts.expires_at).
     NOW: LiteralString = "CURRENT_TIMESTAMP"
