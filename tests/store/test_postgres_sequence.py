@@ -319,7 +319,7 @@ async def test_a_write_that_waited_for_the_lock_sees_the_lease_taken_meanwhile(m
             # Another instance's lease action in flight: it holds the context row's lock...
             await conn.execute("SELECT 1 FROM contexts WHERE id = %s FOR UPDATE", (context.id,))
             write = asyncio.create_task(store.mutate("x", "a", None, bump, actor="t", lease_token=1))
-            await asyncio.sleep(0.5)  # the write is waiting for the lock
+            await _until_a_backend_waits_for_a_lock(conn)  # the write is waiting for the row
             assert not write.done()
             # ...and issues token 2 to another holder, then commits.
             await conn.execute("UPDATE leases SET token = 2, holder = 'new' WHERE context_id = %s", (context.id,))
@@ -330,3 +330,17 @@ async def test_a_write_that_waited_for_the_lock_sees_the_lease_taken_meanwhile(m
         assert current is not None and current.revision == context.revision
     finally:
         await store.close()
+
+
+async def _until_a_backend_waits_for_a_lock(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Poll (at most 10 s) until another session of this database waits for a lock."""
+    async with asyncio.timeout(10):
+        while True:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.01)
