@@ -102,6 +102,13 @@ class ServerProcess:
     def records(self) -> list[dict[str, Any]]:
         return [r for r in map(_json, self.stderr().splitlines()) if r is not None]
 
+    def logged(self, matches: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> bool:
+        """Whether a log record that ``matches`` arrives within ``timeout`` seconds. The server
+        writes a record before it answers, but the thread reading its stderr may not have read
+        it yet when the answer arrives: wait for it rather than look once."""
+        with self.changed:
+            return self.changed.wait_for(lambda: any(map(matches, self.records())), timeout=timeout)
+
     async def stop(self, signum: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -610,7 +617,7 @@ async def test_sigterm_during_writes_loses_no_acknowledged_write(launcher: Launc
             server.proc.send_signal(signal.SIGTERM)
         code = await server.stop()
     assert code == 0, server.stderr()
-    assert any(r.get("event") == "stopped" and r.get("signal") for r in server.records())
+    assert server.logged(lambda r: r.get("event") == "stopped" and bool(r.get("signal")))
     # The signal landed while writes were still going (79 per writer; it was sent after 40 in all).
     assert cut_off, f"no writer was interrupted: {acknowledged}"
 
