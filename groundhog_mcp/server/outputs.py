@@ -189,29 +189,40 @@ class TooLargeOut(BaseModel):
         )
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+def _optional(description: str) -> Any:
+    """A field left out of the answer when it does not apply (None). The output schema is the
+    same (optional, default null); a read answers only what applies: a client validating the
+    answer against the schema checks each null against every branch of its ``anyOf``, which cost
+    a 1 KB read ~0.14 ms in the SDK's client (benchmarks/README.md)."""
+    return Field(default=None, description=description, exclude_if=_absent)
+
+
 class StateOut(BaseModel):
     name: str
     revision: int = Field(description="the revision returned")
     current_revision: int
-    path: str | None = Field(default=None, description="the JSON Pointer read, when one was given")
+    path: str | None = _optional("the JSON Pointer read, when one was given")
     value: Any = Field(
         default=None,
         description="the value at path (with offset/limit: that page of the array), or with fields a sparse copy "
         "of the data holding only them",
     )
-    length: int | None = Field(default=None, description="with offset/limit: the array's length")
-    offset: int | None = Field(default=None, description="with offset/limit: the index of value's first item")
-    missing: list[str] | None = Field(default=None, description="with fields: those the data does not have")
-    state: StateValue | None = Field(default=None, description="the whole state (when no path was given)")
-    too_large: TooLargeOut | None = Field(
-        default=None, description="set instead of value/state when it exceeds the read limit: read its parts by path"
+    length: int | None = _optional("with offset/limit: the array's length")
+    offset: int | None = _optional("with offset/limit: the index of value's first item")
+    missing: list[str] | None = _optional("with fields: those the data does not have")
+    state: StateValue | None = _optional("the whole state (when no path was given)")
+    too_large: TooLargeOut | None = _optional(
+        "set instead of value/state when it exceeds the read limit: read its parts by path"
     )
-    upcast_from: str | None = Field(
-        default=None,
-        description="set when the stored state has an older format version: it was upcast on read from this "
-        "version (stored as is; migrate_context rewrites it)",
+    upcast_from: str | None = _optional(
+        "set when the stored state has an older format version: it was upcast on read from this "
+        "version (stored as is; migrate_context rewrites it)"
     )
-    as_of: str | None = Field(default=None, description="the time asked for: revision is the one in force then")
+    as_of: str | None = _optional("the time asked for: revision is the one in force then")
 
 
 class WriteOut(BaseModel):

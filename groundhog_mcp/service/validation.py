@@ -6,7 +6,7 @@ import math
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
 from groundhog_mcp.models import ContextState, JSONObject, check_name, dumps, is_semver, pointer_token
@@ -78,63 +78,79 @@ def check_json_inputs(inputs: Iterable[tuple[str, Any]], limits: Limits, *, budg
 _UNBOUNDED = sys.maxsize
 
 
+# Where a node is: None for the walked value itself, else (its parent's place, its key or index).
+_Place: TypeAlias = "tuple[_Place, str | int] | None"
+
+
 def _walk(value: Any, limits: Limits, depth_offset: int, budget: int) -> tuple[list[ValidationIssue], int]:
     """:func:`inspect_json`'s walk, charging ``budget`` as :func:`small_json` does; a negative
-    budget left means the walk stopped there (the issues are then incomplete)."""
+    budget left means the walk stopped there (the issues are then incomplete).
+
+    A node's place is kept as ``(parent's place, key or index)`` and spelled as a JSON Pointer
+    only for an issue: most values have none, and the pointers cost more than the checks."""
     issues: list[ValidationIssue] = []
     max_depth = limits.max_depth
-    stack: list[tuple[Any, str, int]] = [(value, "", 1 + depth_offset)]
+    stack: list[tuple[Any, _Place, int]] = [(value, None, 1 + depth_offset)]
     while stack and len(issues) < MAX_ISSUES:
-        node, pointer, depth = stack.pop()
+        node, place, depth = stack.pop()
         budget -= 1
         if isinstance(node, dict):
             if depth > max_depth:
-                issues.append(ValidationIssue(pointer, f"nesting depth {depth} exceeds limit {max_depth}"))
+                issues.append(ValidationIssue(_pointer(place), f"nesting depth {depth} exceeds limit {max_depth}"))
                 continue
             if len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
                 return issues, -1  # over budget by its length alone: not walked
             for key, child in reversed(list(node.items())):  # type: ignore[union-attr]
                 if not isinstance(key, str):
                     budget -= 1
-                    issues.append(ValidationIssue(pointer, f"object key {key!r} is not a string"))
+                    issues.append(ValidationIssue(_pointer(place), f"object key {key!r} is not a string"))
                     continue
                 budget -= 1 + (len(key) >> 6)
-                child_pointer = f"{pointer}/{pointer_token(key)}"
                 if not key.isascii() and _lone_surrogate(key):
-                    issues.append(
-                        ValidationIssue(child_pointer, "object key contains a lone surrogate (not valid UTF-8)")
-                    )
+                    problem = "object key contains a lone surrogate (not valid UTF-8)"
+                    issues.append(ValidationIssue(_pointer((place, key)), problem))
                     continue
-                stack.append((child, child_pointer, depth + 1))
+                stack.append((child, (place, key), depth + 1))
         elif isinstance(node, list):
             if depth > max_depth:
-                issues.append(ValidationIssue(pointer, f"nesting depth {depth} exceeds limit {max_depth}"))
+                issues.append(ValidationIssue(_pointer(place), f"nesting depth {depth} exceeds limit {max_depth}"))
                 continue
             if len(node) > budget:  # pyright: ignore[reportUnknownArgumentType]
                 return issues, -1
             for index in range(len(node) - 1, -1, -1):  # type: ignore[arg-type]
-                stack.append((node[index], f"{pointer}/{index}", depth + 1))
+                stack.append((node[index], (place, index), depth + 1))
         elif node is None or isinstance(node, bool):
             pass
         elif isinstance(node, str):
             budget -= len(node) >> 6
             if not node.isascii() and _lone_surrogate(node):
-                issues.append(ValidationIssue(pointer, "string contains a lone surrogate (not valid UTF-8)"))
+                issues.append(ValidationIssue(_pointer(place), "string contains a lone surrogate (not valid UTF-8)"))
         elif isinstance(node, int):
             if not _INT_MIN <= node <= _INT_MAX:
                 issues.append(
-                    ValidationIssue(pointer, "integer out of range: JSON integers must fit in 64 bits (-2^63 … 2^64-1)")
+                    ValidationIssue(
+                        _pointer(place), "integer out of range: JSON integers must fit in 64 bits (-2^63 … 2^64-1)"
+                    )
                 )
         elif isinstance(node, float):
             if not math.isfinite(node):
                 issues.append(
-                    ValidationIssue(pointer, f"{node!r} is not a JSON number (NaN and Infinity are rejected)")
+                    ValidationIssue(_pointer(place), f"{node!r} is not a JSON number (NaN and Infinity are rejected)")
                 )
         else:
-            issues.append(ValidationIssue(pointer, f"a {type(node).__name__} is not a JSON value"))
+            issues.append(ValidationIssue(_pointer(place), f"a {type(node).__name__} is not a JSON value"))
         if budget < 0:
             return issues, budget
     return issues, budget
+
+
+def _pointer(place: _Place) -> str:
+    """The JSON Pointer of a :data:`_Place` (``""`` for the value itself)."""
+    tokens: list[str] = []
+    while place is not None:
+        place, token = place
+        tokens.append(pointer_token(token) if isinstance(token, str) else str(token))
+    return "".join(f"/{token}" for token in reversed(tokens))
 
 
 def inspect_state(

@@ -92,7 +92,12 @@ async def test_get_state_by_revision_and_path(client: Client) -> None:
     await call(client, "update_state", name="c", data={"items": []})
     part = await call(client, "get_state", name="c", revision=1, path="/items/1/id")
     assert part["value"] == 2 and part["revision"] == 1 and part["current_revision"] == 2
-    assert "state" not in part or part["state"] is None
+    # What does not apply to a read is left out, not sent as null (the schema's default).
+    assert set(part) == {"name", "revision", "current_revision", "path", "value"}
+    whole = await call(client, "get_state", name="c")
+    assert set(whole) == {"name", "revision", "current_revision", "value", "state"} and whole["value"] is None
+    null_at_path = await call(client, "get_state", name="c", path="/items")
+    assert null_at_path["value"] == [] and set(null_at_path) == set(part)
     text = await fail(client, "get_state", name="c", path="/items/5")
     assert "path: '/items/5' does not exist" in text
     text = await fail(client, "get_state", name="c", path="items")
@@ -216,7 +221,7 @@ async def test_large_states_are_read_in_parts(client: Client) -> None:
     big = {"notes": "n" * 200_000, "log": ["x" * 1000] * 100, "small": {"a": 1}}
     await call(client, "register_context", name="big", state={"data": big})
     whole = await call(client, "get_state", name="big")
-    assert whole["state"] is None and whole["revision"] == 1
+    assert "state" not in whole and whole["revision"] == 1
     too_large = whole["too_large"]
     assert too_large["limit"] == 256 * 1024 and too_large["bytes"] > too_large["limit"]
     assert {p["path"]: p["type"] for p in too_large["parts"]} == {
@@ -226,7 +231,7 @@ async def test_large_states_are_read_in_parts(client: Client) -> None:
     }
     assert "read its parts one at a time" in too_large["hint"] and "path=" in too_large["hint"]
     part = await call(client, "get_state", name="big", path="/small")
-    assert part["value"] == {"a": 1} and part["too_large"] is None
+    assert part["value"] == {"a": 1} and "too_large" not in part
     assert (await call(client, "get_state", name="big", path="/log/3"))["value"] == "x" * 1000
     resource = await client.read_resource("groundhog://contexts/big/state")
     document = json.loads(resource.contents[0].text)  # type: ignore[union-attr]
