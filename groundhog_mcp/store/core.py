@@ -62,7 +62,7 @@ from groundhog_mcp.store.rows import (
     decode_state,
 )
 from groundhog_mcp.store.search import Searching
-from groundhog_mcp.store.text_index import TextIndex, same_text
+from groundhog_mcp.store.text_index import TextIndex
 
 __all__ = ["RotationProgress", "StoreCore"]
 
@@ -194,12 +194,7 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
                 size = current.state_size if light else None  # None: worth a thread (PostgreSQL)
                 mutation, encoded = await self._compute(size, self._apply, current, mutator, revision)
             now = utcnow()
-            # The words of the data change only if a string of it may have (a sealed state has none).
-            reindex = self.TEXT_INDEX and not (
-                isinstance(row[9], str)
-                and isinstance(encoded.state, str)
-                and same_text(mutation.patch, current.state.document())
-            )
+            reindex = self._words_may_change(row[9], encoded.state, mutation.patch, current.state)
             if reindex:
                 await self._unindex_text(tx, (current.id,))
             await tx.execute(

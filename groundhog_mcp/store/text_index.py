@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, LiteralString
 
-from groundhog_mcp.models import ContextId, JSONObject
+from groundhog_mcp.models import ContextId, ContextState, JSONObject
 from groundhog_mcp.store.adapter import StoreAdapter, Tx
 
 __all__ = ["INDEX_TEXT", "UNINDEX_TEXT", "TextIndex", "same_text"]
@@ -42,6 +42,18 @@ class TextIndex(StoreAdapter):
 
     # Whether this backend keeps ``context_text`` (SQLite).
     TEXT_INDEX = False
+
+    def _words_may_change(
+        self, stored: object, new: object, patch: Sequence[JSONObject] | None, current: ContextState
+    ) -> bool:
+        """Whether an update of a state stored as ``stored`` to ``new`` by ``patch`` (from
+        ``current``) may change its words in the index: only a plaintext state has any."""
+        if not self.TEXT_INDEX:
+            return False
+        old_text, new_text = isinstance(stored, str), isinstance(new, str)
+        if old_text and new_text:
+            return not same_text(patch, current.document())
+        return old_text or new_text
 
     async def _unindex_text(self, tx: Tx, context_ids: Sequence[ContextId]) -> None:
         """Before an update of these contexts' states: forget their words."""
