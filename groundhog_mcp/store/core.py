@@ -1,8 +1,10 @@
 """The store core: the :class:`~groundhog_mcp.store.base.Store` operations, written once.
 
-The write sequence (lock, expected-revision check, apply, state, name index, change row,
-history snapshot, retention, audit row), the reads, the audit log and dead letters live here;
-export, import and rotate-key in :mod:`~groundhog_mcp.store.maintenance`. A backend subclasses
+The write sequence (lock, expected-revision check, apply, state, text index, name index, change
+row, history snapshot, retention, audit row), the reads, the audit log and events live here;
+dead letters in :mod:`~groundhog_mcp.store.dead_letters`, export, import and rotate-key in
+:mod:`~groundhog_mcp.store.maintenance`, the SQLite text index in
+:mod:`~groundhog_mcp.store.text_index`. A backend subclasses
 :class:`StoreCore` and fills in the hooks of :class:`~groundhog_mcp.store.adapter.StoreAdapter`:
 its connection, transaction, SQL dialect, locking, error translation and notification.
 Contents pass through the :class:`~groundhog_mcp.store.codec.RecordCodec`.
@@ -25,7 +27,6 @@ from groundhog_mcp.store.base import (
     AuditNote,
     AuditQuery,
     AuditRecord,
-    DeadLetter,
     Definition,
     EventAlreadyHandled,
     EventRecord,
@@ -41,6 +42,7 @@ from groundhog_mcp.store.base import (
     registered,
 )
 from groundhog_mcp.store.codec import is_sealed
+from groundhog_mcp.store.dead_letters import DeadLetters
 from groundhog_mcp.store.expiry import Expiry, expiry_deadline
 from groundhog_mcp.store.leases import Leasing
 from groundhog_mcp.store.maintenance import Maintenance, RotationProgress
@@ -48,25 +50,24 @@ from groundhog_mcp.store.rows import (
     AUDIT_COLUMNS,
     CHANGE_COLUMNS,
     CONTEXT_COLUMNS,
-    DEAD_LETTER_COLUMNS,
     HISTORY_COLUMNS,
     LINEAGE_COLUMNS,
     LineageEdge,
     as_id,
     decode_audit,
     decode_change,
-    decode_dead_letter,
     decode_event,
     decode_history,
     decode_lineage,
     decode_state,
 )
 from groundhog_mcp.store.search import Searching
+from groundhog_mcp.store.text_index import TextIndex
 
 __all__ = ["RotationProgress", "StoreCore"]
 
 
-class StoreCore(Expiry, Leasing, Maintenance, Searching):
+class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex):
     """The :class:`~groundhog_mcp.store.base.Store` operations both backends share."""
 
     # -- the write sequence -------------------------------------------------------------------
@@ -193,6 +194,9 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
                 size = current.state_size if light else None  # None: worth a thread (PostgreSQL)
                 mutation, encoded = await self._compute(size, self._apply, current, mutator, revision)
             now = utcnow()
+            reindex = self._words_may_change(row[9], encoded.state, mutation.patch, current.state)
+            if reindex:
+                await self._unindex_text(tx, (current.id,))
             await tx.execute(
                 f"UPDATE contexts SET revision = %s, {self._assign('contexts.state', 'state')}, state_size = %s,"
                 " updated_at = %s, expires_at = %s WHERE id = %s",
@@ -206,6 +210,8 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
                     current.id,
                 ),
             )
+            if reindex:
+                await self._index_text(tx, (current.id,))
             stored = dataclasses.replace(
                 current, revision=revision, state=mutation.state, state_size=encoded.size, updated_at=now
             )
@@ -269,11 +275,13 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
             # The state's associated data names the revision: sealed again for the new one.
             text = dumps(current.state.to_json())
             state = self.codec.encode_text("contexts.state", namespace, context_id, revision, text)
+            await self._unindex_text(tx, (context_id,))
             await tx.execute(
                 "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s,"
                 f" {self._assign('contexts.state', 'state')} WHERE id = %s",
                 (now, revision, now, *self._values("contexts.state", state), context_id),
             )
+            await self._index_text(tx, (context_id,))
         else:
             await tx.execute(
                 "UPDATE contexts SET deleted_at = %s, revision = %s, updated_at = %s WHERE id = %s",
@@ -479,7 +487,7 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
 
         return await self._transaction(work, writing=False)
 
-    # -- events and dead letters ----------------------------------------------------------------
+    # -- events -----------------------------------------------------------------------------------
 
     async def _find_event(self, tx: Tx, context_id: ContextId, key: str) -> StoredEvent | None:
         row = await tx.fetchone(
@@ -491,111 +499,6 @@ class StoreCore(Expiry, Leasing, Maintenance, Searching):
 
     async def find_event(self, context_id: ContextId, idempotency_key: str) -> StoredEvent | None:
         return await self._transaction(lambda tx: self._find_event(tx, context_id, idempotency_key), writing=False)
-
-    async def add_dead_letter(
-        self, letter: DeadLetter, *, actor: str = "local", audit: AuditNote | None = None
-    ) -> DeadLetter:
-        codec = self.codec
-
-        async def work(tx: Tx) -> DeadLetter:
-            stored = letter
-            if letter.id:
-                error = codec.encode_text(
-                    "dead_letters.last_error", letter.namespace, letter.context_id, letter.id, letter.last_error
-                )
-                await self._note_key(tx)
-                await tx.execute(
-                    f"UPDATE dead_letters SET attempts = attempts + %s,"
-                    f" {self._assign('dead_letters.last_error', 'last_error')} WHERE id = %s",
-                    (letter.attempts, *self._values("dead_letters.last_error", error), letter.id),
-                )
-            else:
-                # A sealed letter's associated data names its id: taken before the insert.
-                letter_id = await self._reserve_dead_letter_id(tx) if codec.sealing else None
-                number = letter_id or 0
-                payload = codec.encode_text(
-                    "dead_letters.payload", letter.namespace, letter.context_id, number, dumps(letter.payload)
-                )
-                error = codec.encode_text(
-                    "dead_letters.last_error", letter.namespace, letter.context_id, number, letter.last_error
-                )
-                await self._note_key(tx)
-                new_id = await tx.insert(
-                    f"INSERT INTO dead_letters ({'id, ' if letter_id else ''}namespace, context_id, name, type,"
-                    f" {self._columns('dead_letters.payload', 'payload')}, idempotency_key, attempts,"
-                    f" {self._columns('dead_letters.last_error', 'last_error')}, created_at)"
-                    f" VALUES ({'%s, ' if letter_id else ''}%s, %s, %s, %s, "
-                    f"{marks(self._values('dead_letters.payload', payload))}, %s, %s,"
-                    f" {marks(self._values('dead_letters.last_error', error))}, %s)",
-                    (
-                        *((letter_id,) if letter_id else ()),
-                        letter.namespace,
-                        letter.context_id,
-                        letter.name,
-                        letter.type,
-                        *self._values("dead_letters.payload", payload),
-                        letter.idempotency_key,
-                        letter.attempts,
-                        *self._values("dead_letters.last_error", error),
-                        letter.created_at,
-                    ),
-                    "id",
-                )
-                stored = dataclasses.replace(letter, id=new_id)
-            await self._append_audit(tx, AuditEntry.of_dead_letter(stored, actor, audit))
-            return stored
-
-        return await self._transaction(work, writing=True)
-
-    def _open_dead_letter(self, row: Row) -> DeadLetter:
-        payload = row[12] if row[12] is not None else row[5]
-        error = row[13] if row[13] is not None else row[8]
-        ns, cid, number = row[1], row[2], int(row[0])
-        return decode_dead_letter(
-            row,
-            self.codec.decode_text("dead_letters.payload", ns, cid, number, payload),
-            self.codec.decode_text("dead_letters.last_error", ns, cid, number, error),
-        )
-
-    def _dead_letter_select(self) -> LiteralString:
-        return (
-            f"SELECT {DEAD_LETTER_COLUMNS}, {self._side('dead_letters.payload')},"
-            f" {self._side('dead_letters.last_error')} FROM dead_letters"
-        )
-
-    async def list_dead_letters(
-        self, namespace: str, *, name: str | None, after_id: int, limit: int, include_replayed: bool
-    ) -> list[DeadLetter]:
-        sql = self._dead_letter_select() + " WHERE namespace = %s AND id > %s"
-        params: list[Any] = [namespace, after_id]
-        if name is not None:
-            sql += " AND name = %s"
-            params.append(name)
-        if not include_replayed:
-            sql += " AND replayed_at IS NULL"
-        rows = await self._transaction(
-            lambda tx: tx.fetchall(sql + " ORDER BY id LIMIT %s", (*params, limit)), writing=False
-        )
-        return [self._open_dead_letter(r) for r in rows]
-
-    async def get_dead_letter(self, namespace: str, letter_id: int) -> DeadLetter | None:
-        sql = self._dead_letter_select() + " WHERE namespace = %s AND id = %s"
-        row = await self._transaction(lambda tx: tx.fetchone(sql, (namespace, letter_id)), writing=False)
-        return self._open_dead_letter(row) if row is not None else None
-
-    async def dead_letter_name(self, namespace: str, letter_id: int) -> str | None:
-        sql: LiteralString = "SELECT name FROM dead_letters WHERE namespace = %s AND id = %s"
-        row = await self._transaction(lambda tx: tx.fetchone(sql, (namespace, letter_id)), writing=False)
-        return str(row[0]) if row is not None else None
-
-    async def mark_replayed(self, letter_id: int, revision: int) -> None:
-        await self._transaction(
-            lambda tx: tx.execute(
-                "UPDATE dead_letters SET replayed_at = %s, replay_revision = %s WHERE id = %s",
-                (utcnow(), revision, letter_id),
-            ),
-            writing=True,
-        )
 
     # -- reads ----------------------------------------------------------------------------------
 

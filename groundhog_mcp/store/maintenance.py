@@ -14,7 +14,7 @@ from typing import Any, LiteralString, TypeVar
 
 from groundhog_mcp.errors import StateUpdateError
 from groundhog_mcp.models import JSONObject, utcnow
-from groundhog_mcp.store.adapter import StoreAdapter, Tx, marks
+from groundhog_mcp.store.adapter import Tx, marks
 from groundhog_mcp.store.base import RotationProgress
 from groundhog_mcp.store.codec import SEALED_COLUMNS, SealedColumn, is_sealed
 from groundhog_mcp.store.records import (
@@ -25,6 +25,7 @@ from groundhog_mcp.store.records import (
     import_entries,
     import_rows,
 )
+from groundhog_mcp.store.text_index import TextIndex
 
 __all__ = ["Maintenance", "RotationProgress"]
 
@@ -32,7 +33,7 @@ _T = TypeVar("_T")
 _EXPORT_PAGE = 500
 
 
-class Maintenance(StoreAdapter):
+class Maintenance(TextIndex):
     """Export, import and rotate-key (see the module docstring)."""
 
     # -- export / import ------------------------------------------------------------------------
@@ -233,9 +234,13 @@ class Maintenance(StoreAdapter):
             new = self.codec.reseal(sealed.name, row_namespace, context_id, int(number), stored)
             updates.append((*self._values(sealed.name, new), *row[:width]))
         match = " AND ".join(f"{k} = %s" for k in sealed.key)
+        # Sealing a state takes its words out of the text index; opening one puts them back.
+        states = [row[width + 1] for row in rows] if sealed.name == "contexts.state" else []
+        await self._unindex_text(tx, states)
         await tx.executemany(
             f"UPDATE {sealed.table} SET {self._assign(sealed.name, sealed.column)} WHERE {match}", updates
         )
+        await self._index_text(tx, states)
         return len(rows), tuple(rows[-1][:width])
 
     async def _forget_old_keys(self) -> bool:

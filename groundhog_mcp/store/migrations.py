@@ -516,6 +516,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX lease_waiters_namespace ON lease_waiters (namespace, alive_until);
         """,
     ),
+    Migration(
+        12,
+        "text index: the store core indexes an update's words, and only when they may have changed",
+        # The update trigger of schema 9 walked the old and the new state's data on every update
+        # of a state; most updates change numbers or flags and leave the words as they were. The
+        # store core now does the same two statements around its UPDATE, and skips them when the
+        # update's patch cannot have changed a string of the data (groundhog_mcp/store/text_index.py).
+        # The index's content stays what it was. Inserts and deletes keep their triggers.
+        # PostgreSQL indexes the text by expression: nothing changes there.
+        sqlite="""
+        DROP TRIGGER context_text_update;
+        """,
+        postgres="SELECT 1;",
+    ),
 )
 
 # The schema from which the audit log has one chain per namespace (audit commands need it).

@@ -136,6 +136,7 @@ class SQLiteStore(StoreCore):
     # A costly mutation on that thread would hold up every other request meanwhile.
     PREPARES = True
     PREPARE_ABOVE_BYTES = 32 * 1024
+    TEXT_INDEX = True  # context_text: an update's words are indexed by the core (store/text_index.py)
 
     def __init__(
         self,

@@ -112,3 +112,19 @@ async def test_the_too_large_outline_points_to_fields_and_paging(client: Client)
     assert page["value"] == ["x" * 1000] and page["length"] == 300
     sliced = await call(client, "get_state", name="big", path="/log", limit=1000)
     assert sliced["value"] is None and "path, offset and limit" in sliced["too_large"]["hint"]
+
+
+async def test_find_contexts_text_follows_update_state(client: Client) -> None:
+    await seed(client)
+    milk = ["note.1", "task.1"]
+    await call(client, "update_state", name="task.1", merge_patch={"priority": 3})  # no string: the index is kept
+    await call(client, "update_state", name="task.1", patch=[{"op": "replace", "path": "/tags", "value": [1]}])
+    texts = {
+        w: [c["name"] for c in (await call(client, "find_contexts", text=w))["contexts"]] for w in ("milk", "home")
+    }
+    assert texts == {"milk": milk, "home": []}
+    await call(client, "update_state", name="task.1", merge_patch={"title": "Buy bread", "priority": "high"})
+    texts = {
+        w: [c["name"] for c in (await call(client, "find_contexts", text=w))["contexts"]] for w in ("milk", "high")
+    }
+    assert texts == {"milk": ["note.1"], "high": ["task.1"]}
