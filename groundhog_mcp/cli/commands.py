@@ -43,6 +43,7 @@ from groundhog_mcp.cli.common import (
 )
 from groundhog_mcp.cli.dashboard import add_dashboard_command
 from groundhog_mcp.cli.search import add_find_command
+from groundhog_mcp.cli.startup import resume_collection
 from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
@@ -248,6 +249,8 @@ def _main(arguments: list[str]) -> int:
         return EXIT_USAGE
     configure_logging(settings.log_level)
     handler: Handler = args.handler
+    if handler is not _serve:
+        resume_collection()  # serving resumes it once its server is built
     return asyncio.run(handler(args, settings))
 
 
@@ -262,12 +265,14 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from groundhog_mcp.server.stdio import run_stdio
 
     if settings.transport != "stdio":
+        resume_collection()
         await serve_http(settings)
         return 0
     manager = open_manager(settings)
     await manager.start()
     log.info("serving", transport="stdio", database=(await manager.store.status()).location, version=__version__)
     server = create_server(settings, manager)
+    resume_collection()  # ready: what start-up made is frozen (cli/startup.py)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

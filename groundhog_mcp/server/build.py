@@ -205,6 +205,7 @@ def build_server(
     register_lease_tool(server)
     register_definition_tool(server)
     register_search_tool(server)
+    server.published = None  # the other tools' schemas need not stay in memory
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     admit_error_results(server)  # likewise
