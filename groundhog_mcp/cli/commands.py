@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import structlog
 
@@ -59,7 +59,46 @@ __all__ = ["main"]
 log = structlog.get_logger("groundhog_mcp.cli")
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Unparsed(Exception):
+    """The serve-only parser met what it does not know: the whole parser will say what is wrong."""
+
+
+class _ServeParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsed(message)
+
+
+# The options of a command line without a command (it serves) that take a value.
+_VALUED = frozenset({"--database", "--log-level", "--config", "--busy-timeout-ms", "--tools"})
+
+
+def _parse(arguments: list[str]) -> argparse.Namespace:
+    """The parsed command line. ``groundhog-mcp [OPTIONS]``, as MCP clients start the server, is
+    parsed without building the parsers of the thirty other commands (~8 ms of every start);
+    any other line, and any that parser refuses, by the whole parser (its help, its errors)."""
+    if _serves_by_default(arguments):
+        try:
+            return _parser(with_commands=False).parse_args(arguments)
+        except _Unparsed:
+            pass
+    return _parser().parse_args(arguments)
+
+
+def _serves_by_default(arguments: list[str]) -> bool:
+    """Options and their values only: no command word, no help."""
+    value = False
+    for token in arguments:
+        if value:
+            value = False
+        elif token in ("-h", "--help") or not token.startswith("-"):
+            return False
+        else:
+            value = token in _VALUED
+    return True
+
+
+def _parser(*, with_commands: bool = True) -> argparse.ArgumentParser:
+    """The command line's parser; ``with_commands=False``: the top level alone (it serves)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database",
@@ -76,24 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (env GROUNDHOG_CONFIG)")
     common.add_argument("--busy-timeout-ms", type=int, default=argparse.SUPPRESS, help="SQLite busy timeout")
 
-    parser = argparse.ArgumentParser(
-        prog="groundhog-mcp",
-        description="Durable, shared, versioned context state for LLM agents, as an MCP server.",
-        parents=[common],
-    )
+    parser = _top_parser(argparse.ArgumentParser if with_commands else _ServeParser, common)
     parser.add_argument("--version", action="version", version=f"groundhog-mcp {__version__}")
     parser.set_defaults(handler=_serve)  # no command: serve
+    if not with_commands:
+        parser.set_defaults(command=None)
+        _add_tools_argument(parser)
+        return parser
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the MCP server (default)")
     serve.set_defaults(handler=_serve)
     _add_http_arguments(serve)
     for serving in (parser, serve):  # `groundhog-mcp --tools all` serves too
-        serving.add_argument(
-            "--tools",
-            default=argparse.SUPPRESS,
-            help="tools to list: default (the agent workflow), all, or comma-separated names (env GROUNDHOG_TOOLS)",
-        )
+        _add_tools_argument(serving)
     _add_token_commands(commands, common)
     add_state_commands(commands, common)
     add_dashboard_command(commands, common)
@@ -229,7 +264,7 @@ def _main(arguments: list[str]) -> int:
         )
         return EXIT_USAGE
     try:
-        args = _parser().parse_args(arguments)
+        args = _parse(arguments)
     except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     keygen: Callable[[argparse.Namespace], int] | None = getattr(args, "keygen", None)
@@ -496,6 +531,22 @@ async def _import(file: str, settings: Settings) -> int:
 
 
 # -- HTTP transports and bearer tokens (docs/http.md) -----------------------------------------
+
+
+def _top_parser(kind: type[argparse.ArgumentParser], common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    return kind(
+        prog="groundhog-mcp",
+        description="Durable, shared, versioned context state for LLM agents, as an MCP server.",
+        parents=[common],
+    )
+
+
+def _add_tools_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tools",
+        default=argparse.SUPPRESS,
+        help="tools to list: default (the agent workflow), all, or comma-separated names (env GROUNDHOG_TOOLS)",
+    )
 
 
 def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
