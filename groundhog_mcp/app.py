@@ -32,7 +32,6 @@ from groundhog_mcp.errors import EncryptionKeyError, InitializationError, StateV
 from groundhog_mcp.models import NAMESPACE_PATTERN, Grant, Principal
 from groundhog_mcp.profiles import ToolSelection, parse_tools
 from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
-from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, read_key_file
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import Limits, StateManager
 from groundhog_mcp.store import Retention, open_store
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from mcp.server.auth.settings import AuthSettings
     from mcp.server.mcpserver import MCPServer
 
+    from groundhog_mcp.security.crypto import EncryptionKey, Keyring
     from groundhog_mcp.server import AppContext
     from groundhog_mcp.server.http import HttpConfig
     from groundhog_mcp.server.notify import NamespacedSubscriptionBus
@@ -328,6 +328,16 @@ def encryption_keyring(settings: Settings, *, decrypting: bool = False) -> Keyri
     ``decrypting`` (``rotate-key --decrypt``): every configured key only reads, new values are
     written as plaintext. Otherwise old keys without a current key are refused.
     """
+    configured = (
+        settings.encryption_key,
+        settings.encryption_key_file,
+        settings.encryption_old_keys,
+        settings.encryption_old_keys_file,
+    )
+    if not any(configured):
+        return None  # without importing the cryptography package (~10 ms of a start)
+    from groundhog_mcp.security.crypto import Keyring, parse_key, read_key_file
+
     current: EncryptionKey | None = None
     if settings.encryption_key is not None and settings.encryption_key_file:
         raise EncryptionKeyError(

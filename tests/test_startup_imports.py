@@ -47,7 +47,8 @@ def test_a_server_without_schemas_never_imports_jsonschema_and_builds_only_its_p
 # (the timeline app's assets live in its folder). structlog's rich-based tracebacks stay: hiding
 # rich from it changed what a logged traceback shows, and the broken build that logs frame locals
 # was no longer caught (tests/reliability/test_faults.py).
-NOT_AT_SERVE = ("groundhog_mcp.dashboard",)
+# The encryption key handling: a server without encryption at rest configured never parses a key.
+NOT_AT_SERVE = ("groundhog_mcp.dashboard", "groundhog_mcp.security.crypto")
 
 
 # `python -m groundhog_mcp` (stdin at its end: serve answers nothing and stops), then the modules loaded.

@@ -47,7 +47,6 @@ from groundhog_mcp.cli.startup import resume_collection
 from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
-from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.store import maintenance, open_store
@@ -684,6 +683,8 @@ def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> 
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from groundhog_mcp.security.crypto import generate_key, parse_key
+
     key = generate_key()
     key_id = parse_key(key, source="the new key").key_id
     if args.output != "-":
