@@ -92,7 +92,7 @@ runpy.run_module("groundhog_mcp", run_name="__main__", alter_sys=True)
 """
 
 
-def test_stdio_serve_starts_without_cyclic_collection_then_freezes_what_it_made(tmp_path: Path) -> None:
+def test_stdio_serve_starts_without_cyclic_collection(tmp_path: Path) -> None:
     # groundhog_mcp/cli/startup.py: about 240 collections (~55 ms) over start-up's objects otherwise.
     report = tmp_path / "gc.json"
     out = subprocess.run(
@@ -105,9 +105,9 @@ def test_stdio_serve_starts_without_cyclic_collection_then_freezes_what_it_made(
     assert out.returncode == 0, out.stderr[-2000:]
     state = json.loads(report.read_text())
     assert state["enabled"] is True  # collecting again once serving
-    assert state["frozen"] > 50_000  # start-up's objects, out of the collector's sight
+    assert state["frozen"] == 0  # frozen objects slowed every call (see startup.py)
     # ~30 young-generation runs while `python -m` imports the package (before the pause) and a few
-    # while serving; without the pause about 240.
+    # once serving; without the pause about 240.
     assert sum(state["runs"]) < 100, state["runs"]
 
 

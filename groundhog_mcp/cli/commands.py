@@ -306,7 +306,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     await manager.start()
     log.info("serving", transport="stdio", database=(await manager.store.status()).location, version=__version__)
     server = create_server(settings, manager)
-    resume_collection()  # ready: what start-up made is frozen (cli/startup.py)
+    resume_collection()  # ready (cli/startup.py)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
