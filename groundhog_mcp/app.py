@@ -12,27 +12,17 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import platformdirs
 import structlog
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings.sources.utils import parse_env_vars
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import EncryptionKeyError, InitializationError, StateValidationError
 from groundhog_mcp.models import NAMESPACE_PATTERN, Grant, Principal
 from groundhog_mcp.profiles import ToolSelection, parse_tools
 from groundhog_mcp.security.audit import AuditKey, KeyFileSigner, Signer, key_file_problem, load_or_create_key_file
-from groundhog_mcp.security.crypto import EncryptionKey, Keyring, parse_key, read_key_file
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import Limits, StateManager
 from groundhog_mcp.store import Retention, open_store
@@ -45,6 +35,7 @@ if TYPE_CHECKING:
     from mcp.server.auth.settings import AuthSettings
     from mcp.server.mcpserver import MCPServer
 
+    from groundhog_mcp.security.crypto import EncryptionKey, Keyring
     from groundhog_mcp.server import AppContext
     from groundhog_mcp.server.http import HttpConfig
     from groundhog_mcp.server.notify import NamespacedSubscriptionBus
@@ -81,7 +72,7 @@ def default_token_file() -> Path:
     return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "tokens.json"
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every setting, with its default. Env: ``GROUNDHOG_<NAME>``; TOML: ``<name> = ...``.
 
     ``Settings(name=value, ...)`` takes the given values over the defaults and nothing else (a
@@ -89,9 +80,7 @@ class Settings(BaseSettings):
     flags, ``GROUNDHOG_*`` variables and the TOML file.
     """
 
-    # Lists from the environment are comma-separated, not JSON (NoDecode on those fields); an
-    # empty variable means "not set", as an unset one.
-    model_config = SettingsConfigDict(extra="forbid", env_prefix="GROUNDHOG_", env_ignore_empty=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     database: str = Field(
         default_factory=lambda: str(default_database()),
@@ -137,7 +126,7 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255, description="HTTP bind address")
     port: int = Field(default=8765, ge=0, le=65535, description="0: any free port (logged at start)")
-    search_indexes: Annotated[list[str], NoDecode] = Field(
+    search_indexes: list[str] = Field(
         default_factory=list[str],
         description="JSON Pointers (/data/..., /context_metadata/...) whose equality and range conditions in "
         "find_contexts use an index (comma-separated)",
@@ -145,12 +134,8 @@ class Settings(BaseSettings):
     search_budget_ms: int = Field(
         default=2000, ge=10, le=600_000, description="longest a find_contexts query may run (then: code budget)"
     )
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list[str], description="Host headers to accept besides localhost"
-    )
-    allowed_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list[str], description="Origin headers to accept"
-    )
+    allowed_hosts: list[str] = Field(default_factory=list[str], description="Host headers to accept besides localhost")
+    allowed_origins: list[str] = Field(default_factory=list[str], description="Origin headers to accept")
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="largest HTTP request body (413 above)"
     )
@@ -174,7 +159,7 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(default=None, description="HMAC key of the audit chain, >= 32 characters")
     audit_key_file: str | None = Field(default=None, description="file holding the audit key (created if missing)")
     # The local principal's grants (stdio, and HTTP without authentication): right:prefix.
-    grants: Annotated[list[str], NoDecode] = Field(
+    grants: list[str] = Field(
         default_factory=lambda: ["admin:"], min_length=1, description="the local principal's grants, RIGHT:PREFIX"
     )
     metrics_public: bool = Field(default=False, description="serve /metrics without a token")
@@ -247,28 +232,6 @@ class Settings(BaseSettings):
             max_lease_waiters_per_namespace=self.max_lease_waiters_per_namespace,
         )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
-class _EnvironmentSource(EnvSettingsSource):
-    """``GROUNDHOG_*`` variables of a given mapping (``os.environ`` for the command line)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
-
 
 def load_settings(
     flags: Mapping[str, Any] | None = None,
@@ -285,17 +248,20 @@ def load_settings(
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     if any(secret in given for secret in _ENV_ONLY):
         raise EncryptionKeyError("config: encryption keys are never taken from the command line")
-    sources = (
-        InitSettingsSource(Settings, init_kwargs=given),
-        _EnvironmentSource(Settings, env),
-        InitSettingsSource(Settings, init_kwargs=toml),
-    )
     try:
-        # pyright does not see BaseSettings' private __init__ arguments through dataclass_transform.
-        return Settings(_build_sources=(sources, {}))  # pyright: ignore[reportCallIssue]
+        return Settings.model_validate(toml | _environment_values(env) | given)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InitializationError(f"config: {problems}") from None
+
+
+def _environment_values(env: Mapping[str, str]) -> dict[str, str]:
+    """The settings ``GROUNDHOG_<NAME>`` variables give (names in any case), as text: validation
+    converts them; lists are comma-separated (``Settings._comma_separated``). An empty variable
+    means "not set", as an unset one."""
+    variables = {name.lower(): value for name, value in env.items()}
+    found = {name: variables.get(f"groundhog_{name}") for name in Settings.model_fields}
+    return {name: value for name, value in found.items() if value}
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -328,6 +294,16 @@ def encryption_keyring(settings: Settings, *, decrypting: bool = False) -> Keyri
     ``decrypting`` (``rotate-key --decrypt``): every configured key only reads, new values are
     written as plaintext. Otherwise old keys without a current key are refused.
     """
+    configured = (
+        settings.encryption_key,
+        settings.encryption_key_file,
+        settings.encryption_old_keys,
+        settings.encryption_old_keys_file,
+    )
+    if not any(configured):
+        return None  # without importing the cryptography package (~10 ms of a start)
+    from groundhog_mcp.security.crypto import Keyring, parse_key, read_key_file
+
     current: EncryptionKey | None = None
     if settings.encryption_key is not None and settings.encryption_key_file:
         raise EncryptionKeyError(

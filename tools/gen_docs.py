@@ -10,6 +10,9 @@
 - ``settings.md``: the ``Settings`` model of ``groundhog_mcp.app``, with the flags the parser maps
   onto it.
 
+And ``groundhog_mcp/server/tool_schemas.json``, the tools' schemas a server lists without building
+them (``groundhog_mcp/server/tool_schemas.py``): written first, since ``tools.md`` is read from it.
+
 The output is a function of the code alone (no timestamps, no paths of this machine, no terminal
 width), so ``tests/test_docs.py`` can compare it with the files byte for byte.
 """
@@ -420,7 +423,7 @@ def _plain_type(annotation: object) -> str:
     if text:
         return text
     rendered = str(annotation)
-    for noise in ("typing.", "typing_extensions.", "pydantic.types.", "pydantic_settings.sources.types."):
+    for noise in ("typing.", "typing_extensions.", "pydantic.types."):
         rendered = rendered.replace(noise, "")
     if rendered.startswith("Annotated["):  # Annotated[list[str], NoDecode] -> list[str]
         inner, depth = [], 0
@@ -520,13 +523,20 @@ def settings_page() -> str:
 # -- command line ----------------------------------------------------------------------------------
 
 
+def _generated_files() -> Iterator[tuple[Path, str]]:
+    from groundhog_mcp.server.tool_schemas import SCHEMAS_FILE, computed_schemas, render
+
+    yield SCHEMAS_FILE, render(computed_schemas())
+    for name, text in pages().items():  # after the schemas file is written
+        yield REFERENCE / name, text
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     arguments.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is stale")
     args = arguments.parse_args(argv)
     stale: list[str] = []
-    for name, text in pages().items():
-        path = REFERENCE / name
+    for path, text in _generated_files():
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
             continue

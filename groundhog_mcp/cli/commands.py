@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import structlog
 
@@ -43,10 +43,10 @@ from groundhog_mcp.cli.common import (
 )
 from groundhog_mcp.cli.dashboard import add_dashboard_command
 from groundhog_mcp.cli.search import add_find_command
+from groundhog_mcp.cli.startup import resume_collection
 from groundhog_mcp.cli.state import add_state_commands
 from groundhog_mcp.errors import ContextError
 from groundhog_mcp.models import Grant, dumps, format_timestamp
-from groundhog_mcp.security.crypto import generate_key, parse_key
 from groundhog_mcp.security.tokens import TokenStore
 from groundhog_mcp.service import StateManager
 from groundhog_mcp.store import maintenance, open_store
@@ -58,7 +58,46 @@ __all__ = ["main"]
 log = structlog.get_logger("groundhog_mcp.cli")
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Unparsed(Exception):
+    """The serve-only parser met what it does not know: the whole parser will say what is wrong."""
+
+
+class _ServeParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsed(message)
+
+
+# The options of a command line without a command (it serves) that take a value.
+_VALUED = frozenset({"--database", "--log-level", "--config", "--busy-timeout-ms", "--tools"})
+
+
+def _parse(arguments: list[str]) -> argparse.Namespace:
+    """The parsed command line. ``groundhog-mcp [OPTIONS]``, as MCP clients start the server, is
+    parsed without building the parsers of the thirty other commands (~8 ms of every start);
+    any other line, and any that parser refuses, by the whole parser (its help, its errors)."""
+    if _serves_by_default(arguments):
+        try:
+            return _parser(with_commands=False).parse_args(arguments)
+        except _Unparsed:
+            pass
+    return _parser().parse_args(arguments)
+
+
+def _serves_by_default(arguments: list[str]) -> bool:
+    """Options and their values only: no command word, no help."""
+    value = False
+    for token in arguments:
+        if value:
+            value = False
+        elif token in ("-h", "--help") or not token.startswith("-"):
+            return False
+        else:
+            value = token in _VALUED
+    return True
+
+
+def _parser(*, with_commands: bool = True) -> argparse.ArgumentParser:
+    """The command line's parser; ``with_commands=False``: the top level alone (it serves)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database",
@@ -75,24 +114,20 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (env GROUNDHOG_CONFIG)")
     common.add_argument("--busy-timeout-ms", type=int, default=argparse.SUPPRESS, help="SQLite busy timeout")
 
-    parser = argparse.ArgumentParser(
-        prog="groundhog-mcp",
-        description="Durable, shared, versioned context state for LLM agents, as an MCP server.",
-        parents=[common],
-    )
+    parser = _top_parser(argparse.ArgumentParser if with_commands else _ServeParser, common)
     parser.add_argument("--version", action="version", version=f"groundhog-mcp {__version__}")
     parser.set_defaults(handler=_serve)  # no command: serve
+    if not with_commands:
+        parser.set_defaults(command=None)
+        _add_tools_argument(parser)
+        return parser
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the MCP server (default)")
     serve.set_defaults(handler=_serve)
     _add_http_arguments(serve)
     for serving in (parser, serve):  # `groundhog-mcp --tools all` serves too
-        serving.add_argument(
-            "--tools",
-            default=argparse.SUPPRESS,
-            help="tools to list: default (the agent workflow), all, or comma-separated names (env GROUNDHOG_TOOLS)",
-        )
+        _add_tools_argument(serving)
     _add_token_commands(commands, common)
     add_state_commands(commands, common)
     add_dashboard_command(commands, common)
@@ -228,7 +263,7 @@ def _main(arguments: list[str]) -> int:
         )
         return EXIT_USAGE
     try:
-        args = _parser().parse_args(arguments)
+        args = _parse(arguments)
     except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     keygen: Callable[[argparse.Namespace], int] | None = getattr(args, "keygen", None)
@@ -248,6 +283,8 @@ def _main(arguments: list[str]) -> int:
         return EXIT_USAGE
     configure_logging(settings.log_level)
     handler: Handler = args.handler
+    if handler is not _serve:
+        resume_collection()  # serving resumes it once its server is built
     return asyncio.run(handler(args, settings))
 
 
@@ -262,12 +299,14 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from groundhog_mcp.server.stdio import run_stdio
 
     if settings.transport != "stdio":
+        resume_collection()
         await serve_http(settings)
         return 0
     manager = open_manager(settings)
     await manager.start()
     log.info("serving", transport="stdio", database=(await manager.store.status()).location, version=__version__)
     server = create_server(settings, manager)
+    resume_collection()  # ready (cli/startup.py)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -493,6 +532,22 @@ async def _import(file: str, settings: Settings) -> int:
 # -- HTTP transports and bearer tokens (docs/http.md) -----------------------------------------
 
 
+def _top_parser(kind: type[argparse.ArgumentParser], common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    return kind(
+        prog="groundhog-mcp",
+        description="Durable, shared, versioned context state for LLM agents, as an MCP server.",
+        parents=[common],
+    )
+
+
+def _add_tools_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tools",
+        default=argparse.SUPPRESS,
+        help="tools to list: default (the agent workflow), all, or comma-separated names (env GROUNDHOG_TOOLS)",
+    )
+
+
 def _add_http_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--transport",
@@ -628,6 +683,8 @@ def _add_encryption_commands(commands: Any, common: argparse.ArgumentParser) -> 
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    from groundhog_mcp.security.crypto import generate_key, parse_key
+
     key = generate_key()
     key_id = parse_key(key, source="the new key").key_id
     if args.output != "-":

@@ -13,7 +13,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp_types import CallToolResult, GetPromptResult, InputRequiredResult
+from mcp_types import CallToolResult, GetPromptResult, Icon, InputRequiredResult, ToolAnnotations
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -39,6 +39,7 @@ from groundhog_mcp.server.resources import register_resources
 from groundhog_mcp.server.search_tool import register_search_tool
 from groundhog_mcp.server.surface import select_tools
 from groundhog_mcp.server.timeline_app import timeline_app
+from groundhog_mcp.server.tool_schemas import deferred_tool, published_schemas
 from groundhog_mcp.server.tools import register_tools
 
 __all__ = ["INSTRUCTIONS", "build_server"]
@@ -74,15 +75,42 @@ class GroundhogServer(MCPServer[AppContext]):
     """MCPServer with argument errors phrased as ``field: rule (got …)`` and every tool error
     answered with its code in the result's structured part (see ``server/error_results.py``).
 
-    Only the tools of the profile are built (:attr:`served_tools`; None: all): building a tool
-    makes its pydantic argument model and JSON Schema, the largest part of start-up, and a tool
-    left out of the profile would only be removed again."""
+    Only the tools of the profile are built (:attr:`served_tools`; None: all), and those from
+    their published schemas (:attr:`published`, ``server/tool_schemas.py``) when given: building
+    a tool the SDK's way makes its pydantic models and JSON Schemas, the largest part of start-up."""
 
     served_tools: frozenset[str] | None = None
+    published: dict[str, dict[str, Any]] | None = None
 
-    def add_tool(self, fn: Callable[..., Any], name: str | None = None, *args: Any, **kwargs: Any) -> None:
-        if self.served_tools is None or (name or fn.__name__) in self.served_tools:
-            super().add_tool(fn, name, *args, **kwargs)
+    def add_tool(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        icons: list[Icon] | None = None,
+        meta: dict[str, Any] | None = None,
+        structured_output: bool | None = None,
+    ) -> None:
+        tool_name = name or fn.__name__
+        if self.served_tools is not None and tool_name not in self.served_tools:
+            return
+        schemas = None if self.published is None or not structured_output else self.published.get(tool_name)
+        if schemas is None:
+            super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
+            return
+        tool = deferred_tool(
+            fn,
+            schemas,
+            name=tool_name,
+            title=title,
+            description=description,
+            annotations=annotations,
+            icons=icons,
+            meta=meta,
+        )
+        self._tool_manager._tools[tool_name] = tool  # pyright: ignore[reportPrivateUsage]
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppContext, Any] | None = None
@@ -140,10 +168,12 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
     tools: Sequence[str] | None = None,
+    published: bool = True,
 ) -> MCPServer[AppContext]:
     """An MCPServer whose lifespan yields the AppContext (given the subscription bus it should use).
 
     ``tools``: the tools to list and serve (None: all); the others answer "unknown tool".
+    ``published``: register them from ``server/tool_schemas.json`` (False: build them the SDK's way).
 
     ``token_verifier`` with ``auth``: the HTTP transports require a bearer token on every request.
     """
@@ -167,6 +197,7 @@ def build_server(
         extensions=[timeline_app()],  # get_history's MCP App (server/timeline_app.py)
     )
     server.served_tools = None if tools is None else frozenset(tools)
+    server.published = published_schemas() if published else None
     register_tools(server)
     register_merge_tool(server)
     register_audit_tool(server)
@@ -174,6 +205,7 @@ def build_server(
     register_lease_tool(server)
     register_definition_tool(server)
     register_search_tool(server)
+    server.published = None  # the other tools' schemas need not stay in memory
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     admit_error_results(server)  # likewise

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from groundhog_mcp.errors import MergeConflict, StateValidationError, ValidationIssue
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
-from groundhog_mcp.server.outputs import StateValue
+from groundhog_mcp.server.outputs import OutputModel, StateValue
 from groundhog_mcp.server.tools import (
     AppCtx,
     ExpectedRevision,
@@ -37,7 +37,7 @@ OnConflictArg = Literal["fail", "ours", "theirs"]
 class MergeInput(BaseModel):
     """One state to merge: a context at a revision, or an inline state."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     context: Name | None = Field(default=None)
     revision: int | None = Field(default=None, ge=1, description="with context; current when omitted")
@@ -58,7 +58,7 @@ class MergeInput(BaseModel):
         return {"context": self.context, "revision": self.revision}
 
 
-class SourceOut(BaseModel):
+class SourceOut(OutputModel):
     context: str | None = Field(description="the context read; null for an inline state")
     revision: int | None = Field(description="the revision read; null for an inline state")
 
@@ -67,7 +67,7 @@ class SourceOut(BaseModel):
         return cls(context=info.context, revision=info.revision)
 
 
-class ConflictOut(BaseModel):
+class ConflictOut(OutputModel):
     path: str = Field(description="JSON Pointer into the state document (/data/..., /metadata/...)")
     kind: str = Field(description="both_modified | modify_delete | add_add | type_mismatch")
     base: Any = Field(description="value in the base (null when absent there)")
@@ -87,7 +87,7 @@ class ConflictOut(BaseModel):
         )
 
 
-class ProvenanceOut(BaseModel):
+class ProvenanceOut(OutputModel):
     path: str = Field(description="a top-level path (/data/key or /metadata/key) more than one input set")
     inputs: list[int] = Field(description="indexes (from 0) of the inputs that set or changed it")
     winner: int | None = Field(description="the input whose value the result holds; null when combined from several")
@@ -97,7 +97,7 @@ class ProvenanceOut(BaseModel):
         return cls(path=provenance.path, inputs=list(provenance.inputs), winner=provenance.winner)
 
 
-class MergeOut(BaseModel):
+class MergeOut(OutputModel):
     strategy: str
     state: StateValue | None = Field(
         description="the merged state; null only when a dry run found conflicts and on_conflict is 'fail'"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from groundhog_mcp.models import Change, ContextState, HistoryEntry, Parent, dumps, format_timestamp
 from groundhog_mcp.service import ContextMetrics, EventResult, WriteResult
@@ -20,6 +20,7 @@ __all__ = [
     "LeaseOut",
     "ListOut",
     "MigrateOut",
+    "OutputModel",
     "ParentOut",
     "RevisionOut",
     "StateOut",
@@ -42,7 +43,15 @@ def answer_patch(patch: list[dict[str, Any]], size: int | None = None) -> tuple[
     return [{"op": op.get("op"), "path": op.get("path")} for op in patch[:1000]], True
 
 
-class StateValue(BaseModel):
+class OutputModel(BaseModel):
+    """A tool result's model. Its validator and serializer are built at its first use, not at
+    import: a server lists its tools from their published schemas (server/tool_schemas.py) and
+    builds a tool's models at its first call, so most of these are never needed at start-up."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class StateValue(OutputModel):
     data: dict[str, Any]
     metadata: dict[str, Any]
     timestamp: str = Field(description="RFC 3339 UTC time of the write")
@@ -59,7 +68,7 @@ class StateValue(BaseModel):
         )
 
 
-class ContextSummary(BaseModel):
+class ContextSummary(OutputModel):
     id: str
     name: str
     version: str = Field(description="version of the context's definition (semver)")
@@ -68,7 +77,7 @@ class ContextSummary(BaseModel):
     updated_at: str
 
 
-class ParentOut(BaseModel):
+class ParentOut(OutputModel):
     kind: str = Field(description="fork: copied from this revision; merge: took this revision in")
     name: str
     revision: int
@@ -78,7 +87,7 @@ class ParentOut(BaseModel):
         return cls(kind=parent.kind, name=parent.name, revision=parent.revision)
 
 
-class LeaseOut(BaseModel):
+class LeaseOut(OutputModel):
     name: str
     token: int = Field(description="fencing token: pass it as lease_token on your writes, and to renew/release")
     held: bool = Field(description="false after a release")
@@ -160,18 +169,18 @@ def summary_of(ctx: StoredContext) -> ContextSummary:
     )
 
 
-class ListOut(BaseModel):
+class ListOut(OutputModel):
     contexts: list[ContextSummary]
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 
 
-class PartOut(BaseModel):
+class PartOut(OutputModel):
     path: str = Field(description="JSON Pointer to pass as path")
     type: str
     bytes: int
 
 
-class TooLargeOut(BaseModel):
+class TooLargeOut(OutputModel):
     bytes: int = Field(description="size of the value that was not returned")
     limit: int = Field(description="the server's read limit (max_read_bytes)")
     parts: list[PartOut] = Field(description="its children with their sizes (first 50)")
@@ -201,7 +210,7 @@ def _optional(description: str) -> Any:
     return Field(default=None, description=description, exclude_if=_absent)
 
 
-class StateOut(BaseModel):
+class StateOut(OutputModel):
     name: str
     revision: int = Field(description="the revision returned")
     current_revision: int
@@ -225,7 +234,7 @@ class StateOut(BaseModel):
     as_of: str | None = _optional("the time asked for: revision is the one in force then")
 
 
-class WriteOut(BaseModel):
+class WriteOut(OutputModel):
     name: str
     revision: int = Field(description="the new revision; pass it as expected_revision on your next write")
     previous_revision: int | None
@@ -253,7 +262,7 @@ class WriteOut(BaseModel):
         )
 
 
-class UnregisterOut(BaseModel):
+class UnregisterOut(OutputModel):
     name: str
     unregistered: Literal[True] = True
     revision: int = Field(description="revision of the unregistration (never reused by this name)")
@@ -261,18 +270,18 @@ class UnregisterOut(BaseModel):
     purged: bool
 
 
-class ValidationIssueOut(BaseModel):
+class ValidationIssueOut(OutputModel):
     pointer: str = Field(description="JSON Pointer into the state document (/data/..., /metadata/...)")
     message: str
 
 
-class ValidationOut(BaseModel):
+class ValidationOut(OutputModel):
     name: str
     valid: bool
     errors: list[ValidationIssueOut]
 
 
-class RevisionOut(BaseModel):
+class RevisionOut(OutputModel):
     revision: int
     sequence: int
     op: str
@@ -294,21 +303,21 @@ class RevisionOut(BaseModel):
         )
 
 
-class HistoryOut(BaseModel):
+class HistoryOut(OutputModel):
     name: str
     current_revision: int
     revisions: list[RevisionOut] = Field(description="newest first")
     next_before: int | None = Field(description="pass as before for older revisions; null when none are left")
 
 
-class DiffOut(BaseModel):
+class DiffOut(OutputModel):
     name: str
     from_revision: int
     to_revision: int
     patch: list[dict[str, Any]] = Field(description="RFC 6902 operations turning from_revision into to_revision")
 
 
-class ChangeOut(BaseModel):
+class ChangeOut(OutputModel):
     sequence: int = Field(description="store-wide change sequence")
     context: str
     revision: int
@@ -331,13 +340,13 @@ class ChangeOut(BaseModel):
         )
 
 
-class ChangesOut(BaseModel):
+class ChangesOut(OutputModel):
     changes: list[ChangeOut]
     cursor: int = Field(description="pass as after_sequence on your next call")
     timed_out: bool = Field(description="true when the timeout passed with no change")
 
 
-class EventOut(BaseModel):
+class EventOut(OutputModel):
     name: str
     type: str
     revision: int = Field(description="the revision the event produced (for a repeat: the first one)")
@@ -357,7 +366,7 @@ class EventOut(BaseModel):
         )
 
 
-class DeadLetterOut(BaseModel):
+class DeadLetterOut(OutputModel):
     id: int
     context: str
     type: str
@@ -385,18 +394,18 @@ class DeadLetterOut(BaseModel):
         )
 
 
-class DeadLettersOut(BaseModel):
+class DeadLettersOut(OutputModel):
     dead_letters: list[DeadLetterOut]
     next_after_id: int | None = Field(description="pass as after_id for the next page; null on the last page")
 
 
-class LatencyOut(BaseModel):
+class LatencyOut(OutputModel):
     count: int
     average_ms: float
     p95_ms: float
 
 
-class ContextMetricsOut(BaseModel):
+class ContextMetricsOut(OutputModel):
     name: str
     revision: int
     state_updates: int = Field(description="committed writes after registration (stored: survives restarts)")
@@ -408,7 +417,7 @@ class ContextMetricsOut(BaseModel):
     errors: dict[str, int] = Field(description="errors by class in this server process")
 
 
-class ServerMetricsOut(BaseModel):
+class ServerMetricsOut(OutputModel):
     uptime_seconds: float
     rss_bytes: int | None
     database_bytes: int | None
@@ -424,7 +433,7 @@ class ServerMetricsOut(BaseModel):
     )
 
 
-class MetricsOut(BaseModel):
+class MetricsOut(OutputModel):
     server: ServerMetricsOut
     contexts: list[ContextMetricsOut]
 
@@ -449,7 +458,7 @@ class MetricsOut(BaseModel):
         )
 
 
-class AuditEntryOut(BaseModel):
+class AuditEntryOut(OutputModel):
     """One audit row: who did what to which context, when, and the outcome. Never state contents."""
 
     sequence: int = Field(description="position in the audit log (the HMAC chain's order)")
@@ -482,7 +491,7 @@ class AuditEntryOut(BaseModel):
         )
 
 
-class AuditLogOut(BaseModel):
+class AuditLogOut(OutputModel):
     namespace: str
     entries: list[AuditEntryOut]
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
@@ -493,7 +502,7 @@ class AuditLogOut(BaseModel):
 MIGRATIONS_LISTED = 100
 
 
-class ContextMigrationOut(BaseModel):
+class ContextMigrationOut(OutputModel):
     name: str
     from_version: str = Field(description="the stored state's format version before")
     to_version: str = Field(description="the format version after")
@@ -518,7 +527,7 @@ class ContextMigrationOut(BaseModel):
         )
 
 
-class MigrateOut(BaseModel):
+class MigrateOut(OutputModel):
     dry_run: bool
     to_version: str | None = Field(description="the target asked for; null: each context's current format version")
     matched: int = Field(description="contexts selected (by name or prefix)")

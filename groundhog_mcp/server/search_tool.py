@@ -6,11 +6,12 @@ import inspect
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
 from groundhog_mcp.server.arguments import Timestamp
+from groundhog_mcp.server.outputs import OutputModel
 from groundhog_mcp.server.tools import _READ_ONLY, AppCtx, _manager, tool_errors  # pyright: ignore[reportPrivateUsage]
 from groundhog_mcp.service.reading import MAX_FIELDS
 from groundhog_mcp.service.search import MAX_CONDITIONS, FindPage
@@ -18,7 +19,7 @@ from groundhog_mcp.service.search import MAX_CONDITIONS, FindPage
 __all__ = ["FindOut", "FoundOut", "register_search_tool"]
 
 
-class FoundOut(BaseModel):
+class FoundOut(OutputModel):
     name: str
     revision: int
     updated_at: str
@@ -26,7 +27,7 @@ class FoundOut(BaseModel):
     missing: list[str] | None = Field(default=None, description="fields this context does not have")
 
 
-class FindOut(BaseModel):
+class FindOut(OutputModel):
     contexts: list[FoundOut]
     next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 

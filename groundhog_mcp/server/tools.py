@@ -84,7 +84,7 @@ EventType = Annotated[
 class StateInput(BaseModel):
     """An initial state for register_context."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     data: JSONObjectArg = Field(default_factory=dict)
     metadata: JSONObjectArg = Field(default_factory=dict)
@@ -94,7 +94,7 @@ class StateInput(BaseModel):
 class PatchOperation(BaseModel):
     """One RFC 6902 operation."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True, defer_build=True)
 
     op: Literal["add", "remove", "replace", "move", "copy", "test"]
     path: str = Field(description="JSON Pointer into data, e.g. /items/0")

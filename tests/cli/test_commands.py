@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from groundhog_mcp.cli.commands import _parser  # pyright: ignore[reportPrivateUsage]
+import pytest
+
+from groundhog_mcp.cli.commands import (
+    _parse,  # pyright: ignore[reportPrivateUsage]
+    _parser,  # pyright: ignore[reportPrivateUsage]
+    _serves_by_default,  # pyright: ignore[reportPrivateUsage]
+)
 from tests.cli_in_process import run_cli
 
 
@@ -52,3 +59,43 @@ def test_the_database_setting_flag_beats_env_beats_toml(tmp_path: Path) -> None:
     result = run_cli("--config", str(other), "db", "status", env={"GROUNDHOG_CONFIG": str(config)}, check=False)
     assert result.returncode == 2
     assert result.stderr == "groundhog-mcp: config: max_depth: Input should be greater than or equal to 2\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--database", "/tmp/x.sqlite", "--log-level", "WARNING"],
+        ["--database=/tmp/x.sqlite", "--tools", "all", "--busy-timeout-ms", "-5", "--config", "c.toml"],
+        ["--data", "x"],  # an abbreviation: the whole parser
+        ["--log-level", "LOUD"],  # refused: the whole parser says why
+        ["--busy-timeout-ms", "soon"],
+        ["--port", "8000"],  # a serve option, not a top-level one
+        ["-"],
+        ["--database", "serve"],
+        ["serve", "--transport", "http"],
+        ["serv"],
+        ["--version"],
+    ],
+)
+def test_a_command_line_without_a_command_parses_as_the_whole_parser_parses_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``groundhog-mcp [OPTIONS]`` skips building the other commands' parsers, with the same result."""
+
+    def parsed(parse: Callable[[list[str]], argparse.Namespace]) -> tuple[object, str, str]:
+        try:
+            result: object = vars(parse(argv))
+        except SystemExit as exc:
+            result = ("exit", exc.code)
+        out, err = capsys.readouterr()
+        return result, out, err
+
+    assert parsed(_parse) == parsed(lambda a: _parser().parse_args(a))
+
+
+def test_only_options_and_their_values_skip_the_other_commands() -> None:
+    assert _serves_by_default(["--database", "serve", "--tools", "all"])
+    assert not _serves_by_default(["serve"])
+    assert not _serves_by_default(["--help"])
+    assert not _serves_by_default(["--database", "x", "db"])
