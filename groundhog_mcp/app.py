@@ -12,11 +12,20 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import platformdirs
 import structlog
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from groundhog_mcp import __version__
 from groundhog_mcp.errors import EncryptionKeyError, InitializationError, StateValidationError
@@ -72,7 +81,7 @@ def default_token_file() -> Path:
     return Path(platformdirs.user_config_dir("groundhog-mcp", appauthor=False)) / "tokens.json"
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
     """Every setting, with its default. Env: ``GROUNDHOG_<NAME>``; TOML: ``<name> = ...``.
 
     ``Settings(name=value, ...)`` takes the given values over the defaults and nothing else (a
@@ -80,7 +89,9 @@ class Settings(BaseModel):
     flags, ``GROUNDHOG_*`` variables and the TOML file.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Lists from the environment are comma-separated, not JSON (NoDecode on those fields); an
+    # empty variable means "not set", as an unset one.
+    model_config = SettingsConfigDict(extra="forbid", env_prefix="GROUNDHOG_", env_ignore_empty=True)
 
     database: str = Field(
         default_factory=lambda: str(default_database()),
@@ -126,7 +137,7 @@ class Settings(BaseModel):
     )
     host: str = Field(default="127.0.0.1", min_length=1, max_length=255, description="HTTP bind address")
     port: int = Field(default=8765, ge=0, le=65535, description="0: any free port (logged at start)")
-    search_indexes: list[str] = Field(
+    search_indexes: Annotated[list[str], NoDecode] = Field(
         default_factory=list[str],
         description="JSON Pointers (/data/..., /context_metadata/...) whose equality and range conditions in "
         "find_contexts use an index (comma-separated)",
@@ -134,8 +145,12 @@ class Settings(BaseModel):
     search_budget_ms: int = Field(
         default=2000, ge=10, le=600_000, description="longest a find_contexts query may run (then: code budget)"
     )
-    allowed_hosts: list[str] = Field(default_factory=list[str], description="Host headers to accept besides localhost")
-    allowed_origins: list[str] = Field(default_factory=list[str], description="Origin headers to accept")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str], description="Host headers to accept besides localhost"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list[str], description="Origin headers to accept"
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="largest HTTP request body (413 above)"
     )
@@ -159,7 +174,7 @@ class Settings(BaseModel):
     audit_key: SecretStr | None = Field(default=None, description="HMAC key of the audit chain, >= 32 characters")
     audit_key_file: str | None = Field(default=None, description="file holding the audit key (created if missing)")
     # The local principal's grants (stdio, and HTTP without authentication): right:prefix.
-    grants: list[str] = Field(
+    grants: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["admin:"], min_length=1, description="the local principal's grants, RIGHT:PREFIX"
     )
     metrics_public: bool = Field(default=False, description="serve /metrics without a token")
@@ -232,6 +247,28 @@ class Settings(BaseModel):
             max_lease_waiters_per_namespace=self.max_lease_waiters_per_namespace,
         )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """``GROUNDHOG_*`` variables of a given mapping (``os.environ`` for the command line)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
 
 def load_settings(
     flags: Mapping[str, Any] | None = None,
@@ -248,20 +285,17 @@ def load_settings(
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     if any(secret in given for secret in _ENV_ONLY):
         raise EncryptionKeyError("config: encryption keys are never taken from the command line")
+    sources = (
+        InitSettingsSource(Settings, init_kwargs=given),
+        _EnvironmentSource(Settings, env),
+        InitSettingsSource(Settings, init_kwargs=toml),
+    )
     try:
-        return Settings.model_validate(toml | _environment_values(env) | given)
+        # pyright does not see BaseSettings' private __init__ arguments through dataclass_transform.
+        return Settings(_build_sources=(sources, {}))  # pyright: ignore[reportCallIssue]
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InitializationError(f"config: {problems}") from None
-
-
-def _environment_values(env: Mapping[str, str]) -> dict[str, str]:
-    """The settings ``GROUNDHOG_<NAME>`` variables give (names in any case), as text: validation
-    converts them; lists are comma-separated (``Settings._comma_separated``). An empty variable
-    means "not set", as an unset one."""
-    variables = {name.lower(): value for name, value in env.items()}
-    found = {name: variables.get(f"groundhog_{name}") for name in Settings.model_fields}
-    return {name: value for name, value in found.items() if value}
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def test_an_environment_value_is_named_when_wrong() -> None:
 @pytest.mark.parametrize("name", sorted(Settings.model_fields))
 @pytest.mark.parametrize("text", ["x,y", "[1", "{}", "-1"])
 def test_any_environment_value_is_a_setting_or_a_config_error(name: str, text: str) -> None:
-    """Never a bare validation error (a traceback, exit 70): lists are not JSON-decoded."""
+    """Never a bare pydantic-settings error (a traceback, exit 70): lists are not JSON-decoded."""
     try:
         load_settings({}, env={f"GROUNDHOG_{name.upper()}": text})
     except InitializationError as exc:  # EncryptionKeyError included

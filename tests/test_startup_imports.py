@@ -48,9 +48,7 @@ def test_a_server_without_schemas_never_imports_jsonschema_and_builds_only_its_p
 # rich from it changed what a logged traceback shows, and the broken build that logs frame locals
 # was no longer caught (tests/reliability/test_faults.py).
 # The encryption key handling: a server without encryption at rest configured never parses a key.
-# pydantic-settings (with python-dotenv and its cloud secret sources, ~10 ms and 1.3 MB): the
-# settings are one pydantic model and four layers merged in groundhog_mcp/app.py.
-NOT_AT_SERVE = ("groundhog_mcp.dashboard", "groundhog_mcp.security.crypto", "pydantic_settings", "dotenv")
+NOT_AT_SERVE = ("groundhog_mcp.dashboard", "groundhog_mcp.security.crypto")
 
 
 # `python -m groundhog_mcp` (stdin at its end: serve answers nothing and stops), then the modules loaded.

@@ -423,7 +423,7 @@ def _plain_type(annotation: object) -> str:
     if text:
         return text
     rendered = str(annotation)
-    for noise in ("typing.", "typing_extensions.", "pydantic.types."):
+    for noise in ("typing.", "typing_extensions.", "pydantic.types.", "pydantic_settings.sources.types."):
         rendered = rendered.replace(noise, "")
     if rendered.startswith("Annotated["):  # Annotated[list[str], NoDecode] -> list[str]
         inner, depth = [], 0
