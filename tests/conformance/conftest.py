@@ -143,14 +143,21 @@ async def make_backend(tmp_path: Path) -> AsyncGenerator[MakeBackend]:
 
 # This module's fixtures that open a store on the backend as their first step: a test of this
 # directory using one gets a schema that may come migrated (make_backend's migrated=True), which
-# is what that first open would leave.
+# is what that first open would leave. A module elsewhere whose every test opens a store on
+# ``backend`` before anything else says so with ``BACKEND_OPENED_FIRST = True``.
 _OPENING_FIXTURES = ("store", "manager", "other")
 _HERE = Path(__file__).parent
 
 
+def _opened_first(request: pytest.FixtureRequest) -> bool:
+    if getattr(request.module, "BACKEND_OPENED_FIRST", False):
+        return True
+    return request.path.parent == _HERE and any(name in request.fixturenames for name in _OPENING_FIXTURES)
+
+
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, make_backend: MakeBackend) -> Backend:
-    migrated = request.path.parent == _HERE and any(name in request.fixturenames for name in _OPENING_FIXTURES)
+    migrated = _opened_first(request)
     if request.param == "sqlite-encrypted":
         return dataclasses.replace(await make_backend("sqlite"), cipher=_KEYRING)
     if request.param == "postgres-encrypted":
