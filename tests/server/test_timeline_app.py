@@ -40,3 +40,4 @@ async def test_a_client_without_apps_gets_the_same_history(client: Client) -> No
     await call(client, "update_state", name="plan", data={"step": 2})
     history = await call(client, "get_history", name="plan")
     assert [(r["revision"], r["op"]) for r in history["revisions"]] == [(2, "update"), (1, "register")]
+
