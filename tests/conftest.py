@@ -31,6 +31,7 @@ from tests.reliability.broken_plugin import pytest_runtest_logreport, pytest_ter
 
 POSTGRES_URL_VARIABLE = "GROUNDHOG_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PRIVATE_DATABASE_VARIABLE = "GROUNDHOG_TEST_PRIVATE_DATABASE"
 
 _private_database: tuple[str, str] | None = None  # (the server's URL, the database created on it)
 
@@ -72,6 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     _private_database = (base, name)
     os.environ[POSTGRES_URL_VARIABLE] = urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    # Dropped whole at the end of the session: tests/conformance/conftest.py may keep migrated
+    # schemas in it for reuse (nothing left there outlives the run).
+    os.environ[PRIVATE_DATABASE_VARIABLE] = name
 
 
 def _no_private_database(base: str, exc: psycopg.Error) -> None:

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.anyio
 KEY_TEXT = "audit-test-key-0123456789abcdef0123456789abcdef"
 KEY = AuditKey(KEY_TEXT)
 MARKER = "SECRET-MARKER-7f3a9c"
+# Every test opens a store on ``backend`` before anything else: a PostgreSQL one may come migrated
+# already (tests/conformance/migrated_schemas.py).
+BACKEND_OPENED_FIRST = True
 
 
 def audited_store(backend: Backend, **kwargs: Any) -> Store:

@@ -97,7 +97,7 @@ async def target_and_export(
     request: pytest.FixtureRequest, make_backend: MakeBackend, exports: Callable[[Kind], Path]
 ) -> tuple[Backend, Path]:
     export = await asyncio.to_thread(exports, request.param)  # made outside this event loop
-    target = await make_backend(request.param)
+    target = await make_backend(request.param, migrated=True)  # migrated right away
     # The target exists and is migrated: a refused import must not change one byte of it.
     assert await run_cli("--database", target.database, "db", "migrate") == 0
     return target, export
