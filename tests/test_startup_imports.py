@@ -61,16 +61,23 @@ runpy.run_module("groundhog_mcp", run_name="__main__", alter_sys=True)
 """
 
 
-def test_stdio_serve_does_not_import_what_answering_tools_list_does_not_need(tmp_path: Path) -> None:
-    listed = tmp_path / "modules.json"
+def _serve(script: str, report: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m groundhog_mcp`` serving stdio until its stdin (empty) ends, run by ``script``,
+    which writes what it observed to ``report`` at exit."""
     out = subprocess.run(
-        [sys.executable, "-c", SERVE, str(listed), "--database", str(tmp_path / "s.sqlite")],
+        [sys.executable, "-c", script, str(report), "--database", str(tmp_path / "s.sqlite")],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_stdio_serve_does_not_import_what_answering_tools_list_does_not_need(tmp_path: Path) -> None:
+    listed = tmp_path / "modules.json"
+    out = _serve(SERVE, listed, tmp_path)
     imported = set(json.loads(listed.read_text()))
     assert "groundhog_mcp.server.stdio" in imported  # the serve path ran
     assert sorted(m for m in imported if any(m == n or m.startswith(n + ".") for n in NOT_AT_SERVE)) == []
@@ -93,14 +100,7 @@ runpy.run_module("groundhog_mcp", run_name="__main__", alter_sys=True)
 def test_stdio_serve_starts_without_cyclic_collection(tmp_path: Path) -> None:
     # groundhog_mcp/cli/startup.py: about 240 collections (~55 ms) over start-up's objects otherwise.
     report = tmp_path / "gc.json"
-    out = subprocess.run(
-        [sys.executable, "-c", COLLECTOR, str(report), "--database", str(tmp_path / "s.sqlite")],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    _serve(COLLECTOR, report, tmp_path)
     state = json.loads(report.read_text())
     assert state["enabled"] is True  # collecting again once serving
     assert state["frozen"] == 0  # frozen objects slowed every call (see startup.py)
