@@ -384,8 +384,8 @@ async def main() -> None:
             )
         print(row("PostgreSQL commit floor", floor) + "   (INSERT one row + COMMIT, one round trip)")
         print(
-            "  a PostgreSQL update_state is the service's read (1 round trip) and the write (3: lock"
-            " and read | write | audit row + COMMIT); get_state is 1"
+            "  a PostgreSQL update_state is 3 round trips (lock and read | write and sequence | audit row"
+            " + COMMIT); get_state is 1 (counted through the MCP tool, audit on)"
         )
         print(f"  1-minute load average over the rounds: min / median / max {spread(loads)}")
 
