@@ -380,6 +380,12 @@ def pointer_token(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
+def pointer_tokens(pointer: str) -> list[str]:
+    """The keys a JSON Pointer names, unescaped (RFC 6901: ``~1`` → ``/``, then ``~0`` → ``~``):
+    the inverse of :func:`pointer_token`; ``[]`` for ``""``, the whole document."""
+    return [token.replace("~1", "/").replace("~0", "~") for token in pointer.split("/")[1:]]
+
+
 def _diff(a: Any, b: Any, pointer: str, operations: list[JSONObject]) -> None:
     if _equal(a, b):
         return

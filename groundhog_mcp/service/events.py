@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
 
 from groundhog_mcp.errors import EventHandlingError, StateValidationError, ValidationIssue
-from groundhog_mcp.models import ContextState, JSONObject
+from groundhog_mcp.models import ContextState, JSONObject, pointer_tokens
 from groundhog_mcp.service.patching import merge_patch
 from groundhog_mcp.service.validation import check_schema_definition, schema_issues, small_json
 
@@ -68,10 +68,6 @@ class HandlerFailure(Exception):
     """A handler raised: retried with backoff, then dead-lettered."""
 
 
-def _tokens(pointer: str) -> list[str]:
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-
-
 @dataclass(frozen=True)
 class DeclarativeHandler:
     """``{"action", "path", "value_from"?, "value"?, "payload_schema"?}``: no code, stored with the context."""
@@ -104,7 +100,7 @@ class DeclarativeHandler:
         if self.value_from is None:
             return copy.deepcopy(self.value) if self.value is not None else (1 if self.action == "increment" else None)
         node: Any = event.payload
-        for token in _tokens(self.value_from):
+        for token in pointer_tokens(self.value_from):
             if isinstance(node, dict) and token in node:
                 node = node[token]
             elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
@@ -119,7 +115,7 @@ class DeclarativeHandler:
         """The new data; raises :class:`HandlerFailure` when the state does not fit the action."""
         value = self._payload_value(event)
         result = copy.deepcopy(data)
-        tokens = _tokens(self.path)
+        tokens = pointer_tokens(self.path)
         if not tokens:
             if self.action == "set" and isinstance(value, dict):
                 return cast(JSONObject, value)

@@ -56,7 +56,15 @@ from groundhog_mcp.errors import (
     StateValidationError,
     ValidationIssue,
 )
-from groundhog_mcp.models import ContextState, JSONObject, is_semver, parse_timestamp, pointer_token, utcnow
+from groundhog_mcp.models import (
+    ContextState,
+    JSONObject,
+    is_semver,
+    parse_timestamp,
+    pointer_token,
+    pointer_tokens,
+    utcnow,
+)
 from groundhog_mcp.service.validation import check_name
 
 if TYPE_CHECKING:
@@ -201,10 +209,6 @@ def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return f"a {type(value).__name__}"
-
-
-def _unescape(segment: str) -> str:
-    return segment.replace("~1", "/").replace("~0", "~")
 
 
 @dataclass(frozen=True)
@@ -415,10 +419,10 @@ def _fits(reducer: Reducer, value: Any) -> bool:
 def _at_pointer(document: JSONObject, pointer: str) -> Any:
     """The value at ``pointer`` walking objects only (arrays are values to a merge), or absent."""
     node: Any = document
-    for segment in pointer.split("/")[1:]:
+    for key in pointer_tokens(pointer):
         if not isinstance(node, dict):
             return _ABSENT
-        node = node.get(_unescape(segment), _ABSENT)  # type: ignore[union-attr]
+        node = node.get(key, _ABSENT)  # type: ignore[union-attr]
         if node is _ABSENT:
             return _ABSENT
     return node

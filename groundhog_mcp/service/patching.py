@@ -16,7 +16,7 @@ from groundhog_mcp.errors import (
     StateValidationError,
     ValidationIssue,
 )
-from groundhog_mcp.models import JSONObject
+from groundhog_mcp.models import JSONObject, pointer_tokens
 
 __all__ = ["apply_json_patch", "merge_patch", "resolve_pointer"]
 
@@ -114,8 +114,7 @@ def _missing_step(document: Any, pointer: str) -> str:
     """Which part of ``pointer`` is missing, and what is there instead (by kind, never by value)."""
     at: Any = document
     walked = ""
-    for part in pointer.split("/")[1:]:
-        key = part.replace("~1", "/").replace("~0", "~")
+    for part, key in zip(pointer.split("/")[1:], pointer_tokens(pointer), strict=True):
         if isinstance(at, dict) and key in at:
             at = at[key]
         elif isinstance(at, list) and key.isdigit() and int(key) < len(at) and (key == "0" or key[0] != "0"):

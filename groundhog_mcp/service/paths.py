@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import Change, JSONObject
+from groundhog_mcp.models import Change, JSONObject, pointer_tokens
 from groundhog_mcp.store.base import FEED_PATCH_MAX_OPS
 
 __all__ = ["MAX_MATCHED_OPERATIONS", "MAX_WATCH_PATHS", "parse_watch_paths", "touches"]
@@ -22,7 +22,7 @@ _MAX_POINTER_CHARS = 1024
 
 
 def _tokens(pointer: str) -> tuple[str, ...]:
-    return tuple(t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]) if pointer else ()
+    return tuple(pointer_tokens(pointer))
 
 
 def parse_watch_paths(paths: Sequence[str] | None, field: str = "paths") -> tuple[tuple[str, ...], ...] | None:

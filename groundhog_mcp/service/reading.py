@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from groundhog_mcp.errors import StateValidationError, ValidationIssue
-from groundhog_mcp.models import dumps, json_type, pointer_token
+from groundhog_mcp.models import dumps, json_type, pointer_token, pointer_tokens
 from groundhog_mcp.service.patching import resolve_pointer
 
 __all__ = ["MAX_FIELDS", "ArrayPage", "Part", "TooLarge", "bounded", "page_array", "project", "read_part"]
@@ -73,7 +73,7 @@ def _steps(pointer: str, field: str) -> list[str]:
             [ValidationIssue("", f"must be a JSON Pointer starting with '/' (RFC 6901); got {pointer[:80]!r}")],
             field=field,
         )
-    return [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+    return pointer_tokens(pointer)
 
 
 def project(document: Any, pointers: Sequence[str], field: str = "fields") -> tuple[dict[str, Any], list[str]]:

@@ -28,7 +28,7 @@ from groundhog_mcp.errors import (
     StateValidationError,
     ValidationIssue,
 )
-from groundhog_mcp.models import dumps
+from groundhog_mcp.models import dumps, pointer_tokens
 from groundhog_mcp.store.adapter import StoreAdapter, Tx
 from groundhog_mcp.store.rows import StoredContext
 
@@ -478,7 +478,7 @@ def parse_ref(pointer: str, field: str) -> JsonRef:
         raise _invalid(field, f"must be a JSON Pointer starting with '/' (RFC 6901); got {pointer[:80]!r}")
     if len(pointer) > MAX_POINTER_CHARS:
         raise _invalid(field, f"at most {MAX_POINTER_CHARS} characters; got {len(pointer)}")
-    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+    parts = pointer_tokens(pointer)
     if parts[0] not in ROOTS:
         raise _invalid(field, f"must start with /data, /metadata or /context_metadata; got {pointer[:80]!r}")
     if len(parts) > 32:

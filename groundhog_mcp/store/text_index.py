@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, LiteralString
 
-from groundhog_mcp.models import ContextId, ContextState, JSONObject
+from groundhog_mcp.models import ContextId, ContextState, JSONObject, pointer_tokens
 from groundhog_mcp.store.adapter import StoreAdapter, Tx
 
 __all__ = ["INDEX_TEXT", "UNINDEX_TEXT", "TextIndex", "same_text"]
@@ -101,8 +101,7 @@ def same_text(patch: Sequence[JSONObject] | None, before: JSONObject) -> bool:
 def _resolve(document: Any, pointer: str) -> Any:
     """The value at JSON Pointer ``pointer`` (RFC 6901) in ``document``, or ``_MISSING``."""
     value = document
-    for token in pointer[1:].split("/"):
-        key = token.replace("~1", "/").replace("~0", "~")
+    for key in pointer_tokens(pointer):
         if isinstance(value, dict):
             if key not in value:
                 return _MISSING

@@ -175,22 +175,24 @@ async def store(backend: Backend) -> AsyncGenerator[Store]:
         await opened.close()
 
 
-@pytest.fixture
-async def manager(backend: Backend) -> AsyncGenerator[StateManager]:
+@contextlib.asynccontextmanager
+async def _started_manager(backend: Backend) -> AsyncGenerator[StateManager]:
     opened = StateManager(backend.store())
     await opened.start()
     try:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def manager(backend: Backend) -> AsyncGenerator[StateManager]:
+    async with _started_manager(backend) as opened:
+        yield opened
 
 
 @pytest.fixture
 async def other(backend: Backend) -> AsyncGenerator[StateManager]:
     """A second instance on the same database (another process, another PostgreSQL instance)."""
-    opened = StateManager(backend.store())
-    await opened.start()
-    try:
+    async with _started_manager(backend) as opened:
         yield opened
-    finally:
-        await opened.close()
