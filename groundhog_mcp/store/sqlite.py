@@ -3,8 +3,10 @@
 All database work runs on one thread this store owns; a unit of work from the store core
 (:mod:`groundhog_mcp.store.core`) runs there to its end in one step (lock, check, mutate,
 write state + history + change, commit), so a tool call costs one thread hop instead of one
-per statement. What is SQLite's own lives here: the connection and its PRAGMAs, the write
-lock, start-up checks, migrations, error translation, and the few statements whose SQL differs.
+per statement. What is SQLite's own lives here: the connection's thread, the write lock (group
+commit: :mod:`~groundhog_mcp.store.sqlite_writer`), error translation, and the few statements
+whose SQL differs; opening the file (start-up checks, migrations) is
+:mod:`~groundhog_mcp.store.sqlite_open`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import sqlite3
 import sys
 import threading
@@ -27,7 +28,7 @@ from typing import Any, Final, Literal, LiteralString, TypeVar
 import structlog
 
 from groundhog_mcp.errors import InitializationError, StateUpdateError, StoreBusyError
-from groundhog_mcp.models import ContextId, format_timestamp, utcnow
+from groundhog_mcp.models import ContextId, format_timestamp
 from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Params, Row, Runner, Tx, drive
 from groundhog_mcp.store.base import SEALED_MAGIC, AuditSigner, Change, RecordCipher, Retention, StoreStatus
 from groundhog_mcp.store.codec import SealedColumn
@@ -36,22 +37,14 @@ from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
 from groundhog_mcp.store.search import budget_exceeded
-from groundhog_mcp.store.sqlite_files import (
-    BUSY_CODES,
-    CORRUPT_CODES,
-    backup_into,
-    create_database_file,
-    primary_code,
-    statements,
-)
+from groundhog_mcp.store.sqlite_files import BUSY_CODES, CORRUPT_CODES, backup_into, primary_code
+from groundhog_mcp.store.sqlite_open import connect, migrate, schema_version, sealing_key_ids
 from groundhog_mcp.store.sqlite_writer import CommitStats, GroupCommitter
 
 __all__ = ["RotationProgress", "SQLiteStore"]
 
 _T = TypeVar("_T")
 _log = structlog.get_logger("groundhog_mcp.store")
-# Start-up runs PRAGMA quick_check on files up to this size (~1 s of reading at worst here).
-QUICK_CHECK_MAX_BYTES = 512 * 1024 * 1024
 _THREAD_NAME = "groundhog-sqlite"
 
 
@@ -382,21 +375,7 @@ class SQLiteStore(StoreCore):
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    # -- encryption at rest (docs/security.md "Encryption at rest") -----------------------------
-
-    def _check_keys(self, conn: sqlite3.Connection) -> None:
-        """Refuse to open a database whose records are under a key the codec cannot open."""
-        self.codec.check_keys(self._sealing_key_ids(conn), str(self.path), "The file was not modified.")
-
-    def _sealing_key_ids(self, conn: sqlite3.Connection) -> list[str]:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'encryption_keys'"
-        ).fetchone()
-        if not exists:
-            return []
-        return [row[0] for row in conn.execute("SELECT key_id FROM encryption_keys ORDER BY first_used, key_id")]
-
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle (the checks and migrations: store/sqlite_open.py) -------------------------
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -412,156 +391,16 @@ class SQLiteStore(StoreCore):
         self._writer = GroupCommitter(self._executor, lambda: self._db, self._translate_any)
 
     def _open_sync(self) -> None:
-        create_database_file(self.path)
-        try:
-            conn = sqlite3.connect(
-                str(self.path),
-                timeout=self.busy_timeout_ms / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise InitializationError(f"database: cannot open {self.path}: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            # One read snapshot for both probes: another instance starting on the same new file may
-            # commit its tables (all migrations in one transaction) between two separate reads, and
-            # its tables without its schema_migrations row would look like another application's.
-            conn.execute("BEGIN")
-            try:
-                version = self._schema_version(conn)
-                if version == 0:
-                    self._refuse_foreign(conn)
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-            if version != 0:
-                self._check_pages(conn)
-            if version > LATEST_SCHEMA_VERSION:
-                raise InitializationError(
-                    f"database: {self.path} has schema version {version}, newer than this groundhog-mcp "
-                    f"supports ({LATEST_SCHEMA_VERSION}); upgrade groundhog-mcp. The file was not modified."
-                )
-            if self.auto_migrate:
-                self._check_keys(conn)  # read-only: a wrong key leaves the file as it was
-            if self.codec.configured:
-                # Freed pages and cells are zeroed, so replaced plaintext does not linger in the file.
-                conn.execute("PRAGMA secure_delete=ON")
-            self._enable_wal(conn)
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            if self.auto_migrate:
-                self._migrate_sync(conn)
-        except InitializationError:
-            conn.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise InitializationError(
-                f"database: {self.path} is not a usable groundhog-mcp SQLite database ({exc}){self._read_only_cause()}"
-            ) from exc
-        self._conn = conn
-
-    def _read_only_cause(self) -> str:
-        """Why SQLite may have failed to open a file that is fine: it cannot write beside it."""
-        directory = self.path.parent
-        read_only_fs = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-        if not read_only_fs and os.access(directory, os.W_OK):
-            return ""
-        where = "is on a read-only file system" if read_only_fs else "is in a directory this user cannot write"
-        return (
-            f": {directory} {where}, and SQLite's WAL mode must create {self.path.name}-wal and "
-            f"{self.path.name}-shm beside the database. Serve it from a writable place (copy it, or "
-            "use `groundhog-mcp backup` elsewhere first)"
+        self._conn = connect(
+            self.path,
+            busy_timeout_ms=self.busy_timeout_ms,
+            synchronous=self.synchronous,
+            codec=self.codec,
+            auto_migrate=self.auto_migrate,
         )
 
-    def _check_pages(self, conn: sqlite3.Connection) -> None:
-        """``PRAGMA quick_check`` (read-only) on files up to QUICK_CHECK_MAX_BYTES: a damaged
-        table page behind a valid header is refused at start-up, not met by a request later."""
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size > QUICK_CHECK_MAX_BYTES:
-            _log.info("database.quick_check_skipped", path=str(self.path), size=size, limit=QUICK_CHECK_MAX_BYTES)
-            return
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            raise InitializationError(
-                f"database: {self.path} is corrupt (quick_check: {'; '.join(problems)[:300]}); the file was not "
-                "modified. Restore it from a backup, or salvage it with `sqlite3 FILE .recover`"
-            )
-
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
-        """Read-only probe; raises sqlite3.DatabaseError on a corrupt or foreign file."""
-        try:
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
-            ).fetchone()
-            if not exists:
-                return 0
-            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
-            return int(row[0] or 0)
-        except sqlite3.DatabaseError as exc:
-            raise InitializationError(
-                f"database: {self.path} is not a usable SQLite database ({exc}); the file was not modified"
-                f"{self._read_only_cause()}"
-            ) from exc
-
-    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
-        """Never add our tables to another application's SQLite file."""
-        tables = [
-            row[0]
-            for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-            )
-        ]
-        if tables:
-            shown = ", ".join(tables[:5]) + (", …" if len(tables) > 5 else "")
-            raise InitializationError(
-                f"database: {self.path} is another application's SQLite database (tables: {shown}); "
-                "groundhog-mcp will not add its tables to it. Choose another file; this one was not modified."
-            )
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        # Several processes opening a fresh file at once can see "locked" here even with a
-        # busy timeout (the switch needs an exclusive lock): retry within the timeout.
-        deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL").fetchone()
-                return
-            except sqlite3.OperationalError as exc:
-                if primary_code(exc) not in BUSY_CODES or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def _migrate_sync(self, conn: sqlite3.Connection | None = None) -> list[int]:
-        conn = conn or self._db
-        if self._schema_version(conn) >= LATEST_SCHEMA_VERSION:
-            return []
-        applied: list[int] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            current = self._schema_version(conn)  # re-read under the lock: another process may have won
-            for migration in MIGRATIONS:
-                if migration.version <= current:
-                    continue
-                for statement in statements(migration.sqlite):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, format_timestamp(utcnow())),
-                )
-                applied.append(migration.version)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return applied
-
     async def migrate(self) -> list[int]:
-        return await self._call(self._migrate_sync)
+        return await self._call(lambda: migrate(self._db, self.path))
 
     async def close(self) -> None:
         if self._executor is None:
@@ -629,7 +468,7 @@ class SQLiteStore(StoreCore):
 
     def _status_sync(self) -> StoreStatus:
         conn = self._db
-        version = self._schema_version(conn)
+        version = schema_version(conn, self.path)
         contexts = (
             conn.execute("SELECT count(*) FROM contexts WHERE deleted_at IS NULL").fetchone()[0] if version else 0
         )
@@ -649,7 +488,7 @@ class SQLiteStore(StoreCore):
                 "journal_mode": journal,
                 "synchronous": self.synchronous,
                 # Encryption at rest: the ids of the keys values are sealed with (empty: plaintext).
-                "encryption_key_ids": self._sealing_key_ids(conn),
+                "encryption_key_ids": sealing_key_ids(conn),
             },
         )
 

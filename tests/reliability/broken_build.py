@@ -328,50 +328,50 @@ def _open_sync_unhandled(self):
 _NO_QUICK_CHECK = Defect(
     "no_quick_check",
     "no PRAGMA quick_check at start-up: a corrupt table page behind a valid header is served",
-    "store/sqlite.py",
+    "store/sqlite_open.py",
     """
-def _pages_unchecked(self, conn):
+def _pages_unchecked(conn, path):
     return None
 """,
-    (("SQLiteStore", "_check_pages", "_pages_unchecked"),),
+    (("", "check_pages", "_pages_unchecked"),),
 )
 
 _ADOPTS_FOREIGN_FILE = Defect(
     "adopts_foreign_file",
     "another application's SQLite file gets groundhog's tables added",
-    "store/sqlite.py",
+    "store/sqlite_open.py",
     """
-def _foreign_welcome(self, conn):
+def _foreign_welcome(conn, path):
     return None
 """,
-    (("SQLiteStore", "_refuse_foreign", "_foreign_welcome"),),
+    (("", "refuse_foreign", "_foreign_welcome"),),
 )
 
 _NO_READ_ONLY_CAUSE = Defect(
     "no_read_only_cause",
     "a start error on a read-only file system blames the file, not the directory WAL must write",
-    "store/sqlite.py",
+    "store/sqlite_open.py",
     """
-def _no_cause(self):
+def _no_cause(path):
     return ""
 """,
-    (("SQLiteStore", "_read_only_cause", "_no_cause"),),
+    (("", "read_only_cause", "_no_cause"),),
 )
 
 _REFUSES_EMPTY_FILE = Defect(
     "refuses_empty_file",
     "a zero-byte file is refused as not a database",
-    "store/sqlite.py",
+    "store/sqlite_open.py",
     """
-_real_refuse_foreign = SQLiteStore._refuse_foreign
+_real_refuse_foreign = refuse_foreign
 
 
-def _refuse_foreign_or_empty(self, conn):
-    if self.path.exists() and self.path.stat().st_size == 0:
-        raise InitializationError(f"database: {self.path} is not a usable SQLite database (empty file)")
-    _real_refuse_foreign(self, conn)
+def _refuse_foreign_or_empty(conn, path):
+    if path.exists() and path.stat().st_size == 0:
+        raise InitializationError(f"database: {path} is not a usable SQLite database (empty file)")
+    _real_refuse_foreign(conn, path)
 """,
-    (("SQLiteStore", "_refuse_foreign", "_refuse_foreign_or_empty"),),
+    (("", "refuse_foreign", "_refuse_foreign_or_empty"),),
 )
 
 _LOGS_FRAME_LOCALS = Defect(
