@@ -11,11 +11,15 @@ first run and reused), as its users start it: ``mcpstate serve --backend sqlite:
 server is a FastMCP app over the same MCP SDK version as ours.
 
 Processes, all stdio subprocesses of the SDK's ``Client(..., mode="legacy")``:
-``benchmarks/noop_server.py`` (our venv's Python; an ``MCPServer`` whose ``noop_dict`` tool returns a
-small dict: the floor), ``python -m groundhog_mcp`` on a database with ten 1 KB contexts
+``benchmarks/noop_server.py`` (an ``MCPServer`` whose ``noop_dict`` tool returns a small dict: the
+floor), ``python -m groundhog_mcp`` on a database with ten 1 KB contexts
 (``synchronous=FULL``, history kept (100), change feed, audit log on: the defaults, set explicitly),
 ``mcpstate serve`` on ten 1 KB handles, and ``benchmarks/noop_fastmcp_server.py`` (the peer venv's
-FastMCP with one no-op tool: mcpstate's framework floor, information only).
+FastMCP with one no-op tool: mcpstate's framework floor, information only). The no-op server and
+ours run from the runtime venv (``runtime_venv.py``: the runtime install only, as a user has it,
+at this venv's versions); for start-up and idle RSS both are also started from this (test) venv,
+whose test extras bring ``rich`` and ``pygments``, which structlog imports when installed
+(information: the ``(test venv)`` ratios).
 
 Series, interleaved in rounds in a rotating order, one call in flight:
 ``update_state(name, data=<1 KB>, expected_revision)`` vs mcpstate's
@@ -76,6 +80,7 @@ from bench_core import (
     update_series,
 )
 from mcp import Client, StdioServerParameters
+from runtime_venv import RUNTIME_ABSENT, runtime_python
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -169,7 +174,9 @@ async def start(stack: contextlib.AsyncExitStack, spec: Spec) -> Server:
     return Server(spec.label, client, new.pop(), startup_ms)
 
 
-def specs(workdir: Path, venv: Path) -> dict[str, Spec]:
+def specs(workdir: Path, venv: Path, ours: Path | str = sys.executable, *, test_venv: bool = False) -> dict[str, Spec]:
+    """The servers: the no-op floor and groundhog-mcp run by the interpreter ``ours`` (also by
+    this venv's with ``test_venv``, as ``noop_testvenv`` and ``groundhog_testvenv``)."""
     config = {"XDG_CONFIG_HOME": str(workdir / "config")}  # no user config file reaches a server
     groundhog_env = config | {
         # The defaults, spelled out: durable commits, history, audit chain (the feed is always on).
@@ -183,14 +190,11 @@ def specs(workdir: Path, venv: Path) -> dict[str, Spec]:
         "FASTMCP_LOG_LEVEL": "WARNING",
     }
     peer_python = str(venv / "bin" / "python")
-    return {
-        "noop": Spec("noop", sys.executable, [str(HERE / "noop_server.py")], config),
-        "groundhog": Spec(
-            "groundhog",
-            sys.executable,
-            ["-m", "groundhog_mcp", "--database", str(workdir / "groundhog.sqlite"), "--log-level", "WARNING"],
-            groundhog_env,
-        ),
+    noop_args = [str(HERE / "noop_server.py")]
+    groundhog_args = ["-m", "groundhog_mcp", "--database", str(workdir / "groundhog.sqlite"), "--log-level", "WARNING"]
+    found = {
+        "noop": Spec("noop", str(ours), noop_args, config),
+        "groundhog": Spec("groundhog", str(ours), groundhog_args, groundhog_env),
         "mcpstate": Spec(
             "mcpstate",
             str(venv / "bin" / "mcpstate"),
@@ -199,6 +203,10 @@ def specs(workdir: Path, venv: Path) -> dict[str, Spec]:
         ),
         "noop_fastmcp": Spec("noop_fastmcp", peer_python, [str(HERE / "noop_fastmcp_server.py")], fastmcp_env),
     }
+    if test_venv:
+        found["noop_testvenv"] = Spec("noop_testvenv", sys.executable, noop_args, config)
+        found["groundhog_testvenv"] = Spec("groundhog_testvenv", sys.executable, groundhog_args, groundhog_env)
+    return found
 
 
 async def peer_call(server: Server, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -354,11 +362,11 @@ async def prepare_databases(workdir: Path, venv: Path) -> dict[str, Any]:
     return {"groundhog": info, "mcpstate_handles": json.loads(out)}
 
 
-async def measure_startups(workdir: Path, venv: Path, n: int) -> dict[str, list[float]]:
+async def measure_startups(servers: dict[str, Spec], n: int) -> dict[str, list[float]]:
     """Spawn to ``tools/list`` answer, ``n`` times per server, interleaved; each closed at once."""
     found: dict[str, list[float]] = {}
     for i in range(n):
-        order = list(specs(workdir, venv).values())
+        order = list(servers.values())
         order = order[i % len(order) :] + order[: i % len(order)]
         for spec in order:
             async with contextlib.AsyncExitStack() as stack:
@@ -374,20 +382,24 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         print(f"  warning: load average {load_at_start[0]:.2f} on {os.cpu_count()} CPUs; expect noisy figures")
     venv, versions = peer_venv()
     print(f"  peer venv: {venv.relative_to(REPO)} {versions}", flush=True)
+    ours = runtime_python()
+    print(f"  runtime venv: {ours.parent.parent.relative_to(REPO)}", flush=True)
+    servers_to_start = specs(workdir, venv, ours, test_venv=True)
     databases = await prepare_databases(workdir, venv)
-    startups = await measure_startups(workdir, venv, mode.startups)
+    startups = await measure_startups(servers_to_start, mode.startups)
     print(f"  start-up: { {k: round(statistics.median(v)) for k, v in startups.items()} } ms", flush=True)
 
     loads: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
-        servers = {key: await start(stack, spec) for key, spec in specs(workdir, venv).items()}
+        servers = {key: await start(stack, spec) for key, spec in servers_to_start.items()}
         gh, peer, fastmcp = servers["groundhog"], servers["mcpstate"], servers["noop_fastmcp"]
         for name in HOT:
             gh.revisions[name] = (await call(gh, "get_state", {"name": name}))["revision"]
+            await call(servers["groundhog_testvenv"], "get_state", {"name": name})
         for handle in databases["mcpstate_handles"]:
             peer.revisions[handle] = (await peer_call(peer, "state_load", {"handle": handle}))["version"]
-        await call(servers["noop"], "noop_dict", {})
-        await call(servers["noop_fastmcp"], "noop_dict", {})
+        for key in ("noop", "noop_fastmcp", "noop_testvenv"):
+            await call(servers[key], "noop_dict", {})
         await asyncio.sleep(mode.idle_s)  # idle after one call: what a client's idle server holds
         rss_idle = {k: rss_mb(s.pid) for k, s in servers.items()}
 
@@ -507,12 +519,27 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         ratio("idle RSS", "groundhog RSS / noop RSS", rss_idle["groundhog"] / rss_idle["noop"], 1.2, "<="),
         ratio("mcpstate idle RSS", "mcpstate RSS / noop RSS", rss_idle["mcpstate"] / rss_idle["noop"], None, "<="),
         ratio(
+            "idle RSS (test venv)",
+            f"the same, both from the test venv (with {', '.join(RUNTIME_ABSENT)})",
+            rss_idle["groundhog_testvenv"] / rss_idle["noop_testvenv"],
+            None,
+            "<=",
+        ),
+        ratio(
             "start-up",
             "groundhog / noop, spawn to tools/list (median of the starts)",
             median_of("groundhog", startups) / median_of("noop", startups),
             1.1,
             "<=",
             spread([g / n for g, n in zip(startups["groundhog"], startups["noop"], strict=True)]),
+        ),
+        ratio(
+            "start-up (test venv)",
+            "the same, both from the test venv",
+            median_of("groundhog_testvenv", startups) / median_of("noop_testvenv", startups),
+            None,
+            "<=",
+            spread([g / n for g, n in zip(startups["groundhog_testvenv"], startups["noop_testvenv"], strict=True)]),
         ),
         ratio(
             "mcpstate start-up",
@@ -527,7 +554,12 @@ async def run(mode: Mode, workdir: Path) -> dict[str, Any]:
         "mode": mode.name,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "environment": _environment(workdir)
-        | {"peer": versions, "loadavg_at_start": load_at_start, "loadavg_1min_rounds": spread(loads, 2)},
+        | {
+            "peer": versions,
+            "runtime_venv": str(ours.parent.parent.relative_to(REPO)),
+            "loadavg_at_start": load_at_start,
+            "loadavg_1min_rounds": spread(loads, 2),
+        },
         "parameters": {
             "rounds": mode.rounds,
             "batch": mode.batch,

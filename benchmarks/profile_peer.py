@@ -42,6 +42,7 @@ from typing import Any
 
 from bench_core import HOT, POPULATE_TIMEOUT_S, Server, call, payload
 from bench_peer import KIND, REPO, RESULTS, peer_call, peer_venv, prepare_databases, specs, start
+from runtime_venv import runtime_python
 
 RATE = 500  # samples per second per thread
 IMPORT_RUNS = 3  # -X importtime runs per command; the fastest counts (load only ever adds)
@@ -349,8 +350,9 @@ def import_times(args: list[str]) -> dict[str, Any]:
 
 
 def import_time(args: list[str]) -> dict[str, Any]:
+    """In the runtime venv (runtime_venv.py), as a user's install imports."""
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", *args],
+        [str(runtime_python()), "-X", "importtime", *args],
         cwd=REPO,
         stdin=subprocess.DEVNULL,  # the stdio server reads EOF and exits
         capture_output=True,
