@@ -20,7 +20,7 @@ from typing import Any, Literal, LiteralString
 
 from groundhog_mcp.errors import ConflictError, NotFoundError
 from groundhog_mcp.models import Change, ContextId, ContextState, HistoryEntry, JSONObject, dumps, json_diff, utcnow
-from groundhog_mcp.store.adapter import ChangeWrite, EncodedState, Row, Tx, marks
+from groundhog_mcp.store.adapter import ChangeWrite, EncodedState, Reservation, Row, Tx, marks
 from groundhog_mcp.store.base import (
     AuditChainHead,
     AuditEntry,
@@ -175,7 +175,8 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
         prepared: tuple[StoredContext, Mutation, EncodedState] | None = None
 
         async def work(tx: Tx) -> tuple[StoredContext, Change]:
-            row = await self._lock_live(tx, namespace, name)
+            reserved = Reservation(expected_revision)
+            row = await self._lock_live(tx, namespace, name, reserved)
             current = await self._context(row)
             self._fence(row, current.id, name, lease_token)
             if event is not None and event.idempotency_key is not None:
@@ -218,7 +219,7 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
             if mutation.definition is not None:
                 stored = await self._redefine(tx, stored, mutation.definition)
             change = await self._record(
-                tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit, mark_name=False
+                tx, stored, mutation.op, actor, now, mutation.patch, encoded, event, audit, reserved, mark_name=False
             )
             if mutation.parents:
                 await self._link(tx, stored, mutation.parents)
@@ -244,16 +245,28 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
         lease_token: int | None = None,
     ) -> Change:
         async def work(tx: Tx) -> Change:
-            row = await self._lock_live(tx, namespace, name)
+            reserved = Reservation(expected_revision)
+            row = await self._lock_live(tx, namespace, name, reserved)
             current = await self._context(row)  # (ids as the store's types, not the row's)
             self._fence(row, current.id, name, lease_token)
             await self._check_expected(tx, current, expected_revision)
-            return await self._remove(tx, row, current, "unregister", purge=purge, actor=actor, audit=audit)
+            return await self._remove(
+                tx, row, current, "unregister", purge=purge, actor=actor, audit=audit, reserved=reserved
+            )
 
         return await self._transaction(work, writing=True)
 
     async def _remove(
-        self, tx: Tx, row: Row, current: StoredContext, op: str, *, purge: bool, actor: str, audit: AuditNote | None
+        self,
+        tx: Tx,
+        row: Row,
+        current: StoredContext,
+        op: str,
+        *,
+        purge: bool,
+        actor: str,
+        audit: AuditNote | None,
+        reserved: Reservation | None = None,
     ) -> Change:
         """Unregister (or expire) the locked live context ``current`` (read as ``row``)."""
         await tx.execute("DELETE FROM leases WHERE context_id = %s", (current.id,))
@@ -288,7 +301,7 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
                 (now, revision, now, context_id),
             )
         stored = dataclasses.replace(current, revision=revision)
-        return await self._record(tx, stored, op, actor, now, None, None, None, audit)
+        return await self._record(tx, stored, op, actor, now, None, None, None, audit, reserved)
 
     async def _redefine(self, tx: Tx, current: StoredContext, definition: Definition) -> StoredContext:
         new = definition
@@ -329,8 +342,12 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
                 ),
             )
 
-    async def _lock_live(self, tx: Tx, namespace: str, name: str) -> Row:
+    async def _lock_live(self, tx: Tx, namespace: str, name: str, reserved: Reservation | None = None) -> Row:
+        """Lock and read the live context row (with ``reserved``: and reserve what its change
+        needs, in the same round trip on PostgreSQL)."""
         await self._wait_for_lock(tx, namespace, name)
+        if reserved is not None:
+            self._reserve(tx, namespace, name, reserved)
         row = await tx.fetchone(self._locked_row + self.FOR_UPDATE, (namespace, name))
         if row is None:
             raise NotFoundError(f"name: no context named {name!r}")
@@ -360,6 +377,7 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
         encoded: EncodedState | None,
         event: EventRecord | None,
         audit: AuditNote | None,
+        reserved: Reservation | None = None,
         *,
         mark_name: bool = True,
     ) -> Change:
@@ -396,6 +414,7 @@ class StoreCore(DeadLetters, Expiry, Leasing, Maintenance, Searching, TextIndex)
                 payload=codec.encode_text("events.payload", ns, cid, revision, dumps(event.payload))
                 if event is not None
                 else None,
+                reserved=reserved,
             ),
         )
         retention = self.retention.for_context(ctx.settings)

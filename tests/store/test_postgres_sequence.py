@@ -9,27 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from mcp import Client
 from psycopg import sql
 
 from groundhog_mcp import ContextState, StateManager, StoreBusyError
-from groundhog_mcp.errors import LeasedError
+from groundhog_mcp.app import Settings, create_server, open_manager
+from groundhog_mcp.errors import ConflictError, LeasedError
 from groundhog_mcp.models import Change
+from groundhog_mcp.service.audit import verify_audit_chain
 from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Tx
 from groundhog_mcp.store.base import AuditQuery, Mutation, NewContext, Retention, StoredContext
 from groundhog_mcp.store.migrations import MIGRATIONS
 from groundhog_mcp.store.postgres import PostgresStore
 from groundhog_mcp.store.rows import AuditRecord
 from tests.conformance.conftest import POSTGRES_URL, MakeBackend, make_backend
-from tests.security.test_audit import KEY
+from tests.security.test_audit import KEY, KEY_TEXT
+from tests.server.conftest import call
 
 __all__ = ["make_backend"]  # the fixture
 
 BOUND_S = 30.0  # a hang guard, never a timing assertion
+_T = TypeVar("_T")
 
 
 class HeldStore(PostgresStore):
@@ -210,23 +215,69 @@ async def test_a_follower_instance_publishes_out_of_order_commits_once_in_sequen
         await follower.close()
 
 
-async def test_a_read_is_one_round_trip_and_a_write_three(make_backend: MakeBackend) -> None:
+async def round_trips(store: PostgresStore, call: Awaitable[_T]) -> tuple[_T, int]:
+    before = store.round_trips
+    result = await call
+    return result, store.round_trips - before
+
+
+@pytest.mark.parametrize("audited", [False, True], ids=["audit-off", "audit-on"])
+async def test_a_read_is_one_round_trip_and_an_update_or_unregister_two(
+    make_backend: MakeBackend, audited: bool
+) -> None:
+    """An update: lock, reserve (sequence, audit head) and read the row | the state, the change
+    statement, the audit row and COMMIT (before: 3, the audit row and COMMIT after the change
+    statement's answer). A write that fails its expected_revision reserves nothing."""
     backend = await make_backend("postgres")
-    store = PostgresStore(backend.database, retention=Retention(keep_revisions=0))
+    store = PostgresStore(
+        backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY if audited else None
+    )
     await store.open()
     try:
-        await store.register(new_context("x", "a"), actor="t", if_exists="error")
-        before = store.round_trips
-        assert (await store.get("x", "a")) is not None
-        read = store.round_trips - before
-        before = store.round_trips
-        await store.mutate("x", "a", 1, bump, actor="t")
-        write = store.round_trips - before
+        _, registered = await store.register(new_context("x", "a"), actor="t", if_exists="error")
+        assert registered is not None
+        read = (await round_trips(store, store.get("x", "a")))[1]
+        (_, updated), update = await round_trips(store, store.mutate("x", "a", 1, bump, actor="t"))
+        with pytest.raises(ConflictError):
+            await store.mutate("x", "a", 1, bump, actor="t")
+        removed, unregister = await round_trips(store, store.unregister("x", "a", 2, purge=False, actor="t"))
+        audit = await store.read_audit(AuditQuery(limit=10))
+        verified = await verify_audit_chain(store, KEY)
     finally:
         await store.close()
-    # read: BEGIN, settings, SELECT, COMMIT in one message. write: lock and read the row | the
-    # state, name index and change statement | COMMIT (before: 3 and 7).
-    assert (read, write) == (1, 3)
+    assert (read, update, unregister) == (1, 2, 2)
+    # Consecutive: the conflict took no number.
+    assert [registered.sequence, updated.sequence, removed.sequence] == [1, 2, 3]
+    if audited:
+        assert [(r.sequence, r.position, r.operation, r.change_sequence) for r in audit] == [
+            (1, 1, "register", 1),
+            (2, 2, "update", 2),
+            (3, 3, "unregister", 3),
+        ]
+        assert (verified.problem, verified.rows) == (None, 3)
+    else:
+        assert audit == []
+
+
+async def test_an_update_state_call_is_two_round_trips_with_the_audit_log_on(make_backend: MakeBackend) -> None:
+    """Through the MCP tool: the service adds no read of its own."""
+    backend = await make_backend("postgres")
+    settings = Settings(database=backend.database, audit_key=KEY_TEXT)  # pyright: ignore[reportArgumentType]
+    manager = open_manager(settings)
+    await manager.start()
+    store = manager.store
+    assert isinstance(store, PostgresStore) and store.audit_signer is not None
+    try:
+        async with Client(create_server(settings, manager)) as client:
+            await call(client, "register_context", name="a", state={"data": {"n": 0}})
+            counts: list[int] = []
+            for n in range(1, 4):
+                before = store.round_trips
+                await call(client, "update_state", name="a", data={"n": n}, expected_revision=n)
+                counts.append(store.round_trips - before)
+    finally:
+        await manager.close()
+    assert counts == [2, 2, 2]
 
 
 async def test_schema_6_continues_the_sequence_of_a_schema_5_database(make_backend: MakeBackend) -> None:
