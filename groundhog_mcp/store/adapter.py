@@ -96,13 +96,16 @@ class EncodedState:
 
 @dataclasses.dataclass
 class Reservation:
-    """What a change of a locked context will need from the database, taken ahead of its rows
-    by a backend that can (PostgreSQL: with the read of the locked row, so that the change's
-    rows, its audit row and ``COMMIT`` travel together). ``expected_revision`` is the write's:
-    nothing is reserved for a write that will fail its check. Empty (``sequence`` None): the
-    backend takes what it needs when it writes the change (:meth:`StoreAdapter._append_change`)."""
+    """What a change of a locked context will need from the database, taken ahead of its rows by
+    a backend that can (PostgreSQL: with the read of the locked row, so that the change's rows,
+    its audit row and ``COMMIT`` travel together). Nothing is reserved unless the live row is
+    context ``context_id`` at ``revision`` (None: any) and its lease admits ``lease_token``:
+    a write that will fail takes no number. Empty (``sequence`` None): the backend takes what
+    it needs when it writes the change (:meth:`StoreAdapter._append_change`)."""
 
-    expected_revision: int | None
+    context_id: ContextId | None
+    revision: int | None
+    lease_token: int | None
     sequence: int | None = None
     head: AuditHead | None = None
 
@@ -206,6 +209,13 @@ class StoreAdapter:
     async def _compute(self, size: int | None, fn: Callable[..., _T], *args: Any) -> _T:
         """CPU work of a unit of work (``size`` bytes of state; None: always worth a thread)."""
         raise NotImplementedError
+
+    def _recall(self, namespace: str, name: str) -> StoredContext | None:
+        """The context as this store last wrote it, if it keeps that (a guess: it may be stale)."""
+        return None
+
+    def _remember(self, context: StoredContext) -> None:
+        """Keep ``context`` (just committed) for :meth:`_recall`, if this store does."""
 
     def _reserve(self, tx: Tx, namespace: str, name: str, reservation: Reservation) -> None:
         """Ask, in the statements that lock and read the live context row (after the lock, before

@@ -84,12 +84,20 @@ AUDIT_LOCK_HEAD: Final = (
 
 def reserve_statement(live: LiteralString) -> LiteralString:
     """The reservation of a change of the context ``%(namespace)s``/``%(name)s`` (locked by the
-    statement before), if it is live (``live``: the condition) and at ``%(expected)s`` (NULL:
-    any revision): its change ``sequence`` and its audit head (or NULLs); no row otherwise, and
-    nothing taken."""
+    statement before): its change ``sequence`` and its audit head (or NULLs) if it is live
+    (``live``: the condition), is context ``%(id)s`` at ``%(revision)s`` (NULL: any), and its
+    lease admits ``%(token)s``; no row otherwise, and nothing taken."""
     target: LiteralString = (
-        f"WITH target AS (SELECT 1 FROM contexts WHERE namespace = %(namespace)s AND name = %(name)s AND {live}"
-        " AND (%(expected)s::bigint IS NULL OR revision = %(expected)s::bigint)),"
+        f"WITH target AS (SELECT 1 FROM contexts c WHERE namespace = %(namespace)s AND name = %(name)s AND {live}"
+        " AND (%(id)s::uuid IS NULL OR c.id = %(id)s::uuid)"
+        " AND (%(revision)s::bigint IS NULL OR c.revision = %(revision)s::bigint)"
+        # The fence (store/leases.py check_fence) as a guard: a held lease admits its own token
+        # only, and a token needs its lease held. (Where the two disagree, at an expiry instant,
+        # a write takes a number it does not use, or takes it later: never a wrong write.)
+        " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.context_id = c.id AND l.holder IS NOT NULL"
+        "  AND l.expires_at > statement_timestamp() AND l.token IS DISTINCT FROM %(token)s::bigint)"
+        " AND (%(token)s::bigint IS NULL OR EXISTS (SELECT 1 FROM leases l WHERE l.context_id = c.id"
+        "  AND l.token = %(token)s::bigint AND l.holder IS NOT NULL AND l.expires_at > statement_timestamp()))),"
     )
     return (
         target

@@ -79,7 +79,7 @@ from groundhog_mcp.store.pg_session import (
 )
 from groundhog_mcp.store.pg_tx import PgBatchTx, Statement, abandon, outside_pool
 from groundhog_mcp.store.records import ImportRows
-from groundhog_mcp.store.rows import AuditRecord
+from groundhog_mcp.store.rows import AuditRecord, StoredContext
 from groundhog_mcp.store.search import POSTGRES_SEARCH, budget_exceeded
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
@@ -97,6 +97,10 @@ _TABLES: Final[dict[str, LiteralString]] = {"events": "events", "dead_letters": 
 # A transaction whose connection turned out dead before commit is run this many times at most.
 _ATTEMPTS = 3
 _BEGIN: Statement = ("BEGIN", ())
+# The contexts remembered as last written (a guess for the next write: store/pg_change.py),
+# and the largest state remembered; a larger one is written in three round trips.
+_REMEMBERED = 256
+_REMEMBER_BYTES = 16 * 1024
 
 
 async def _configure(conn: _Connection) -> None:
@@ -195,6 +199,8 @@ class PostgresStore(StoreCore):
         self._listener: asyncio.Task[None] | None = None
         self._changes = ChangeListener(self._listen_conninfo, self.listen_location)
         self._reserve_sql: LiteralString = reserve_statement(self._live)
+        # The contexts as this store last wrote them, for a write's guess (core.mutate).
+        self._written: dict[tuple[str, str], StoredContext] = {}
         self._horizon = FeedHorizon(
             f"{params.get('dbname') or ''}.{schema or ''}",
             lambda work: self._transaction(work, writing=False),
@@ -357,6 +363,17 @@ class PostgresStore(StoreCore):
 
     # -- the statements whose SQL is PostgreSQL's ---------------------------------------------
 
+    def _recall(self, namespace: str, name: str) -> StoredContext | None:
+        return self._written.get((namespace, name))
+
+    def _remember(self, context: StoredContext) -> None:
+        key = (context.namespace, context.name)
+        self._written.pop(key, None)
+        if context.state_size <= _REMEMBER_BYTES:
+            self._written[key] = context
+            if len(self._written) > _REMEMBERED:
+                del self._written[next(iter(self._written))]  # the least recently written
+
     def _reserve(self, tx: Tx, namespace: str, name: str, reservation: Reservation) -> None:
         """The change's numbers and audit head, sent with the read of the locked row (see
         :mod:`~groundhog_mcp.store.pg_change`): its audit row can then travel with ``COMMIT``."""
@@ -370,7 +387,9 @@ class PostgresStore(StoreCore):
         parameters = {
             "namespace": namespace,
             "name": name,
-            "expected": reservation.expected_revision,
+            "id": reservation.context_id,
+            "revision": reservation.revision,
+            "token": reservation.lease_token,
             "audit": self.audit_signer is not None,
             **self._horizon.parameters(),
         }

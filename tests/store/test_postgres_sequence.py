@@ -1,8 +1,9 @@
 """PostgreSQL: no store-wide lock on the write path, and a change feed that stays exactly-once and
 in order although sequences commit out of order (store/pg_feed.py), in round trips counted.
 
-A write "held open" is a real write of a real store, stopped after its change statement (it has
-its sequence, and before schema 6 it held the store_counter row lock) until the test releases it.
+A write "held open" is a real write of a real store, stopped where it writes its change (it holds
+its sequence, reserved with its locked row's read, and before schema 6 it held the store_counter
+row lock) until the test releases it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ _T = TypeVar("_T")
 
 
 class HeldStore(PostgresStore):
-    """A store whose next write in ``namespace`` stops right after its change statement."""
+    """A store whose next write in ``namespace`` stops where it writes its change."""
 
     def __init__(self, url: str, namespace: str, **kwargs: Any) -> None:
         super().__init__(url, retention=Retention(keep_revisions=0), **kwargs)
@@ -66,6 +67,10 @@ def new_context(namespace: str, name: str) -> NewContext:
 
 def bump(current: StoredContext) -> Mutation:
     return Mutation(ContextState(data={"n": current.state.data["n"] + 1}), [], "update")
+
+
+def broken(current: StoredContext) -> Mutation:
+    raise ZeroDivisionError("a mutator that fails")
 
 
 @pytest.fixture
@@ -257,6 +262,57 @@ async def test_a_read_is_one_round_trip_and_an_update_or_unregister_two(
         assert (verified.problem, verified.rows) == (None, 3)
     else:
         assert audit == []
+
+
+async def test_a_write_after_another_instance_wrote_is_three_round_trips_on_the_current_state(
+    make_backend: MakeBackend,
+) -> None:
+    """This store's guess (the context as it last wrote it) is stale: nothing is reserved, the
+    mutator runs again on the current state, and the numbers are taken with the change."""
+    backend = await make_backend("postgres")
+    one = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
+    other = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
+    await one.open()
+    await other.open()
+    try:
+        await one.register(new_context("x", "a"), actor="t", if_exists="error")
+        (_, first), warm = await round_trips(one, one.mutate("x", "a", None, bump, actor="t"))
+        await other.mutate("x", "a", None, bump, actor="t")
+        (stored, last), stale = await round_trips(one, one.mutate("x", "a", None, bump, actor="t"))
+        verified = await verify_audit_chain(one, KEY)
+    finally:
+        await one.close()
+        await other.close()
+    assert (warm, stale) == (2, 3)
+    assert (stored.revision, stored.state.data) == (4, {"n": 3})
+    assert last.sequence == first.sequence + 2
+    assert (verified.problem, verified.rows) == (None, 4)
+
+
+async def test_a_write_refused_by_its_lease_or_its_mutator_takes_no_number(make_backend: MakeBackend) -> None:
+    backend = await make_backend("postgres")
+    store = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
+    await store.open()
+    try:
+        await store.register(new_context("x", "a"), actor="t", if_exists="error")
+        _, before = await store.mutate("x", "a", None, bump, actor="t")
+        grant = await store.lease("x", "a", "take", token=None, holder="h", ttl_seconds=60, actor="t")
+        with pytest.raises(LeasedError):
+            await store.mutate("x", "a", None, bump, actor="t")  # no token
+        with pytest.raises(LeasedError):
+            await store.mutate("x", "a", None, bump, actor="t", lease_token=grant.lease.token + 1)
+        with pytest.raises(ZeroDivisionError):
+            await store.mutate("x", "a", None, broken, actor="t", lease_token=grant.lease.token)
+        (_, after), trips = await round_trips(
+            store, store.mutate("x", "a", None, bump, actor="t", lease_token=grant.lease.token)
+        )
+        audit = await store.read_audit(AuditQuery(limit=10, newest_first=True))
+    finally:
+        await store.close()
+    # register, update, the lease's take, the update: consecutive numbers, no gap.
+    assert after.sequence == before.sequence + 2
+    assert [r.sequence for r in audit] == [4, 3, 2, 1]
+    assert trips == 2  # a lease action is no revision: the store's guess still holds
 
 
 async def test_an_update_state_call_is_two_round_trips_with_the_audit_log_on(make_backend: MakeBackend) -> None:
