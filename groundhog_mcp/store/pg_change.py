@@ -1,20 +1,27 @@
 """The statements of a change on PostgreSQL: its sequence, its rows, its audit chain head.
 
-An update (or unregister) of a locked context is two round trips (:mod:`~groundhog_mcp.store.pg_tx`):
+The audit row's HMAC covers the change's ``sequence``, the row's log ``sequence``, its position
+in the namespace's chain and the HMAC of the row before it: all four come from the database, and
+the HMAC is computed here (the key never goes to the database), so they must be known before
+the audit row is sent. A number taken is never given back (a ``SEQUENCE``), and a write that
+fails must not take one (the conformance suite: the next change is ``last + 1``). So they are
+taken once the write is known to go ahead:
 
-1. ``BEGIN``, the settings, the row lock, :func:`reserve_statement` and the read of the locked
-   row. The reservation takes, once the row is locked and only when the write's
-   ``expected_revision`` holds: the namespace's audit chain head (its row lock, held to commit;
-   with the audit log on), the audit row's log ``sequence``, the feed's in-flight marker and the
-   change's ``sequence``. The audit row's HMAC covers all of them and is computed here, never in
-   the database, so they must be known before the rest of the write is sent.
-2. ``UPDATE`` of the state, :data:`RECORD_RESERVED` (the change, history and event rows and the
-   ``NOTIFY``), :data:`AUDIT_APPEND` and ``COMMIT``.
+* **Two round trips** when the store guessed right (core ``mutate``: it ran the mutator on the
+  context as it last wrote it, :meth:`~groundhog_mcp.store.adapter.StoreAdapter._recall`):
+  1. ``BEGIN``, the settings, the row lock, :func:`reserve_statement` and the read of the
+     locked row. The reservation takes its numbers only if the locked row is still the guessed
+     revision and its lease admits the write: the namespace's audit chain head (its row lock,
+     held to commit; with the audit log on), the audit row's log ``sequence``, the feed's
+     in-flight marker and the change's ``sequence``.
+  2. ``UPDATE`` of the state, :data:`RECORD_RESERVED` (the change, history and event rows and
+     the ``NOTIFY``), :data:`AUDIT_APPEND` and ``COMMIT``.
+  An unregister (no mutator) reserves on its ``expected_revision``.
+* **Three** otherwise (no guess, a stale one, a registration, a lease action): the numbers come
+  with the change's rows (:data:`RECORD`), and the audit row and ``COMMIT`` follow.
 
-A write that reserves nothing (a registration, a lease action, a backend test's direct call)
-takes its numbers in :data:`RECORD` instead, and the audit row follows in a round trip of its
-own. Either way a namespace's chain head is taken before the change's number: a write queued
-at its namespace's head holds no number, so the change feed's settling never waits for it
+Either way a namespace's chain head is taken before the change's number: a write queued at its
+namespace's head holds no number, so the change feed's settling never waits for it
 (:mod:`~groundhog_mcp.store.pg_feed`).
 """
 

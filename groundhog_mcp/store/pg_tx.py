@@ -3,10 +3,11 @@
 The store core writes a transaction as a sequence of statements (:class:`~groundhog_mcp.store.adapter.Tx`).
 Most of them return nothing the core reads (an ``UPDATE``, an ``INSERT`` without ``RETURNING``):
 :class:`PgBatchTx` holds those back and sends them, bound client-side, in one simple-protocol
-message with the next statement whose rows the core needs, or with the ``COMMIT``. A write is
-then three round trips (lock and read the row; write it and take the sequence; the audit row
-and ``COMMIT``) instead of seven, and a read is one: ``BEGIN``, the transaction-local settings,
-the query and ``COMMIT`` in one message. An error in a held-back statement surfaces at the next
+message with the next statement whose rows the core needs, or with the ``COMMIT``; a held-back
+statement whose row the backend wants (:meth:`PgBatchTx.later`) hands it over when its message
+returns. A write is then two or three round trips (:mod:`~groundhog_mcp.store.pg_change`)
+instead of seven, and a read is one: ``BEGIN``, the transaction-local settings, the query and
+``COMMIT`` in one message. An error in a held-back statement surfaces at the next
 send, inside the same transaction, which then rolls back whole: nothing changes for the core.
 
 Why not psycopg's pipeline mode: leaving it costs a ``Sync`` round trip of its own on every

@@ -16,11 +16,13 @@ A write is one transaction of the store core's write sequence (:mod:`groundhog_m
 ``SELECT … FOR UPDATE`` on the live context row (a register locks the name's
 ``name_revisions`` row instead), check ``expected_revision``, run the mutator, write the
 state, take the ``sequence`` from the ``change_sequence`` SEQUENCE, write the change and the
-history snapshot, commit. Its statements travel in three round trips
-(:mod:`~groundhog_mcp.store.pg_tx`); a read is one. No row is locked by every write: writes to
-different contexts, in any namespace, never wait for each other (with the audit log on, writes
-of one namespace take turns at its audit chain's head: see ``_RECORD``). Sequences are never reused but may commit out
-of order; the change feed hands them out in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
+history snapshot, the audit row, commit. Its statements travel in two round trips when the
+store's guess of the context holds (it remembers the contexts it last wrote), three otherwise
+(:mod:`~groundhog_mcp.store.pg_change`, :mod:`~groundhog_mcp.store.pg_tx`); a read is one. No
+row is locked by every write: writes to different contexts, in any namespace, never wait for
+each other (with the audit log on, writes of one namespace take turns at its audit chain's
+head). Sequences are never reused but may commit out of order; the change feed hands them out
+in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
 
 Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
 server-side timeouts above bound every call. A connection lost before commit is replaced
