@@ -24,7 +24,7 @@ run works in a fresh schema, dropped at the end):
    A's LISTEN session, A's change feed and A's notifier.
 
 Instances keep the audit log (the default) unless ``--audit off``: with it on, every write
-locks its namespace's audit chain head for its last round trip and commit (every instance here
+locks its namespace's audit chain head from its first round trip to its commit (every instance here
 writes the local principal's namespace, so they share that row; docs/scaling.md, "The write
 path on PostgreSQL", and bench_audit_namespaces.py for several namespaces); 2. with
 ``--audit off`` shows the write rate without it.
@@ -384,8 +384,9 @@ async def main() -> None:
             )
         print(row("PostgreSQL commit floor", floor) + "   (INSERT one row + COMMIT, one round trip)")
         print(
-            "  a PostgreSQL update_state is 3 round trips (lock and read | write and sequence | audit row"
-            " + COMMIT); get_state is 1 (counted through the MCP tool, audit on)"
+            "  a PostgreSQL update_state is 2 round trips (lock, reserve and read | write, audit row + COMMIT;"
+            " 3 when the instance's guess of the context is stale); get_state is 1 (counted through the MCP"
+            " tool, audit on: tests/store/test_postgres_sequence.py)"
         )
         print(f"  1-minute load average over the rounds: min / median / max {spread(loads)}")
 

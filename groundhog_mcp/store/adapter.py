@@ -34,7 +34,18 @@ from groundhog_mcp.store.codec import RecordCodec, SealedColumn
 from groundhog_mcp.store.records import ImportRows
 from groundhog_mcp.store.rows import CONTEXT_COLUMNS, StoredContext, decode_context
 
-__all__ = ["AuditHead", "ChangeWrite", "Params", "Row", "Runner", "StoreAdapter", "Tx", "drive", "marks"]
+__all__ = [
+    "AuditHead",
+    "ChangeWrite",
+    "Params",
+    "Reservation",
+    "Row",
+    "Runner",
+    "StoreAdapter",
+    "Tx",
+    "drive",
+    "marks",
+]
 
 _T = TypeVar("_T")
 Row = tuple[Any, ...]
@@ -83,6 +94,22 @@ class EncodedState:
     snapshot: bytes
 
 
+@dataclasses.dataclass
+class Reservation:
+    """What a change of a locked context will need from the database, taken ahead of its rows by
+    a backend that can (PostgreSQL: with the read of the locked row, so that the change's rows,
+    its audit row and ``COMMIT`` travel together). Nothing is reserved unless the live row is
+    context ``context_id`` at ``revision`` (None: any) and its lease admits ``lease_token``:
+    a write that will fail takes no number. Empty (``sequence`` None): the backend takes what
+    it needs when it writes the change (:meth:`StoreAdapter._append_change`)."""
+
+    context_id: ContextId | None
+    revision: int | None
+    lease_token: int | None
+    sequence: int | None = None
+    head: AuditHead | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class ChangeWrite:
     """The rows of one committed change, contents already encoded: the change row, the history
@@ -100,6 +127,7 @@ class ChangeWrite:
     size: int | None
     event: EventRecord | None
     payload: str | bytes | None
+    reserved: Reservation | None = None
 
 
 class StoreAdapter:
@@ -182,9 +210,22 @@ class StoreAdapter:
         """CPU work of a unit of work (``size`` bytes of state; None: always worth a thread)."""
         raise NotImplementedError
 
+    def _recall(self, namespace: str, name: str) -> StoredContext | None:
+        """The context as this store last wrote it, if it keeps that (a guess: it may be stale)."""
+        return None
+
+    def _remember(self, context: StoredContext) -> None:
+        """Keep ``context`` (just committed) for :meth:`_recall`, if this store does."""
+
+    def _reserve(self, tx: Tx, namespace: str, name: str, reservation: Reservation) -> None:
+        """Ask, in the statements that lock and read the live context row (after the lock, before
+        the read), for what a change of it will need: filled in when that read returns. A
+        backend that does not (SQLite: its sequence comes with its change row) leaves it empty."""
+
     async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
         """Write the change row, snapshot and event record; return the change's sequence and,
-        when the backend locked it on the way, the head of the namespace's audit chain."""
+        when the backend locked it on the way (or reserved it: ``write.reserved``), the head
+        of the namespace's audit chain."""
         raise NotImplementedError
 
     async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:

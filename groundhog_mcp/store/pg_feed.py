@@ -16,7 +16,8 @@ it commits later. So the feed only hands out changes up to its *visibility horiz
   ended is among them. When they are gone, every number up to ``L`` is final.
 
 Settling waits only for writes already past their ``nextval`` (a round trip and a commit,
-usually), never for writes that start later. A gap that is not a write in flight (a rollback,
+usually: store/pg_change.py takes the number once the write is known to go ahead, and after
+its namespace's audit chain head), never for writes that start later. A gap that is not a write in flight (a rollback,
 or change rows pruned with their history) costs one settle; a gap whose write commits is
 filled by the next read, which its ``NOTIFY`` triggers.
 """

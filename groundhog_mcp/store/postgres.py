@@ -16,11 +16,13 @@ A write is one transaction of the store core's write sequence (:mod:`groundhog_m
 ``SELECT … FOR UPDATE`` on the live context row (a register locks the name's
 ``name_revisions`` row instead), check ``expected_revision``, run the mutator, write the
 state, take the ``sequence`` from the ``change_sequence`` SEQUENCE, write the change and the
-history snapshot, commit. Its statements travel in three round trips
-(:mod:`~groundhog_mcp.store.pg_tx`); a read is one. No row is locked by every write: writes to
-different contexts, in any namespace, never wait for each other (with the audit log on, writes
-of one namespace take turns at its audit chain's head: see ``_RECORD``). Sequences are never reused but may commit out
-of order; the change feed hands them out in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
+history snapshot, the audit row, commit. Its statements travel in two round trips when the
+store's guess of the context holds (it remembers the contexts it last wrote), three otherwise
+(:mod:`~groundhog_mcp.store.pg_change`, :mod:`~groundhog_mcp.store.pg_tx`); a read is one. No
+row is locked by every write: writes to different contexts, in any namespace, never wait for
+each other (with the audit log on, writes of one namespace take turns at its audit chain's
+head). Sequences are never reused but may commit out of order; the change feed hands them out
+in order all the same (:mod:`~groundhog_mcp.store.pg_feed`).
 
 Nothing waits forever: ``connect_timeout``, TCP keepalives, a pool wait timeout and the
 server-side timeouts above bound every call. A connection lost before commit is replaced
@@ -57,13 +59,14 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from groundhog_mcp.errors import ContextError, InitializationError, StateUpdateError, StoreBusyError
 from groundhog_mcp.files import PrivateOutput
 from groundhog_mcp.models import Change, ContextId, dumps, utcnow
-from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Row, Runner, Tx
+from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Reservation, Row, Runner, Tx
 from groundhog_mcp.store.base import SEALED_MAGIC, AuditSigner, RecordCipher, Retention, StoreStatus
 from groundhog_mcp.store.codec import SealedColumn
 from groundhog_mcp.store.core import StoreCore
 from groundhog_mcp.store.migrations import LATEST_SCHEMA_VERSION, MIGRATIONS
+from groundhog_mcp.store.pg_change import AUDIT_APPEND, AUDIT_LOCK_HEAD, RECORD, RECORD_RESERVED, reserve_statement
 from groundhog_mcp.store.pg_errors import newer_schema, nothing, translate
-from groundhog_mcp.store.pg_feed import FEED_LOCK, FeedHorizon
+from groundhog_mcp.store.pg_feed import FeedHorizon
 from groundhog_mcp.store.pg_session import (
     CHANGES_CHANNEL,
     SCHEMA_NAME,
@@ -78,7 +81,7 @@ from groundhog_mcp.store.pg_session import (
 )
 from groundhog_mcp.store.pg_tx import PgBatchTx, Statement, abandon, outside_pool
 from groundhog_mcp.store.records import ImportRows
-from groundhog_mcp.store.rows import AUDIT_COLUMNS, AuditRecord
+from groundhog_mcp.store.rows import AuditRecord, StoredContext
 from groundhog_mcp.store.search import POSTGRES_SEARCH, budget_exceeded
 
 __all__ = ["CHANGES_CHANNEL", "PostgresStore"]
@@ -89,47 +92,6 @@ _T = TypeVar("_T")
 _Cursor = AsyncCursor[TupleRow]
 _Connection = AsyncConnection[TupleRow]
 
-# A chain's next position and the HMAC of its last row: a new chain starts at 1 after "".
-_HEAD_UPSERT: Final = "INSERT INTO audit_heads (namespace, position, hmac) SELECT %(namespace)s::text, 1, ''"
-_HEAD_CONFLICT: Final = (
-    "ON CONFLICT (namespace) DO UPDATE SET position = audit_heads.position + 1 RETURNING position, hmac"
-)
-# A change's rows in one statement: the sequence, the change, the history snapshot (when
-# given), the event record (when given), and the NOTIFY, delivered on commit.
-_RECORD: Final[LiteralString] = (
-    # The in-flight marker, then the number: see store/pg_feed.py (no row lock; never waited for).
-    f"WITH flight AS (SELECT {FEED_LOCK}),"
-    " counter AS (SELECT nextval('change_sequence') AS value FROM flight),"
-    " change AS (INSERT INTO changes (sequence, context_id, namespace, name, revision, op, actor, timestamp, patch,"
-    "  patch_sealed)"
-    "  SELECT value, %(id)s::uuid, %(namespace)s::text, %(name)s::text, %(revision)s::bigint, %(op)s::text,"
-    "  %(actor)s::text, %(now)s::timestamptz, %(patch)s::json, %(patch_sealed)s::bytea FROM counter),"
-    " snapshot AS (INSERT INTO history (context_id, revision, sequence, op, actor, timestamp, size, snapshot)"
-    "  SELECT %(id)s::uuid, %(revision)s::bigint, value, %(op)s::text, %(actor)s::text, %(now)s::timestamptz,"
-    "  %(size)s::integer, %(snapshot)s::bytea FROM counter WHERE %(snapshot)s::bytea IS NOT NULL),"
-    " event AS (INSERT INTO events (context_id, type, payload, idempotency_key, revision, sequence, created_at,"
-    "  payload_sealed)"
-    "  SELECT %(id)s::uuid, %(event_type)s::text, %(payload)s::text, %(key)s::text, %(revision)s::bigint, value,"
-    "  %(now)s::timestamptz, %(payload_sealed)s::bytea FROM counter WHERE %(event_type)s::text IS NOT NULL),"
-    # Encryption at rest: the id of the key this write sealed with (no round trip of its own).
-    " sealing AS (INSERT INTO encryption_keys (key_id, first_used) SELECT %(key_id)s::text, %(now)s::timestamptz"
-    "  WHERE %(key_id)s::text IS NOT NULL ON CONFLICT (key_id) DO NOTHING),"
-    # The head of the namespace's audit chain (when audit is on), locked and held to commit:
-    # audited writes of one namespace take turns there; other namespaces' never wait on it.
-    f" head AS ({_HEAD_UPSERT} WHERE %(audit)s::boolean {_HEAD_CONFLICT}),"
-    # The log's sequence once the head is held: a chain's rows are numbered in chain order.
-    " audit AS (SELECT position, hmac, nextval('audit_sequence') AS sequence FROM head)"
-    " SELECT value, pg_notify(%(channel)s::text, value::text), audit.sequence, audit.position, audit.hmac"
-    " FROM counter LEFT JOIN audit ON true"
-)
-# The row, and the chain head's new HMAC, in one statement (the head's row lock is already held).
-_AUDIT_APPEND: Final = (
-    "WITH head AS (UPDATE audit_heads SET hmac = %s WHERE namespace = %s)"
-    f" INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-)
-_AUDIT_LOCK_HEAD: Final = (
-    f"WITH head AS ({_HEAD_UPSERT} {_HEAD_CONFLICT}) SELECT nextval('audit_sequence'), position, hmac FROM head"
-)
 # The advisory-lock namespace of groundhog-mcp ("ghmc"); the second key is the schema.
 _MIGRATION_LOCK_CLASS = 0x67686D63
 _EXPORT_PAGE = 500
@@ -137,6 +99,10 @@ _TABLES: Final[dict[str, LiteralString]] = {"events": "events", "dead_letters": 
 # A transaction whose connection turned out dead before commit is run this many times at most.
 _ATTEMPTS = 3
 _BEGIN: Statement = ("BEGIN", ())
+# The contexts remembered as last written (a guess for the next write: store/pg_change.py),
+# and the largest state remembered; a larger one is written in three round trips.
+_REMEMBERED = 256
+_REMEMBER_BYTES = 16 * 1024
 
 
 async def _configure(conn: _Connection) -> None:
@@ -234,6 +200,9 @@ class PostgresStore(StoreCore):
         self.round_trips = 0  # of the units of work so far (benchmarks and tests count them)
         self._listener: asyncio.Task[None] | None = None
         self._changes = ChangeListener(self._listen_conninfo, self.listen_location)
+        self._reserve_sql: LiteralString = reserve_statement(self._live)
+        # The contexts as this store last wrote them, for a write's guess (core.mutate).
+        self._written: dict[tuple[str, str], StoredContext] = {}
         self._horizon = FeedHorizon(
             f"{params.get('dbname') or ''}.{schema or ''}",
             lambda work: self._transaction(work, writing=False),
@@ -396,39 +365,72 @@ class PostgresStore(StoreCore):
 
     # -- the statements whose SQL is PostgreSQL's ---------------------------------------------
 
-    async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
-        """The sequence, the change row, the history snapshot and the event record, the key
-        note and the NOTIFY in one statement (``_RECORD``).
+    def _recall(self, namespace: str, name: str) -> StoredContext | None:
+        return self._written.get((namespace, name))
 
-        The sequence takes no lock. With the audit log on, the chain head's row lock is taken
-        here and held to commit (the audit row and ``COMMIT``: one more round trip): that
-        critical section is what bounds the aggregate rate of audited writes.
-        """
+    def _remember(self, context: StoredContext) -> None:
+        key = (context.namespace, context.name)
+        self._written.pop(key, None)
+        if context.state_size <= _REMEMBER_BYTES:
+            self._written[key] = context
+            if len(self._written) > _REMEMBERED:
+                del self._written[next(iter(self._written))]  # the least recently written
+
+    def _reserve(self, tx: Tx, namespace: str, name: str, reservation: Reservation) -> None:
+        """The change's numbers and audit head, sent with the read of the locked row (see
+        :mod:`~groundhog_mcp.store.pg_change`): its audit row can then travel with ``COMMIT``."""
+
+        def receive(row: Row | None) -> None:
+            if row is not None:
+                reservation.sequence = int(row[0])
+                reservation.head = (int(row[1]), int(row[2]), str(row[3])) if row[1] is not None else None
+
+        assert isinstance(tx, PgBatchTx)
+        parameters = {
+            "namespace": namespace,
+            "name": name,
+            "id": reservation.context_id,
+            "revision": reservation.revision,
+            "token": reservation.lease_token,
+            "audit": self.audit_signer is not None,
+            **self._horizon.parameters(),
+        }
+        tx.later(self._reserve_sql, parameters, receive)
+
+    async def _append_change(self, tx: Tx, write: ChangeWrite) -> tuple[int, AuditHead | None]:
+        """The change row, the history snapshot and the event record, the key note and the
+        NOTIFY in one statement, with the sequence (and, with the audit log on, the chain head's
+        row lock, held to commit) reserved with the locked row's read, or taken here
+        (:mod:`~groundhog_mcp.store.pg_change`)."""
         patch, patch_sealed = self._values("changes.patch", write.patch)
         payload, payload_sealed = self._values("events.payload", write.payload)
+        parameters = {
+            "id": write.context_id,
+            "namespace": write.namespace,
+            "name": write.name,
+            "revision": write.revision,
+            "op": write.op,
+            "actor": write.actor,
+            "now": write.now,
+            "patch": patch,
+            "patch_sealed": patch_sealed,
+            "size": write.size,
+            "snapshot": write.snapshot,
+            "event_type": write.event.type if write.event is not None else None,
+            "payload": payload,
+            "payload_sealed": payload_sealed,
+            "key_id": self.codec.key_id,
+            "key": write.event.idempotency_key if write.event is not None else None,
+            "channel": CHANGES_CHANNEL,
+        }
+        reserved = write.reserved
+        if reserved is not None and reserved.sequence is not None:
+            # Nothing to wait for: sent with the audit row and COMMIT.
+            await tx.execute(RECORD_RESERVED, {**parameters, "sequence": reserved.sequence})
+            self._changes.committed(reserved.sequence)
+            return reserved.sequence, reserved.head
         counter = await tx.fetchone(
-            _RECORD,
-            {
-                "id": write.context_id,
-                "namespace": write.namespace,
-                "name": write.name,
-                "revision": write.revision,
-                "op": write.op,
-                "actor": write.actor,
-                "now": write.now,
-                "patch": patch,
-                "patch_sealed": patch_sealed,
-                "size": write.size,
-                "snapshot": write.snapshot,
-                "event_type": write.event.type if write.event is not None else None,
-                "payload": payload,
-                "payload_sealed": payload_sealed,
-                "key_id": self.codec.key_id,
-                "key": write.event.idempotency_key if write.event is not None else None,
-                "channel": CHANGES_CHANNEL,
-                "audit": self.audit_signer is not None,
-                **self._horizon.parameters(),
-            },
+            RECORD, {**parameters, "audit": self.audit_signer is not None, **self._horizon.parameters()}
         )
         if counter is None:  # pragma: no cover - the statement always returns its one row
             raise InitializationError(f"database: the change statement returned nothing at {self.location}")
@@ -437,7 +439,7 @@ class PostgresStore(StoreCore):
         return sequence, (int(counter[2]), int(counter[3]), str(counter[4])) if counter[2] is not None else None
 
     async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:
-        head = await tx.fetchone(_AUDIT_LOCK_HEAD, {"namespace": namespace})
+        head = await tx.fetchone(AUDIT_LOCK_HEAD, {"namespace": namespace})
         if head is None:  # pragma: no cover - the upsert always returns its row
             raise InitializationError(f"database: no audit chain head for a namespace at {self.location}")
         return int(head[0]), int(head[1]), str(head[2])
@@ -449,7 +451,7 @@ class PostgresStore(StoreCore):
 
     async def _insert_audit(self, tx: Tx, record: AuditRecord) -> None:
         values = (record.sequence, record.timestamp, *record.stored_values())
-        await tx.execute(_AUDIT_APPEND, (record.hmac, record.namespace, *values))
+        await tx.execute(AUDIT_APPEND, (record.hmac, record.namespace, *values))
 
     async def _reserve_dead_letter_id(self, tx: Tx) -> int:
         row = await tx.fetchone("SELECT nextval(pg_get_serial_sequence('dead_letters', 'id'))")

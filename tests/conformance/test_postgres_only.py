@@ -122,7 +122,14 @@ async def test_a_wait_for_a_pooled_connection_is_bounded(make_backend: MakeBacke
         return bump(current)
 
     try:
-        await store.register(new_context("c"), actor="t", if_exists="error")
+        # Registered by another instance: `store` has no guess of the context, so the mutator
+        # runs in the transaction, holding the one pooled connection (store/pg_change.py).
+        registrar = PostgresStore(POSTGRES_URL, pg_schema=backend.pg_schema)
+        await registrar.open()
+        try:
+            await registrar.register(new_context("c"), actor="t", if_exists="error")
+        finally:
+            await registrar.close()
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: store.mutate(NS, "c", None, slow, actor="t"))
             await anyio.sleep(0.1)

@@ -1,39 +1,45 @@
 """PostgreSQL: no store-wide lock on the write path, and a change feed that stays exactly-once and
 in order although sequences commit out of order (store/pg_feed.py), in round trips counted.
 
-A write "held open" is a real write of a real store, stopped after its change statement (it has
-its sequence, and before schema 6 it held the store_counter row lock) until the test releases it.
+A write "held open" is a real write of a real store, stopped where it writes its change (it holds
+its sequence, reserved with its locked row's read, and before schema 6 it held the store_counter
+row lock) until the test releases it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from mcp import Client
 from psycopg import sql
 
 from groundhog_mcp import ContextState, StateManager, StoreBusyError
-from groundhog_mcp.errors import LeasedError
+from groundhog_mcp.app import Settings, create_server, open_manager
+from groundhog_mcp.errors import ConflictError, LeasedError
 from groundhog_mcp.models import Change
+from groundhog_mcp.service.audit import verify_audit_chain
 from groundhog_mcp.store.adapter import AuditHead, ChangeWrite, Tx
 from groundhog_mcp.store.base import AuditQuery, Mutation, NewContext, Retention, StoredContext
 from groundhog_mcp.store.migrations import MIGRATIONS
 from groundhog_mcp.store.postgres import PostgresStore
 from groundhog_mcp.store.rows import AuditRecord
 from tests.conformance.conftest import POSTGRES_URL, MakeBackend, make_backend
-from tests.security.test_audit import KEY
+from tests.security.test_audit import KEY, KEY_TEXT
+from tests.server.conftest import call
 
 __all__ = ["make_backend"]  # the fixture
 
 BOUND_S = 30.0  # a hang guard, never a timing assertion
+_T = TypeVar("_T")
 
 
 class HeldStore(PostgresStore):
-    """A store whose next write in ``namespace`` stops right after its change statement."""
+    """A store whose next write in ``namespace`` stops where it writes its change."""
 
     def __init__(self, url: str, namespace: str, **kwargs: Any) -> None:
         super().__init__(url, retention=Retention(keep_revisions=0), **kwargs)
@@ -61,6 +67,10 @@ def new_context(namespace: str, name: str) -> NewContext:
 
 def bump(current: StoredContext) -> Mutation:
     return Mutation(ContextState(data={"n": current.state.data["n"] + 1}), [], "update")
+
+
+def broken(current: StoredContext) -> Mutation:
+    raise ZeroDivisionError("a mutator that fails")
 
 
 @pytest.fixture
@@ -210,23 +220,120 @@ async def test_a_follower_instance_publishes_out_of_order_commits_once_in_sequen
         await follower.close()
 
 
-async def test_a_read_is_one_round_trip_and_a_write_three(make_backend: MakeBackend) -> None:
+async def round_trips(store: PostgresStore, call: Awaitable[_T]) -> tuple[_T, int]:
+    before = store.round_trips
+    result = await call
+    return result, store.round_trips - before
+
+
+@pytest.mark.parametrize("audited", [False, True], ids=["audit-off", "audit-on"])
+async def test_a_read_is_one_round_trip_and_an_update_or_unregister_two(
+    make_backend: MakeBackend, audited: bool
+) -> None:
+    """An update: lock, reserve (sequence, audit head) and read the row | the state, the change
+    statement, the audit row and COMMIT (before: 3, the audit row and COMMIT after the change
+    statement's answer). A write that fails its expected_revision reserves nothing."""
     backend = await make_backend("postgres")
-    store = PostgresStore(backend.database, retention=Retention(keep_revisions=0))
+    store = PostgresStore(
+        backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY if audited else None
+    )
+    await store.open()
+    try:
+        _, registered = await store.register(new_context("x", "a"), actor="t", if_exists="error")
+        assert registered is not None
+        read = (await round_trips(store, store.get("x", "a")))[1]
+        (_, updated), update = await round_trips(store, store.mutate("x", "a", 1, bump, actor="t"))
+        with pytest.raises(ConflictError):
+            await store.mutate("x", "a", 1, bump, actor="t")
+        removed, unregister = await round_trips(store, store.unregister("x", "a", 2, purge=False, actor="t"))
+        audit = await store.read_audit(AuditQuery(limit=10))
+        verified = await verify_audit_chain(store, KEY)
+    finally:
+        await store.close()
+    assert (read, update, unregister) == (1, 2, 2)
+    # Consecutive: the conflict took no number.
+    assert [registered.sequence, updated.sequence, removed.sequence] == [1, 2, 3]
+    if audited:
+        assert [(r.sequence, r.position, r.operation, r.change_sequence) for r in audit] == [
+            (1, 1, "register", 1),
+            (2, 2, "update", 2),
+            (3, 3, "unregister", 3),
+        ]
+        assert (verified.problem, verified.rows) == (None, 3)
+    else:
+        assert audit == []
+
+
+async def test_a_write_after_another_instance_wrote_is_three_round_trips_on_the_current_state(
+    make_backend: MakeBackend,
+) -> None:
+    """This store's guess (the context as it last wrote it) is stale: nothing is reserved, the
+    mutator runs again on the current state, and the numbers are taken with the change."""
+    backend = await make_backend("postgres")
+    one = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
+    other = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
+    await one.open()
+    await other.open()
+    try:
+        await one.register(new_context("x", "a"), actor="t", if_exists="error")
+        (_, first), warm = await round_trips(one, one.mutate("x", "a", None, bump, actor="t"))
+        await other.mutate("x", "a", None, bump, actor="t")
+        (stored, last), stale = await round_trips(one, one.mutate("x", "a", None, bump, actor="t"))
+        verified = await verify_audit_chain(one, KEY)
+    finally:
+        await one.close()
+        await other.close()
+    assert (warm, stale) == (2, 3)
+    assert (stored.revision, stored.state.data) == (4, {"n": 3})
+    assert last.sequence == first.sequence + 2
+    assert (verified.problem, verified.rows) == (None, 4)
+
+
+async def test_a_write_refused_by_its_lease_or_its_mutator_takes_no_number(make_backend: MakeBackend) -> None:
+    backend = await make_backend("postgres")
+    store = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
     await store.open()
     try:
         await store.register(new_context("x", "a"), actor="t", if_exists="error")
-        before = store.round_trips
-        assert (await store.get("x", "a")) is not None
-        read = store.round_trips - before
-        before = store.round_trips
-        await store.mutate("x", "a", 1, bump, actor="t")
-        write = store.round_trips - before
+        _, before = await store.mutate("x", "a", None, bump, actor="t")
+        grant = await store.lease("x", "a", "take", token=None, holder="h", ttl_seconds=60, actor="t")
+        with pytest.raises(LeasedError):
+            await store.mutate("x", "a", None, bump, actor="t")  # no token
+        with pytest.raises(LeasedError):
+            await store.mutate("x", "a", None, bump, actor="t", lease_token=grant.lease.token + 1)
+        with pytest.raises(ZeroDivisionError):
+            await store.mutate("x", "a", None, broken, actor="t", lease_token=grant.lease.token)
+        (_, after), trips = await round_trips(
+            store, store.mutate("x", "a", None, bump, actor="t", lease_token=grant.lease.token)
+        )
+        audit = await store.read_audit(AuditQuery(limit=10, newest_first=True))
     finally:
         await store.close()
-    # read: BEGIN, settings, SELECT, COMMIT in one message. write: lock and read the row | the
-    # state, name index and change statement | COMMIT (before: 3 and 7).
-    assert (read, write) == (1, 3)
+    # register, update, the lease's take, the update: consecutive numbers, no gap.
+    assert after.sequence == before.sequence + 2
+    assert [r.sequence for r in audit] == [4, 3, 2, 1]
+    assert trips == 2  # a lease action is no revision: the store's guess still holds
+
+
+async def test_an_update_state_call_is_two_round_trips_with_the_audit_log_on(make_backend: MakeBackend) -> None:
+    """Through the MCP tool: the service adds no read of its own."""
+    backend = await make_backend("postgres")
+    settings = Settings(database=backend.database, audit_key=KEY_TEXT)  # pyright: ignore[reportArgumentType]
+    manager = open_manager(settings)
+    await manager.start()
+    store = manager.store
+    assert isinstance(store, PostgresStore) and store.audit_signer is not None
+    try:
+        async with Client(create_server(settings, manager)) as client:
+            await call(client, "register_context", name="a", state={"data": {"n": 0}})
+            counts: list[int] = []
+            for n in range(1, 4):
+                before = store.round_trips
+                await call(client, "update_state", name="a", data={"n": n}, expected_revision=n)
+                counts.append(store.round_trips - before)
+    finally:
+        await manager.close()
+    assert counts == [2, 2, 2]
 
 
 async def test_schema_6_continues_the_sequence_of_a_schema_5_database(make_backend: MakeBackend) -> None:
