@@ -12,7 +12,7 @@ import pytest
 from groundhog_mcp import StateManager
 from groundhog_mcp.errors import AccessDeniedError
 from groundhog_mcp.models import Grant, Principal, utcnow
-from groundhog_mcp.store import migrations, postgres, sqlite
+from groundhog_mcp.store import migrations, postgres, sqlite, sqlite_open
 from groundhog_mcp.store.base import AuditQuery, AuditRecord, Store
 from tests.conformance.conftest import Backend, MakeBackend
 from tests.security.test_audit import KEY, audited_store, cli, drop_triggers
@@ -53,7 +53,7 @@ def legacy_rows() -> list[AuditRecord]:
 async def at_schema_9(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> list[AuditRecord]:
     """A database migrated to schema 9 holding :func:`legacy_rows`."""
     with monkeypatch.context() as patched:
-        for module in (sqlite, postgres):
+        for module in (sqlite, sqlite_open, postgres):
             patched.setattr(module, "MIGRATIONS", migrations.MIGRATIONS[:9])
             patched.setattr(module, "LATEST_SCHEMA_VERSION", 9)
         store = backend.store()
