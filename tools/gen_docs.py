@@ -524,9 +524,11 @@ def settings_page() -> str:
 
 
 def _generated_files() -> Iterator[tuple[Path, str]]:
+    from groundhog_mcp.server.deferred_builds import PROMPTS_FILE, computed_prompt_arguments
     from groundhog_mcp.server.tool_schemas import SCHEMAS_FILE, computed_schemas, render
 
     yield SCHEMAS_FILE, render(computed_schemas())
+    yield PROMPTS_FILE, render(computed_prompt_arguments())
     for name, text in pages().items():  # after the schemas file is written
         yield REFERENCE / name, text
 
