@@ -12,6 +12,8 @@
 
 And ``groundhog_mcp/server/tool_schemas.json``, the tools' schemas a server lists without building
 them (``groundhog_mcp/server/tool_schemas.py``): written first, since ``tools.md`` is read from it.
+And ``groundhog_mcp/server/prompt_arguments.json``, the prompts' arguments, likewise
+(``groundhog_mcp/server/deferred_builds.py``).
 
 The output is a function of the code alone (no timestamps, no paths of this machine, no terminal
 width), so ``tests/test_docs.py`` can compare it with the files byte for byte.
