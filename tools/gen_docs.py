@@ -12,6 +12,8 @@
 
 And ``groundhog_mcp/server/tool_schemas.json``, the tools' schemas a server lists without building
 them (``groundhog_mcp/server/tool_schemas.py``): written first, since ``tools.md`` is read from it.
+And ``groundhog_mcp/server/prompt_arguments.json``, the prompts' arguments, likewise
+(``groundhog_mcp/server/deferred_builds.py``).
 
 The output is a function of the code alone (no timestamps, no paths of this machine, no terminal
 width), so ``tests/test_docs.py`` can compare it with the files byte for byte.
@@ -524,9 +526,11 @@ def settings_page() -> str:
 
 
 def _generated_files() -> Iterator[tuple[Path, str]]:
+    from groundhog_mcp.server.deferred_builds import PROMPTS_FILE, computed_prompt_arguments
     from groundhog_mcp.server.tool_schemas import SCHEMAS_FILE, computed_schemas, render
 
     yield SCHEMAS_FILE, render(computed_schemas())
+    yield PROMPTS_FILE, render(computed_prompt_arguments())
     for name, text in pages().items():  # after the schemas file is written
         yield REFERENCE / name, text
 

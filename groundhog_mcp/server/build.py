@@ -27,6 +27,7 @@ from groundhog_mcp.server.arguments import (
 )
 from groundhog_mcp.server.audit_tool import register_audit_tool
 from groundhog_mcp.server.branch_tools import register_branch_tools
+from groundhog_mcp.server.deferred_builds import defer_resource_templates, published_prompt_arguments
 from groundhog_mcp.server.definition_tool import register_definition_tool
 from groundhog_mcp.server.error_results import admit_error_results, error_result, invalid_params, tool_error_result
 from groundhog_mcp.server.lease_tool import register_lease_tool
@@ -173,7 +174,8 @@ def build_server(
     """An MCPServer whose lifespan yields the AppContext (given the subscription bus it should use).
 
     ``tools``: the tools to list and serve (None: all); the others answer "unknown tool".
-    ``published``: register them from ``server/tool_schemas.json`` (False: build them the SDK's way).
+    ``published``: register them from ``server/tool_schemas.json``, and the resource templates and
+    prompts deferred (``server/deferred_builds.py``); False: build all of them the SDK's way.
 
     ``token_verifier`` with ``auth``: the HTTP transports require a bearer token on every request.
     """
@@ -209,8 +211,10 @@ def build_server(
     select_tools(server, tools)
     make_arguments_strict(server)  # after every tool is added
     admit_error_results(server)  # likewise
+    if published:
+        defer_resource_templates(server)  # the SDK's templates built at their first read
     register_resources(server)
-    register_prompts(server)
+    register_prompts(server, published_prompt_arguments() if published else None)
     register_protocol_handlers(server)
     _advertise_list_changed(server)
     return server

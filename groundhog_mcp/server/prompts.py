@@ -10,6 +10,7 @@ from pydantic import Field
 
 from groundhog_mcp.models import format_timestamp
 from groundhog_mcp.server.app_context import AppContext
+from groundhog_mcp.server.deferred_builds import DeferredPrompt
 from groundhog_mcp.server.error_results import invalid_params, protocol_errors
 
 __all__ = ["register_prompts"]
@@ -91,6 +92,17 @@ async def summarize_changes(
     return "\n".join(lines)
 
 
-def register_prompts(server: MCPServer[AppContext]) -> None:
-    server.prompt(name="resume_context", title="Resume a context")(resume_context)
-    server.prompt(name="summarize_changes", title="Summarize changes")(summarize_changes)
+_PROMPTS = (
+    ("resume_context", "Resume a context", resume_context),
+    ("summarize_changes", "Summarize changes", summarize_changes),
+)
+
+
+def register_prompts(server: MCPServer[AppContext], published: dict[str, dict[str, Any]] | None) -> None:
+    """With ``published`` arguments (``server/deferred_builds.py``), each prompt's models are built
+    at its first rendering; None: the SDK's way, at once."""
+    for name, title, fn in _PROMPTS:
+        if published is None:
+            server.prompt(name=name, title=title)(fn)
+        else:
+            server.add_prompt(DeferredPrompt.of_function(fn, published[name], name=name, title=title))

@@ -34,7 +34,15 @@ if TYPE_CHECKING:
 
     from mcp.server.mcpserver import MCPServer
 
-__all__ = ["SCHEMAS_FILE", "DeferredFuncMetadata", "computed_schemas", "deferred_tool", "published_schemas", "render"]
+__all__ = [
+    "SCHEMAS_FILE",
+    "DeferredFuncMetadata",
+    "computed_schemas",
+    "deferred_tool",
+    "published_schemas",
+    "render",
+    "sdk_built_server",
+]
 
 SCHEMAS_FILE = Path(__file__).with_name("tool_schemas.json")
 
@@ -122,15 +130,19 @@ def deferred_tool(
 
 @asynccontextmanager
 async def _no_lifespan(server: MCPServer[Any], subscriptions: Any) -> AsyncGenerator[Any]:
-    yield None  # pragma: no cover (a server built only to read its tools)
+    yield None  # pragma: no cover (a server built only to read its surface)
+
+
+def sdk_built_server() -> MCPServer[Any]:
+    """A server with every tool, resource template and prompt built the SDK's way (not served)."""
+    from groundhog_mcp.server.build import build_server
+
+    return build_server(_no_lifespan, version="", tools=None, published=False)
 
 
 def computed_schemas() -> Schemas:
     """Every tool's schemas, built the SDK's way (what the file saves at start-up)."""
-    from groundhog_mcp.server.build import build_server
-
-    server = build_server(_no_lifespan, version="", tools=None, published=False)
-    tools = server._tool_manager.list_tools()  # pyright: ignore[reportPrivateUsage]
+    tools = sdk_built_server()._tool_manager.list_tools()  # pyright: ignore[reportPrivateUsage]
     return {
         tool.name: {
             "inputSchema": tool.parameters,
