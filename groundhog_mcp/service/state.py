@@ -155,7 +155,7 @@ class StateManager:
         await self.store.ensure_search_indexes()
         self.bus.last_sequence = await self.store.last_sequence()
         await self.feed.start(self.bus.last_sequence)
-        self._denial_flusher = asyncio.create_task(self.audit.summarise_forever())
+        self._denial_flusher = asyncio.create_task(self.audit.summarise_forever(), name="groundhog-audit-denials")
 
     async def close(self) -> None:
         if self._denial_flusher is not None:
