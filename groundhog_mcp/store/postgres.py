@@ -105,6 +105,12 @@ _REMEMBERED = 256
 _REMEMBER_BYTES = 16 * 1024
 
 
+def _head(row: Row, at: int) -> AuditHead | None:
+    """The audit chain head (the log's sequence, the chain position, the last HMAC) a statement
+    returned from column ``at`` on; None when it took none (the audit log is off)."""
+    return (int(row[at]), int(row[at + 1]), str(row[at + 2])) if row[at] is not None else None
+
+
 async def _configure(conn: _Connection) -> None:
     # json columns arrive as their exact text: we choose where (and whether) to parse them.
     conn.adapters.register_loader("json", TextLoader)
@@ -383,7 +389,7 @@ class PostgresStore(StoreCore):
         def receive(row: Row | None) -> None:
             if row is not None:
                 reservation.sequence = int(row[0])
-                reservation.head = (int(row[1]), int(row[2]), str(row[3])) if row[1] is not None else None
+                reservation.head = _head(row, 1)
 
         assert isinstance(tx, PgBatchTx)
         parameters = {
@@ -436,13 +442,14 @@ class PostgresStore(StoreCore):
             raise InitializationError(f"database: the change statement returned nothing at {self.location}")
         sequence = int(counter[0])
         self._changes.committed(sequence)
-        return sequence, (int(counter[2]), int(counter[3]), str(counter[4])) if counter[2] is not None else None
+        return sequence, _head(counter, 2)
 
     async def _audit_head(self, tx: Tx, namespace: str) -> AuditHead:
-        head = await tx.fetchone(AUDIT_LOCK_HEAD, {"namespace": namespace})
+        row = await tx.fetchone(AUDIT_LOCK_HEAD, {"namespace": namespace})
+        head = _head(row, 0) if row is not None else None
         if head is None:  # pragma: no cover - the upsert always returns its row
             raise InitializationError(f"database: no audit chain head for a namespace at {self.location}")
-        return int(head[0]), int(head[1]), str(head[2])
+        return head
 
     async def _chain_heads(self, tx: Tx, namespace: str | None) -> list[Row]:
         if namespace is None:
