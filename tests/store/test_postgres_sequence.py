@@ -9,8 +9,9 @@ row lock) until the test releases it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -287,6 +288,42 @@ async def test_a_write_after_another_instance_wrote_is_three_round_trips_on_the_
     assert (stored.revision, stored.state.data) == (4, {"n": 3})
     assert last.sequence == first.sequence + 2
     assert (verified.problem, verified.rows) == (None, 4)
+
+
+async def test_a_guess_never_crosses_namespaces(make_backend: MakeBackend) -> None:
+    """Two namespaces each hold a context named ``a``; writes alternate between them. The store's
+    guess (the context as it last wrote it) is kept per namespace: every update runs its mutator
+    only on its own namespace's state, and each, after the first, is two round trips."""
+    backend = await make_backend("postgres")
+    store = PostgresStore(backend.database, retention=Retention(keep_revisions=0), audit_signer=KEY)
+    seen: dict[str, list[str]] = {"x": [], "y": []}
+
+    def bump_own(namespace: str) -> Callable[[StoredContext], Mutation]:
+        def mutate(current: StoredContext) -> Mutation:
+            data = current.state.data
+            seen[namespace].append(data["owner"])
+            return Mutation(ContextState(data={"owner": data["owner"], "n": data["n"] + 1}), [], "update")
+
+        return mutate
+
+    await store.open()
+    try:
+        for namespace in ("x", "y"):
+            context = dataclasses.replace(
+                new_context(namespace, "a"), state=ContextState(data={"owner": namespace, "n": 0})
+            )
+            await store.register(context, actor="t", if_exists="error")
+        trips: dict[str, list[int]] = {"x": [], "y": []}
+        for _ in range(3):
+            for namespace in ("x", "y"):
+                _, count = await round_trips(store, store.mutate(namespace, "a", None, bump_own(namespace), actor="t"))
+                trips[namespace].append(count)
+        states = {namespace: (await store.get(namespace, "a")).state.data for namespace in ("x", "y")}
+    finally:
+        await store.close()
+    assert seen == {"x": ["x"] * 3, "y": ["y"] * 3}
+    assert trips == {"x": [2, 2, 2], "y": [2, 2, 2]}
+    assert states == {"x": {"owner": "x", "n": 3}, "y": {"owner": "y", "n": 3}}
 
 
 async def test_a_write_refused_by_its_lease_or_its_mutator_takes_no_number(make_backend: MakeBackend) -> None:
